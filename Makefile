@@ -1,0 +1,61 @@
+# cdiff build. `make` builds the library, the CLI, the tests and the benchmarks;
+# `make test` runs every test; `make SAN=1 test` does it under ASan/UBSan.
+CC      ?= gcc
+BUILD   ?= build
+OPT     ?= -O2
+ifeq ($(SAN),1)
+BUILD   := build-san
+OPT     := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+endif
+CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -march=native -fopenmp -Wall -Wextra \
+           -Wno-unused-parameter -Wno-sign-compare -Isrc $(EXTRA_CFLAGS)
+WHOLE    = -Wl,--whole-archive $(BUILD)/libcdiff.a -Wl,--no-whole-archive
+LDLIBS  := -llapacke -lopenblas -lcjson -lpng -ljpeg -lz -lm
+SANFLAGS := -fsanitize=address,undefined
+LDFLAGS := -fopenmp $(if $(filter 1,$(SAN)),$(SANFLAGS))
+
+LIB_SRC   := $(shell find src -name '*.c' -not -path 'src/engine/cuda/*' | sort)
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_SRC   := $(wildcard cli/*.c)
+CLI_OBJ   := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC  := $(wildcard tests/test_*.c)
+TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_UTIL := $(BUILD)/tests/testutil.o
+BENCH_SRC := $(wildcard bench/bench_*.c)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+TOOL_SRC  := $(wildcard tools/*.c)
+TOOL_BIN  := $(TOOL_SRC:tools/%.c=$(BUILD)/tools/%)
+
+.PHONY: all test bench clean
+all: $(BUILD)/libcdiff.a $(BUILD)/cdiff $(TEST_BIN) $(BENCH_BIN) $(TOOL_BIN)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libcdiff.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/cdiff: $(CLI_OBJ) $(BUILD)/libcdiff.a
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(WHOLE) $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_UTIL) $(BUILD)/libcdiff.a
+	$(CC) $(LDFLAGS) -o $@ $< $(TEST_UTIL) $(WHOLE) $(LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libcdiff.a
+	$(CC) $(LDFLAGS) -o $@ $< $(WHOLE) $(LDLIBS)
+
+$(BUILD)/tools/%: $(BUILD)/tools/%.o $(BUILD)/libcdiff.a
+	$(CC) $(LDFLAGS) -o $@ $< $(WHOLE) $(LDLIBS)
+
+test: $(BUILD)/cdiff $(TEST_BIN)
+	@BUILD=$(BUILD) sh tests/run.sh $(TEST_BIN)
+
+bench: $(BENCH_BIN)
+	@for b in $(BENCH_BIN); do $$b || exit 1; done
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,70 @@
+/* common.h - errors, allocation, threads, timing: what every file of cdiff uses.
+ *
+ * Error convention (SQLite style): functions return 0 on success and -1 on
+ * failure after recording a message with cd_set_error(); callers either add
+ * context with cd_prefix_error() and return -1, or print cd_last_error().
+ */
+#ifndef CD_COMMON_H
+#define CD_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#if defined(__GNUC__)
+#define CD_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define CD_PRINTF(a, b)
+#endif
+
+/* ---- errors ---- */
+int cd_set_error(const char *fmt, ...) CD_PRINTF(1, 2);   /* always returns -1 */
+int cd_prefix_error(const char *fmt, ...) CD_PRINTF(1, 2); /* "prefix: old", returns -1 */
+const char *cd_last_error(void);
+void cd_clear_error(void);
+
+/* ---- allocation (abort on OOM: an allocation failure is not recoverable here) ---- */
+void *cd_malloc(size_t n);
+void *cd_calloc(size_t n, size_t size);
+void *cd_realloc(void *p, size_t n);
+char *cd_strdup(const char *s);
+void *cd_aligned_alloc(size_t n); /* 64-byte aligned, free with cd_aligned_free */
+void cd_aligned_free(void *p);
+
+/* ---- threads ---- */
+/* Reads CDIFF_THREADS (default: all cores) once and configures OpenMP and
+ * OpenBLAS. Safe to call many times. */
+void cd_threads_init(void);
+int cd_threads(void);
+
+/* ---- time and memory ---- */
+double cd_time(void);          /* monotonic seconds */
+size_t cd_peak_rss_bytes(void); /* peak resident set size of the process */
+
+/* ---- logging ---- */
+extern int cd_verbose;
+void cd_log(const char *fmt, ...) CD_PRINTF(1, 2);  /* stderr, only if cd_verbose */
+void cd_warn(const char *fmt, ...) CD_PRINTF(1, 2); /* stderr, always, "warning: " */
+
+/* ---- half precision conversion ---- */
+float cd_f16_to_f32(uint16_t h);
+uint16_t cd_f32_to_f16(float f);
+float cd_bf16_to_f32(uint16_t h);
+uint16_t cd_f32_to_bf16(float f);
+
+/* ---- deterministic RNG (Philox-free, simple and seedable) ---- */
+typedef struct {
+  uint64_t s[4];
+  int has_spare;
+  double spare;
+} cd_rng;
+void cd_rng_seed(cd_rng *r, uint64_t seed);
+uint64_t cd_rng_u64(cd_rng *r);
+double cd_rng_uniform(cd_rng *r); /* [0,1) */
+double cd_rng_normal(cd_rng *r);  /* N(0,1) */
+void cd_rng_fill_normal(cd_rng *r, float *x, size_t n);
+
+#define CD_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define CD_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#endif

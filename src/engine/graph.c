@@ -1,0 +1,595 @@
+/* graph.c - graph construction, shape inference, memory planning, execution.
+ *
+ * Timeline used by the planner: forward step i runs node i; backward step
+ * 2N-1-i runs node i's backward. Every buffer (value, aux, gradient) gets an
+ * interval [first, last] of steps on this timeline and the planner packs the
+ * intervals into one arena so that buffers whose intervals do not overlap
+ * share memory. Views (reshape) alias their root's value and gradient.
+ */
+#include "graph.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "core/common.h"
+
+#define CD_FLAG_BWD 32 /* derived at plan time: needs grad and reaches the loss */
+
+struct cd_graph {
+  cd_node **nodes;
+  int n, cap;
+  char err[512]; /* first build error; reported by cd_graph_plan */
+  const cd_backend *be;
+  void *arena;
+  size_t arena_bytes, naive_bytes;
+  int planned, training;
+  cd_node *loss;
+  int *zero_start; /* per backward step: index into zero_list */
+  cd_node **zero_list;
+  float **grad_list; /* persistent gradients of trainable params */
+};
+
+static const char *op_names[CD_OP_COUNT] = {
+    "leaf", "view", "conv2d", "pad2d", "linear", "bmm", "group_norm", "layer_norm",
+    "silu", "gelu", "quick_gelu", "geglu", "attention", "upsample2x", "concat", "add",
+    "mul", "scale", "permute", "timestep_embed", "embedding", "detach_rows", "mse", "sum"};
+const char *cd_op_name(cd_op op) { return op >= 0 && op < CD_OP_COUNT ? op_names[op] : "?"; }
+
+int64_t cd_numel(int ndim, const int64_t *ne) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= ne[i];
+  return n;
+}
+
+cd_graph *cd_graph_new(void) {
+  cd_graph *g = cd_calloc(1, sizeof *g);
+  g->be = cd_backend_cpu();
+  return g;
+}
+
+void cd_graph_free(cd_graph *g) {
+  if (!g) return;
+  for (int i = 0; i < g->n; i++) {
+    cd_node *x = g->nodes[i];
+    if ((x->flags & CD_FLAG_TRAINABLE) && x->grad) cd_aligned_free(x->grad);
+    free(x);
+  }
+  free(g->nodes);
+  if (g->arena) g->be->free(g->arena);
+  free(g->zero_start);
+  free(g->zero_list);
+  free(g->grad_list);
+  free(g);
+}
+
+void cd_node_set_name(cd_node *n, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(n->name, sizeof n->name, fmt, ap);
+  va_end(ap);
+}
+
+static cd_node *new_node(cd_graph *g, cd_op op, int ndim, const int64_t *ne) {
+  cd_node *x = cd_calloc(1, sizeof *x);
+  x->op = op;
+  x->ndim = ndim;
+  for (int i = 0; i < ndim; i++) x->ne[i] = ne[i];
+  x->n = cd_numel(ndim, ne);
+  x->id = g->n;
+  x->data_off = x->grad_off = x->aux_off = -1;
+  if (g->n == g->cap) {
+    g->cap = g->cap ? 2 * g->cap : 256;
+    g->nodes = cd_realloc(g->nodes, g->cap * sizeof *g->nodes);
+  }
+  g->nodes[g->n++] = x;
+  g->planned = 0;
+  return x;
+}
+
+/* A build error (a shape mismatch: a model bug or a checkpoint that slipped
+ * through validation) is recorded, and a placeholder keeps the build going so
+ * that cd_graph_plan can report it instead of crashing. */
+static cd_node *build_error(cd_graph *g, const char *op, const char *fmt, ...) {
+  if (!g->err[0]) {
+    int k = snprintf(g->err, sizeof g->err, "graph: %s: ", op);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g->err + k, sizeof g->err - k, fmt, ap);
+    va_end(ap);
+  }
+  int64_t one = 1;
+  return new_node(g, CD_OP_NONE, 1, &one);
+}
+
+static void shape_str(const cd_node *x, char *buf, size_t cap) {
+  int k = snprintf(buf, cap, "%s[", x->name[0] ? x->name : "?");
+  for (int i = 0; i < x->ndim && k < (int)cap; i++) k += snprintf(buf + k, cap - k, i ? ",%ld" : "%ld", (long)x->ne[i]);
+  if (k < (int)cap) snprintf(buf + k, cap - k, "]");
+}
+#define SHAPE_ERR(g, opname, why, a, b) do { char s1_[128], s2_[128]; shape_str(a, s1_, sizeof s1_); \
+    shape_str(b, s2_, sizeof s2_); return build_error(g, opname, "%s: %s vs %s", why, s1_, s2_); } while (0)
+
+static void set_src(cd_node *x, int nsrc, cd_node *a, cd_node *b, cd_node *c, cd_node *d) {
+  x->nsrc = nsrc;
+  x->src[0] = a; x->src[1] = b; x->src[2] = c; x->src[3] = d;
+}
+
+cd_node *cd_input(cd_graph *g, const char *name, int ndim, const int64_t *ne) {
+  cd_node *x = new_node(g, CD_OP_NONE, ndim, ne);
+  x->flags = CD_FLAG_INPUT;
+  snprintf(x->name, sizeof x->name, "%s", name);
+  return x;
+}
+
+cd_node *cd_param(cd_graph *g, const char *name, float *data, int ndim, const int64_t *ne) {
+  cd_node *x = new_node(g, CD_OP_NONE, ndim, ne);
+  x->flags = CD_FLAG_PARAM;
+  x->data = data;
+  snprintf(x->name, sizeof x->name, "%s", name);
+  return x;
+}
+
+void cd_set_trainable(cd_node *p) {
+  if (p->flags & CD_FLAG_PARAM) p->flags |= CD_FLAG_TRAINABLE;
+}
+void cd_graph_output(cd_graph *g, cd_node *n) {
+  n->flags |= CD_FLAG_OUTPUT;
+  g->planned = 0;
+}
+
+cd_node *cd_view(cd_graph *g, cd_node *x, int ndim, const int64_t *ne) {
+  if (cd_numel(ndim, ne) != x->n) return build_error(g, "view", "element count changes (%ld -> %ld) for %s", (long)x->n, (long)cd_numel(ndim, ne), x->name);
+  cd_node *y = new_node(g, CD_OP_VIEW, ndim, ne);
+  set_src(y, 1, x, NULL, NULL, NULL);
+  return y;
+}
+
+cd_node *cd_conv2d(cd_graph *g, cd_node *x, cd_node *w, cd_node *b, int stride, int pad) {
+  if (x->ndim != 4 || w->ndim != 4 || w->ne[1] != x->ne[1]) SHAPE_ERR(g, "conv2d", "input channels", x, w);
+  if (b && (b->ndim != 1 || b->ne[0] != w->ne[0])) SHAPE_ERR(g, "conv2d", "bias", b, w);
+  int64_t ho = (x->ne[2] + 2 * pad - w->ne[2]) / stride + 1, wo = (x->ne[3] + 2 * pad - w->ne[3]) / stride + 1;
+  if (stride < 1 || ho < 1 || wo < 1) SHAPE_ERR(g, "conv2d", "kernel larger than input", x, w);
+  int64_t ne[4] = {x->ne[0], w->ne[0], ho, wo};
+  cd_node *y = new_node(g, CD_OP_CONV2D, 4, ne);
+  set_src(y, 3, x, w, b, NULL);
+  y->ip[0] = stride;
+  y->ip[1] = pad;
+  return y;
+}
+
+cd_node *cd_pad2d(cd_graph *g, cd_node *x, int l, int r, int t, int b) {
+  if (x->ndim != 4 || l < 0 || r < 0 || t < 0 || b < 0) SHAPE_ERR(g, "pad2d", "needs NCHW and non-negative pads", x, x);
+  int64_t ne[4] = {x->ne[0], x->ne[1], x->ne[2] + t + b, x->ne[3] + l + r};
+  cd_node *y = new_node(g, CD_OP_PAD2D, 4, ne);
+  set_src(y, 1, x, NULL, NULL, NULL);
+  y->ip[0] = l; y->ip[1] = r; y->ip[2] = t; y->ip[3] = b;
+  return y;
+}
+
+cd_node *cd_linear(cd_graph *g, cd_node *x, cd_node *w, cd_node *b) {
+  if (w->ndim != 2 || x->ne[x->ndim - 1] != w->ne[1]) SHAPE_ERR(g, "linear", "in features", x, w);
+  if (b && (b->ndim != 1 || b->ne[0] != w->ne[0])) SHAPE_ERR(g, "linear", "bias", b, w);
+  int64_t ne[4];
+  memcpy(ne, x->ne, sizeof ne);
+  ne[x->ndim - 1] = w->ne[0];
+  cd_node *y = new_node(g, CD_OP_LINEAR, x->ndim, ne);
+  set_src(y, 3, x, w, b, NULL);
+  return y;
+}
+
+cd_node *cd_bmm(cd_graph *g, cd_node *a, cd_node *b, int ta, int tb) {
+  if (a->ndim != 3 || b->ndim != 3 || a->ne[0] != b->ne[0]) SHAPE_ERR(g, "bmm", "batch", a, b);
+  int64_t M = ta ? a->ne[2] : a->ne[1], K = ta ? a->ne[1] : a->ne[2];
+  int64_t K2 = tb ? b->ne[2] : b->ne[1], N = tb ? b->ne[1] : b->ne[2];
+  if (K != K2) SHAPE_ERR(g, "bmm", "inner dimension", a, b);
+  int64_t ne[3] = {a->ne[0], M, N};
+  cd_node *y = new_node(g, CD_OP_BMM, 3, ne);
+  set_src(y, 2, a, b, NULL, NULL);
+  y->ip[0] = ta;
+  y->ip[1] = tb;
+  return y;
+}
+
+static cd_node *unary(cd_graph *g, cd_op op, cd_node *x) {
+  cd_node *y = new_node(g, op, x->ndim, x->ne);
+  set_src(y, 1, x, NULL, NULL, NULL);
+  return y;
+}
+
+cd_node *cd_group_norm(cd_graph *g, cd_node *x, cd_node *gamma, cd_node *beta, int groups, float eps) {
+  if (x->ndim < 2 || groups < 1 || x->ne[1] % groups) SHAPE_ERR(g, "group_norm", "channels not divisible by groups", x, x);
+  if ((gamma && (gamma->ndim != 1 || gamma->ne[0] != x->ne[1])) || (beta && (beta->ndim != 1 || beta->ne[0] != x->ne[1])))
+    SHAPE_ERR(g, "group_norm", "affine parameters", x, gamma ? gamma : beta);
+  cd_node *y = unary(g, CD_OP_GROUP_NORM, x);
+  set_src(y, 3, x, gamma, beta, NULL);
+  y->ip[0] = groups;
+  y->fp[0] = eps;
+  y->naux = 2 * x->ne[0] * groups;
+  return y;
+}
+
+cd_node *cd_layer_norm(cd_graph *g, cd_node *x, cd_node *gamma, cd_node *beta, float eps) {
+  int64_t C = x->ne[x->ndim - 1];
+  if ((gamma && (gamma->ndim != 1 || gamma->ne[0] != C)) || (beta && (beta->ndim != 1 || beta->ne[0] != C)))
+    SHAPE_ERR(g, "layer_norm", "affine parameters", x, gamma ? gamma : beta);
+  cd_node *y = unary(g, CD_OP_LAYER_NORM, x);
+  set_src(y, 3, x, gamma, beta, NULL);
+  y->fp[0] = eps;
+  y->naux = 2 * (x->n / C);
+  return y;
+}
+
+cd_node *cd_silu(cd_graph *g, cd_node *x) { return unary(g, CD_OP_SILU, x); }
+cd_node *cd_gelu(cd_graph *g, cd_node *x) { return unary(g, CD_OP_GELU, x); }
+cd_node *cd_quick_gelu(cd_graph *g, cd_node *x) { return unary(g, CD_OP_QUICK_GELU, x); }
+
+cd_node *cd_geglu(cd_graph *g, cd_node *x) {
+  if (x->ne[x->ndim - 1] % 2) SHAPE_ERR(g, "geglu", "last dim must be even", x, x);
+  int64_t ne[4];
+  memcpy(ne, x->ne, sizeof ne);
+  ne[x->ndim - 1] /= 2;
+  cd_node *y = new_node(g, CD_OP_GEGLU, x->ndim, ne);
+  set_src(y, 1, x, NULL, NULL, NULL);
+  return y;
+}
+
+cd_node *cd_attention(cd_graph *g, cd_node *q, cd_node *k, cd_node *v, int heads, int causal, float scale) {
+  if (q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || q->ne[0] != k->ne[0] || k->ne[0] != v->ne[0] ||
+      q->ne[2] != k->ne[2] || k->ne[1] != v->ne[1] || heads < 1 || q->ne[2] % heads)
+    SHAPE_ERR(g, "attention", "q/k shapes", q, k);
+  if (v->ne[2] != q->ne[2]) SHAPE_ERR(g, "attention", "value width", q, v);
+  if (causal && q->ne[1] != k->ne[1]) SHAPE_ERR(g, "attention", "causal needs Tq == Tk", q, k);
+  cd_node *y = new_node(g, CD_OP_ATTENTION, 3, q->ne);
+  set_src(y, 3, q, k, v, NULL);
+  y->ip[0] = heads;
+  y->ip[1] = causal;
+  y->fp[0] = scale;
+  y->naux = q->ne[0] * heads * q->ne[1];
+  return y;
+}
+
+cd_node *cd_upsample2x(cd_graph *g, cd_node *x) {
+  if (x->ndim != 4) SHAPE_ERR(g, "upsample2x", "needs NCHW", x, x);
+  int64_t ne[4] = {x->ne[0], x->ne[1], 2 * x->ne[2], 2 * x->ne[3]};
+  cd_node *y = new_node(g, CD_OP_UPSAMPLE2X, 4, ne);
+  set_src(y, 1, x, NULL, NULL, NULL);
+  return y;
+}
+
+cd_node *cd_concat(cd_graph *g, cd_node *a, cd_node *b, int dim) {
+  if (a->ndim != b->ndim || dim < 0 || dim >= a->ndim) SHAPE_ERR(g, "concat", "rank", a, b);
+  for (int i = 0; i < a->ndim; i++)
+    if (i != dim && a->ne[i] != b->ne[i]) SHAPE_ERR(g, "concat", "shapes differ outside the concat dim", a, b);
+  int64_t ne[4];
+  memcpy(ne, a->ne, sizeof ne);
+  ne[dim] += b->ne[dim];
+  cd_node *y = new_node(g, CD_OP_CONCAT, a->ndim, ne);
+  set_src(y, 2, a, b, NULL, NULL);
+  y->ip[0] = dim;
+  return y;
+}
+
+static cd_node *broadcast_op(cd_graph *g, cd_op op, cd_node *a, cd_node *b) {
+  if (b->ndim > a->ndim) SHAPE_ERR(g, cd_op_name(op), "b has more dims than a", a, b);
+  for (int i = 0; i < b->ndim; i++) {
+    int64_t da = a->ne[a->ndim - b->ndim + i], db = b->ne[i];
+    if (db != da && db != 1) SHAPE_ERR(g, cd_op_name(op), "cannot broadcast", a, b);
+  }
+  cd_node *y = new_node(g, op, a->ndim, a->ne);
+  set_src(y, 2, a, b, NULL, NULL);
+  return y;
+}
+cd_node *cd_add(cd_graph *g, cd_node *a, cd_node *b) { return broadcast_op(g, CD_OP_ADD, a, b); }
+cd_node *cd_mul(cd_graph *g, cd_node *a, cd_node *b) { return broadcast_op(g, CD_OP_MUL, a, b); }
+
+cd_node *cd_scale(cd_graph *g, cd_node *x, float s) {
+  cd_node *y = unary(g, CD_OP_SCALE, x);
+  y->fp[0] = s;
+  return y;
+}
+
+cd_node *cd_permute(cd_graph *g, cd_node *x, int p0, int p1, int p2, int p3) {
+  int p[4] = {p0, p1, p2, p3}, seen[4] = {0};
+  int64_t ne[4] = {1, 1, 1, 1};
+  for (int i = 0; i < x->ndim; i++) {
+    if (p[i] < 0 || p[i] >= x->ndim || seen[p[i]]++) return build_error(g, "permute", "invalid permutation for %s", x->name);
+    ne[i] = x->ne[p[i]];
+  }
+  cd_node *y = new_node(g, CD_OP_PERMUTE, x->ndim, ne);
+  set_src(y, 1, x, NULL, NULL, NULL);
+  for (int i = 0; i < 4; i++) y->ip[i] = i < x->ndim ? p[i] : i;
+  return y;
+}
+
+cd_node *cd_timestep_embed(cd_graph *g, cd_node *t, int dim, int flip, float shift) {
+  if (t->ndim != 1 || dim < 2 || dim % 2) SHAPE_ERR(g, "timestep_embed", "needs t[B] and an even dim", t, t);
+  int64_t ne[2] = {t->ne[0], dim};
+  cd_node *y = new_node(g, CD_OP_TIMESTEP_EMBED, 2, ne);
+  set_src(y, 1, t, NULL, NULL, NULL);
+  y->ip[0] = dim;
+  y->ip[1] = flip;
+  y->fp[0] = shift;
+  return y;
+}
+
+cd_node *cd_embedding(cd_graph *g, cd_node *ids, cd_node *table, cd_node *extra) {
+  if (table->ndim != 2 || ids->ndim > 3) SHAPE_ERR(g, "embedding", "table must be [V,D], ids at most 3-D", ids, table);
+  if (extra && (extra->ndim != 2 || extra->ne[1] != table->ne[1])) SHAPE_ERR(g, "embedding", "extra rows width", extra, table);
+  int64_t ne[4];
+  memcpy(ne, ids->ne, sizeof ne);
+  ne[ids->ndim] = table->ne[1];
+  cd_node *y = new_node(g, CD_OP_EMBEDDING, ids->ndim + 1, ne);
+  set_src(y, 3, ids, table, extra, NULL);
+  return y;
+}
+
+cd_node *cd_detach_rows(cd_graph *g, cd_node *x, int rows) {
+  if (x->ndim != 3) SHAPE_ERR(g, "detach_rows", "needs [B,T,C]", x, x);
+  cd_node *y = unary(g, CD_OP_DETACH_ROWS, x);
+  y->ip[0] = rows;
+  return y;
+}
+
+cd_node *cd_mse(cd_graph *g, cd_node *pred, cd_node *target, cd_node *mask) {
+  if (pred->ndim != target->ndim || pred->n != target->n) SHAPE_ERR(g, "mse", "pred vs target", pred, target);
+  for (int i = 0; i < pred->ndim; i++)
+    if (pred->ne[i] != target->ne[i]) SHAPE_ERR(g, "mse", "pred vs target", pred, target);
+  if (mask) {
+    if (mask->ndim != pred->ndim || mask->ne[0] != pred->ne[0] || (pred->ndim > 1 && mask->ne[1] != 1))
+      SHAPE_ERR(g, "mse", "mask must be [B,1,...]", mask, pred);
+    for (int i = 2; i < pred->ndim; i++)
+      if (mask->ne[i] != pred->ne[i]) SHAPE_ERR(g, "mse", "mask spatial dims", mask, pred);
+  }
+  int64_t one = 1;
+  cd_node *y = new_node(g, CD_OP_MSE, 1, &one);
+  set_src(y, 3, pred, target, mask, NULL);
+  return y;
+}
+
+cd_node *cd_sum(cd_graph *g, cd_node *x) {
+  int64_t one = 1;
+  cd_node *y = new_node(g, CD_OP_SUM, 1, &one);
+  set_src(y, 1, x, NULL, NULL, NULL);
+  return y;
+}
+
+/* ---------------------------------------------------------------- planning */
+
+typedef struct {
+  int start, end;
+  size_t size;
+  int64_t *off;
+} interval;
+
+static int cmp_size_desc(const void *a, const void *b) {
+  const interval *x = a, *y = b;
+  if (x->size != y->size) return x->size < y->size ? 1 : -1;
+  return x->start - y->start;
+}
+typedef struct {
+  size_t lo, hi;
+} span;
+static int cmp_span(const void *a, const void *b) {
+  const span *x = a, *y = b;
+  return (x->lo > y->lo) - (x->lo < y->lo);
+}
+
+/* Greedy best-fit by decreasing size: each buffer goes to the lowest offset
+ * where it fits between the buffers already placed whose lifetimes overlap. */
+static size_t pack(interval *iv, int n, int no_reuse) {
+  size_t total = 0;
+  qsort(iv, n, sizeof *iv, cmp_size_desc);
+  span *busy = cd_malloc((n + 1) * sizeof *busy);
+  for (int i = 0; i < n; i++) {
+    if (no_reuse) {
+      *iv[i].off = (int64_t)total;
+      total += iv[i].size;
+      continue;
+    }
+    int nb = 0;
+    for (int j = 0; j < i; j++)
+      if (iv[j].start <= iv[i].end && iv[i].start <= iv[j].end)
+        busy[nb++] = (span){(size_t)*iv[j].off, (size_t)*iv[j].off + iv[j].size};
+    qsort(busy, nb, sizeof *busy, cmp_span);
+    size_t pos = 0;
+    for (int b = 0; b < nb; b++) {
+      if (busy[b].lo >= pos + iv[i].size) break;
+      if (busy[b].hi > pos) pos = busy[b].hi;
+    }
+    *iv[i].off = (int64_t)pos;
+    if (pos + iv[i].size > total) total = pos + iv[i].size;
+  }
+  free(busy);
+  return total;
+}
+
+static cd_node *root_of(cd_node *x) {
+  while (x->op == CD_OP_VIEW) x = x->src[0];
+  return x;
+}
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
+  static const cd_plan_opts defaults = {0};
+  if (!opts) opts = &defaults;
+  if (g->err[0]) return cd_set_error("%s", g->err);
+  cd_threads_init();
+  int N = g->n;
+  g->training = opts->training;
+  g->loss = opts->loss;
+  if (g->training && (!g->loss || g->loss->n != 1)) return cd_set_error("graph: training plan needs a scalar loss node");
+
+  /* 1. needs-grad forward, reaches-loss backward */
+  for (int i = 0; i < N; i++) {
+    cd_node *x = g->nodes[i];
+    x->flags &= ~(CD_FLAG_NEEDS_GRAD | CD_FLAG_BWD);
+    if (!g->training) continue;
+    if (x->flags & CD_FLAG_TRAINABLE) x->flags |= CD_FLAG_NEEDS_GRAD;
+    for (int s = 0; s < x->nsrc; s++)
+      if (x->src[s] && (x->src[s]->flags & CD_FLAG_NEEDS_GRAD) && x->op != CD_OP_TIMESTEP_EMBED) x->flags |= CD_FLAG_NEEDS_GRAD;
+  }
+  if (g->training) {
+    char *reach = cd_calloc(N, 1);
+    reach[g->loss->id] = 1;
+    for (int i = N - 1; i >= 0; i--) {
+      cd_node *x = g->nodes[i];
+      if (!reach[i] || !(x->flags & CD_FLAG_NEEDS_GRAD)) continue;
+      x->flags |= CD_FLAG_BWD;
+      for (int s = 0; s < x->nsrc; s++)
+        if (x->src[s]) reach[x->src[s]->id] = 1;
+    }
+    free(reach);
+  }
+
+  /* 2. lifetimes */
+  int T = g->training ? 2 * N : N;
+  int *d_start = cd_malloc(N * sizeof(int)), *d_end = cd_malloc(N * sizeof(int));
+  int *g_start = cd_malloc(N * sizeof(int)), *g_end = cd_malloc(N * sizeof(int));
+  for (int i = 0; i < N; i++) {
+    cd_node *x = g->nodes[i];
+    d_start[i] = (x->flags & CD_FLAG_INPUT) ? 0 : i;
+    d_end[i] = i;
+    g_start[i] = T; /* empty until a consumer accumulates into it */
+    g_end[i] = 2 * N - 1 - i;
+    x->last_use = i;
+  }
+  for (int i = 0; i < N; i++) {
+    cd_node *x = g->nodes[i];
+    for (int s = 0; s < x->nsrc; s++) {
+      if (!x->src[s]) continue;
+      cd_node *r = root_of(x->src[s]);
+      int ri = r->id;
+      if (i > d_end[ri]) d_end[ri] = i;
+      if (i > r->last_use) r->last_use = i;
+      if (x->flags & CD_FLAG_BWD) {
+        int bs = 2 * N - 1 - i; /* backward of x reads its sources and accumulates their grads */
+        if (bs > d_end[ri]) d_end[ri] = bs;
+        if ((r->flags & CD_FLAG_BWD) && bs < g_start[ri]) g_start[ri] = bs;
+      }
+    }
+    if (x->flags & CD_FLAG_BWD) { /* its own backward reads its value and aux */
+      cd_node *r = root_of(x);
+      if (2 * N - 1 - i > d_end[r->id]) d_end[r->id] = 2 * N - 1 - i;
+    }
+    if (x->flags & CD_FLAG_OUTPUT) d_end[root_of(x)->id] = T - 1;
+  }
+  if (g->training) {
+    cd_node *lr = root_of(g->loss);
+    d_end[lr->id] = T - 1;
+    g_start[lr->id] = N;
+  }
+
+  /* 3. intervals */
+  interval *iv = cd_malloc(3 * N * sizeof *iv);
+  int niv = 0;
+  size_t naive = 0;
+  for (int i = 0; i < N; i++) {
+    cd_node *x = g->nodes[i];
+    x->data_off = x->grad_off = x->aux_off = -1;
+    if (x->op == CD_OP_VIEW || (x->flags & CD_FLAG_PARAM)) continue;
+    iv[niv++] = (interval){d_start[i], d_end[i], align64(cd_nbytes(x)), &x->data_off};
+    if (x->naux) iv[niv++] = (interval){d_start[i], d_end[i], align64(x->naux * sizeof(float)), &x->aux_off};
+    if ((x->flags & CD_FLAG_BWD) && g_start[i] <= g_end[i])
+      iv[niv++] = (interval){g_start[i], g_end[i], align64(cd_nbytes(x)), &x->grad_off};
+  }
+  for (int i = 0; i < niv; i++) naive += iv[i].size;
+  size_t total = pack(iv, niv, opts->no_reuse);
+  free(iv);
+
+  if (g->arena) g->be->free(g->arena);
+  g->arena = g->be->alloc(total ? total : 64);
+  g->arena_bytes = total;
+  g->naive_bytes = naive;
+
+  /* 4. pointers, zeroing schedule, persistent gradients */
+  int *cnt = cd_calloc(T + 1, sizeof(int));
+  for (int i = 0; i < N; i++) {
+    cd_node *x = g->nodes[i];
+    if (x->data_off >= 0) x->data = (float *)((char *)g->arena + x->data_off);
+    x->aux = x->aux_off >= 0 ? (float *)((char *)g->arena + x->aux_off) : NULL;
+    if (x->flags & CD_FLAG_TRAINABLE) {
+      if (!x->grad) x->grad = cd_aligned_alloc(cd_nbytes(x));
+      if (!(x->flags & CD_FLAG_BWD)) { /* trainable but not on the loss path: grad stays 0 */
+        memset(x->grad, 0, cd_nbytes(x));
+      }
+    } else {
+      x->grad = x->grad_off >= 0 ? (float *)((char *)g->arena + x->grad_off) : NULL;
+      if (x->grad) cnt[g_start[i]]++;
+    }
+  }
+  for (int i = 0; i < N; i++) { /* views alias their root */
+    cd_node *x = g->nodes[i];
+    if (x->op != CD_OP_VIEW) continue;
+    cd_node *r = root_of(x);
+    x->data = r->data;
+    x->grad = (x->flags & CD_FLAG_BWD) ? r->grad : NULL;
+  }
+  free(g->zero_start);
+  free(g->zero_list);
+  g->zero_start = cd_calloc(T + 2, sizeof(int));
+  for (int s = 0; s <= T; s++) g->zero_start[s + 1] = g->zero_start[s] + cnt[s];
+  g->zero_list = cd_malloc((g->zero_start[T + 1] + 1) * sizeof(cd_node *));
+  memset(cnt, 0, (T + 1) * sizeof(int));
+  for (int i = 0; i < N; i++) {
+    cd_node *x = g->nodes[i];
+    if (x->grad_off >= 0 && !(x->flags & CD_FLAG_TRAINABLE)) g->zero_list[g->zero_start[g_start[i]] + cnt[g_start[i]]++] = x;
+  }
+  free(cnt);
+  free(d_start); free(d_end); free(g_start); free(g_end);
+
+  for (int i = 0; i < N; i++) {
+    cd_node *x = g->nodes[i];
+    if (x->op == CD_OP_NONE || x->op == CD_OP_VIEW) continue;
+    if (!g->be->forward[x->op]) return cd_set_error("graph: backend %s has no forward kernel for %s", g->be->name, cd_op_name(x->op));
+    if ((x->flags & CD_FLAG_BWD) && !g->be->backward[x->op])
+      return cd_set_error("graph: backend %s has no backward kernel for %s", g->be->name, cd_op_name(x->op));
+  }
+  g->planned = 1;
+  return 0;
+}
+
+int cd_graph_forward(cd_graph *g) {
+  if (!g->planned) return cd_set_error("graph: forward before cd_graph_plan");
+  for (int i = 0; i < g->n; i++) {
+    cd_node *x = g->nodes[i];
+    if (x->op == CD_OP_NONE || x->op == CD_OP_VIEW) continue;
+    g->be->forward[x->op](x);
+  }
+  return 0;
+}
+
+int cd_graph_backward(cd_graph *g) {
+  if (!g->planned || !g->training) return cd_set_error("graph: backward needs a training plan");
+  int N = g->n;
+  for (int i = 0; i < N; i++) {
+    cd_node *x = g->nodes[i];
+    if ((x->flags & CD_FLAG_TRAINABLE) && x->grad) memset(x->grad, 0, cd_nbytes(x));
+  }
+  for (int s = N; s < 2 * N; s++) {
+    for (int z = g->zero_start[s]; z < g->zero_start[s + 1]; z++) {
+      cd_node *x = g->zero_list[z];
+      g->be->zero(x->grad, cd_nbytes(x));
+    }
+    if (s == N) {
+      cd_node *l = root_of(g->loss);
+      if (l->grad) l->grad[0] = 1.0f;
+    }
+    cd_node *x = g->nodes[2 * N - 1 - s];
+    if (!(x->flags & CD_FLAG_BWD) || x->op == CD_OP_NONE || x->op == CD_OP_VIEW) continue;
+    g->be->backward[x->op](x);
+  }
+  return 0;
+}
+
+size_t cd_graph_arena_bytes(const cd_graph *g) { return g->arena_bytes; }
+size_t cd_graph_naive_bytes(const cd_graph *g) { return g->naive_bytes; }
+int cd_graph_nnodes(const cd_graph *g) { return g->n; }
+cd_node *cd_graph_node(const cd_graph *g, int i) { return i >= 0 && i < g->n ? g->nodes[i] : NULL; }
+cd_node *cd_graph_find(const cd_graph *g, const char *name) {
+  for (int i = 0; i < g->n; i++)
+    if (!strcmp(g->nodes[i]->name, name)) return g->nodes[i];
+  return NULL;
+}

@@ -1,0 +1,165 @@
+/* graph.h - the cdiff tensor engine: build a graph once per set of shapes,
+ * plan its memory, run forward (and backward) many times.
+ *
+ *   cd_graph *g = cd_graph_new();
+ *   cd_node *x = cd_input(g, "x", 4, (int64_t[]){N, C, H, W});
+ *   cd_node *w = cd_param(g, "conv.weight", wdata, 4, (int64_t[]){O, C, 3, 3});
+ *   cd_node *y = cd_conv2d(g, x, w, b, 1, 1);
+ *   cd_graph_output(g, y);                  // keep y's value after the run
+ *   cd_graph_plan(g);                       // shapes fixed, buffers placed
+ *   memcpy(x->data, ..., cd_nbytes(x));    // inputs live in the arena
+ *   cd_graph_forward(g);                    // y->data holds the result
+ *   cd_graph_backward(g, loss);             // grads of trainable params
+ *
+ * Layout: row-major, ne[0] is the OUTERMOST dimension (like PyTorch shapes):
+ * images NCHW, sequences [B, T, C], weights as PyTorch stores them
+ * (linear [out, in], conv [out, in, kh, kw]).
+ *
+ * Memory: parameters point at memory owned by the caller (fp32, converted on
+ * load). Every other node's value (and gradient) lives in one arena that the
+ * planner sizes from the nodes' lifetimes, reusing dead buffers. Gradients of
+ * trainable parameters live in their own persistent buffers (node->grad),
+ * zeroed at the start of each backward.
+ *
+ * Gradients: a node "needs grad" when it is a trainable parameter or depends
+ * on one. Backward runs only those nodes, and each op computes only the input
+ * gradients that are needed: a frozen weight costs no weight-gradient work but
+ * gradients still flow through its op to inputs that need them.
+ *
+ * Backends: each op has a forward and a backward kernel per backend
+ * (cd_backend); the CPU one is the reference. Model code never sees them.
+ */
+#ifndef CD_GRAPH_H
+#define CD_GRAPH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CD_MAX_DIMS 4
+#define CD_MAX_SRC 4
+
+typedef enum {
+  CD_OP_NONE = 0, /* leaf: input or parameter */
+  CD_OP_VIEW,     /* reshape: shares the source's data and gradient */
+  CD_OP_CONV2D,   /* src: x[N,C,H,W], w[O,C,kh,kw], b[O]|NULL; ip: stride, pad */
+  CD_OP_PAD2D,    /* src: x; ip: left, right, top, bottom (zero padding) */
+  CD_OP_LINEAR,   /* src: x[..., K], w[M, K], b[M]|NULL -> [..., M] */
+  CD_OP_BMM,      /* src: a[B,M,K] (or [B,K,M] if ip0), b[B,K,N] (or [B,N,K] if ip1) */
+  CD_OP_GROUP_NORM, /* src: x[N,C,...], gamma[C]|NULL, beta[C]|NULL; ip0 groups; fp0 eps */
+  CD_OP_LAYER_NORM, /* src: x[..., C], gamma[C]|NULL, beta[C]|NULL; fp0 eps */
+  CD_OP_SILU,
+  CD_OP_GELU,       /* exact erf GELU */
+  CD_OP_QUICK_GELU, /* x * sigmoid(1.702 x) */
+  CD_OP_GEGLU,      /* x[..., 2D] = [h | g] -> h * gelu(g), [..., D] */
+  CD_OP_ATTENTION,  /* src: q[B,Tq,H*D], k[B,Tk,H*D], v[B,Tk,H*D]; ip0 heads, ip1 causal; fp0 scale */
+  CD_OP_UPSAMPLE2X, /* nearest, NCHW */
+  CD_OP_CONCAT,     /* src: a, b; ip0 dim; all other dims equal */
+  CD_OP_ADD,        /* src: a, b; b broadcasts to a's shape (dims of size 1 or missing leading) */
+  CD_OP_MUL,        /* same broadcasting as ADD */
+  CD_OP_SCALE,      /* y = fp0 * x */
+  CD_OP_PERMUTE,    /* ip0..ip3: output dim i takes input dim ip[i] (copy) */
+  CD_OP_TIMESTEP_EMBED, /* src: t[B] (float); ip0 dim, ip1 flip_sin_to_cos; fp0 freq_shift */
+  CD_OP_EMBEDDING,  /* src: ids[...] (ids stored as floats), table[V,D], extra[E,D]|NULL;
+                       id < V reads table, V <= id < V+E reads extra[id-V] */
+  CD_OP_DETACH_ROWS, /* identity; backward drops the gradient of rows [0, ip0) along dim 1 of [B,T,C] */
+  CD_OP_MSE,        /* src: pred[B,...], target[B,...], mask[B,1,...]|NULL -> [1]:
+                       mean_b( sum(mask*(x-y)^2) / sum(mask) ) over each sample; without
+                       a mask, mean_b(mean((x-y)^2)). The mask broadcasts over dim 1 in the
+                       numerator only (Custom Diffusion's reduction). */
+  CD_OP_SUM,        /* sum of all elements -> [1] */
+  CD_OP_COUNT
+} cd_op;
+
+enum {
+  CD_FLAG_INPUT = 1,      /* leaf whose data the caller writes after planning */
+  CD_FLAG_PARAM = 2,      /* leaf pointing at caller-owned memory */
+  CD_FLAG_TRAINABLE = 4,  /* parameter whose gradient is wanted */
+  CD_FLAG_OUTPUT = 8,     /* value kept alive to the end of forward */
+  CD_FLAG_NEEDS_GRAD = 16 /* derived: trainable or depends on a trainable node */
+};
+
+typedef struct cd_node cd_node;
+struct cd_node {
+  cd_op op;
+  int ndim;
+  int64_t ne[CD_MAX_DIMS];
+  int64_t n; /* number of elements */
+  int nsrc;
+  cd_node *src[CD_MAX_SRC];
+  int ip[4];
+  float fp[2];
+  int flags;
+  int id;       /* position in the graph's topological order */
+  char name[96];
+
+  float *data;  /* value: arena, or caller memory for parameters */
+  float *grad;  /* gradient of the final scalar w.r.t. this node, when needed */
+  float *aux;   /* op-private saved state (e.g. attention log-sum-exp, norm stats) */
+  int64_t naux; /* number of floats in aux; set by the builder */
+
+  /* planner bookkeeping */
+  int64_t data_off, grad_off, aux_off; /* byte offsets in the arena, -1 if none */
+  int last_use;                        /* last forward step that reads the value */
+};
+
+typedef struct cd_graph cd_graph;
+
+/* ---- construction ---- */
+cd_graph *cd_graph_new(void);
+void cd_graph_free(cd_graph *g);
+
+cd_node *cd_input(cd_graph *g, const char *name, int ndim, const int64_t *ne);
+/* data: caller-owned fp32 memory, must outlive the graph */
+cd_node *cd_param(cd_graph *g, const char *name, float *data, int ndim, const int64_t *ne);
+void cd_set_trainable(cd_node *param);
+void cd_graph_output(cd_graph *g, cd_node *n); /* keep value alive after forward */
+
+/* ops: shapes are checked at build time; a mismatch aborts with a message
+ * naming the op and the node names (a model bug, not user input). */
+cd_node *cd_view(cd_graph *g, cd_node *x, int ndim, const int64_t *ne);
+cd_node *cd_conv2d(cd_graph *g, cd_node *x, cd_node *w, cd_node *b, int stride, int pad);
+cd_node *cd_pad2d(cd_graph *g, cd_node *x, int left, int right, int top, int bottom);
+cd_node *cd_linear(cd_graph *g, cd_node *x, cd_node *w, cd_node *b);
+cd_node *cd_bmm(cd_graph *g, cd_node *a, cd_node *b, int trans_a, int trans_b);
+cd_node *cd_group_norm(cd_graph *g, cd_node *x, cd_node *gamma, cd_node *beta, int groups, float eps);
+cd_node *cd_layer_norm(cd_graph *g, cd_node *x, cd_node *gamma, cd_node *beta, float eps);
+cd_node *cd_silu(cd_graph *g, cd_node *x);
+cd_node *cd_gelu(cd_graph *g, cd_node *x);
+cd_node *cd_quick_gelu(cd_graph *g, cd_node *x);
+cd_node *cd_geglu(cd_graph *g, cd_node *x);
+cd_node *cd_attention(cd_graph *g, cd_node *q, cd_node *k, cd_node *v, int heads, int causal, float scale);
+cd_node *cd_upsample2x(cd_graph *g, cd_node *x);
+cd_node *cd_concat(cd_graph *g, cd_node *a, cd_node *b, int dim);
+cd_node *cd_add(cd_graph *g, cd_node *a, cd_node *b);
+cd_node *cd_mul(cd_graph *g, cd_node *a, cd_node *b);
+cd_node *cd_scale(cd_graph *g, cd_node *x, float s);
+cd_node *cd_permute(cd_graph *g, cd_node *x, int p0, int p1, int p2, int p3);
+cd_node *cd_timestep_embed(cd_graph *g, cd_node *t, int dim, int flip_sin_to_cos, float freq_shift);
+cd_node *cd_embedding(cd_graph *g, cd_node *ids, cd_node *table, cd_node *extra);
+cd_node *cd_detach_rows(cd_graph *g, cd_node *x, int rows);
+cd_node *cd_mse(cd_graph *g, cd_node *pred, cd_node *target, cd_node *mask);
+cd_node *cd_sum(cd_graph *g, cd_node *x);
+
+/* ---- planning and execution ---- */
+typedef struct {
+  int training;        /* plan a backward pass from the scalar node `loss` */
+  cd_node *loss;       /* required when training */
+  int no_reuse;        /* debug: give every buffer its own space (unplanned execution) */
+} cd_plan_opts;
+
+int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts); /* 0 or -1 + cd_last_error */
+int cd_graph_forward(cd_graph *g);
+int cd_graph_backward(cd_graph *g); /* needs a training plan; fills param->grad */
+
+size_t cd_graph_arena_bytes(const cd_graph *g);  /* planned arena size */
+size_t cd_graph_naive_bytes(const cd_graph *g);  /* sum of all buffers (no reuse) */
+int cd_graph_nnodes(const cd_graph *g);
+cd_node *cd_graph_node(const cd_graph *g, int i);
+cd_node *cd_graph_find(const cd_graph *g, const char *name); /* by name, NULL if none */
+void cd_node_set_name(cd_node *n, const char *fmt, ...);
+
+static inline size_t cd_nbytes(const cd_node *n) { return (size_t)n->n * sizeof(float); }
+int64_t cd_numel(int ndim, const int64_t *ne);
+const char *cd_op_name(cd_op op);
+
+#endif

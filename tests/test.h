@@ -1,0 +1,77 @@
+/* test.h - a tiny test harness. Each tests/test_*.c is one binary:
+ *
+ *   TEST(conv_forward) { ... CHECK(x == y); CHECK_REL(a, b, n, 1e-4); }
+ *   int main(void) { RUN(conv_forward); return test_summary(); }
+ *
+ * Lines "PASS name", "FAIL name: why", "SKIP name: why" are counted by tests/run.sh.
+ */
+#ifndef CD_TEST_H
+#define CD_TEST_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "engine/graph.h"
+
+extern int test_failed_flag, test_skipped_flag;
+extern char test_msg[1024];
+
+#define TEST(name) static void name(void)
+#define RUN(name) test_run(#name, name)
+#define FAILF(...) do { snprintf(test_msg, sizeof test_msg, __VA_ARGS__); test_failed_flag = 1; return; } while (0)
+#define CHECK(c) do { if (!(c)) FAILF("%s:%d: %s", __FILE__, __LINE__, #c); } while (0)
+#define CHECKF(c, ...) do { if (!(c)) { int k_ = snprintf(test_msg, sizeof test_msg, "%s:%d: ", __FILE__, __LINE__); \
+    snprintf(test_msg + k_, sizeof test_msg - k_, __VA_ARGS__); test_failed_flag = 1; return; } } while (0)
+/* CHECK_OK: a cdiff call returning 0/-1 */
+#define CHECK_OK(e) do { if ((e) != 0) FAILF("%s:%d: %s failed: %s", __FILE__, __LINE__, #e, cd_last_error()); } while (0)
+/* relative L2 error of float arrays a (result) vs ref */
+#define CHECK_REL(a, ref, n, tol) do { double e_ = test_rel_err((a), (ref), (n)); \
+    if (!(e_ <= (tol))) FAILF("%s:%d: rel err %.3g > %.3g (%s vs %s)", __FILE__, __LINE__, e_, (double)(tol), #a, #ref); } while (0)
+#define SKIP(...) do { snprintf(test_msg, sizeof test_msg, __VA_ARGS__); test_skipped_flag = 1; return; } while (0)
+
+void test_run(const char *name, void (*fn)(void));
+int test_summary(void);
+
+double test_rel_err(const float *a, const float *ref, size_t n);
+double test_rel_err_d(const double *a, const double *ref, size_t n);
+void test_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t seed);
+/* ../shared/golden (or $CDIFF_GOLDEN); NULL when absent. path_out gets dir/rel. */
+const char *test_golden_dir(void);
+int test_golden_path(char *out, size_t cap, const char *rel); /* 0 ok, -1 missing */
+#define NEED_GOLDEN(buf, rel) do { if (test_golden_path(buf, sizeof buf, rel)) \
+    SKIP("golden file %s not found (set CDIFF_GOLDEN or place ../shared/golden beside the project)", rel); } while (0)
+
+/* ---- op checking: forward against a double reference, backward against
+ * central finite differences of that reference, in double precision. ----
+ * build(): makes the op from the leaves (src[i] are params; those in
+ *          trainable_mask are trainable), returns its output node.
+ * ref():   computes the op's output in double from double inputs.
+ * init():  optional; returns -1 to take the default fill (uniform [-1, 1]),
+ *          0 after filling leaf i itself, 1 after filling it when the leaf
+ *          must not be perturbed by finite differences (ids, masks).
+ * The loss is sum(r * y) for fixed random r. Up to max_fd elements per leaf
+ * are checked by finite differences. */
+typedef struct {
+  const char *name;
+  int nsrc;
+  int ndim[4];
+  int64_t ne[4][4];
+  unsigned trainable_mask;
+  cd_node *(*build)(cd_graph *g, cd_node **src, void *ctx);
+  void (*ref)(double **src, double *out, void *ctx);
+  int (*init)(int i, float *data, int64_t n, void *ctx);
+  void *ctx;
+  double fwd_tol;  /* default 1e-5 */
+  double grad_tol; /* default 1e-3, relative L2 over the checked elements */
+  double fd_eps;   /* default 1e-4 */
+  int max_fd;      /* default 64 */
+} op_check;
+/* returns 0 if fine, else -1 with test_msg set */
+int test_check_op(const op_check *c);
+#define CHECK_OP(c) do { if (test_check_op(c)) { test_failed_flag = 1; return; } } while (0)
+
+#endif
