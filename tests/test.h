@@ -74,4 +74,10 @@ typedef struct {
 int test_check_op(const op_check *c);
 #define CHECK_OP(c) do { if (test_check_op(c)) { test_failed_flag = 1; return; } } while (0)
 
+
+/* ---- golden tensors ---- */
+#include "io/tensor_file.h"
+/* whole tensor as fp32 (cd_malloc'd), numel in *n; NULL + test_msg if missing */
+float *test_read_f32(const cd_tensor_file *f, const char *name, int64_t *n);
+
 #endif

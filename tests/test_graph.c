@@ -19,7 +19,7 @@ static void chain_build(chain *c, int trainable_early) {
   cd_node *h = c->x;
   for (int i = 0; i < 13; i++) {
     c->w[i] = cd_malloc(D * D * sizeof(float));
-    test_fill_uniform(c->w[i], D * D, -0.4f, 0.4f, 100 + i);
+    test_fill_uniform(c->w[i], D * D, -0.8f, 0.8f, 100 + i);
     cd_node *w = cd_param(c->g, "w", c->w[i], 2, ws);
     if (i == 6 || (trainable_early && i == 1)) cd_set_trainable(w);
     if (i == 6) c->wt = w;
@@ -112,6 +112,7 @@ TEST(chain_gradient_matches_finite_differences) {
     double lm = c.loss->data[0];
     w[j] = w0;
     double fd = (lp - lm) / 2e-2;
+
     num += (fd - c.wt->grad[j]) * (fd - c.wt->grad[j]);
     den += fd * fd;
   }

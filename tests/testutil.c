@@ -157,3 +157,20 @@ done:
   free(r); free(rd); free(yref);
   return rc;
 }
+
+float *test_read_f32(const cd_tensor_file *f, const char *name, int64_t *n) {
+  const cd_tensor_info *t = cd_tf_find(f, name);
+  if (!t) {
+    snprintf(test_msg, sizeof test_msg, "golden tensor %s missing", name);
+    return NULL;
+  }
+  int64_t k = cd_tensor_numel(t);
+  float *x = cd_malloc((k ? k : 1) * sizeof(float));
+  if (cd_tf_read_f32(f, t, x)) {
+    snprintf(test_msg, sizeof test_msg, "%s", cd_last_error());
+    free(x);
+    return NULL;
+  }
+  if (n) *n = k;
+  return x;
+}

@@ -1,7 +1,9 @@
 /* graph.c - graph construction, shape inference, memory planning, execution.
  *
  * Timeline used by the planner: forward step i runs node i; backward step
- * 2N-1-i runs node i's backward. Every buffer (value, aux, gradient) gets an
+ * 2N-1-i runs node i's backward. Inputs and outputs live over the whole
+ * timeline: inputs are written once and read by many runs (a sampler sets the
+ * text context once for all its steps). Every buffer (value, aux, gradient) gets an
  * interval [first, last] of steps on this timeline and the planner packs the
  * intervals into one arena so that buffers whose intervals do not overlap
  * share memory. Views (reshape) alias their root's value and gradient.
@@ -97,6 +99,17 @@ static cd_node *build_error(cd_graph *g, const char *op, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(g->err + k, sizeof g->err - k, fmt, ap);
+    va_end(ap);
+  }
+  int64_t one = 1;
+  return new_node(g, CD_OP_NONE, 1, &one);
+}
+
+cd_node *cd_graph_fail(cd_graph *g, const char *fmt, ...) {
+  if (!g->err[0]) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g->err, sizeof g->err, fmt, ap);
     va_end(ap);
   }
   int64_t one = 1;
@@ -474,7 +487,7 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
       cd_node *r = root_of(x);
       if (2 * N - 1 - i > d_end[r->id]) d_end[r->id] = 2 * N - 1 - i;
     }
-    if (x->flags & CD_FLAG_OUTPUT) d_end[root_of(x)->id] = T - 1;
+    if (x->flags & (CD_FLAG_OUTPUT | CD_FLAG_INPUT)) d_end[root_of(x)->id] = T - 1;
   }
   if (g->training) {
     cd_node *lr = root_of(g->loss);

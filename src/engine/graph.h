@@ -157,6 +157,10 @@ int cd_graph_nnodes(const cd_graph *g);
 cd_node *cd_graph_node(const cd_graph *g, int i);
 cd_node *cd_graph_find(const cd_graph *g, const char *name); /* by name, NULL if none */
 void cd_node_set_name(cd_node *n, const char *fmt, ...);
+/* Record a build error (first one wins; cd_graph_plan reports it) and return
+ * a placeholder node so that building can go on without crashing. Used by
+ * model code for missing or mis-shaped weights. */
+cd_node *cd_graph_fail(cd_graph *g, const char *fmt, ...);
 
 static inline size_t cd_nbytes(const cd_node *n) { return (size_t)n->n * sizeof(float); }
 int64_t cd_numel(int ndim, const int64_t *ne);

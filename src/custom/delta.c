@@ -1,0 +1,466 @@
+/* delta.c - reading, checking, applying and writing Custom Diffusion deltas (see delta.h). */
+#include "delta.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "custom/lowrank.h"
+#include "io/fsutil.h"
+#include "io/tensor_file.h"
+#include "models/keymap.h"
+
+cd_delta *cd_delta_new(void) {
+  cd_delta *d = cd_calloc(1, sizeof *d);
+  d->w = cd_weights_new();
+  return d;
+}
+
+void cd_delta_free(cd_delta *d) {
+  if (!d) return;
+  cd_weights_free(d->w);
+  free(d->embeds);
+  free(d->args);
+  free(d);
+}
+
+static int put_tensor(cd_delta *d, const cd_tensor_file *f, const cd_tensor_info *t, const char *name) {
+  if (t->ndim < 1 || t->ndim > 4) return cd_set_error("%s: tensor %s has %d dimensions", cd_tf_path(f), t->name, t->ndim);
+  int64_t n = cd_tensor_numel(t);
+  float *x = cd_malloc((n ? n : 1) * sizeof(float));
+  if (cd_tf_read_f32(f, t, x)) {
+    free(x);
+    return -1;
+  }
+  return cd_weights_put(d->w, name, t->ndim, t->shape, x);
+}
+
+static int add_token(cd_delta *d, const char *tok, const char *init, const float *e, int width, const char *src) {
+  if (d->ntok >= CD_DELTA_MAX_TOKENS) return cd_set_error("%s: more than %d modifier tokens", src, CD_DELTA_MAX_TOKENS);
+  if (d->d && d->d != width) return cd_set_error("%s: token %s has width %d, others %d", src, tok, width, d->d);
+  if (strlen(tok) >= sizeof d->tok[0]) return cd_set_error("%s: token name too long", src);
+  d->d = width;
+  d->embeds = cd_realloc(d->embeds, (size_t)(d->ntok + 1) * width * sizeof(float));
+  memcpy(d->embeds + (size_t)d->ntok * width, e, width * sizeof(float));
+  snprintf(d->tok[d->ntok], sizeof d->tok[0], "%s", tok);
+  snprintf(d->init[d->ntok], sizeof d->init[0], "%s", init ? init : "");
+  d->ntok++;
+  return 0;
+}
+
+/* ---- cdiff's own file ---- */
+static int json_list(const char *txt, char out[][32], int cap, const char *what, const char *path) {
+  if (!txt) return 0;
+  cJSON *j = cJSON_Parse(txt);
+  if (!j || !cJSON_IsArray(j)) {
+    cJSON_Delete(j);
+    return cd_set_error("%s: metadata '%s' is not a JSON list", path, what);
+  }
+  int n = 0;
+  cJSON *it;
+  cJSON_ArrayForEach(it, j) {
+    if (!cJSON_IsString(it) || n >= cap) {
+      cJSON_Delete(j);
+      return cd_set_error("%s: metadata '%s' has a bad entry", path, what);
+    }
+    snprintf(out[n++], 32, "%s", it->valuestring);
+  }
+  cJSON_Delete(j);
+  return n;
+}
+
+static int load_cdiff(const cd_tensor_file *f, cd_delta *d) {
+  const char *path = cd_tf_path(f), *v;
+  snprintf(d->layout, sizeof d->layout, "cdiff");
+  if ((v = cd_tf_meta(f, "family"))) d->family = !strcmp(v, "sd2") ? CD_FAMILY_SD2 : !strcmp(v, "sd1") ? CD_FAMILY_SD1 : 0;
+  if ((v = cd_tf_meta(f, "context_dim"))) d->ctx = atoi(v);
+  if ((v = cd_tf_meta(f, "base_hash"))) snprintf(d->base_hash, sizeof d->base_hash, "%s", v);
+  if ((v = cd_tf_meta(f, "train"))) snprintf(d->train, sizeof d->train, "%s", v);
+  if ((v = cd_tf_meta(f, "lowrank"))) d->lowrank = atoi(v);
+  if ((v = cd_tf_meta(f, "ratio"))) d->ratio = atof(v);
+  if ((v = cd_tf_meta(f, "args"))) d->args = cd_strdup(v);
+  char toks[CD_DELTA_MAX_TOKENS][32], inits[CD_DELTA_MAX_TOKENS][32];
+  int nt = json_list(cd_tf_meta(f, "tokens"), toks, CD_DELTA_MAX_TOKENS, "tokens", path);
+  if (nt < 0) return -1;
+  int ni = json_list(cd_tf_meta(f, "initializers"), inits, CD_DELTA_MAX_TOKENS, "initializers", path);
+  if (ni < 0) return -1;
+  const cd_tensor_info *emb = cd_tf_find(f, "modifier_tokens");
+  if (nt && (!emb || emb->ndim != 2 || emb->shape[0] != nt))
+    return cd_set_error("%s: 'modifier_tokens' missing or not [%d, d] for the %d tokens in the metadata", path, nt, nt);
+  if (nt) {
+    int width = (int)emb->shape[1];
+    float *e = cd_malloc((size_t)nt * width * sizeof(float));
+    if (cd_tf_read_f32(f, emb, e)) { free(e); return -1; }
+    for (int i = 0; i < nt; i++)
+      if (add_token(d, toks[i], i < ni ? inits[i] : "", e + (size_t)i * width, width, path)) { free(e); return -1; }
+    free(e);
+  }
+  for (int i = 0; i < cd_tf_count(f); i++) {
+    const cd_tensor_info *t = cd_tf_at(f, i);
+    if (!strcmp(t->name, "modifier_tokens")) continue;
+    if (!strstr(t->name, ".attn2.")) return cd_set_error("%s: unexpected tensor '%s' (only attn2 weights and modifier_tokens)", path, t->name);
+    if (put_tensor(d, f, t, t->name)) return -1;
+  }
+  return 0;
+}
+
+/* ---- diffusers' layout ---- */
+static int diffusers_name(const char *key, char *out, size_t cap) {
+  static const struct { const char *from, *to; } map[] = {
+      {".processor.to_k_custom_diffusion.weight", ".to_k.weight"},
+      {".processor.to_v_custom_diffusion.weight", ".to_v.weight"},
+      {".processor.to_q_custom_diffusion.weight", ".to_q.weight"},
+      {".processor.to_out_custom_diffusion.0.weight", ".to_out.0.weight"},
+      {".processor.to_out_custom_diffusion.0.bias", ".to_out.0.bias"}};
+  for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+    const char *p = strstr(key, map[i].from);
+    if (p && p[strlen(map[i].from)] == 0) {
+      snprintf(out, cap, "%.*s%s", (int)(p - key), key, map[i].to);
+      return 0;
+    }
+  }
+  return -1;
+}
+
+static int load_diffusers_weights(const cd_tensor_file *f, cd_delta *d) {
+  snprintf(d->layout, sizeof d->layout, "diffusers");
+  int kv = 0;
+  for (int i = 0; i < cd_tf_count(f); i++) {
+    const cd_tensor_info *t = cd_tf_at(f, i);
+    char name[256];
+    if (diffusers_name(t->name, name, sizeof name))
+      return cd_set_error("%s: unexpected key '%s' in a Custom Diffusion weights file", cd_tf_path(f), t->name);
+    if (put_tensor(d, f, t, name)) return -1;
+    if (strstr(name, ".to_k.weight")) kv++;
+  }
+  if (!kv) return cd_set_error("%s: no to_k_custom_diffusion weights", cd_tf_path(f));
+  snprintf(d->train, sizeof d->train, cd_weights_count(d->w) > 2 * kv ? "crossattn" : "crossattn_kv");
+  return 0;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* <newN>.safetensors / .bin files beside the weights: {"<newN>": [d]} */
+static int load_token_files(const char *dir, cd_delta *d) {
+  DIR *dp = opendir(dir);
+  if (!dp) return cd_set_error("cannot read folder %s", dir);
+  char *names[256];
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(dp)) && n < 256) {
+    const char *s = e->d_name;
+    size_t L = strlen(s);
+    if (!strcmp(s, CD_DIFFUSERS_DELTA_FILE) || !strcmp(s, "pytorch_custom_diffusion_weights.bin") || !strcmp(s, CD_DELTA_FILE)) continue;
+    if ((L > 12 && !strcmp(s + L - 12, ".safetensors")) || (L > 4 && !strcmp(s + L - 4, ".bin"))) names[n++] = cd_strdup(s);
+  }
+  closedir(dp);
+  qsort(names, n, sizeof *names, cmp_str);
+  int rc = 0;
+  for (int i = 0; i < n && !rc; i++) {
+    char path[2048];
+    snprintf(path, sizeof path, "%.1500s/%.500s", dir, names[i]);
+    cd_tensor_file *f;
+    if (cd_tensor_file_open(path, &f)) { rc = -1; break; }
+    const cd_tensor_info *t = cd_tf_count(f) == 1 ? cd_tf_at(f, 0) : NULL;
+    if (t && (t->ndim == 1 || (t->ndim == 2 && t->shape[0] == 1))) {
+      int width = (int)t->shape[t->ndim - 1];
+      float *x = cd_malloc(width * sizeof(float));
+      rc = cd_tf_read_f32(f, t, x) || add_token(d, t->name, "", x, width, path) ? -1 : 0;
+      free(x);
+    }
+    cd_tensor_file_close(f);
+  }
+  for (int i = 0; i < n; i++) free(names[i]);
+  return rc;
+}
+
+/* ---- the original repository's delta.ckpt ---- */
+static int load_original(const cd_tensor_file *f, const cd_sd_model *m, cd_delta *d) {
+  snprintf(d->layout, sizeof d->layout, "original");
+  if (!m) return cd_set_error("%s: an original-layout delta needs the model to map its keys", cd_tf_path(f));
+  cd_keymap km = {0};
+  if (cd_keymap_unet(&km, &m->unet.cfg)) return -1;
+  int rc = 0, kv = 0;
+  const char *pre = "model.diffusion_model.";
+  for (int i = 0; i < cd_tf_count(f) && !rc; i++) {
+    const cd_tensor_info *t = cd_tf_at(f, i);
+    if (!strcmp(t->name, "embed")) {
+      if (t->ndim != 2) { rc = cd_set_error("%s: 'embed' must be [n, d]", cd_tf_path(f)); break; }
+      int nt = (int)t->shape[0], width = (int)t->shape[1];
+      float *e = cd_malloc((size_t)(nt ? nt : 1) * width * sizeof(float));
+      rc = cd_tf_read_f32(f, t, e);
+      for (int k = 0; k < nt && !rc; k++) {
+        char tok[32];
+        snprintf(tok, sizeof tok, "<new%d>", k + 1);
+        rc = add_token(d, tok, "", e + (size_t)k * width, width, cd_tf_path(f));
+      }
+      free(e);
+      continue;
+    }
+    if (strncmp(t->name, pre, strlen(pre))) { rc = cd_set_error("%s: unexpected key '%s'", cd_tf_path(f), t->name); break; }
+    cd_km_result r;
+    if (cd_keymap_map(&km, t->name + strlen(pre), &r) != CD_KM_COPY || !strstr(r.dst[0], ".attn2."))
+      { rc = cd_set_error("%s: key '%s' is not a cross-attention weight of this model", cd_tf_path(f), t->name); break; }
+    rc = put_tensor(d, f, t, r.dst[0]);
+    if (strstr(r.dst[0], ".to_k.")) kv++;
+  }
+  cd_keymap_free(&km);
+  if (!rc && !kv) rc = cd_set_error("%s: no cross-attention weights in this delta", cd_tf_path(f));
+  snprintf(d->train, sizeof d->train, cd_weights_count(d->w) > 2 * kv ? "crossattn" : "crossattn_kv");
+  return rc;
+}
+
+static int load_file(const char *path, const cd_sd_model *m, cd_delta *d) {
+  cd_tensor_file *f;
+  if (cd_tensor_file_open(path, &f)) return -1;
+  int rc;
+  const char *fmt = cd_tf_meta(f, "format");
+  if (fmt && !strcmp(fmt, "cdiff-delta")) rc = load_cdiff(f, d);
+  else if (cd_tf_find(f, "embed") || (cd_tf_count(f) > 0 && !strncmp(cd_tf_at(f, 0)->name, "model.diffusion_model.", 22)))
+    rc = load_original(f, m, d);
+  else if (cd_tf_count(f) > 0 && strstr(cd_tf_at(f, 0)->name, "_custom_diffusion")) {
+    rc = load_diffusers_weights(f, d);
+    if (!rc) { /* token files live beside the weights */
+      char dir[2048];
+      snprintf(dir, sizeof dir, "%s", path);
+      char *sl = strrchr(dir, '/');
+      if (sl) *sl = 0; else snprintf(dir, sizeof dir, ".");
+      rc = load_token_files(dir, d);
+    }
+  } else
+    rc = cd_set_error("%s: not a Custom Diffusion delta (no cdiff metadata, custom_diffusion keys or model.diffusion_model keys)", path);
+  cd_tensor_file_close(f);
+  return rc;
+}
+
+int cd_delta_load(const char *path, const cd_sd_model *m, cd_delta **out) {
+  cd_delta *d = cd_delta_new();
+  char p[2048];
+  int rc;
+  if (cd_is_dir(path)) {
+    static const char *cands[] = {CD_DELTA_FILE, CD_DIFFUSERS_DELTA_FILE, "pytorch_custom_diffusion_weights.bin", "delta.ckpt"};
+    rc = cd_set_error("%s: no %s, %s or delta.ckpt in this folder", path, CD_DELTA_FILE, CD_DIFFUSERS_DELTA_FILE);
+    for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++) {
+      snprintf(p, sizeof p, "%s/%s", path, cands[i]);
+      if (cd_file_exists(p)) {
+        cd_clear_error();
+        rc = load_file(p, m, d);
+        break;
+      }
+    }
+  } else if (!cd_file_exists(path)) {
+    rc = cd_set_error("delta %s does not exist", path);
+  } else {
+    rc = load_file(path, m, d);
+  }
+  if (rc) {
+    cd_delta_free(d);
+    return -1;
+  }
+  *out = d;
+  return 0;
+}
+
+int cd_delta_resolve(cd_delta *d, const cd_sd_model *m) {
+  if (d->family && d->family != m->family)
+    return cd_set_error("delta was trained on an SD %d.x model but %s is SD %d.x", d->family, m->path, m->family);
+  if (d->ntok && d->d != m->clip.cfg.width)
+    return cd_set_error("delta token embeddings have width %d but the text encoder of %s has width %d (a delta for another model family)",
+                        d->d, m->path, m->clip.cfg.width);
+  int n = cd_weights_count(d->w);
+  for (int i = 0; i < n; i++) {
+    cd_weight *x = cd_weights_at(d->w, i);
+    size_t L = strlen(x->name);
+    if (L > 6 && !strcmp(x->name + L - 6, ".lr_vt")) continue;
+    char base[256];
+    int lr = L > 6 && !strcmp(x->name + L - 6, ".lr_us");
+    snprintf(base, sizeof base, "%.*s", (int)(lr ? L - 6 : L), x->name);
+    const cd_weights *src = m->unet_orig && cd_weights_get(m->unet_orig, base) ? m->unet_orig : m->unet.w;
+    cd_weight *b = cd_weights_get(src, base);
+    if (!b) return cd_set_error("delta weight '%s' does not exist in the UNet of %s", base, m->path);
+    if (!lr) {
+      int ok = b->ndim == x->ndim;
+      for (int k = 0; ok && k < x->ndim; k++) ok = b->ne[k] == x->ne[k];
+      if (!ok)
+        return cd_set_error("delta weight '%s' has shape [%ld,%ld] but the model's is [%ld,%ld] (a delta for another base model or context width)",
+                            base, (long)x->ne[0], (long)x->ne[1], (long)b->ne[0], (long)b->ne[1]);
+      continue;
+    }
+    char vtn[272];
+    snprintf(vtn, sizeof vtn, "%s.lr_vt", base);
+    cd_weight *vt = cd_weights_get(d->w, vtn);
+    if (!vt || x->ndim != 2 || vt->ndim != 2 || x->ne[1] != vt->ne[0] || b->ndim != 2 || x->ne[0] != b->ne[0] || vt->ne[1] != b->ne[1])
+      return cd_set_error("delta low-rank factors of '%s' are missing or do not fit the model's [%ld,%ld] weight", base,
+                          (long)b->ne[0], (long)(b->ndim > 1 ? b->ne[1] : 1));
+    float *W = cd_malloc(b->ne[0] * b->ne[1] * sizeof(float));
+    memcpy(W, b->data, b->ne[0] * b->ne[1] * sizeof(float));
+    cd_lowrank_apply(x->data, vt->data, (int)b->ne[0], (int)b->ne[1], (int)x->ne[1], W);
+    if (cd_weights_put(d->w, base, 2, b->ne, W)) return -1;
+  }
+  /* drop the factors now that full weights exist: rebuild the store without them */
+  if (d->lowrank) {
+    cd_weights *nw = cd_weights_new();
+    for (int i = 0; i < cd_weights_count(d->w); i++) {
+      cd_weight *x = cd_weights_at(d->w, i);
+      size_t L = strlen(x->name);
+      if (L > 6 && (!strcmp(x->name + L - 6, ".lr_us") || !strcmp(x->name + L - 6, ".lr_vt"))) continue;
+      float *c = cd_malloc(cd_numel(x->ndim, x->ne) * sizeof(float));
+      memcpy(c, x->data, cd_numel(x->ndim, x->ne) * sizeof(float));
+      cd_weights_put(nw, x->name, x->ndim, x->ne, c);
+    }
+    cd_weights_free(d->w);
+    d->w = nw;
+    d->lowrank = 0;
+  }
+  if (cd_weights_count(d->w) > 0) d->ctx = (int)cd_weights_at(d->w, 0)->ne[1];
+  return 0;
+}
+
+int cd_delta_apply(cd_sd_model *m, const cd_delta *d) {
+  if (!m->unet_orig) m->unet_orig = cd_weights_new();
+  /* tokens first: a clash leaves the model untouched */
+  if (d->ntok && !m->tok) return cd_set_error("the delta adds tokens but %s has no tokenizer (pass --vocab)", m->path);
+  for (int i = 0; i < d->ntok; i++)
+    if (cd_tokenizer_lookup(m->tok, d->tok[i]) >= 0)
+      return cd_set_error("token %s is already defined (by the vocabulary or an earlier delta): train concepts with distinct --modifier-token names or use cdiff merge", d->tok[i]);
+  for (int i = 0; i < cd_weights_count(d->w); i++) {
+    cd_weight *x = cd_weights_at(d->w, i);
+    cd_weight *b = cd_weights_get(m->unet.w, x->name);
+    if (!b || cd_numel(b->ndim, b->ne) != cd_numel(x->ndim, x->ne)) return cd_set_error("delta weight '%s' does not fit the model", x->name);
+    int64_t n = cd_numel(x->ndim, x->ne);
+    cd_weight *o = cd_weights_get(m->unet_orig, x->name);
+    if (!o) { /* first delta on this weight: keep the base, take the delta's values */
+      float *c = cd_malloc(n * sizeof(float));
+      memcpy(c, b->data, n * sizeof(float));
+      cd_weights_put(m->unet_orig, x->name, b->ndim, b->ne, c);
+      memcpy(b->data, x->data, n * sizeof(float));
+    } else { /* later deltas add their change relative to the base */
+      for (int64_t k = 0; k < n; k++) b->data[k] += x->data[k] - o->data[k];
+    }
+  }
+  if (d->ntok) {
+    const char *tn = "text_model.embeddings.token_embedding.weight";
+    cd_weight *e = cd_weights_get(m->clip.w, tn);
+    if (!e) return cd_set_error("%s: text encoder has no token embedding", m->path);
+    int64_t V = e->ne[0], D = e->ne[1];
+    float *t = cd_malloc((V + d->ntok) * D * sizeof(float));
+    memcpy(t, e->data, V * D * sizeof(float));
+    memcpy(t + V * D, d->embeds, (size_t)d->ntok * D * sizeof(float));
+    for (int i = 0; i < d->ntok; i++) {
+      int id = cd_tokenizer_add_token(m->tok, d->tok[i]);
+      if (id != V + i) {
+        free(t);
+        return cd_set_error("token %s got id %d, expected %ld (tokenizer and text encoder disagree)", d->tok[i], id, (long)(V + i));
+      }
+    }
+    if (cd_weights_put(m->clip.w, tn, 2, (int64_t[]){V + d->ntok, D}, t)) return -1;
+    m->clip.cfg.vocab = (int)(V + d->ntok);
+  }
+  m->ndeltas++;
+  return 0;
+}
+
+int cd_delta_apply_path(cd_sd_model *m, const char *path) {
+  cd_delta *d;
+  if (cd_delta_load(path, m, &d)) return -1;
+  int rc = cd_delta_resolve(d, m) || cd_delta_apply(m, d) ? -1 : 0;
+  cd_delta_free(d);
+  return rc;
+}
+
+/* ---- writing ---- */
+static char *json_of(const char (*v)[32], int n) {
+  cJSON *a = cJSON_CreateArray();
+  for (int i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateString(v[i]));
+  char *s = cJSON_PrintUnformatted(a);
+  cJSON_Delete(a);
+  return s;
+}
+
+static int save_cdiff(const char *path, const cd_delta *d) {
+  int n = cd_weights_count(d->w);
+  cd_tensor_out *t = cd_calloc(n + 1, sizeof *t);
+  int k = 0;
+  for (int i = 0; i < n; i++) {
+    cd_weight *x = cd_weights_at(d->w, i);
+    t[k] = (cd_tensor_out){.name = x->name, .dtype = CD_DT_F32, .ndim = x->ndim, .data = x->data};
+    for (int j = 0; j < x->ndim; j++) t[k].shape[j] = x->ne[j];
+    k++;
+  }
+  if (d->ntok) t[k++] = (cd_tensor_out){.name = "modifier_tokens", .dtype = CD_DT_F32, .ndim = 2, .shape = {d->ntok, d->d}, .data = d->embeds};
+  char *toks = json_of(d->tok, d->ntok), *inits = json_of(d->init, d->ntok);
+  char ctx[16], width[16], lr[4], ratio[32];
+  snprintf(ctx, sizeof ctx, "%d", d->ctx);
+  snprintf(width, sizeof width, "%d", d->d);
+  snprintf(lr, sizeof lr, "%d", d->lowrank);
+  snprintf(ratio, sizeof ratio, "%g", d->ratio);
+  const char *meta[] = {"format", "cdiff-delta", "version", "1", "family", d->family == CD_FAMILY_SD2 ? "sd2" : d->family == CD_FAMILY_SD1 ? "sd1" : "",
+                        "context_dim", ctx, "text_width", width, "tokens", toks, "initializers", inits,
+                        "train", d->train[0] ? d->train : "crossattn_kv", "base_hash", d->base_hash, "lowrank", lr, "ratio", ratio,
+                        "args", d->args ? d->args : "{}"};
+  int rc = cd_safetensors_write(path, t, k, meta, (int)(sizeof meta / sizeof meta[0]) / 2);
+  free(toks);
+  free(inits);
+  free(t);
+  return rc;
+}
+
+static int save_diffusers(const char *dir, const cd_delta *d) {
+  int n = cd_weights_count(d->w);
+  cd_tensor_out *t = cd_calloc(n ? n : 1, sizeof *t);
+  char (*names)[256] = cd_calloc(n ? n : 1, 256);
+  static const struct { const char *from, *to; } map[] = {
+      {".to_k.weight", ".processor.to_k_custom_diffusion.weight"}, {".to_v.weight", ".processor.to_v_custom_diffusion.weight"},
+      {".to_q.weight", ".processor.to_q_custom_diffusion.weight"}, {".to_out.0.weight", ".processor.to_out_custom_diffusion.0.weight"},
+      {".to_out.0.bias", ".processor.to_out_custom_diffusion.0.bias"}};
+  int k = 0, rc = 0;
+  for (int i = 0; i < n && !rc; i++) {
+    cd_weight *x = cd_weights_at(d->w, i);
+    const char *a = strstr(x->name, ".attn2");
+    int found = 0;
+    for (size_t j = 0; a && j < sizeof map / sizeof map[0]; j++)
+      if (!strcmp(a + 6, map[j].from)) {
+        snprintf(names[k], 256, "%.*s%s", (int)(a + 6 - x->name), x->name, map[j].to);
+        found = 1;
+      }
+    if (!found) { rc = cd_set_error("cannot express '%s' in diffusers' Custom Diffusion layout", x->name); break; }
+    t[k] = (cd_tensor_out){.name = names[k], .dtype = CD_DT_F32, .ndim = x->ndim, .data = x->data};
+    for (int j = 0; j < x->ndim; j++) t[k].shape[j] = x->ne[j];
+    k++;
+  }
+  char path[2048];
+  const char *meta[] = {"format", "pt"};
+  if (!rc) {
+    snprintf(path, sizeof path, "%s/%s", dir, CD_DIFFUSERS_DELTA_FILE);
+    rc = cd_safetensors_write(path, t, k, meta, 1);
+  }
+  for (int i = 0; i < d->ntok && !rc; i++) {
+    cd_tensor_out e = {.name = d->tok[i], .dtype = CD_DT_F32, .ndim = 1, .shape = {d->d}, .data = d->embeds + (size_t)i * d->d};
+    snprintf(path, sizeof path, "%s/%s.safetensors", dir, d->tok[i]);
+    rc = cd_safetensors_write(path, &e, 1, meta, 1);
+  }
+  free(t);
+  free(names);
+  return rc;
+}
+
+int cd_delta_save(const char *dir, const cd_delta *d) {
+  if (cd_mkdir_p(dir)) return -1;
+  char path[2048];
+  snprintf(path, sizeof path, "%s/%s", dir, CD_DELTA_FILE);
+  if (save_cdiff(path, d)) return -1;
+  if (!d->lowrank && save_diffusers(dir, d)) return -1;
+  return 0;
+}
+
+size_t cd_delta_bytes(const cd_delta *d) {
+  size_t b = (size_t)d->ntok * d->d * 4;
+  for (int i = 0; i < cd_weights_count(d->w); i++) {
+    cd_weight *x = cd_weights_at(d->w, i);
+    b += cd_numel(x->ndim, x->ne) * 4;
+  }
+  return b;
+}

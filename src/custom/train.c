@@ -1,0 +1,254 @@
+/* train.c - the Custom Diffusion step (see train.h for the math). */
+#include "train.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "custom/delta.h"
+#include "diffusion/scheduler.h"
+
+void cd_train_opts_default(cd_train_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->batch = 1;
+  o->prior = 1;
+  o->res = 512;
+  o->train = CD_TRAIN_KV;
+  o->lr = 1e-5f;
+  o->beta1 = 0.9f;
+  o->beta2 = 0.999f;
+  o->eps = 1e-8f;
+  o->weight_decay = 1e-2f;
+  o->max_grad_norm = 1.0f;
+  o->prior_weight = 1.0f;
+  o->sample_latents = 1;
+}
+
+int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
+  memset(t, 0, sizeof *t);
+  t->m = m;
+  t->o = *o;
+  if (o->res <= 0 || o->res % 64) return cd_set_error("--resolution must be a positive multiple of 64 (got %d)", o->res);
+  if (o->batch < 1) return cd_set_error("--batch must be at least 1");
+  if (o->ntok < 0 || o->ntok > 16) return cd_set_error("between 0 and 16 modifier tokens are supported");
+  t->B = o->batch * (o->prior ? 2 : 1);
+  t->h = t->w = o->res / 8;
+  const int B = t->B;
+  const int64_t h = t->h, w = t->w, d = m->clip.cfg.width, C = m->unet.cfg.in_channels;
+
+  t->ac = cd_malloc(m->sched.num_train_timesteps * sizeof(float));
+  cd_sched_alphas_cumprod(&m->sched, t->ac);
+
+  /* the new tokens' rows start as copies of their initializer rows */
+  cd_weight *table = cd_weights_get(m->clip.w, "text_model.embeddings.token_embedding.weight");
+  if (!table) return cd_set_error("%s: text encoder has no token embedding", m->path);
+  t->extra = cd_malloc((size_t)(o->ntok ? o->ntok : 1) * d * sizeof(float));
+  for (int i = 0; i < o->ntok; i++) {
+    if (o->init_id[i] < 0 || o->init_id[i] >= table->ne[0]) return cd_set_error("initializer token id %d out of range", o->init_id[i]);
+    if (o->tok_id[i] != m->clip.cfg.vocab + i)
+      return cd_set_error("modifier token %d has id %d, expected %d", i, o->tok_id[i], m->clip.cfg.vocab + i);
+    memcpy(t->extra + (size_t)i * d, table->data + (size_t)o->init_id[i] * d, d * sizeof(float));
+  }
+
+  /* VAE encoder, inference only */
+  t->enc = cd_graph_new();
+  t->enc_in = cd_input(t->enc, "pixels", 4, (int64_t[]){B, 3, o->res, o->res});
+  t->enc_out = cd_vae_encode_build(t->enc, &m->vae, t->enc_in);
+  cd_graph_output(t->enc, t->enc_out);
+  if (cd_graph_plan(t->enc, NULL)) return cd_prefix_error("VAE encoder");
+
+  /* text encoder + UNet + loss, with gradients */
+  cd_graph *g = t->g = cd_graph_new();
+  t->ids = cd_input(g, "ids", 2, (int64_t[]){B, 77});
+  cd_node *extra = NULL;
+  if (o->ntok) {
+    extra = cd_param(g, "token_embedding.extra", t->extra, 2, (int64_t[]){o->ntok, d});
+    cd_set_trainable(extra);
+  }
+  cd_node *ctx = cd_clip_build(g, &m->clip, t->ids, extra, NULL);
+  t->noisy = cd_input(g, "noisy", 4, (int64_t[]){B, C, h, w});
+  t->t = cd_input(g, "t", 1, (int64_t[]){B});
+  cd_weights_clear_used(m->unet.w);
+  for (int i = 0; i < cd_weights_count(m->unet.w); i++) cd_weights_at(m->unet.w, i)->node = NULL;
+  int saved_train = m->unet.train, saved_detach = m->unet.detach_rows;
+  m->unet.train = o->train;
+  m->unet.detach_rows = 1;
+  t->pred = cd_unet_build(g, &m->unet, t->noisy, t->t, ctx);
+  m->unet.train = saved_train;
+  m->unet.detach_rows = saved_detach;
+  t->target = cd_input(g, "target", 4, (int64_t[]){B, C, h, w});
+  t->mask_i = cd_input(g, "mask_instance", 4, (int64_t[]){B, 1, h, w});
+  t->inst = cd_mse(g, t->pred, t->target, t->mask_i);
+  if (o->prior) {
+    /* Both terms over the whole batch with complementary masks; the scales undo
+     * the mean over 2x the samples and, for the class term, the channel sum. */
+    t->mask_c = cd_input(g, "mask_class", 4, (int64_t[]){B, 1, h, w});
+    t->prior_loss = cd_mse(g, t->pred, t->target, t->mask_c);
+    t->loss = cd_add(g, cd_scale(g, t->inst, 2.0f), cd_scale(g, t->prior_loss, 2.0f * o->prior_weight / (float)C));
+  } else {
+    t->loss = t->inst;
+  }
+  cd_graph_output(g, t->loss);
+  cd_graph_output(g, t->inst);
+  if (t->prior_loss) cd_graph_output(g, t->prior_loss);
+  cd_graph_output(g, t->pred);
+  cd_graph_output(g, t->noisy); /* inputs stay readable after backward (tests, logging) */
+  cd_graph_output(g, t->target);
+  cd_plan_opts po = {.training = 1, .loss = t->loss};
+  if (cd_graph_plan(g, &po)) return cd_prefix_error("training graph");
+  cd_log("training graph: %d nodes, arena %.1f MiB (unplanned %.1f MiB)\n", cd_graph_nnodes(g),
+         cd_graph_arena_bytes(g) / 1048576.0, cd_graph_naive_bytes(g) / 1048576.0);
+
+  /* parameters: the trainable UNet weights in diffusers order, then the new rows */
+  int nw = cd_weights_count(m->unet.w);
+  t->p = cd_calloc(nw + 1, sizeof *t->p);
+  for (int i = 0; i < nw; i++) {
+    cd_weight *x = cd_weights_at(m->unet.w, i);
+    if (!x->node || !(x->node->flags & CD_FLAG_TRAINABLE)) continue;
+    cd_train_param *p = &t->p[t->np++];
+    p->name = x->name;
+    p->data = x->data;
+    p->grad = x->node->grad;
+    p->n = x->node->n;
+  }
+  if (extra) t->p[t->np++] = (cd_train_param){.name = "token_embedding.extra", .data = t->extra, .grad = extra->grad, .n = extra->n};
+  for (int i = 0; i < t->np; i++) {
+    t->p[i].m = cd_calloc(t->p[i].n, sizeof(float));
+    t->p[i].v = cd_calloc(t->p[i].n, sizeof(float));
+  }
+  if (!t->np) return cd_set_error("nothing to train: the UNet has no cross-attention layers");
+  return 0;
+}
+
+void cd_trainer_free(cd_trainer *t) {
+  cd_graph_free(t->enc);
+  cd_graph_free(t->g);
+  for (int i = 0; i < t->np; i++) {
+    free(t->p[i].m);
+    free(t->p[i].v);
+  }
+  free(t->p);
+  free(t->extra);
+  free(t->ac);
+  memset(t, 0, sizeof *t);
+}
+
+int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
+  const int B = t->B;
+  const int64_t C = t->m->unet.cfg.in_channels, per = C * t->h * t->w, hw = t->h * t->w;
+  memcpy(t->enc_in->data, b->pixels, cd_nbytes(t->enc_in));
+  if (cd_graph_forward(t->enc)) return -1;
+  /* latents = (mean [+ std * eps]) * scaling_factor; logvar clamped to [-30, 20] */
+  float *lat = cd_malloc(B * per * sizeof(float));
+  const float sf = t->m->vae.cfg.scaling_factor;
+  for (int i = 0; i < B; i++)
+    for (int64_t k = 0; k < per; k++) {
+      const float *mom = t->enc_out->data + (int64_t)i * 2 * per;
+      double mean = mom[k], z = mean;
+      if (t->o.sample_latents && b->latent_noise) {
+        double lv = mom[per + k];
+        lv = lv < -30 ? -30 : lv > 20 ? 20 : lv;
+        z = mean + exp(0.5 * lv) * b->latent_noise[i * per + k];
+      }
+      lat[i * per + k] = (float)(z * sf);
+    }
+  int tt[256];
+  for (int i = 0; i < B && i < 256; i++) {
+    if (b->timesteps[i] < 0 || b->timesteps[i] >= t->m->sched.num_train_timesteps) {
+      free(lat);
+      return cd_set_error("timestep %d out of range", b->timesteps[i]);
+    }
+    tt[i] = b->timesteps[i];
+    t->t->data[i] = (float)tt[i];
+  }
+  cd_add_noise(t->ac, lat, b->noise, tt, B, per, t->noisy->data);
+  if (t->m->sched.pred == CD_PRED_V) cd_get_velocity(t->ac, lat, b->noise, tt, B, per, t->target->data);
+  else memcpy(t->target->data, b->noise, B * per * sizeof(float));
+  free(lat);
+  int ninst = t->o.prior ? B / 2 : B;
+  for (int i = 0; i < B; i++)
+    for (int64_t k = 0; k < hw; k++) {
+      t->mask_i->data[i * hw + k] = i < ninst ? b->mask[i * hw + k] : 0.0f;
+      if (t->mask_c) t->mask_c->data[i * hw + k] = i < ninst ? 0.0f : 1.0f;
+    }
+  for (int64_t k = 0; k < (int64_t)B * 77; k++) t->ids->data[k] = (float)b->ids[k];
+  if (cd_graph_forward(t->g)) return -1;
+  double loss = t->loss->data[0];
+  if (r) {
+    r->loss = loss;
+    r->loss_inst = t->inst->data[0] * (t->o.prior ? 2.0 : 1.0);
+    r->loss_prior = t->prior_loss ? t->prior_loss->data[0] * 2.0 / C : 0;
+  }
+  if (!isfinite(loss)) return cd_set_error("the loss is not finite (%g) at step %d: lower --lr or check the data", loss, t->step + 1);
+  return cd_graph_backward(t->g);
+}
+
+int cd_trainer_update(cd_trainer *t, cd_step_report *r) {
+  double total = 0;
+  for (int i = 0; i < t->np; i++)
+    for (int64_t k = 0; k < t->p[i].n; k++) total += (double)t->p[i].grad[k] * t->p[i].grad[k];
+  total = sqrt(total);
+  if (!isfinite(total)) return cd_set_error("the gradient is not finite at step %d", t->step + 1);
+  double coef = t->o.max_grad_norm / (total + 1e-6);
+  if (coef > 1) coef = 1;
+  t->step++;
+  const double lr = t->o.lr, b1 = t->o.beta1, b2 = t->o.beta2, eps = t->o.eps;
+  const double bc1 = 1 - pow(b1, t->step), bc2 = 1 - pow(b2, t->step);
+  const double decay = 1 - lr * t->o.weight_decay, step_size = lr / bc1, sbc2 = sqrt(bc2);
+  for (int i = 0; i < t->np; i++) {
+    cd_train_param *p = &t->p[i];
+    #pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < p->n; k++) {
+      double g = p->grad[k] * coef;
+      double m = b1 * p->m[k] + (1 - b1) * g, v = b2 * p->v[k] + (1 - b2) * g * g;
+      p->m[k] = (float)m;
+      p->v[k] = (float)v;
+      double x = p->data[k] * decay;
+      x -= step_size * m / (sqrt(v) / sbc2 + eps);
+      p->data[k] = (float)x;
+    }
+  }
+  if (r) {
+    r->grad_norm = total;
+    r->clip_coef = coef;
+  }
+  return 0;
+}
+
+int cd_trainer_step(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
+  if (cd_trainer_grad(t, b, r)) return -1;
+  return cd_trainer_update(t, r);
+}
+
+int cd_trainer_to_delta(const cd_trainer *t, const char (*tokens)[32], const char (*inits)[32], cd_delta **out) {
+  cd_delta *d = cd_delta_new();
+  const cd_sd_model *m = t->m;
+  for (int i = 0; i < t->np; i++) {
+    const cd_train_param *p = &t->p[i];
+    if (!strcmp(p->name, "token_embedding.extra")) continue;
+    cd_weight *x = cd_weights_get(m->unet.w, p->name);
+    float *c = cd_malloc(p->n * sizeof(float));
+    memcpy(c, p->data, p->n * sizeof(float));
+    if (cd_weights_put(d->w, p->name, x->ndim, x->ne, c)) {
+      cd_delta_free(d);
+      return -1;
+    }
+  }
+  d->d = m->clip.cfg.width;
+  d->ctx = m->unet.cfg.context_dim;
+  d->family = m->family;
+  d->ntok = t->o.ntok;
+  if (d->ntok) {
+    d->embeds = cd_malloc((size_t)d->ntok * d->d * sizeof(float));
+    memcpy(d->embeds, t->extra, (size_t)d->ntok * d->d * sizeof(float));
+  }
+  for (int i = 0; i < d->ntok; i++) {
+    snprintf(d->tok[i], sizeof d->tok[i], "%s", tokens[i]);
+    snprintf(d->init[i], sizeof d->init[i], "%s", inits ? inits[i] : "");
+  }
+  snprintf(d->base_hash, sizeof d->base_hash, "%s", m->hash);
+  snprintf(d->train, sizeof d->train, t->o.train == CD_TRAIN_CROSSATTN ? "crossattn" : "crossattn_kv");
+  *out = d;
+  return 0;
+}

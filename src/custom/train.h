@@ -1,0 +1,86 @@
+/* train.h - one Custom Diffusion optimisation step, as diffusers'
+ * train_custom_diffusion.py computes it (golden README section 4):
+ *
+ *   latents = VAE posterior (mean, or a sample) * scaling_factor
+ *   noisy   = sqrt(a_t) latents + sqrt(1 - a_t) noise
+ *   target  = noise (eps) | sqrt(a_t) noise - sqrt(1 - a_t) latents (v)
+ *   pred    = unet(noisy, t, text_encoder(ids))       new-token rows trainable,
+ *                                                      attn2 K/V trainable, start-token K/V detached
+ *   loss    = mean_inst( sum(mask (pred-target)^2) / sum(mask) )          (4x masked mean, as the script)
+ *           + prior_weight * mean over class samples' elements of (pred-target)^2
+ *   grads clipped to total norm max_grad_norm over K/V and the new rows, then AdamW.
+ *
+ * Deliberate differences from the references: only the new-token rows are
+ * parameters (diffusers decays all 49408 rows; here the base rows stay exact),
+ * and every modifier token trains (the original never trains the last one).
+ */
+#ifndef CD_TRAIN_H
+#define CD_TRAIN_H
+
+#include "models/sd_model.h"
+
+typedef struct {
+  int batch;          /* instance examples per step */
+  int prior;          /* 1: as many class examples follow the instance ones */
+  int res;            /* pixels */
+  int train;          /* CD_TRAIN_KV | CD_TRAIN_CROSSATTN */
+  float lr;           /* already scaled (--scale-lr) */
+  float beta1, beta2, eps, weight_decay, max_grad_norm, prior_weight;
+  int sample_latents; /* 1: latent_dist.sample() (training); 0: the posterior mean (golden tests) */
+  int ntok;
+  int tok_id[16];     /* ids of the modifier tokens (vocab, vocab+1, ...) */
+  int init_id[16];    /* rows they start from */
+} cd_train_opts;
+
+void cd_train_opts_default(cd_train_opts *o);
+
+typedef struct {
+  const char *name;
+  float *data, *grad; /* grad points into the graph's node */
+  int64_t n;
+  float *m, *v;       /* AdamW moments */
+} cd_train_param;
+
+typedef struct {
+  cd_sd_model *m;
+  cd_train_opts o;
+  int B;              /* examples per step (batch, or 2 x batch with prior) */
+  int64_t h, w;       /* latent size */
+  float *extra;       /* [ntok, d] trainable rows of the new tokens */
+  cd_graph *enc;      /* VAE encoder graph (no gradients) */
+  cd_node *enc_in, *enc_out;
+  cd_graph *g;        /* text encoder + UNet + loss, training plan */
+  cd_node *ids, *noisy, *t, *target, *mask_i, *mask_c, *loss, *inst, *prior_loss, *pred;
+  cd_train_param *p;
+  int np;
+  float *ac;          /* alphas_cumprod [1000] */
+  int step;           /* optimizer steps taken */
+} cd_trainer;
+
+/* One step's inputs: B examples, instance ones first. */
+typedef struct {
+  const float *pixels; /* [B, 3, res, res] in [-1, 1] */
+  const float *mask;   /* [B, 1, res/8, res/8] (class examples: ones) */
+  const int *ids;      /* [B, 77] */
+  const float *noise;  /* [B, 4, res/8, res/8] */
+  const float *latent_noise; /* [B, 4, res/8, res/8] for the posterior sample, or NULL */
+  const int *timesteps;/* [B] */
+} cd_batch;
+
+typedef struct {
+  double loss, loss_inst, loss_prior, grad_norm, clip_coef;
+} cd_step_report;
+
+int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o);
+void cd_trainer_free(cd_trainer *t);
+/* Forward and backward only (gradients left in t->p[i].grad, unclipped). */
+int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r);
+/* Clip and AdamW-update the parameters from the gradients of cd_trainer_grad. */
+int cd_trainer_update(cd_trainer *t, cd_step_report *r);
+/* Both; refuses a non-finite loss (parameters untouched, error says so). */
+int cd_trainer_step(cd_trainer *t, const cd_batch *b, cd_step_report *r);
+/* Current values as a delta (copies). */
+struct cd_delta;
+int cd_trainer_to_delta(const cd_trainer *t, const char (*tokens)[32], const char (*inits)[32], struct cd_delta **out);
+
+#endif

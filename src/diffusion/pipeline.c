@@ -1,0 +1,203 @@
+/* pipeline.c - see pipeline.h */
+#include "pipeline.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "core/progress.h"
+
+int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[77]) {
+  if (!m->tok) return cd_set_error("no tokenizer vocabulary for %s: pass --vocab (a tokenizer/ folder or bpe_simple_vocab_16e6.txt.gz)", m->path);
+  int trunc = 0;
+  if (cd_tokenize_padded(m->tok, prompt ? prompt : "", ids, &trunc)) return -1;
+  if (trunc) cd_warn("prompt longer than 75 tokens was truncated: \"%.60s...\"", prompt);
+  return 0;
+}
+
+int cd_encode_prompts(cd_sd_model *m, const char *const *prompts, int n, float *out) {
+  cd_graph *g = cd_graph_new();
+  cd_node *ids = cd_input(g, "ids", 2, (int64_t[]){n, 77});
+  cd_node *y = cd_clip_build(g, &m->clip, ids, NULL, NULL);
+  cd_graph_output(g, y);
+  int rc = -1;
+  if (cd_graph_plan(g, NULL)) goto done;
+  for (int i = 0; i < n; i++) {
+    int t[77];
+    if (cd_prompt_ids(m, prompts[i], t)) goto done;
+    for (int j = 0; j < 77; j++) {
+      if (t[j] >= m->clip.cfg.vocab) {
+        cd_set_error("prompt \"%s\" uses token id %d but the text encoder has %d rows (load the delta that defines it)", prompts[i], t[j], m->clip.cfg.vocab);
+        goto done;
+      }
+      ids->data[i * 77 + j] = (float)t[j];
+    }
+  }
+  if (cd_graph_forward(g)) goto done;
+  memcpy(out, y->data, cd_nbytes(y));
+  rc = 0;
+done:
+  cd_graph_free(g);
+  return rc;
+}
+
+void cd_seed_noise(uint64_t seed, int i, float *x, int64_t n) {
+  cd_rng r;
+  cd_rng_seed(&r, seed + (uint64_t)i);
+  cd_rng_fill_normal(&r, x, (size_t)n);
+}
+
+typedef struct {
+  cd_graph *g;
+  cd_node *x, *t, *out;
+  int n, guided;   /* images; 1 if the batch holds uncond then cond */
+  int64_t per;     /* elements per image latent */
+  float cfg;
+  cd_progress bar;
+  int quiet;
+} denoiser;
+
+/* The sampler's model function: one UNet batch [uncond x n | cond x n]. */
+static int denoise(void *ctx, const float *x_in, float t, float *out, int64_t nel) {
+  denoiser *d = ctx;
+  int64_t half = (int64_t)d->n * d->per;
+  memcpy(d->x->data, x_in, half * sizeof(float));
+  if (d->guided) memcpy(d->x->data + half, x_in, half * sizeof(float));
+  for (int64_t i = 0; i < d->t->n; i++) d->t->data[i] = t;
+  if (cd_graph_forward(d->g)) return -1;
+  const float *o = d->out->data;
+  if (!d->guided) {
+    memcpy(out, o, half * sizeof(float));
+  } else {
+    for (int64_t i = 0; i < half; i++) out[i] = o[i] + d->cfg * (o[half + i] - o[i]);
+  }
+  for (int64_t i = 0; i < half; i++)
+    if (!isfinite(out[i])) return cd_set_error("the UNet produced a non-finite value at t=%g", t);
+  (void)nel;
+  return 0;
+}
+
+static void on_progress(void *ctx, int step, int total) {
+  denoiser *d = ctx;
+  if (!d->quiet) cd_progress_update(&d->bar, step);
+}
+
+int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
+  const cd_unet_config *uc = &m->unet.cfg;
+  int n = o->n > 0 ? o->n : 1;
+  int down = 8 << 0, mult = 8 * (1 << (uc->nlevels - 1));
+  if (o->width <= 0 || o->height <= 0 || o->width % mult || o->height % mult)
+    return cd_set_error("--width/--height must be positive multiples of %d for this model (got %dx%d)", mult, o->width, o->height);
+  int64_t h = o->height / down, w = o->width / down, per = 4 * h * w;
+  int guided = o->cfg > 1.0f;
+  int B = guided ? 2 * n : n;
+  int64_t ctxd = uc->context_dim;
+  float *ctx = cd_malloc((size_t)B * 77 * ctxd * sizeof(float));
+  const char **pr = cd_malloc(B * sizeof(char *));
+  for (int i = 0; i < n; i++) {
+    if (guided) pr[i] = o->negative ? o->negative : "";
+    pr[guided ? n + i : i] = o->prompt ? o->prompt : "";
+  }
+  int rc = cd_encode_prompts(m, pr, B, ctx);
+  free(pr);
+  if (rc) {
+    free(ctx);
+    return -1;
+  }
+  denoiser d = {.n = n, .guided = guided, .per = per, .cfg = o->cfg, .quiet = o->quiet};
+  d.g = cd_graph_new();
+  d.x = cd_input(d.g, "x", 4, (int64_t[]){B, 4, h, w});
+  d.t = cd_input(d.g, "t", 1, (int64_t[]){B});
+  cd_node *c = cd_input(d.g, "ctx", 3, (int64_t[]){B, 77, ctxd});
+  d.out = cd_unet_build(d.g, &m->unet, d.x, d.t, c);
+  cd_graph_output(d.g, d.out);
+  rc = -1;
+  if (cd_graph_plan(d.g, NULL)) goto done;
+  memcpy(c->data, ctx, cd_nbytes(c));
+  for (int i = 0; i < n; i++) {
+    if (o->init_latents) memcpy(latents + i * per, o->init_latents + i * per, per * sizeof(float));
+    else cd_seed_noise(o->s.seed, i, latents + i * per, per);
+  }
+  cd_log("unet graph: %d nodes, arena %.1f MiB\n", cd_graph_nnodes(d.g), cd_graph_arena_bytes(d.g) / 1048576.0);
+  cd_schedule sch;
+  if (cd_schedule_make(&m->sched, o->s.kind, o->s.steps, o->s.karras, &sch)) goto done;
+  int total = sch.n;
+  cd_schedule_free(&sch);
+  if (!o->quiet) cd_progress_start(&d.bar, "sampling", total);
+  rc = cd_sample(&m->sched, &o->s, latents, n * per, denoise, &d, on_progress, &d);
+  if (!o->quiet) cd_progress_finish(&d.bar);
+done:
+  cd_graph_free(d.g);
+  free(ctx);
+  return rc;
+}
+
+/* decode one latent [1,4,h,w] -> [1,3,8h,8w] */
+static int decode_one(cd_sd_model *m, const float *z, int64_t h, int64_t w, float *img) {
+  cd_graph *g = cd_graph_new();
+  cd_node *x = cd_input(g, "z", 4, (int64_t[]){1, 4, h, w});
+  cd_node *y = cd_vae_decode_build(g, &m->vae, x);
+  cd_graph_output(g, y);
+  int rc = -1;
+  if (cd_graph_plan(g, NULL)) goto done;
+  float s = 1.0f / m->vae.cfg.scaling_factor;
+  for (int64_t i = 0; i < x->n; i++) x->data[i] = z[i] * s;
+  if (cd_graph_forward(g)) goto done;
+  memcpy(img, y->data, cd_nbytes(y));
+  rc = 0;
+done:
+  cd_graph_free(g);
+  return rc;
+}
+
+int cd_decode_latents(cd_sd_model *m, const float *latents, int n, int h, int w, int tile, float *images) {
+  int64_t per = 4 * (int64_t)h * w, iper = 3 * (int64_t)64 * h * w;
+  for (int i = 0; i < n; i++) {
+    const float *z = latents + i * per;
+    float *img = images + i * iper;
+    if (tile <= 0 || (h <= tile && w <= tile)) {
+      if (decode_one(m, z, h, w, img)) return -1;
+      continue;
+    }
+    /* Tiled: overlapping latent tiles, blended with linear ramps over the overlap. */
+    int ov = tile / 4, stride = tile - ov;
+    int64_t H = 8 * (int64_t)h, W = 8 * (int64_t)w;
+    float *acc = cd_calloc(3 * H * W, sizeof(float)), *wsum = cd_calloc(H * W, sizeof(float));
+    float *zt = cd_malloc(4 * (size_t)tile * tile * sizeof(float)), *it = cd_malloc(3 * (size_t)64 * tile * tile * sizeof(float));
+    int rc = 0;
+    for (int y0 = 0; y0 < h && !rc; y0 += stride) {
+      int ty = y0 + tile > h ? (h > tile ? h - tile : 0) : y0, th = CD_MIN(tile, h);
+      for (int x0 = 0; x0 < w && !rc; x0 += stride) {
+        int tx = x0 + tile > w ? (w > tile ? w - tile : 0) : x0, tw = CD_MIN(tile, w);
+        for (int c = 0; c < 4; c++)
+          for (int yy = 0; yy < th; yy++)
+            memcpy(zt + ((int64_t)c * th + yy) * tw, z + ((int64_t)c * h + ty + yy) * w + tx, tw * sizeof(float));
+        if (decode_one(m, zt, th, tw, it)) { rc = -1; break; }
+        int64_t PH = 8 * (int64_t)th, PW = 8 * (int64_t)tw, ramp = 8 * (int64_t)ov;
+        for (int64_t yy = 0; yy < PH; yy++)
+          for (int64_t xx = 0; xx < PW; xx++) {
+            float wy = 1, wx = 1;
+            if (ramp > 0) {
+              if (ty > 0 && yy < ramp) wy = (yy + 0.5f) / ramp;
+              if (ty + th < h && PH - 1 - yy < ramp) wy = CD_MIN(wy, (PH - yy - 0.5f) / ramp);
+              if (tx > 0 && xx < ramp) wx = (xx + 0.5f) / ramp;
+              if (tx + tw < w && PW - 1 - xx < ramp) wx = CD_MIN(wx, (PW - xx - 0.5f) / ramp);
+            }
+            float wt = wy * wx;
+            int64_t Y = 8 * (int64_t)ty + yy, X = 8 * (int64_t)tx + xx;
+            for (int c = 0; c < 3; c++) acc[(c * H + Y) * W + X] += wt * it[(c * PH + yy) * PW + xx];
+            wsum[Y * W + X] += wt;
+          }
+        if (x0 + tile >= w) break;
+      }
+      if (y0 + tile >= h) break;
+    }
+    if (!rc)
+      for (int c = 0; c < 3; c++)
+        for (int64_t p = 0; p < H * W; p++) img[c * H * W + p] = acc[c * H * W + p] / (wsum[p] > 0 ? wsum[p] : 1);
+    free(acc); free(wsum); free(zt); free(it);
+    if (rc) return -1;
+  }
+  return 0;
+}

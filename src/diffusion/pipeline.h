@@ -1,0 +1,34 @@
+/* pipeline.h - text-to-image as StableDiffusionPipeline does it:
+ * encode prompts, denoise with classifier-free guidance (uncond and cond in
+ * one UNet batch, uncond first), decode latents with the VAE. */
+#ifndef CD_PIPELINE_H
+#define CD_PIPELINE_H
+
+#include "diffusion/sampler.h"
+#include "models/sd_model.h"
+
+typedef struct {
+  const char *prompt;
+  const char *negative; /* "" or NULL: the empty prompt */
+  cd_sample_opts s;     /* sampler kind, steps, eta, karras, seed */
+  float cfg;            /* guidance scale; <= 1 disables the uncond pass */
+  int width, height;    /* pixels, multiples of 8 (and of the UNet's downsampling) */
+  int n;                /* images */
+  const float *init_latents; /* [n,4,h,w] N(0,1) noise instead of the seeded noise, or NULL */
+  int quiet;            /* no progress bar */
+} cd_gen_opts;
+
+/* Token ids of one prompt, padded to 77 (warns when truncated; errors if no tokenizer). */
+int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[77]);
+/* Text-encoder outputs of n prompts: out [n, 77, ctx]. */
+int cd_encode_prompts(cd_sd_model *m, const char *const *prompts, int n, float *out);
+/* Seeded noise for image i of a batch: N(0,1) from seed + i. */
+void cd_seed_noise(uint64_t seed, int i, float *x, int64_t n);
+/* Runs the sampler; latents [n, 4, H/8, W/8] receives the final latents. */
+int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents);
+/* VAE decode of latents [n,4,h,w] (multiplied by 1/scaling_factor first) into
+ * images [n,3,8h,8w] in about [-1,1]. tile > 0: decode in overlapping latent
+ * tiles of that size to bound memory (seams blended linearly). */
+int cd_decode_latents(cd_sd_model *m, const float *latents, int n, int h, int w, int tile, float *images);
+
+#endif

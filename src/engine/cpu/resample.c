@@ -1,0 +1,104 @@
+/* resample.c - PAD2D and UPSAMPLE2X forward and backward on the CPU.
+ *
+ * Both act on the last two dims (H, W) of an NCHW tensor; the leading dims
+ * are flattened into independent planes.
+ *   PAD2D:      x [.., H, W] -> y [.., top+H+bottom, left+W+right], zeros around;
+ *               ip = left, right, top, bottom. Backward crops dy.
+ *   UPSAMPLE2X: x [.., H, W] -> y [.., 2H, 2W], nearest neighbour.
+ *               Backward sums each 2x2 block of dy.
+ */
+#include <string.h>
+
+#include "core/common.h"
+#include "engine/backend.h"
+
+/* input H, W: the last two dims of the source */
+static void plane_hw(const cd_node *x, int64_t *H, int64_t *W) {
+  *H = x->ndim >= 2 ? x->ne[x->ndim - 2] : 1;
+  *W = x->ne[x->ndim - 1];
+}
+
+/* ---- PAD2D ---- */
+
+void cd_cpu_pad2d_fwd(cd_node *n) {
+  const cd_node *xn = n->src[0];
+  int64_t H, W;
+  plane_hw(xn, &H, &W);
+  const int64_t l = n->ip[0], t = n->ip[2];
+  const int64_t Ho = n->ne[n->ndim - 2], Wo = n->ne[n->ndim - 1];
+  if (n->n == 0) return;
+  const int64_t planes = n->n / (Ho * Wo);
+  const float *x = xn->data;
+  float *y = n->data;
+#pragma omp parallel for schedule(static) if (n->n > 32768)
+  for (int64_t pl = 0; pl < planes; pl++) {
+    float *yp = y + pl * Ho * Wo;
+    const float *xp = x + pl * H * W;
+    for (int64_t oy = 0; oy < Ho; oy++) {
+      float *row = yp + oy * Wo;
+      int64_t iy = oy - t;
+      if (iy < 0 || iy >= H) {
+        memset(row, 0, (size_t)Wo * sizeof(float));
+        continue;
+      }
+      for (int64_t ox = 0; ox < l; ox++) row[ox] = 0;
+      memcpy(row + l, xp + iy * W, (size_t)W * sizeof(float));
+      for (int64_t ox = l + W; ox < Wo; ox++) row[ox] = 0;
+    }
+  }
+}
+
+void cd_cpu_pad2d_bwd(cd_node *n) {
+  cd_node *xn = n->src[0];
+  if (!xn->grad || n->n == 0) return;
+  int64_t H, W;
+  plane_hw(xn, &H, &W);
+  const int64_t l = n->ip[0], t = n->ip[2];
+  const int64_t Ho = n->ne[n->ndim - 2], Wo = n->ne[n->ndim - 1];
+  const int64_t planes = n->n / (Ho * Wo);
+  const float *dy = n->grad;
+  float *dx = xn->grad;
+#pragma omp parallel for schedule(static) if (n->n > 32768)
+  for (int64_t pl = 0; pl < planes; pl++)
+    for (int64_t iy = 0; iy < H; iy++) {
+      const float *src = dy + pl * Ho * Wo + (iy + t) * Wo + l;
+      float *dst = dx + pl * H * W + iy * W;
+      for (int64_t ix = 0; ix < W; ix++) dst[ix] += src[ix];
+    }
+}
+
+/* ---- UPSAMPLE2X ---- */
+
+void cd_cpu_upsample2x_fwd(cd_node *n) {
+  const cd_node *xn = n->src[0];
+  int64_t H, W;
+  plane_hw(xn, &H, &W);
+  if (n->n == 0) return;
+  const int64_t planes = xn->n / (H * W), Wo = 2 * W;
+  const float *x = xn->data;
+  float *y = n->data;
+#pragma omp parallel for schedule(static) if (n->n > 32768)
+  for (int64_t r = 0; r < planes * H; r++) { /* r: one input row */
+    const float *src = x + r * W;
+    float *dst = y + r * 2 * Wo; /* output rows 2r and 2r+1 */
+    for (int64_t ix = 0; ix < W; ix++) dst[2 * ix] = dst[2 * ix + 1] = src[ix];
+    memcpy(dst + Wo, dst, (size_t)Wo * sizeof(float));
+  }
+}
+
+void cd_cpu_upsample2x_bwd(cd_node *n) {
+  cd_node *xn = n->src[0];
+  if (!xn->grad || n->n == 0) return;
+  int64_t H, W;
+  plane_hw(xn, &H, &W);
+  const int64_t planes = xn->n / (H * W), Wo = 2 * W;
+  const float *dy = n->grad;
+  float *dx = xn->grad;
+#pragma omp parallel for schedule(static) if (n->n > 32768)
+  for (int64_t r = 0; r < planes * H; r++) {
+    const float *a = dy + r * 2 * Wo, *b = a + Wo;
+    float *dst = dx + r * W;
+    for (int64_t ix = 0; ix < W; ix++)
+      dst[ix] += (a[2 * ix] + a[2 * ix + 1]) + (b[2 * ix] + b[2 * ix + 1]);
+  }
+}

@@ -1,0 +1,44 @@
+/* clip.h - CLIP text encoder (SD 1.x: OpenAI CLIP ViT-L/14 text tower;
+ * SD 2.x: OpenCLIP ViT-H/14 text tower up to the penultimate block).
+ *
+ * Weight names are Hugging Face transformers' CLIPTextModel names:
+ *   text_model.embeddings.token_embedding.weight      [vocab, d]
+ *   text_model.embeddings.position_embedding.weight   [77, d]
+ *   text_model.encoder.layers.N.{layer_norm1,layer_norm2}.{weight,bias}
+ *   text_model.encoder.layers.N.self_attn.{q,k,v,out}_proj.{weight,bias}
+ *   text_model.encoder.layers.N.mlp.{fc1,fc2}.{weight,bias}
+ *   text_model.final_layer_norm.{weight,bias}
+ *
+ * forward: x = tok_emb[ids] + pos_emb; per layer x += attn(LN1(x)) (causal);
+ * x += fc2(act(fc1(LN2(x)))); out = final_LN(x). act = quick_gelu (SD1) or
+ * gelu (SD2). All LayerNorm eps 1e-5.
+ */
+#ifndef CD_CLIP_H
+#define CD_CLIP_H
+
+#include "engine/graph.h"
+#include "models/weights.h"
+
+typedef struct {
+  int vocab;      /* 49408 */
+  int width;      /* d: 768 (SD1), 1024 (SD2) */
+  int layers;     /* layers actually run (SD2: the penultimate rule already applied) */
+  int heads;
+  int mlp;        /* intermediate size */
+  int max_pos;    /* 77 */
+  int quick_gelu; /* 1: quick_gelu (SD1), 0: exact gelu (SD2) */
+  int pad_id;     /* 49407 (SD1) or 0 (SD2) */
+} cd_clip_config;
+
+typedef struct {
+  cd_clip_config cfg;
+  cd_weights *w;
+} cd_clip;
+
+/* ids: [B, 77] (float ids). extra: [E, d] rows for added tokens (ids vocab..vocab+E-1),
+ * or NULL. hidden: if non-NULL, receives the per-layer outputs (hidden[0] = embeddings,
+ * hidden[i] = output of layer i, before the final LayerNorm), up to layers+1 entries.
+ * Returns [B, 77, d]. */
+cd_node *cd_clip_build(cd_graph *g, cd_clip *m, cd_node *ids, cd_node *extra, cd_node **hidden);
+
+#endif

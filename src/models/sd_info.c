@@ -1,0 +1,67 @@
+/* sd_info.c - `cdiff info`: what was loaded and how it was understood. */
+#include "models/sd_info.h"
+
+#include "core/common.h"
+
+int64_t cd_sd_params(const cd_weights *w) { return w ? cd_weights_numel(w) : 0; }
+
+/* 1234567 -> "1,234,567" */
+static const char *grouped(int64_t v, char buf[32]) {
+  char raw[32];
+  int n = snprintf(raw, sizeof raw, "%lld", (long long)v), k = 0;
+  for (int i = 0; i < n; i++) {
+    if (i && raw[i - 1] != '-' && (n - i) % 3 == 0) buf[k++] = ',';
+    buf[k++] = raw[i];
+  }
+  buf[k] = 0;
+  return buf;
+}
+
+static void ints(FILE *o, const int *v, int n) {
+  for (int i = 0; i < n; i++) fprintf(o, "%s%d", i ? "," : "", v[i]);
+}
+
+int cd_sd_info(const cd_sd_model *m, FILE *o) {
+  char b[32];
+  const cd_unet_config *u = &m->unet.cfg;
+  const cd_vae_config *v = &m->vae.cfg;
+  const cd_clip_config *t = &m->clip.cfg;
+  fprintf(o, "model:        %s\n", m->path);
+  fprintf(o, "family:       %s\n", m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x");
+  fprintf(o, "layout:       %s\n", m->layout);
+  fprintf(o, "prediction:   %s\n", m->sched.pred == CD_PRED_V ? "v_prediction" : "epsilon");
+  if (m->clip.w)
+    fprintf(o, "text encoder: %s parameters (%s); width %d, %d layers, %d heads, MLP %d, %s, "
+               "vocab %d, %d positions, pad %d\n",
+            grouped(cd_sd_params(m->clip.w), b), m->dtype[0], t->width, t->layers, t->heads, t->mlp,
+            t->quick_gelu ? "quick_gelu" : "gelu", t->vocab, t->max_pos, t->pad_id);
+  else
+    fprintf(o, "text encoder: not loaded\n");
+  if (m->unet.w) {
+    fprintf(o, "unet:         %s parameters (%s); %d levels, channels ",
+            grouped(cd_sd_params(m->unet.w), b), m->dtype[1], u->nlevels);
+    ints(o, u->block_out, u->nlevels);
+    fprintf(o, ", heads ");
+    ints(o, u->heads, u->nlevels);
+    fprintf(o, ", cross-attention down ");
+    ints(o, u->down_attn, u->nlevels);
+    fprintf(o, " up ");
+    ints(o, u->up_attn, u->nlevels);
+    fprintf(o, ", %d layers per block, context %d, %s projections, %d groups\n",
+            u->layers_per_block, u->context_dim, u->linear_proj ? "linear" : "1x1-conv", u->norm_groups);
+  } else {
+    fprintf(o, "unet:         not loaded\n");
+  }
+  if (m->vae.w) {
+    fprintf(o, "vae:          %s parameters (%s); %d levels, channels ",
+            grouped(cd_sd_params(m->vae.w), b), m->dtype[2], v->nlevels);
+    ints(o, v->block_out, v->nlevels);
+    fprintf(o, ", latent %d, %d groups, scaling factor %g\n", v->latent_channels, v->norm_groups,
+            (double)v->scaling_factor);
+  } else {
+    fprintf(o, "vae:          not loaded\n");
+  }
+  fprintf(o, "tokenizer:    %s\n", m->tok ? "loaded" : "none (pass --vocab)");
+  fprintf(o, "hash:         %s\n", m->hash);
+  return ferror(o) ? cd_set_error("cannot write the model summary") : 0;
+}

@@ -1,0 +1,138 @@
+/* weights.c - name -> fp32 tensor store with an open-addressing hash index. */
+#include "weights.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+
+struct cd_weights {
+  cd_weight *v;
+  int n, cap;
+  int *idx; /* hash slots: index into v, -1 empty */
+  int nslots;
+};
+
+static uint64_t hash_str(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  while (*s) h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+  return h;
+}
+
+cd_weights *cd_weights_new(void) { return cd_calloc(1, sizeof(cd_weights)); }
+
+void cd_weights_free(cd_weights *w) {
+  if (!w) return;
+  for (int i = 0; i < w->n; i++) {
+    free(w->v[i].name);
+    free(w->v[i].data);
+  }
+  free(w->v);
+  free(w->idx);
+  free(w);
+}
+
+static void rehash(cd_weights *w) {
+  w->nslots = w->nslots ? w->nslots * 2 : 1024;
+  free(w->idx);
+  w->idx = cd_malloc(w->nslots * sizeof(int));
+  for (int i = 0; i < w->nslots; i++) w->idx[i] = -1;
+  for (int i = 0; i < w->n; i++) {
+    uint64_t h = hash_str(w->v[i].name) & (w->nslots - 1);
+    while (w->idx[h] >= 0) h = (h + 1) & (w->nslots - 1);
+    w->idx[h] = i;
+  }
+}
+
+static int find(const cd_weights *w, const char *name) {
+  if (!w->nslots) return -1;
+  uint64_t h = hash_str(name) & (w->nslots - 1);
+  while (w->idx[h] >= 0) {
+    if (!strcmp(w->v[w->idx[h]].name, name)) return w->idx[h];
+    h = (h + 1) & (w->nslots - 1);
+  }
+  return -1;
+}
+
+int cd_weights_put(cd_weights *w, const char *name, int ndim, const int64_t *ne, float *data) {
+  if (ndim < 0 || ndim > 4) {
+    free(data);
+    return cd_set_error("weight %s: %d dimensions (at most 4 supported)", name, ndim);
+  }
+  int i = find(w, name);
+  if (i >= 0) { /* replace */
+    free(w->v[i].data);
+  } else {
+    if (w->n == w->cap) {
+      w->cap = w->cap ? 2 * w->cap : 256;
+      w->v = cd_realloc(w->v, w->cap * sizeof *w->v);
+    }
+    i = w->n++;
+    memset(&w->v[i], 0, sizeof w->v[i]);
+    w->v[i].name = cd_strdup(name);
+    if (2 * w->n > w->nslots) rehash(w);
+    else {
+      uint64_t h = hash_str(name) & (w->nslots - 1);
+      while (w->idx[h] >= 0) h = (h + 1) & (w->nslots - 1);
+      w->idx[h] = i;
+    }
+  }
+  cd_weight *x = &w->v[i];
+  x->ndim = ndim;
+  for (int d = 0; d < 4; d++) x->ne[d] = d < ndim ? ne[d] : 1;
+  x->data = data;
+  return 0;
+}
+
+cd_weight *cd_weights_get(const cd_weights *w, const char *name) {
+  int i = find(w, name);
+  return i >= 0 ? &w->v[i] : NULL;
+}
+int cd_weights_count(const cd_weights *w) { return w->n; }
+cd_weight *cd_weights_at(const cd_weights *w, int i) { return i >= 0 && i < w->n ? &w->v[i] : NULL; }
+int64_t cd_weights_numel(const cd_weights *w) {
+  int64_t s = 0;
+  for (int i = 0; i < w->n; i++) s += cd_numel(w->v[i].ndim, w->v[i].ne);
+  return s;
+}
+void cd_weights_clear_used(cd_weights *w) {
+  for (int i = 0; i < w->n; i++) w->v[i].used = 0;
+}
+
+static cd_node *wparam(cd_graph *g, cd_weights *w, int ndim, const int64_t *ne, int optional, const char *fmt, va_list ap) {
+  char name[256];
+  vsnprintf(name, sizeof name, fmt, ap);
+  cd_weight *x = cd_weights_get(w, name);
+  if (!x) return optional ? NULL : cd_graph_fail(g, "missing weight '%s'", name);
+  if (ndim) {
+    int ok = x->ndim == ndim;
+    for (int d = 0; ok && d < ndim; d++) ok = x->ne[d] == ne[d];
+    if (!ok) {
+      char a[96] = "", b[96] = "";
+      int ka = 0, kb = 0;
+      for (int d = 0; d < x->ndim; d++) ka += snprintf(a + ka, sizeof a - ka, d ? ",%ld" : "%ld", (long)x->ne[d]);
+      for (int d = 0; d < ndim; d++) kb += snprintf(b + kb, sizeof b - kb, d ? ",%ld" : "%ld", (long)ne[d]);
+      return cd_graph_fail(g, "weight '%s' has shape [%s], expected [%s]", name, a, b);
+    }
+  }
+  x->used = 1;
+  x->node = cd_param(g, name, x->data, x->ndim, x->ne);
+  return x->node;
+}
+
+cd_node *cd_w(cd_graph *g, cd_weights *w, int ndim, const int64_t *ne, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  cd_node *n = wparam(g, w, ndim, ne, 0, fmt, ap);
+  va_end(ap);
+  return n;
+}
+cd_node *cd_w_opt(cd_graph *g, cd_weights *w, int ndim, const int64_t *ne, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  cd_node *n = wparam(g, w, ndim, ne, 1, fmt, ap);
+  va_end(ap);
+  return n;
+}
