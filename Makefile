@@ -26,7 +26,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 TOOL_SRC  := $(wildcard tools/*.c)
 TOOL_BIN  := $(TOOL_SRC:tools/%.c=$(BUILD)/tools/%)
 
-.PHONY: all test bench clean
+.PHONY: all test check bench clean
 all: $(BUILD)/libcdiff.a $(BUILD)/cdiff $(TEST_BIN) $(BENCH_BIN) $(TOOL_BIN)
 
 $(BUILD)/%.o: %.c
@@ -51,6 +51,12 @@ $(BUILD)/tools/%: $(BUILD)/tools/%.o $(BUILD)/libcdiff.a
 
 test: $(BUILD)/cdiff $(TEST_BIN)
 	@BUILD=$(BUILD) sh tests/run.sh $(TEST_BIN)
+
+# check = the test suite twice: optimised, and under ASan/UBSan (one summary line).
+check:
+	@$(MAKE) --no-print-directory -s all >/dev/null
+	@$(MAKE) --no-print-directory -s SAN=1 build-san/cdiff $(TEST_SRC:tests/%.c=build-san/tests/%) >/dev/null
+	@sh tests/run.sh $(TEST_BIN) $(TEST_SRC:tests/%.c=build-san/tests/%)
 
 bench: $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do $$b || exit 1; done

@@ -26,6 +26,7 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
+  cd_env_tune(argc, argv);
   if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
     usage();
     return argc < 2 ? 2 : 0;

@@ -1,6 +1,9 @@
 #!/bin/sh
 # Runs each test binary, echoes its lines, and ends with "N passed, N failed".
 # A binary that crashes or exits non-zero without a FAIL line counts as one failure.
+# OpenBLAS picks its kernels and OpenMP its wait policy at load time (see cd_env_tune).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
+if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -q avx512f /proc/cpuinfo 2>/dev/null; then export OPENBLAS_CORETYPE=SkylakeX; fi
 pass=0; fail=0; skip=0
 for t in "$@"; do
   out=$("$t" 2>&1); rc=$?

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -88,6 +89,28 @@ void cd_threads_init(void) {
 int cd_threads(void) {
   cd_threads_init();
   return n_threads;
+}
+
+void cd_env_tune(int argc, char **argv) {
+  (void)argc;
+  if (getenv("CDIFF_NO_REEXEC")) return;
+  int changed = 0;
+  if (!getenv("OMP_WAIT_POLICY")) {
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    changed = 1;
+  }
+  if (!getenv("OPENBLAS_CORETYPE")) {
+    __builtin_cpu_init();
+    const char *core = __builtin_cpu_supports("avx512f") ? "SkylakeX" : __builtin_cpu_supports("avx2") ? "Haswell" : NULL;
+    if (core) {
+      setenv("OPENBLAS_CORETYPE", core, 1);
+      changed = 1;
+    }
+  }
+  if (!changed) return;
+  setenv("CDIFF_NO_REEXEC", "1", 1);
+  execv("/proc/self/exe", argv);
+  /* exec failed: carry on with the libraries as they were loaded */
 }
 
 double cd_time(void) {

@@ -37,6 +37,14 @@ void cd_aligned_free(void *p);
 void cd_threads_init(void);
 int cd_threads(void);
 
+/* Both OpenBLAS's kernel choice and OpenMP's wait policy are read when the
+ * libraries load, before main(). Debian's OpenBLAS 0.3.21 does not recognise
+ * recent Xeons and falls back to slow generic kernels, and spinning OpenMP
+ * threads steal the cores OpenBLAS needs: when OPENBLAS_CORETYPE or
+ * OMP_WAIT_POLICY are unset, this sets them (SkylakeX/Haswell by CPU
+ * features; passive) and re-executes the program once. Call first in main(). */
+void cd_env_tune(int argc, char **argv);
+
 /* ---- time and memory ---- */
 double cd_time(void);          /* monotonic seconds */
 size_t cd_peak_rss_bytes(void); /* peak resident set size of the process */

@@ -162,8 +162,9 @@ cd_node *cd_view(cd_graph *g, cd_node *x, int ndim, const int64_t *ne) {
 cd_node *cd_conv2d(cd_graph *g, cd_node *x, cd_node *w, cd_node *b, int stride, int pad) {
   if (x->ndim != 4 || w->ndim != 4 || w->ne[1] != x->ne[1]) SHAPE_ERR(g, "conv2d", "input channels", x, w);
   if (b && (b->ndim != 1 || b->ne[0] != w->ne[0])) SHAPE_ERR(g, "conv2d", "bias", b, w);
+  if (stride < 1 || pad < 0 || x->ne[2] + 2 * pad < w->ne[2] || x->ne[3] + 2 * pad < w->ne[3])
+    SHAPE_ERR(g, "conv2d", "kernel larger than the padded input", x, w);
   int64_t ho = (x->ne[2] + 2 * pad - w->ne[2]) / stride + 1, wo = (x->ne[3] + 2 * pad - w->ne[3]) / stride + 1;
-  if (stride < 1 || ho < 1 || wo < 1) SHAPE_ERR(g, "conv2d", "kernel larger than input", x, w);
   int64_t ne[4] = {x->ne[0], w->ne[0], ho, wo};
   cd_node *y = new_node(g, CD_OP_CONV2D, 4, ne);
   set_src(y, 3, x, w, b, NULL);

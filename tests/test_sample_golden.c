@@ -1,0 +1,84 @@
+/* test_sample_golden.c - the whole txt2img path against diffusers'
+ * StableDiffusionPipeline loop (golden README section 5): tokenizer, text
+ * encoder, UNet with classifier-free guidance 6 (uncond first), and the DDIM,
+ * PNDM, Euler and DPM++ 2M samplers over 10 steps, from the golden noise.
+ * Tolerances: 1e-3 on the final latents, 1e-4 on the text conditioning. */
+#include "diffusion/pipeline.h"
+#include "test.h"
+
+static const struct {
+  const char *model, *golden, *vocab;
+} models[] = {
+    {"tiny-sd1", "golden_tiny-sd1.safetensors", NULL},
+    {"small4-sd1_original.safetensors", "golden_small4-sd1.safetensors", "bpe_simple_vocab_16e6.txt.gz"},
+    {"tiny-sd2", "golden_tiny-sd2.safetensors", NULL},
+};
+static const struct {
+  const char *golden_name;
+  cd_sampler_kind kind;
+} samplers[] = {{"ddim", CD_SAMPLER_DDIM}, {"pndm", CD_SAMPLER_PNDM}, {"euler", CD_SAMPLER_EULER}, {"dpmpp2m", CD_SAMPLER_DPMPP_2M}};
+
+static void run_model(int mi) {
+  char mp[1024], gp[1024], vp[1024];
+  if (test_golden_path(mp, sizeof mp, models[mi].model) || test_golden_path(gp, sizeof gp, models[mi].golden)) SKIP("golden folder not found");
+  cd_load_opts lo = {0};
+  if (models[mi].vocab) {
+    if (test_golden_path(vp, sizeof vp, models[mi].vocab)) SKIP("golden vocabulary not found");
+    lo.vocab = vp;
+  }
+  cd_sd_model *m = NULL;
+  cd_tensor_file *gf = NULL;
+  float *noise = NULL, *ref = NULL, *lat = NULL, *ctx = NULL;
+  CHECK_OK(cd_sd_load(mp, &lo, &m));
+  if (cd_safetensors_open(gp, &gf)) { cd_sd_free(m); FAILF("%s", cd_last_error()); }
+  int64_t n;
+  /* text conditioning from the prompt strings, through our tokenizer */
+  const char *prompts[2] = {"", "photo of a cat"};
+  int64_t per = 77 * (int64_t)m->unet.cfg.context_dim;
+  ctx = cd_malloc(2 * per * sizeof(float));
+  if (cd_encode_prompts(m, prompts, 2, ctx)) { snprintf(test_msg, sizeof test_msg, "%s", cd_last_error()); goto fail; }
+  ref = test_read_f32(gf, "sampler.uncond", &n);
+  if (!ref || test_rel_err(ctx, ref, per) > 1e-4) { snprintf(test_msg, sizeof test_msg, "%s uncond context differs", models[mi].model); goto fail; }
+  free(ref);
+  ref = test_read_f32(gf, "sampler.cond", &n);
+  if (!ref || test_rel_err(ctx + per, ref, per) > 1e-4) { snprintf(test_msg, sizeof test_msg, "%s cond context differs", models[mi].model); goto fail; }
+  free(ref);
+  ref = NULL;
+  noise = test_read_f32(gf, "sampler.noise", &n);
+  if (!noise) goto fail;
+  lat = cd_malloc(n * sizeof(float));
+  for (size_t si = 0; si < sizeof samplers / sizeof samplers[0]; si++) {
+    cd_gen_opts o = {.prompt = "photo of a cat", .negative = "", .cfg = 6.0f, .width = 64, .height = 64, .n = 1,
+                     .init_latents = noise, .quiet = 1};
+    o.s.kind = samplers[si].kind;
+    o.s.steps = 10;
+    if (cd_generate_latents(m, &o, lat)) { snprintf(test_msg, sizeof test_msg, "%s", cd_last_error()); goto fail; }
+    char nm[96];
+    snprintf(nm, sizeof nm, "sampler.%s.final", samplers[si].golden_name);
+    int64_t k;
+    ref = test_read_f32(gf, nm, &k);
+    if (!ref) goto fail;
+    double e = test_rel_err(lat, ref, n);
+    free(ref);
+    ref = NULL;
+    if (e > 1e-3) { snprintf(test_msg, sizeof test_msg, "%s %s final latents: rel err %.3g > 1e-3", models[mi].model, nm, e); goto fail; }
+  }
+  goto done;
+fail:
+  test_failed_flag = 1;
+done:
+  free(noise); free(ref); free(lat); free(ctx);
+  cd_tensor_file_close(gf);
+  cd_sd_free(m);
+}
+
+TEST(trajectories_tiny_sd1) { run_model(0); }
+TEST(trajectories_small4_sd1_single_file) { run_model(1); }
+TEST(trajectories_tiny_sd2_vpred) { run_model(2); }
+
+int main(void) {
+  RUN(trajectories_tiny_sd1);
+  RUN(trajectories_small4_sd1_single_file);
+  RUN(trajectories_tiny_sd2_vpred);
+  return test_summary();
+}
