@@ -1,0 +1,186 @@
+/* test_cli.c - the cdiff tool end to end on the tiny golden models: sample
+ * writes a PNG with its parameters, latents round-trip through
+ * --save-latents/--init-latents, tiled decoding, info, tokenize, and bad
+ * input gives a clear message and a non-zero exit. */
+#include <limits.h>
+#include <sys/wait.h>
+
+#include "diffusion/pipeline.h"
+#include "io/image.h"
+#include "test.h"
+
+static char tmpdir[256];
+
+/* runs build/cdiff with args (shell-quoted by the caller); returns exit status, output in out */
+static int cdiff(char *out, size_t cap, const char *args) {
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd, "CDIFF_QUIET=1 ./build/cdiff %s 2>&1", args);
+  FILE *p = popen(cmd, "r");
+  if (!p) return -1;
+  size_t n = fread(out, 1, cap - 1, p);
+  out[n] = 0;
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* 0: golden file missing (skip); 1: ready; the tool itself must exist */
+static int have(const char *rel, char *path, size_t cap) {
+  if (test_golden_path(path, cap, rel)) return 0;
+  if (access("./build/cdiff", X_OK)) {
+    snprintf(test_msg, sizeof test_msg, "./build/cdiff was not built");
+    test_failed_flag = 1;
+  }
+  return 1;
+}
+#define HAVE(rel, buf) do { if (!have(rel, buf, sizeof buf)) SKIP("golden %s missing", rel); if (test_failed_flag) return; } while (0)
+
+TEST(sample_writes_png_with_metadata) {
+  char m[1024], out[8192], args[4096], png[512], v[512];
+  HAVE("tiny-sd1", m);
+  snprintf(png, sizeof png, "%s/a.png", tmpdir);
+  snprintf(args, sizeof args, "sample --model %s --prompt 'photo of a cat' --negative 'blurry' --sampler euler_a --steps 4 --cfg 5 --seed 11 --width 64 --height 64 --out %s", m, png);
+  int rc = cdiff(out, sizeof out, args);
+  CHECKF(rc == 0, "exit %d: %s", rc, out);
+  cd_image im;
+  CHECK_OK(cd_image_load(png, &im));
+  CHECK(im.w == 64 && im.h == 64);
+  cd_image_free(&im);
+  CHECK(cd_png_read_text(png, "prompt", v, sizeof v) == 0 && !strcmp(v, "photo of a cat"));
+  CHECK(cd_png_read_text(png, "negative_prompt", v, sizeof v) == 0 && !strcmp(v, "blurry"));
+  CHECK(cd_png_read_text(png, "seed", v, sizeof v) == 0 && !strcmp(v, "11"));
+  CHECK(cd_png_read_text(png, "sampler", v, sizeof v) == 0 && !strcmp(v, "euler_a"));
+  CHECK(cd_png_read_text(png, "steps", v, sizeof v) == 0 && !strcmp(v, "4"));
+  CHECK(cd_png_read_text(png, "model_hash", v, sizeof v) == 0 && strlen(v) == 16);
+}
+
+TEST(latents_round_trip_and_seed) {
+  char m[1024], out[8192], args[4096], l1[512], l2[512], l3[512];
+  HAVE("tiny-sd1", m);
+  snprintf(l1, sizeof l1, "%s/l1.safetensors", tmpdir);
+  snprintf(l2, sizeof l2, "%s/l2.safetensors", tmpdir);
+  snprintf(l3, sizeof l3, "%s/l3.safetensors", tmpdir);
+  /* seeded noise written by one run, fed back as --init-latents, gives the same result */
+  snprintf(args, sizeof args, "sample --model %s --prompt cat --steps 3 --seed 5 --width 64 --height 64 --save-latents %s --out %s/b.png", m, l1, tmpdir);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  float noise[256];
+  cd_seed_noise(5, 0, noise, 256);
+  cd_tensor_out t = {.name = "latents", .dtype = CD_DT_F32, .ndim = 4, .shape = {1, 4, 8, 8}, .data = noise};
+  CHECK_OK(cd_safetensors_write(l2, &t, 1, NULL, 0));
+  snprintf(args, sizeof args, "sample --model %s --prompt cat --steps 3 --seed 999 --width 64 --height 64 --init-latents %s --save-latents %s --out %s/c.png", m, l2, l3, tmpdir);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  cd_tensor_file *a, *b;
+  CHECK_OK(cd_safetensors_open(l1, &a));
+  CHECK_OK(cd_safetensors_open(l3, &b));
+  int64_t n1, n3;
+  float *x = test_read_f32(a, "latents", &n1), *y = test_read_f32(b, "latents", &n3);
+  int same = x && y && n1 == n3 && !memcmp(x, y, n1 * sizeof(float));
+  free(x); free(y);
+  cd_tensor_file_close(a);
+  cd_tensor_file_close(b);
+  CHECK(same);
+  /* wrong shape is refused with the file named */
+  float bad[4 * 4 * 4] = {0};
+  cd_tensor_out tb = {.name = "latents", .dtype = CD_DT_F32, .ndim = 4, .shape = {1, 4, 4, 4}, .data = bad};
+  CHECK_OK(cd_safetensors_write(l2, &tb, 1, NULL, 0));
+  snprintf(args, sizeof args, "sample --model %s --prompt cat --steps 2 --width 64 --height 64 --init-latents %s --out %s/d.png", m, l2, tmpdir);
+  CHECK(cdiff(out, sizeof out, args) != 0);
+  CHECKF(strstr(out, "--init-latents") && strstr(out, "l2.safetensors"), "%s", out);
+}
+
+TEST(tiled_decode_matches_when_tile_covers) {
+  char m[1024];
+  if (test_golden_path(m, sizeof m, "tiny-sd1")) SKIP("golden tiny-sd1 missing");
+  cd_sd_model *md;
+  cd_load_opts lo = {0};
+  CHECK_OK(cd_sd_load(m, &lo, &md));
+  const int h = 16, w = 24;
+  float *z = cd_malloc(4 * h * w * sizeof(float)), *a = cd_malloc(3 * 64 * h * w * sizeof(float)), *b = cd_malloc(3 * 64 * h * w * sizeof(float));
+  cd_seed_noise(3, 0, z, 4 * h * w);
+  int ok = !cd_decode_latents(md, z, 1, h, w, 0, a) && !cd_decode_latents(md, z, 1, h, w, 32, b);
+  int same = ok && !memcmp(a, b, 3 * 64 * h * w * sizeof(float));
+  ok = ok && !cd_decode_latents(md, z, 1, h, w, 8, b);
+  double e = ok ? test_rel_err(b, a, 3 * 64 * h * w) : 1e9;
+  int finite = 1;
+  for (int i = 0; ok && i < 3 * 64 * h * w; i++) finite &= isfinite(b[i]);
+  free(z); free(a); free(b);
+  cd_sd_free(md);
+  CHECK(ok && same && finite);
+  /* tiles see less context than the whole latent: close, not equal */
+  CHECKF(e < 0.5, "tiled decode rel err %.3g", e);
+}
+
+TEST(info_and_tokenize) {
+  char m[1024], out[8192], args[4096];
+  HAVE("tiny-sd2", m);
+  snprintf(args, sizeof args, "info %s", m);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  CHECKF(strstr(out, "2.") && strstr(out, "v"), "info output: %s", out);
+  snprintf(args, sizeof args, "tokenize --model %s 'a photo of an astronaut riding a horse on mars'", m);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  const char *want = "320 1125 539 550 18376 6765 320 4558 525 7496\n";
+  CHECKF(!strcmp(out, want), "ids: %s", out);
+  snprintf(args, sizeof args, "tokenize --model %s --add-token '<new1>' '<new1> cat'", m);
+  CHECKF(cdiff(out, sizeof out, args) == 0 && !strncmp(out, "49408 2368", 10), "ids: %s", out);
+}
+
+TEST(bad_input_is_reported) {
+  char m[1024], v[1024], out[8192], args[4096];
+  HAVE("tiny-sd1_original.safetensors", m);
+  struct { const char *args, *expect; } cases[] = {
+      {"sample --model %s --prompt cat --out /tmp/x.png --sampler foo", "foo"},
+      {"sample --model %s --prompt cat --out /tmp/x.png --steps abc", "--steps"},
+      {"sample --model %s --prompt cat --out /tmp/x.png --width 100 --height 64", "--width"},
+      {"sample --model %s --prompt cat --out /tmp/x.png --bogus 1", "--bogus"},
+      {"sample --model %s.missing --prompt cat --out /tmp/x.png", ".missing"},
+      {"sample --model %s --prompt cat --out /tmp/x.png --delta /nonexistent", "/nonexistent"},
+      {"frobnicate %s", "unknown command"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    snprintf(args, sizeof args, cases[i].args, m);
+    int rc = cdiff(out, sizeof out, args);
+    CHECKF(rc != 0 && rc != -1, "'%s' exited %d", args, rc);
+    CHECKF(strstr(out, cases[i].expect), "'%s': message lacks '%s': %s", args, cases[i].expect, out);
+    CHECKF(!strstr(out, "AddressSanitizer") && !strstr(out, "Segmentation"), "%s", out);
+  }
+  /* a single file with no tokenizer beside it (the golden folder has one) */
+  char lone[512];
+  snprintf(lone, sizeof lone, "%s/lone.safetensors", tmpdir);
+  char abs[PATH_MAX];
+  CHECK(realpath(m, abs) != NULL);
+  CHECK(symlink(abs, lone) == 0 || access(lone, F_OK) == 0);
+  char yaml[PATH_MAX + 8], lyaml[512]; /* its .yaml (8 GroupNorm groups) travels with it */
+  snprintf(yaml, sizeof yaml, "%.*s.yaml", (int)(strlen(abs) - strlen(".safetensors")), abs);
+  snprintf(lyaml, sizeof lyaml, "%s/lone.yaml", tmpdir);
+  CHECK(symlink(yaml, lyaml) == 0 || access(lyaml, F_OK) == 0);
+  snprintf(args, sizeof args, "sample --model %s --prompt cat --width 64 --height 64 --out %s/x.png", lone, tmpdir);
+  CHECK(cdiff(out, sizeof out, args) != 0);
+  CHECKF(strstr(out, "--vocab"), "%s", out);
+  /* a model file that is not a checkpoint */
+  char junk[512];
+  snprintf(junk, sizeof junk, "%s/junk.ckpt", tmpdir);
+  FILE *f = fopen(junk, "w");
+  fputs("this is not a checkpoint", f);
+  fclose(f);
+  snprintf(args, sizeof args, "info %s", junk);
+  CHECK(cdiff(out, sizeof out, args) != 0);
+  CHECKF(strstr(out, "junk.ckpt"), "%s", out);
+  /* with the vocabulary the single file samples */
+  if (!test_golden_path(v, sizeof v, "bpe_simple_vocab_16e6.txt.gz")) {
+    snprintf(args, sizeof args, "sample --model %s --vocab %s --prompt cat --steps 2 --width 64 --height 64 --out %s/e.png", m, v, tmpdir);
+    CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  }
+}
+
+int main(void) {
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_cli_XXXXXX");
+  if (!mkdtemp(tmpdir)) return 1;
+  RUN(sample_writes_png_with_metadata);
+  RUN(latents_round_trip_and_seed);
+  RUN(tiled_decode_matches_when_tile_covers);
+  RUN(info_and_tokenize);
+  RUN(bad_input_is_reported);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+  if (system(cmd)) return 1;
+  return test_summary();
+}
