@@ -158,6 +158,7 @@ int cmd_sample(int argc, char **argv) {
     if (r) goto fail;
     fprintf(stderr, "wrote %s\n", path);
   }
+  fprintf(stderr, "peak memory %.0f MiB\n", cd_peak_rss_bytes() / 1048576.0);
   rc = 0;
 fail:
   if (rc) fprintf(stderr, "cdiff sample: %s\n", cd_last_error());

@@ -155,7 +155,7 @@ TEST(attn_lse_and_stability) {
   int ok = fabsf(y->data[0] - 1) < 1e-5f && fabsf(y->data[1] - 2) < 1e-5f;
   /* row 1: all scores 0 -> mean of v, lse = log 3 */
   ok = ok && fabsf(y->data[2] - 3) < 1e-5f && fabsf(y->data[3] - 4) < 1e-5f;
-  int lse_ok = !y->aux || (fabsf(y->aux[0] - 100) < 1e-4f && fabsf(y->aux[1] - logf(3)) < 1e-5f);
+  int lse_ok = y->aux && fabsf(y->aux[0] - 100) < 1e-4f && fabsf(y->aux[1] - logf(3)) < 1e-5f;
   int finite = 1;
   for (int i = 0; i < 6; i++) finite &= isfinite(y->data[i]);
   cd_graph_free(g);
