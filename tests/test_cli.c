@@ -171,6 +171,47 @@ TEST(bad_input_is_reported) {
   }
 }
 
+/* a diffusers folder whose UNet holds a key no SD UNet has: named when used */
+TEST(unknown_unet_key_is_named) {
+  char m[1024], src[1200], dir[600], cmd[4096];
+  if (test_golden_path(m, sizeof m, "tiny-sd1")) SKIP("golden tiny-sd1 missing");
+  char abs[PATH_MAX];
+  CHECK(realpath(m, abs) != NULL);
+  snprintf(dir, sizeof dir, "%s/extra", tmpdir);
+  snprintf(cmd, sizeof cmd, "mkdir -p %s/unet && for c in vae text_encoder tokenizer scheduler model_index.json; do ln -s %s/$c %s/$c; done && cp %s/unet/config.json %s/unet/",
+           dir, abs, dir, abs, dir);
+  CHECK(system(cmd) == 0);
+  snprintf(src, sizeof src, "%s/unet/diffusion_pytorch_model.safetensors", abs);
+  cd_tensor_file *f;
+  CHECK_OK(cd_safetensors_open(src, &f));
+  int n = cd_tf_count(f);
+  cd_tensor_out *t = cd_calloc(n + 1, sizeof *t);
+  for (int i = 0; i < n; i++) {
+    const cd_tensor_info *x = cd_tf_at(f, i);
+    t[i] = (cd_tensor_out){.name = x->name, .dtype = x->dtype, .ndim = x->ndim, .data = x->data};
+    memcpy(t[i].shape, x->shape, sizeof t[i].shape);
+  }
+  float extra[4] = {1, 2, 3, 4};
+  t[n] = (cd_tensor_out){.name = "down_blocks.0.frobnicator.weight", .dtype = CD_DT_F32, .ndim = 1, .shape = {4}, .data = extra};
+  char dst[1200];
+  snprintf(dst, sizeof dst, "%s/unet/diffusion_pytorch_model.safetensors", dir);
+  int rc = cd_safetensors_write(dst, t, n + 1, NULL, 0);
+  free(t);
+  cd_tensor_file_close(f);
+  CHECK_OK(rc);
+  cd_sd_model *md;
+  cd_load_opts lo = {0};
+  CHECK_OK(cd_sd_load(dir, &lo, &md));
+  float lat[256];
+  cd_gen_opts o = {.prompt = "cat", .cfg = 1, .width = 64, .height = 64, .n = 1, .quiet = 1};
+  o.s.kind = CD_SAMPLER_DDIM;
+  o.s.steps = 1;
+  rc = cd_generate_latents(md, &o, lat);
+  cd_sd_free(md);
+  CHECK(rc == -1);
+  CHECKF(strstr(cd_last_error(), "down_blocks.0.frobnicator.weight"), "%s", cd_last_error());
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_cli_XXXXXX");
   if (!mkdtemp(tmpdir)) return 1;
@@ -179,6 +220,7 @@ int main(void) {
   RUN(tiled_decode_matches_when_tile_covers);
   RUN(info_and_tokenize);
   RUN(bad_input_is_reported);
+  RUN(unknown_unet_key_is_named);
   char cmd[512];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
   if (system(cmd)) return 1;

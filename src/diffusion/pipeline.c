@@ -19,10 +19,11 @@ int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[77]) {
 int cd_encode_prompts(cd_sd_model *m, const char *const *prompts, int n, float *out) {
   cd_graph *g = cd_graph_new();
   cd_node *ids = cd_input(g, "ids", 2, (int64_t[]){n, 77});
+  cd_weights_clear_used(m->clip.w);
   cd_node *y = cd_clip_build(g, &m->clip, ids, NULL, NULL);
   cd_graph_output(g, y);
   int rc = -1;
-  if (cd_graph_plan(g, NULL)) goto done;
+  if (cd_graph_plan(g, NULL) || cd_weights_check_unused(m->clip.w, "text encoder", m->path)) goto done;
   for (int i = 0; i < n; i++) {
     int t[77];
     if (cd_prompt_ids(m, prompts[i], t)) goto done;
@@ -110,10 +111,11 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   d.x = cd_input(d.g, "x", 4, (int64_t[]){B, 4, h, w});
   d.t = cd_input(d.g, "t", 1, (int64_t[]){B});
   cd_node *c = cd_input(d.g, "ctx", 3, (int64_t[]){B, 77, ctxd});
+  cd_weights_clear_used(m->unet.w);
   d.out = cd_unet_build(d.g, &m->unet, d.x, d.t, c);
   cd_graph_output(d.g, d.out);
   rc = -1;
-  if (cd_graph_plan(d.g, NULL)) goto done;
+  if (cd_graph_plan(d.g, NULL) || cd_weights_check_unused(m->unet.w, "UNet", m->path)) goto done;
   memcpy(c->data, ctx, cd_nbytes(c));
   for (int i = 0; i < n; i++) {
     if (o->init_latents) memcpy(latents + i * per, o->init_latents + i * per, per * sizeof(float));

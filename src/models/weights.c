@@ -101,6 +101,19 @@ void cd_weights_clear_used(cd_weights *w) {
   for (int i = 0; i < w->n; i++) w->v[i].used = 0;
 }
 
+int cd_weights_check_unused(const cd_weights *w, const char *component, const char *path) {
+  int n = 0;
+  const char *first = NULL;
+  for (int i = 0; i < w->n; i++)
+    if (!w->v[i].used) {
+      if (!first) first = w->v[i].name;
+      n++;
+    }
+  if (!n) return 0;
+  return cd_set_error("%s: unknown %s weight '%s'%s (not part of the detected architecture)", path, component, first,
+                      n > 1 ? " and others" : "");
+}
+
 static cd_node *wparam(cd_graph *g, cd_weights *w, int ndim, const int64_t *ne, int optional, const char *fmt, va_list ap) {
   char name[256];
   vsnprintf(name, sizeof name, fmt, ap);

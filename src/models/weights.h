@@ -33,6 +33,9 @@ int cd_weights_count(const cd_weights *w);
 cd_weight *cd_weights_at(const cd_weights *w, int i);
 int64_t cd_weights_numel(const cd_weights *w); /* total parameters */
 void cd_weights_clear_used(cd_weights *w);
+/* After a graph was built from all of a component's weights: an error naming
+ * the first weight it never asked for (an unknown key in the checkpoint). */
+int cd_weights_check_unused(const cd_weights *w, const char *component, const char *path);
 
 /* Parameter node for weight `name` (printf-style) with the expected shape
  * (ndim/ne; ndim 0 skips the check). Records a build error on g if missing
