@@ -1,69 +1,20 @@
 /* test_merge_solve.c - the closed-form multi-concept merge against the golden
  * merge.safetensors (float64) and against independent explicit-inverse and
  * optimality checks on random problems. */
-#include <cjson/cJSON.h>
 #include <lapacke.h>
 
 #include "custom/merge_solve.h"
 #include "test.h"
 
-/* ---- a minimal float64 safetensors reader (the library's reader is not used
- * here so that this test depends only on merge_solve) ---- */
-typedef struct {
-  cJSON *hdr;
-  unsigned char *data;
-  size_t data_len;
-} st_file;
-
-static void st_close(st_file *f) {
-  cJSON_Delete(f->hdr);
-  free(f->data);
-  memset(f, 0, sizeof *f);
-}
-
-static int st_open(st_file *f, const char *path) {
-  memset(f, 0, sizeof *f);
-  FILE *fp = fopen(path, "rb");
-  if (!fp) return -1;
-  unsigned char h8[8];
-  uint64_t n = 0;
-  int ok = fread(h8, 1, 8, fp) == 8;
-  for (int i = 7; i >= 0 && ok; i--) n = n << 8 | h8[i];
-  ok = ok && n > 0 && n < (1u << 24);
-  char *js = ok ? malloc(n + 1) : NULL;
-  ok = ok && fread(js, 1, n, fp) == n;
-  if (ok) {
-    js[n] = 0;
-    f->hdr = cJSON_Parse(js);
-    long pos = ftell(fp);
-    fseek(fp, 0, SEEK_END);
-    long end = ftell(fp);
-    fseek(fp, pos, SEEK_SET);
-    f->data_len = end > pos ? (size_t)(end - pos) : 0;
-    f->data = malloc(f->data_len + 1);
-    ok = f->hdr && fread(f->data, 1, f->data_len, fp) == f->data_len;
-  }
-  free(js);
-  fclose(fp);
-  if (!ok) st_close(f);
-  return ok ? 0 : -1;
-}
-
-/* returns a malloc'ed copy of tensor `name` when it is F64 with `numel` elements */
-static double *st_f64(st_file *f, const char *name, size_t numel) {
-  cJSON *t = cJSON_GetObjectItemCaseSensitive(f->hdr, name);
-  cJSON *dt = cJSON_GetObjectItemCaseSensitive(t, "dtype");
-  cJSON *shape = cJSON_GetObjectItemCaseSensitive(t, "shape");
-  cJSON *off = cJSON_GetObjectItemCaseSensitive(t, "data_offsets");
-  if (!cJSON_IsString(dt) || strcmp(dt->valuestring, "F64") || !cJSON_IsArray(shape) || !cJSON_IsArray(off))
+/* cd_malloc'd copy of golden tensor `name` when it is F64 with `numel` elements, else NULL */
+static double *gold_f64(const cd_tensor_file *f, const char *name, size_t numel) {
+  const cd_tensor_info *t = cd_tf_find(f, name);
+  if (!t || t->dtype != CD_DT_F64 || cd_tensor_numel(t) != (int64_t)numel) return NULL;
+  double *x = cd_malloc(numel * sizeof(double));
+  if (cd_tf_read_f64(f, t, x)) {
+    free(x);
     return NULL;
-  size_t ne = 1;
-  cJSON *e;
-  cJSON_ArrayForEach(e, shape) ne *= (size_t)e->valuedouble;
-  size_t a = (size_t)cJSON_GetArrayItem(off, 0)->valuedouble, b = (size_t)cJSON_GetArrayItem(off, 1)->valuedouble;
-  if (ne != numel || b < a || b - a != numel * 8 || b > f->data_len) return NULL;
-  double *x = malloc(numel * sizeof(double));
-  memcpy(x, f->data + a, numel * 8); /* little-endian host assumed (x86-64 / aarch64) */
+  }
   return x;
 }
 
@@ -135,14 +86,14 @@ static void free_problem(problem *p) { free(p->W0); free(p->C); free(p->V); free
 TEST(golden_merge) {
   char path[1024];
   NEED_GOLDEN(path, "merge.safetensors");
-  st_file f;
-  CHECKF(st_open(&f, path) == 0, "cannot read %.300s", path);
+  cd_tensor_file *f;
+  CHECKF(cd_safetensors_open(path, &f) == 0, "cannot read %.300s: %s", path, cd_last_error());
   const int rows = 32, d = 16, m = 12, r = 300, m1 = 6;
-  double *W0 = st_f64(&f, "W0", rows * d), *W1 = st_f64(&f, "W1", rows * d), *W2 = st_f64(&f, "W2", rows * d);
-  double *C = st_f64(&f, "C", m * d), *C1 = st_f64(&f, "C1", m1 * d), *C2 = st_f64(&f, "C2", m1 * d);
-  double *V = st_f64(&f, "V", m * rows), *Creg = st_f64(&f, "C_reg", r * d), *M = st_f64(&f, "M", d * d);
-  double *Wref = st_f64(&f, "W_hat", rows * d), *res = st_f64(&f, "constraint_residual_max", 1);
-  st_close(&f);
+  double *W0 = gold_f64(f, "W0", rows * d), *W1 = gold_f64(f, "W1", rows * d), *W2 = gold_f64(f, "W2", rows * d);
+  double *C = gold_f64(f, "C", m * d), *C1 = gold_f64(f, "C1", m1 * d), *C2 = gold_f64(f, "C2", m1 * d);
+  double *V = gold_f64(f, "V", m * rows), *Creg = gold_f64(f, "C_reg", r * d), *M = gold_f64(f, "M", d * d);
+  double *Wref = gold_f64(f, "W_hat", rows * d), *res = gold_f64(f, "constraint_residual_max", 1);
+  cd_tensor_file_close(f);
   double *G = malloc(sizeof(double) * d * d), *V2 = malloc(sizeof(double) * m * rows);
   double *W = malloc(sizeof(double) * rows * d);
   int ok = W0 && W1 && W2 && C && C1 && C2 && V && Creg && M && Wref && res;

@@ -4,6 +4,8 @@
 #include "models/sd_model.h"
 #include "test.h"
 
+#define TOL 1e-4
+
 typedef struct {
   const char *model; /* path relative to the golden dir */
   const char *golden;
@@ -19,39 +21,92 @@ static const model_case cases[] = {
 };
 #define NCASES ((int)(sizeof cases / sizeof cases[0]))
 
-static int open_case(const model_case *c, cd_sd_model **m, cd_tensor_file **gf) {
+/* one loaded case: the model, its golden tensors and the graph under test */
+typedef struct {
+  const char *model;
+  cd_sd_model *m;
+  cd_tensor_file *gf;
+  cd_graph *g;
+} run_case;
+
+/* 1 when the golden files are absent, -1 (test_msg set) on a load error */
+static int open_case(const model_case *c, run_case *r) {
   char mp[1024], gp[1024];
   if (test_golden_path(mp, sizeof mp, c->model) || test_golden_path(gp, sizeof gp, c->golden)) return 1;
   cd_load_opts o = {0};
-  if (cd_sd_load(mp, &o, m)) {
+  if (cd_sd_load(mp, &o, &r->m)) {
     snprintf(test_msg, sizeof test_msg, "load %s: %s", c->model, cd_last_error());
     return -1;
   }
-  if (cd_safetensors_open(gp, gf)) {
+  if (cd_safetensors_open(gp, &r->gf)) {
     snprintf(test_msg, sizeof test_msg, "%s", cd_last_error());
-    cd_sd_free(*m);
     return -1;
+  }
+  r->model = c->model;
+  r->g = cd_graph_new();
+  return 0;
+}
+
+static void close_case(run_case *r) {
+  cd_graph_free(r->g);
+  cd_tensor_file_close(r->gf);
+  cd_sd_free(r->m);
+}
+
+/* Runs body on every case in turn; stops at the first failure or missing
+ * golden. 0 all passed, 1 golden folder absent, -1 failed (test_msg set). */
+static int for_each_case(int (*body)(run_case *r)) {
+  for (int ci = 0; ci < NCASES; ci++) {
+    run_case r = {0};
+    int rc = open_case(&cases[ci], &r);
+    if (rc == 0) rc = body(&r);
+    close_case(&r);
+    if (rc) return rc;
   }
   return 0;
 }
 
-/* compare node (marked output) with golden tensor */
-static int cmp(cd_node *n, const cd_tensor_file *gf, const char *name, double tol, const char *model) {
+#define RUN_CASES(body) do { int r_ = for_each_case(body); \
+    if (r_ > 0) SKIP("golden folder not found"); \
+    if (r_ < 0) { test_failed_flag = 1; return; } } while (0)
+
+/* inside a case body: fail the case, keeping the first message */
+#define TRY(e) do { if ((e) != 0) { if (!test_msg[0]) snprintf(test_msg, sizeof test_msg, "%s", cd_last_error()); \
+    return -1; } } while (0)
+
+/* compare node n (marked output) with golden tensor `name` */
+static int cmp(const run_case *r, const cd_node *n, const char *name) {
+  if (!n) {
+    snprintf(test_msg, sizeof test_msg, "%s %s: graph has no such node", r->model, name);
+    return -1;
+  }
   int64_t k;
-  float *ref = test_read_f32(gf, name, &k);
+  float *ref = test_read_f32(r->gf, name, &k);
   if (!ref) return -1;
   if (k != n->n) {
-    snprintf(test_msg, sizeof test_msg, "%s %s: %ld elements, golden %ld", model, name, (long)n->n, (long)k);
+    snprintf(test_msg, sizeof test_msg, "%s %s: %ld elements, golden %ld", r->model, name, (long)n->n, (long)k);
     free(ref);
     return -1;
   }
   double e = test_rel_err(n->data, ref, k);
   free(ref);
-  if (!(e <= tol)) {
-    snprintf(test_msg, sizeof test_msg, "%s %s: rel err %.3g > %.3g", model, name, e, tol);
+  if (!(e <= TOL)) {
+    snprintf(test_msg, sizeof test_msg, "%s %s: rel err %.3g > %.3g", r->model, name, e, TOL);
     return -1;
   }
   return 0;
+}
+
+/* compare the graph node called node_name with golden tensor prefix+node_name */
+static int cmp_named(const run_case *r, const char *prefix, const char *node_name) {
+  char gn[128];
+  snprintf(gn, sizeof gn, "%s%s", prefix, node_name);
+  return cmp(r, cd_graph_find(r->g, node_name), gn);
+}
+
+static void output_if_present(cd_graph *g, const char *name) {
+  cd_node *n = cd_graph_find(g, name);
+  if (n) cd_graph_output(g, n);
 }
 
 static int set_input(cd_node *x, const cd_tensor_file *gf, const char *name) {
@@ -62,156 +117,100 @@ static int set_input(cd_node *x, const cd_tensor_file *gf, const char *name) {
   }
   if (t->dtype == CD_DT_I64) {
     int64_t *v = cd_malloc(x->n * sizeof(int64_t));
-    cd_tf_read_i64(gf, t, v);
-    for (int64_t i = 0; i < x->n; i++) x->data[i] = (float)v[i];
+    int rc = cd_tf_read_i64(gf, t, v);
+    for (int64_t i = 0; rc == 0 && i < x->n; i++) x->data[i] = (float)v[i];
     free(v);
-    return 0;
+    return rc;
   }
   return cd_tf_read_f32(gf, t, x->data);
 }
 
-#define TRY(e) do { if ((e) != 0) { if (!test_msg[0]) snprintf(test_msg, sizeof test_msg, "%s", cd_last_error()); goto fail; } } while (0)
-
-TEST(text_encoder_matches_golden) {
-  for (int ci = 0; ci < NCASES; ci++) {
-    cd_sd_model *m = NULL;
-    cd_tensor_file *gf = NULL;
-    int r = open_case(&cases[ci], &m, &gf);
-    if (r > 0) SKIP("golden folder not found");
-    if (r < 0) { test_failed_flag = 1; return; }
-    cd_graph *g = cd_graph_new();
-    cd_node *hidden[32] = {0};
-    cd_node *ids = cd_input(g, "ids", 2, (int64_t[]){3, 77});
-    cd_node *out = cd_clip_build(g, &m->clip, ids, NULL, hidden);
-    cd_graph_output(g, out);
-    int L = m->clip.cfg.layers;
-    for (int l = 0; l <= L; l++) cd_graph_output(g, hidden[l]);
-    TRY(cd_graph_plan(g, NULL));
-    TRY(set_input(ids, gf, "text.input_ids"));
-    TRY(cd_graph_forward(g));
-    TRY(cmp(out, gf, "text.last_hidden_state", 1e-4, cases[ci].model));
-    {
-      int64_t k;
-      float *hs = test_read_f32(gf, "text.hidden_states", &k); /* [L+1, 3, 77, d] */
-      if (!hs) goto fail;
-      int64_t per = hidden[0]->n;
-      for (int l = 0; l <= L; l++) {
-        double e = test_rel_err(hidden[l]->data, hs + l * per, per);
-        if (e > 1e-4) {
-          snprintf(test_msg, sizeof test_msg, "%s hidden_states[%d]: rel err %.3g", cases[ci].model, l, e);
-          free(hs);
-          goto fail;
-        }
-      }
+static int text_encoder_case(run_case *r) {
+  cd_graph *g = r->g;
+  cd_node *hidden[32] = {0};
+  cd_node *ids = cd_input(g, "ids", 2, (int64_t[]){3, 77});
+  cd_node *out = cd_clip_build(g, &r->m->clip, ids, NULL, hidden);
+  cd_graph_output(g, out);
+  int L = r->m->clip.cfg.layers;
+  for (int l = 0; l <= L; l++) cd_graph_output(g, hidden[l]);
+  TRY(cd_graph_plan(g, NULL));
+  TRY(set_input(ids, r->gf, "text.input_ids"));
+  TRY(cd_graph_forward(g));
+  TRY(cmp(r, out, "text.last_hidden_state"));
+  int64_t k;
+  float *hs = test_read_f32(r->gf, "text.hidden_states", &k); /* [L+1, 3, 77, d] */
+  if (!hs) return -1;
+  int64_t per = hidden[0]->n;
+  for (int l = 0; l <= L; l++) {
+    double e = test_rel_err(hidden[l]->data, hs + l * per, per);
+    if (e > TOL) {
+      snprintf(test_msg, sizeof test_msg, "%s hidden_states[%d]: rel err %.3g", r->model, l, e);
       free(hs);
+      return -1;
     }
-    cd_graph_free(g);
-    cd_tensor_file_close(gf);
-    cd_sd_free(m);
-    continue;
-  fail:
-    test_failed_flag = 1;
-    cd_graph_free(g);
-    cd_tensor_file_close(gf);
-    cd_sd_free(m);
-    return;
   }
+  free(hs);
+  return 0;
 }
 
-TEST(unet_matches_golden) {
-  static const char *dbg[] = {"time_proj", "time_embedding", "conv_in", "mid_block", "conv_norm_out"};
-  for (int ci = 0; ci < NCASES; ci++) {
-    cd_sd_model *m = NULL;
-    cd_tensor_file *gf = NULL;
-    int r = open_case(&cases[ci], &m, &gf);
-    if (r > 0) SKIP("golden folder not found");
-    if (r < 0) { test_failed_flag = 1; return; }
-    cd_graph *g = cd_graph_new();
-    const int64_t ctxd = m->unet.cfg.context_dim, L = m->unet.cfg.nlevels;
-    cd_node *x = cd_input(g, "sample", 4, (int64_t[]){2, 4, 8, 8});
-    cd_node *t = cd_input(g, "t", 1, (int64_t[]){2});
-    cd_node *ctx = cd_input(g, "ctx", 3, (int64_t[]){2, 77, ctxd});
-    cd_node *out = cd_unet_build(g, &m->unet, x, t, ctx);
-    cd_graph_output(g, out);
-    for (int i = 0; i < 5; i++) {
-      cd_node *n = cd_graph_find(g, dbg[i]);
-      if (n) cd_graph_output(g, n);
-    }
-    char nm[64], gn[96];
-    for (int i = 0; i < L; i++) {
-      snprintf(nm, sizeof nm, "down_blocks.%d", i);
-      cd_node *n = cd_graph_find(g, nm);
-      if (n) cd_graph_output(g, n);
-      snprintf(nm, sizeof nm, "up_blocks.%d", i);
-      if ((n = cd_graph_find(g, nm))) cd_graph_output(g, n);
-    }
-    TRY(cd_graph_plan(g, NULL));
-    TRY(set_input(x, gf, "unet.sample"));
-    TRY(set_input(t, gf, "unet.timesteps"));
-    TRY(set_input(ctx, gf, "unet.encoder_hidden_states"));
-    TRY(cd_graph_forward(g));
-    for (int i = 0; i < 5; i++) {
-      snprintf(gn, sizeof gn, "unet.dbg.%s", dbg[i]);
-      TRY(cmp(cd_graph_find(g, dbg[i]), gf, gn, 1e-4, cases[ci].model));
-    }
-    for (int i = 0; i < L; i++) {
-      snprintf(nm, sizeof nm, "down_blocks.%d", i);
-      snprintf(gn, sizeof gn, "unet.dbg.%s", nm);
-      TRY(cmp(cd_graph_find(g, nm), gf, gn, 1e-4, cases[ci].model));
-      snprintf(nm, sizeof nm, "up_blocks.%d", i);
-      snprintf(gn, sizeof gn, "unet.dbg.%s", nm);
-      TRY(cmp(cd_graph_find(g, nm), gf, gn, 1e-4, cases[ci].model));
-    }
-    TRY(cmp(out, gf, "unet.out", 1e-4, cases[ci].model));
-    cd_graph_free(g);
-    cd_tensor_file_close(gf);
-    cd_sd_free(m);
-    continue;
-  fail:
-    test_failed_flag = 1;
-    cd_graph_free(g);
-    cd_tensor_file_close(gf);
-    cd_sd_free(m);
-    return;
+static const char *UNET_DBG[] = {"time_proj", "time_embedding", "conv_in", "mid_block", "conv_norm_out"};
+
+static int unet_case(run_case *r) {
+  cd_graph *g = r->g;
+  const int64_t ctxd = r->m->unet.cfg.context_dim, L = r->m->unet.cfg.nlevels;
+  cd_node *x = cd_input(g, "sample", 4, (int64_t[]){2, 4, 8, 8});
+  cd_node *t = cd_input(g, "t", 1, (int64_t[]){2});
+  cd_node *ctx = cd_input(g, "ctx", 3, (int64_t[]){2, 77, ctxd});
+  cd_node *out = cd_unet_build(g, &r->m->unet, x, t, ctx);
+  cd_graph_output(g, out);
+  char nm[64];
+  for (int i = 0; i < 5; i++) output_if_present(g, UNET_DBG[i]);
+  for (int i = 0; i < L; i++) {
+    snprintf(nm, sizeof nm, "down_blocks.%d", i);
+    output_if_present(g, nm);
+    snprintf(nm, sizeof nm, "up_blocks.%d", i);
+    output_if_present(g, nm);
   }
+  TRY(cd_graph_plan(g, NULL));
+  TRY(set_input(x, r->gf, "unet.sample"));
+  TRY(set_input(t, r->gf, "unet.timesteps"));
+  TRY(set_input(ctx, r->gf, "unet.encoder_hidden_states"));
+  TRY(cd_graph_forward(g));
+  for (int i = 0; i < 5; i++) TRY(cmp_named(r, "unet.dbg.", UNET_DBG[i]));
+  for (int i = 0; i < L; i++) {
+    snprintf(nm, sizeof nm, "down_blocks.%d", i);
+    TRY(cmp_named(r, "unet.dbg.", nm));
+    snprintf(nm, sizeof nm, "up_blocks.%d", i);
+    TRY(cmp_named(r, "unet.dbg.", nm));
+  }
+  TRY(cmp(r, out, "unet.out"));
+  return 0;
 }
 
-TEST(vae_matches_golden) {
-  for (int ci = 0; ci < NCASES; ci++) {
-    cd_sd_model *m = NULL;
-    cd_tensor_file *gf = NULL;
-    int r = open_case(&cases[ci], &m, &gf);
-    if (r > 0) SKIP("golden folder not found");
-    if (r < 0) { test_failed_flag = 1; return; }
-    cd_graph *g = cd_graph_new();
-    cd_node *img = cd_input(g, "image", 4, (int64_t[]){1, 3, 64, 64});
-    cd_node *mom = cd_vae_encode_build(g, &m->vae, img);
-    cd_node *z = cd_input(g, "z", 4, (int64_t[]){1, 4, 8, 8});
-    cd_node *dec = cd_vae_decode_build(g, &m->vae, z);
-    cd_graph_output(g, mom);
-    cd_graph_output(g, dec);
-    cd_graph_output(g, cd_graph_find(g, "vae.enc.h"));
-    cd_graph_output(g, cd_graph_find(g, "vae.dec.post_quant_conv"));
-    TRY(cd_graph_plan(g, NULL));
-    TRY(set_input(img, gf, "vae.image"));
-    TRY(set_input(z, gf, "vae.dec.z"));
-    TRY(cd_graph_forward(g));
-    TRY(cmp(cd_graph_find(g, "vae.enc.h"), gf, "vae.enc.h", 1e-4, cases[ci].model));
-    TRY(cmp(mom, gf, "vae.enc.moments", 1e-4, cases[ci].model));
-    TRY(cmp(cd_graph_find(g, "vae.dec.post_quant_conv"), gf, "vae.dec.post_quant_conv", 1e-4, cases[ci].model));
-    TRY(cmp(dec, gf, "vae.dec.out", 1e-4, cases[ci].model));
-    cd_graph_free(g);
-    cd_tensor_file_close(gf);
-    cd_sd_free(m);
-    continue;
-  fail:
-    test_failed_flag = 1;
-    cd_graph_free(g);
-    cd_tensor_file_close(gf);
-    cd_sd_free(m);
-    return;
-  }
+static int vae_case(run_case *r) {
+  cd_graph *g = r->g;
+  cd_node *img = cd_input(g, "image", 4, (int64_t[]){1, 3, 64, 64});
+  cd_node *mom = cd_vae_encode_build(g, &r->m->vae, img);
+  cd_node *z = cd_input(g, "z", 4, (int64_t[]){1, 4, 8, 8});
+  cd_node *dec = cd_vae_decode_build(g, &r->m->vae, z);
+  cd_graph_output(g, mom);
+  cd_graph_output(g, dec);
+  output_if_present(g, "vae.enc.h");
+  output_if_present(g, "vae.dec.post_quant_conv");
+  TRY(cd_graph_plan(g, NULL));
+  TRY(set_input(img, r->gf, "vae.image"));
+  TRY(set_input(z, r->gf, "vae.dec.z"));
+  TRY(cd_graph_forward(g));
+  TRY(cmp_named(r, "", "vae.enc.h"));
+  TRY(cmp(r, mom, "vae.enc.moments"));
+  TRY(cmp_named(r, "", "vae.dec.post_quant_conv"));
+  TRY(cmp(r, dec, "vae.dec.out"));
+  return 0;
 }
+
+TEST(text_encoder_matches_golden) { RUN_CASES(text_encoder_case); }
+TEST(unet_matches_golden) { RUN_CASES(unet_case); }
+TEST(vae_matches_golden) { RUN_CASES(vae_case); }
 
 int main(void) {
   RUN(text_encoder_matches_golden);

@@ -1,102 +1,34 @@
 /* test_sampler.c - noise schedule, timestep/sigma tables and the sampler
  * steps against diffusers' golden trajectories (tiny-sd1: epsilon, tiny-sd2:
  * v-prediction), plus properties of the stochastic and Karras variants. */
-#include <cjson/cJSON.h>
-
 #include "diffusion/sampler.h"
 #include "diffusion/scheduler.h"
 #include "test.h"
 
-/* ---- a minimal read-only safetensors reader (F32 / I64 only), kept here so
- * that this test depends on nothing but the scheduler code ---- */
-typedef struct {
-  cJSON *hdr;
-  unsigned char *data;
-  size_t data_len;
-} st_file;
-
-static void st_close(st_file *f) {
-  cJSON_Delete(f->hdr);
-  free(f->data);
-  memset(f, 0, sizeof *f);
+/* golden tensor `name` as floats (cd_malloc'd; I64 converted by value), *numel
+ * its size; NULL if absent (not an error: DDIM has no sigmas) or unreadable */
+static float *gold_f32(const cd_tensor_file *f, const char *name, size_t *numel) {
+  int64_t n = 0;
+  float *x = cd_tf_find(f, name) ? test_read_f32(f, name, &n) : NULL;
+  if (numel) *numel = x ? (size_t)n : 0;
+  return x;
 }
 
-static int st_open(st_file *f, const char *path) {
-  memset(f, 0, sizeof *f);
-  FILE *fp = fopen(path, "rb");
-  if (!fp) return -1;
-  unsigned char h8[8];
-  uint64_t n = 0;
-  int ok = fread(h8, 1, 8, fp) == 8;
-  for (int i = 7; i >= 0 && ok; i--) n = n << 8 | h8[i];
-  ok = ok && n > 0 && n < (1u << 24);
-  char *js = ok ? malloc(n + 1) : NULL;
-  ok = ok && fread(js, 1, n, fp) == n;
-  if (ok) {
-    js[n] = 0;
-    f->hdr = cJSON_Parse(js);
-    long pos = ftell(fp);
-    fseek(fp, 0, SEEK_END);
-    long end = ftell(fp);
-    fseek(fp, pos, SEEK_SET);
-    f->data_len = end > pos ? (size_t)(end - pos) : 0;
-    f->data = malloc(f->data_len + 1);
-    ok = f->hdr && fread(f->data, 1, f->data_len, fp) == f->data_len;
-  }
-  free(js);
-  fclose(fp);
-  if (!ok) st_close(f);
-  return ok ? 0 : -1;
-}
-
-/* malloc'ed float copy of an F32 or I64 tensor; *numel gets its size. NULL if absent. */
-static float *st_get(st_file *f, const char *name, size_t *numel) {
-  cJSON *t = cJSON_GetObjectItemCaseSensitive(f->hdr, name);
-  cJSON *dt = cJSON_GetObjectItemCaseSensitive(t, "dtype");
-  cJSON *shape = cJSON_GetObjectItemCaseSensitive(t, "shape");
-  cJSON *off = cJSON_GetObjectItemCaseSensitive(t, "data_offsets");
-  if (!cJSON_IsString(dt) || !cJSON_IsArray(shape) || !cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2)
-    return NULL;
-  int is_f32 = !strcmp(dt->valuestring, "F32"), is_i64 = !strcmp(dt->valuestring, "I64");
-  if (!is_f32 && !is_i64) return NULL;
-  size_t ne = 1;
-  cJSON *d;
-  cJSON_ArrayForEach(d, shape) ne *= (size_t)d->valuedouble;
-  size_t b = (size_t)cJSON_GetArrayItem(off, 0)->valuedouble, e = (size_t)cJSON_GetArrayItem(off, 1)->valuedouble;
-  size_t es = is_f32 ? 4 : 8;
-  if (e < b || e > f->data_len || e - b != ne * es) return NULL;
-  float *out = malloc((ne ? ne : 1) * sizeof(float));
-  for (size_t i = 0; i < ne; i++) {
-    if (is_f32) memcpy(&out[i], f->data + b + 4 * i, 4);
-    else {
-      int64_t v;
-      memcpy(&v, f->data + b + 8 * i, 8);
-      out[i] = (float)v;
-    }
-  }
-  if (numel) *numel = ne;
-  return out;
-}
-
-static const char *st_meta(st_file *f, const char *key) {
-  cJSON *m = cJSON_GetObjectItemCaseSensitive(f->hdr, "__metadata__");
-  cJSON *v = cJSON_GetObjectItemCaseSensitive(m, key);
-  return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-#define OPEN_GOLDEN(f, model) do { char p_[1024]; NEED_GOLDEN(p_, "golden_" model ".safetensors"); \
-    if (st_open(&(f), p_)) FAILF("cannot read %.900s", p_); } while (0)
+/* opens golden_<model>.safetensors into f; skips the test when it is absent */
+#define OPEN_GOLDEN(f, model) do { char r_[128], p_[1024]; \
+    snprintf(r_, sizeof r_, "golden_%s.safetensors", (model)); NEED_GOLDEN(p_, r_); \
+    if (cd_safetensors_open(p_, &(f))) FAILF("cannot read %.900s: %s", p_, cd_last_error()); } while (0)
 
 static const char *MODELS[2] = {"tiny-sd1", "tiny-sd2"};
 
 /* ---- schedule ---- */
 
 TEST(alphas_cumprod_golden) {
-  st_file f;
+  cd_tensor_file *f;
   OPEN_GOLDEN(f, "tiny-sd1");
   size_t n1 = 0, n2 = 0;
-  float *gb = st_get(&f, "sched.betas", &n1), *ga = st_get(&f, "sched.alphas_cumprod", &n2);
-  st_close(&f);
+  float *gb = gold_f32(f, "sched.betas", &n1), *ga = gold_f32(f, "sched.alphas_cumprod", &n2);
+  cd_tensor_file_close(f);
   int ok = gb && ga && n1 == 1000 && n2 == 1000;
   cd_sched_config c;
   cd_sched_config_default(&c);
@@ -114,12 +46,19 @@ TEST(alphas_cumprod_golden) {
 }
 
 /* the scheduler config of golden sampler <s>, from the file's metadata */
-static int golden_config(st_file *f, const char *s, cd_sched_config *c) {
+static int golden_config(const cd_tensor_file *f, const char *s, cd_sched_config *c) {
   char key[128];
   snprintf(key, sizeof key, "sampler.%s.config", s);
-  const char *js = st_meta(f, key);
+  const char *js = cd_tf_meta(f, key);
   if (!js) return cd_set_error("golden metadata %s missing", key);
   return cd_sched_config_from_json(c, js, key, NULL);
+}
+
+/* golden tensor sampler.<s>.<field> (see gold_f32) */
+static float *gold_sampler_f32(const cd_tensor_file *f, const char *s, const char *field, size_t *numel) {
+  char key[128];
+  snprintf(key, sizeof key, "sampler.%s.%s", s, field);
+  return gold_f32(f, key, numel);
 }
 
 static const char *GOLD_S[4] = {"ddim", "euler", "dpmpp2m", "pndm"};
@@ -128,22 +67,17 @@ static const cd_sampler_kind GOLD_K[4] = {CD_SAMPLER_DDIM, CD_SAMPLER_EULER, CD_
 
 TEST(schedules_golden) {
   for (int m = 0; m < 2; m++) {
-    st_file f;
-    if (!strcmp(MODELS[m], "tiny-sd1")) OPEN_GOLDEN(f, "tiny-sd1");
-    else OPEN_GOLDEN(f, "tiny-sd2");
+    cd_tensor_file *f;
+    OPEN_GOLDEN(f, MODELS[m]);
     for (int s = 0; s < 4; s++) {
-      char key[128];
       cd_sched_config c;
-      if (golden_config(&f, GOLD_S[s], &c)) { st_close(&f); FAILF("%s", cd_last_error()); }
+      if (golden_config(f, GOLD_S[s], &c)) { cd_tensor_file_close(f); FAILF("%s", cd_last_error()); }
       cd_schedule sc;
-      if (cd_schedule_make(&c, GOLD_K[s], 10, 0, &sc)) { st_close(&f); FAILF("%s", cd_last_error()); }
+      if (cd_schedule_make(&c, GOLD_K[s], 10, 0, &sc)) { cd_tensor_file_close(f); FAILF("%s", cd_last_error()); }
       size_t nt = 0, ns = 0, ni = 0;
-      snprintf(key, sizeof key, "sampler.%s.timesteps", GOLD_S[s]);
-      float *gt = st_get(&f, key, &nt);
-      snprintf(key, sizeof key, "sampler.%s.sigmas", GOLD_S[s]);
-      float *gs = st_get(&f, key, &ns);
-      snprintf(key, sizeof key, "sampler.%s.init_noise_sigma", GOLD_S[s]);
-      float *gi = st_get(&f, key, &ni);
+      float *gt = gold_sampler_f32(f, GOLD_S[s], "timesteps", &nt);
+      float *gs = gold_sampler_f32(f, GOLD_S[s], "sigmas", &ns);
+      float *gi = gold_sampler_f32(f, GOLD_S[s], "init_noise_sigma", &ni);
       char why[256] = "";
       if (!gt || (int)nt != sc.n) snprintf(why, sizeof why, "timesteps: %d vs golden %zu", sc.n, nt);
       for (int i = 0; !why[0] && i < sc.n; i++)
@@ -157,9 +91,9 @@ TEST(schedules_golden) {
       free(gs);
       free(gi);
       cd_schedule_free(&sc);
-      if (why[0]) { st_close(&f); FAILF("%s %s: %s", MODELS[m], GOLD_S[s], why); }
+      if (why[0]) { cd_tensor_file_close(f); FAILF("%s %s: %s", MODELS[m], GOLD_S[s], why); }
     }
-    st_close(&f);
+    cd_tensor_file_close(f);
   }
 }
 
@@ -185,27 +119,21 @@ static int replay_model(void *ctx, const float *x_in, float t, float *out, int64
 }
 
 static void replay_one(const char *model) {
-  st_file f;
-  char gp[1024], rel[64];
-  snprintf(rel, sizeof rel, "golden_%s.safetensors", model);
-  NEED_GOLDEN(gp, rel);
-  if (st_open(&f, gp)) FAILF("cannot read %.900s", gp);
+  cd_tensor_file *f;
+  OPEN_GOLDEN(f, model);
   size_t nn = 0;
-  float *noise = st_get(&f, "sampler.noise", &nn);
-  if (!noise || nn != 256) { st_close(&f); free(noise); FAILF("%s: sampler.noise missing", model); }
+  float *noise = gold_f32(f, "sampler.noise", &nn);
+  if (!noise || nn != 256) { cd_tensor_file_close(f); free(noise); FAILF("%s: sampler.noise missing", model); }
   int64_t per = (int64_t)nn;
   for (int s = 0; s < 4; s++) {
-    char key[128], why[512] = "";
+    char why[512] = "";
     cd_sched_config c;
-    if (golden_config(&f, GOLD_S[s], &c)) { st_close(&f); free(noise); FAILF("%s", cd_last_error()); }
+    if (golden_config(f, GOLD_S[s], &c)) { cd_tensor_file_close(f); free(noise); FAILF("%s", cd_last_error()); }
     if (c.pred != (strcmp(model, "tiny-sd2") ? CD_PRED_EPS : CD_PRED_V)) snprintf(why, sizeof why, "prediction type from config");
     size_t no = 0, nl = 0, nf = 0;
-    snprintf(key, sizeof key, "sampler.%s.guided_model_output", GOLD_S[s]);
-    float *outs = st_get(&f, key, &no);
-    snprintf(key, sizeof key, "sampler.%s.latents", GOLD_S[s]);
-    float *lat = st_get(&f, key, &nl);
-    snprintf(key, sizeof key, "sampler.%s.final", GOLD_S[s]);
-    float *fin = st_get(&f, key, &nf);
+    float *outs = gold_sampler_f32(f, GOLD_S[s], "guided_model_output", &no);
+    float *lat = gold_sampler_f32(f, GOLD_S[s], "latents", &nl);
+    float *fin = gold_sampler_f32(f, GOLD_S[s], "final", &nf);
     cd_sample_opts o = {.kind = GOLD_K[s], .steps = 10, .seed = 1};
     cd_sampler sm;
     float *x = malloc(per * sizeof(float)), *xin = malloc(per * sizeof(float));
@@ -256,9 +184,9 @@ static void replay_one(const char *model) {
     free(fin);
     free(x);
     free(xin);
-    if (why[0]) { st_close(&f); free(noise); FAILF("%s %s: %s", model, GOLD_S[s], why); }
+    if (why[0]) { cd_tensor_file_close(f); free(noise); FAILF("%s %s: %s", model, GOLD_S[s], why); }
   }
-  st_close(&f);
+  cd_tensor_file_close(f);
   free(noise);
 }
 
@@ -269,14 +197,13 @@ TEST(replay_tiny_sd2) { replay_one("tiny-sd2"); }
 
 TEST(add_noise_velocity_golden) {
   for (int m = 0; m < 2; m++) {
-    st_file f;
-    if (m == 0) OPEN_GOLDEN(f, "tiny-sd1");
-    else OPEN_GOLDEN(f, "tiny-sd2");
+    cd_tensor_file *f;
+    OPEN_GOLDEN(f, MODELS[m]);
     size_t nl = 0, nn = 0, nt = 0, nno = 0, ntg = 0;
-    float *lat = st_get(&f, "cd.latents", &nl), *noise = st_get(&f, "cd.noise", &nn);
-    float *ts = st_get(&f, "cd.timesteps", &nt), *noisy = st_get(&f, "cd.noisy_latents", &nno);
-    float *tgt = st_get(&f, "cd.target", &ntg);
-    st_close(&f);
+    float *lat = gold_f32(f, "cd.latents", &nl), *noise = gold_f32(f, "cd.noise", &nn);
+    float *ts = gold_f32(f, "cd.timesteps", &nt), *noisy = gold_f32(f, "cd.noisy_latents", &nno);
+    float *tgt = gold_f32(f, "cd.target", &ntg);
+    cd_tensor_file_close(f);
     int ok = lat && noise && ts && noisy && tgt && nt == 4 && nl == 4 * 256 && nn == nl && nno == nl && ntg == nl;
     double e1 = 1, e2 = 1;
     if (ok) {
