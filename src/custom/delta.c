@@ -315,7 +315,13 @@ int cd_delta_resolve(cd_delta *d, const cd_sd_model *m) {
     d->w = nw;
     d->lowrank = 0;
   }
-  if (cd_weights_count(d->w) > 0) d->ctx = (int)cd_weights_at(d->w, 0)->ne[1];
+  for (int i = 0; i < cd_weights_count(d->w); i++) { /* context width = columns of a to_k weight */
+    cd_weight *x = cd_weights_at(d->w, i);
+    if (strstr(x->name, ".to_k.weight") && x->ndim == 2) {
+      d->ctx = (int)x->ne[1];
+      break;
+    }
+  }
   return 0;
 }
 

@@ -1154,6 +1154,7 @@ void cd_sd_free(cd_sd_model *m) {
   cd_weights_free(m->clip.w);
   cd_weights_free(m->unet.w);
   cd_weights_free(m->vae.w);
+  cd_weights_free(m->unet_orig);
   cd_tokenizer_free(m->tok);
   free(m);
 }
