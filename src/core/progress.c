@@ -56,5 +56,6 @@ void cd_progress_set_loss(cd_progress *p, double loss) {
   p->has_loss = 1;
 }
 void cd_progress_finish(cd_progress *p) {
-  if (!p->quiet) draw(p, 1);
+  /* a terminal gets the final state with the elapsed time; a log already has its last line */
+  if (!p->quiet && (p->tty || p->last_draw == 0)) draw(p, 1);
 }

@@ -1140,7 +1140,7 @@ int cd_sd_load(const char *path, const cd_load_opts *opts, cd_sd_model **out) {
   if (!rc) {
     if (m->tok) m->clip.cfg.pad_id = cd_tokenizer_pad(m->tok);
     compute_hash(m);
-    cd_log("loaded %s (%s, %s): hash %s", path, m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x",
+    cd_log("loaded %s (%s, %s): hash %s\n", path, m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x",
            m->layout, m->hash);
     *out = m;
     return 0;

@@ -1,0 +1,59 @@
+/* cmd_train.c - cdiff train: Custom Diffusion fine-tuning (src/custom/trainer_run.h does the work). */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "args.h"
+#include "commands.h"
+#include "core/common.h"
+#include "custom/trainer_run.h"
+
+int cmd_train(int argc, char **argv) {
+  cd_run_opts o;
+  cd_run_opts_default(&o);
+  int no_prior = 0, no_scale_lr = 0, no_aug = 0, help = 0;
+  cli_opt opts[] = {
+      {"--model", CLI_STR, &o.model, "PATH", "base model: diffusers folder or single-file .safetensors/.ckpt (required)", 0},
+      {"--vocab", CLI_STR, &o.vocab, "PATH", "CLIP vocabulary for single-file checkpoints", 0},
+      {"--concepts", CLI_STR, &o.concepts, "FILE.json", "list of {instance_prompt, class_prompt, instance_data_dir, class_data_dir}", 0},
+      {"--images", CLI_STR, &o.images, "DIR", "instance images of the one concept", 0},
+      {"--prompt", CLI_STR, &o.prompt, "TEXT", "instance prompt, containing the modifier token (e.g. \"photo of a <new1> dog\")", 0},
+      {"--class-prompt", CLI_STR, &o.class_prompt, "TEXT", "class prompt (e.g. \"dog\"), also used to generate class images", 0},
+      {"--class-images", CLI_STR, &o.class_images, "DIR", "class images (missing ones are generated into it; default OUT/class_images/0)", 0},
+      {"--num-class-images", CLI_INT, &o.num_class_images, "N", "class images per concept (default 200)", 0},
+      {"--class-steps", CLI_INT, &o.class_steps, "N", "DDIM steps (eta 1, guidance 6) of generated class images (default 50)", 0},
+      {"--no-prior", CLI_FLAG, &no_prior, "", "no prior preservation (no class images)", 0},
+      {"--prior-loss-weight", CLI_FLOAT, &o.prior_weight, "X", "weight of the class-image loss (default 1)", 0},
+      {"--train", CLI_STR, &o.train, "WHAT", "crossattn_kv (default: K/V of cross-attention) or crossattn (all of it)", 0},
+      {"--modifier-token", CLI_STR, &o.modifier_tokens, "T", "new token(s), comma-separated (default <new1>, <new2>, ... one per concept)", 0},
+      {"--initializer-token", CLI_STR, &o.initializers, "W", "vocabulary token(s) the new rows start from (default ktn, pll, ucd)", 0},
+      {"--steps", CLI_INT, &o.steps, "N", "optimisation steps (default 250; 500 with several concepts)", 0},
+      {"--batch", CLI_INT, &o.batch, "N", "instance images per step (prior preservation adds as many class images; default 1)", 0},
+      {"--lr", CLI_FLOAT, &o.lr, "X", "learning rate (default 1e-5, multiplied by the images per step)", 0},
+      {"--no-scale-lr", CLI_FLAG, &no_scale_lr, "", "use --lr as it is", 0},
+      {"--resolution", CLI_INT, &o.res, "R", "training resolution, a multiple of 64 (default 512)", 0},
+      {"--hflip", CLI_FLAG, &o.hflip, "", "random horizontal flips", 0},
+      {"--no-aug", CLI_FLAG, &no_aug, "", "no random rescaling of instance images", 0},
+      {"--seed", CLI_U64, &o.seed, "N", "seed of every random choice (default 42)", 0},
+      {"--checkpoint-every", CLI_INT, &o.checkpoint_every, "N", "write OUT/checkpoint every N steps (and at the end)", 0},
+      {"--resume", CLI_STR, &o.resume, "DIR", "continue from a checkpoint (OUT or OUT/checkpoint)", 0},
+      {"--validate-every", CLI_INT, &o.validate_every, "N", "sample --validation-prompt every N steps into OUT/validation", 0},
+      {"--validation-prompt", CLI_STR, &o.validation_prompt, "TEXT", "prompt of the validation images", 0},
+      {"--out", CLI_STR, &o.out, "DIR", "output folder (required)", 0},
+      {"--help", CLI_FLAG, &help, "", "this help", 0},
+      {0}};
+  if (cli_parse(argc, argv, opts, "train", NULL)) return 2;
+  if (help) {
+    cli_usage(opts, "train",
+              "--model PATH (--concepts FILE.json | --images DIR --prompt TEXT --class-prompt TEXT) --out DIR [flags]");
+    return 0;
+  }
+  o.prior = !no_prior;
+  o.scale_lr = !no_scale_lr;
+  o.aug = !no_aug;
+  o.quiet = getenv("CDIFF_QUIET") != NULL;
+  if (cd_train_run(&o)) {
+    fprintf(stderr, "cdiff train: %s\n", cd_last_error());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,730 @@
+/* trainer_run.c - the `cdiff train` run loop (see trainer_run.h). */
+#include "custom/trainer_run.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "core/progress.h"
+#include "custom/class_images.h"
+#include "custom/dataset.h"
+#include "custom/delta.h"
+#include "custom/train.h"
+#include "diffusion/pipeline.h"
+#include "io/fsutil.h"
+#include "io/image.h"
+#include "io/tensor_file.h"
+#include "models/sd_model.h"
+
+#define TOKEN_TABLE "text_model.embeddings.token_embedding.weight"
+#define MAX_TOK CD_DELTA_MAX_TOKENS
+
+static const char *const default_inits[] = {"ktn", "pll", "ucd"};
+
+void cd_run_opts_default(cd_run_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->prior = 1;
+  o->num_class_images = 200;
+  o->class_steps = 50;
+  o->train = "crossattn_kv";
+  o->batch = 1;
+  o->lr = 1e-5f;
+  o->scale_lr = 1;
+  o->prior_weight = 1.0f;
+  o->res = 512;
+  o->aug = 1;
+  o->seed = 42;
+}
+
+typedef struct {
+  const char *inst_prompt, *class_prompt, *inst_dir, *class_dir; /* borrowed (opts or concepts file) */
+  char class_dir_buf[2048];
+  cd_item_list inst, cls;
+  int ncls;                 /* class images used: min(cls.n, num_class_images) */
+  cd_image_cache ic, cc;
+} concept_t;
+
+typedef struct {
+  cd_run_opts o;
+  cd_concept *file_concepts; /* from --concepts, owned */
+  int nfile;
+  concept_t *c;
+  int nc;
+  int ntok;
+  char tok[MAX_TOK][32], init[MAX_TOK][32];
+  int init_id[MAX_TOK];
+  int steps;
+  float lr;
+  cd_sd_model *m;
+  cd_trainer tr;
+  int tr_ok;
+  cJSON *args;
+  char *args_txt;
+  char ckpt_dir[2048];
+  int last_ckpt;             /* step of the last checkpoint written or resumed from, -1 none */
+} run_t;
+
+/* ---- small helpers ---- */
+
+static uint64_t mix64(uint64_t x) { /* splitmix64 finaliser */
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+static void seed_rng(cd_rng *r, uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
+  cd_rng_seed(r, mix64(seed ^ mix64(a + 0x9e3779b97f4a7c15ULL * (mix64(b + 0x632be59bd9b4e019ULL * (c + 1)) + 1))));
+}
+
+/* Splits "a,b+c" at ',' and '+', trimming spaces; returns the count or -1. */
+static int split_list(const char *s, char out[][32], int cap, const char *flag) {
+  int n = 0;
+  const char *p = s;
+  while (*p) {
+    const char *e = p;
+    while (*e && *e != ',' && *e != '+') e++;
+    const char *a = p, *b = e;
+    while (a < b && (*a == ' ' || *a == '\t')) a++;
+    while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
+    if (b == a) return cd_set_error("%s: empty entry in '%s'", flag, s);
+    if (n >= cap) return cd_set_error("%s: more than %d entries in '%s'", flag, cap, s);
+    if (b - a >= 32) return cd_set_error("%s: '%.*s' is longer than 31 bytes", flag, (int)(b - a), a);
+    snprintf(out[n++], 32, "%.*s", (int)(b - a), a);
+    p = *e ? e + 1 : e;
+  }
+  if (!n) return cd_set_error("%s: empty list", flag);
+  return n;
+}
+
+/* Fisher-Yates permutation of 0..n-1 for one epoch of one image list. */
+static void epoch_perm(int *perm, int n, uint64_t seed, int concept, int kind, int epoch) {
+  cd_rng r;
+  seed_rng(&r, seed, 0x5eed0000ULL + (uint64_t)kind, (uint64_t)concept, (uint64_t)epoch);
+  for (int i = 0; i < n; i++) perm[i] = i;
+  for (int i = n - 1; i > 0; i--) {
+    int j = (int)(cd_rng_u64(&r) % (uint64_t)(i + 1));
+    int t = perm[i];
+    perm[i] = perm[j];
+    perm[j] = t;
+  }
+}
+
+/* ---- set-up ---- */
+
+static int check_opts(const cd_run_opts *o) {
+  if (!o->model) return cd_set_error("--model is required");
+  if (!o->out) return cd_set_error("--out is required");
+  if (o->concepts && (o->images || o->prompt || o->class_prompt || o->class_images))
+    return cd_set_error("--concepts cannot be combined with --images/--prompt/--class-prompt/--class-images");
+  if (!o->concepts && (!o->images || !o->prompt))
+    return cd_set_error("give either --concepts FILE.json or --images DIR with --prompt TEXT");
+  if (!o->concepts && o->prior && !o->class_prompt)
+    return cd_set_error("--class-prompt is required with prior preservation (or pass --no-prior)");
+  if (o->res <= 0 || o->res % 64) return cd_set_error("--resolution must be a positive multiple of 64 (got %d)", o->res);
+  if (o->batch < 1 || o->batch > 64) return cd_set_error("--batch must be in 1..64 (got %d)", o->batch);
+  if (o->steps < 0) return cd_set_error("--steps must be positive (got %d)", o->steps);
+  if (!(o->lr > 0) || !isfinite(o->lr)) return cd_set_error("--lr must be a positive number (got %g)", o->lr);
+  if (!(o->prior_weight >= 0)) return cd_set_error("--prior-loss-weight must be non-negative (got %g)", o->prior_weight);
+  if (o->prior && o->num_class_images < 1) return cd_set_error("--num-class-images must be at least 1 (got %d)", o->num_class_images);
+  if (o->class_steps < 1 || o->class_steps > 1000) return cd_set_error("--class-steps must be in 1..1000 (got %d)", o->class_steps);
+  if (o->checkpoint_every < 0) return cd_set_error("--checkpoint-every must be non-negative (got %d)", o->checkpoint_every);
+  if (o->validate_every < 0) return cd_set_error("--validate-every must be non-negative (got %d)", o->validate_every);
+  if (o->validate_every > 0 && (!o->validation_prompt || !*o->validation_prompt))
+    return cd_set_error("--validate-every needs --validation-prompt");
+  if (!o->train || (strcmp(o->train, "crossattn_kv") && strcmp(o->train, "crossattn")))
+    return cd_set_error("--train must be crossattn_kv or crossattn (got '%s')", o->train ? o->train : "");
+  return 0;
+}
+
+static int setup_concepts(run_t *r) {
+  const cd_run_opts *o = &r->o;
+  if (o->concepts) {
+    if (cd_concepts_load(o->concepts, &r->file_concepts, &r->nfile)) return cd_prefix_error("--concepts");
+    r->nc = r->nfile;
+  } else {
+    r->nc = 1;
+  }
+  if (r->nc > MAX_TOK) return cd_set_error("--concepts %s: at most %d concepts are supported", o->concepts, MAX_TOK);
+  r->c = cd_calloc(r->nc, sizeof *r->c);
+  for (int k = 0; k < r->nc; k++) {
+    concept_t *c = &r->c[k];
+    if (o->concepts) {
+      cd_concept *f = &r->file_concepts[k];
+      c->inst_prompt = f->instance_prompt;
+      c->class_prompt = f->class_prompt;
+      c->inst_dir = f->instance_data_dir;
+      c->class_dir = f->class_data_dir;
+      if (o->prior && !c->class_prompt)
+        return cd_set_error("--concepts %s: concept %d has no class_prompt (needed for prior preservation; or pass --no-prior)", o->concepts, k + 1);
+    } else {
+      c->inst_prompt = o->prompt;
+      c->class_prompt = o->class_prompt;
+      c->inst_dir = o->images;
+      c->class_dir = o->class_images;
+    }
+    cd_image_cache_init(&c->ic, 0);
+    cd_image_cache_init(&c->cc, 0);
+  }
+  /* modifier tokens: one per concept unless given */
+  if (o->modifier_tokens) {
+    r->ntok = split_list(o->modifier_tokens, r->tok, MAX_TOK, "--modifier-token");
+    if (r->ntok < 0) return -1;
+  } else {
+    r->ntok = r->nc;
+    for (int i = 0; i < r->ntok; i++) snprintf(r->tok[i], 32, "<new%d>", i + 1);
+  }
+  for (int i = 0; i < r->ntok; i++)
+    for (int j = 0; j < i; j++)
+      if (!strcmp(r->tok[i], r->tok[j])) return cd_set_error("--modifier-token: %s is given twice", r->tok[i]);
+  if (o->initializers) {
+    int n = split_list(o->initializers, r->init, MAX_TOK, "--initializer-token");
+    if (n < 0) return -1;
+    if (n < r->ntok) return cd_set_error("--initializer-token: %d given for %d modifier tokens (one each, comma-separated)", n, r->ntok);
+  } else {
+    if (r->ntok > 3) return cd_set_error("%d modifier tokens but only 3 default initializers (ktn, pll, ucd): pass --initializer-token", r->ntok);
+    for (int i = 0; i < r->ntok; i++) snprintf(r->init[i], 32, "%s", default_inits[i]);
+  }
+  /* every concept's prompt names a token, and every token trains */
+  for (int k = 0; k < r->nc; k++) {
+    const char *p = r->c[k].inst_prompt;
+    int any = 0;
+    for (int i = 0; i < r->ntok; i++) any |= strstr(p, r->tok[i]) != NULL;
+    if (any) continue;
+    const char *want = r->tok[k < r->ntok ? k : 0];
+    if (!o->concepts) return cd_set_error("--prompt must contain %s (got \"%s\")", want, p);
+    return cd_set_error("--concepts %s: concept %d: instance_prompt must contain %s (got \"%s\")", o->concepts, k + 1, want, p);
+  }
+  for (int i = 0; i < r->ntok; i++) {
+    int used = 0;
+    for (int k = 0; k < r->nc; k++) used |= strstr(r->c[k].inst_prompt, r->tok[i]) != NULL;
+    if (!used) return cd_set_error("modifier token %s appears in no instance prompt, so it would never train", r->tok[i]);
+  }
+  /* instance images (decoded later, when the model is loaded) */
+  for (int k = 0; k < r->nc; k++) {
+    concept_t *c = &r->c[k];
+    if (cd_list_images(c->inst_dir, &c->inst)) {
+      if (o->concepts) return cd_prefix_error("--concepts %s: concept %d: instance_data_dir", o->concepts, k + 1);
+      return cd_prefix_error("--images");
+    }
+    for (int i = 0; i < c->inst.n; i++) { /* a caption replaces the prompt: it should name a token too */
+      const char *cap = c->inst.items[i].caption;
+      int any = !cap;
+      for (int t = 0; t < r->ntok && !any; t++) any = strstr(cap, r->tok[t]) != NULL;
+      if (!any) cd_warn("caption of %s contains no modifier token: \"%s\"", c->inst.items[i].path, cap);
+    }
+  }
+  return 0;
+}
+
+static cJSON *make_args(const run_t *r) {
+  const cd_run_opts *o = &r->o;
+  cJSON *a = cJSON_CreateObject();
+  cJSON_AddStringToObject(a, "model", o->model);
+  cJSON_AddStringToObject(a, "model_hash", r->m ? r->m->hash : "");
+  if (o->vocab) cJSON_AddStringToObject(a, "vocab", o->vocab);
+  if (o->concepts) cJSON_AddStringToObject(a, "concepts_list", o->concepts);
+  cJSON *cs = cJSON_AddArrayToObject(a, "concepts");
+  for (int k = 0; k < r->nc; k++) {
+    const concept_t *c = &r->c[k];
+    cJSON *x = cJSON_CreateObject();
+    cJSON_AddStringToObject(x, "instance_prompt", c->inst_prompt);
+    if (c->class_prompt) cJSON_AddStringToObject(x, "class_prompt", c->class_prompt);
+    else cJSON_AddNullToObject(x, "class_prompt");
+    cJSON_AddStringToObject(x, "instance_data_dir", c->inst_dir);
+    cJSON_AddStringToObject(x, "class_data_dir", c->class_dir ? c->class_dir : c->class_dir_buf);
+    cJSON_AddItemToArray(cs, x);
+  }
+  cJSON_AddBoolToObject(a, "with_prior_preservation", o->prior);
+  cJSON_AddNumberToObject(a, "num_class_images", o->num_class_images);
+  cJSON_AddNumberToObject(a, "class_steps", o->class_steps);
+  cJSON_AddStringToObject(a, "freeze_model", o->train);
+  cJSON *t = cJSON_AddArrayToObject(a, "modifier_token"), *in = cJSON_AddArrayToObject(a, "initializer_token"),
+        *ii = cJSON_AddArrayToObject(a, "initializer_ids");
+  for (int i = 0; i < r->ntok; i++) {
+    cJSON_AddItemToArray(t, cJSON_CreateString(r->tok[i]));
+    cJSON_AddItemToArray(in, cJSON_CreateString(r->init[i]));
+    cJSON_AddItemToArray(ii, cJSON_CreateNumber(r->init_id[i]));
+  }
+  cJSON_AddNumberToObject(a, "max_train_steps", r->steps);
+  cJSON_AddNumberToObject(a, "train_batch_size", o->batch);
+  cJSON_AddNumberToObject(a, "learning_rate", o->lr);
+  cJSON_AddBoolToObject(a, "scale_lr", o->scale_lr);
+  cJSON_AddNumberToObject(a, "lr", r->lr);
+  cJSON_AddNumberToObject(a, "prior_loss_weight", o->prior_weight);
+  cJSON_AddNumberToObject(a, "resolution", o->res);
+  cJSON_AddBoolToObject(a, "hflip", o->hflip);
+  cJSON_AddBoolToObject(a, "augment", o->aug);
+  char seed[32];
+  snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed); /* a string: JSON numbers lose bits past 2^53 */
+  cJSON_AddStringToObject(a, "seed", seed);
+  cd_train_opts d;
+  cd_train_opts_default(&d);
+  cJSON_AddNumberToObject(a, "adam_beta1", d.beta1);
+  cJSON_AddNumberToObject(a, "adam_beta2", d.beta2);
+  cJSON_AddNumberToObject(a, "adam_epsilon", d.eps);
+  cJSON_AddNumberToObject(a, "adam_weight_decay", d.weight_decay);
+  cJSON_AddNumberToObject(a, "max_grad_norm", d.max_grad_norm);
+  cJSON_AddNumberToObject(a, "checkpoint_every", o->checkpoint_every);
+  cJSON_AddNumberToObject(a, "validate_every", o->validate_every);
+  if (o->validation_prompt) cJSON_AddStringToObject(a, "validation_prompt", o->validation_prompt);
+  cJSON_AddStringToObject(a, "software", "cdiff");
+  return a;
+}
+
+/* What must match between a checkpoint's run and the resuming one: everything
+ * that shapes the trajectory. Paths, step count, checkpoint/validation
+ * cadence may differ (the data behind a path is the user's responsibility). */
+static int same_run(const cJSON *stored, const cJSON *cur, const char *src) {
+  static const char *const ignore[] = {"model", "vocab", "concepts_list", "max_train_steps", "checkpoint_every",
+                                       "validate_every", "validation_prompt", "software"};
+  const cJSON *it;
+  cJSON_ArrayForEach(it, cur) {
+    int skip = 0;
+    for (size_t i = 0; i < sizeof ignore / sizeof ignore[0]; i++) skip |= !strcmp(it->string, ignore[i]);
+    if (skip) continue;
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(stored, it->string);
+    if (!strcmp(it->string, "concepts")) {
+      int ok = s && cJSON_GetArraySize(s) == cJSON_GetArraySize(it);
+      for (int k = 0; ok && k < cJSON_GetArraySize(it); k++) {
+        const cJSON *a = cJSON_GetArrayItem(it, k), *b = cJSON_GetArrayItem(s, k);
+        ok = cJSON_Compare(cJSON_GetObjectItem(a, "instance_prompt"), cJSON_GetObjectItem(b, "instance_prompt"), 1) &&
+             cJSON_Compare(cJSON_GetObjectItem(a, "class_prompt"), cJSON_GetObjectItem(b, "class_prompt"), 1);
+      }
+      if (!ok) return cd_set_error("--resume %s: the checkpoint was made with other concepts/prompts", src);
+      continue;
+    }
+    if (!s || !cJSON_Compare(s, it, 1)) {
+      char *a = s ? cJSON_PrintUnformatted(s) : NULL, *b = cJSON_PrintUnformatted(it);
+      cd_set_error("--resume %s: the checkpoint was made with %s = %s, this run has %s (resume with the same settings)", src, it->string,
+                   a ? a : "(absent)", b);
+      free(a);
+      free(b);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int find_state(const char *dir, char *path, size_t cap) {
+  snprintf(path, cap, "%s/%s", dir, CD_RUN_STATE_FILE);
+  if (cd_file_exists(path)) return 0;
+  snprintf(path, cap, "%s/%s/%s", dir, CD_RUN_CHECKPOINT_DIR, CD_RUN_STATE_FILE);
+  if (cd_file_exists(path)) return 0;
+  return cd_set_error("--resume %s: no checkpoint there (%s or %s/%s)", dir, CD_RUN_STATE_FILE, CD_RUN_CHECKPOINT_DIR, CD_RUN_STATE_FILE);
+}
+
+/* Loads parameters, Adam moments and the step count into the trainer. */
+static int load_state(run_t *r, const char *path) {
+  cd_tensor_file *f;
+  if (cd_safetensors_open(path, &f)) return cd_prefix_error("--resume");
+  int rc = -1;
+  const char *fmt = cd_tf_meta(f, "format"), *step = cd_tf_meta(f, "step"), *args = cd_tf_meta(f, "args");
+  cJSON *stored = NULL;
+  if (!fmt || strcmp(fmt, "cdiff-train-state") || !step || !args) {
+    cd_set_error("--resume %s: not a cdiff training checkpoint (metadata format/step/args missing)", path);
+    goto done;
+  }
+  if (!(stored = cJSON_Parse(args))) {
+    cd_set_error("--resume %s: metadata 'args' is not JSON", path);
+    goto done;
+  }
+  if (same_run(stored, r->args, path)) goto done;
+  char *end;
+  long s = strtol(step, &end, 10);
+  if (*end || s < 0 || s > 100000000) {
+    cd_set_error("--resume %s: bad step '%s'", path, step);
+    goto done;
+  }
+  for (int i = 0; i < r->tr.np; i++) {
+    cd_train_param *p = &r->tr.p[i];
+    static const char *const pre[] = {"param/", "adam_m/", "adam_v/"};
+    float *dst[] = {p->data, p->m, p->v};
+    for (int k = 0; k < 3; k++) {
+      char nm[512];
+      snprintf(nm, sizeof nm, "%s%s", pre[k], p->name);
+      const cd_tensor_info *t = cd_tf_find(f, nm);
+      if (!t || t->dtype != CD_DT_F32 || cd_tensor_numel(t) != p->n) {
+        cd_set_error("--resume %s: tensor '%s' missing or not F32 with %lld elements", path, nm, (long long)p->n);
+        goto done;
+      }
+      if (cd_tf_read_f32(f, t, dst[k])) goto done;
+    }
+  }
+  r->tr.step = (int)s;
+  r->last_ckpt = (int)s;
+  rc = 0;
+done:
+  cJSON_Delete(stored);
+  cd_tensor_file_close(f);
+  return rc;
+}
+
+static int save_checkpoint(run_t *r) {
+  const cd_trainer *t = &r->tr;
+  if (cd_mkdir_p(r->ckpt_dir)) return -1;
+  cd_delta *d;
+  if (cd_trainer_to_delta(t, (const char(*)[32])r->tok, (const char(*)[32])r->init, &d)) return -1;
+  d->args = cd_strdup(r->args_txt);
+  int rc = cd_delta_save(r->ckpt_dir, d); /* a loadable delta of this step, beside the state */
+  cd_delta_free(d);
+  if (rc) return -1;
+  cd_tensor_out *to = cd_calloc(3 * t->np, sizeof *to);
+  char(*names)[512] = cd_calloc(3 * t->np, 512);
+  for (int i = 0; i < t->np; i++) {
+    const cd_train_param *p = &t->p[i];
+    static const char *const pre[] = {"param/", "adam_m/", "adam_v/"};
+    const float *src[] = {p->data, p->m, p->v};
+    for (int k = 0; k < 3; k++) {
+      int j = 3 * i + k;
+      snprintf(names[j], 512, "%s%s", pre[k], p->name);
+      to[j] = (cd_tensor_out){.name = names[j], .dtype = CD_DT_F32, .ndim = 1, .shape = {p->n}, .data = src[k]};
+    }
+  }
+  char step[32], path[2300];
+  snprintf(step, sizeof step, "%d", t->step);
+  snprintf(path, sizeof path, "%s/%s", r->ckpt_dir, CD_RUN_STATE_FILE);
+  const char *meta[] = {"format", "cdiff-train-state", "version", "1", "step", step, "args", r->args_txt};
+  rc = cd_safetensors_write(path, to, 3 * t->np, meta, 4);
+  free(to);
+  free(names);
+  if (!rc) r->last_ckpt = t->step;
+  return rc;
+}
+
+/* Keeps the log lines of steps <= keep (a resumed run rewrites what follows). */
+static FILE *open_log(const char *path, int keep) {
+  char *txt = NULL;
+  size_t n = 0;
+  if (keep > 0 && cd_file_exists(path) && !cd_read_file(path, &txt, &n)) {
+    FILE *fp = fopen(path, "w");
+    if (!fp) {
+      free(txt);
+      cd_set_error("cannot write %s", path);
+      return NULL;
+    }
+    for (char *line = txt; line && *line;) {
+      char *nl = strchr(line, '\n');
+      if (nl) *nl = 0;
+      cJSON *j = cJSON_Parse(line);
+      const cJSON *s = j ? cJSON_GetObjectItem(j, "step") : NULL;
+      if (cJSON_IsNumber(s) && s->valueint <= keep) fprintf(fp, "%s\n", line);
+      cJSON_Delete(j);
+      line = nl ? nl + 1 : NULL;
+    }
+    free(txt);
+    return fp;
+  }
+  FILE *fp = fopen(path, keep > 0 ? "a" : "w");
+  if (!fp) cd_set_error("cannot write %s", path);
+  return fp;
+}
+
+/* Samples the validation prompt with the current weights: the UNet is the
+ * trainer's (updated in place); the token table is extended by the current
+ * new rows for the duration, then restored (the training graph keeps
+ * pointing at the original table). Writes OUT/validation/step_%06d.png, the
+ * images side by side. */
+static int validate(run_t *r, int step) {
+  cd_sd_model *m = r->m;
+  const int nimg = 2, res = r->o.res;
+  cd_weight *e = cd_weights_get(m->clip.w, TOKEN_TABLE);
+  if (!e) return cd_set_error("%s: text encoder has no token embedding", m->path);
+  const int64_t V = e->ne[0], D = e->ne[1];
+  float *tab = cd_malloc((size_t)(V + r->ntok) * D * sizeof(float));
+  memcpy(tab, e->data, (size_t)V * D * sizeof(float));
+  memcpy(tab + (size_t)V * D, r->tr.extra, (size_t)r->ntok * D * sizeof(float));
+  float *saved = e->data;
+  int saved_vocab = m->clip.cfg.vocab;
+  e->data = tab;
+  e->ne[0] = V + r->ntok;
+  m->clip.cfg.vocab = (int)(V + r->ntok);
+  const int64_t h = res / 8, w = res / 8;
+  float *lat = cd_malloc((size_t)nimg * 4 * h * w * sizeof(float)), *img = cd_malloc((size_t)nimg * 3 * res * res * sizeof(float));
+  cd_gen_opts g = {.prompt = r->o.validation_prompt, .negative = "", .cfg = 6.0f, .width = res, .height = res, .n = nimg, .quiet = 1};
+  g.s.kind = CD_SAMPLER_DPMPP_2M;
+  g.s.steps = 25;
+  g.s.seed = r->o.seed;
+  int rc = cd_generate_latents(m, &g, lat);
+  e->data = saved;
+  e->ne[0] = V;
+  m->clip.cfg.vocab = saved_vocab;
+  free(tab);
+  if (!rc) rc = cd_decode_latents(m, lat, nimg, (int)h, (int)w, 0, img);
+  if (!rc) {
+    cd_image grid = {.w = nimg * res, .h = res, .c = 3};
+    grid.px = cd_malloc((size_t)grid.w * grid.h * 3);
+    for (int i = 0; i < nimg; i++) {
+      cd_image im;
+      cd_chw_to_image(img + (size_t)i * 3 * res * res, 3, res, res, &im);
+      for (int y = 0; y < res; y++) memcpy(grid.px + ((size_t)y * grid.w + (size_t)i * res) * 3, im.px + (size_t)y * res * 3, (size_t)res * 3);
+      cd_image_free(&im);
+    }
+    char dir[2100], path[2200], sstep[16];
+    snprintf(dir, sizeof dir, "%s/validation", r->o.out);
+    snprintf(path, sizeof path, "%s/step_%06d.png", dir, step);
+    snprintf(sstep, sizeof sstep, "%d", step);
+    const char *kv[] = {"prompt", r->o.validation_prompt, "step", sstep, "sampler", "dpmpp_2m", "steps", "25", "cfg_scale", "6", "software", "cdiff"};
+    rc = cd_mkdir_p(dir) || cd_image_save_png(path, &grid, kv, 6) ? -1 : 0;
+    cd_image_free(&grid);
+  }
+  free(lat);
+  free(img);
+  return rc ? cd_prefix_error("validation at step %d", step) : 0;
+}
+
+/* ---- one step's batch ---- */
+
+typedef struct {
+  float *pixels, *mask, *noise, *lnoise;
+  int *ids, *ts, *perm;
+} batch_buf;
+
+static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
+  const cd_run_opts *o = &r->o;
+  const int nb = o->batch, res = o->res, B = r->tr.B;
+  const int64_t px = 3 * (int64_t)res * res, hw = (int64_t)(res / 8) * (res / 8), per = 4 * hw;
+  const int k = s % r->nc, ls = s / r->nc;
+  concept_t *c = &r->c[k];
+  cd_rng rng;
+  seed_rng(&rng, o->seed, 0x57e9ULL, (uint64_t)s, 0);
+  for (int i = 0; i < nb; i++) {
+    int64_t e = (int64_t)ls * nb + i, n = c->inst.n;
+    epoch_perm(bb->perm, (int)n, o->seed, k, 0, (int)(e / n));
+    int idx = bb->perm[e % n];
+    const cd_image *img;
+    const char *prefix;
+    if (cd_image_cache_get(&c->ic, &c->inst, idx, &img) ||
+        cd_instance_example(img, res, o->aug, o->hflip, &rng, bb->pixels + i * px, bb->mask + i * hw, &prefix))
+      return -1;
+    const char *cap = c->inst.items[idx].caption ? c->inst.items[idx].caption : c->inst_prompt;
+    char prompt[4096];
+    snprintf(prompt, sizeof prompt, "%s%s", prefix ? prefix : "", cap);
+    if (cd_prompt_ids(r->m, prompt, bb->ids + i * 77)) return -1;
+  }
+  if (o->prior)
+    for (int i = 0; i < nb; i++) {
+      int64_t e = (int64_t)ls * nb + i, n = c->ncls;
+      epoch_perm(bb->perm, (int)n, o->seed, k, 1, (int)(e / n));
+      int idx = bb->perm[e % n];
+      const cd_image *img;
+      if (cd_image_cache_get(&c->cc, &c->cls, idx, &img) ||
+          cd_class_example(img, res, 0, o->hflip, &rng, bb->pixels + (nb + i) * px, bb->mask + (nb + i) * hw))
+        return -1;
+      const char *cap = c->cls.items[idx].caption ? c->cls.items[idx].caption : c->class_prompt;
+      if (cd_prompt_ids(r->m, cap, bb->ids + (nb + i) * 77)) return -1;
+    }
+  const int T = r->m->sched.num_train_timesteps;
+  for (int i = 0; i < B; i++) {
+    int t = (int)(cd_rng_uniform(&rng) * T);
+    bb->ts[i] = t < T ? t : T - 1;
+  }
+  cd_rng_fill_normal(&rng, bb->noise, (size_t)B * per);
+  cd_rng_fill_normal(&rng, bb->lnoise, (size_t)B * per);
+  *b = (cd_batch){.pixels = bb->pixels, .mask = bb->mask, .ids = bb->ids, .noise = bb->noise, .latent_noise = bb->lnoise, .timesteps = bb->ts};
+  return 0;
+}
+
+/* ---- the run ---- */
+
+static int setup_model(run_t *r) {
+  const cd_run_opts *o = &r->o;
+  cd_load_opts lo = {.vocab = o->vocab};
+  if (cd_sd_load(o->model, &lo, &r->m)) return cd_prefix_error("--model");
+  cd_sd_model *m = r->m;
+  if (!m->tok) return cd_set_error("--model %s: no tokenizer vocabulary found: pass --vocab (a tokenizer/ folder or bpe_simple_vocab_16e6.txt.gz)", o->model);
+  if (cd_tokenizer_vocab_size(m->tok) != m->clip.cfg.vocab)
+    return cd_set_error("--model %s: tokenizer has %d tokens but the text encoder %d rows", o->model, cd_tokenizer_vocab_size(m->tok), m->clip.cfg.vocab);
+  for (int i = 0; i < r->ntok; i++) /* checked now, added after the class images are made */
+    if (cd_tokenizer_lookup(m->tok, r->tok[i]) >= 0)
+      return cd_set_error("--modifier-token: '%s' is already a token of the vocabulary; choose a new string such as <new%d>", r->tok[i], i + 1);
+  /* initializers: the token STRING looked up in the vocabulary (transformers 4's
+   * tokenizer.encode([word]) does this), then the word-final form "<w></w>" */
+  for (int i = 0; i < r->ntok; i++) {
+    int id = cd_tokenizer_lookup(m->tok, r->init[i]);
+    if (id < 0) {
+      char wf[40];
+      snprintf(wf, sizeof wf, "%s</w>", r->init[i]);
+      id = cd_tokenizer_lookup(m->tok, wf);
+    }
+    if (id < 0 || id >= m->clip.cfg.vocab)
+      return cd_set_error("--initializer-token: '%s' is not a single token of the vocabulary (try a short word such as 'ktn' or 'dog')", r->init[i]);
+    r->init_id[i] = id;
+  }
+  return 0;
+}
+
+static int setup_class_images(run_t *r) {
+  const cd_run_opts *o = &r->o;
+  for (int k = 0; k < r->nc && o->prior; k++) {
+    concept_t *c = &r->c[k];
+    const char *dir = c->class_dir;
+    if (!dir) {
+      snprintf(c->class_dir_buf, sizeof c->class_dir_buf, "%s/class_images/%d", o->out, k);
+      dir = c->class_dir_buf;
+    }
+    cd_class_gen_opts g;
+    cd_class_gen_opts_default(&g);
+    g.prompt = c->class_prompt;
+    g.dir = dir;
+    g.n = o->num_class_images;
+    g.steps = o->class_steps;
+    g.res = o->res;
+    g.seed = o->seed;
+    g.quiet = o->quiet;
+    if (cd_class_images_ensure(r->m, &g, NULL)) return cd_prefix_error("class images of concept %d", k + 1);
+    if (cd_list_images(dir, &c->cls)) return cd_prefix_error("class images of concept %d", k + 1);
+    c->ncls = CD_MIN(c->cls.n, o->num_class_images);
+  }
+  return 0;
+}
+
+static int setup_trainer(run_t *r) {
+  const cd_run_opts *o = &r->o;
+  cd_sd_model *m = r->m;
+  cd_train_opts to;
+  cd_train_opts_default(&to);
+  to.batch = o->batch;
+  to.prior = o->prior;
+  to.res = o->res;
+  to.train = !strcmp(o->train, "crossattn") ? CD_TRAIN_CROSSATTN : CD_TRAIN_KV;
+  to.lr = r->lr;
+  to.prior_weight = o->prior_weight;
+  to.sample_latents = 1;
+  to.ntok = r->ntok;
+  for (int i = 0; i < r->ntok; i++) {
+    int id = cd_tokenizer_add_token(m->tok, r->tok[i]);
+    if (id < 0) return cd_prefix_error("--modifier-token %s", r->tok[i]);
+    to.tok_id[i] = id;
+    to.init_id[i] = r->init_id[i];
+  }
+  if (cd_trainer_init(&r->tr, m, &to)) return -1;
+  r->tr_ok = 1;
+  return 0;
+}
+
+static int preload_images(run_t *r) {
+  for (int k = 0; k < r->nc; k++) {
+    concept_t *c = &r->c[k];
+    const cd_image *img;
+    for (int i = 0; i < c->inst.n; i++)
+      if (cd_image_cache_get(&c->ic, &c->inst, i, &img)) return -1;
+    for (int i = 0; i < c->ncls; i++)
+      if (cd_image_cache_get(&c->cc, &c->cls, i, &img)) return -1;
+  }
+  return 0;
+}
+
+static void run_free(run_t *r) {
+  if (r->tr_ok) cd_trainer_free(&r->tr);
+  for (int k = 0; k < r->nc && r->c; k++) {
+    cd_image_cache_free(&r->c[k].ic);
+    cd_image_cache_free(&r->c[k].cc);
+    cd_item_list_free(&r->c[k].inst);
+    cd_item_list_free(&r->c[k].cls);
+  }
+  free(r->c);
+  if (r->file_concepts) cd_concepts_free(r->file_concepts, r->nfile);
+  cd_sd_free(r->m);
+  cJSON_Delete(r->args);
+  free(r->args_txt);
+}
+
+/* A huge learning rate overflows the weights before the loss turns NaN:
+ * never checkpoint such a state. */
+static int params_finite(const cd_trainer *t) {
+  for (int i = 0; i < t->np; i++)
+    for (int64_t k = 0; k < t->p[i].n; k++)
+      if (!isfinite(t->p[i].data[k])) return 0;
+  return 1;
+}
+
+static int train_loop(run_t *r, FILE *log) {
+  const cd_run_opts *o = &r->o;
+  const int B = r->tr.B, res = o->res, start = r->tr.step;
+  const int64_t px = 3 * (int64_t)res * res, hw = (int64_t)(res / 8) * (res / 8);
+  int maxn = 1;
+  for (int k = 0; k < r->nc; k++) maxn = CD_MAX(maxn, CD_MAX(r->c[k].inst.n, r->c[k].ncls));
+  batch_buf bb = {.pixels = cd_malloc(B * px * sizeof(float)), .mask = cd_malloc(B * hw * sizeof(float)),
+                  .noise = cd_malloc(B * 4 * hw * sizeof(float)), .lnoise = cd_malloc(B * 4 * hw * sizeof(float)),
+                  .ids = cd_malloc(B * 77 * sizeof(int)), .ts = cd_malloc(B * sizeof(int)), .perm = cd_malloc(maxn * sizeof(int))};
+  cd_progress bar;
+  cd_progress_start(&bar, start ? "training (resumed)" : "training", r->steps - start);
+  if (o->quiet) bar.quiet = 1;
+  int rc = 0;
+  for (int s = start; s < r->steps; s++) {
+    cd_batch b;
+    cd_step_report rep = {0};
+    if (make_batch(r, s, &bb, &b)) { rc = cd_prefix_error("step %d", s + 1); break; }
+    int bad = cd_trainer_step(&r->tr, &b, &rep);
+    if (!bad && !params_finite(&r->tr))
+      bad = cd_set_error("the update made the parameters non-finite (loss %g, gradient norm %g): the loss diverges, lower --lr", rep.loss,
+                         rep.grad_norm);
+    if (bad) {
+      char where[2200];
+      if (r->last_ckpt >= 0) snprintf(where, sizeof where, "the last good checkpoint (step %d) is in %s", r->last_ckpt, r->ckpt_dir);
+      else snprintf(where, sizeof where, "no checkpoint was written (use --checkpoint-every N)");
+      char why[1024];
+      snprintf(why, sizeof why, "%s", cd_last_error());
+      rc = cd_set_error("training stopped at step %d: %s; %s", s + 1, why, where);
+      break;
+    }
+    fprintf(log, "{\"step\": %d, \"loss\": %.9g, \"loss_instance\": %.9g, \"loss_prior\": %.9g, \"lr\": %.7g, \"grad_norm\": %.9g}\n", s + 1,
+            rep.loss, rep.loss_inst, rep.loss_prior, (double)r->lr, rep.grad_norm);
+    fflush(log);
+    cd_progress_set_loss(&bar, rep.loss);
+    cd_progress_update(&bar, s + 1 - start);
+    int last = s + 1 == r->steps;
+    if (o->checkpoint_every > 0 && ((s + 1) % o->checkpoint_every == 0 || last) && save_checkpoint(r)) {
+      rc = cd_prefix_error("checkpoint at step %d", s + 1);
+      break;
+    }
+    if (o->validate_every > 0 && (s + 1) % o->validate_every == 0 && validate(r, s + 1)) {
+      rc = -1;
+      break;
+    }
+  }
+  cd_progress_finish(&bar);
+  free(bb.pixels); free(bb.mask); free(bb.noise); free(bb.lnoise); free(bb.ids); free(bb.ts); free(bb.perm);
+  return rc;
+}
+
+int cd_train_run(const cd_run_opts *opts) {
+  run_t r;
+  memset(&r, 0, sizeof r);
+  r.o = *opts;
+  r.last_ckpt = -1;
+  FILE *log = NULL;
+  cd_delta *d = NULL;
+  char resume_state[2300] = "", log_path[2200];
+  int rc = -1;
+  if (check_opts(&r.o) || setup_concepts(&r)) goto done;
+  r.steps = r.o.steps > 0 ? r.o.steps : r.nc > 1 ? 500 : 250;
+  r.lr = r.o.lr * (r.o.scale_lr ? (float)(r.o.batch * (r.o.prior ? 2 : 1)) : 1.0f);
+  if (r.o.resume && find_state(r.o.resume, resume_state, sizeof resume_state)) goto done;
+  if (cd_mkdir_p(r.o.out)) goto done;
+  snprintf(r.ckpt_dir, sizeof r.ckpt_dir, "%s/%s", r.o.out, CD_RUN_CHECKPOINT_DIR);
+  if (setup_model(&r) || setup_class_images(&r) || setup_trainer(&r)) goto done;
+  r.args = make_args(&r);
+  r.args_txt = cJSON_PrintUnformatted(r.args);
+  if (*resume_state && load_state(&r, resume_state)) goto done;
+  if (preload_images(&r)) goto done;
+  snprintf(log_path, sizeof log_path, "%s/%s", r.o.out, CD_RUN_LOG_FILE);
+  if (!(log = open_log(log_path, r.tr.step))) goto done;
+  cd_log("training: %d concept(s), %d token(s), %d steps from step %d, batch %d+%d, lr %g\n", r.nc, r.ntok, r.steps, r.tr.step,
+         r.o.batch, r.o.prior ? r.o.batch : 0, r.lr);
+  if (train_loop(&r, log)) goto done;
+  if (cd_trainer_to_delta(&r.tr, (const char(*)[32])r.tok, (const char(*)[32])r.init, &d)) goto done;
+  d->args = cd_strdup(r.args_txt);
+  rc = cd_delta_save(r.o.out, d);
+  cd_delta_free(d);
+  if (!rc && !r.o.quiet) fprintf(stderr, "wrote %s/%s (%d steps)\n", r.o.out, CD_DELTA_FILE, r.tr.step);
+done:
+  if (log) fclose(log);
+  run_free(&r);
+  return rc;
+}

@@ -1,0 +1,396 @@
+/* test_train_e2e.c - whole training runs on the tiny SD 1.x model: class-image
+ * generation and its resumption, checkpoints, bit-exact resume, the log, the
+ * validation grid, NaN handling, the delta in the sampling path (alone and
+ * with a second delta trained apart), and bad input through the API and the
+ * cdiff binary. */
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "custom/class_images.h"
+#include "custom/delta.h"
+#include "custom/trainer_run.h"
+#include "diffusion/pipeline.h"
+#include "io/fsutil.h"
+#include "io/image.h"
+#include "io/tensor_file.h"
+#include "models/sd_model.h"
+#include "test.h"
+
+static char tmp[256], model[1024], images[512], classes[512], empty[512];
+static int have_fixture; /* 1 ok, -1 golden missing, 0 not made yet */
+
+static int write_images(const char *dir, int n) {
+  if (cd_mkdir_p(dir)) return -1;
+  cd_rng r;
+  cd_rng_seed(&r, 1234);
+  for (int i = 0; i < n; i++) {
+    cd_image im = {.w = 64, .h = 64, .c = 3};
+    im.px = cd_malloc(64 * 64 * 3);
+    uint8_t base[3];
+    for (int c = 0; c < 3; c++) base[c] = (uint8_t)(cd_rng_u64(&r) % 256);
+    for (int p = 0; p < 64 * 64; p++) /* a random colour with a little per-pixel noise */
+      for (int c = 0; c < 3; c++) im.px[p * 3 + c] = (uint8_t)(base[c] ^ (cd_rng_u64(&r) % 16));
+    char path[1024];
+    snprintf(path, sizeof path, "%s/img%d.png", dir, i);
+    int rc = cd_image_save_png(path, &im, NULL, 0);
+    cd_image_free(&im);
+    if (rc) return -1;
+  }
+  return 0;
+}
+
+/* 1 = usable, 0 = skip (golden missing), -1 = failure (test_msg set) */
+static int fixture(void) {
+  if (have_fixture) return have_fixture > 0;
+  if (test_golden_path(model, sizeof model, "tiny-sd1")) {
+    have_fixture = -1;
+    return 0;
+  }
+  snprintf(tmp, sizeof tmp, "/tmp/cdiff_train_e2e_XXXXXX");
+  if (!mkdtemp(tmp)) {
+    snprintf(test_msg, sizeof test_msg, "mkdtemp failed");
+    return -1;
+  }
+  snprintf(images, sizeof images, "%s/images", tmp);
+  snprintf(classes, sizeof classes, "%s/classes", tmp);
+  snprintf(empty, sizeof empty, "%s/empty", tmp);
+  if (write_images(images, 3) || cd_mkdir_p(empty)) {
+    snprintf(test_msg, sizeof test_msg, "%s", cd_last_error());
+    return -1;
+  }
+  have_fixture = 1;
+  return 1;
+}
+
+#define NEED_FIXTURE() do { int f_ = fixture(); if (f_ == 0) SKIP("golden tiny-sd1 not found"); if (f_ < 0) { test_failed_flag = 1; return; } } while (0)
+
+static void base_opts(cd_run_opts *o, const char *out) {
+  cd_run_opts_default(o);
+  o->model = model;
+  o->images = images;
+  o->prompt = "photo of a <new1> cat";
+  o->class_prompt = "cat";
+  o->class_images = classes;
+  o->num_class_images = 2;
+  o->class_steps = 3;
+  o->steps = 4;
+  o->batch = 1;
+  o->lr = 1e-3f;
+  o->res = 64;
+  o->seed = 7;
+  o->checkpoint_every = 2;
+  o->quiet = 1;
+  o->out = out;
+}
+
+static char *path_in(const char *dir, const char *name) {
+  static char buf[4][1200];
+  static int k;
+  k = (k + 1) % 4;
+  snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+  return buf[k];
+}
+
+/* every tensor of two safetensors files byte-identical, same names */
+static int same_tensors(const char *a, const char *b) {
+  cd_tensor_file *fa = NULL, *fb = NULL;
+  int rc = -1;
+  if (cd_tensor_file_open(a, &fa) || cd_tensor_file_open(b, &fb)) {
+    snprintf(test_msg, sizeof test_msg, "%s", cd_last_error());
+    goto done;
+  }
+  if (cd_tf_count(fa) != cd_tf_count(fb)) {
+    snprintf(test_msg, sizeof test_msg, "%s has %d tensors, %s %d", a, cd_tf_count(fa), b, cd_tf_count(fb));
+    goto done;
+  }
+  for (int i = 0; i < cd_tf_count(fa); i++) {
+    const cd_tensor_info *x = cd_tf_at(fa, i), *y = cd_tf_find(fb, x->name);
+    if (!y || x->nbytes != y->nbytes || memcmp(x->data, y->data, x->nbytes)) {
+      snprintf(test_msg, sizeof test_msg, "tensor %s differs between %s and %s", x->name, a, b);
+      goto done;
+    }
+  }
+  rc = 0;
+done:
+  cd_tensor_file_close(fa);
+  cd_tensor_file_close(fb);
+  return rc;
+}
+
+TEST(class_images_generate_and_resume) {
+  NEED_FIXTURE();
+  cd_sd_model *m = NULL;
+  cd_load_opts lo = {0};
+  CHECK_OK(cd_sd_load(model, &lo, &m));
+  cd_class_gen_opts g;
+  cd_class_gen_opts_default(&g);
+  g.prompt = "cat";
+  g.dir = classes;
+  g.n = 1;
+  g.steps = 3;
+  g.res = 64;
+  g.seed = 7;
+  g.quiet = 1;
+  int made = -1;
+  int rc = cd_class_images_ensure(m, &g, &made);
+  char *first = NULL, *again = NULL;
+  size_t n1 = 0, n2 = 0;
+  char prompt[64] = "";
+  if (!rc) rc = cd_read_file(path_in(classes, "class_00000.png"), &first, &n1);
+  int made1 = made;
+  /* an "interrupted" generation: 1 of 2 exist; only the missing one is made */
+  g.n = 2;
+  if (!rc) rc = cd_class_images_ensure(m, &g, &made);
+  int made2 = made;
+  if (!rc) rc = cd_read_file(path_in(classes, "class_00000.png"), &again, &n2);
+  if (!rc) rc = cd_class_images_ensure(m, &g, &made);
+  int text = rc ? -1 : cd_png_read_text(path_in(classes, "class_00001.png"), "prompt", prompt, sizeof prompt);
+  cd_image im = {0};
+  if (!rc) rc = cd_image_load(path_in(classes, "class_00001.png"), &im);
+  cd_sd_free(m);
+  int same = first && again && n1 == n2 && !memcmp(first, again, n1);
+  free(first);
+  free(again);
+  CHECK_OK(rc);
+  CHECKF(made1 == 1 && made2 == 1 && made == 0, "generated %d, %d, %d (want 1, 1, 0)", made1, made2, made);
+  CHECK(same);
+  CHECKF(text == 0 && !strcmp(prompt, "cat"), "prompt metadata '%s' (%d)", prompt, text);
+  CHECKF(im.w == 64 && im.h == 64, "class image is %dx%d", im.w, im.h);
+  cd_image_free(&im);
+}
+
+static int count_lines(const char *path) {
+  char *t;
+  size_t n;
+  if (cd_read_file(path, &t, &n)) return -1;
+  int k = 0;
+  for (size_t i = 0; i < n; i++) k += t[i] == '\n';
+  free(t);
+  return k;
+}
+
+TEST(resume_is_bit_exact) {
+  NEED_FIXTURE();
+  char a[600], b[600];
+  snprintf(a, sizeof a, "%s/run_a", tmp);
+  snprintf(b, sizeof b, "%s/run_b", tmp);
+  cd_run_opts o;
+  base_opts(&o, a); /* 4 steps in one go, with a validation grid at step 2 */
+  o.validate_every = 2;
+  o.validation_prompt = "a <new1> cat";
+  CHECK_OK(cd_train_run(&o));
+  base_opts(&o, b); /* 2 steps, then resume to 4 */
+  o.steps = 2;
+  CHECK_OK(cd_train_run(&o));
+  CHECKF(count_lines(path_in(b, "log.jsonl")) == 2, "log after 2 steps has %d lines", count_lines(path_in(b, "log.jsonl")));
+  /* resumed into another folder: only steps 3 and 4 run there */
+  char c[600];
+  snprintf(c, sizeof c, "%s/run_c", tmp);
+  base_opts(&o, c);
+  o.resume = path_in(b, "checkpoint");
+  CHECK_OK(cd_train_run(&o));
+  if (same_tensors(path_in(a, CD_DELTA_FILE), path_in(c, CD_DELTA_FILE))) { test_failed_flag = 1; return; }
+  char *lc;
+  size_t nc;
+  CHECK_OK(cd_read_file(path_in(c, "log.jsonl"), &lc, &nc));
+  int c_ok = !strncmp(lc, "{\"step\": 3,", 11) && strstr(lc, "\n{\"step\": 4,") && count_lines(path_in(c, "log.jsonl")) == 2;
+  free(lc);
+  CHECKF(c_ok, "the run resumed into %s did not train exactly steps 3 and 4", c);
+  /* resumed in place */
+  base_opts(&o, b);
+  o.resume = b;
+  CHECK_OK(cd_train_run(&o));
+  if (same_tensors(path_in(a, CD_DELTA_FILE), path_in(b, CD_DELTA_FILE))) { test_failed_flag = 1; return; }
+  if (same_tensors(path_in(a, "checkpoint/state.safetensors"), path_in(b, "checkpoint/state.safetensors"))) { test_failed_flag = 1; return; }
+  /* the logs agree line for line (so do the losses: same batches, same noise) */
+  char *la, *lb;
+  size_t na, nb;
+  CHECK_OK(cd_read_file(path_in(a, "log.jsonl"), &la, &na));
+  CHECK_OK(cd_read_file(path_in(b, "log.jsonl"), &lb, &nb));
+  int same = na == nb && !memcmp(la, lb, na), lines = 0;
+  for (size_t i = 0; i < na; i++) lines += la[i] == '\n';
+  int keys = strstr(la, "\"step\": 4") && strstr(la, "\"loss_instance\"") && strstr(la, "\"loss_prior\"") && strstr(la, "\"grad_norm\"") &&
+             strstr(la, "\"lr\": 0.002");
+  free(la);
+  free(lb);
+  CHECKF(same, "log.jsonl of the resumed run differs");
+  CHECKF(lines == 4 && keys, "log.jsonl: %d lines / keys missing", lines);
+  /* checkpoint state: step and args */
+  cd_tensor_file *f;
+  CHECK_OK(cd_safetensors_open(path_in(a, "checkpoint/state.safetensors"), &f));
+  const char *st = cd_tf_meta(f, "step"), *args = cd_tf_meta(f, "args");
+  int ok = st && !strcmp(st, "4") && args && strstr(args, "\"initializer_token\":[\"ktn\"]") && cd_tf_find(f, "adam_m/token_embedding.extra");
+  cd_tensor_file_close(f);
+  CHECKF(ok, "checkpoint metadata/tensors wrong");
+  /* the final delta carries the args; the validation grid exists */
+  CHECK_OK(cd_safetensors_open(path_in(a, CD_DELTA_FILE), &f));
+  args = cd_tf_meta(f, "args");
+  ok = args && strstr(args, "\"modifier_token\":[\"<new1>\"]") && strstr(args, "\"max_train_steps\":4");
+  cd_tensor_file_close(f);
+  CHECKF(ok, "delta args metadata missing");
+  cd_image im;
+  CHECK_OK(cd_image_load(path_in(a, "validation/step_000002.png"), &im));
+  CHECKF(im.w == 128 && im.h == 64, "validation grid %dx%d", im.w, im.h);
+  cd_image_free(&im);
+  CHECK(cd_file_exists(path_in(a, "<new1>.safetensors")) && cd_file_exists(path_in(a, CD_DIFFUSERS_DELTA_FILE)));
+  /* a resume with other settings is refused, naming the setting */
+  base_opts(&o, b);
+  o.resume = b;
+  o.batch = 2;
+  CHECK(cd_train_run(&o) != 0);
+  CHECKF(strstr(cd_last_error(), "train_batch_size"), "error: %s", cd_last_error());
+}
+
+static int gen(cd_sd_model *m, const char *prompt, float *lat) {
+  cd_gen_opts g = {.prompt = prompt, .negative = "", .cfg = 6, .width = 64, .height = 64, .n = 1, .quiet = 1};
+  g.s.kind = CD_SAMPLER_DDIM;
+  g.s.steps = 4;
+  g.s.seed = 3;
+  return cd_generate_latents(m, &g, lat);
+}
+
+TEST(delta_changes_samples_and_deltas_combine) {
+  NEED_FIXTURE();
+  char a[600], d[600];
+  snprintf(a, sizeof a, "%s/run_a", tmp);
+  snprintf(d, sizeof d, "%s/run_d", tmp);
+  if (!cd_file_exists(path_in(a, CD_DELTA_FILE))) SKIP("run_a missing (resume_is_bit_exact failed)");
+  cd_run_opts o;
+  base_opts(&o, d); /* a second concept trained apart, with its own token */
+  o.modifier_tokens = "<new2>";
+  o.initializers = "pll";
+  o.prompt = "a <new2> dog";
+  o.class_prompt = "dog";
+  o.class_images = NULL; /* generated into OUT/class_images/0 */
+  o.steps = 2;
+  o.checkpoint_every = 0;
+  CHECK_OK(cd_train_run(&o));
+  CHECK(cd_file_exists(path_in(d, "class_images/0/class_00001.png")));
+  CHECK(!cd_file_exists(path_in(d, "checkpoint")));
+  cd_load_opts lo = {0};
+  cd_sd_model *m = NULL;
+  float base[256], tuned[256], both[256];
+  CHECK_OK(cd_sd_load(model, &lo, &m));
+  int rc = gen(m, "photo of a <new1> cat", base);
+  if (!rc) rc = cd_delta_apply_path(m, a);
+  if (!rc) rc = gen(m, "photo of a <new1> cat", tuned);
+  if (!rc) rc = cd_delta_apply_path(m, d);
+  int id1 = m->tok ? cd_tokenizer_lookup(m->tok, "<new1>") : -1, id2 = m->tok ? cd_tokenizer_lookup(m->tok, "<new2>") : -1;
+  if (!rc) rc = gen(m, "photo of a <new1> cat and a <new2> dog", both);
+  cd_sd_free(m);
+  CHECK_OK(rc);
+  double diff = 0;
+  for (int i = 0; i < 256; i++) diff += fabs(tuned[i] - base[i]);
+  CHECKF(diff > 1e-3, "the delta does not change the latents (sum |diff| %g)", diff);
+  CHECKF(id1 == 49408 && id2 == 49409, "token ids %d %d", id1, id2);
+  for (int i = 0; i < 256; i++) CHECK(isfinite(both[i]));
+}
+
+TEST(nan_loss_stops_and_keeps_checkpoint) {
+  NEED_FIXTURE();
+  char n[600];
+  snprintf(n, sizeof n, "%s/run_nan", tmp);
+  cd_run_opts o;
+  base_opts(&o, n);
+  o.lr = 1e30f;
+  o.scale_lr = 0;
+  o.checkpoint_every = 1;
+  o.steps = 6;
+  CHECK(cd_train_run(&o) != 0);
+  const char *e = cd_last_error();
+  CHECKF(strstr(e, "loss") && strstr(e, "checkpoint"), "error: %s", e);
+  CHECK(!cd_file_exists(path_in(n, CD_DELTA_FILE)));
+  cd_tensor_file *f;
+  CHECK_OK(cd_safetensors_open(path_in(n, "checkpoint/state.safetensors"), &f));
+  const char *st = cd_tf_meta(f, "step");
+  int step = st ? atoi(st) : -1;
+  /* the checkpoint holds finite values of the last good step */
+  int finite = 1;
+  for (int i = 0; i < cd_tf_count(f); i++) {
+    const cd_tensor_info *t = cd_tf_at(f, i);
+    float *x = cd_malloc(t->nbytes + 4);
+    cd_tf_read_f32(f, t, x);
+    for (int64_t k = 0; k < cd_tensor_numel(t); k++) finite &= isfinite(x[k]) != 0;
+    free(x);
+  }
+  cd_tensor_file_close(f);
+  CHECKF(step >= 1 && step < 6 && strstr(e, "step"), "checkpoint step %d, error %s", step, e);
+  CHECK(finite);
+}
+
+TEST(bad_input_api) {
+  NEED_FIXTURE();
+  char out[600];
+  snprintf(out, sizeof out, "%s/run_bad", tmp);
+  struct { const char *what, *want; } cases[] = {
+      {"empty", "empty"}, {"prompt", "--prompt must contain <new1>"}, {"init", "qqxqzzq"}, {"res", "--resolution"},
+      {"missing", "nonexistent_dir"}, {"token", "<new9>"}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    cd_run_opts o;
+    base_opts(&o, out);
+    char missing[600];
+    snprintf(missing, sizeof missing, "%s/nonexistent_dir", tmp);
+    if (!strcmp(cases[i].what, "empty")) o.images = empty;
+    if (!strcmp(cases[i].what, "prompt")) o.prompt = "photo of a cat";
+    if (!strcmp(cases[i].what, "init")) o.initializers = "qqxqzzq";
+    if (!strcmp(cases[i].what, "res")) o.res = 100;
+    if (!strcmp(cases[i].what, "missing")) o.images = missing;
+    if (!strcmp(cases[i].what, "token")) o.modifier_tokens = "<new1>,<new9>"; /* <new9> is in no prompt */
+    CHECKF(cd_train_run(&o) != 0, "case %s succeeded", cases[i].what);
+    CHECKF(strstr(cd_last_error(), cases[i].want), "case %s: error '%s' does not mention '%s'", cases[i].what, cd_last_error(), cases[i].want);
+  }
+}
+
+/* runs build/cdiff train with extra flags; returns the exit status, output in buf */
+static int run_cli(const char *bin, const char *extra, char *buf, size_t cap) {
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd,
+           "CDIFF_QUIET=1 %s train --model '%s' --images '%s' --prompt 'photo of a <new1> cat' --class-prompt cat "
+           "--class-images '%s' --num-class-images 2 --class-steps 3 --resolution 64 --steps 1 --out '%s/cli' %s 2>&1",
+           bin, model, images, classes, tmp, extra);
+  FILE *p = popen(cmd, "r");
+  if (!p) return -1;
+  size_t n = fread(buf, 1, cap - 1, p);
+  buf[n] = 0;
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST(bad_input_cli) {
+  NEED_FIXTURE();
+  char bin[300];
+  snprintf(bin, sizeof bin, "./%s/cdiff", getenv("BUILD") && *getenv("BUILD") ? getenv("BUILD") : "build");
+  if (access(bin, X_OK)) SKIP("%s not built", bin);
+  char extra[1200], out[8192];
+  struct { const char *flags, *want; } cases[] = {
+      {"--images '%s'", "empty"},
+      {"--prompt 'photo of a cat'", "--prompt must contain <new1>"},
+      {"--initializer-token qqxqzzq", "qqxqzzq"},
+      {"--resolution 100", "--resolution"},
+      {"--bogus-flag 1", "--bogus-flag"}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    snprintf(extra, sizeof extra, cases[i].flags, empty);
+    int st = run_cli(bin, extra, out, sizeof out);
+    CHECKF(st != 0, "cdiff train %s exited 0", extra);
+    CHECKF(strstr(out, cases[i].want), "cdiff train %s: output '%s' does not mention '%s'", extra, out, cases[i].want);
+  }
+  /* and a good run through the binary */
+  snprintf(extra, sizeof extra, "--no-prior");
+  int st = run_cli(bin, extra, out, sizeof out);
+  CHECKF(st == 0, "cdiff train --no-prior failed: %s", out);
+}
+
+int main(void) {
+  RUN(class_images_generate_and_resume);
+  RUN(resume_is_bit_exact);
+  RUN(delta_changes_samples_and_deltas_combine);
+  RUN(nan_loss_stops_and_keeps_checkpoint);
+  RUN(bad_input_api);
+  RUN(bad_input_cli);
+  if (have_fixture > 0 && !getenv("CDIFF_KEEP_TMP")) {
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmp);
+  }
+  return test_summary();
+}
