@@ -11,6 +11,8 @@
 
 #include "custom/delta.h"
 #include "custom/merge.h"
+#include "custom/trainer_run.h"
+#include "io/image.h"
 #include "diffusion/pipeline.h"
 #include "io/tensor_file.h"
 #include "test.h"
@@ -254,13 +256,13 @@ TEST(features_rows) {
   CHECK(ok4);
 }
 
-/* ---- (2) two synthetic concepts on tiny-sd1 ---- */
-TEST(two_concepts) {
-  cd_sd_model *m = load_tiny("tiny-sd1"), *m2 = load_tiny("tiny-sd1");
-  if (!m || !m2) { cd_sd_free(m); cd_sd_free(m2); SKIP("tiny-sd1 not found in the golden folder"); }
+/* ---- (2) two concepts on tiny-sd1: merged outputs on each concept's prompts
+ * equal its own delta's; on the captions the merge is the constrained optimum.
+ * d1/d2 are consumed. ---- */
+static void two_concepts_case(cd_sd_model *m, cd_sd_model *m2, cd_delta *d1, cd_delta *d2) {
   int nreg = 0;
   char **reg = reg_lines(CD_MERGE_REG_COUNT, &nreg);
-  cd_delta *d1 = synth_saved(m, 11, "<new1>", 0.3, "c1"), *d2 = synth_saved(m, 22, "<new2>", 0.3, "c2"), *mg = NULL;
+  cd_delta *mg = NULL;
   cd_delta *ds[2] = {d1, d2};
   const char *cats[2] = {"cat", "dog"};
   cd_merge_info info = {0};
@@ -338,6 +340,61 @@ TEST(two_concepts) {
    * the constraints). What must hold is that no other weight meeting the constraints does better. */
   CHECKF(min_inc > 1e-4, "merged is not the constrained minimiser on the captions (increase %.3g)", min_inc);
   CHECK(tok_ok);
+}
+
+TEST(two_concepts) {
+  cd_sd_model *m = load_tiny("tiny-sd1"), *m2 = load_tiny("tiny-sd1");
+  if (!m || !m2) { cd_sd_free(m); cd_sd_free(m2); SKIP("tiny-sd1 not found in the golden folder"); }
+  two_concepts_case(m, m2, synth_saved(m, 11, "<new1>", 0.3, "c1"), synth_saved(m, 22, "<new2>", 0.3, "c2"));
+}
+
+/* the same with deltas that cdiff train produced for two concepts trained apart */
+static cd_delta *train_concept(const char *sub, const char *tok, const char *prompt, uint64_t seed, const cd_sd_model *base) {
+  char m[1024], img[600], out[600], cmd[1400];
+  if (test_golden_path(m, sizeof m, "tiny-sd1")) return NULL;
+  snprintf(img, sizeof img, "%s/img", tmpdir(sub));
+  snprintf(out, sizeof out, "%s/delta", tmpdir(sub));
+  snprintf(cmd, sizeof cmd, "mkdir -p %s", img);
+  if (system(cmd)) return NULL;
+  for (int i = 0; i < 3; i++) { /* three flat-coloured 64x64 photos */
+    cd_image im = {.w = 64, .h = 64, .c = 3, .px = malloc(64 * 64 * 3)};
+    for (int k = 0; k < 64 * 64 * 3; k++) im.px[k] = (uint8_t)((seed * 37 + i * 50 + (k % 3) * 80 + (k / 192) * 2) & 255);
+    char p[700];
+    snprintf(p, sizeof p, "%s/%d.png", img, i);
+    int rc = cd_image_save_png(p, &im, NULL, 0);
+    cd_image_free(&im);
+    if (rc) return NULL;
+  }
+  cd_run_opts o;
+  cd_run_opts_default(&o);
+  o.model = m;
+  o.images = img;
+  o.prompt = prompt;
+  o.class_prompt = "thing";
+  o.prior = 0;
+  o.modifier_tokens = tok;
+  o.steps = 20;
+  o.lr = 1e-3f;
+  o.scale_lr = 0;
+  o.res = 64;
+  o.seed = seed;
+  o.out = out;
+  o.quiet = 1;
+  cd_delta *d = NULL;
+  if (cd_train_run(&o) || cd_delta_load(out, base, &d)) return NULL;
+  return d;
+}
+
+TEST(two_trained_concepts) {
+  cd_sd_model *m = load_tiny("tiny-sd1"), *m2 = load_tiny("tiny-sd1");
+  if (!m || !m2) { cd_sd_free(m); cd_sd_free(m2); SKIP("tiny-sd1 not found in the golden folder"); }
+  cd_delta *d1 = train_concept("t1", "<new1>", "photo of a <new1> cat", 1, m);
+  cd_delta *d2 = train_concept("t2", "<new2>", "photo of a <new2> dog", 2, m);
+  if (!d1 || !d2) {
+    cd_delta_free(d1); cd_delta_free(d2); cd_sd_free(m); cd_sd_free(m2);
+    FAILF("training the concepts failed: %s", cd_last_error());
+  }
+  two_concepts_case(m, m2, d1, d2);
 }
 
 /* ---- (3) renumbering: both deltas use <new1> ---- */
@@ -505,6 +562,7 @@ int main(void) {
   RUN(golden_via_matrix);
   RUN(features_rows);
   RUN(two_concepts);
+  RUN(two_trained_concepts);
   RUN(renumbering);
   RUN(singular_and_ridge);
   RUN(mismatched_base);

@@ -1071,14 +1071,17 @@ static int hitem_cmp(const void *a, const void *b) {
   return c ? c : strcmp(x->w->name, y->w->name);
 }
 
+/* The hash covers the text encoder and the UNet, what a delta depends on, so
+ * that it does not change with the components a command loads (merge skips
+ * the VAE). */
 static void compute_hash(cd_sd_model *m) {
-  const char *names[3] = {"text_encoder", "unet", "vae"};
-  cd_weights *ws[3] = {m->clip.w, m->unet.w, m->vae.w};
+  const char *names[2] = {"text_encoder", "unet"};
+  cd_weights *ws[2] = {m->clip.w, m->unet.w};
   int n = 0;
-  for (int c = 0; c < 3; c++) n += ws[c] ? cd_weights_count(ws[c]) : 0;
+  for (int c = 0; c < 2; c++) n += ws[c] ? cd_weights_count(ws[c]) : 0;
   hitem *it = cd_calloc((size_t)(n ? n : 1), sizeof *it);
   int k = 0;
-  for (int c = 0; c < 3; c++)
+  for (int c = 0; c < 2; c++)
     for (int i = 0; ws[c] && i < cd_weights_count(ws[c]); i++) {
       it[k].comp = names[c];
       it[k++].w = cd_weights_at(ws[c], i);

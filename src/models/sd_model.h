@@ -15,7 +15,7 @@ typedef struct {
   char path[1024];
   char layout[32];        /* "diffusers", "single-file safetensors", "single-file ckpt" */
   char dtype[3][16];      /* stored dtype of text encoder, unet, vae ("float16", ...) */
-  char hash[17];          /* first 16 hex digits of sha256 over tensor names, shapes and bytes */
+  char hash[17];          /* first 16 hex digits of sha256 over the text encoder's and UNet's names, shapes and bytes */
   cd_clip clip;
   cd_unet unet;
   cd_vae vae;
