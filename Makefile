@@ -49,7 +49,7 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libcdiff.a
 $(BUILD)/tools/%: $(BUILD)/tools/%.o $(BUILD)/libcdiff.a
 	$(CC) $(LDFLAGS) -o $@ $< $(WHOLE) $(LDLIBS)
 
-test: $(BUILD)/cdiff $(TEST_BIN)
+test: $(BUILD)/cdiff $(TEST_BIN) $(TOOL_BIN)
 	@BUILD=$(BUILD) sh tests/run.sh $(TEST_BIN)
 
 # check = the test suite twice: optimised, and under ASan/UBSan (one summary line).
