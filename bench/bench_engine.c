@@ -324,7 +324,8 @@ static void bench_attention(void) {
 }
 /* END ATTENTION BENCH */
 
-int main(void) {
+int main(int argc, char **argv) {
+  cd_env_tune(argc, argv);
   cd_threads_init();
   print_config();
   bench_sgemm("before the conv");
