@@ -1071,6 +1071,29 @@ static int hitem_cmp(const void *a, const void *b) {
   return c ? c : strcmp(x->w->name, y->w->name);
 }
 
+/* Fast 64-bit digest of a tensor's bytes (four independent multiply-rotate
+ * lanes, xxhash-style): identification, not security; sha256 over 4 GB of
+ * weights took longer than loading them. */
+static uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static void fast_digest(const void *data, size_t n, uint8_t out[32]) {
+  const uint64_t P1 = 0x9e3779b185ebca87ull, P2 = 0xc2b2ae3d27d4eb4full;
+  uint64_t v[4] = {P1 + P2, P2, 0, (uint64_t)0 - P1};
+  const unsigned char *p = data;
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int l = 0; l < 4; l++) {
+      uint64_t w;
+      memcpy(&w, p + i + 8 * l, 8);
+      v[l] = rotl64(v[l] + w * P2, 31) * P1;
+    }
+  uint64_t h = rotl64(v[0], 1) + rotl64(v[1], 7) + rotl64(v[2], 12) + rotl64(v[3], 18) + n;
+  for (; i < n; i++) h = rotl64(h ^ (p[i] * P1), 11) * P2;
+  h ^= h >> 33; h *= P2; h ^= h >> 29; h *= P1; h ^= h >> 32;
+  memset(out, 0, 32);
+  memcpy(out, &h, 8);
+  for (int l = 0; l < 3; l++) memcpy(out + 8 + 8 * l, &v[l], 8);
+}
+
 /* The hash covers the text encoder and the UNet, what a delta depends on, so
  * that it does not change with the components a command loads (merge skips
  * the VAE). */
@@ -1091,7 +1114,7 @@ static void compute_hash(cd_sd_model *m) {
   for (int i = 0; i < n; i++) {
     int64_t ne = 1;
     for (int d = 0; d < it[i].w->ndim; d++) ne *= it[i].w->ne[d];
-    cd_sha256(it[i].w->data, (size_t)ne * sizeof(float), it[i].d);
+    fast_digest(it[i].w->data, (size_t)ne * sizeof(float), it[i].d);
   }
   cd_sha256_ctx ctx;
   cd_sha256_init(&ctx);
