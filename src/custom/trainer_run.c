@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/common.h"
 #include "core/progress.h"
@@ -42,6 +43,7 @@ void cd_run_opts_default(cd_run_opts *o) {
 typedef struct {
   const char *inst_prompt, *class_prompt, *inst_dir, *class_dir; /* borrowed (opts or concepts file) */
   char class_dir_buf[2048];
+  char class_prompt_buf[600]; /* "photo of a {class}" for a bare class name */
   cd_item_list inst, cls;
   int ncls;                 /* class images used: min(cls.n, num_class_images) */
   cd_image_cache ic, cc;
@@ -166,6 +168,19 @@ static int setup_concepts(run_t *r) {
       c->class_prompt = o->class_prompt;
       c->inst_dir = o->images;
       c->class_dir = o->class_images;
+    }
+    /* A bare class name ("cat", "teddy bear") becomes the reference recipe's
+     * prompt "photo of a {class}"; a phrase that already starts with an
+     * article or "photo" is used as given. Generation and captions use it. */
+    if (c->class_prompt) {
+      const char *cp = c->class_prompt;
+      int phrase = !strncasecmp(cp, "photo", 5) || !strncasecmp(cp, "a ", 2) || !strncasecmp(cp, "an ", 3) ||
+                   !strncasecmp(cp, "the ", 4) || !strncasecmp(cp, "image", 5) || !strncasecmp(cp, "picture", 7) ||
+                   !strncasecmp(cp, "painting", 8);
+      if (!phrase) {
+        snprintf(c->class_prompt_buf, sizeof c->class_prompt_buf, "photo of a %.500s", cp);
+        c->class_prompt = c->class_prompt_buf;
+      }
     }
     cd_image_cache_init(&c->ic, 0);
     cd_image_cache_init(&c->cc, 0);
