@@ -206,6 +206,47 @@ TEST(round_trips) {
   CHECKF(applied, "the loaded diffusers-layout delta did not apply its weights and token");
 }
 
+/* diffusers' older PyTorch files: pytorch_custom_diffusion_weights.bin and
+ * <new1>.bin (torch zip pickles), read through the restricted unpickler */
+TEST(diffusers_bin_layout_loads) {
+  cd_sd_model *m = NULL;
+  cd_delta *d = NULL;
+  MAKE("tiny-sd1", m, d);
+  char dir[512], st_dir[512], path[700];
+  snprintf(st_dir, sizeof st_dir, "%s/sd1_st", mktmp());
+  snprintf(dir, sizeof dir, "%s/sd1_bin", mktmp());
+  int rc = cd_delta_save(st_dir, d) || cd_mkdir_p(dir);
+  cd_tensor_file *f = NULL;
+  snprintf(path, sizeof path, "%s/%s", st_dir, CD_DIFFUSERS_DELTA_FILE);
+  if (!rc) rc = cd_safetensors_open(path, &f);
+  if (!rc) { /* same tensors, torch format */
+    int n = cd_tf_count(f);
+    cd_tensor_out *t = cd_calloc(n, sizeof *t);
+    for (int i = 0; i < n; i++) {
+      const cd_tensor_info *x = cd_tf_at(f, i);
+      t[i] = (cd_tensor_out){.name = x->name, .dtype = x->dtype, .ndim = x->ndim, .data = x->data};
+      memcpy(t[i].shape, x->shape, sizeof t[i].shape);
+    }
+    snprintf(path, sizeof path, "%s/pytorch_custom_diffusion_weights.bin", dir);
+    rc = cd_ckpt_write(path, t, n);
+    free(t);
+    cd_tensor_out e = {.name = "<new1>", .dtype = CD_DT_F32, .ndim = 1, .shape = {d->d}, .data = d->embeds};
+    snprintf(path, sizeof path, "%s/<new1>.bin", dir);
+    if (!rc) rc = cd_ckpt_write(path, &e, 1);
+  }
+  cd_tensor_file_close(f);
+  cd_delta *b = NULL;
+  if (!rc) rc = cd_delta_load(dir, m, &b);
+  int same = rc ? -1 : same_weights(d, b, "diffusers .bin layout");
+  int layout = b && !strcmp(b->layout, "diffusers");
+  cd_delta_free(b);
+  cd_delta_free(d);
+  cd_sd_free(m);
+  CHECK_OK(rc);
+  if (same) { test_failed_flag = 1; return; }
+  CHECK(layout);
+}
+
 /* The original layout's name of a diffusers UNet parameter: the keymap's
  * module rule whose diffusers prefix matches, checked by mapping it back. */
 static int original_name(const cd_keymap *km, const char *dname, char *out, size_t cap) {
@@ -304,6 +345,7 @@ int main(void) {
   RUN(diffusers_keys_shapes_dtypes);
   RUN(cdiff_file_and_metadata);
   RUN(round_trips);
+  RUN(diffusers_bin_layout_loads);
   RUN(original_layout_loads);
   RUN(wrong_family_is_refused);
   if (tmp[0] && strcmp(tmp, "/nonexistent")) {
