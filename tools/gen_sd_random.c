@@ -15,7 +15,7 @@
  * projections, OpenCLIP-H text tower (width 1024, 23 layers used of 24 stored,
  * 16 heads, MLP 4096, gelu), v-prediction.
  *
- * Values: weights N(0,1)/sqrt(fan_in), norm scales 1, biases 0, token
+ * Values: weights N(0,1)/sqrt(fan_in), norm scales 1 + 0.1 N(0,1), biases 0.1 N(0,1), token
  * embeddings N(0, 0.02^2), position embeddings N(0, 0.01^2). Activations stay
  * O(1) through every layer (normalisations before every conv/linear), so
  * benchmarks never meet NaNs or denormals. Each tensor's values depend only on
@@ -549,12 +549,12 @@ enum { CHUNK = 1 << 16 };
 
 /* n values of one diffusers tensor into x: independent of the thread count */
 static void fill(const spec *s, const char *name, uint64_t seed, float *x, int64_t n) {
-  if (s->init == I_ONE || s->init == I_ZERO) {
-    float v = s->init == I_ONE ? 1.0f : 0.0f;
-    for (int64_t i = 0; i < n; i++) x[i] = v;
-    return;
-  }
-  float scale = s->init == I_EMB_TOK ? 0.02f : s->init == I_EMB_POS ? 0.01f : (float)(1.0 / sqrt((double)s->fan_in));
+  /* norm scales 1 + 0.1 N(0,1) and biases 0.1 N(0,1), as the golden tiny models:
+   * exact ones and zeros would make every LayerNorm output lie in a hyperplane
+   * (features orthogonal to the all-ones vector), which real models do not */
+  float offset = s->init == I_ONE ? 1.0f : 0.0f;
+  float scale = s->init == I_ONE || s->init == I_ZERO ? 0.1f
+                : s->init == I_EMB_TOK ? 0.02f : s->init == I_EMB_POS ? 0.01f : (float)(1.0 / sqrt((double)s->fan_in));
   uint64_t base = name_seed(seed, name);
   int64_t nchunk = (n + CHUNK - 1) / CHUNK;
 #pragma omp parallel for schedule(dynamic)
@@ -563,7 +563,7 @@ static void fill(const spec *s, const char *name, uint64_t seed, float *x, int64
     cd_rng_seed(&r, mix64(base + (uint64_t)c * 0x9e3779b97f4a7c15ULL));
     int64_t lo = c * CHUNK, hi = CD_MIN(n, lo + CHUNK);
     cd_rng_fill_normal(&r, x + lo, (size_t)(hi - lo));
-    for (int64_t i = lo; i < hi; i++) x[i] *= scale;
+    for (int64_t i = lo; i < hi; i++) x[i] = offset + x[i] * scale;
   }
 }
 
