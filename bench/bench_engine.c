@@ -26,13 +26,11 @@
 #include <string.h>
 #include <strings.h>
 
+#include "bench_common.h"
 #include "core/common.h"
 #include "engine/graph.h"
 
 #define REPS 8
-
-/* OpenBLAS introspection, when linked against it */
-extern char *openblas_get_corename(void) __attribute__((weak));
 
 static double sgemm_peak = 0;  /* best square sgemm of the whole run */
 static double probe_peak = 0;  /* best square sgemm between the target conv runs */
@@ -46,26 +44,7 @@ static void row(const char *what, double flops, double sec) {
 }
 
 /* best time of REPS sgemm calls C[M,N] = A[M,K] B[K,N] (after one warm-up) */
-static double time_sgemm(int M, int N, int K) {
-  float *A = cd_aligned_alloc((size_t)M * K * sizeof(float));
-  float *B = cd_aligned_alloc((size_t)K * N * sizeof(float));
-  float *C = cd_aligned_alloc((size_t)M * N * sizeof(float));
-  cd_rng r;
-  cd_rng_seed(&r, 1);
-  cd_rng_fill_normal(&r, A, (size_t)M * K);
-  cd_rng_fill_normal(&r, B, (size_t)K * N);
-  double best = 1e30;
-  for (int i = 0; i <= REPS; i++) {
-    double t0 = cd_time();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N);
-    double dt = cd_time() - t0;
-    if (i > 0 && dt < best) best = dt;
-  }
-  cd_aligned_free(A);
-  cd_aligned_free(B);
-  cd_aligned_free(C);
-  return best;
-}
+static double time_sgemm(int M, int N, int K) { return bench_sgemm_seconds(M, N, K, REPS, 1); }
 
 /* square sgemm; updates the peak. Run twice (start and end) because the
  * timing noise of shared machines comes in bursts. */

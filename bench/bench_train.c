@@ -27,30 +27,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
+#include "bench_common.h"
 #include "core/common.h"
 #include "custom/train.h"
 #include "engine/graph.h"
-#include "io/fsutil.h"
 #include "models/sd_model.h"
-
-extern char *openblas_get_corename(void) __attribute__((weak));
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
 #define BUDGET_GIB 24.0
-
-static void print_env(void) {
-  const char *core = openblas_get_corename ? openblas_get_corename() : "unknown";
-  const char *wait = getenv("OMP_WAIT_POLICY"), *ct = getenv("OPENBLAS_CORETYPE");
-  printf("bench_train: %d threads, OpenBLAS core %s (OPENBLAS_CORETYPE=%s), OMP_WAIT_POLICY=%s\n", cd_threads(),
-         core, ct ? ct : "(unset)", wait ? wait : "(unset)");
-  if (!ct || !strcasecmp(core, "Prescott") || !strcasecmp(core, "Core2") || !strcasecmp(core, "Nehalem"))
-    printf("  warning: OPENBLAS_CORETYPE is unset or OpenBLAS runs generic kernels: set\n"
-           "           OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell before starting\n");
-  if (!wait || strcasecmp(wait, "passive"))
-    printf("  warning: OMP_WAIT_POLICY is not passive: spinning OpenMP threads steal OpenBLAS's cores\n");
-}
 
 static size_t node_bytes(const cd_node *x) {
   size_t b = 0;
@@ -132,45 +117,31 @@ static void arena_report(const cd_graph *g) {
   }
 }
 
-static void usage(void) {
-  fprintf(stderr, "usage: bench_train [MODEL] [--quick] [--res PX] [--steps N] [--limit-gib G] [--force]\n"
-                  "  MODEL: diffusers folder or single file (default /tmp/sd15-random;\n"
-                  "         make one with build/tools/gen_sd_random --out /tmp/sd15-random)\n");
-}
-
 int main(int argc, char **argv) {
   cd_env_tune(argc, argv);
   cd_threads_init();
-  const char *path = "/tmp/sd15-random";
-  int given = 0;
-  int res = 512, steps = 2, force = 0;
+  bench_model_args a;
+  bench_model_args_default(&a);
+  int steps = 2, force = 0;
   double limit = 20;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--quick")) res = 256;
-    else if (!strcmp(argv[i], "--res") && i + 1 < argc) res = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
+    int rc = 0;
+    if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--limit-gib") && i + 1 < argc) limit = atof(argv[++i]);
     else if (!strcmp(argv[i], "--force")) force = 1;
-    else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) { usage(); return 0; }
-    else if (argv[i][0] == '-') { fprintf(stderr, "bench_train: unknown flag %s\n", argv[i]); usage(); return 2; }
-    else path = argv[i], given = 1;
+    else if ((rc = bench_model_arg("bench_train", "[--steps N] [--limit-gib G] [--force]", argc, argv, &i, &a))) return rc == 1 ? 0 : 2;
   }
+  const char *path = a.path;
+  int res = a.res;
   if (res < 64 || res % 64 || steps < 0 || steps > 100 || !(limit > 0)) {
     fprintf(stderr, "bench_train: --res must be a positive multiple of 64, --steps 0..100, --limit-gib > 0\n");
     return 2;
   }
-  print_env();
-  if (!cd_file_exists(path)) {
-    fprintf(stderr, "bench_train: model %s not found; make a random SD 1.5 with\n"
-                    "  build/tools/gen_sd_random --out %s\n", path, path);
-    return given ? 2 : 0; /* `make bench` without a model: skipped, not failed */
-  }
+  bench_print_env("bench_train");
+  if (bench_model_missing("bench_train", &a)) return a.given ? 2 : 0;
   double t0 = cd_time();
-  cd_sd_model *m;
-  if (cd_sd_load(path, NULL, &m)) {
-    fprintf(stderr, "bench_train: %s\n", cd_last_error());
-    return 1;
-  }
+  cd_sd_model *m = bench_load_model("bench_train", path, NULL);
+  if (!m) return 1;
   double wbytes = 4.0 * (double)(cd_weights_numel(m->unet.w) + cd_weights_numel(m->vae.w) + cd_weights_numel(m->clip.w));
   printf("loaded %s (%s) in %.1fs: %.2f GiB of fp32 weights\n", path, m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x",
          cd_time() - t0, wbytes / GIB);

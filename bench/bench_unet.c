@@ -22,55 +22,17 @@
  * the process starts: cd_env_tune() does it by re-executing the program unless
  * CDIFF_NO_REEXEC is set; the bench warns when they are not in effect.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
+#include "bench_common.h"
 #include "core/common.h"
 #include "engine/graph.h"
-#include "io/fsutil.h"
 #include "models/sd_model.h"
 
-extern char *openblas_get_corename(void) __attribute__((weak));
-
 #define NOMINAL_TFLOP_PER_IMAGE 0.80 /* SD 1.5 UNet forward at 64x64 latents */
-
-static void print_env(const char *prog) {
-  const char *core = openblas_get_corename ? openblas_get_corename() : "unknown";
-  const char *wait = getenv("OMP_WAIT_POLICY"), *ct = getenv("OPENBLAS_CORETYPE");
-  printf("%s: %d threads, OpenBLAS core %s (OPENBLAS_CORETYPE=%s), OMP_WAIT_POLICY=%s\n", prog, cd_threads(),
-         core, ct ? ct : "(unset)", wait ? wait : "(unset)");
-  if (!ct || !strcasecmp(core, "Prescott") || !strcasecmp(core, "Core2") || !strcasecmp(core, "Nehalem"))
-    printf("  warning: OPENBLAS_CORETYPE is unset or OpenBLAS runs generic kernels: Debian's OpenBLAS 0.3.21\n"
-           "           does not recognise recent Xeons; set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell\n");
-  if (!wait || strcasecmp(wait, "passive"))
-    printf("  warning: OMP_WAIT_POLICY is not passive: spinning OpenMP threads steal OpenBLAS's cores\n");
-}
-
-/* best GFLOP/s of `reps` square n x n x n sgemms after one warm-up */
-static double sgemm_gflops(int n, int reps) {
-  size_t nn = (size_t)n * n;
-  float *A = cd_aligned_alloc(nn * sizeof(float)), *B = cd_aligned_alloc(nn * sizeof(float));
-  float *C = cd_aligned_alloc(nn * sizeof(float));
-  cd_rng r;
-  cd_rng_seed(&r, 7);
-  cd_rng_fill_normal(&r, A, nn);
-  cd_rng_fill_normal(&r, B, nn);
-  double best = 1e30;
-  for (int i = 0; i <= reps; i++) {
-    double t0 = cd_time();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, A, n, B, n, 0.0f, C, n);
-    double dt = cd_time() - t0;
-    if (i > 0 && dt < best) best = dt;
-  }
-  cd_aligned_free(A);
-  cd_aligned_free(B);
-  cd_aligned_free(C);
-  return 2.0 * n * n * (double)n / best * 1e-9;
-}
 
 /* multiply-add FLOPs of the dense ops of a graph (elementwise ops not counted) */
 static double graph_flops(const cd_graph *g) {
@@ -95,47 +57,33 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static void usage(void) {
-  fprintf(stderr, "usage: bench_unet [MODEL] [--quick] [--res PX] [--reps N]\n"
-                  "  MODEL: diffusers folder or single file (default /tmp/sd15-random;\n"
-                  "         make one with build/tools/gen_sd_random --out /tmp/sd15-random)\n");
-}
-
 int main(int argc, char **argv) {
   cd_env_tune(argc, argv);
   cd_threads_init();
-  const char *path = "/tmp/sd15-random";
-  int given = 0;
-  int res = 512, reps = 3;
+  bench_model_args a;
+  bench_model_args_default(&a);
+  int reps = 3;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--quick")) res = 256;
-    else if (!strcmp(argv[i], "--res") && i + 1 < argc) res = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) { usage(); return 0; }
-    else if (argv[i][0] == '-') { fprintf(stderr, "bench_unet: unknown flag %s\n", argv[i]); usage(); return 2; }
-    else path = argv[i], given = 1;
+    int rc = 0;
+    if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+    else if ((rc = bench_model_arg("bench_unet", "[--reps N]", argc, argv, &i, &a))) return rc == 1 ? 0 : 2;
   }
+  const char *path = a.path;
+  int res = a.res;
   if (res < 64 || res % 64 || reps < 1 || reps > 100) {
     fprintf(stderr, "bench_unet: --res must be a positive multiple of 64 and --reps 1..100\n");
     return 2;
   }
-  print_env("bench_unet");
-  if (!cd_file_exists(path)) {
-    fprintf(stderr, "bench_unet: model %s not found; make a random SD 1.5 with\n"
-                    "  build/tools/gen_sd_random --out %s\n", path, path);
-    return given ? 2 : 0; /* `make bench` without a model: skipped, not failed */
-  }
+  bench_print_env("bench_unet");
+  if (bench_model_missing("bench_unet", &a)) return a.given ? 2 : 0;
 
-  double peak0 = sgemm_gflops(2048, 6);
+  double peak0 = bench_sgemm_gflops(2048, 6);
   printf("sgemm 2048^3 (best of 6, start): %.1f GFLOP/s\n", peak0);
 
   double t0 = cd_time();
-  cd_sd_model *m;
   cd_load_opts lo = {.no_vae = 1, .no_text = 1};
-  if (cd_sd_load(path, &lo, &m)) {
-    fprintf(stderr, "bench_unet: %s\n", cd_last_error());
-    return 1;
-  }
+  cd_sd_model *m = bench_load_model("bench_unet", path, &lo);
+  if (!m) return 1;
   printf("loaded the UNet of %s (%s, %s, %.1fM parameters) in %.1fs\n", path,
          m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x", m->dtype[1], cd_weights_numel(m->unet.w) / 1e6,
          cd_time() - t0);
@@ -171,7 +119,7 @@ int main(int argc, char **argv) {
       return 1;
     }
     ts[i] = cd_time() - a;
-    double probe = sgemm_gflops(2048, 2); /* the peak of this moment: noise comes in bursts */
+    double probe = bench_sgemm_gflops(2048, 2); /* the peak of this moment: noise comes in bursts */
     if (probe > peak_mid) peak_mid = probe;
     printf("  eval %d%s: %.2f s   (sgemm probe %.1f GFLOP/s)\n", i, i ? "" : " (warm-up)", ts[i], probe);
     fflush(stdout);
@@ -187,7 +135,7 @@ int main(int argc, char **argv) {
   double best = ts[1], med = ts[1 + reps / 2];
   if (reps % 2 == 0) med = 0.5 * (ts[reps / 2] + ts[1 + reps / 2]);
 
-  double peak1 = sgemm_gflops(2048, 6);
+  double peak1 = bench_sgemm_gflops(2048, 6);
   printf("sgemm 2048^3 (best of 6, end):   %.1f GFLOP/s\n", peak1);
   double peak = CD_MAX(CD_MAX(peak0, peak1), peak_mid); /* the highest seen: a conservative reference */
   int nominal = res == 512 && ctxd == 768;

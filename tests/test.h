@@ -42,6 +42,18 @@ void test_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t seed);
 /* ../shared/golden (or $CDIFF_GOLDEN); NULL when absent. path_out gets dir/rel. */
 const char *test_golden_dir(void);
 int test_golden_path(char *out, size_t cap, const char *rel); /* 0 ok, -1 missing */
+/* runs cmd through the shell (popen); its stdout, up to cap-1 bytes, in out
+ * (NUL-terminated; append 2>&1 to cmd for stderr too). Returns the exit
+ * status, or -1 when it could not run or did not exit normally. */
+int test_run_cmd(const char *cmd, char *out, size_t cap);
+/* a scratch folder per process, /tmp/cdiff_<program>_XXXXXX, made on first
+ * use; returns "<folder>/<sub>" in one of 8 rotating buffers (a path under
+ * /nonexistent when the folder cannot be made, so writes fail cleanly).
+ * test_tmp_cleanup() removes the folder, if one was made. */
+const char *test_tmpdir(const char *sub);
+void test_tmp_cleanup(void);
+/* rm -rf dir; 0 ok, -1 (message on stderr) when that failed */
+int test_rmtree(const char *dir);
 #define NEED_GOLDEN(buf, rel) do { if (test_golden_path(buf, sizeof buf, rel)) \
     SKIP("golden file %s not found (set CDIFF_GOLDEN or place ../shared/golden beside the project)", rel); } while (0)
 

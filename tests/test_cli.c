@@ -3,7 +3,7 @@
  * --save-latents/--init-latents, tiled decoding, info, tokenize, and bad
  * input gives a clear message and a non-zero exit. */
 #include <limits.h>
-#include <sys/wait.h>
+#include <unistd.h>
 
 #include "diffusion/pipeline.h"
 #include "io/image.h"
@@ -15,12 +15,7 @@ static char tmpdir[256];
 static int cdiff(char *out, size_t cap, const char *args) {
   char cmd[4096];
   snprintf(cmd, sizeof cmd, "CDIFF_QUIET=1 ./build/cdiff %s 2>&1", args);
-  FILE *p = popen(cmd, "r");
-  if (!p) return -1;
-  size_t n = fread(out, 1, cap - 1, p);
-  out[n] = 0;
-  int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return test_run_cmd(cmd, out, cap);
 }
 
 /* 0: golden file missing (skip); 1: ready; the tool itself must exist */
@@ -221,8 +216,6 @@ int main(void) {
   RUN(info_and_tokenize);
   RUN(bad_input_is_reported);
   RUN(unknown_unet_key_is_named);
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-  if (system(cmd)) return 1;
+  if (test_rmtree(tmpdir)) return 1;
   return test_summary();
 }

@@ -8,22 +8,8 @@
 #include "custom/compress.h"
 #include "custom/delta.h"
 #include "custom/merge.h"
+#include "delta_fixtures.h"
 #include "test.h"
-
-
-static cd_sd_model *load_tiny(const char *name) {
-  char path[1024];
-  if (test_golden_path(path, sizeof path, name)) return NULL;
-  cd_load_opts lo = {.no_vae = 1};
-  cd_sd_model *m = NULL;
-  if (cd_sd_load(path, &lo, &m)) {
-    fprintf(stderr, "load %s: %s\n", path, cd_last_error());
-    return NULL;
-  }
-  return m;
-}
-
-static int is_kv(const char *s) { return strstr(s, ".attn2.to_k.weight") || strstr(s, ".attn2.to_v.weight"); }
 
 /* K/V = base + Σ_j s_j a_j b_jᵀ (4 terms, s = 4, 3, 2, 1 relative) + noise; to_out biases
  * perturbed too (vectors stay whole); one token. */
@@ -60,24 +46,8 @@ static cd_delta *synth_lowrank(const cd_sd_model *m, uint64_t seed, double noise
   snprintf(d->tok[0], sizeof d->tok[0], "<new1>");
   d->embeds = cd_malloc(sizeof(float) * d->d);
   for (int k = 0; k < d->d; k++) d->embeds[k] = (float)(cd_rng_normal(&r) / sqrt((double)d->d));
-  d->family = m->family;
-  d->ctx = m->unet.cfg.context_dim;
-  snprintf(d->base_hash, sizeof d->base_hash, "%s", m->hash);
-  snprintf(d->train, sizeof d->train, "crossattn");
+  delta_set_base(d, m, "crossattn");
   return d;
-}
-
-static char tmp_root[256];
-static const char *tmpdir(const char *sub) {
-  static char p[8][512];
-  static int k;
-  if (!tmp_root[0]) {
-    snprintf(tmp_root, sizeof tmp_root, "/tmp/cdiff_test_compress_XXXXXX");
-    if (!mkdtemp(tmp_root)) return NULL;
-  }
-  char *s = p[k++ % 8];
-  snprintf(s, 512, "%s/%s", tmp_root, sub);
-  return s;
 }
 
 static long file_size(const char *dir) {
@@ -110,7 +80,7 @@ TEST(ratios) {
   cd_sd_model *m = load_tiny("tiny-sd1");
   if (!m) SKIP("tiny-sd1 not found in the golden folder");
   cd_delta *d = synth_lowrank(m, 3, 1e-3);
-  const char *full_dir = tmpdir("full");
+  const char *full_dir = test_tmpdir("full");
   CHECK_OK(cd_delta_save(full_dir, d));
   long full_size = file_size(full_dir);
   static const double ratios[4] = {0.3, 0.6, 0.9, 1.0};
@@ -121,7 +91,7 @@ TEST(ratios) {
     cd_delta *c = NULL, *l = NULL;
     cd_compress_layer *L = NULL;
     int nl = 0, miss = 0;
-    const char *dir = tmpdir(t == 0 ? "r0" : t == 1 ? "r1" : t == 2 ? "r2" : "r3");
+    const char *dir = test_tmpdir(t == 0 ? "r0" : t == 1 ? "r1" : t == 2 ? "r2" : "r3");
     int rc = cd_delta_compress(d, m, ratios[t], 0, &c, &L, &nl);
     rc = rc || cd_delta_save(dir, c) || cd_delta_load(dir, m, &l);
     int lr = l && l->lowrank == 1 && fabs(l->ratio - ratios[t]) < 1e-9;
@@ -165,7 +135,7 @@ TEST(full_if_larger) {
   cd_delta *d = synth_lowrank(m, 4, 1e-3), *c = NULL, *l = NULL;
   cd_compress_layer *L = NULL;
   int nl = 0, miss = 0, nfull = 0;
-  const char *dir = tmpdir("fil");
+  const char *dir = test_tmpdir("fil");
   int rc = cd_delta_compress(d, m, 1.0, 1, &c, &L, &nl) || cd_delta_save(dir, c) || cd_delta_load(dir, m, &l) ||
            cd_delta_resolve(l, m);
   double e = rc ? 1 : delta_err(d, l, m, &miss);
@@ -188,7 +158,7 @@ TEST(apply_and_merge) {
     SKIP("tiny-sd1 not found in the golden folder");
   }
   cd_delta *d = synth_lowrank(m, 5, 1e-3), *o = synth_lowrank(m, 6, 1e-3), *c = NULL;
-  const char *dir = tmpdir("am"), *odir = tmpdir("other");
+  const char *dir = test_tmpdir("am"), *odir = test_tmpdir("other");
   int rc = cd_delta_compress(d, m, 1.0, 0, &c, NULL, NULL) || cd_delta_save(dir, c) || cd_delta_save(odir, o);
   /* cd_delta_apply_path: the model's K/V become the delta's weights */
   rc = rc || cd_delta_apply_path(m2, dir);
@@ -262,10 +232,6 @@ int main(void) {
   RUN(full_if_larger);
   RUN(apply_and_merge);
   RUN(bad_inputs);
-  if (tmp_root[0]) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_root);
-    if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmp_root);
-  }
+  test_tmp_cleanup();
   return test_summary();
 }

@@ -16,16 +16,6 @@
 #include "models/sd_model.h"
 #include "test.h"
 
-static char tmp[256];
-
-static const char *mktmp(void) {
-  if (!tmp[0]) {
-    snprintf(tmp, sizeof tmp, "/tmp/cdiff_delta_XXXXXX");
-    if (!mkdtemp(tmp)) snprintf(tmp, sizeof tmp, "/nonexistent");
-  }
-  return tmp;
-}
-
 /* A delta as training makes it (cd_trainer_to_delta), its weights and token
  * row moved off the base values so that mix-ups show. 1 = skip, 0 = ok, -1 = fail. */
 static int make_delta(const char *name, cd_sd_model **mo, cd_delta **out) {
@@ -89,18 +79,24 @@ static int same_weights(const cd_delta *a, const cd_delta *b, const char *what) 
   return 0;
 }
 
+/* saves d to the scratch folder's sub (path in dir) and opens its file `file` */
+static int save_and_open(const cd_delta *d, const char *sub, const char *file, char *dir, size_t cap, cd_tensor_file **f) {
+  char path[1200];
+  snprintf(dir, cap, "%s", test_tmpdir(sub));
+  snprintf(path, sizeof path, "%s/%s", dir, file);
+  if (cd_delta_save(dir, d)) return -1;
+  return cd_safetensors_open(path, f);
+}
+
 TEST(diffusers_keys_shapes_dtypes) {
   cd_sd_model *m = NULL;
   cd_delta *d = NULL;
   MAKE("tiny-sd1", m, d);
   char dir[512], path[700];
-  snprintf(dir, sizeof dir, "%s/sd1", mktmp());
-  int rc = cd_delta_save(dir, d);
+  cd_tensor_file *f = NULL;
+  int rc = save_and_open(d, "sd1", CD_DIFFUSERS_DELTA_FILE, dir, sizeof dir, &f);
   char layers[32][96];
   int nl = cd_unet_attn2_layers(&m->unet.cfg, layers, 32);
-  cd_tensor_file *f = NULL;
-  snprintf(path, sizeof path, "%s/%s", dir, CD_DIFFUSERS_DELTA_FILE);
-  if (!rc) rc = cd_safetensors_open(path, &f);
   if (rc) { cd_delta_free(d); cd_sd_free(m); CHECK_OK(rc); }
   int bad = 0;
   char why[300] = "";
@@ -141,12 +137,9 @@ TEST(cdiff_file_and_metadata) {
   cd_sd_model *m = NULL;
   cd_delta *d = NULL;
   MAKE("tiny-sd1", m, d);
-  char dir[512], path[700];
-  snprintf(dir, sizeof dir, "%s/sd1_meta", mktmp());
-  int rc = cd_delta_save(dir, d);
+  char dir[512];
   cd_tensor_file *f = NULL;
-  snprintf(path, sizeof path, "%s/%s", dir, CD_DELTA_FILE);
-  if (!rc) rc = cd_safetensors_open(path, &f);
+  int rc = save_and_open(d, "sd1_meta", CD_DELTA_FILE, dir, sizeof dir, &f);
   if (rc) { cd_delta_free(d); cd_sd_free(m); CHECK_OK(rc); }
   struct { const char *k, *v; } want[] = {{"format", "cdiff-delta"}, {"version", "1"}, {"family", "sd1"}, {"context_dim", "16"},
                                           {"text_width", "16"}, {"tokens", "[\"<new1>\"]"}, {"initializers", "[\"ktn\"]"},
@@ -177,7 +170,7 @@ TEST(round_trips) {
   cd_delta *d = NULL;
   MAKE("tiny-sd1", m, d);
   char dir[512], path[700];
-  snprintf(dir, sizeof dir, "%s/sd1_rt", mktmp());
+  snprintf(dir, sizeof dir, "%s", test_tmpdir("sd1_rt"));
   cd_delta *a = NULL, *b = NULL;
   int rc = cd_delta_save(dir, d);
   if (!rc) rc = cd_delta_load(dir, m, &a); /* the folder: cdiff's file wins */
@@ -213,8 +206,8 @@ TEST(diffusers_bin_layout_loads) {
   cd_delta *d = NULL;
   MAKE("tiny-sd1", m, d);
   char dir[512], st_dir[512], path[700];
-  snprintf(st_dir, sizeof st_dir, "%s/sd1_st", mktmp());
-  snprintf(dir, sizeof dir, "%s/sd1_bin", mktmp());
+  snprintf(st_dir, sizeof st_dir, "%s", test_tmpdir("sd1_st"));
+  snprintf(dir, sizeof dir, "%s", test_tmpdir("sd1_bin"));
   int rc = cd_delta_save(st_dir, d) || cd_mkdir_p(dir);
   cd_tensor_file *f = NULL;
   snprintf(path, sizeof path, "%s/%s", st_dir, CD_DIFFUSERS_DELTA_FILE);
@@ -290,7 +283,7 @@ TEST(original_layout_loads) {
   if (getenv("CDIFF_TEST_VERBOSE") && !rc) printf("  %s\n  %s\n", names[0], names[n - 1]);
   t[n] = (cd_tensor_out){.name = "embed", .dtype = CD_DT_F32, .ndim = 2, .shape = {1, 16}, .data = d->embeds};
   char path[600];
-  snprintf(path, sizeof path, "%s/delta.ckpt", mktmp());
+  snprintf(path, sizeof path, "%s", test_tmpdir("delta.ckpt"));
   if (!rc) rc = cd_ckpt_write(path, t, n + 1);
   cd_delta *o = NULL;
   if (!rc) rc = cd_delta_load(path, m, &o);
@@ -315,8 +308,8 @@ TEST(wrong_family_is_refused) {
   int r2 = make_delta("tiny-sd2", &m2, &d2);
   if (r2) { cd_delta_free(d1); cd_sd_free(m1); cd_sd_free(m2); if (r2 > 0) SKIP("golden tiny-sd2 not found"); test_failed_flag = 1; return; }
   char dir1[512], dir2[512];
-  snprintf(dir1, sizeof dir1, "%s/fam_sd1", mktmp());
-  snprintf(dir2, sizeof dir2, "%s/fam_sd2", mktmp());
+  snprintf(dir1, sizeof dir1, "%s", test_tmpdir("fam_sd1"));
+  snprintf(dir2, sizeof dir2, "%s", test_tmpdir("fam_sd2"));
   int rc = cd_delta_save(dir1, d1) || cd_delta_save(dir2, d2) ? -1 : 0;
   char e1[512] = "", e2[512] = "", e3[512] = "";
   int a1 = rc ? 0 : cd_delta_apply_path(m1, dir2); /* a tiny-sd2 delta on tiny-sd1 */
@@ -348,10 +341,6 @@ int main(void) {
   RUN(diffusers_bin_layout_loads);
   RUN(original_layout_loads);
   RUN(wrong_family_is_refused);
-  if (tmp[0] && strcmp(tmp, "/nonexistent")) {
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmp);
-  }
+  test_tmp_cleanup();
   return test_summary();
 }

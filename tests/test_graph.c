@@ -40,6 +40,15 @@ static void chain_inputs(chain *c) {
   test_fill_uniform(c->target->data, c->target->n, -1, 1, 8);
 }
 
+/* builds the chain (only w_train trainable), plans it for training and runs one forward + backward pass */
+static int chain_train_step(chain *c) {
+  chain_build(c, 0);
+  cd_plan_opts po = {.training = 1, .loss = c->loss};
+  if (cd_graph_plan(c->g, &po)) return -1;
+  chain_inputs(c);
+  return cd_graph_forward(c->g) || cd_graph_backward(c->g) ? -1 : 0;
+}
+
 TEST(planner_reuses_buffers_inference) {
   chain c;
   chain_build(&c, 0);
@@ -77,12 +86,7 @@ TEST(planned_equals_unplanned) {
 
 TEST(gradients_only_where_needed) {
   chain c;
-  chain_build(&c, 0);
-  cd_plan_opts po = {.training = 1, .loss = c.loss};
-  CHECK_OK(cd_graph_plan(c.g, &po));
-  chain_inputs(&c);
-  CHECK_OK(cd_graph_forward(c.g));
-  CHECK_OK(cd_graph_backward(c.g));
+  CHECK_OK(chain_train_step(&c));
   CHECK(c.wt->grad != NULL);
   CHECK(c.frozen_mid->grad == NULL); /* frozen weight: no gradient buffer, no work */
   CHECK(c.early->grad == NULL);      /* before the first trainable: nothing flows */
@@ -94,12 +98,7 @@ TEST(gradients_only_where_needed) {
  * wires gradients through 6 frozen layers to the trainable one */
 TEST(chain_gradient_matches_finite_differences) {
   chain c;
-  chain_build(&c, 0);
-  cd_plan_opts po = {.training = 1, .loss = c.loss};
-  CHECK_OK(cd_graph_plan(c.g, &po));
-  chain_inputs(&c);
-  CHECK_OK(cd_graph_forward(c.g));
-  CHECK_OK(cd_graph_backward(c.g));
+  CHECK_OK(chain_train_step(&c));
   float *w = c.w[6];
   double num = 0, den = 0;
   for (int j = 0; j < 17 * 17; j += 13) {

@@ -4,7 +4,6 @@
  * sets and --ridge, mismatched base models, and the CLI's argument errors. */
 #include <stdlib.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <lapacke.h>
@@ -15,12 +14,12 @@
 #include "io/image.h"
 #include "diffusion/pipeline.h"
 #include "io/tensor_file.h"
+#include "delta_fixtures.h"
 #include "test.h"
 
 #define REG_FILE "data/reg_captions.txt"
 
 /* ---- helpers ---- */
-
 
 static double *read_f64(const cd_tensor_file *f, const char *name, int64_t numel) {
   const cd_tensor_info *t = cd_tf_find(f, name);
@@ -32,20 +31,6 @@ static double *read_f64(const cd_tensor_file *f, const char *name, int64_t numel
   }
   return x;
 }
-
-static cd_sd_model *load_tiny(const char *name) {
-  char path[1024];
-  if (test_golden_path(path, sizeof path, name)) return NULL;
-  cd_load_opts lo = {.no_vae = 1};
-  cd_sd_model *m = NULL;
-  if (cd_sd_load(path, &lo, &m)) {
-    fprintf(stderr, "load %s: %s\n", path, cd_last_error());
-    return NULL;
-  }
-  return m;
-}
-
-static int is_kv(const char *s) { return strstr(s, ".attn2.to_k.weight") || strstr(s, ".attn2.to_v.weight"); }
 
 /* A delta as if trained on m: every attn2 K/V = base + scale·N(0,1)/sqrt(d),
  * one modifier token `tok` (NULL: none) with a random embedding row. */
@@ -69,31 +54,15 @@ static cd_delta *synth_delta(const cd_sd_model *m, uint64_t seed, const char *to
     d->embeds = cd_malloc(sizeof(float) * d->d);
     for (int k = 0; k < d->d; k++) d->embeds[k] = (float)(cd_rng_normal(&r) / sqrt((double)d->d));
   }
-  d->family = m->family;
-  d->ctx = m->unet.cfg.context_dim;
-  snprintf(d->base_hash, sizeof d->base_hash, "%s", m->hash);
-  snprintf(d->train, sizeof d->train, "crossattn_kv");
+  delta_set_base(d, m, "crossattn_kv");
   return d;
-}
-
-static char tmp_root[256];
-static const char *tmpdir(const char *sub) {
-  static char p[8][512];
-  static int k;
-  if (!tmp_root[0]) {
-    snprintf(tmp_root, sizeof tmp_root, "/tmp/cdiff_test_merge_XXXXXX");
-    if (!mkdtemp(tmp_root)) return NULL;
-  }
-  char *s = p[k++ % 8];
-  snprintf(s, 512, "%s/%s", tmp_root, sub);
-  return s;
 }
 
 /* saves a synthetic delta and loads it back (the on-disk path of the CLI) */
 static cd_delta *synth_saved(const cd_sd_model *m, uint64_t seed, const char *tok, double scale, const char *sub) {
   cd_delta *d = synth_delta(m, seed, tok, scale), *l = NULL;
-  const char *dir = tmpdir(sub);
-  int rc = dir ? cd_delta_save(dir, d) : -1;
+  const char *dir = test_tmpdir(sub);
+  int rc = cd_delta_save(dir, d);
   cd_delta_free(d);
   if (rc || cd_delta_load(dir, m, &l)) return NULL;
   return l;
@@ -356,8 +325,8 @@ TEST(two_concepts) {
 static cd_delta *train_concept(const char *model, const char *vocab, const char *sub, const char *tok, const char *prompt,
                                uint64_t seed, const cd_sd_model *base) {
   char img[600], out[600], cmd[1400];
-  snprintf(img, sizeof img, "%s/img", tmpdir(sub));
-  snprintf(out, sizeof out, "%s/delta", tmpdir(sub));
+  snprintf(img, sizeof img, "%s/img", test_tmpdir(sub));
+  snprintf(out, sizeof out, "%s/delta", test_tmpdir(sub));
   snprintf(cmd, sizeof cmd, "mkdir -p %s", img);
   if (system(cmd)) return NULL;
   for (int i = 0; i < 3; i++) { /* three flat-coloured 64x64 photos */
@@ -390,19 +359,28 @@ static cd_delta *train_concept(const char *model, const char *vocab, const char 
   return d;
 }
 
+/* <new1> cat and <new2> dog trained apart on model (sub-folders <pre>1, <pre>2), then two_concepts_case */
+static void two_trained_case(const char *model, const char *vocab, const char *pre, cd_sd_model *m, cd_sd_model *m2,
+                             int require_close) {
+  char s1[32], s2[32];
+  snprintf(s1, sizeof s1, "%s1", pre);
+  snprintf(s2, sizeof s2, "%s2", pre);
+  cd_delta *d1 = train_concept(model, vocab, s1, "<new1>", "photo of a <new1> cat", 1, m);
+  cd_delta *d2 = train_concept(model, vocab, s2, "<new2>", "photo of a <new2> dog", 2, m);
+  if (!d1 || !d2) {
+    cd_delta_free(d1); cd_delta_free(d2); cd_sd_free(m); cd_sd_free(m2);
+    FAILF("training the concepts failed: %s", cd_last_error());
+  }
+  two_concepts_case(m, m2, d1, d2, require_close);
+}
+
 TEST(two_trained_concepts) {
   cd_sd_model *m = load_tiny("tiny-sd1"), *m2 = load_tiny("tiny-sd1");
   if (!m || !m2) { cd_sd_free(m); cd_sd_free(m2); SKIP("tiny-sd1 not found in the golden folder"); }
   char mp[1024];
   test_golden_path(mp, sizeof mp, "tiny-sd1");
-  cd_delta *d1 = train_concept(mp, NULL, "t1", "<new1>", "photo of a <new1> cat", 1, m);
-  cd_delta *d2 = train_concept(mp, NULL, "t2", "<new2>", "photo of a <new2> dog", 2, m);
-  if (!d1 || !d2) {
-    cd_delta_free(d1); cd_delta_free(d2); cd_sd_free(m); cd_sd_free(m2);
-    FAILF("training the concepts failed: %s", cd_last_error());
-  }
   /* context 16 with 12 constraint rows leaves 4 free directions: no closeness claim */
-  two_concepts_case(m, m2, d1, d2, 0);
+  two_trained_case(mp, NULL, "t", m, m2, 0);
 }
 
 /* A model with room for the constraints: gen_sd_random --tiny has context and
@@ -412,7 +390,7 @@ TEST(two_trained_concepts_ctx64) {
   char vocab[1024], model[600], cmd[1400];
   if (test_golden_path(vocab, sizeof vocab, "bpe_simple_vocab_16e6.txt.gz")) SKIP("golden vocabulary not found");
   if (access("./build/tools/gen_sd_random", X_OK)) FAILF("./build/tools/gen_sd_random was not built");
-  snprintf(model, sizeof model, "%s/model", tmpdir("g64"));
+  snprintf(model, sizeof model, "%s/model", test_tmpdir("g64"));
   snprintf(cmd, sizeof cmd, "./build/tools/gen_sd_random --tiny --seed 5 --out %s >/dev/null 2>&1", model);
   if (system(cmd)) FAILF("gen_sd_random failed");
   cd_load_opts lo = {.no_vae = 1, .vocab = vocab};
@@ -421,13 +399,7 @@ TEST(two_trained_concepts_ctx64) {
     cd_sd_free(m);
     FAILF("load %s: %s", model, cd_last_error());
   }
-  cd_delta *d1 = train_concept(model, vocab, "g1", "<new1>", "photo of a <new1> cat", 1, m);
-  cd_delta *d2 = train_concept(model, vocab, "g2", "<new2>", "photo of a <new2> dog", 2, m);
-  if (!d1 || !d2) {
-    cd_delta_free(d1); cd_delta_free(d2); cd_sd_free(m); cd_sd_free(m2);
-    FAILF("training the concepts failed: %s", cd_last_error());
-  }
-  two_concepts_case(m, m2, d1, d2, 1);
+  two_trained_case(model, vocab, "g", m, m2, 1);
 }
 
 /* ---- (3) renumbering: both deltas use <new1> ---- */
@@ -447,7 +419,7 @@ TEST(renumbering) {
   fclose(log);
   /* the merged delta is a normal one: save, load, apply on a fresh model */
   cd_sd_model *m2 = load_tiny("tiny-sd1");
-  const char *dir = tmpdir("renum");
+  const char *dir = test_tmpdir("renum");
   int rcs = rc || !m2 ? -1 : cd_delta_save(dir, mg) || cd_delta_apply_path(m2, dir);
   int id1 = m2 && m2->tok ? cd_tokenizer_lookup(m2->tok, "<new1>") : -1, id2 = m2 && m2->tok ? cd_tokenizer_lookup(m2->tok, "<new2>") : -1;
   int ok = mg && mg->ntok == 2 && !strcmp(mg->tok[0], "<new1>") && !strcmp(mg->tok[1], "<new2>") &&
@@ -538,15 +510,6 @@ TEST(mismatched_base) {
 }
 
 /* ---- the binary: argument errors name the flag; a real run with the default captions ---- */
-static int run_cmd(const char *cmd, char *out, size_t cap) {
-  FILE *p = popen(cmd, "r");
-  if (!p) return -1;
-  size_t n = fread(out, 1, cap - 1, p);
-  out[n] = 0;
-  int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 TEST(cli) {
   const char *b = getenv("BUILD");
   char bin[512], model[1024], cmd[4096], out[16384];
@@ -556,7 +519,7 @@ TEST(cli) {
   cd_sd_model *m = load_tiny("tiny-sd1");
   CHECKF(m != NULL, "load tiny-sd1: %s", cd_last_error());
   cd_delta *d1 = synth_delta(m, 31, "<new1>", 0.3), *d2 = synth_delta(m, 32, "<new1>", 0.3);
-  const char *p1 = tmpdir("cli1"), *p2 = tmpdir("cli2"), *po = tmpdir("cli_out"), *pc = tmpdir("cli_c");
+  const char *p1 = test_tmpdir("cli1"), *p2 = test_tmpdir("cli2"), *po = test_tmpdir("cli_out"), *pc = test_tmpdir("cli_c");
   int rs = cd_delta_save(p1, d1) || cd_delta_save(p2, d2);
   cd_delta_free(d1); cd_delta_free(d2);
   cd_sd_free(m);
@@ -574,18 +537,18 @@ TEST(cli) {
     if (strstr(bad[i].args, "--model %s")) snprintf(a, sizeof a, bad[i].args, model, p1, po);
     else snprintf(a, sizeof a, bad[i].args, p1, po);
     snprintf(cmd, sizeof cmd, "%s %s 2>&1", bin, a);
-    int rc = run_cmd(cmd, out, sizeof out);
+    int rc = test_run_cmd(cmd, out, sizeof out);
     CHECKF(rc != 0 && strstr(out, bad[i].want), "'%s' -> exit %d, output without %s:\n%s", a, rc, bad[i].want, out);
   }
   /* a full merge with the default caption file found next to the binary */
   snprintf(cmd, sizeof cmd, "env -u CDIFF_DATA %s merge --model %s --delta %s:cat --delta %s:dog --out %s 2>&1", bin,
            model, p1, p2, po);
-  int rc = run_cmd(cmd, out, sizeof out);
+  int rc = test_run_cmd(cmd, out, sizeof out);
   CHECKF(rc == 0, "cdiff merge exit %d:\n%s", rc, out);
   CHECKF(strstr(out, "<new1> -> <new2>") && strstr(out, "rel residual") && strstr(out, "200 captions"), "merge output:\n%s", out);
   printf("%.900s...\n", out);
   snprintf(cmd, sizeof cmd, "%s compress --model %s --delta %s --ratio 0.5 --out %s 2>&1", bin, model, po, pc);
-  rc = run_cmd(cmd, out, sizeof out);
+  rc = test_run_cmd(cmd, out, sizeof out);
   CHECKF(rc == 0 && strstr(out, "bytes"), "cdiff compress exit %d:\n%s", rc, out);
   const char *last = strstr(out, "ratio 0.5");
   printf("%.600s\n", last ? last : out);
@@ -601,10 +564,6 @@ int main(void) {
   RUN(singular_and_ridge);
   RUN(mismatched_base);
   RUN(cli);
-  if (tmp_root[0]) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_root);
-    if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmp_root);
-  }
+  test_tmp_cleanup();
   return test_summary();
 }

@@ -348,12 +348,7 @@ static int run_cli(const char *bin, const char *extra, char *buf, size_t cap) {
            "CDIFF_QUIET=1 %s train --model '%s' --images '%s' --prompt 'photo of a <new1> cat' --class-prompt cat "
            "--class-images '%s' --num-class-images 2 --class-steps 3 --resolution 64 --steps 1 --out '%s/cli' %s 2>&1",
            bin, model, images, classes, tmp, extra);
-  FILE *p = popen(cmd, "r");
-  if (!p) return -1;
-  size_t n = fread(buf, 1, cap - 1, p);
-  buf[n] = 0;
-  int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return test_run_cmd(cmd, buf, cap);
 }
 
 TEST(bad_input_cli) {
@@ -387,10 +382,6 @@ int main(void) {
   RUN(nan_loss_stops_and_keeps_checkpoint);
   RUN(bad_input_api);
   RUN(bad_input_cli);
-  if (have_fixture > 0 && !getenv("CDIFF_KEEP_TMP")) {
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmp);
-  }
+  if (have_fixture > 0 && !getenv("CDIFF_KEEP_TMP")) test_rmtree(tmp);
   return test_summary();
 }

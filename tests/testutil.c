@@ -1,7 +1,9 @@
 /* testutil.c - the harness behind test.h. */
 #include "test.h"
 
+#include <errno.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 int test_failed_flag, test_skipped_flag;
 char test_msg[1024];
@@ -63,6 +65,42 @@ int test_golden_path(char *out, size_t cap, const char *rel) {
   snprintf(out, cap, "%s/%s", d, rel);
   struct stat st;
   return stat(out, &st) ? -1 : 0;
+}
+
+int test_run_cmd(const char *cmd, char *out, size_t cap) {
+  if (cap) out[0] = 0;
+  FILE *p = popen(cmd, "r");
+  if (!p) return -1;
+  size_t n = cap ? fread(out, 1, cap - 1, p) : 0;
+  if (cap) out[n] = 0;
+  int st = pclose(p);
+  return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char tmp_root[256];
+const char *test_tmpdir(const char *sub) {
+  static char p[8][512];
+  static int k;
+  if (!tmp_root[0]) {
+    snprintf(tmp_root, sizeof tmp_root, "/tmp/cdiff_%s_XXXXXX", program_invocation_short_name);
+    if (!mkdtemp(tmp_root)) snprintf(tmp_root, sizeof tmp_root, "/nonexistent/cdiff_tmp");
+  }
+  char *s = p[k++ % 8];
+  snprintf(s, sizeof p[0], "%s/%s", tmp_root, sub);
+  return s;
+}
+void test_tmp_cleanup(void) {
+  if (tmp_root[0] && strncmp(tmp_root, "/nonexistent", 12)) test_rmtree(tmp_root);
+}
+
+int test_rmtree(const char *dir) {
+  char cmd[1100];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd)) {
+    fprintf(stderr, "could not remove %s\n", dir);
+    return -1;
+  }
+  return 0;
 }
 
 /* ---- op checking ---- */
