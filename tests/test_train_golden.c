@@ -164,7 +164,8 @@ static int run_step(fixture *f, const char *pre) {
   char nm[256];
   if (cd_trainer_grad(&f->tr, &b, &r)) { snprintf(test_msg, sizeof test_msg, "%s", cd_last_error()); return -1; }
   if (!*pre) {
-    if (near_array(f, "cd.noisy_latents", f->tr.noisy->data, f->tr.noisy->n, 1e-4) ||
+    if (near_array(f, "cd.latents", f->tr.latents, f->tr.noisy->n, 1e-4) ||
+        near_array(f, "cd.noisy_latents", f->tr.noisy->data, f->tr.noisy->n, 1e-4) ||
         near_array(f, "cd.target", f->tr.target->data, f->tr.target->n, 1e-4) ||
         near_array(f, "cd.model_pred", f->tr.pred->data, f->tr.pred->n, 1e-4))
       return -1;

@@ -131,6 +131,7 @@ void cd_trainer_free(cd_trainer *t) {
   free(t->p);
   free(t->extra);
   free(t->ac);
+  free(t->latents);
   memset(t, 0, sizeof *t);
 }
 
@@ -140,7 +141,8 @@ int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
   memcpy(t->enc_in->data, b->pixels, cd_nbytes(t->enc_in));
   if (cd_graph_forward(t->enc)) return -1;
   /* latents = (mean [+ std * eps]) * scaling_factor; logvar clamped to [-30, 20] */
-  float *lat = cd_malloc(B * per * sizeof(float));
+  if (!t->latents) t->latents = cd_malloc(B * per * sizeof(float));
+  float *lat = t->latents;
   const float sf = t->m->vae.cfg.scaling_factor;
   for (int i = 0; i < B; i++)
     for (int64_t k = 0; k < per; k++) {
@@ -156,7 +158,6 @@ int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
   int tt[256];
   for (int i = 0; i < B && i < 256; i++) {
     if (b->timesteps[i] < 0 || b->timesteps[i] >= t->m->sched.num_train_timesteps) {
-      free(lat);
       return cd_set_error("timestep %d out of range", b->timesteps[i]);
     }
     tt[i] = b->timesteps[i];
@@ -165,7 +166,6 @@ int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
   cd_add_noise(t->ac, lat, b->noise, tt, B, per, t->noisy->data);
   if (t->m->sched.pred == CD_PRED_V) cd_get_velocity(t->ac, lat, b->noise, tt, B, per, t->target->data);
   else memcpy(t->target->data, b->noise, B * per * sizeof(float));
-  free(lat);
   int ninst = t->o.prior ? B / 2 : B;
   for (int i = 0; i < B; i++)
     for (int64_t k = 0; k < hw; k++) {

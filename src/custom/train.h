@@ -54,6 +54,7 @@ typedef struct {
   cd_train_param *p;
   int np;
   float *ac;          /* alphas_cumprod [1000] */
+  float *latents;     /* [B, 4, h, w] of the last step (scaled VAE latents), for logs and tests */
   int step;           /* optimizer steps taken */
 } cd_trainer;
 
