@@ -117,6 +117,49 @@ done:
   return rc;
 }
 
+/* --concepts with two concepts, batch 2: both tokens train (their rows leave
+ * the initializer rows ktn/pll) and the delta carries both */
+TEST(multi_concept_every_token_trains) {
+  NEED_FIXTURE();
+  char imgs2[600], cjson[600], out[600], cls2[600];
+  snprintf(imgs2, sizeof imgs2, "%s/images2", tmp);
+  snprintf(cls2, sizeof cls2, "%s/classes2", tmp);
+  snprintf(cjson, sizeof cjson, "%s/concepts.json", tmp);
+  snprintf(out, sizeof out, "%s/multi", tmp);
+  CHECK_OK(write_images(imgs2, 2));
+  FILE *f = fopen(cjson, "w");
+  CHECK(f != NULL);
+  fprintf(f, "[{\"instance_prompt\": \"photo of a <new1> cat\", \"class_prompt\": \"cat\", \"instance_data_dir\": \"%s\", \"class_data_dir\": \"%s\"},\n"
+             " {\"instance_prompt\": \"a <new2> pot\", \"class_prompt\": \"pot\", \"instance_data_dir\": \"%s\", \"class_data_dir\": \"%s\"}]\n",
+          images, classes, imgs2, cls2);
+  fclose(f);
+  cd_run_opts o;
+  base_opts(&o, out);
+  o.images = o.prompt = o.class_prompt = o.class_images = NULL;
+  o.concepts = cjson;
+  o.batch = 2;
+  o.steps = 2;
+  CHECK_OK(cd_train_run(&o));
+  cd_sd_model *m;
+  cd_load_opts lo = {0};
+  CHECK_OK(cd_sd_load(model, &lo, &m));
+  cd_delta *d = NULL;
+  int rc = cd_delta_load(out, m, &d);
+  int ok = !rc && d->ntok == 2 && !strcmp(d->tok[0], "<new1>") && !strcmp(d->tok[1], "<new2>") &&
+           !strcmp(d->init[0], "ktn") && !strcmp(d->init[1], "pll");
+  cd_weight *tab = cd_weights_get(m->clip.w, "text_model.embeddings.token_embedding.weight");
+  int moved[2] = {0, 0};
+  for (int t = 0; ok && t < 2; t++) {
+    const float *row = tab->data + (size_t)(t ? 47629 : 42170) * d->d;
+    for (int k = 0; k < d->d; k++) moved[t] |= d->embeds[t * d->d + k] != row[k];
+  }
+  cd_delta_free(d);
+  cd_sd_free(m);
+  CHECKF(rc == 0, "%s", cd_last_error());
+  CHECK(ok);
+  CHECKF(moved[0] && moved[1], "token rows trained: <new1> %d, <new2> %d", moved[0], moved[1]);
+}
+
 TEST(class_images_generate_and_resume) {
   NEED_FIXTURE();
   cd_sd_model *m = NULL;
@@ -377,6 +420,7 @@ TEST(bad_input_cli) {
 
 int main(void) {
   RUN(class_images_generate_and_resume);
+  RUN(multi_concept_every_token_trains);
   RUN(resume_is_bit_exact);
   RUN(delta_changes_samples_and_deltas_combine);
   RUN(nan_loss_stops_and_keeps_checkpoint);

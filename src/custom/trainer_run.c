@@ -499,16 +499,21 @@ typedef struct {
   int *ids, *ts, *perm;
 } batch_buf;
 
+/* Balanced batches: example i of step s is the (s*batch + i)-th example
+ * overall, drawn from concept (s*batch + i) mod n: with batch >= n every batch
+ * holds each concept equally often, with batch 1 the concepts alternate. Each
+ * concept walks its own images in a per-epoch shuffle. */
 static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
   const cd_run_opts *o = &r->o;
   const int nb = o->batch, res = o->res, B = r->tr.B;
   const int64_t px = 3 * (int64_t)res * res, hw = (int64_t)(res / 8) * (res / 8), per = 4 * hw;
-  const int k = s % r->nc, ls = s / r->nc;
-  concept_t *c = &r->c[k];
   cd_rng rng;
   seed_rng(&rng, o->seed, 0x57e9ULL, (uint64_t)s, 0);
   for (int i = 0; i < nb; i++) {
-    int64_t e = (int64_t)ls * nb + i, n = c->inst.n;
+    int64_t gidx = (int64_t)s * nb + i;
+    const int k = (int)(gidx % r->nc);
+    concept_t *c = &r->c[k];
+    int64_t e = gidx / r->nc, n = c->inst.n;
     epoch_perm(bb->perm, (int)n, o->seed, k, 0, (int)(e / n));
     int idx = bb->perm[e % n];
     const cd_image *img;
@@ -523,7 +528,10 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
   }
   if (o->prior)
     for (int i = 0; i < nb; i++) {
-      int64_t e = (int64_t)ls * nb + i, n = c->ncls;
+      int64_t gidx = (int64_t)s * nb + i;
+      const int k = (int)(gidx % r->nc);
+      concept_t *c = &r->c[k];
+      int64_t e = gidx / r->nc, n = c->ncls;
       epoch_perm(bb->perm, (int)n, o->seed, k, 1, (int)(e / n));
       int idx = bb->perm[e % n];
       const cd_image *img;
