@@ -292,8 +292,27 @@ TEST(chw_conversion) {
   CHECK(ok);
 }
 
+/* found by dev/fuzz: a 56-byte PNG whose tEXt chunk claims 2 GB made libpng
+ * allocate (and touch) 2 GB before failing; now refused before libpng runs */
+TEST(png_huge_chunk_length_is_refused_cheaply) {
+  static const unsigned char bad[] = {
+      0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00,
+      0x40, 0x00, 0x00, 0x00, 0x40, 0x08, 0x02, 0x00, 0x00, 0x00, 0x25, 0x0b, 0xe6, 0x89, 0x7e, 0x00, 0x00, 0x0a, 0x74,
+      0x45, 0x58, 0x74, 0x61, 0x74, 0x4a, 0xf3, 0x70, 0x2e, 0xc6, 0x83, 0x34, 0x3a, 0x08, 0x74, 0x79, 0x45, 0xc6};
+  const char *p = tmp_path("huge_chunk.png");
+  FILE *f = fopen(p, "wb");
+  CHECK(f && fwrite(bad, 1, sizeof bad, f) == sizeof bad);
+  fclose(f);
+  size_t rss0 = cd_peak_rss_bytes();
+  cd_image im;
+  CHECK(cd_image_load(p, &im) == -1);
+  CHECKF(strstr(cd_last_error(), "huge_chunk.png") && strstr(cd_last_error(), "tEXt"), "%s", cd_last_error());
+  CHECKF(cd_peak_rss_bytes() < rss0 + ((size_t)256 << 20), "peak RSS grew by %zu MiB", (cd_peak_rss_bytes() - rss0) >> 20);
+}
+
 int main(void) {
   RUN(png_roundtrip_with_text);
+  RUN(png_huge_chunk_length_is_refused_cheaply);
   RUN(png_gray_and_alpha_become_rgb);
   RUN(corrupt_files_fail_cleanly);
   RUN(jpeg_load);

@@ -52,7 +52,29 @@ static void png_err(png_structp png, png_const_charp msg) {
 }
 static void png_warn(png_structp png, png_const_charp msg) { (void)png; (void)msg; }
 
+/* Walks the chunk list before libpng sees it: libpng allocates a chunk's
+ * declared length before reading it, so a 60-byte file claiming a 2 GB text
+ * chunk would cost 2 GB. Every chunk must fit in the file. */
+static int png_chunks_fit(const char *path, FILE *fp) {
+  if (fseek(fp, 0, SEEK_END)) return cd_set_error("image %s: cannot seek", path);
+  long size = ftell(fp);
+  long pos = 8;
+  while (pos + 8 <= size) {
+    uint8_t h[8];
+    if (fseek(fp, pos, SEEK_SET) || fread(h, 1, 8, fp) != 8) break;
+    uint32_t len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+    if (len > 0x7fffffffu || (long)len > size - pos - 12)
+      return cd_set_error("image %s: corrupt PNG: chunk '%.4s' claims %u bytes beyond the end of the file", path,
+                          (const char *)h + 4, len);
+    if (!memcmp(h + 4, "IEND", 4)) break;
+    pos += 12 + (long)len;
+  }
+  rewind(fp);
+  return 0;
+}
+
 static int load_png(const char *path, FILE *fp, cd_image *out) {
+  if (png_chunks_fit(path, fp)) return -1;
   png_ctx *c = cd_calloc(1, sizeof *c); /* on the heap: its fields are current after the longjmp */
   c->path = path;
   c->fp = fp;
@@ -67,6 +89,7 @@ static int load_png(const char *path, FILE *fp, cd_image *out) {
     return -1;
   }
   png_set_user_limits(png, IMG_MAX_DIM, IMG_MAX_DIM);
+  png_set_chunk_malloc_max(png, (png_alloc_size_t)16 << 20); /* a hostile chunk length must not allocate gigabytes */
   png_init_io(png, fp);
   png_read_info(png, info);
   png_uint_32 w, h;
