@@ -530,15 +530,20 @@ typedef struct {
   char root[32]; /* "" or "state_dict." before the model prefixes */
 } sfile;
 
+/* key = root + pre + printf(fmt, ap) */
+static void sf_vkey(const sfile *s, char *key, size_t cap, const char *pre, const char *fmt, va_list ap) {
+  int k = snprintf(key, cap, "%s%s", s->root, pre);
+  vsnprintf(key + k, cap - (size_t)k, fmt, ap);
+}
+
 /* tensor root + pre + printf(fmt) or NULL */
 static const cd_tensor_info *sf_find(const sfile *s, const char *pre, const char *fmt, ...)
     CD_PRINTF(3, 4);
 static const cd_tensor_info *sf_find(const sfile *s, const char *pre, const char *fmt, ...) {
   char key[512];
-  int k = snprintf(key, sizeof key, "%s%s", s->root, pre);
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(key + k, sizeof key - (size_t)k, fmt, ap);
+  sf_vkey(s, key, sizeof key, pre, fmt, ap);
   va_end(ap);
   return cd_tf_find(s->f, key);
 }
@@ -549,10 +554,9 @@ static int sf_need(const sfile *s, const cd_tensor_info **out, int ndim, const c
 static int sf_need(const sfile *s, const cd_tensor_info **out, int ndim, const char *pre,
                    const char *fmt, ...) {
   char key[512];
-  int k = snprintf(key, sizeof key, "%s%s", s->root, pre);
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(key + k, sizeof key - (size_t)k, fmt, ap);
+  sf_vkey(s, key, sizeof key, pre, fmt, ap);
   va_end(ap);
   const cd_tensor_info *t = cd_tf_find(s->f, key);
   if (!t) return cd_set_error("%s: missing key %s", s->path, key);
