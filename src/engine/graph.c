@@ -11,6 +11,7 @@
 #include "graph.h"
 
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,9 @@ struct cd_graph {
   int *zero_start; /* per backward step: index into zero_list */
   cd_node **zero_list;
   float **grad_list; /* persistent gradients of trainable params */
+  int profile;        /* CDIFF_PROFILE set: time per op, printed by cd_graph_free */
+  double prof_t[2][CD_OP_COUNT];
+  long prof_n[2][CD_OP_COUNT];
 };
 
 static const char *op_names[CD_OP_COUNT] = {
@@ -48,11 +52,27 @@ int64_t cd_numel(int ndim, const int64_t *ne) {
 cd_graph *cd_graph_new(void) {
   cd_graph *g = cd_calloc(1, sizeof *g);
   g->be = cd_backend_cpu();
+  g->profile = getenv("CDIFF_PROFILE") != NULL;
   return g;
+}
+
+/* CDIFF_PROFILE: seconds per op kind, forward and backward, over the graph's life */
+static void print_profile(const cd_graph *g) {
+  double total = 0;
+  for (int d = 0; d < 2; d++)
+    for (int o = 0; o < CD_OP_COUNT; o++) total += g->prof_t[d][o];
+  if (total <= 0) return;
+  fprintf(stderr, "profile (%d nodes, %.3f s):\n", g->n, total);
+  for (int d = 0; d < 2; d++)
+    for (int o = 0; o < CD_OP_COUNT; o++)
+      if (g->prof_n[d][o])
+        fprintf(stderr, "  %-16s %-8s %8.3f s %5.1f%%  (%ld calls)\n", cd_op_name((cd_op)o), d ? "backward" : "forward",
+                g->prof_t[d][o], 100 * g->prof_t[d][o] / total, g->prof_n[d][o]);
 }
 
 void cd_graph_free(cd_graph *g) {
   if (!g) return;
+  if (g->profile) print_profile(g);
   for (int i = 0; i < g->n; i++) {
     cd_node *x = g->nodes[i];
     if ((x->flags & CD_FLAG_TRAINABLE) && x->grad) cd_aligned_free(x->grad);
@@ -570,7 +590,12 @@ int cd_graph_forward(cd_graph *g) {
   for (int i = 0; i < g->n; i++) {
     cd_node *x = g->nodes[i];
     if (x->op == CD_OP_NONE || x->op == CD_OP_VIEW) continue;
+    double t0 = g->profile ? cd_time() : 0;
     g->be->forward[x->op](x);
+    if (g->profile) {
+      g->prof_t[0][x->op] += cd_time() - t0;
+      g->prof_n[0][x->op]++;
+    }
   }
   return 0;
 }
@@ -593,7 +618,12 @@ int cd_graph_backward(cd_graph *g) {
     }
     cd_node *x = g->nodes[2 * N - 1 - s];
     if (!(x->flags & CD_FLAG_BWD) || x->op == CD_OP_NONE || x->op == CD_OP_VIEW) continue;
+    double t0 = g->profile ? cd_time() : 0;
     g->be->backward[x->op](x);
+    if (g->profile) {
+      g->prof_t[1][x->op] += cd_time() - t0;
+      g->prof_n[1][x->op]++;
+    }
   }
   return 0;
 }
