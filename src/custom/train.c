@@ -53,7 +53,7 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
 
   /* VAE encoder, inference only */
   t->enc = cd_graph_new();
-  t->enc_in = cd_input(t->enc, "pixels", 4, (int64_t[]){B, 3, o->res, o->res});
+  t->enc_in = cd_input(t->enc, "pixels", 4, (int64_t[]){1, 3, o->res, o->res});
   t->enc_out = cd_vae_encode_build(t->enc, &m->vae, t->enc_in);
   cd_graph_output(t->enc, t->enc_out);
   if (cd_graph_plan(t->enc, NULL)) return cd_prefix_error("VAE encoder");
@@ -123,6 +123,10 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
 
 void cd_trainer_free(cd_trainer *t) {
   cd_graph_free(t->enc);
+  for (int i = 0; i < t->mcount; i++) free(t->mval[i]);
+  free(t->mkey);
+  free(t->mval);
+  free(t->moments);
   cd_graph_free(t->g);
   for (int i = 0; i < t->np; i++) {
     free(t->p[i].m);
@@ -135,18 +139,66 @@ void cd_trainer_free(cd_trainer *t) {
   memset(t, 0, sizeof *t);
 }
 
+static uint64_t pixel_hash(const float *x, int64_t n) {
+  uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)n;
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t w;
+    memcpy(&w, x + i, 4);
+    h = (h ^ w) * 0xff51afd7ed558ccdull;
+    h ^= h >> 29;
+  }
+  return h;
+}
+
+#define MOMENT_CACHE_BYTES ((size_t)1 << 30)
+
+/* moments of every example, one image at a time; class examples from the cache */
+static int encode_examples(cd_trainer *t, const cd_batch *b) {
+  const int B = t->B, ninst = t->o.prior ? B / 2 : B;
+  const int64_t px = t->enc_in->n, mn = t->enc_out->n;
+  if (!t->moments) t->moments = cd_malloc((size_t)B * mn * sizeof(float));
+  for (int i = 0; i < B; i++) {
+    const float *pix = b->pixels + (int64_t)i * px;
+    float *dst = t->moments + (int64_t)i * mn;
+    uint64_t key = 0;
+    int hit = -1;
+    if (i >= ninst) {
+      key = pixel_hash(pix, px);
+      for (int k = 0; k < t->mcount && hit < 0; k++)
+        if (t->mkey[k] == key) hit = k;
+    }
+    if (hit >= 0) {
+      memcpy(dst, t->mval[hit], mn * sizeof(float));
+      continue;
+    }
+    memcpy(t->enc_in->data, pix, px * sizeof(float));
+    if (cd_graph_forward(t->enc)) return -1;
+    memcpy(dst, t->enc_out->data, mn * sizeof(float));
+    if (i >= ninst && (size_t)(t->mcount + 1) * mn * sizeof(float) <= MOMENT_CACHE_BYTES) {
+      if (t->mcount == t->mcap) {
+        t->mcap = t->mcap ? 2 * t->mcap : 64;
+        t->mkey = cd_realloc(t->mkey, t->mcap * sizeof *t->mkey);
+        t->mval = cd_realloc(t->mval, t->mcap * sizeof *t->mval);
+      }
+      t->mkey[t->mcount] = key;
+      t->mval[t->mcount] = cd_malloc(mn * sizeof(float));
+      memcpy(t->mval[t->mcount++], dst, mn * sizeof(float));
+    }
+  }
+  return 0;
+}
+
 int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
   const int B = t->B;
   const int64_t C = t->m->unet.cfg.in_channels, per = C * t->h * t->w, hw = t->h * t->w;
-  memcpy(t->enc_in->data, b->pixels, cd_nbytes(t->enc_in));
-  if (cd_graph_forward(t->enc)) return -1;
+  if (encode_examples(t, b)) return -1;
   /* latents = (mean [+ std * eps]) * scaling_factor; logvar clamped to [-30, 20] */
   if (!t->latents) t->latents = cd_malloc(B * per * sizeof(float));
   float *lat = t->latents;
   const float sf = t->m->vae.cfg.scaling_factor;
   for (int i = 0; i < B; i++)
     for (int64_t k = 0; k < per; k++) {
-      const float *mom = t->enc_out->data + (int64_t)i * 2 * per;
+      const float *mom = t->moments + (int64_t)i * 2 * per;
       double mean = mom[k], z = mean;
       if (t->o.sample_latents && b->latent_noise) {
         double lv = mom[per + k];

@@ -47,8 +47,15 @@ typedef struct {
   int B;              /* examples per step (batch, or 2 x batch with prior) */
   int64_t h, w;       /* latent size */
   float *extra;       /* [ntok, d] trainable rows of the new tokens */
-  cd_graph *enc;      /* VAE encoder graph (no gradients) */
+  cd_graph *enc;      /* VAE encoder graph for one image (no gradients) */
   cd_node *enc_in, *enc_out;
+  float *moments;     /* [B, 2*4, h, w] posterior moments of the step's examples */
+  /* Class examples repeat (no augmentation; a flip at most): their moments are
+   * cached by a hash of the pixels, which halves the VAE work with prior
+   * preservation. Encoding is per image either way, so results are the same. */
+  uint64_t *mkey;
+  float **mval;
+  int mcount, mcap;
   cd_graph *g;        /* text encoder + UNet + loss, training plan */
   cd_node *ids, *noisy, *t, *target, *mask_i, *mask_c, *loss, *inst, *prior_loss, *pred;
   cd_train_param *p;
