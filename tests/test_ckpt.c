@@ -385,6 +385,9 @@ TEST(bad_tensors) {
       {B("\x80\x02q"), "truncated"},
       {B("\x80\x02}r\xff\xff\xff\xff."), "memo index"},
       {B("\x80\x02" "cos\nsys"), "truncated GLOBAL"},
+      /* the classic exploits through other opcodes: INST and OBJ never run */
+      {B("\x80\x02(S'echo pwned'\nios\nsystem\n."), "opcode"},
+      {B("\x80\x02(cos\nsystem\nS'echo pwned'\no."), "forbidden global 'os.system'"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
     b.n = 0;
