@@ -53,7 +53,8 @@ static void out_path(const char *out, int is_dir, int i, int n, uint64_t seed, c
 
 int cmd_sample(int argc, char **argv) {
   const char *model = NULL, *prompt = NULL, *negative = "", *sampler = "ddim", *out = NULL, *init = NULL, *save = NULL;
-  const char *prediction = NULL, *vocab = NULL;
+  const char *prediction = NULL, *vocab = NULL, *init_image = NULL;
+  float strength = 0.75f;
   int steps = 30, width = 0, height = 0, n = 0, karras = 0, tile = 0, help = 0;
   float cfg = 7.5f, eta = 0.0f;
   uint64_t seed = 42;
@@ -72,6 +73,8 @@ int cmd_sample(int argc, char **argv) {
       {"--height", CLI_INT, &height, "H", "image height in pixels"},
       {"--n", CLI_INT, &n, "N", "number of images (default 1)"},
       {"--init-latents", CLI_STR, &init, "F", "safetensors with 'latents' [N,4,H/8,W/8] replacing the seeded noise"},
+      {"--init-image", CLI_STR, &init_image, "F", "img2img: start from this PNG/JPEG (resized to --width x --height)"},
+      {"--strength", CLI_FLOAT, &strength, "S", "img2img: 1 = ignore the image, 0 = keep it (default 0.75)"},
       {"--save-latents", CLI_STR, &save, "F", "write the final latents (before decoding)"},
       {"--delta", CLI_MULTI, &deltas, "DIR|FILE", "Custom Diffusion delta to apply (repeatable)"},
       {"--prediction", CLI_STR, &prediction, "eps|v", "override the model's prediction type"},
@@ -121,6 +124,25 @@ int cmd_sample(int argc, char **argv) {
     }
   }
   int def = 512;
+  cd_image src = {0};
+  float *init_px = NULL;
+  if (init_image) {
+    if (strength < 0 || strength > 1) {
+      fprintf(stderr, "cdiff sample: --strength must be in [0, 1] (got %g)\n", strength);
+      cd_sd_free(m);
+      return 2;
+    }
+    if (cd_image_load(init_image, &src)) {
+      fprintf(stderr, "cdiff sample: --init-image: %s\n", cd_last_error());
+      cd_sd_free(m);
+      return 1;
+    }
+    if (!width && !height) { /* the image's size, down to a multiple of 64 */
+      width = src.w / 64 * 64;
+      height = src.h / 64 * 64;
+      if (!width || !height) width = height = def;
+    }
+  }
   if (!width) width = height ? height : def;
   if (!height) height = width;
   go.width = width;
@@ -128,6 +150,15 @@ int cmd_sample(int argc, char **argv) {
   int64_t h = height / 8, w = width / 8;
   float *init_buf = NULL, *lat = NULL, *img = NULL;
   int rc = 1, is_dir = cd_is_dir(out);
+  if (init_image) {
+    cd_image rs;
+    if (width <= 0 || height <= 0 || cd_image_resize(&src, width, height, &rs)) goto fail;
+    init_px = cd_malloc((size_t)3 * width * height * sizeof(float));
+    cd_image_to_chw(&rs, init_px);
+    cd_image_free(&rs);
+    go.init_image = init_px;
+    go.strength = strength;
+  }
   if (init) {
     if (read_latents(init, &n, h, w, &init_buf)) goto fail;
     go.init_latents = init_buf;
@@ -139,18 +170,20 @@ int cmd_sample(int argc, char **argv) {
   img = cd_malloc((size_t)go.n * 3 * height * width * sizeof(float));
   if (cd_decode_latents(m, lat, go.n, (int)h, (int)w, tile, img)) goto fail;
   for (int i = 0; i < go.n; i++) {
-    char path[2048], sseed[32], ssteps[16], scfg[32], ssize[32], seta[32], dl[1024] = "";
+    char path[2048], sseed[32], ssteps[16], scfg[32], ssize[32], seta[32], sstr[32], dl[1024] = "";
     out_path(out, is_dir, i, go.n, seed, path, sizeof path);
     snprintf(sseed, sizeof sseed, "%llu", (unsigned long long)(seed + i));
     snprintf(ssteps, sizeof ssteps, "%d", steps);
     snprintf(scfg, sizeof scfg, "%g", cfg);
     snprintf(seta, sizeof seta, "%g", eta);
     snprintf(ssize, sizeof ssize, "%dx%d", width, height);
+    snprintf(sstr, sizeof sstr, "%g", strength);
     for (int d = 0, k = 0; d < deltas.n && k < (int)sizeof dl; d++) k += snprintf(dl + k, sizeof dl - k, "%s%s", d ? ";" : "", deltas.v[d]);
     const char *kv[] = {"prompt", prompt, "negative_prompt", negative, "seed", sseed, "sampler", cd_sampler_name(go.s.kind),
                         "steps", ssteps, "cfg_scale", scfg, "eta", seta, "size", ssize, "model", model,
                         "model_hash", m->hash, "deltas", dl, "karras", karras ? "1" : "0",
-                        "init_latents", init ? init : "", "software", "cdiff"};
+                        "init_latents", init ? init : "", "init_image", init_image ? init_image : "",
+                        "strength", init_image ? sstr : "", "software", "cdiff"};
     cd_image im;
     cd_chw_to_image(img + (size_t)i * 3 * height * width, 3, height, width, &im);
     int r = cd_image_save_png(path, &im, kv, (int)(sizeof kv / sizeof kv[0]) / 2);
@@ -163,6 +196,8 @@ int cmd_sample(int argc, char **argv) {
 fail:
   if (rc) fprintf(stderr, "cdiff sample: %s\n", cd_last_error());
   free(init_buf);
+  free(init_px);
+  cd_image_free(&src);
   free(lat);
   free(img);
   cd_sd_free(m);

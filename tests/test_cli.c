@@ -129,6 +129,7 @@ TEST(bad_input_is_reported) {
       {"sample --model %s.missing --prompt cat --out /tmp/x.png", ".missing"},
       {"sample --model %s --prompt cat --out /tmp/x.png --delta /nonexistent", "/nonexistent"},
       {"frobnicate %s", "unknown command"},
+      {"sample --model %s --prompt cat --out /tmp/x.png --init-image /nonexistent.png", "/nonexistent.png"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     snprintf(args, sizeof args, cases[i].args, m);
@@ -207,6 +208,40 @@ TEST(unknown_unet_key_is_named) {
   CHECKF(strstr(cd_last_error(), "down_blocks.0.frobnicator.weight"), "%s", cd_last_error());
 }
 
+/* img2img: strength 0 returns the encoded image whatever the prompt, lower
+ * strength stays closer to it, out-of-range strength is refused */
+TEST(img2img_strength) {
+  char m[1024];
+  if (test_golden_path(m, sizeof m, "tiny-sd1")) SKIP("golden tiny-sd1 missing");
+  cd_sd_model *md;
+  cd_load_opts lo = {0};
+  CHECK_OK(cd_sd_load(m, &lo, &md));
+  float img[3 * 64 * 64];
+  test_fill_uniform(img, 3 * 64 * 64, -1, 1, 77);
+  float z0a[256], z0b[256], z3[256], z9[256];
+  cd_gen_opts o = {.prompt = "a cat", .cfg = 5, .width = 64, .height = 64, .n = 1, .quiet = 1, .init_image = img};
+  o.s.kind = CD_SAMPLER_DDIM;
+  o.s.steps = 10;
+  o.s.seed = 3;
+  int rc = 0;
+  o.strength = 0;
+  rc |= cd_generate_latents(md, &o, z0a);
+  o.prompt = "a dog on the moon";
+  rc |= cd_generate_latents(md, &o, z0b);
+  o.strength = 0.3f;
+  rc |= cd_generate_latents(md, &o, z3);
+  o.strength = 0.9f;
+  rc |= cd_generate_latents(md, &o, z9);
+  o.strength = 1.5f;
+  int bad = cd_generate_latents(md, &o, z9 + 0) == -1 && strstr(cd_last_error(), "strength");
+  cd_sd_free(md);
+  CHECK(rc == 0);
+  CHECK(!memcmp(z0a, z0b, sizeof z0a));
+  double e3 = test_rel_err(z3, z0a, 256), e9 = test_rel_err(z9, z0a, 256);
+  CHECKF(e3 > 0 && e3 < e9, "distance from the image: strength 0.3 %.3g, 0.9 %.3g", e3, e9);
+  CHECK(bad);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_cli_XXXXXX");
   if (!mkdtemp(tmpdir)) return 1;
@@ -216,6 +251,7 @@ int main(void) {
   RUN(info_and_tokenize);
   RUN(bad_input_is_reported);
   RUN(unknown_unet_key_is_named);
+  RUN(img2img_strength);
   if (test_rmtree(tmpdir)) return 1;
   return test_summary();
 }

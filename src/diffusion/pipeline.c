@@ -84,6 +84,46 @@ static void on_progress(void *ctx, int step, int total) {
   if (!d->quiet) cd_progress_update(&d->bar, step);
 }
 
+/* img2img start: the VAE posterior sample of the init image (seeded from
+ * seed + 1000003 + i), noised to the schedule index where denoising begins,
+ * as diffusers' StableDiffusionImg2ImgPipeline does. */
+static int img2img_start(cd_sd_model *m, const cd_gen_opts *o, int n, int64_t h, int64_t w, float *latents, int *begin) {
+  if (!(o->strength >= 0 && o->strength <= 1)) return cd_set_error("--strength must be in [0, 1] (got %g)", o->strength);
+  const int64_t per = 4 * h * w;
+  cd_graph *g = cd_graph_new();
+  cd_node *img = cd_input(g, "image", 4, (int64_t[]){1, 3, 8 * h, 8 * w});
+  cd_node *mom = cd_vae_encode_build(g, &m->vae, img);
+  cd_graph_output(g, mom);
+  int rc = -1;
+  cd_sampler s = {0};
+  float *x0 = cd_malloc(per * sizeof(float)), *eps = cd_malloc(per * sizeof(float));
+  if (cd_graph_plan(g, NULL)) goto done;
+  memcpy(img->data, o->init_image, cd_nbytes(img));
+  if (cd_graph_forward(g) || cd_sampler_init(&s, &m->sched, &o->s, n * per)) goto done;
+  *begin = cd_schedule_begin_for_strength(&s.sched, o->strength);
+  const float sf = m->vae.cfg.scaling_factor;
+  for (int i = 0; i < n; i++) {
+    cd_seed_noise(o->s.seed + 1000003u, i, eps, per);
+    for (int64_t k = 0; k < per; k++) {
+      double lv = mom->data[per + k];
+      lv = lv < -30 ? -30 : lv > 20 ? 20 : lv;
+      x0[k] = (float)((mom->data[k] + exp(0.5 * lv) * eps[k]) * sf);
+    }
+    float *z = latents + i * per;
+    if (o->init_latents) memcpy(z, o->init_latents + i * per, per * sizeof(float));
+    else cd_seed_noise(o->s.seed, i, z, per);
+    if (*begin >= s.sched.n) memcpy(z, x0, per * sizeof(float)); /* strength 0: nothing to denoise */
+    else cd_sampler_add_noise(&s, *begin, x0, z, z);
+  }
+  rc = 0;
+done:
+  cd_sampler_free(&s);
+  free(x0);
+  free(eps);
+  cd_graph_free(g);
+  return rc;
+}
+
 int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   const cd_unet_config *uc = &m->unet.cfg;
   int n = o->n > 0 ? o->n : 1;
@@ -117,9 +157,15 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   rc = -1;
   if (cd_graph_plan(d.g, NULL) || cd_weights_check_unused(m->unet.w, "UNet", m->path)) goto done;
   memcpy(c->data, ctx, cd_nbytes(c));
-  for (int i = 0; i < n; i++) {
-    if (o->init_latents) memcpy(latents + i * per, o->init_latents + i * per, per * sizeof(float));
-    else cd_seed_noise(o->s.seed, i, latents + i * per, per);
+  cd_sample_opts so = o->s;
+  so.begin = 0;
+  if (o->init_image) {
+    if (img2img_start(m, o, n, h, w, latents, &so.begin)) goto done;
+  } else {
+    for (int i = 0; i < n; i++) {
+      if (o->init_latents) memcpy(latents + i * per, o->init_latents + i * per, per * sizeof(float));
+      else cd_seed_noise(o->s.seed, i, latents + i * per, per);
+    }
   }
   cd_log("unet graph: %d nodes, arena %.1f MiB\n", cd_graph_nnodes(d.g), cd_graph_arena_bytes(d.g) / 1048576.0);
   cd_schedule sch;
@@ -127,7 +173,7 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   int total = sch.n;
   cd_schedule_free(&sch);
   if (!o->quiet) cd_progress_start(&d.bar, "sampling", total);
-  rc = cd_sample(&m->sched, &o->s, latents, n * per, denoise, &d, on_progress, &d);
+  rc = cd_sample(&m->sched, &so, latents, n * per, denoise, &d, on_progress, &d);
   if (!o->quiet) cd_progress_finish(&d.bar);
 done:
   cd_graph_free(d.g);

@@ -15,6 +15,8 @@ typedef struct {
   int width, height;    /* pixels, multiples of 8 (and of the UNet's downsampling) */
   int n;                /* images */
   const float *init_latents; /* [n,4,h,w] N(0,1) noise instead of the seeded noise, or NULL */
+  const float *init_image;   /* img2img: [3, height, width] in [-1, 1] for every image, or NULL */
+  float strength;            /* img2img: 1 = start from noise, 0 = return the image (diffusers' meaning) */
   int quiet;            /* no progress bar */
 } cd_gen_opts;
 
