@@ -130,6 +130,7 @@ TEST(bad_input_is_reported) {
       {"sample --model %s --prompt cat --out /tmp/x.png --delta /nonexistent", "/nonexistent"},
       {"frobnicate %s", "unknown command"},
       {"sample --model %s --prompt cat --out /tmp/x.png --init-image /nonexistent.png", "/nonexistent.png"},
+      {"sample --model %s --prompt 'photo of a <new1> cat' --out /tmp/x.png", "<new1>"}, /* no delta defines it */
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     snprintf(args, sizeof args, cases[i].args, m);

@@ -312,11 +312,14 @@ TEST(delta_changes_samples_and_deltas_combine) {
   CHECK(!cd_file_exists(path_in(d, "checkpoint")));
   cd_load_opts lo = {0};
   cd_sd_model *m = NULL;
-  float base[256], tuned[256], both[256];
+  float base[256], tuned[256], both[256], tok[256];
   CHECK_OK(cd_sd_load(model, &lo, &m));
-  int rc = gen(m, "photo of a <new1> cat", base);
+  /* the base model has no <new1>: a prompt using it is refused, naming it */
+  int refused = gen(m, "photo of a <new1> cat", base) == -1 && strstr(cd_last_error(), "<new1>");
+  int rc = gen(m, "photo of a cat", base);
   if (!rc) rc = cd_delta_apply_path(m, a);
-  if (!rc) rc = gen(m, "photo of a <new1> cat", tuned);
+  if (!rc) rc = gen(m, "photo of a cat", tuned); /* the K/V weights changed */
+  if (!rc) rc = gen(m, "photo of a <new1> cat", tok);
   if (!rc) rc = cd_delta_apply_path(m, d);
   int id1 = m->tok ? cd_tokenizer_lookup(m->tok, "<new1>") : -1, id2 = m->tok ? cd_tokenizer_lookup(m->tok, "<new2>") : -1;
   if (!rc) rc = gen(m, "photo of a <new1> cat and a <new2> dog", both);
@@ -326,6 +329,10 @@ TEST(delta_changes_samples_and_deltas_combine) {
   for (int i = 0; i < 256; i++) diff += fabs(tuned[i] - base[i]);
   CHECKF(diff > 1e-3, "the delta does not change the latents (sum |diff| %g)", diff);
   CHECKF(id1 == 49408 && id2 == 49409, "token ids %d %d", id1, id2);
+  CHECK(refused);
+  double dt = 0;
+  for (int i = 0; i < 256; i++) dt += fabs(tok[i] - tuned[i]);
+  CHECKF(dt > 1e-3, "<new1> in the prompt changes nothing (sum |diff| %g)", dt);
   for (int i = 0; i < 256; i++) CHECK(isfinite(both[i]));
 }
 

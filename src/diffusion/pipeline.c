@@ -8,8 +8,24 @@
 #include "core/common.h"
 #include "core/progress.h"
 
+/* "<newN>" that no delta added would be split into "<", "new", "N", ">" and
+ * silently mean something else: refuse it, naming the token. */
+static int check_modifier_tokens(cd_sd_model *m, const char *prompt) {
+  for (const char *p = prompt; (p = strstr(p, "<new")) != NULL; p++) {
+    const char *q = p + 4;
+    while (*q >= '0' && *q <= '9') q++;
+    if (q == p + 4 || *q != '>') continue;
+    char tok[32];
+    snprintf(tok, sizeof tok, "%.*s", (int)(q - p + 1), p);
+    if (cd_tokenizer_lookup(m->tok, tok) < 0)
+      return cd_set_error("prompt \"%s\" uses %s, which no loaded delta defines (add --delta DIR)", prompt, tok);
+  }
+  return 0;
+}
+
 int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[77]) {
   if (!m->tok) return cd_set_error("no tokenizer vocabulary for %s: pass --vocab (a tokenizer/ folder or bpe_simple_vocab_16e6.txt.gz)", m->path);
+  if (prompt && check_modifier_tokens(m, prompt)) return -1;
   int trunc = 0;
   if (cd_tokenize_padded(m->tok, prompt ? prompt : "", ids, &trunc)) return -1;
   if (trunc) cd_warn("prompt longer than 75 tokens was truncated: \"%.60s...\"", prompt);
