@@ -69,7 +69,7 @@ int cmd_sample(int argc, char **argv) {
       {"--eta", CLI_FLOAT, &eta, "E", "DDIM eta (default 0)"},
       {"--karras", CLI_FLAG, &karras, "", "Karras sigmas (euler, dpmpp_2m)"},
       {"--seed", CLI_U64, &seed, "N", "seed of the initial noise; image i uses seed+i (default 42)"},
-      {"--width", CLI_INT, &width, "W", "image width in pixels (default 512, or the model's sample size)"},
+      {"--width", CLI_INT, &width, "W", "image width in pixels (default: the model's resolution, 512 for SD 1.x)"},
       {"--height", CLI_INT, &height, "H", "image height in pixels"},
       {"--n", CLI_INT, &n, "N", "number of images (default 1)"},
       {"--init-latents", CLI_STR, &init, "F", "safetensors with 'latents' [N,4,H/8,W/8] replacing the seeded noise"},
@@ -123,7 +123,7 @@ int cmd_sample(int argc, char **argv) {
       return 1;
     }
   }
-  int def = 512;
+  int def = 8 * (m->unet.cfg.sample_size > 0 ? m->unet.cfg.sample_size : 64); /* the model's training resolution */
   cd_image src = {0};
   float *init_px = NULL;
   if (init_image) {

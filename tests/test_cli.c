@@ -110,6 +110,7 @@ TEST(info_and_tokenize) {
   snprintf(args, sizeof args, "info %s", m);
   CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
   CHECKF(strstr(out, "2.") && strstr(out, "v"), "info output: %s", out);
+  CHECKF(strstr(out, "default 64 px"), "the tiny model's sample_size 8 should give 64 px: %s", out);
   snprintf(args, sizeof args, "tokenize --model %s 'a photo of an astronaut riding a horse on mars'", m);
   CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
   const char *want = "320 1125 539 550 18376 6765 320 4558 525 7496\n";

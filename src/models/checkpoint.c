@@ -287,7 +287,8 @@ static int unet_config_from_json(const cJSON *j, const char *file, cd_unet_confi
       jint(j, "cross_attention_dim", 768, file, &c->context_dim) ||
       jint(j, "use_linear_projection", 0, file, &c->linear_proj) ||
       jint(j, "norm_num_groups", 32, file, &c->norm_groups) ||
-      jint(j, "flip_sin_to_cos", 1, file, &c->flip_sin_to_cos))
+      jint(j, "flip_sin_to_cos", 1, file, &c->flip_sin_to_cos) ||
+      jint(j, "sample_size", 64, file, &c->sample_size))
     return -1;
   double eps = 1e-5, shift = 0;
   if (jdouble(j, "norm_eps", 1e-5, file, &eps) || jdouble(j, "freq_shift", 0, file, &shift)) return -1;
@@ -988,6 +989,12 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
     cd_warn("%s: SD 2.x checkpoint without a .yaml: assuming epsilon prediction (pass the "
             "prediction type \"v\" for 768-v models)", path);
   }
+  /* default resolution: the model-level image_size of the yaml (the first one: LDM's
+   * unet_config image_size is a stale 32 in the official SD configs), else 96
+   * latents (768 px) for SD 2.x v-prediction models and 64 (512 px) otherwise;
+   * --prediction is applied later, so a v model without a yaml is adjusted in cd_sd_load */
+  if (!yaml_int(yaml, NULL, "image_size", &m->unet.cfg.sample_size) || m->unet.cfg.sample_size <= 0)
+    m->unet.cfg.sample_size = m->family == CD_FAMILY_SD2 && m->sched.pred == CD_PRED_V ? 96 : 64;
 
   cd_weights **ws[3] = {&m->clip.w, &m->unet.w, &m->vae.w};
   static const char *const pre[3] = {TP, UP, VP};
@@ -1165,6 +1172,8 @@ int cd_sd_load(const char *path, const cd_load_opts *opts, cd_sd_model **out) {
     if (!strcmp(o->prediction, "eps")) m->sched.pred = CD_PRED_EPS;
     else if (cd_pred_parse(o->prediction, &m->sched.pred))
       rc = cd_prefix_error("prediction type (eps or v)");
+    if (!rc && !folder && m->family == CD_FAMILY_SD2 && m->sched.pred == CD_PRED_V && m->unet.cfg.sample_size == 64)
+      m->unet.cfg.sample_size = 96; /* SD 2.x 768-v single file without a yaml */
   }
   if (!rc) rc = load_tokenizer(path, folder, o, m);
   if (!rc) {

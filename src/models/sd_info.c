@@ -47,8 +47,8 @@ int cd_sd_info(const cd_sd_model *m, FILE *o) {
     ints(o, u->down_attn, u->nlevels);
     fprintf(o, " up ");
     ints(o, u->up_attn, u->nlevels);
-    fprintf(o, ", %d layers per block, context %d, %s projections, %d groups\n",
-            u->layers_per_block, u->context_dim, u->linear_proj ? "linear" : "1x1-conv", u->norm_groups);
+    fprintf(o, ", %d layers per block, context %d, %s projections, %d groups, default %d px\n",
+            u->layers_per_block, u->context_dim, u->linear_proj ? "linear" : "1x1-conv", u->norm_groups, 8 * u->sample_size);
   } else {
     fprintf(o, "unet:         not loaded\n");
   }

@@ -34,6 +34,7 @@ typedef struct {
   int flip_sin_to_cos;
   float freq_shift;
   int mid_attn;      /* mid block has a transformer (UNetMidBlock2DCrossAttn) */
+  int sample_size;   /* latent size the model was trained at (64: 512 px; 96: 768 px); default resolution */
 } cd_unet_config;
 
 /* What a training graph needs from the UNet builder. */
