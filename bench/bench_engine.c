@@ -8,7 +8,7 @@
  *    dW, as for a layer inside a trainable network). Reported as GFLOP/s and
  *    as a fraction of the sgemm peak; the target is >= 60% for the forward.
  * 3. A few more dense shapes of the UNet for context (not targets).
- * 4. Attention (filled in by the attention kernel's author).
+ * 4. Fused attention at SD and CLIP shapes, forward and backward.
  *
  * Two environment settings matter a lot on CPUs (both are read when the
  * libraries load, so they must be set before the process starts):
@@ -18,16 +18,14 @@
  *  - OPENBLAS_CORETYPE: OpenBLAS 0.3.21 does not recognise recent Xeons and
  *    falls back to its slow generic "Prescott" kernels; SkylakeX (AVX-512)
  *    or Haswell (AVX2) fixes it.
- * The benchmark prints what it runs with and warns about both.
+ * The benchmark prints what it runs with and warns about both (bench_print_env).
  */
 #include <cblas.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <strings.h>
 
 #include "bench_common.h"
 #include "core/common.h"
+#include "engine/cpu/cpu_ops.h"
 #include "engine/graph.h"
 
 #define REPS 8
@@ -62,23 +60,7 @@ static void bench_sgemm(const char *when) {
   printf("  %-44s %22.1f GFLOP/s\n\n", "peak so far (reference for the % column)", sgemm_peak);
 }
 
-static void print_config(void) {
-  const char *core = openblas_get_corename ? openblas_get_corename() : "unknown";
-  const char *wait = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
-  printf("bench_engine: %d threads, OpenBLAS core %s, OMP_WAIT_POLICY=%s\n", cd_threads(), core,
-         wait ? wait : "(unset)");
-  if (!strcmp(core, "Prescott") || !strcmp(core, "Core2") || !strcmp(core, "Nehalem"))
-    printf("  warning: OpenBLAS uses its generic %s kernels; if this CPU has AVX-512 or AVX2, run\n"
-           "           with OPENBLAS_CORETYPE=SkylakeX (or Haswell) for 2-4x faster sgemm\n", core);
-  if (!(wait && !strcasecmp(wait, "passive")) && !(spin && !strcmp(spin, "0")))
-    printf("  warning: OpenMP threads spin after parallel regions and compete with OpenBLAS's\n"
-           "           threads; run with OMP_WAIT_POLICY=passive for stable, faster timings\n");
-  printf("\n");
-}
-
-/* conv2d through the graph API. Returns the forward GFLOP/s. With train, x
- * and w are trainable (so backward computes dX, dW and db) and the pass is
- * forward + backward of sum(conv(x)). */
+/* best seconds of a conv2d forward, and of forward + backward */
 typedef struct { double fwd, train; } conv_times;
 
 /* One 2048^3 sgemm that updates the peak. Called between the conv runs of the
@@ -108,6 +90,10 @@ static void peak_probe(int release) {
   if (gf > probe_peak) probe_peak = gf;
 }
 
+/* conv2d through the graph API, best of REPS after a warm-up. With train, x,
+ * w and b are trainable (so backward computes dX, dW and db) and the pass is
+ * forward + backward of sum(conv(x)). With probe, peak_probe runs after each
+ * pass. Returns 0, or -1 with the error in cd_last_error(). */
 static int time_conv(int N, int C, int H, int W, int O, int k, int stride, int pad, int train, int probe,
                      conv_times *out) {
   int rc = -1;
@@ -217,7 +203,8 @@ static int bench_more(void) {
   for (int i = 0; rc == 0 && i <= REPS; i++) {
     double t0 = cd_time();
     rc = cd_graph_forward(g);
-    if (i > 0 && cd_time() - t0 < best) best = cd_time() - t0;
+    double dt = cd_time() - t0;
+    if (i > 0 && dt < best) best = dt;
   }
   if (rc) fprintf(stderr, "bench_engine: linear: %s\n", cd_last_error());
   else row("linear [2,4096,320] -> 1280", 2.0 * R * K * M, best);
@@ -228,13 +215,10 @@ static int bench_more(void) {
   return rc;
 }
 
-/* ATTENTION BENCH */
-/* Placeholder for the attention kernel's author: time cd_attention through
- * the graph API at SD shapes (e.g. B=2, 4096 tokens, 8 heads x 40 dims self-
- * attention; 77-token cross-attention) and print rows with row(). */
+/* cd_attention through the graph API at SD shapes (self-attention at 4096
+ * and 1024 tokens, 77-token cross-attention) and CLIP's causal 77 tokens,
+ * with the fused kernel's scratch memory */
 static void bench_attention(void) {
-  /* per-thread scratch of the fused kernel (src/engine/cpu/attention.c) */
-  extern size_t cd_cpu_attention_scratch_bytes(const cd_node *n, int what);
   struct { const char *what; int B, Tq, Tk, H, D, causal; } cs[] = {
       {"self 4096 tok, 8 heads x 40", 1, 4096, 4096, 8, 40, 0},
       {"cross 4096 x 77 tok, 8 heads x 40", 1, 4096, 77, 8, 40, 0},
@@ -254,7 +238,7 @@ static void bench_attention(void) {
     cd_rng_fill_normal(&r, v, nk);
     const double flops = 4.0 * Tq * Tk * H * D * B * (cs[c].causal ? 0.5 : 1);
     double best[2] = {1e30, 1e30}, bwd_best = 1e30;
-    size_t sc[4] = {0};
+    size_t sc[5] = {0}; /* cd_cpu_attention_scratch_bytes, what = 0..4 */
     for (int train = 0; train <= 1; train++) {
       cd_graph *g = cd_graph_new();
       cd_node *qn = cd_param(g, "q", q, 3, (int64_t[]){B, Tq, H * D});
@@ -277,7 +261,7 @@ static void bench_attention(void) {
         if (train && t2 - t1 < bwd_best) bwd_best = t2 - t1;
       }
       if (train)
-        for (int w = 0; w < 4; w++) sc[w] = cd_cpu_attention_scratch_bytes(y, w);
+        for (int w = 0; w < 5; w++) sc[w] = cd_cpu_attention_scratch_bytes(y, w);
       cd_graph_free(g);
       if (rc) {
         fprintf(stderr, "bench_engine: attention: %s\n", cd_last_error());
@@ -291,9 +275,9 @@ static void bench_attention(void) {
     row(what, 2.5 * flops, bwd_best);
     snprintf(what, sizeof what, "%s fwd+bwd", cs[c].what);
     row(what, 3.5 * flops, best[1]);
-    printf("    scratch: score block %zu KiB; per thread %.0f KiB fwd, %.0f KiB bwd; bwd shared %.1f MiB\n"
+    printf("    scratch: score block %zu KiB; per thread %.0f KiB fwd, %.0f KiB bwd; shared %.1f MiB fwd, %.1f MiB bwd\n"
            "    (one [Tq, Tk] fp32 score matrix per head would be %.1f MiB; none is allocated)\n",
-           sc[0] >> 10, sc[1] / 1024.0, sc[2] / 1024.0, sc[3] / 1048576.0,
+           sc[0] >> 10, sc[1] / 1024.0, sc[2] / 1024.0, sc[3] / 1048576.0, sc[4] / 1048576.0,
            (double)Tq * Tk * sizeof(float) / 1048576.0);
     cd_aligned_free(q);
     cd_aligned_free(k);
@@ -301,12 +285,12 @@ static void bench_attention(void) {
   }
   printf("\n");
 }
-/* END ATTENTION BENCH */
 
 int main(int argc, char **argv) {
   cd_env_tune(argc, argv);
   cd_threads_init();
-  print_config();
+  bench_print_env("bench_engine");
+  printf("\n");
   bench_sgemm("before the conv");
   if (bench_conv()) return 1;
   if (bench_more()) return 1;

@@ -113,18 +113,6 @@ static cd_node *new_node(cd_graph *g, cd_op op, int ndim, const int64_t *ne) {
 /* A build error (a shape mismatch: a model bug or a checkpoint that slipped
  * through validation) is recorded, and a placeholder keeps the build going so
  * that cd_graph_plan can report it instead of crashing. */
-static cd_node *build_error(cd_graph *g, const char *op, const char *fmt, ...) {
-  if (!g->err[0]) {
-    int k = snprintf(g->err, sizeof g->err, "graph: %s: ", op);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g->err + k, sizeof g->err - k, fmt, ap);
-    va_end(ap);
-  }
-  int64_t one = 1;
-  return new_node(g, CD_OP_NONE, 1, &one);
-}
-
 cd_node *cd_graph_fail(cd_graph *g, const char *fmt, ...) {
   if (!g->err[0]) {
     va_list ap;
@@ -136,13 +124,16 @@ cd_node *cd_graph_fail(cd_graph *g, const char *fmt, ...) {
   return new_node(g, CD_OP_NONE, 1, &one);
 }
 
+/* cd_graph_fail for the builders below: "graph: OP: ..." (fmt a literal) */
+#define BUILD_ERR(g, op, fmt, ...) cd_graph_fail(g, "graph: %s: " fmt, op, __VA_ARGS__)
+
 static void shape_str(const cd_node *x, char *buf, size_t cap) {
   int k = snprintf(buf, cap, "%s[", x->name[0] ? x->name : "?");
   for (int i = 0; i < x->ndim && k < (int)cap; i++) k += snprintf(buf + k, cap - k, i ? ",%ld" : "%ld", (long)x->ne[i]);
   if (k < (int)cap) snprintf(buf + k, cap - k, "]");
 }
 #define SHAPE_ERR(g, opname, why, a, b) do { char s1_[128], s2_[128]; shape_str(a, s1_, sizeof s1_); \
-    shape_str(b, s2_, sizeof s2_); return build_error(g, opname, "%s: %s vs %s", why, s1_, s2_); } while (0)
+    shape_str(b, s2_, sizeof s2_); return BUILD_ERR(g, opname, "%s: %s vs %s", why, s1_, s2_); } while (0)
 
 static void set_src(cd_node *x, int nsrc, cd_node *a, cd_node *b, cd_node *c, cd_node *d) {
   x->nsrc = nsrc;
@@ -173,7 +164,7 @@ void cd_graph_output(cd_graph *g, cd_node *n) {
 }
 
 cd_node *cd_view(cd_graph *g, cd_node *x, int ndim, const int64_t *ne) {
-  if (cd_numel(ndim, ne) != x->n) return build_error(g, "view", "element count changes (%ld -> %ld) for %s", (long)x->n, (long)cd_numel(ndim, ne), x->name);
+  if (cd_numel(ndim, ne) != x->n) return BUILD_ERR(g, "view", "element count changes (%ld -> %ld) for %s", (long)x->n, (long)cd_numel(ndim, ne), x->name);
   cd_node *y = new_node(g, CD_OP_VIEW, ndim, ne);
   set_src(y, 1, x, NULL, NULL, NULL);
   return y;
@@ -328,7 +319,7 @@ cd_node *cd_permute(cd_graph *g, cd_node *x, int p0, int p1, int p2, int p3) {
   int p[4] = {p0, p1, p2, p3}, seen[4] = {0};
   int64_t ne[4] = {1, 1, 1, 1};
   for (int i = 0; i < x->ndim; i++) {
-    if (p[i] < 0 || p[i] >= x->ndim || seen[p[i]]++) return build_error(g, "permute", "invalid permutation for %s", x->name);
+    if (p[i] < 0 || p[i] >= x->ndim || seen[p[i]]++) return BUILD_ERR(g, "permute", "invalid permutation for %s", x->name);
     ne[i] = x->ne[p[i]];
   }
   cd_node *y = new_node(g, CD_OP_PERMUTE, x->ndim, ne);
@@ -585,17 +576,25 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
   return 0;
 }
 
+/* node x's forward (bwd = 0) or backward (bwd = 1) kernel, timed under CDIFF_PROFILE */
+static void run_kernel(cd_graph *g, int bwd, cd_node *x) {
+  const cd_kernel k = (bwd ? g->be->backward : g->be->forward)[x->op];
+  if (!g->profile) {
+    k(x);
+    return;
+  }
+  const double t0 = cd_time();
+  k(x);
+  g->prof_t[bwd][x->op] += cd_time() - t0;
+  g->prof_n[bwd][x->op]++;
+}
+
 int cd_graph_forward(cd_graph *g) {
   if (!g->planned) return cd_set_error("graph: forward before cd_graph_plan");
   for (int i = 0; i < g->n; i++) {
     cd_node *x = g->nodes[i];
     if (x->op == CD_OP_NONE || x->op == CD_OP_VIEW) continue;
-    double t0 = g->profile ? cd_time() : 0;
-    g->be->forward[x->op](x);
-    if (g->profile) {
-      g->prof_t[0][x->op] += cd_time() - t0;
-      g->prof_n[0][x->op]++;
-    }
+    run_kernel(g, 0, x);
   }
   return 0;
 }
@@ -618,12 +617,7 @@ int cd_graph_backward(cd_graph *g) {
     }
     cd_node *x = g->nodes[2 * N - 1 - s];
     if (!(x->flags & CD_FLAG_BWD) || x->op == CD_OP_NONE || x->op == CD_OP_VIEW) continue;
-    double t0 = g->profile ? cd_time() : 0;
-    g->be->backward[x->op](x);
-    if (g->profile) {
-      g->prof_t[1][x->op] += cd_time() - t0;
-      g->prof_n[1][x->op]++;
-    }
+    run_kernel(g, 1, x);
   }
   return 0;
 }

@@ -41,12 +41,11 @@
 
 #include "core/common.h"
 #include "engine/backend.h"
+#include "engine/cpu/cpu_ops.h"
 
-/* -std=c11 turns off FMA contraction (-ffp-contract=off); the products below
- * are written as a * b + c and need fused multiply-adds to reach peak. */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("fp-contract=fast")
-#endif
+/* The products below are written as a * b + c and need fused multiply-adds
+ * to reach peak: the Makefile's -ffp-contract=fast (-std=c11 alone turns
+ * contraction off). */
 
 #define BQ 64 /* queries per block */
 #define BK 64 /* keys per block */
@@ -87,7 +86,9 @@ INLINE float hsum(vf v) {
 }
 
 /* exp(x) for x <= ~88; 0 for x < -87 (incl. -inf). 2^n * p(r) with
- * n = round(x / ln2), r = x - n ln2 (two-part ln2), p degree-6 Taylor: ~1 ulp. */
+ * n = round(x / ln2), r = x - n ln2 (two-part ln2), p degree-6 Taylor: ~1 ulp.
+ * cd_vexpf (vecmath.h) on vf lanes, except that masked scores (-inf) must
+ * give exactly 0 where cd_vexpf clamps to exp(-87). */
 INLINE vf vexp(vf x) {
   vi under = x < vsplat(-87.0f);
   x = vsel(under, vsplat(-87.0f), x);
@@ -204,10 +205,6 @@ static int visible_keys(const attn_shape *s, int q0, int i, int k0, int nk) {
   return jmax < 0 ? 0 : jmax;
 }
 
-int64_t cd_cpu_attention_aux(const cd_node *n) {
-  return n->src[0]->ne[0] * (int64_t)n->ip[0] * n->src[0]->ne[1]; /* B * H * Tq */
-}
-
 /* Number of key groups G of the backward (tasks = B * H * G). With dQ, each
  * group costs a packed [B*H, Tq, Dp] partial dQ, so G is just large enough
  * to give every thread about two tasks; without dQ, one group per key block. */
@@ -225,10 +222,7 @@ static size_t bwd_thread_floats(const attn_shape *s) {
   return (size_t)2 * s->D * BK + (size_t)3 * BK * s->Dp + (size_t)2 * BQ * BK;
 }
 
-/* Scratch memory in bytes, for reports (bench): what = 0: one score block;
- * 1: forward per thread; 2: backward per thread; 3: forward shared (packed
- * K^T, V); 4: backward shared (packed Q, dO, Di, partial dQ) when q, k and v
- * all need gradients. */
+/* see cpu_ops.h */
 size_t cd_cpu_attention_scratch_bytes(const cd_node *n, int what) {
   attn_shape s;
   if (shape_of(n, &s)) return 0;
