@@ -1,6 +1,5 @@
 /* test_checkpoint.c - loading SD 1.x/2.x pipelines: diffusers folders and single-file
  * original checkpoints give the same configs and bit-identical weights; errors. */
-#include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,15 +16,13 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb; (void)flag; (void)ftw;
-  return remove(p);
-}
-static void rm_rf(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
-
+/* a fresh folder under the test's scratch folder */
 static char *mktmp(char *buf, size_t cap) {
-  snprintf(buf, cap, "/tmp/cdiff_ckpt_XXXXXX");
-  return mkdtemp(buf);
+  static int k;
+  char sub[16];
+  snprintf(sub, sizeof sub, "d%d", k++);
+  snprintf(buf, cap, "%s", test_tmpdir(sub));
+  return cd_mkdir_p(buf) ? NULL : buf;
 }
 
 static cd_sd_model *load(const char *rel) {
@@ -294,7 +291,7 @@ TEST(ckpt_equals_safetensors) {
   int wrc = cd_ckpt_write(out, o, cd_tf_count(f));
   free(o);
   cd_tensor_file_close(f);
-  if (wrc) { rm_rf(tmp); FAILF("ckpt write: %s", cd_last_error()); }
+  if (wrc) { test_rmtree(tmp); FAILF("ckpt write: %s", cd_last_error()); }
   /* the yaml travels with it (v-prediction, 8 groups, head width 16) */
   char yin[1024], yout[1200];
   char rel[1024];
@@ -312,7 +309,7 @@ TEST(ckpt_equals_safetensors) {
   if (rc) snprintf(why, sizeof why, "%s", cd_last_error());
   cd_sd_free(a);
   cd_sd_free(b);
-  rm_rf(tmp);
+  test_rmtree(tmp);
   CHECKF(ok, "%s", why);
 }
 
@@ -362,7 +359,7 @@ TEST(single_file_without_vocab) {
     cd_sd_free(m);
   }
   if (saved) { setenv("CDIFF_VOCAB", saved, 1); free(saved); }
-  rm_rf(tmp);
+  test_rmtree(tmp);
   CHECKF(ok, "rc %d: %s", rc, rc ? cd_last_error() : "");
 }
 
@@ -380,7 +377,7 @@ TEST(error_truncated) {
   free(data);
   cd_sd_model *m = (cd_sd_model *)1;
   int rc = wrc ? 0 : cd_sd_load(out, NULL, &m);
-  rm_rf(tmp);
+  test_rmtree(tmp);
   CHECK(wrc == 0);
   CHECK(rc != 0 && m == NULL && err_has("trunc.safetensors"));
 }
@@ -416,7 +413,7 @@ TEST(error_vae_only_and_sdxl) {
   int e1 = err_has("does not look like a Stable Diffusion checkpoint") && err_has("vae.safetensors");
   int r2 = w2 ? 0 : cd_sd_load(b, NULL, &m);
   int e2 = err_has("SDXL is not supported");
-  rm_rf(tmp);
+  test_rmtree(tmp);
   CHECK(w1 == 0 && w2 == 0);
   CHECK(r1 != 0 && e1);
   CHECK(r2 != 0 && e2);
@@ -438,7 +435,7 @@ TEST(error_folder_and_random_ckpt) {
   int e2 = err_has("random.ckpt");
   /* a missing path */
   int r3 = cd_sd_load("/nonexistent/cdiff/model.safetensors", NULL, &m);
-  rm_rf(tmp);
+  test_rmtree(tmp);
   CHECK(r1 != 0 && e1);
   CHECK(w == 0 && r2 != 0 && e2);
   CHECK(r3 != 0 && m == NULL);
@@ -496,7 +493,7 @@ TEST(error_unknown_key_and_bad_shapes) {
   const char *last = cd_last_error();
   char msg[512];
   snprintf(msg, sizeof msg, "%s", last);
-  rm_rf(tmp);
+  test_rmtree(tmp);
   CHECKF(ok1 && ok2 && ok3 && ok4, "%d %d %d %d (last error: %s)", ok1, ok2, ok3, ok4, msg);
 }
 
@@ -576,7 +573,7 @@ TEST(fp16_unet_folder) {
   }
   cd_sd_free(a);
   cd_sd_free(b);
-  rm_rf(tmp);
+  test_rmtree(tmp);
   CHECKF(ok && exact, "fp16 weights differ (max rel %.3g, exact round trip %d)", maxrel, exact);
 }
 
@@ -643,7 +640,7 @@ TEST(folder_legacy_names) {
        !same_weights(a->vae.w, b->vae.w, why, sizeof why) && !strcmp(a->hash, b->hash);
   cd_sd_free(a);
   cd_sd_free(b);
-  rm_rf(tmp);
+  test_rmtree(tmp);
   CHECKF(ok, "%s", why);
 }
 
@@ -665,5 +662,6 @@ int main(void) {
   RUN(error_unknown_key_and_bad_shapes);
   RUN(fp16_unet_folder);
   RUN(folder_legacy_names);
+  test_tmp_cleanup();
   return test_summary();
 }

@@ -10,17 +10,6 @@
 #include "io/tensor_file.h"
 #include "test.h"
 
-static char tmpdir[256];
-static const char *tmp_path(const char *name) {
-  static char p[512];
-  if (!tmpdir[0]) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_ckpt_XXXXXX");
-    if (!mkdtemp(tmpdir)) return "/nonexistent/tmp";
-  }
-  snprintf(p, sizeof p, "%s/%s", tmpdir, name);
-  return p;
-}
-
 /* ---- byte buffer ---- */
 typedef struct { uint8_t *p; size_t n, cap; } buf;
 static void put(buf *b, const void *s, size_t n) {
@@ -140,7 +129,7 @@ TEST(write_roundtrip) {
   };
   int nt = sizeof t / sizeof *t;
   for (int z64 = 0; z64 < 2; z64++) {
-    const char *path = tmp_path(z64 ? "rt64.ckpt" : "rt.ckpt");
+    const char *path = test_tmpdir(z64 ? "rt64.ckpt" : "rt.ckpt");
     CHECK_OK(cd_ckpt_write_ex(path, t, nt, z64));
     cd_tensor_file *f;
     CHECK_OK(cd_tensor_file_open(path, &f)); /* dispatch by magic */
@@ -189,7 +178,7 @@ TEST(write_roundtrip) {
     vals[i] = (float)i;
     m[i] = (cd_tensor_out){names[i], CD_DT_F32, 1, {1}, &vals[i]};
   }
-  const char *path = tmp_path("many.bin");
+  const char *path = test_tmpdir("many.bin");
   int rc = cd_ckpt_write(path, m, nm);
   cd_tensor_file *f = NULL;
   if (rc == 0) rc = cd_ckpt_open(path, &f);
@@ -249,7 +238,7 @@ TEST(lightning_structure) {
   buf b = {0};
   build_lightning(&b);
   for (int deflate = 0; deflate < 2; deflate++) {
-    const char *path = tmp_path("lightning.ckpt");
+    const char *path = test_tmpdir("lightning.ckpt");
     write_ckpt_pkl(path, &b, deflate);
     cd_tensor_file *f;
     if (cd_ckpt_open(path, &f)) { free(b.p); FAILF("open (deflate %d): %s", deflate, cd_last_error()); }
@@ -285,7 +274,7 @@ TEST(protocol4_frame_memoize) {
   u8(&b, 0x89); u8(&b, '}'); u8(&b, '}'); /* hooks, and the 7th metadata argument */
   u8(&b, 't'); u8(&b, 'R');
   u8(&b, 's'); u8(&b, '.');
-  const char *path = tmp_path("p4.pt");
+  const char *path = test_tmpdir("p4.pt");
   write_ckpt_pkl(path, &b, 0);
   free(b.p);
   cd_tensor_file *f;
@@ -311,7 +300,7 @@ TEST(forbidden_globals) {
   static const char *bad[][2] = {{"os", "system"}, {"builtins", "eval"}, {"__builtin__", "set"},
                                  {"torch.storage", "_load_from_bytes"}, {"subprocess", "Popen"},
                                  {"torch", "load"}, {"posix", "system"}};
-  const char *path = tmp_path("evil.ckpt");
+  const char *path = test_tmpdir("evil.ckpt");
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     buf b = {0};
     build_simple(&b, bad[i][0], bad[i][1], 0, 0, 0, NULL, NULL);
@@ -330,7 +319,7 @@ TEST(forbidden_globals) {
 }
 
 TEST(bad_tensors) {
-  const char *path = tmp_path("bad.ckpt");
+  const char *path = test_tmpdir("bad.ckpt");
   int64_t s[2] = {3, 2}, good[2] = {2, 1}, transposed[2] = {1, 3}, s1[1] = {30}, st1[1] = {1};
   buf b = {0};
   build_simple(&b, NULL, NULL, 24, 0, 2, s, transposed);
@@ -402,12 +391,12 @@ TEST(truncated_and_corrupt_files) {
   float a[300];
   test_fill_uniform(a, 300, -1, 1, 5);
   cd_tensor_out t[] = {{"a", CD_DT_F32, 2, {10, 30}, a}, {"b", CD_DT_F32, 1, {7}, a}};
-  const char *path = tmp_path("full.ckpt");
+  const char *path = test_tmpdir("full.ckpt");
   CHECK_OK(cd_ckpt_write(path, t, 2));
   char *raw;
   size_t n;
   CHECK_OK(cd_read_file(path, &raw, &n));
-  const char *cut = tmp_path("cut.ckpt");
+  const char *cut = test_tmpdir("cut.ckpt");
   int opened = 0;
   for (size_t len = 0; len < n; len += (len < 64 ? 1 : 7)) {
     FILE *fp = fopen(cut, "wb");
@@ -450,7 +439,7 @@ TEST(fuzz_pickle) {
   build_lightning(&b);
   cd_rng r;
   cd_rng_seed(&r, 1234);
-  const char *path = tmp_path("fuzz.ckpt");
+  const char *path = test_tmpdir("fuzz.ckpt");
   uint8_t *orig = cd_malloc(b.n);
   memcpy(orig, b.p, b.n);
   int ok = 0, fail = 0;
@@ -487,7 +476,7 @@ TEST(fuzz_pickle) {
 
 TEST(writer_rejects_bad_input) {
   float a[2] = {0};
-  const char *path = tmp_path("w.ckpt");
+  const char *path = test_tmpdir("w.ckpt");
   cd_tensor_out dup[] = {{"x", CD_DT_F32, 1, {2}, a}, {"x", CD_DT_F32, 1, {2}, a}};
   CHECK(cd_ckpt_write(path, dup, 2) == -1 && strstr(cd_last_error(), "'x'"));
   cd_tensor_out nodata[] = {{"y", CD_DT_F32, 1, {2}, NULL}};
@@ -511,10 +500,6 @@ int main(void) {
   RUN(truncated_and_corrupt_files);
   RUN(fuzz_pickle);
   RUN(writer_rejects_bad_input);
-  if (tmpdir[0]) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmpdir);
-  }
+  test_tmp_cleanup();
   return test_summary();
 }

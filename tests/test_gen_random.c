@@ -3,13 +3,15 @@
  * SD 1.x and SD 2.x, and the UNet runs. (--tiny: small widths, same structure.) */
 #include <sys/wait.h>
 
+#include "io/fsutil.h"
 #include "models/sd_model.h"
 #include "test.h"
 
 static void family_case(const char *family) {
   if (access("./build/tools/gen_sd_random", X_OK)) FAILF("./build/tools/gen_sd_random was not built");
-  char dir[] = "/tmp/cdiff_gen_XXXXXX", cmd[1024], folder[300], single[300];
-  if (!mkdtemp(dir)) FAILF("mkdtemp");
+  char dir[256], cmd[1024], folder[300], single[300];
+  snprintf(dir, sizeof dir, "%s", test_tmpdir(family));
+  if (cd_mkdir_p(dir)) FAILF("%s", cd_last_error());
   snprintf(folder, sizeof folder, "%s/model", dir);
   snprintf(single, sizeof single, "%s/model.safetensors", dir);
   snprintf(cmd, sizeof cmd, "./build/tools/gen_sd_random --tiny --family %s --seed 3 --out %s --single-file %s >/dev/null 2>&1",
@@ -41,8 +43,7 @@ static void family_case(const char *family) {
   }
   cd_sd_free(a);
   cd_sd_free(b);
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system(cmd)) {}
+  test_rmtree(dir);
   CHECKF(ok, "generate/load %s: %s", family, err);
   CHECK(same);
   CHECK(fam);
@@ -55,5 +56,6 @@ TEST(sd2_both_layouts) { family_case("sd2"); }
 int main(void) {
   RUN(sd1_both_layouts);
   RUN(sd2_both_layouts);
+  test_tmp_cleanup();
   return test_summary();
 }

@@ -9,19 +9,6 @@
 #include "io/image.h"
 #include "test.h"
 
-static char tmpdir[256];
-static const char *tmp_path(const char *name) {
-  static char p[2][512];
-  static int k;
-  if (!tmpdir[0]) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_img_XXXXXX");
-    if (!mkdtemp(tmpdir)) return "/nonexistent/tmp";
-  }
-  k ^= 1;
-  snprintf(p[k], sizeof p[k], "%s/%s", tmpdir, name);
-  return p[k];
-}
-
 static void make_pattern(cd_image *im, int w, int h, int c) {
   im->w = w;
   im->h = h;
@@ -48,7 +35,7 @@ TEST(png_roundtrip_with_text) {
                       "cdiff.model_sha256", "0123abcd",
                       "utf8", "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac",
                       "long", longv};
-  const char *path = tmp_path("a.png");
+  const char *path = test_tmpdir("a.png");
   int rc = cd_image_save_png(path, &im, kv, 4);
   if (rc) { cd_image_free(&im); FAILF("save: %s", cd_last_error()); }
   char tmp[600];
@@ -77,10 +64,10 @@ TEST(png_roundtrip_with_text) {
   cd_image one;
   make_pattern(&one, 2, 2, 3);
   const char *badkv[] = {"", "x"};
-  CHECK(cd_image_save_png(tmp_path("bad.png"), &one, badkv, 1) == -1);
+  CHECK(cd_image_save_png(test_tmpdir("bad.png"), &one, badkv, 1) == -1);
   const char *badkv2[] = {"caf\xc3\xa9", "x"};
-  CHECK(cd_image_save_png(tmp_path("bad.png"), &one, badkv2, 1) == -1);
-  CHECK(!cd_file_exists(tmp_path("bad.png")));
+  CHECK(cd_image_save_png(test_tmpdir("bad.png"), &one, badkv2, 1) == -1);
+  CHECK(!cd_file_exists(test_tmpdir("bad.png")));
   CHECK(cd_image_save_png("/nonexistent/dir/x.png", &one, NULL, 0) == -1);
   cd_image_free(&one);
 }
@@ -89,7 +76,7 @@ TEST(png_gray_and_alpha_become_rgb) {
   cd_image g, a, back;
   make_pattern(&g, 5, 4, 1);
   make_pattern(&a, 6, 3, 4);
-  const char *pg = tmp_path("g.png"), *pa = tmp_path("rgba.png");
+  const char *pg = test_tmpdir("g.png"), *pa = test_tmpdir("rgba.png");
   int ok = cd_image_save_png(pg, &g, NULL, 0) == 0 && cd_image_save_png(pa, &a, NULL, 0) == 0;
   int good = ok && cd_image_load(pg, &back) == 0 && back.c == 3 && back.w == 5 && back.h == 4;
   for (int i = 0; good && i < 20; i++)
@@ -107,14 +94,14 @@ TEST(png_gray_and_alpha_become_rgb) {
 TEST(corrupt_files_fail_cleanly) {
   cd_image im, out;
   make_pattern(&im, 64, 48, 3);
-  const char *path = tmp_path("ok.png");
+  const char *path = test_tmpdir("ok.png");
   int rc = cd_image_save_png(path, &im, (const char *const[]){"k", "v"}, 1);
   cd_image_free(&im);
   CHECK_OK(rc);
   char *raw;
   size_t n;
   CHECK_OK(cd_read_file(path, &raw, &n));
-  const char *bad = tmp_path("bad.img");
+  const char *bad = test_tmpdir("bad.img");
   /* truncated at many lengths */
   for (size_t len = 0; len < n; len += 1 + len / 8) {
     write_bytes(bad, raw, len);
@@ -195,7 +182,7 @@ TEST(jpeg_load) {
     for (int y = 0; y < 24; y++) /* smooth gradients survive JPEG well */
       for (int x = 0; x < 40; x++)
         for (int ch = 0; ch < c; ch++) im.px[(y * 40 + x) * c + ch] = (uint8_t)(40 + x * 3 + y * 2 + ch * 30);
-    const char *path = tmp_path(c == 1 ? "g.jpg" : "c.jpg");
+    const char *path = test_tmpdir(c == 1 ? "g.jpg" : "c.jpg");
     CHECK(write_jpeg(path, &im, 95) == 0);
     int rc = cd_image_load(path, &out);
     double err = 0;
@@ -211,7 +198,7 @@ TEST(jpeg_load) {
     char *raw;
     size_t n;
     CHECK_OK(cd_read_file(path, &raw, &n));
-    const char *cut = tmp_path("cut.jpg");
+    const char *cut = test_tmpdir("cut.jpg");
     write_bytes(cut, raw, n * 2 / 3);
     free(raw);
     rc = cd_image_load(cut, &out);
@@ -299,7 +286,7 @@ TEST(png_huge_chunk_length_is_refused_cheaply) {
       0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00,
       0x40, 0x00, 0x00, 0x00, 0x40, 0x08, 0x02, 0x00, 0x00, 0x00, 0x25, 0x0b, 0xe6, 0x89, 0x7e, 0x00, 0x00, 0x0a, 0x74,
       0x45, 0x58, 0x74, 0x61, 0x74, 0x4a, 0xf3, 0x70, 0x2e, 0xc6, 0x83, 0x34, 0x3a, 0x08, 0x74, 0x79, 0x45, 0xc6};
-  const char *p = tmp_path("huge_chunk.png");
+  const char *p = test_tmpdir("huge_chunk.png");
   FILE *f = fopen(p, "wb");
   CHECK(f && fwrite(bad, 1, sizeof bad, f) == sizeof bad);
   fclose(f);
@@ -318,10 +305,6 @@ int main(void) {
   RUN(jpeg_load);
   RUN(resize_filters);
   RUN(chw_conversion);
-  if (tmpdir[0]) {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmpdir);
-  }
+  test_tmp_cleanup();
   return test_summary();
 }

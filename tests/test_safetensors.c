@@ -160,19 +160,8 @@ static int before(const char *h, const char *a, const char *b) {
   return pa && pb && pa - h < pb - h;
 }
 
-static char tmpdir[256];
-static void need_tmpdir(void) {
-  if (!tmpdir[0]) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_st_XXXXXX");
-    if (!mkdtemp(tmpdir)) tmpdir[0] = 0;
-  }
-}
-
 TEST(write_read_roundtrip) {
-  need_tmpdir();
-  CHECK(tmpdir[0]);
-  char path[512];
-  snprintf(path, sizeof path, "%s/rt.safetensors", tmpdir);
+  const char *path = test_tmpdir("rt.safetensors");
   float a[6];
   test_fill_uniform(a, 6, -3, 3, 7);
   uint16_t h[4], bf[5];
@@ -261,8 +250,6 @@ static void write_raw(const char *path, const char *hdr, int64_t hlen_override, 
 }
 
 TEST(hostile_files) {
-  need_tmpdir();
-  CHECK(tmpdir[0]);
   static const struct { const char *hdr; int64_t hlen; size_t ndata; const char *expect; } cases[] = {
       {"{}", 1000, 0, "header length 1000"},
       {"", 0, 16, "header length is 0"},
@@ -290,8 +277,7 @@ TEST(hostile_files) {
       {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", -1, 8, "9 dimensions"},
       {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", -1, 8, "begin 8 > end 0"},
   };
-  char path[512];
-  snprintf(path, sizeof path, "%s/bad.safetensors", tmpdir);
+  const char *path = test_tmpdir("bad.safetensors");
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
     write_raw(path, cases[i].hdr, cases[i].hlen, cases[i].ndata);
     cd_tensor_file *f = (cd_tensor_file *)1;
@@ -349,10 +335,8 @@ TEST(sha256_vectors) {
 }
 
 TEST(fsutil_basics) {
-  need_tmpdir();
-  CHECK(tmpdir[0]);
   char d[512], p[600];
-  snprintf(d, sizeof d, "%s/a/b/c", tmpdir);
+  snprintf(d, sizeof d, "%s", test_tmpdir("a/b/c"));
   CHECK_OK(cd_mkdir_p(d));
   CHECK_OK(cd_mkdir_p(d)); /* again: fine */
   CHECK(cd_is_dir(d));
@@ -372,11 +356,16 @@ TEST(fsutil_basics) {
   CHECK(cd_mkdir_p(p) == -1); /* a file is in the way */
   CHECK(cd_read_file("/nonexistent/zzz", &data, &n) == -1 && strstr(cd_last_error(), "/nonexistent/zzz"));
   CHECK(cd_write_file_atomic("/nonexistent/dir/f", "x", 1) == -1);
+  CHECK(cd_is_file(p) && !cd_is_file(d) && !cd_is_file("/nonexistent/zzz"));
   remove(p);
-  char cmd[600];
-  snprintf(cmd, sizeof cmd, "%s/a/b/c", tmpdir); rmdir(cmd);
-  snprintf(cmd, sizeof cmd, "%s/a/b", tmpdir); rmdir(cmd);
-  snprintf(cmd, sizeof cmd, "%s/a", tmpdir); rmdir(cmd);
+  /* a slash is added only where one is missing */
+  static const char *const join[][3] = {{"a", "b", "a/b"}, {"a/", "b", "a/b"}, {"", "b", "b"}, {"/", "b", "/b"}};
+  for (int i = 0; i < 4; i++) {
+    char *j = cd_path_join(join[i][0], join[i][1]);
+    int same = !strcmp(j, join[i][2]);
+    free(j);
+    CHECKF(same, "cd_path_join(\"%s\", \"%s\")", join[i][0], join[i][1]);
+  }
 }
 
 int main(void) {
@@ -389,6 +378,6 @@ int main(void) {
   RUN(hostile_files);
   RUN(sha256_vectors);
   RUN(fsutil_basics);
-  if (tmpdir[0]) rmdir(tmpdir);
+  test_tmp_cleanup();
   return test_summary();
 }

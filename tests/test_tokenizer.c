@@ -4,6 +4,7 @@
 #include <cjson/cJSON.h>
 #include <unistd.h>
 
+#include "io/fsutil.h"
 #include "models/tokenizer.h"
 #include "test.h"
 
@@ -252,8 +253,9 @@ TEST(errors) {
   NEED_GOLDEN(vocab, "vocab.json");
   char real[4096];
   CHECK(realpath(vocab, real));
-  char dir[] = "/tmp/cdiff_tok_XXXXXX";
-  CHECK(mkdtemp(dir));
+  char dir[600];
+  snprintf(dir, sizeof dir, "%s", test_tmpdir("merges"));
+  CHECK_OK(cd_mkdir_p(dir));
   char p_vocab[1100], p_merges[1100], p_gz[1100];
   snprintf(p_vocab, sizeof p_vocab, "%s/vocab.json", dir);
   snprintf(p_merges, sizeof p_merges, "%s/merges.txt", dir);
@@ -290,10 +292,7 @@ TEST(errors) {
   fwrite("\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbagegarbage", 1, 24, f);
   fclose(f);
   int gz_err = cd_tokenizer_load(p_gz, &t) == -1;
-  unlink(p_gz);
-  unlink(p_merges);
-  unlink(p_vocab);
-  rmdir(dir);
+  test_rmtree(dir);
   CHECKF(!fails, "%d corrupt merges files were accepted or gave an error not naming the file", fails);
   CHECKF(good, "minimal merges file: %s", cd_last_error());
   CHECK(short_err);
@@ -331,5 +330,6 @@ int main(void) {
   RUN(unicode_and_cleaning);
   RUN(errors);
   RUN(load_speed);
+  test_tmp_cleanup();
   return test_summary();
 }

@@ -1,4 +1,4 @@
-/* common.c - errors, allocation, threads, timing, half floats, RNG. */
+/* common.c - errors, allocation, threads, timing, half floats, RNG, hashing. */
 #include "common.h"
 
 #include <math.h>
@@ -225,4 +225,31 @@ double cd_rng_normal(cd_rng *r) {
 }
 void cd_rng_fill_normal(cd_rng *r, float *x, size_t n) {
   for (size_t i = 0; i < n; i++) x[i] = (float)cd_rng_normal(r);
+}
+
+/* Fast enough that hashing 4 GB of weights costs less than loading them
+ * (sha256 took longer). */
+uint64_t cd_hash64(const void *data, size_t n, uint64_t lanes[3]) {
+  const uint64_t P1 = 0x9e3779b185ebca87ull, P2 = 0xc2b2ae3d27d4eb4full;
+  uint64_t v[4] = {P1 + P2, P2, 0, (uint64_t)0 - P1};
+  const unsigned char *p = data;
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int l = 0; l < 4; l++) {
+      uint64_t w;
+      memcpy(&w, p + i + 8 * l, 8);
+      v[l] = rotl(v[l] + w * P2, 31) * P1;
+    }
+  uint64_t h = rotl(v[0], 1) + rotl(v[1], 7) + rotl(v[2], 12) + rotl(v[3], 18) + n;
+  for (; i < n; i++) h = rotl(h ^ (p[i] * P1), 11) * P2;
+  h ^= h >> 33; h *= P2; h ^= h >> 29; h *= P1; h ^= h >> 32;
+  if (lanes) memcpy(lanes, v, 3 * sizeof *v);
+  return h;
+}
+
+uint64_t cd_fnv1a(const void *data, size_t n) {
+  const unsigned char *p = data;
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
 }

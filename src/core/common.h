@@ -72,6 +72,15 @@ double cd_rng_uniform(cd_rng *r); /* [0,1) */
 double cd_rng_normal(cd_rng *r);  /* N(0,1) */
 void cd_rng_fill_normal(cd_rng *r, float *x, size_t n);
 
+/* ---- hashing ---- */
+/* Fast 64-bit digest of n bytes (xxhash-style: four multiply-rotate lanes
+ * over 32-byte blocks, then the tail): identification, not security. When
+ * lanes is not NULL it receives the first three lane states (the model hash
+ * stores them beside the digest). */
+uint64_t cd_hash64(const void *data, size_t n, uint64_t lanes[3]);
+/* 64-bit FNV-1a, for hash tables keyed by short strings. */
+uint64_t cd_fnv1a(const void *data, size_t n);
+
 #define CD_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define CD_MAX(a, b) ((a) > (b) ? (a) : (b))
 

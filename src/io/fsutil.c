@@ -112,6 +112,21 @@ int cd_is_dir(const char *path) {
   return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+int cd_is_file(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+char *cd_path_join(const char *dir, const char *name) {
+  size_t nd = strlen(dir), nn = strlen(name);
+  int slash = nd > 0 && dir[nd - 1] != '/';
+  char *p = cd_malloc(nd + slash + nn + 1);
+  memcpy(p, dir, nd);
+  if (slash) p[nd] = '/';
+  memcpy(p + nd + slash, name, nn + 1);
+  return p;
+}
+
 int cd_read_file(const char *path, char **data, size_t *n) {
   *data = NULL;
   *n = 0;

@@ -21,6 +21,9 @@ int cd_mkdir_p(const char *path);
 int cd_read_file(const char *path, char **data, size_t *n);
 int cd_file_exists(const char *path); /* 1 if path exists (any type), else 0 */
 int cd_is_dir(const char *path);      /* 1 if path is a directory, else 0 */
+int cd_is_file(const char *path);     /* 1 if path is a regular file, else 0 */
+/* "dir/name" (no slash added after an empty dir or one ending in '/'); free() it. */
+char *cd_path_join(const char *dir, const char *name);
 
 /* The temporary-name-then-rename pattern for streamed writers:
  *   char tmp[4096]; FILE *fp = cd_atomic_open(path, tmp, sizeof tmp);

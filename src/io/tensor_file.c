@@ -130,12 +130,6 @@ void *cd_tf_own(cd_tensor_file *f, size_t n) {
   return p;
 }
 
-static uint32_t hash_str(const char *s) { /* FNV-1a */
-  uint32_t h = 2166136261u;
-  for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
-  return h;
-}
-
 int cd_tf_index(cd_tensor_file *f) {
   free(f->slots);
   uint32_t ns = 16;
@@ -143,7 +137,7 @@ int cd_tf_index(cd_tensor_file *f) {
   f->slots = cd_calloc(ns, sizeof *f->slots);
   f->nslots = ns;
   for (int i = 0; i < f->n; i++) {
-    uint32_t h = hash_str(f->t[i].name) & (ns - 1);
+    uint32_t h = (uint32_t)cd_fnv1a(f->t[i].name, strlen(f->t[i].name)) & (ns - 1);
     while (f->slots[h]) {
       if (strcmp(f->t[f->slots[h] - 1].name, f->t[i].name) == 0)
         return cd_set_error("%s: tensor '%s' appears twice", f->path, f->t[i].name);
@@ -162,7 +156,7 @@ const char *cd_tf_path(const cd_tensor_file *f) { return f->path; }
 
 const cd_tensor_info *cd_tf_find(const cd_tensor_file *f, const char *name) {
   if (!f->nslots) return NULL;
-  uint32_t h = hash_str(name) & (f->nslots - 1);
+  uint32_t h = (uint32_t)cd_fnv1a(name, strlen(name)) & (f->nslots - 1);
   while (f->slots[h]) {
     const cd_tensor_info *t = &f->t[f->slots[h] - 1];
     if (strcmp(t->name, name) == 0) return t;

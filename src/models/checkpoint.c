@@ -39,16 +39,6 @@ enum { C_TEXT = 0, C_UNET = 1, C_VAE = 2 };
 
 /* ------------------------------------------------------------------ helpers */
 
-static char *join(const char *a, const char *b) {
-  size_t na = strlen(a), nb = strlen(b);
-  char *s = cd_malloc(na + nb + 2);
-  memcpy(s, a, na);
-  size_t k = na;
-  if (na && a[na - 1] != '/') s[k++] = '/';
-  memcpy(s + k, b, nb + 1);
-  return s;
-}
-
 static int ends_with(const char *s, const char *suf) {
   size_t n = strlen(s), m = strlen(suf);
   return n >= m && !strcmp(s + n - m, suf);
@@ -372,7 +362,7 @@ static int find_weights(const char *dir, char **out) {
       "diffusion_pytorch_model.bin", "pytorch_model.bin",
       "diffusion_pytorch_model.fp16.bin", "pytorch_model.fp16.bin"};
   for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
-    char *p = join(dir, names[i]);
+    char *p = cd_path_join(dir, names[i]);
     if (cd_file_exists(p)) { *out = p; return 0; }
     free(p);
   }
@@ -436,7 +426,7 @@ static int load_folder_weights(const char *file, int comp, cd_weights *w, char d
 }
 
 static int load_folder(const char *dir, const cd_load_opts *o, cd_sd_model *m) {
-  char *p = join(dir, "model_index.json");
+  char *p = cd_path_join(dir, "model_index.json");
   cJSON *idx = NULL, *jt = NULL, *ju = NULL, *jv = NULL;
   char *files[3] = {NULL, NULL, NULL};
   int rc = -1;
@@ -452,7 +442,7 @@ static int load_folder(const char *dir, const cd_load_opts *o, cd_sd_model *m) {
   cJSON **js[3] = {&jt, &ju, &jv};
   for (int c = 0; c < 3; c++) {
     int skip = (c == C_TEXT && o->no_text) || (c == C_UNET && o->no_unet) || (c == C_VAE && o->no_vae);
-    char *cf = join(dir, cfgname[c]);
+    char *cf = cd_path_join(dir, cfgname[c]);
     int have = cd_file_exists(cf);
     if (have && json_load(cf, js[c])) { free(cf); goto done; }
     if (!have && !skip) {
@@ -464,19 +454,19 @@ static int load_folder(const char *dir, const cd_load_opts *o, cd_sd_model *m) {
   }
   char *cf;
   if (ju) {
-    cf = join(dir, cfgname[C_UNET]);
+    cf = cd_path_join(dir, cfgname[C_UNET]);
     int e = unet_config_from_json(ju, cf, &m->unet.cfg);
     free(cf);
     if (e) goto done;
   }
   if (jv) {
-    cf = join(dir, cfgname[C_VAE]);
+    cf = cd_path_join(dir, cfgname[C_VAE]);
     int e = vae_config_from_json(jv, cf, &m->vae.cfg);
     free(cf);
     if (e) goto done;
   }
   if (jt) {
-    cf = join(dir, cfgname[C_TEXT]);
+    cf = cd_path_join(dir, cfgname[C_TEXT]);
     int e = clip_config_from_json(jt, cf, &m->clip.cfg);
     free(cf);
     if (e) goto done;
@@ -488,7 +478,7 @@ static int load_folder(const char *dir, const cd_load_opts *o, cd_sd_model *m) {
 
   /* scheduler: missing config -> SD defaults */
   cd_sched_config_default(&m->sched);
-  cf = join(dir, "scheduler/scheduler_config.json");
+  cf = cd_path_join(dir, "scheduler/scheduler_config.json");
   if (cd_file_exists(cf)) {
     char *txt;
     size_t n;
@@ -505,7 +495,7 @@ static int load_folder(const char *dir, const cd_load_opts *o, cd_sd_model *m) {
   for (int c = 0; c < 3; c++) {
     int skip = (c == C_TEXT && o->no_text) || (c == C_UNET && o->no_unet) || (c == C_VAE && o->no_vae);
     if (skip) continue;
-    char *sd = join(dir, sub[c]);
+    char *sd = cd_path_join(dir, sub[c]);
     int e = find_weights(sd, &files[c]);
     free(sd);
     if (e) goto done;
@@ -1027,7 +1017,7 @@ static int load_tokenizer(const char *path, int folder, const cd_load_opts *o, c
   const char *env = getenv("CDIFF_VOCAB");
   char *beside = NULL;
   if (!src && folder) {
-    beside = join(path, "tokenizer");
+    beside = cd_path_join(path, "tokenizer");
     if (cd_is_dir(beside)) src = beside;
   }
   if (!src && env && *env) src = env;
@@ -1040,7 +1030,7 @@ static int load_tokenizer(const char *path, int folder, const cd_load_opts *o, c
     static const char *const cand[] = {"tokenizer", "bpe_simple_vocab_16e6.txt.gz",
                                        "bpe_simple_vocab_16e6.txt"};
     for (size_t i = 0; i < 3 && !src; i++) {
-      char *p = join(dir, cand[i]);
+      char *p = cd_path_join(dir, cand[i]);
       if (cd_file_exists(p)) { src = beside = p; break; }
       free(p);
     }
@@ -1054,8 +1044,8 @@ static int load_tokenizer(const char *path, int folder, const cd_load_opts *o, c
   int rc = cd_tokenizer_load(src, &m->tok);
   if (!rc) {
     /* a HF tokenizer folder states its pad token; otherwise the family's */
-    char *cfg = cd_is_dir(src) ? join(src, "tokenizer_config.json") : NULL;
-    char *map = cd_is_dir(src) ? join(src, "special_tokens_map.json") : NULL;
+    char *cfg = cd_is_dir(src) ? cd_path_join(src, "tokenizer_config.json") : NULL;
+    char *map = cd_is_dir(src) ? cd_path_join(src, "special_tokens_map.json") : NULL;
     if (cfg && (cd_file_exists(cfg) || cd_file_exists(map)))
       rc = cd_tokenizer_configure_from_dir(m->tok, src);
     else
@@ -1082,29 +1072,6 @@ static int hitem_cmp(const void *a, const void *b) {
   return c ? c : strcmp(x->w->name, y->w->name);
 }
 
-/* Fast 64-bit digest of a tensor's bytes (four independent multiply-rotate
- * lanes, xxhash-style): identification, not security; sha256 over 4 GB of
- * weights took longer than loading them. */
-static uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-static void fast_digest(const void *data, size_t n, uint8_t out[32]) {
-  const uint64_t P1 = 0x9e3779b185ebca87ull, P2 = 0xc2b2ae3d27d4eb4full;
-  uint64_t v[4] = {P1 + P2, P2, 0, (uint64_t)0 - P1};
-  const unsigned char *p = data;
-  size_t i = 0;
-  for (; i + 32 <= n; i += 32)
-    for (int l = 0; l < 4; l++) {
-      uint64_t w;
-      memcpy(&w, p + i + 8 * l, 8);
-      v[l] = rotl64(v[l] + w * P2, 31) * P1;
-    }
-  uint64_t h = rotl64(v[0], 1) + rotl64(v[1], 7) + rotl64(v[2], 12) + rotl64(v[3], 18) + n;
-  for (; i < n; i++) h = rotl64(h ^ (p[i] * P1), 11) * P2;
-  h ^= h >> 33; h *= P2; h ^= h >> 29; h *= P1; h ^= h >> 32;
-  memset(out, 0, 32);
-  memcpy(out, &h, 8);
-  for (int l = 0; l < 3; l++) memcpy(out + 8 + 8 * l, &v[l], 8);
-}
-
 /* The hash covers the text encoder and the UNet, what a delta depends on, so
  * that it does not change with the components a command loads (merge skips
  * the VAE). */
@@ -1125,7 +1092,9 @@ static void compute_hash(cd_sd_model *m) {
   for (int i = 0; i < n; i++) {
     int64_t ne = 1;
     for (int d = 0; d < it[i].w->ndim; d++) ne *= it[i].w->ne[d];
-    fast_digest(it[i].w->data, (size_t)ne * sizeof(float), it[i].d);
+    uint64_t v[4];
+    v[0] = cd_hash64(it[i].w->data, (size_t)ne * sizeof(float), v + 1);
+    memcpy(it[i].d, v, sizeof v); /* digest, lanes 0-2 */
   }
   cd_sha256_ctx ctx;
   cd_sha256_init(&ctx);

@@ -14,10 +14,10 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <zlib.h>
 
 #include "core/common.h"
+#include "io/fsutil.h"
 
 #define N_OPENAI_MERGES (49152 - 256 - 2) /* merge lines SimpleTokenizer uses: 48894 */
 #define CP_RAW 0x110000u                  /* CP_RAW + b: an invalid UTF-8 byte b, kept as is */
@@ -426,11 +426,6 @@ struct cd_tokenizer {
   int hf_special_id;
 };
 
-static uint64_t hash_str(const char *s, size_t n) {
-  uint64_t h = 1469598103934665603ull; /* FNV-1a */
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-  return h;
-}
 static uint64_t hash_u64(uint64_t x) { /* splitmix64 finalizer */
   x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ull;
   x ^= x >> 27; x *= 0x94d049bb133111ebull;
@@ -439,7 +434,7 @@ static uint64_t hash_u64(uint64_t x) { /* splitmix64 finalizer */
 
 static int smap_find(const cd_tokenizer *t, const char *s, size_t n) {
   if (!t->smap_cap) return -1;
-  size_t mask = t->smap_cap - 1, i = hash_str(s, n) & mask;
+  size_t mask = t->smap_cap - 1, i = cd_fnv1a(s, n) & mask;
   for (; t->smap[i] >= 0; i = (i + 1) & mask) {
     const char *k = t->str[t->smap[i]];
     if (strlen(k) == n && !memcmp(k, s, n)) return t->smap[i];
@@ -459,14 +454,14 @@ static void smap_put(cd_tokenizer *t, int id) {
     for (size_t i = 0; i < old_cap; i++) {
       if (old[i] < 0) continue;
       const char *k = t->str[old[i]];
-      size_t j = hash_str(k, strlen(k)) & (cap - 1);
+      size_t j = cd_fnv1a(k, strlen(k)) & (cap - 1);
       while (t->smap[j] >= 0) j = (j + 1) & (cap - 1);
       t->smap[j] = old[i];
     }
     free(old);
   }
   const char *s = t->str[id];
-  size_t n = strlen(s), mask = t->smap_cap - 1, i = hash_str(s, n) & mask;
+  size_t n = strlen(s), mask = t->smap_cap - 1, i = cd_fnv1a(s, n) & mask;
   for (; t->smap[i] >= 0; i = (i + 1) & mask)
     if (!strcmp(t->str[t->smap[i]], s)) break;
   t->smap[i] = id;
@@ -622,44 +617,12 @@ static int load_openai(cd_tokenizer *t, const char *path) {
   return finish_vocab(t, path);
 }
 
-static int read_file(const char *path, char **buf, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return cd_set_error("cannot open '%s': %s", path, strerror(errno));
-  size_t cap = 1 << 16, n = 0;
-  char *b = cd_malloc(cap);
-  for (;;) {
-    if (n + 1 >= cap) b = cd_realloc(b, cap *= 2);
-    size_t k = fread(b + n, 1, cap - n - 1, f);
-    n += k;
-    if (k == 0) break;
-  }
-  int err = ferror(f);
-  fclose(f);
-  if (err) { free(b); return cd_set_error("error reading '%s'", path); }
-  b[n] = 0;
-  *buf = b;
-  *len = n;
-  return 0;
-}
-
-static char *path_join(const char *dir, const char *name) {
-  size_t a = strlen(dir), b = strlen(name);
-  char *p = cd_malloc(a + b + 2);
-  memcpy(p, dir, a);
-  p[a] = '/';
-  memcpy(p + a + 1, name, b + 1);
-  return p;
-}
-
-static int is_file(const char *p) { struct stat st; return !stat(p, &st) && S_ISREG(st.st_mode); }
-static int is_dir(const char *p) { struct stat st; return !stat(p, &st) && S_ISDIR(st.st_mode); }
-
 /* Hugging Face layout: vocab.json {"symbol": id} (dense ids) and merges.txt in rank order. */
 static int load_hf_files(cd_tokenizer *t, const char *vpath, const char *mpath) {
   char *buf;
   size_t len;
-  if (!is_file(vpath)) return cd_set_error("tokenizer: '%s' not found (expected vocab.json and merges.txt)", vpath);
-  if (read_file(vpath, &buf, &len)) return cd_prefix_error("tokenizer");
+  if (!cd_is_file(vpath)) return cd_set_error("tokenizer: '%s' not found (expected vocab.json and merges.txt)", vpath);
+  if (cd_read_file(vpath, &buf, &len)) return cd_prefix_error("tokenizer");
   cJSON *js = cJSON_ParseWithLength(buf, len);
   if (!js) {
     const char *e = cJSON_GetErrorPtr();
@@ -693,8 +656,8 @@ static int load_hf_files(cd_tokenizer *t, const char *vpath, const char *mpath) 
   t->n_base = n;
   if (finish_vocab(t, vpath)) return -1;
 
-  if (!is_file(mpath)) return cd_set_error("tokenizer: '%s' not found", mpath);
-  if (read_file(mpath, &buf, &len)) return cd_prefix_error("tokenizer");
+  if (!cd_is_file(mpath)) return cd_set_error("tokenizer: '%s' not found", mpath);
+  if (cd_read_file(mpath, &buf, &len)) return cd_prefix_error("tokenizer");
   int n_lines = 1;
   for (size_t i = 0; i < len; i++) n_lines += buf[i] == '\n';
   pmap_init(t, n_lines);
@@ -733,7 +696,7 @@ static int load_hf_files(cd_tokenizer *t, const char *vpath, const char *mpath) 
 }
 
 static int load_hf(cd_tokenizer *t, const char *dir) {
-  char *vpath = path_join(dir, "vocab.json"), *mpath = path_join(dir, "merges.txt");
+  char *vpath = cd_path_join(dir, "vocab.json"), *mpath = cd_path_join(dir, "merges.txt");
   int rc = load_hf_files(t, vpath, mpath);
   free(vpath);
   free(mpath);
@@ -745,15 +708,15 @@ int cd_tokenizer_load(const char *path, cd_tokenizer **out) {
   if (!path || !*path) return cd_set_error("tokenizer: empty vocabulary path");
   cd_tokenizer *t = cd_calloc(1, sizeof *t);
   int rc;
-  if (is_dir(path)) {
+  if (cd_is_dir(path)) {
     /* a diffusers model folder holds the tokenizer in tokenizer/ */
-    char *own = path_join(path, "vocab.json"), *sub = path_join(path, "tokenizer");
-    char *probe = path_join(sub, "vocab.json");
-    rc = load_hf(t, !is_file(own) && is_file(probe) ? sub : path);
+    char *own = cd_path_join(path, "vocab.json"), *sub = cd_path_join(path, "tokenizer");
+    char *probe = cd_path_join(sub, "vocab.json");
+    rc = load_hf(t, !cd_is_file(own) && cd_is_file(probe) ? sub : path);
     free(own);
     free(sub);
     free(probe);
-  } else if (is_file(path)) {
+  } else if (cd_is_file(path)) {
     rc = load_openai(t, path);
   } else {
     rc = cd_set_error("tokenizer: vocabulary '%s' not found (need a folder with vocab.json + "
@@ -808,7 +771,7 @@ static int read_pad_token(const char *path, char **pad) {
   char *buf;
   size_t len;
   *pad = NULL;
-  if (read_file(path, &buf, &len)) return cd_prefix_error("tokenizer config");
+  if (cd_read_file(path, &buf, &len)) return cd_prefix_error("tokenizer config");
   cJSON *js = cJSON_ParseWithLength(buf, len);
   free(buf);
   if (!js || !cJSON_IsObject(js)) { cJSON_Delete(js); return cd_set_error("tokenizer config '%s': invalid JSON", path); }
@@ -826,8 +789,8 @@ int cd_tokenizer_configure_from_dir(cd_tokenizer *t, const char *dir) {
                                 "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json"};
   char *path = NULL;
   for (int i = 0; i < 4 && !path; i++) {
-    path = path_join(dir, names[i]);
-    if (!is_file(path)) { free(path); path = NULL; }
+    path = cd_path_join(dir, names[i]);
+    if (!cd_is_file(path)) { free(path); path = NULL; }
   }
   if (!path) return cd_set_error("tokenizer: neither tokenizer_config.json nor special_tokens_map.json in '%s'", dir);
   char *pad;

@@ -15,12 +15,6 @@ struct cd_weights {
   int nslots;
 };
 
-static uint64_t hash_str(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  while (*s) h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-  return h;
-}
-
 cd_weights *cd_weights_new(void) { return cd_calloc(1, sizeof(cd_weights)); }
 
 void cd_weights_free(cd_weights *w) {
@@ -40,7 +34,7 @@ static void rehash(cd_weights *w) {
   w->idx = cd_malloc(w->nslots * sizeof(int));
   for (int i = 0; i < w->nslots; i++) w->idx[i] = -1;
   for (int i = 0; i < w->n; i++) {
-    uint64_t h = hash_str(w->v[i].name) & (w->nslots - 1);
+    uint64_t h = cd_fnv1a(w->v[i].name, strlen(w->v[i].name)) & (w->nslots - 1);
     while (w->idx[h] >= 0) h = (h + 1) & (w->nslots - 1);
     w->idx[h] = i;
   }
@@ -48,7 +42,7 @@ static void rehash(cd_weights *w) {
 
 static int find(const cd_weights *w, const char *name) {
   if (!w->nslots) return -1;
-  uint64_t h = hash_str(name) & (w->nslots - 1);
+  uint64_t h = cd_fnv1a(name, strlen(name)) & (w->nslots - 1);
   while (w->idx[h] >= 0) {
     if (!strcmp(w->v[w->idx[h]].name, name)) return w->idx[h];
     h = (h + 1) & (w->nslots - 1);
@@ -74,7 +68,7 @@ int cd_weights_put(cd_weights *w, const char *name, int ndim, const int64_t *ne,
     w->v[i].name = cd_strdup(name);
     if (2 * w->n > w->nslots) rehash(w);
     else {
-      uint64_t h = hash_str(name) & (w->nslots - 1);
+      uint64_t h = cd_fnv1a(name, strlen(name)) & (w->nslots - 1);
       while (w->idx[h] >= 0) h = (h + 1) & (w->nslots - 1);
       w->idx[h] = i;
     }
