@@ -1,6 +1,5 @@
 /* test_dataset.c - image folders, concepts JSON, the instance/class example
  * preprocessing of train_custom_diffusion.py, and the decoded-image cache. */
-#include <ftw.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,12 +8,6 @@
 #include "test.h"
 
 /* ---- helpers ---- */
-
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st, (void)flag, (void)ftw;
-  return remove(p);
-}
-static void rm_tree(const char *dir) { nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
 
 static int write_text(const char *dir, const char *name, const char *text) {
   char p[512];
@@ -67,7 +60,7 @@ TEST(list_folder) {
            write_text(dir, "a.txt", "  \t a photo of <new1> cat\n\n") == 0 &&
            write_text(dir, "c.txt", " \n ") == 0 && write_text(dir, "notes.md", "not an image") == 0 &&
            write_text(dir, "e.txt", "orphan caption") == 0 && mkdir(sub, 0700) == 0;
-  if (!ok) { rm_tree(dir); FAILF("could not create the test folder %s", dir); }
+  if (!ok) { test_rmtree(dir); FAILF("could not create the test folder %s", dir); }
   cd_item_list l = {0};
   int rc = cd_list_images(dir, &l);
   char want[3][600];
@@ -87,7 +80,7 @@ TEST(list_folder) {
   cd_image_free(&im);
   cd_item_list_free(&l);
   CHECK(l.n == 0 && l.items == NULL);
-  rm_tree(dir);
+  test_rmtree(dir);
   CHECKF(good, "%s", msg);
   CHECKF(dims_ok, "load: %s", lrc ? cd_last_error() : "wrong size or pixels");
 }
@@ -112,7 +105,7 @@ TEST(list_errors) {
   int rc4 = cd_load_example_image(bad, &im);
   int named4 = rc4 == -1 && strstr(cd_last_error(), bad) != NULL && im.px == NULL;
   cd_item_list_free(&l);
-  rm_tree(dir);
+  test_rmtree(dir);
   CHECKF(named, "empty folder: rc %d, %s", rc, cd_last_error());
   CHECK(named2);
   CHECK(rc3 == 0);
@@ -163,7 +156,7 @@ TEST(concepts_json) {
   int rc6 = cd_concepts_load(p, &c, &n);
   int rc7 = cd_concepts_load("/nonexistent/c.json", &c, &n);
   int named7 = rc7 == -1 && strstr(cd_last_error(), "/nonexistent/c.json") != NULL;
-  rm_tree(dir);
+  test_rmtree(dir);
   CHECKF(good, "good file: rc %d n %d %s", rc, n, rc ? cd_last_error() : "");
   CHECKF(named2, "missing key: %s", e2);
   CHECK(named3);
@@ -460,7 +453,7 @@ TEST(image_cache) {
   char dir[] = "/tmp/cdiff_ds_XXXXXX";
   CHECK(mkdtemp(dir));
   if (save_png(dir, "a.png", 10, 6) || save_png(dir, "b.png", 7, 9) || save_png(dir, "c.png", 5, 5)) {
-    rm_tree(dir);
+    test_rmtree(dir);
     FAILF("could not write test images");
   }
   cd_item_list l = {0}, other = {0};
@@ -491,7 +484,7 @@ TEST(image_cache) {
   cd_image_cache_free(&tiny);
   cd_item_list_free(&l);
   cd_item_list_free(&other);
-  rm_tree(dir);
+  test_rmtree(dir);
   CHECK(ok);
   CHECKF(big_bytes == (10 * 6 + 7 * 9 + 5 * 5) * 3 && tiny_bytes == 180, "cached %zu / %zu bytes", big_bytes, tiny_bytes);
   CHECK(e1 == -1 && e2 == -1 && named3);

@@ -1,14 +1,13 @@
 /* class_images.c - generate the missing prior-preservation images (see class_images.h). */
 #include "custom/class_images.h"
 
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "core/common.h"
 #include "core/progress.h"
+#include "custom/dataset.h"
 #include "diffusion/pipeline.h"
 #include "io/fsutil.h"
 #include "io/image.h"
@@ -21,24 +20,6 @@ void cd_class_gen_opts_default(cd_class_gen_opts *o) {
   o->eta = 1.0f;
   o->res = 512;
   o->seed = 0;
-}
-
-static int is_image_name(const char *s) {
-  if (s[0] == '.') return 0;
-  const char *dot = strrchr(s, '.');
-  return dot && (!strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg"));
-}
-
-/* The images cd_list_images() would find (it fails on an empty folder, which is fine here). */
-static int count_images(const char *dir, int *n) {
-  *n = 0;
-  DIR *dp = opendir(dir);
-  if (!dp) return cd_set_error("cannot read class image folder %s", dir);
-  struct dirent *e;
-  while ((e = readdir(dp)))
-    if (is_image_name(e->d_name)) (*n)++;
-  closedir(dp);
-  return 0;
 }
 
 static int generate_one(cd_sd_model *m, const cd_class_gen_opts *o, const char *path, uint64_t seed) {
@@ -76,7 +57,7 @@ int cd_class_images_ensure(cd_sd_model *m, const cd_class_gen_opts *o, int *gene
     return cd_set_error("class images: bad options (n %d, steps %d, resolution %d)", o->n, o->steps, o->res);
   if (cd_mkdir_p(o->dir)) return -1;
   int have;
-  if (count_images(o->dir, &have)) return -1;
+  if (cd_count_images(o->dir, &have)) return -1;
   if (have >= o->n) return 0;
   int need = o->n - have, made = 0;
   cd_log("class images: %s has %d of %d, generating %d for \"%s\"\n", o->dir, have, o->n, need, o->prompt);

@@ -78,7 +78,8 @@ static int cmp_item(const void *a, const void *b) {
   return strcmp(((const cd_item *)a)->path, ((const cd_item *)b)->path);
 }
 
-int cd_list_images(const char *dir, cd_item_list *out) {
+/* The image files of dir, unsorted and without captions (may be none). */
+static int scan_images(const char *dir, cd_item_list *out) {
   out->items = NULL;
   out->n = 0;
   DIR *d = opendir(dir);
@@ -104,6 +105,20 @@ int cd_list_images(const char *dir, cd_item_list *out) {
     cd_item_list_free(out);
     return cd_set_error("image folder %s: %s", dir, strerror(rerr));
   }
+  return 0;
+}
+
+int cd_count_images(const char *dir, int *n) {
+  cd_item_list l;
+  *n = 0;
+  if (scan_images(dir, &l)) return -1;
+  *n = l.n;
+  cd_item_list_free(&l);
+  return 0;
+}
+
+int cd_list_images(const char *dir, cd_item_list *out) {
+  if (scan_images(dir, out)) return -1;
   if (out->n == 0) {
     cd_item_list_free(out);
     return cd_set_error("image folder %s contains no .png/.jpg images", dir);

@@ -42,6 +42,8 @@ typedef struct {
  * decoded here. Errors: dir missing or unreadable, "DIR contains no
  * .png/.jpg images", unreadable caption. On error *out is empty. */
 int cd_list_images(const char *dir, cd_item_list *out);
+/* How many images cd_list_images would list (0 is no error). */
+int cd_count_images(const char *dir, int *n);
 void cd_item_list_free(cd_item_list *l); /* safe on a zeroed list; leaves it zeroed */
 
 /* ---- concepts ---- */

@@ -108,17 +108,20 @@ static int load_cdiff(const cd_tensor_file *f, cd_delta *d) {
 }
 
 /* ---- diffusers' layout ---- */
+/* UNet parameter suffix after ".attn2" <-> diffusers' processor key suffix */
+static const struct { const char *ours, *diffusers; } SUFFIX_MAP[] = {
+    {".to_k.weight", ".processor.to_k_custom_diffusion.weight"},
+    {".to_v.weight", ".processor.to_v_custom_diffusion.weight"},
+    {".to_q.weight", ".processor.to_q_custom_diffusion.weight"},
+    {".to_out.0.weight", ".processor.to_out_custom_diffusion.0.weight"},
+    {".to_out.0.bias", ".processor.to_out_custom_diffusion.0.bias"}};
+#define NSUFFIX (sizeof SUFFIX_MAP / sizeof SUFFIX_MAP[0])
+
 static int diffusers_name(const char *key, char *out, size_t cap) {
-  static const struct { const char *from, *to; } map[] = {
-      {".processor.to_k_custom_diffusion.weight", ".to_k.weight"},
-      {".processor.to_v_custom_diffusion.weight", ".to_v.weight"},
-      {".processor.to_q_custom_diffusion.weight", ".to_q.weight"},
-      {".processor.to_out_custom_diffusion.0.weight", ".to_out.0.weight"},
-      {".processor.to_out_custom_diffusion.0.bias", ".to_out.0.bias"}};
-  for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
-    const char *p = strstr(key, map[i].from);
-    if (p && p[strlen(map[i].from)] == 0) {
-      snprintf(out, cap, "%.*s%s", (int)(p - key), key, map[i].to);
+  for (size_t i = 0; i < NSUFFIX; i++) {
+    const char *p = strstr(key, SUFFIX_MAP[i].diffusers);
+    if (p && p[strlen(SUFFIX_MAP[i].diffusers)] == 0) {
+      snprintf(out, cap, "%.*s%s", (int)(p - key), key, SUFFIX_MAP[i].ours);
       return 0;
     }
   }
@@ -418,18 +421,14 @@ static int save_diffusers(const char *dir, const cd_delta *d) {
   int n = cd_weights_count(d->w);
   cd_tensor_out *t = cd_calloc(n ? n : 1, sizeof *t);
   char (*names)[256] = cd_calloc(n ? n : 1, 256);
-  static const struct { const char *from, *to; } map[] = {
-      {".to_k.weight", ".processor.to_k_custom_diffusion.weight"}, {".to_v.weight", ".processor.to_v_custom_diffusion.weight"},
-      {".to_q.weight", ".processor.to_q_custom_diffusion.weight"}, {".to_out.0.weight", ".processor.to_out_custom_diffusion.0.weight"},
-      {".to_out.0.bias", ".processor.to_out_custom_diffusion.0.bias"}};
   int k = 0, rc = 0;
   for (int i = 0; i < n && !rc; i++) {
     cd_weight *x = cd_weights_at(d->w, i);
     const char *a = strstr(x->name, ".attn2");
     int found = 0;
-    for (size_t j = 0; a && j < sizeof map / sizeof map[0]; j++)
-      if (!strcmp(a + 6, map[j].from)) {
-        snprintf(names[k], 256, "%.*s%s", (int)(a + 6 - x->name), x->name, map[j].to);
+    for (size_t j = 0; a && j < NSUFFIX; j++)
+      if (!strcmp(a + 6, SUFFIX_MAP[j].ours)) {
+        snprintf(names[k], 256, "%.*s%s", (int)(a + 6 - x->name), x->name, SUFFIX_MAP[j].diffusers);
         found = 1;
       }
     if (!found) { rc = cd_set_error("cannot express '%s' in diffusers' Custom Diffusion layout", x->name); break; }

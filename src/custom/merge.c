@@ -30,9 +30,8 @@ int cd_merge_features(cd_sd_model *m, const char *const *prompts, int n, double 
   int *first = cd_malloc(sizeof(int) * n), *count = cd_malloc(sizeof(int) * n);
   int total = 0;
   for (int i = 0; i < n; i++) {
-    int ids[CD_TOK_MAX_LEN - 2], k, all;
-    if (cd_tokenize(m->tok, prompts[i], ids, CD_TOK_MAX_LEN - 2, &k, &all)) goto fail;
-    if (all > k) cd_warn("prompt longer than 75 tokens was truncated: \"%.60s...\"", prompts[i]);
+    int ids[CD_TOK_MAX_LEN - 2], k;
+    if (cd_tokenize(m->tok, prompts[i], ids, CD_TOK_MAX_LEN - 2, &k, NULL)) goto fail; /* cd_encode_prompts warns if truncated */
     int skip = k >= 3 && photo >= 0 && ids[0] == photo && ids[1] == of && ids[2] == a ? 3 : 0;
     first[i] = 1 + skip;  /* row 0 is SOS */
     count[i] = k + 1 - skip; /* content rows after the skipped ones, plus EOS at k + 1 */

@@ -24,6 +24,8 @@
 #define MAX_TOK CD_DELTA_MAX_TOKENS
 
 static const char *const default_inits[] = {"ktn", "pll", "ucd"};
+/* checkpoint tensor names: prefix + parameter name, for the values and the Adam moments */
+static const char *const state_prefix[3] = {"param/", "adam_m/", "adam_v/"};
 
 void cd_run_opts_default(cd_run_opts *o) {
   memset(o, 0, sizeof *o);
@@ -357,11 +359,10 @@ static int load_state(run_t *r, const char *path) {
   }
   for (int i = 0; i < r->tr.np; i++) {
     cd_train_param *p = &r->tr.p[i];
-    static const char *const pre[] = {"param/", "adam_m/", "adam_v/"};
     float *dst[] = {p->data, p->m, p->v};
     for (int k = 0; k < 3; k++) {
       char nm[512];
-      snprintf(nm, sizeof nm, "%s%s", pre[k], p->name);
+      snprintf(nm, sizeof nm, "%s%s", state_prefix[k], p->name);
       const cd_tensor_info *t = cd_tf_find(f, nm);
       if (!t || t->dtype != CD_DT_F32 || cd_tensor_numel(t) != p->n) {
         cd_set_error("--resume %s: tensor '%s' missing or not F32 with %lld elements", path, nm, (long long)p->n);
@@ -379,24 +380,27 @@ done:
   return rc;
 }
 
+/* The current weights as a delta with the run's arguments, saved to dir. */
+static int write_delta(const run_t *r, const char *dir) {
+  cd_delta *d;
+  if (cd_trainer_to_delta(&r->tr, (const char(*)[32])r->tok, (const char(*)[32])r->init, &d)) return -1;
+  d->args = cd_strdup(r->args_txt);
+  int rc = cd_delta_save(dir, d);
+  cd_delta_free(d);
+  return rc;
+}
+
 static int save_checkpoint(run_t *r) {
   const cd_trainer *t = &r->tr;
-  if (cd_mkdir_p(r->ckpt_dir)) return -1;
-  cd_delta *d;
-  if (cd_trainer_to_delta(t, (const char(*)[32])r->tok, (const char(*)[32])r->init, &d)) return -1;
-  d->args = cd_strdup(r->args_txt);
-  int rc = cd_delta_save(r->ckpt_dir, d); /* a loadable delta of this step, beside the state */
-  cd_delta_free(d);
-  if (rc) return -1;
+  if (write_delta(r, r->ckpt_dir)) return -1; /* a loadable delta of this step (makes the folder), beside the state */
   cd_tensor_out *to = cd_calloc(3 * t->np, sizeof *to);
   char(*names)[512] = cd_calloc(3 * t->np, 512);
   for (int i = 0; i < t->np; i++) {
     const cd_train_param *p = &t->p[i];
-    static const char *const pre[] = {"param/", "adam_m/", "adam_v/"};
     const float *src[] = {p->data, p->m, p->v};
     for (int k = 0; k < 3; k++) {
       int j = 3 * i + k;
-      snprintf(names[j], 512, "%s%s", pre[k], p->name);
+      snprintf(names[j], 512, "%s%s", state_prefix[k], p->name);
       to[j] = (cd_tensor_out){.name = names[j], .dtype = CD_DT_F32, .ndim = 1, .shape = {p->n}, .data = src[k]};
     }
   }
@@ -404,7 +408,7 @@ static int save_checkpoint(run_t *r) {
   snprintf(step, sizeof step, "%d", t->step);
   snprintf(path, sizeof path, "%s/%s", r->ckpt_dir, CD_RUN_STATE_FILE);
   const char *meta[] = {"format", "cdiff-train-state", "version", "1", "step", step, "args", r->args_txt};
-  rc = cd_safetensors_write(path, to, 3 * t->np, meta, 4);
+  int rc = cd_safetensors_write(path, to, 3 * t->np, meta, 4);
   free(to);
   free(names);
   if (!rc) r->last_ckpt = t->step;
@@ -502,7 +506,17 @@ typedef struct {
 /* Balanced batches: example i of step s is the (s*batch + i)-th example
  * overall, drawn from concept (s*batch + i) mod n: with batch >= n every batch
  * holds each concept equally often, with batch 1 the concepts alternate. Each
- * concept walks its own images in a per-epoch shuffle. */
+ * concept walks its own images (kind 0: instance, 1: class) in a per-epoch
+ * shuffle. Returns the image index; *concept gets the concept. */
+static int pick(const run_t *r, int s, int i, int kind, int *perm, concept_t **concept) {
+  const int64_t gidx = (int64_t)s * r->o.batch + i;
+  const int k = (int)(gidx % r->nc);
+  concept_t *c = *concept = &r->c[k];
+  const int64_t e = gidx / r->nc, n = kind ? c->ncls : c->inst.n;
+  epoch_perm(perm, (int)n, r->o.seed, k, kind, (int)(e / n));
+  return perm[e % n];
+}
+
 static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
   const cd_run_opts *o = &r->o;
   const int nb = o->batch, res = o->res, B = r->tr.B;
@@ -510,12 +524,8 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
   cd_rng rng;
   seed_rng(&rng, o->seed, 0x57e9ULL, (uint64_t)s, 0);
   for (int i = 0; i < nb; i++) {
-    int64_t gidx = (int64_t)s * nb + i;
-    const int k = (int)(gidx % r->nc);
-    concept_t *c = &r->c[k];
-    int64_t e = gidx / r->nc, n = c->inst.n;
-    epoch_perm(bb->perm, (int)n, o->seed, k, 0, (int)(e / n));
-    int idx = bb->perm[e % n];
+    concept_t *c;
+    int idx = pick(r, s, i, 0, bb->perm, &c);
     const cd_image *img;
     const char *prefix;
     if (cd_image_cache_get(&c->ic, &c->inst, idx, &img) ||
@@ -528,12 +538,8 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
   }
   if (o->prior)
     for (int i = 0; i < nb; i++) {
-      int64_t gidx = (int64_t)s * nb + i;
-      const int k = (int)(gidx % r->nc);
-      concept_t *c = &r->c[k];
-      int64_t e = gidx / r->nc, n = c->ncls;
-      epoch_perm(bb->perm, (int)n, o->seed, k, 1, (int)(e / n));
-      int idx = bb->perm[e % n];
+      concept_t *c;
+      int idx = pick(r, s, i, 1, bb->perm, &c);
       const cd_image *img;
       if (cd_image_cache_get(&c->cc, &c->cls, idx, &img) ||
           cd_class_example(img, res, 0, o->hflip, &rng, bb->pixels + (nb + i) * px, bb->mask + (nb + i) * hw))
@@ -722,7 +728,6 @@ int cd_train_run(const cd_run_opts *opts) {
   r.o = *opts;
   r.last_ckpt = -1;
   FILE *log = NULL;
-  cd_delta *d = NULL;
   char resume_state[2300] = "", log_path[2200];
   int rc = -1;
   if (check_opts(&r.o) || setup_concepts(&r)) goto done;
@@ -741,10 +746,7 @@ int cd_train_run(const cd_run_opts *opts) {
   cd_log("training: %d concept(s), %d token(s), %d steps from step %d, batch %d+%d, lr %g\n", r.nc, r.ntok, r.steps, r.tr.step,
          r.o.batch, r.o.prior ? r.o.batch : 0, r.lr);
   if (train_loop(&r, log)) goto done;
-  if (cd_trainer_to_delta(&r.tr, (const char(*)[32])r.tok, (const char(*)[32])r.init, &d)) goto done;
-  d->args = cd_strdup(r.args_txt);
-  rc = cd_delta_save(r.o.out, d);
-  cd_delta_free(d);
+  rc = write_delta(&r, r.o.out);
   if (!rc && !r.o.quiet) fprintf(stderr, "wrote %s/%s (%d steps)\n", r.o.out, CD_DELTA_FILE, r.tr.step);
 done:
   if (log) fclose(log);

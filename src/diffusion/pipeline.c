@@ -101,8 +101,9 @@ static void on_progress(void *ctx, int step, int total) {
 }
 
 /* img2img start: the VAE posterior sample of the init image (seeded from
- * seed + 1000003 + i), noised to the schedule index where denoising begins,
- * as diffusers' StableDiffusionImg2ImgPipeline does. */
+ * seed + 1000003 + i), noised with the initial noise already in latents to
+ * the schedule index where denoising begins, as diffusers'
+ * StableDiffusionImg2ImgPipeline does. */
 static int img2img_start(cd_sd_model *m, const cd_gen_opts *o, int n, int64_t h, int64_t w, float *latents, int *begin) {
   if (!(o->strength >= 0 && o->strength <= 1)) return cd_set_error("--strength must be in [0, 1] (got %g)", o->strength);
   const int64_t per = 4 * h * w;
@@ -126,8 +127,6 @@ static int img2img_start(cd_sd_model *m, const cd_gen_opts *o, int n, int64_t h,
       x0[k] = (float)((mom->data[k] + exp(0.5 * lv) * eps[k]) * sf);
     }
     float *z = latents + i * per;
-    if (o->init_latents) memcpy(z, o->init_latents + i * per, per * sizeof(float));
-    else cd_seed_noise(o->s.seed, i, z, per);
     if (*begin >= s.sched.n) memcpy(z, x0, per * sizeof(float)); /* strength 0: nothing to denoise */
     else cd_sampler_add_noise(&s, *begin, x0, z, z);
   }
@@ -175,14 +174,11 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   memcpy(c->data, ctx, cd_nbytes(c));
   cd_sample_opts so = o->s;
   so.begin = 0;
-  if (o->init_image) {
-    if (img2img_start(m, o, n, h, w, latents, &so.begin)) goto done;
-  } else {
-    for (int i = 0; i < n; i++) {
-      if (o->init_latents) memcpy(latents + i * per, o->init_latents + i * per, per * sizeof(float));
-      else cd_seed_noise(o->s.seed, i, latents + i * per, per);
-    }
+  for (int i = 0; i < n; i++) {
+    if (o->init_latents) memcpy(latents + i * per, o->init_latents + i * per, per * sizeof(float));
+    else cd_seed_noise(o->s.seed, i, latents + i * per, per);
   }
+  if (o->init_image && img2img_start(m, o, n, h, w, latents, &so.begin)) goto done;
   cd_log("unet graph: %d nodes, arena %.1f MiB\n", cd_graph_nnodes(d.g), cd_graph_arena_bytes(d.g) / 1048576.0);
   cd_schedule sch;
   if (cd_schedule_make(&m->sched, o->s.kind, o->s.steps, o->s.karras, &sch)) goto done;
