@@ -26,9 +26,8 @@ int cli_parse(int argc, char **argv, cli_opt *opts, const char *cmd, const char 
     for (cli_opt *p = opts; p->name; p++)
       if (!strcmp(p->name, a)) o = p;
     if (!o) return bad(cmd, a, "is not a known flag (see cdiff help)", NULL);
-    o->seen = 1;
-    if (o->type == CLI_FLAG || o->type == CLI_NOFLAG) {
-      *(int *)o->dest = o->type == CLI_FLAG;
+    if (o->type == CLI_FLAG) {
+      *(int *)o->dest = 1;
       continue;
     }
     if (i + 1 >= argc) return bad(cmd, a, "needs a value", o->metavar);
@@ -65,12 +64,6 @@ int cli_parse(int argc, char **argv, cli_opt *opts, const char *cmd, const char 
     default: break;
     }
   }
-  return 0;
-}
-
-int cli_seen(const cli_opt *opts, const char *name) {
-  for (const cli_opt *p = opts; p->name; p++)
-    if (!strcmp(p->name, name)) return p->seen;
   return 0;
 }
 

@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 
-typedef enum { CLI_STR, CLI_INT, CLI_FLOAT, CLI_U64, CLI_FLAG, CLI_MULTI, CLI_NOFLAG } cli_type;
+typedef enum { CLI_STR, CLI_INT, CLI_FLOAT, CLI_U64, CLI_FLAG, CLI_MULTI } cli_type;
 
 #define CLI_MAX_MULTI 16
 typedef struct {
@@ -23,16 +23,14 @@ typedef struct {
 typedef struct {
   const char *name;
   cli_type type;
-  void *dest;        /* const char**, int*, float*, uint64_t*, int* (flag/noflag: set 1/0), cli_multi* */
+  void *dest;        /* const char**, int*, float*, uint64_t*, int* (flag: set to 1), cli_multi* */
   const char *metavar;
   const char *help;
-  int seen;
 } cli_opt;
 
 /* Parses argv[0..argc): flags from opts; bare words go to *positional (may be NULL:
  * then they are errors). Returns 0, or -1 after printing the error. */
 int cli_parse(int argc, char **argv, cli_opt *opts, const char *cmd, const char **positional);
-int cli_seen(const cli_opt *opts, const char *name);
 void cli_usage(const cli_opt *opts, const char *cmd, const char *synopsis);
 
 #endif

@@ -34,14 +34,14 @@ int cmd_merge(int argc, char **argv) {
   float ridge = 0;
   cli_multi deltas = {0};
   cli_opt opts[] = {
-      {"--model", CLI_STR, &model, "PATH", "the base model all deltas were trained on (required)", 0},
-      {"--delta", CLI_MULTI, &deltas, "DIR:CAT", "a concept's delta and its category, e.g. out/cat:cat (repeatable, >= 1)", 0},
-      {"--reg-prompts", CLI_STR, &reg_file, "FILE", "regularisation captions, one a line (default data/reg_captions.txt)", 0},
-      {"--reg-count", CLI_INT, &reg_count, "N", "use the first N captions (default 200)", 0},
-      {"--ridge", CLI_FLOAT, &ridge, "X", "regularise the constraint system by X*mean(diag) (default 0: exact)", 0},
-      {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints", 0},
-      {"--out", CLI_STR, &out, "DIR", "output delta folder (required)", 0},
-      {"--help", CLI_FLAG, &help, "", "this help", 0},
+      {"--model", CLI_STR, &model, "PATH", "the base model all deltas were trained on (required)"},
+      {"--delta", CLI_MULTI, &deltas, "DIR:CAT", "a concept's delta and its category, e.g. out/cat:cat (repeatable, >= 1)"},
+      {"--reg-prompts", CLI_STR, &reg_file, "FILE", "regularisation captions, one a line (default data/reg_captions.txt)"},
+      {"--reg-count", CLI_INT, &reg_count, "N", "use the first N captions (default 200)"},
+      {"--ridge", CLI_FLOAT, &ridge, "X", "regularise the constraint system by X*mean(diag) (default 0: exact)"},
+      {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
+      {"--out", CLI_STR, &out, "DIR", "output delta folder (required)"},
+      {"--help", CLI_FLAG, &help, "", "this help"},
       {0}};
   if (cli_parse(argc, argv, opts, "merge", NULL)) return 2;
   if (help) {
@@ -119,13 +119,13 @@ int cmd_compress(int argc, char **argv) {
   float ratio = (float)CD_COMPRESS_RATIO;
   int help = 0, keep_factors = 0;
   cli_opt opts[] = {
-      {"--model", CLI_STR, &model, "PATH", "the base model the delta was trained on (required)", 0},
-      {"--delta", CLI_STR, &delta, "DIR|FILE", "the delta to compress, any layout (required)", 0},
-      {"--ratio", CLI_FLOAT, &ratio, "R", "keep the top singular values holding R of their sum, 0 < R <= 1 (default 0.6)", 0},
-      {"--keep-factors", CLI_FLAG, &keep_factors, "", "store factors even where they are larger than the matrix", 0},
-      {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints", 0},
-      {"--out", CLI_STR, &out, "DIR", "output delta folder (required)", 0},
-      {"--help", CLI_FLAG, &help, "", "this help", 0},
+      {"--model", CLI_STR, &model, "PATH", "the base model the delta was trained on (required)"},
+      {"--delta", CLI_STR, &delta, "DIR|FILE", "the delta to compress, any layout (required)"},
+      {"--ratio", CLI_FLOAT, &ratio, "R", "keep the top singular values holding R of their sum, 0 < R <= 1 (default 0.6)"},
+      {"--keep-factors", CLI_FLAG, &keep_factors, "", "store factors even where they are larger than the matrix"},
+      {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
+      {"--out", CLI_STR, &out, "DIR", "output delta folder (required)"},
+      {"--help", CLI_FLAG, &help, "", "this help"},
       {0}};
   if (cli_parse(argc, argv, opts, "compress", NULL)) return 2;
   if (help) {

@@ -105,6 +105,10 @@ int cmd_sample(int argc, char **argv) {
     fprintf(stderr, "cdiff sample: --n must be in 1..64, --eta and --tile non-negative\n");
     return 2;
   }
+  if (init_image && (strength < 0 || strength > 1)) {
+    fprintf(stderr, "cdiff sample: --strength must be in [0, 1] (got %g)\n", strength);
+    return 2;
+  }
   go.s.steps = steps;
   go.s.eta = eta;
   go.s.karras = karras;
@@ -127,11 +131,6 @@ int cmd_sample(int argc, char **argv) {
   cd_image src = {0};
   float *init_px = NULL;
   if (init_image) {
-    if (strength < 0 || strength > 1) {
-      fprintf(stderr, "cdiff sample: --strength must be in [0, 1] (got %g)\n", strength);
-      cd_sd_free(m);
-      return 2;
-    }
     if (cd_image_load(init_image, &src)) {
       fprintf(stderr, "cdiff sample: --init-image: %s\n", cd_last_error());
       cd_sd_free(m);
@@ -169,16 +168,18 @@ int cmd_sample(int argc, char **argv) {
   if (save && write_latents(save, lat, go.n, h, w)) goto fail;
   img = cd_malloc((size_t)go.n * 3 * height * width * sizeof(float));
   if (cd_decode_latents(m, lat, go.n, (int)h, (int)w, tile, img)) goto fail;
+  /* PNG text: the parameters shared by every image, then each one's seed */
+  char ssteps[16], scfg[32], ssize[32], seta[32], sstr[32], dl[1024] = "";
+  snprintf(ssteps, sizeof ssteps, "%d", steps);
+  snprintf(scfg, sizeof scfg, "%g", cfg);
+  snprintf(seta, sizeof seta, "%g", eta);
+  snprintf(ssize, sizeof ssize, "%dx%d", width, height);
+  snprintf(sstr, sizeof sstr, "%g", strength);
+  for (int d = 0, k = 0; d < deltas.n && k < (int)sizeof dl; d++) k += snprintf(dl + k, sizeof dl - k, "%s%s", d ? ";" : "", deltas.v[d]);
   for (int i = 0; i < go.n; i++) {
-    char path[2048], sseed[32], ssteps[16], scfg[32], ssize[32], seta[32], sstr[32], dl[1024] = "";
+    char path[2048], sseed[32];
     out_path(out, is_dir, i, go.n, seed, path, sizeof path);
     snprintf(sseed, sizeof sseed, "%llu", (unsigned long long)(seed + i));
-    snprintf(ssteps, sizeof ssteps, "%d", steps);
-    snprintf(scfg, sizeof scfg, "%g", cfg);
-    snprintf(seta, sizeof seta, "%g", eta);
-    snprintf(ssize, sizeof ssize, "%dx%d", width, height);
-    snprintf(sstr, sizeof sstr, "%g", strength);
-    for (int d = 0, k = 0; d < deltas.n && k < (int)sizeof dl; d++) k += snprintf(dl + k, sizeof dl - k, "%s%s", d ? ";" : "", deltas.v[d]);
     const char *kv[] = {"prompt", prompt, "negative_prompt", negative, "seed", sseed, "sampler", cd_sampler_name(go.s.kind),
                         "steps", ssteps, "cfg_scale", scfg, "eta", seta, "size", ssize, "model", model,
                         "model_hash", m->hash, "deltas", dl, "karras", karras ? "1" : "0",

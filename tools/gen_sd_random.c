@@ -88,28 +88,26 @@ static spec *add(specs *S, int comp, const char *dn, const char *ln, int init, i
   return s;
 }
 
-/* weight (+ bias) of a linear [out, in] or conv [out, in, k, k] (k = 0: linear).
- * dp/lp: diffusers / LDM module prefixes without the trailing dot (lp NULL: none). */
-static void layer(specs *S, int comp, const char *dp, const char *lp, int64_t out, int64_t in, int k, int bias) {
+/* the tensor dp.sfx / lp.sfx: dp/lp are diffusers / LDM module prefixes without
+ * the trailing dot (NULL: not in that layout) */
+static spec *add_sfx(specs *S, int comp, const char *dp, const char *lp, const char *sfx, int init, int64_t fan_in,
+                     int ndim, const int64_t *ne) {
   char dn[192], ln[192];
+  snprintf(dn, sizeof dn, "%s.%s", dp ? dp : "", sfx);
+  snprintf(ln, sizeof ln, "%s.%s", lp ? lp : "", sfx);
+  return add(S, comp, dp ? dn : NULL, lp ? ln : NULL, init, fan_in, ndim, ne);
+}
+
+/* weight (+ bias) of a linear [out, in] or conv [out, in, k, k] (k = 0: linear) */
+static void layer(specs *S, int comp, const char *dp, const char *lp, int64_t out, int64_t in, int k, int bias) {
   int64_t ne[4] = {out, in, k, k};
-  snprintf(dn, sizeof dn, "%s.weight", dp);
-  snprintf(ln, sizeof ln, "%s.weight", lp ? lp : "");
-  add(S, comp, dn, lp ? ln : NULL, I_NORMAL, in * (k ? k * k : 1), k ? 4 : 2, ne);
-  if (!bias) return;
-  snprintf(dn, sizeof dn, "%s.bias", dp);
-  snprintf(ln, sizeof ln, "%s.bias", lp ? lp : "");
-  add(S, comp, dn, lp ? ln : NULL, I_ZERO, 1, 1, ne);
+  add_sfx(S, comp, dp, lp, "weight", I_NORMAL, in * (k ? k * k : 1), k ? 4 : 2, ne);
+  if (bias) add_sfx(S, comp, dp, lp, "bias", I_ZERO, 1, 1, ne);
 }
 
 static void norm(specs *S, int comp, const char *dp, const char *lp, int64_t C) {
-  char dn[192], ln[192];
-  snprintf(dn, sizeof dn, "%s.weight", dp);
-  snprintf(ln, sizeof ln, "%s.weight", lp);
-  add(S, comp, dn, ln, I_ONE, 1, 1, (int64_t[]){C});
-  snprintf(dn, sizeof dn, "%s.bias", dp);
-  snprintf(ln, sizeof ln, "%s.bias", lp);
-  add(S, comp, dn, ln, I_ZERO, 1, 1, (int64_t[]){C});
+  add_sfx(S, comp, dp, lp, "weight", I_ONE, 1, 1, (int64_t[]){C});
+  add_sfx(S, comp, dp, lp, "bias", I_ZERO, 1, 1, (int64_t[]){C});
 }
 
 /* "a" "." "b": module path helper */
@@ -323,40 +321,24 @@ static void clip_specs(specs *S, const cd_clip_config *c, int openclip, int stor
      * only in the LDM file (SD 2.x conditions on the penultimate block) */
     snprintf(lp, sizeof lp, "%stransformer.resblocks.%d", tp, l);
     if (!used) { /* LDM only: named, and seeded, by its LDM name */
-      char q[192];
-      static const char *const nn[] = {"ln_1", "ln_2"}, *const ll[] = {"attn.out_proj", "mlp.c_fc", "mlp.c_proj"};
-      for (int i = 0; i < 2; i++) {
-        snprintf(q, sizeof q, "%s.%s.weight", lp, nn[i]);
-        add(S, C_TEXT, NULL, q, I_ONE, 1, 1, (int64_t[]){d});
-        snprintf(q, sizeof q, "%s.%s.bias", lp, nn[i]);
-        add(S, C_TEXT, NULL, q, I_ZERO, 1, 1, (int64_t[]){d});
-      }
-      int64_t shp[3][2] = {{d, d}, {c->mlp, d}, {d, c->mlp}};
-      for (int i = 0; i < 3; i++) {
-        snprintf(q, sizeof q, "%s.%s.weight", lp, ll[i]);
-        add(S, C_TEXT, NULL, q, I_NORMAL, shp[i][1], 2, shp[i]);
-        snprintf(q, sizeof q, "%s.%s.bias", lp, ll[i]);
-        add(S, C_TEXT, NULL, q, I_ZERO, 1, 1, shp[i]);
-      }
-      snprintf(q, sizeof q, "%s.attn.in_proj_weight", lp);
-      add(S, C_TEXT, NULL, q, I_NORMAL, d, 2, (int64_t[]){3 * d, d});
-      snprintf(q, sizeof q, "%s.attn.in_proj_bias", lp);
-      add(S, C_TEXT, NULL, q, I_ZERO, 1, 1, (int64_t[]){3 * d});
+      norm(S, C_TEXT, NULL, L("ln_1"), d);
+      norm(S, C_TEXT, NULL, L("ln_2"), d);
+      layer(S, C_TEXT, NULL, L("attn.out_proj"), d, d, 0, 1);
+      layer(S, C_TEXT, NULL, L("mlp.c_fc"), c->mlp, d, 0, 1);
+      layer(S, C_TEXT, NULL, L("mlp.c_proj"), d, c->mlp, 0, 1);
+      add_sfx(S, C_TEXT, NULL, lp, "attn.in_proj_weight", I_NORMAL, d, 2, (int64_t[]){3 * d, d});
+      add_sfx(S, C_TEXT, NULL, lp, "attn.in_proj_bias", I_ZERO, 1, 1, (int64_t[]){3 * d});
       continue;
     }
     norm(S, C_TEXT, D("layer_norm1"), L("ln_1"), d);
     static const char *const qkv[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
     for (int wb = 0; wb < 2; wb++) {
       for (int i = 0; i < 3; i++) { /* diffusers only */
-        char n[64];
-        snprintf(n, sizeof n, "%s.%s", qkv[i], wb ? "bias" : "weight");
-        if (wb) add(S, C_TEXT, D(n), NULL, I_ZERO, 1, 1, (int64_t[]){d});
-        else add(S, C_TEXT, D(n), NULL, I_NORMAL, d, 2, (int64_t[]){d, d});
+        if (wb) add_sfx(S, C_TEXT, D(qkv[i]), NULL, "bias", I_ZERO, 1, 1, (int64_t[]){d});
+        else add_sfx(S, C_TEXT, D(qkv[i]), NULL, "weight", I_NORMAL, d, 2, (int64_t[]){d, d});
       }
-      char q[192];
-      snprintf(q, sizeof q, "%s.attn.in_proj_%s", lp, wb ? "bias" : "weight");
-      spec *s = wb ? add(S, C_TEXT, NULL, q, I_ZERO, 1, 1, (int64_t[]){3 * d})
-                   : add(S, C_TEXT, NULL, q, I_NORMAL, d, 2, (int64_t[]){3 * d, d});
+      spec *s = wb ? add_sfx(S, C_TEXT, NULL, lp, "attn.in_proj_bias", I_ZERO, 1, 1, (int64_t[]){3 * d})
+                   : add_sfx(S, C_TEXT, NULL, lp, "attn.in_proj_weight", I_NORMAL, d, 2, (int64_t[]){3 * d, d});
       s->nd = 3; /* LDM only, values of the three diffusers tensors stacked */
       for (int i = 0; i < 3; i++) snprintf(s->dname[i], sizeof s->dname[i], "%s.%s.%s", dp, qkv[i], wb ? "bias" : "weight");
     }
@@ -419,10 +401,10 @@ static void json_ints(FILE *f, const char *key, const int *v, int n, const char 
   fprintf(f, "]%s\n", end);
 }
 
-static void json_strs(FILE *f, const char *key, const char *const *v, int n) {
+static void json_strs(FILE *f, const char *key, const char *const *v, int n, const char *end) {
   fprintf(f, "  \"%s\": [", key);
   for (int i = 0; i < n; i++) fprintf(f, "%s\"%s\"", i ? ", " : "", v[i]);
-  fprintf(f, "],\n");
+  fprintf(f, "]%s\n", end);
 }
 
 /* writes text produced by fn into path (atomically) */
@@ -463,13 +445,13 @@ static void unet_json(FILE *f, const gen_config *g) {
   else fprintf(f, "  \"attention_head_dim\": %d,\n", u->heads[0]);
   json_ints(f, "block_out_channels", u->block_out, u->nlevels, ",");
   fprintf(f, "  \"center_input_sample\": false,\n  \"cross_attention_dim\": %d,\n", u->context_dim);
-  json_strs(f, "down_block_types", down, u->nlevels);
+  json_strs(f, "down_block_types", down, u->nlevels, ",");
   fprintf(f, "  \"downsample_padding\": 1,\n  \"flip_sin_to_cos\": true,\n  \"freq_shift\": 0,\n"
              "  \"in_channels\": %d,\n  \"layers_per_block\": %d,\n  \"mid_block_scale_factor\": 1,\n"
              "  \"norm_eps\": 1e-05,\n  \"norm_num_groups\": %d,\n  \"out_channels\": %d,\n"
              "  \"sample_size\": %d,\n",
           u->in_channels, u->layers_per_block, u->norm_groups, u->out_channels, g->family == 2 ? 96 : 64);
-  json_strs(f, "up_block_types", up, u->nlevels);
+  json_strs(f, "up_block_types", up, u->nlevels, ",");
   fprintf(f, "  \"use_linear_projection\": %s\n}\n", u->linear_proj ? "true" : "false");
 }
 
@@ -483,15 +465,14 @@ static void vae_json(FILE *f, const gen_config *g) {
   fprintf(f, "{\n  \"_class_name\": \"AutoencoderKL\",\n  \"_diffusers_version\": \"0.21.0\",\n"
              "  \"act_fn\": \"silu\",\n");
   json_ints(f, "block_out_channels", v->block_out, v->nlevels, ",");
-  json_strs(f, "down_block_types", down, v->nlevels);
+  json_strs(f, "down_block_types", down, v->nlevels, ",");
   fprintf(f, "  \"in_channels\": %d,\n  \"latent_channels\": %d,\n  \"layers_per_block\": %d,\n"
              "  \"norm_num_groups\": %d,\n  \"out_channels\": %d,\n  \"sample_size\": %d,\n"
              "  \"scaling_factor\": 0.18215,\n",
           v->in_channels, v->latent_channels, v->layers_per_block, v->norm_groups, v->out_channels,
           g->family == 2 ? 768 : 512);
-  fprintf(f, "  \"up_block_types\": [");
-  for (int i = 0; i < v->nlevels; i++) fprintf(f, "%s\"%s\"", i ? ", " : "", up[i]);
-  fprintf(f, "]\n}\n");
+  json_strs(f, "up_block_types", up, v->nlevels, "");
+  fprintf(f, "}\n");
 }
 
 static void text_json(FILE *f, const gen_config *g) {
@@ -732,17 +713,15 @@ int main(int argc, char **argv) {
   }
   if (!rc && single) {
     size_t n = strlen(single);
-    {
-      rc = write_tensors(single, &S, -1, 1, dt, seed);
-      if (!rc && (family == 2 || tiny)) { /* SD 2.x: v-prediction and head width need a .yaml */
-        char *y = cd_malloc(n + 8);
-        snprintf(y, n + 8, "%.*s.yaml", (int)(n - 12), single);
-        rc = write_text(y, ldm_yaml, &g);
-        if (!rc) printf("wrote %s\n", y);
-        free(y);
-      }
-      if (!rc) printf("wrote single file %s (original LDM layout)\n", single);
+    rc = write_tensors(single, &S, -1, 1, dt, seed);
+    if (!rc && (family == 2 || tiny)) { /* SD 2.x: v-prediction and head width need a .yaml */
+      char *y = cd_malloc(n + 8);
+      snprintf(y, n + 8, "%.*s.yaml", (int)(n - 12), single);
+      rc = write_text(y, ldm_yaml, &g);
+      if (!rc) printf("wrote %s\n", y);
+      free(y);
     }
+    if (!rc) printf("wrote single file %s (original LDM layout)\n", single);
   }
   free(S.v);
   if (rc) {
