@@ -22,21 +22,6 @@ static int has_image_ext(const char *name) {
   return !strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg");
 }
 
-static int is_regular_file(const char *path) {
-  struct stat st;
-  return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static char *join_path(const char *dir, const char *name) {
-  size_t nd = strlen(dir), nn = strlen(name);
-  int slash = nd > 0 && dir[nd - 1] != '/';
-  char *p = cd_malloc(nd + slash + nn + 1);
-  memcpy(p, dir, nd);
-  if (slash) p[nd] = '/';
-  memcpy(p + nd + slash, name, nn + 1);
-  return p;
-}
-
 /* Trims s in place; returns the start of the trimmed text. */
 static char *trim(char *s) {
   while (*s && isspace((unsigned char)*s)) s++;
@@ -53,7 +38,7 @@ static int read_caption(const char *img_path, char **out) {
   char *txt = cd_malloc(stem + 5);
   memcpy(txt, img_path, stem);
   memcpy(txt + stem, ".txt", 5);
-  if (!is_regular_file(txt)) { free(txt); return 0; }
+  if (!cd_is_file(txt)) { free(txt); return 0; }
   char *data;
   size_t n;
   if (cd_read_file(txt, &data, &n)) {
@@ -89,8 +74,8 @@ static int scan_images(const char *dir, cd_item_list *out) {
   errno = 0;
   while ((e = readdir(d)) != NULL) {
     if (e->d_name[0] == '.' || !has_image_ext(e->d_name)) continue;
-    char *p = join_path(dir, e->d_name);
-    if (!is_regular_file(p)) { free(p); continue; }
+    char *p = cd_path_join(dir, e->d_name);
+    if (!cd_is_file(p)) { free(p); continue; }
     if (out->n == cap) {
       cap = cap ? 2 * cap : 16;
       out->items = cd_realloc(out->items, (size_t)cap * sizeof(cd_item));

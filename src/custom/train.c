@@ -139,17 +139,6 @@ void cd_trainer_free(cd_trainer *t) {
   memset(t, 0, sizeof *t);
 }
 
-static uint64_t pixel_hash(const float *x, int64_t n) {
-  uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)n;
-  for (int64_t i = 0; i < n; i++) {
-    uint32_t w;
-    memcpy(&w, x + i, 4);
-    h = (h ^ w) * 0xff51afd7ed558ccdull;
-    h ^= h >> 29;
-  }
-  return h;
-}
-
 #define MOMENT_CACHE_BYTES ((size_t)1 << 30)
 
 /* moments of every example, one image at a time; class examples from the cache */
@@ -163,7 +152,7 @@ static int encode_examples(cd_trainer *t, const cd_batch *b) {
     uint64_t key = 0;
     int hit = -1;
     if (i >= ninst) {
-      key = pixel_hash(pix, px);
+      key = cd_hash64(pix, (size_t)px * sizeof(float), NULL);
       for (int k = 0; k < t->mcount && hit < 0; k++)
         if (t->mkey[k] == key) hit = k;
     }
@@ -192,21 +181,13 @@ int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
   const int B = t->B;
   const int64_t C = t->m->unet.cfg.in_channels, per = C * t->h * t->w, hw = t->h * t->w;
   if (encode_examples(t, b)) return -1;
-  /* latents = (mean [+ std * eps]) * scaling_factor; logvar clamped to [-30, 20] */
+  /* latents = (mean [+ std * eps]) * scaling_factor */
   if (!t->latents) t->latents = cd_malloc(B * per * sizeof(float));
   float *lat = t->latents;
-  const float sf = t->m->vae.cfg.scaling_factor;
+  const int sample = t->o.sample_latents && b->latent_noise;
   for (int i = 0; i < B; i++)
-    for (int64_t k = 0; k < per; k++) {
-      const float *mom = t->moments + (int64_t)i * 2 * per;
-      double mean = mom[k], z = mean;
-      if (t->o.sample_latents && b->latent_noise) {
-        double lv = mom[per + k];
-        lv = lv < -30 ? -30 : lv > 20 ? 20 : lv;
-        z = mean + exp(0.5 * lv) * b->latent_noise[i * per + k];
-      }
-      lat[i * per + k] = (float)(z * sf);
-    }
+    cd_vae_latent_sample(t->moments + (int64_t)i * 2 * per, sample ? b->latent_noise + (int64_t)i * per : NULL,
+                         t->m->vae.cfg.scaling_factor, per, lat + (int64_t)i * per);
   int tt[256];
   for (int i = 0; i < B && i < 256; i++) {
     if (b->timesteps[i] < 0 || b->timesteps[i] >= t->m->sched.num_train_timesteps) {

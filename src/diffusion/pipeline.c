@@ -118,14 +118,9 @@ static int img2img_start(cd_sd_model *m, const cd_gen_opts *o, int n, int64_t h,
   memcpy(img->data, o->init_image, cd_nbytes(img));
   if (cd_graph_forward(g) || cd_sampler_init(&s, &m->sched, &o->s, n * per)) goto done;
   *begin = cd_schedule_begin_for_strength(&s.sched, o->strength);
-  const float sf = m->vae.cfg.scaling_factor;
   for (int i = 0; i < n; i++) {
     cd_seed_noise(o->s.seed + 1000003u, i, eps, per);
-    for (int64_t k = 0; k < per; k++) {
-      double lv = mom->data[per + k];
-      lv = lv < -30 ? -30 : lv > 20 ? 20 : lv;
-      x0[k] = (float)((mom->data[k] + exp(0.5 * lv) * eps[k]) * sf);
-    }
+    cd_vae_latent_sample(mom->data, eps, m->vae.cfg.scaling_factor, per, x0);
     float *z = latents + i * per;
     if (*begin >= s.sched.n) memcpy(z, x0, per * sizeof(float)); /* strength 0: nothing to denoise */
     else cd_sampler_add_noise(&s, *begin, x0, z, z);
@@ -142,7 +137,7 @@ done:
 int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   const cd_unet_config *uc = &m->unet.cfg;
   int n = o->n > 0 ? o->n : 1;
-  int down = 8 << 0, mult = 8 * (1 << (uc->nlevels - 1));
+  const int down = 8, mult = 8 * (1 << (uc->nlevels - 1)); /* VAE factor; UNet downsampling */
   if (o->width <= 0 || o->height <= 0 || o->width % mult || o->height % mult)
     return cd_set_error("--width/--height must be positive multiples of %d for this model (got %dx%d)", mult, o->width, o->height);
   int64_t h = o->height / down, w = o->width / down, per = 4 * h * w;

@@ -117,3 +117,15 @@ cd_node *cd_vae_decode_build(cd_graph *g, cd_vae *m, cd_node *z) {
   cd_node_set_name(h, "vae.dec.out");
   return h;
 }
+
+void cd_vae_latent_sample(const float *moments, const float *eps, float scaling, int64_t per, float *z) {
+  for (int64_t k = 0; k < per; k++) {
+    double v = moments[k];
+    if (eps) {
+      double lv = moments[per + k];
+      lv = lv < -30 ? -30 : lv > 20 ? 20 : lv;
+      v += exp(0.5 * lv) * eps[k];
+    }
+    z[k] = (float)(v * scaling);
+  }
+}

@@ -32,6 +32,11 @@ typedef struct {
 /* img [B, 3, H, W] in [-1, 1] -> moments [B, 2*latent, H/8, W/8] (after quant_conv).
  * Named intermediates: "vae.enc.h" (before quant_conv). */
 cd_node *cd_vae_encode_build(cd_graph *g, cd_vae *m, cd_node *img);
+/* Latents from one image's encoder moments [2*per] (after quant_conv): the
+ * posterior sample (mean + exp(logvar/2) * eps, logvar clamped to [-30, 20])
+ * when eps [per] is given, else the mean; times scaling. z: [per]. */
+void cd_vae_latent_sample(const float *moments, const float *eps, float scaling, int64_t per, float *z);
+
 /* z [B, latent, h, w] (already divided by the scaling factor) -> image [B, 3, 8h, 8w].
  * Named intermediates: "vae.dec.post_quant_conv". */
 cd_node *cd_vae_decode_build(cd_graph *g, cd_vae *m, cd_node *z);
