@@ -151,7 +151,11 @@ int cmd_sample(int argc, char **argv) {
   int rc = 1, is_dir = cd_is_dir(out);
   if (init_image) {
     cd_image rs;
-    if (width <= 0 || height <= 0 || cd_image_resize(&src, width, height, &rs)) goto fail;
+    if (width <= 0 || height <= 0) {
+      cd_set_error("--width/--height must be positive (got %dx%d)", width, height);
+      goto fail;
+    }
+    if (cd_image_resize(&src, width, height, &rs)) goto fail;
     init_px = cd_malloc((size_t)3 * width * height * sizeof(float));
     cd_image_to_chw(&rs, init_px);
     cd_image_free(&rs);

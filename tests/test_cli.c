@@ -153,6 +153,17 @@ TEST(bad_input_is_reported) {
   snprintf(args, sizeof args, "sample --model %s --prompt cat --width 64 --height 64 --out %s/x.png", lone, tmpdir);
   CHECK(cdiff(out, sizeof out, args) != 0);
   CHECKF(strstr(out, "--vocab"), "%s", out);
+  /* img2img with a negative size names the flag (it used to print a stale message) */
+  {
+    char png[600];
+    snprintf(png, sizeof png, "%s/init.png", tmpdir);
+    uint8_t px[16 * 16 * 3] = {0};
+    cd_image im = {.w = 16, .h = 16, .c = 3, .px = px};
+    CHECK_OK(cd_image_save_png(png, &im, NULL, 0));
+    snprintf(args, sizeof args, "sample --model %s --prompt cat --init-image %s --width -64 --height 64 --out %s/y.png", m, png, tmpdir);
+    int rc = cdiff(out, sizeof out, args);
+    CHECKF(rc != 0 && strstr(out, "--width"), "exit %d: %s", rc, out);
+  }
   /* a model file that is not a checkpoint */
   char junk[512];
   snprintf(junk, sizeof junk, "%s/junk.ckpt", tmpdir);
