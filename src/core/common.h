@@ -81,6 +81,9 @@ uint64_t cd_hash64(const void *data, size_t n, uint64_t lanes[3]);
 /* 64-bit FNV-1a, for hash tables keyed by short strings. */
 uint64_t cd_fnv1a(const void *data, size_t n);
 
+/* 1 if s ends with suffix */
+int cd_ends_with(const char *s, const char *suffix);
+
 #define CD_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define CD_MAX(a, b) ((a) > (b) ? (a) : (b))
 

@@ -8,10 +8,6 @@
 #include "core/common.h"
 #include "custom/lowrank.h"
 
-static int ends_with(const char *s, const char *t) {
-  size_t a = strlen(s), b = strlen(t);
-  return a >= b && !strcmp(s + a - b, t);
-}
 
 static float *copy_f32(const float *x, int64_t n) {
   float *y = cd_malloc(sizeof(float) * (n ? n : 1));
@@ -27,7 +23,7 @@ int cd_delta_compress(const cd_delta *d, const cd_sd_model *m, double ratio, int
   if (!(ratio > 0 && ratio <= 1)) return cd_set_error("compress: --ratio must be in (0, 1] (got %g)", ratio);
   int n = cd_weights_count(d->w);
   for (int i = 0; i < n; i++)
-    if (ends_with(cd_weights_at(d->w, i)->name, ".lr_us") || ends_with(cd_weights_at(d->w, i)->name, ".lr_vt"))
+    if (cd_ends_with(cd_weights_at(d->w, i)->name, ".lr_us") || cd_ends_with(cd_weights_at(d->w, i)->name, ".lr_vt"))
       return cd_set_error("compress: the delta still holds low-rank factors (resolve it against the model first)");
   cd_delta *c = cd_delta_new();
   cd_compress_layer *L = cd_calloc(n ? n : 1, sizeof *L);

@@ -277,9 +277,9 @@ int cd_delta_resolve(cd_delta *d, const cd_sd_model *m) {
   for (int i = 0; i < n; i++) {
     cd_weight *x = cd_weights_at(d->w, i);
     size_t L = strlen(x->name);
-    if (L > 6 && !strcmp(x->name + L - 6, ".lr_vt")) continue;
+    if (cd_ends_with(x->name, ".lr_vt")) continue;
     char base[256];
-    int lr = L > 6 && !strcmp(x->name + L - 6, ".lr_us");
+    int lr = cd_ends_with(x->name, ".lr_us");
     snprintf(base, sizeof base, "%.*s", (int)(lr ? L - 6 : L), x->name);
     const cd_weights *src = m->unet_orig && cd_weights_get(m->unet_orig, base) ? m->unet_orig : m->unet.w;
     cd_weight *b = cd_weights_get(src, base);
@@ -308,8 +308,7 @@ int cd_delta_resolve(cd_delta *d, const cd_sd_model *m) {
     cd_weights *nw = cd_weights_new();
     for (int i = 0; i < cd_weights_count(d->w); i++) {
       cd_weight *x = cd_weights_at(d->w, i);
-      size_t L = strlen(x->name);
-      if (L > 6 && (!strcmp(x->name + L - 6, ".lr_us") || !strcmp(x->name + L - 6, ".lr_vt"))) continue;
+      if (cd_ends_with(x->name, ".lr_us") || cd_ends_with(x->name, ".lr_vt")) continue;
       float *c = cd_malloc(cd_numel(x->ndim, x->ne) * sizeof(float));
       memcpy(c, x->data, cd_numel(x->ndim, x->ne) * sizeof(float));
       cd_weights_put(nw, x->name, x->ndim, x->ne, c);

@@ -39,10 +39,6 @@ enum { C_TEXT = 0, C_UNET = 1, C_VAE = 2 };
 
 /* ------------------------------------------------------------------ helpers */
 
-static int ends_with(const char *s, const char *suf) {
-  size_t n = strlen(s), m = strlen(suf);
-  return n >= m && !strcmp(s + n - m, suf);
-}
 
 static int starts_with(const char *s, const char *pre) { return !strncmp(s, pre, strlen(pre)); }
 
@@ -400,7 +396,7 @@ static int load_folder_weights(const char *file, int comp, cd_weights *w, char d
     int64_t ne[CD_TF_MAX_DIMS];
     memcpy(ne, t->shape, sizeof ne);
     if (comp == C_TEXT) {
-      if (ends_with(name, "position_ids") || starts_with(name, "text_projection.") ||
+      if (cd_ends_with(name, "position_ids") || starts_with(name, "text_projection.") ||
           !strcmp(name, "logit_scale"))
         continue; /* buffers / CLIPTextModelWithProjection extras */
       if (!starts_with(name, "text_model.")) { /* transformers 5 saves without the prefix */
@@ -635,14 +631,14 @@ static int detect_unet(const sfile *s, const char *yaml, cd_family fam, cd_unet_
   for (int i = 0; i < cd_tf_count(s->f); i++) {
     const cd_tensor_info *x = cd_tf_at(s->f, i);
     if (strncmp(x->name + rl, UP, strlen(UP)) || strncmp(x->name, s->root, rl)) continue;
-    if (ends_with(x->name, ".attn2.to_k.weight") || ends_with(x->name, ".attn2.to_v.weight")) {
+    if (cd_ends_with(x->name, ".attn2.to_k.weight") || cd_ends_with(x->name, ".attn2.to_v.weight")) {
       if (x->ndim != 2 || (c->context_dim && x->shape[1] != c->context_dim))
         return cd_set_error("%s: cross-attention context widths disagree: %s takes %lld, %s takes %d",
                             s->path, x->name, x->ndim == 2 ? (long long)x->shape[1] : -1LL,
                             ctx_key, c->context_dim);
       c->context_dim = (int)x->shape[1];
       ctx_key = x->name;
-    } else if (ends_with(x->name, ".proj_in.weight") || ends_with(x->name, ".proj_out.weight")) {
+    } else if (cd_ends_with(x->name, ".proj_in.weight") || cd_ends_with(x->name, ".proj_out.weight")) {
       if ((x->ndim != 2 && x->ndim != 4) || (proj_nd && x->ndim != proj_nd))
         return cd_set_error("%s: %s mixes linear and 1x1-conv transformer projections", s->path, x->name);
       proj_nd = x->ndim;
@@ -897,7 +893,7 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
     return -1;
   }
   snprintf(m->layout, sizeof m->layout, "%s",
-           ends_with(path, ".safetensors") ? "single-file safetensors" : "single-file ckpt");
+           cd_ends_with(path, ".safetensors") ? "single-file safetensors" : "single-file ckpt");
   sfile s = {f, path, ""};
   /* root: whatever precedes the UNet prefix (e.g. "state_dict." of nested checkpoints) */
   int have_unet = 0, have_vae = 0, oc = 0, hf = 0, unknown = 0;
