@@ -25,7 +25,7 @@
 
 #include "bench_common.h"
 #include "core/common.h"
-#include "engine/cpu/cpu_ops.h"
+#include "engine/cpu/cpu.h"
 #include "engine/graph.h"
 
 #define REPS 8

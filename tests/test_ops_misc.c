@@ -3,7 +3,7 @@
  * reference, backward vs finite differences of the reference). */
 #include "test.h"
 
-#include "engine/cpu/cpu_ops.h"
+#include "engine/cpu/cpu.h"
 
 /* one op-check case plus the op's parameters; c.ctx points back at it */
 typedef struct {

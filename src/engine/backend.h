@@ -1,61 +1,65 @@
 /* backend.h - what a compute backend provides to the graph executor.
  *
  * The executor walks the planned graph and calls one kernel per node. The CPU
- * backend (src/engine/cpu) is the reference; a CUDA backend supplies the same
- * table over device memory. Model code only talks to graph.h.
+ * backend (src/engine/cpu, prototypes in cpu/cpu.h) is the reference; a CUDA
+ * backend supplies the same table over device memory. Model code only talks
+ * to graph.h. The slots are indexed by the op registry (ops.def).
  *
  * Kernel contract:
- *   forward(n):  reads n->src[i]->data (and n->aux if it saves state), writes n->data.
- *   backward(n): reads n->grad (dL/dy), n->data, n->aux and the sources' data;
- *                ACCUMULATES (+=) into n->src[i]->grad for every source whose
- *                grad pointer is non-NULL. Sources with grad == NULL are frozen
- *                or constant: skip their gradient work entirely.
+ *   forward(ctx, n):  reads n->src[i]->data (and n->aux if it saves state),
+ *                writes n->data.
+ *   backward(ctx, n): reads n->grad (dL/dy), n->data, n->aux and the sources'
+ *                data; ACCUMULATES (+=) into n->src[i]->grad for every source
+ *                whose grad pointer is non-NULL. Sources with grad == NULL are
+ *                frozen or constant: skip their gradient work entirely.
+ *   Every byte a kernel touches was allocated by the backend and placed by the
+ *   planner: values, aux, gradients, and the scratch in ctx->scratch (as many
+ *   bytes as scratch[op](ctx, n, bwd) asked for). Kernels never allocate.
  */
 #ifndef CD_BACKEND_H
 #define CD_BACKEND_H
 
 #include "graph.h"
+#include "ops.h"
 
-typedef void (*cd_kernel)(cd_node *n);
+typedef struct cd_backend cd_backend;
 
+/* What a kernel runs with. The executor owns one per graph and sets scratch
+ * before each kernel. */
 typedef struct {
+  const cd_backend *be;
+  void *stream;   /* the backend's queue (a CUDA stream); NULL on the CPU */
+  void *handles;  /* the backend's library handles (cuBLAS, cuDNN); NULL on the CPU */
+  void *state;    /* the backend's per-graph state (CPU: cd_cpu_state) */
+  int nthreads;   /* CPU: threads a kernel may use */
+  void *scratch;  /* this kernel's scratch, NULL when it asked for none */
+  size_t scratch_bytes;
+} cd_kernel_ctx;
+
+typedef void (*cd_kernel)(const cd_kernel_ctx *ctx, cd_node *n);
+/* bytes of scratch node n's forward (bwd = 0) or backward (bwd = 1) needs */
+typedef size_t (*cd_scratch_fn)(const cd_kernel_ctx *ctx, const cd_node *n, int bwd);
+
+struct cd_backend {
   const char *name;
-  void *(*alloc)(size_t bytes);
+  void *(*alloc)(size_t bytes); /* 64-byte aligned backend memory, NULL on failure */
   void (*free)(void *p);
-  void (*zero)(void *p, size_t bytes);
+  void (*zero)(const cd_kernel_ctx *ctx, void *p, size_t bytes);
+  /* host <-> backend copies (cd_graph_set_input, cd_graph_get) */
+  void (*upload)(const cd_kernel_ctx *ctx, void *dst, const void *host, size_t bytes);
+  void (*download)(const cd_kernel_ctx *ctx, void *host, const void *src, size_t bytes);
+  /* fill ctx's backend fields for a new graph; ctx_free releases them */
+  int (*ctx_init)(cd_kernel_ctx *ctx);
+  void (*ctx_free)(cd_kernel_ctx *ctx);
+  /* CDIFF_PROFILE: bracket one kernel; timer_end returns its seconds
+   * (CUDA: a pair of events, synchronised at the end) */
+  double (*timer_begin)(const cd_kernel_ctx *ctx);
+  double (*timer_end)(const cd_kernel_ctx *ctx, double begin);
   cd_kernel forward[CD_OP_COUNT];
   cd_kernel backward[CD_OP_COUNT];
-} cd_backend;
+  cd_scratch_fn scratch[CD_OP_COUNT]; /* NULL: the op needs no scratch */
+};
 
 const cd_backend *cd_backend_cpu(void);
-
-/* CPU kernels, one group per file in src/engine/cpu/. Each file defines its
- * ops' forward and backward side by side. */
-void cd_cpu_conv2d_fwd(cd_node *n);      void cd_cpu_conv2d_bwd(cd_node *n);
-void cd_cpu_pad2d_fwd(cd_node *n);       void cd_cpu_pad2d_bwd(cd_node *n);
-void cd_cpu_linear_fwd(cd_node *n);      void cd_cpu_linear_bwd(cd_node *n);
-void cd_cpu_bmm_fwd(cd_node *n);         void cd_cpu_bmm_bwd(cd_node *n);
-void cd_cpu_group_norm_fwd(cd_node *n);  void cd_cpu_group_norm_bwd(cd_node *n);
-void cd_cpu_layer_norm_fwd(cd_node *n);  void cd_cpu_layer_norm_bwd(cd_node *n);
-void cd_cpu_silu_fwd(cd_node *n);        void cd_cpu_silu_bwd(cd_node *n);
-void cd_cpu_gelu_fwd(cd_node *n);        void cd_cpu_gelu_bwd(cd_node *n);
-void cd_cpu_quick_gelu_fwd(cd_node *n);  void cd_cpu_quick_gelu_bwd(cd_node *n);
-void cd_cpu_geglu_fwd(cd_node *n);       void cd_cpu_geglu_bwd(cd_node *n);
-void cd_cpu_attention_fwd(cd_node *n);   void cd_cpu_attention_bwd(cd_node *n);
-void cd_cpu_upsample2x_fwd(cd_node *n);  void cd_cpu_upsample2x_bwd(cd_node *n);
-void cd_cpu_concat_fwd(cd_node *n);      void cd_cpu_concat_bwd(cd_node *n);
-void cd_cpu_add_fwd(cd_node *n);         void cd_cpu_add_bwd(cd_node *n);
-void cd_cpu_mul_fwd(cd_node *n);         void cd_cpu_mul_bwd(cd_node *n);
-void cd_cpu_scale_fwd(cd_node *n);       void cd_cpu_scale_bwd(cd_node *n);
-void cd_cpu_permute_fwd(cd_node *n);     void cd_cpu_permute_bwd(cd_node *n);
-void cd_cpu_timestep_embed_fwd(cd_node *n);
-void cd_cpu_embedding_fwd(cd_node *n);   void cd_cpu_embedding_bwd(cd_node *n);
-void cd_cpu_detach_rows_fwd(cd_node *n); void cd_cpu_detach_rows_bwd(cd_node *n);
-void cd_cpu_mse_fwd(cd_node *n);         void cd_cpu_mse_bwd(cd_node *n);
-void cd_cpu_sum_fwd(cd_node *n);         void cd_cpu_sum_bwd(cd_node *n);
-
-/* aux layouts (floats, sized by the builders in graph.c):
- *   GROUP_NORM [mean (N*G) | rstd (N*G)], LAYER_NORM [mean (rows) | rstd (rows)],
- *   ATTENTION log-sum-exp [B, H, Tq]. */
 
 #endif

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "ops.h"
 #include "core/common.h"
 
 #define CD_FLAG_BWD 32 /* derived at plan time: needs grad and reaches the loss */
@@ -25,9 +26,10 @@ struct cd_graph {
   int n, cap;
   char err[512]; /* first build error; reported by cd_graph_plan */
   const cd_backend *be;
+  cd_kernel_ctx ctx;
   void *arena;
   size_t arena_bytes, naive_bytes;
-  int planned, training;
+  int planned, training, ctx_ready;
   cd_node *loss;
   int *zero_start; /* per backward step: index into zero_list */
   cd_node **zero_list;
@@ -37,24 +39,20 @@ struct cd_graph {
   long prof_n[2][CD_OP_COUNT];
 };
 
-static const char *op_names[CD_OP_COUNT] = {
-    "leaf", "view", "conv2d", "pad2d", "linear", "bmm", "group_norm", "layer_norm",
-    "silu", "gelu", "quick_gelu", "geglu", "attention", "upsample2x", "concat", "add",
-    "mul", "scale", "permute", "timestep_embed", "embedding", "detach_rows", "mse", "sum"};
-const char *cd_op_name(cd_op op) { return op >= 0 && op < CD_OP_COUNT ? op_names[op] : "?"; }
-
 int64_t cd_numel(int ndim, const int64_t *ne) {
   int64_t n = 1;
   for (int i = 0; i < ndim; i++) n *= ne[i];
   return n;
 }
 
-cd_graph *cd_graph_new(void) {
+cd_graph *cd_graph_new_on(const cd_backend *be) {
   cd_graph *g = cd_calloc(1, sizeof *g);
-  g->be = cd_backend_cpu();
+  g->be = be;
+  g->ctx.be = be;
   g->profile = getenv("CDIFF_PROFILE") != NULL;
   return g;
 }
+cd_graph *cd_graph_new(void) { return cd_graph_new_on(cd_backend_cpu()); }
 
 /* CDIFF_PROFILE: seconds per op kind, forward and backward, over the graph's life */
 static void print_profile(const cd_graph *g) {
@@ -80,6 +78,7 @@ void cd_graph_free(cd_graph *g) {
   }
   free(g->nodes);
   if (g->arena) g->be->free(g->arena);
+  if (g->ctx_ready) g->be->ctx_free(&g->ctx);
   free(g->zero_start);
   free(g->zero_list);
   free(g->grad_list);
@@ -231,7 +230,6 @@ cd_node *cd_group_norm(cd_graph *g, cd_node *x, cd_node *gamma, cd_node *beta, i
   set_src(y, 3, x, gamma, beta, NULL);
   y->ip[0] = groups;
   y->fp[0] = eps;
-  y->naux = 2 * x->ne[0] * groups;
   return y;
 }
 
@@ -242,7 +240,6 @@ cd_node *cd_layer_norm(cd_graph *g, cd_node *x, cd_node *gamma, cd_node *beta, f
   cd_node *y = unary(g, CD_OP_LAYER_NORM, x);
   set_src(y, 3, x, gamma, beta, NULL);
   y->fp[0] = eps;
-  y->naux = 2 * (x->n / C);
   return y;
 }
 
@@ -271,7 +268,6 @@ cd_node *cd_attention(cd_graph *g, cd_node *q, cd_node *k, cd_node *v, int heads
   y->ip[0] = heads;
   y->ip[1] = causal;
   y->fp[0] = scale;
-  y->naux = q->ne[0] * heads * q->ne[1];
   return y;
 }
 
@@ -431,7 +427,7 @@ static size_t pack(interval *iv, int n, int no_reuse) {
 }
 
 static cd_node *root_of(cd_node *x) {
-  while (x->op == CD_OP_VIEW) x = x->src[0];
+  while (cd_op_has(x->op, CD_OPF_ALIAS)) x = x->src[0];
   return x;
 }
 
@@ -442,6 +438,10 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
   if (!opts) opts = &defaults;
   if (g->err[0]) return cd_set_error("%s", g->err);
   cd_threads_init();
+  if (!g->ctx_ready) {
+    if (g->be->ctx_init(&g->ctx)) return -1;
+    g->ctx_ready = 1;
+  }
   int N = g->n;
   g->training = opts->training;
   g->loss = opts->loss;
@@ -454,7 +454,7 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
     if (!g->training) continue;
     if (x->flags & CD_FLAG_TRAINABLE) x->flags |= CD_FLAG_NEEDS_GRAD;
     for (int s = 0; s < x->nsrc; s++)
-      if (x->src[s] && (x->src[s]->flags & CD_FLAG_NEEDS_GRAD) && x->op != CD_OP_TIMESTEP_EMBED) x->flags |= CD_FLAG_NEEDS_GRAD;
+      if (x->src[s] && (x->src[s]->flags & CD_FLAG_NEEDS_GRAD) && cd_op_has(x->op, CD_OPF_BWD)) x->flags |= CD_FLAG_NEEDS_GRAD;
   }
   if (g->training) {
     char *reach = cd_calloc(N, 1);
@@ -514,7 +514,8 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
   for (int i = 0; i < N; i++) {
     cd_node *x = g->nodes[i];
     x->data_off = x->grad_off = x->aux_off = -1;
-    if (x->op == CD_OP_VIEW || (x->flags & CD_FLAG_PARAM)) continue;
+    x->naux = cd_op_aux_floats(x);
+    if (cd_op_has(x->op, CD_OPF_ALIAS) || (x->flags & CD_FLAG_PARAM)) continue;
     iv[niv++] = (interval){d_start[i], d_end[i], align64(cd_nbytes(x)), &x->data_off};
     if (x->naux) iv[niv++] = (interval){d_start[i], d_end[i], align64(x->naux * sizeof(float)), &x->aux_off};
     if ((x->flags & CD_FLAG_BWD) && g_start[i] <= g_end[i])
@@ -547,7 +548,7 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
   }
   for (int i = 0; i < N; i++) { /* views alias their root */
     cd_node *x = g->nodes[i];
-    if (x->op != CD_OP_VIEW) continue;
+    if (!cd_op_has(x->op, CD_OPF_ALIAS)) continue;
     cd_node *r = root_of(x);
     x->data = r->data;
     x->grad = (x->flags & CD_FLAG_BWD) ? r->grad : NULL;
@@ -567,7 +568,7 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
 
   for (int i = 0; i < N; i++) {
     cd_node *x = g->nodes[i];
-    if (x->op == CD_OP_NONE || x->op == CD_OP_VIEW) continue;
+    if (!cd_op_has(x->op, CD_OPF_KERNEL)) continue;
     if (!g->be->forward[x->op]) return cd_set_error("graph: backend %s has no forward kernel for %s", g->be->name, cd_op_name(x->op));
     if ((x->flags & CD_FLAG_BWD) && !g->be->backward[x->op])
       return cd_set_error("graph: backend %s has no backward kernel for %s", g->be->name, cd_op_name(x->op));
@@ -580,12 +581,12 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
 static void run_kernel(cd_graph *g, int bwd, cd_node *x) {
   const cd_kernel k = (bwd ? g->be->backward : g->be->forward)[x->op];
   if (!g->profile) {
-    k(x);
+    k(&g->ctx, x);
     return;
   }
-  const double t0 = cd_time();
-  k(x);
-  g->prof_t[bwd][x->op] += cd_time() - t0;
+  const double t0 = g->be->timer_begin(&g->ctx);
+  k(&g->ctx, x);
+  g->prof_t[bwd][x->op] += g->be->timer_end(&g->ctx, t0);
   g->prof_n[bwd][x->op]++;
 }
 
@@ -593,7 +594,7 @@ int cd_graph_forward(cd_graph *g) {
   if (!g->planned) return cd_set_error("graph: forward before cd_graph_plan");
   for (int i = 0; i < g->n; i++) {
     cd_node *x = g->nodes[i];
-    if (x->op == CD_OP_NONE || x->op == CD_OP_VIEW) continue;
+    if (!cd_op_has(x->op, CD_OPF_KERNEL)) continue;
     run_kernel(g, 0, x);
   }
   return 0;
@@ -609,14 +610,14 @@ int cd_graph_backward(cd_graph *g) {
   for (int s = N; s < 2 * N; s++) {
     for (int z = g->zero_start[s]; z < g->zero_start[s + 1]; z++) {
       cd_node *x = g->zero_list[z];
-      g->be->zero(x->grad, cd_nbytes(x));
+      g->be->zero(&g->ctx, x->grad, cd_nbytes(x));
     }
     if (s == N) {
       cd_node *l = root_of(g->loss);
       if (l->grad) l->grad[0] = 1.0f;
     }
     cd_node *x = g->nodes[2 * N - 1 - s];
-    if (!(x->flags & CD_FLAG_BWD) || x->op == CD_OP_NONE || x->op == CD_OP_VIEW) continue;
+    if (!(x->flags & CD_FLAG_BWD) || !cd_op_has(x->op, CD_OPF_KERNEL)) continue;
     run_kernel(g, 1, x);
   }
   return 0;

@@ -38,35 +38,12 @@
 #define CD_MAX_DIMS 4
 #define CD_MAX_SRC 4
 
+/* Ops: generated from the registry (ops.def), which documents each op's
+ * sources and parameters. */
 typedef enum {
-  CD_OP_NONE = 0, /* leaf: input or parameter */
-  CD_OP_VIEW,     /* reshape: shares the source's data and gradient */
-  CD_OP_CONV2D,   /* src: x[N,C,H,W], w[O,C,kh,kw], b[O]|NULL; ip: stride, pad */
-  CD_OP_PAD2D,    /* src: x; ip: left, right, top, bottom (zero padding) */
-  CD_OP_LINEAR,   /* src: x[..., K], w[M, K], b[M]|NULL -> [..., M] */
-  CD_OP_BMM,      /* src: a[B,M,K] (or [B,K,M] if ip0), b[B,K,N] (or [B,N,K] if ip1) */
-  CD_OP_GROUP_NORM, /* src: x[N,C,...], gamma[C]|NULL, beta[C]|NULL; ip0 groups; fp0 eps */
-  CD_OP_LAYER_NORM, /* src: x[..., C], gamma[C]|NULL, beta[C]|NULL; fp0 eps */
-  CD_OP_SILU,
-  CD_OP_GELU,       /* exact erf GELU */
-  CD_OP_QUICK_GELU, /* x * sigmoid(1.702 x) */
-  CD_OP_GEGLU,      /* x[..., 2D] = [h | g] -> h * gelu(g), [..., D] */
-  CD_OP_ATTENTION,  /* src: q[B,Tq,H*D], k[B,Tk,H*D], v[B,Tk,H*D]; ip0 heads, ip1 causal; fp0 scale */
-  CD_OP_UPSAMPLE2X, /* nearest, NCHW */
-  CD_OP_CONCAT,     /* src: a, b; ip0 dim; all other dims equal */
-  CD_OP_ADD,        /* src: a, b; b broadcasts to a's shape (dims of size 1 or missing leading) */
-  CD_OP_MUL,        /* same broadcasting as ADD */
-  CD_OP_SCALE,      /* y = fp0 * x */
-  CD_OP_PERMUTE,    /* ip0..ip3: output dim i takes input dim ip[i] (copy) */
-  CD_OP_TIMESTEP_EMBED, /* src: t[B] (float); ip0 dim, ip1 flip_sin_to_cos; fp0 freq_shift */
-  CD_OP_EMBEDDING,  /* src: ids[...] (ids stored as floats), table[V,D], extra[E,D]|NULL;
-                       id < V reads table, V <= id < V+E reads extra[id-V] */
-  CD_OP_DETACH_ROWS, /* identity; backward drops the gradient of rows [0, ip0) along dim 1 of [B,T,C] */
-  CD_OP_MSE,        /* src: pred[B,...], target[B,...], mask[B,1,...]|NULL -> [1]:
-                       mean_b( sum(mask*(x-y)^2) / sum(mask) ) over each sample; without
-                       a mask, mean_b(mean((x-y)^2)). The mask broadcasts over dim 1 in the
-                       numerator only (Custom Diffusion's reduction). */
-  CD_OP_SUM,        /* sum of all elements -> [1] */
+#define CD_OP(E, name, nsrc, flags, aux) CD_OP_##E,
+#include "ops.def"
+#undef CD_OP
   CD_OP_COUNT
 } cd_op;
 
@@ -105,7 +82,9 @@ struct cd_node {
 typedef struct cd_graph cd_graph;
 
 /* ---- construction ---- */
-cd_graph *cd_graph_new(void);
+typedef struct cd_backend cd_backend; /* backend.h */
+cd_graph *cd_graph_new(void); /* on the CPU backend */
+cd_graph *cd_graph_new_on(const cd_backend *be);
 void cd_graph_free(cd_graph *g);
 
 cd_node *cd_input(cd_graph *g, const char *name, int ndim, const int64_t *ne);

@@ -4,7 +4,7 @@
 #include <math.h>
 
 #include "core/common.h"
-#include "engine/backend.h"
+#include "engine/cpu/cpu.h"
 #include "engine/cpu/vecmath.h"
 
 #define PAR_MIN 32768 /* below this many elements threads cost more than they save */
@@ -42,12 +42,12 @@ static void silu_bwd_span(const float *restrict x, const float *restrict dy, flo
     dx[i] += dy[i] * s * (1.0f + x[i] * (1.0f - s));
   }
 }
-void cd_cpu_silu_fwd(cd_node *n) {
+void cd_cpu_silu_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const float *x = n->src[0]->data;
   float *y = n->data;
   FOR_SPANS(n->n, silu_span(x + lo, y + lo, len));
 }
-void cd_cpu_silu_bwd(cd_node *n) {
+void cd_cpu_silu_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   float *dx = n->src[0]->grad;
   if (!dx) return;
   const float *x = n->src[0]->data, *dy = n->grad;
@@ -61,12 +61,12 @@ static void gelu_span(const float *restrict x, float *restrict y, int64_t n) {
 static void gelu_bwd_span(const float *restrict x, const float *restrict dy, float *restrict dx, int64_t n) {
   for (int64_t i = 0; i < n; i++) dx[i] += dy[i] * gelu_grad(x[i]);
 }
-void cd_cpu_gelu_fwd(cd_node *n) {
+void cd_cpu_gelu_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const float *x = n->src[0]->data;
   float *y = n->data;
   FOR_SPANS(n->n, gelu_span(x + lo, y + lo, len));
 }
-void cd_cpu_gelu_bwd(cd_node *n) {
+void cd_cpu_gelu_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   float *dx = n->src[0]->grad;
   if (!dx) return;
   const float *x = n->src[0]->data, *dy = n->grad;
@@ -83,12 +83,12 @@ static void qgelu_bwd_span(const float *restrict x, const float *restrict dy, fl
     dx[i] += dy[i] * (s + 1.702f * x[i] * s * (1.0f - s));
   }
 }
-void cd_cpu_quick_gelu_fwd(cd_node *n) {
+void cd_cpu_quick_gelu_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const float *x = n->src[0]->data;
   float *y = n->data;
   FOR_SPANS(n->n, qgelu_span(x + lo, y + lo, len));
 }
-void cd_cpu_quick_gelu_bwd(cd_node *n) {
+void cd_cpu_quick_gelu_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   float *dx = n->src[0]->grad;
   if (!dx) return;
   const float *x = n->src[0]->data, *dy = n->grad;
@@ -108,7 +108,7 @@ static void geglu_bwd_row(const float *restrict x, const float *restrict d, floa
     dg[j] += d[j] * h[j] * gelu_grad(g[j]);
   }
 }
-void cd_cpu_geglu_fwd(cd_node *n) {
+void cd_cpu_geglu_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const int64_t D = n->ne[n->ndim - 1];
   if (D <= 0) return;
   const int64_t rows = n->n / D;
@@ -117,7 +117,7 @@ void cd_cpu_geglu_fwd(cd_node *n) {
 #pragma omp parallel for schedule(static) if (n->n > PAR_MIN)
   for (int64_t r = 0; r < rows; r++) geglu_row(x + r * 2 * D, y + r * D, D);
 }
-void cd_cpu_geglu_bwd(cd_node *n) {
+void cd_cpu_geglu_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   float *dx = n->src[0]->grad;
   const int64_t D = n->ne[n->ndim - 1];
   if (!dx || D <= 0) return;

@@ -40,8 +40,7 @@
 #include <string.h>
 
 #include "core/common.h"
-#include "engine/backend.h"
-#include "engine/cpu/cpu_ops.h"
+#include "engine/cpu/cpu.h"
 
 /* The products below are written as a * b + c and need fused multiply-adds
  * to reach peak: the Makefile's -ffp-contract=fast (-std=c11 alone turns
@@ -330,7 +329,7 @@ static void attn_forward(const float *q, const float *k, const float *v, float *
   cd_aligned_free(Vp);
 }
 
-void cd_cpu_attention_fwd(cd_node *n) {
+void cd_cpu_attention_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   attn_shape s;
   if (shape_of(n, &s)) return; /* the builder rejects such shapes */
   if (s.Tk == 0 || s.Tq == 0) {
@@ -343,7 +342,7 @@ void cd_cpu_attention_fwd(cd_node *n) {
 
 /* ---------------- backward ---------------- */
 
-void cd_cpu_attention_bwd(cd_node *n) {
+void cd_cpu_attention_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   attn_shape s;
   if (shape_of(n, &s) || s.Tk == 0 || s.Tq == 0) return;
   cd_node *qn = n->src[0], *kn = n->src[1], *vn = n->src[2];

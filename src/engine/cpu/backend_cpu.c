@@ -1,68 +1,61 @@
-/* backend_cpu.c - the CPU backend's kernel table and memory functions.
+/* backend_cpu.c - the CPU backend's table, filled from the op registry.
  * Kernels are weak references so that a missing one is reported by
- * cd_graph_plan ("no forward kernel for ...") rather than failing the link. */
+ * cd_graph_plan ("no forward kernel for ...") rather than failing the link,
+ * and an op without a backward or a scratch function simply leaves its slot
+ * NULL. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/common.h"
-#include "engine/backend.h"
+#include "engine/cpu/cpu.h"
 
-#define W __attribute__((weak))
-W void cd_cpu_conv2d_fwd(cd_node *n);      W void cd_cpu_conv2d_bwd(cd_node *n);
-W void cd_cpu_pad2d_fwd(cd_node *n);       W void cd_cpu_pad2d_bwd(cd_node *n);
-W void cd_cpu_linear_fwd(cd_node *n);      W void cd_cpu_linear_bwd(cd_node *n);
-W void cd_cpu_bmm_fwd(cd_node *n);         W void cd_cpu_bmm_bwd(cd_node *n);
-W void cd_cpu_group_norm_fwd(cd_node *n);  W void cd_cpu_group_norm_bwd(cd_node *n);
-W void cd_cpu_layer_norm_fwd(cd_node *n);  W void cd_cpu_layer_norm_bwd(cd_node *n);
-W void cd_cpu_silu_fwd(cd_node *n);        W void cd_cpu_silu_bwd(cd_node *n);
-W void cd_cpu_gelu_fwd(cd_node *n);        W void cd_cpu_gelu_bwd(cd_node *n);
-W void cd_cpu_quick_gelu_fwd(cd_node *n);  W void cd_cpu_quick_gelu_bwd(cd_node *n);
-W void cd_cpu_geglu_fwd(cd_node *n);       W void cd_cpu_geglu_bwd(cd_node *n);
-W void cd_cpu_attention_fwd(cd_node *n);   W void cd_cpu_attention_bwd(cd_node *n);
-W void cd_cpu_upsample2x_fwd(cd_node *n);  W void cd_cpu_upsample2x_bwd(cd_node *n);
-W void cd_cpu_concat_fwd(cd_node *n);      W void cd_cpu_concat_bwd(cd_node *n);
-W void cd_cpu_add_fwd(cd_node *n);         W void cd_cpu_add_bwd(cd_node *n);
-W void cd_cpu_mul_fwd(cd_node *n);         W void cd_cpu_mul_bwd(cd_node *n);
-W void cd_cpu_scale_fwd(cd_node *n);       W void cd_cpu_scale_bwd(cd_node *n);
-W void cd_cpu_permute_fwd(cd_node *n);     W void cd_cpu_permute_bwd(cd_node *n);
-W void cd_cpu_timestep_embed_fwd(cd_node *n);
-W void cd_cpu_embedding_fwd(cd_node *n);   W void cd_cpu_embedding_bwd(cd_node *n);
-W void cd_cpu_detach_rows_fwd(cd_node *n); W void cd_cpu_detach_rows_bwd(cd_node *n);
-W void cd_cpu_mse_fwd(cd_node *n);         W void cd_cpu_mse_bwd(cd_node *n);
-W void cd_cpu_sum_fwd(cd_node *n);         W void cd_cpu_sum_bwd(cd_node *n);
+#define CD_OP(E, nm, ns, fl, aux)                                                       \
+  __attribute__((weak)) void cd_cpu_##nm##_fwd(const cd_kernel_ctx *ctx, cd_node *n); \
+  __attribute__((weak)) void cd_cpu_##nm##_bwd(const cd_kernel_ctx *ctx, cd_node *n); \
+  __attribute__((weak)) size_t cd_cpu_##nm##_scratch(const cd_kernel_ctx *ctx, const cd_node *n, int bwd);
+#include "engine/ops.def"
+#undef CD_OP
 
 static void *cpu_alloc(size_t n) { return cd_aligned_alloc(n); }
 static void cpu_free(void *p) { cd_aligned_free(p); }
-static void cpu_zero(void *p, size_t n) { memset(p, 0, n); }
-
-static cd_backend cpu = {.name = "cpu", .alloc = cpu_alloc, .free = cpu_free, .zero = cpu_zero};
-static int cpu_ready;
-
-#define K(op, f, b) cpu.forward[op] = f, cpu.backward[op] = b
-const cd_backend *cd_backend_cpu(void) {
-  if (cpu_ready) return &cpu;
-  K(CD_OP_CONV2D, cd_cpu_conv2d_fwd, cd_cpu_conv2d_bwd);
-  K(CD_OP_PAD2D, cd_cpu_pad2d_fwd, cd_cpu_pad2d_bwd);
-  K(CD_OP_LINEAR, cd_cpu_linear_fwd, cd_cpu_linear_bwd);
-  K(CD_OP_BMM, cd_cpu_bmm_fwd, cd_cpu_bmm_bwd);
-  K(CD_OP_GROUP_NORM, cd_cpu_group_norm_fwd, cd_cpu_group_norm_bwd);
-  K(CD_OP_LAYER_NORM, cd_cpu_layer_norm_fwd, cd_cpu_layer_norm_bwd);
-  K(CD_OP_SILU, cd_cpu_silu_fwd, cd_cpu_silu_bwd);
-  K(CD_OP_GELU, cd_cpu_gelu_fwd, cd_cpu_gelu_bwd);
-  K(CD_OP_QUICK_GELU, cd_cpu_quick_gelu_fwd, cd_cpu_quick_gelu_bwd);
-  K(CD_OP_GEGLU, cd_cpu_geglu_fwd, cd_cpu_geglu_bwd);
-  K(CD_OP_ATTENTION, cd_cpu_attention_fwd, cd_cpu_attention_bwd);
-  K(CD_OP_UPSAMPLE2X, cd_cpu_upsample2x_fwd, cd_cpu_upsample2x_bwd);
-  K(CD_OP_CONCAT, cd_cpu_concat_fwd, cd_cpu_concat_bwd);
-  K(CD_OP_ADD, cd_cpu_add_fwd, cd_cpu_add_bwd);
-  K(CD_OP_MUL, cd_cpu_mul_fwd, cd_cpu_mul_bwd);
-  K(CD_OP_SCALE, cd_cpu_scale_fwd, cd_cpu_scale_bwd);
-  K(CD_OP_PERMUTE, cd_cpu_permute_fwd, cd_cpu_permute_bwd);
-  K(CD_OP_TIMESTEP_EMBED, cd_cpu_timestep_embed_fwd, NULL);
-  K(CD_OP_EMBEDDING, cd_cpu_embedding_fwd, cd_cpu_embedding_bwd);
-  K(CD_OP_DETACH_ROWS, cd_cpu_detach_rows_fwd, cd_cpu_detach_rows_bwd);
-  K(CD_OP_MSE, cd_cpu_mse_fwd, cd_cpu_mse_bwd);
-  K(CD_OP_SUM, cd_cpu_sum_fwd, cd_cpu_sum_bwd);
-  cpu_ready = 1;
-  return &cpu;
+static void cpu_zero(const cd_kernel_ctx *ctx, void *p, size_t n) { memset(p, 0, n); }
+static void cpu_copy(const cd_kernel_ctx *ctx, void *dst, const void *src, size_t n) {
+  if (n) memcpy(dst, src, n);
 }
+static int cpu_ctx_init(cd_kernel_ctx *ctx) {
+  ctx->nthreads = cd_threads();
+  return 0;
+}
+static void cpu_ctx_free(cd_kernel_ctx *ctx) {}
+static double cpu_timer_begin(const cd_kernel_ctx *ctx) { return cd_time(); }
+static double cpu_timer_end(const cd_kernel_ctx *ctx, double t0) { return cd_time() - t0; }
+
+static const cd_backend cpu = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .zero = cpu_zero,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .ctx_init = cpu_ctx_init,
+    .ctx_free = cpu_ctx_free,
+    .timer_begin = cpu_timer_begin,
+    .timer_end = cpu_timer_end,
+#define CD_OP(E, nm, ns, fl, aux) [CD_OP_##E] = cd_cpu_##nm##_fwd,
+    .forward = {
+#include "engine/ops.def"
+    },
+#undef CD_OP
+#define CD_OP(E, nm, ns, fl, aux) [CD_OP_##E] = cd_cpu_##nm##_bwd,
+    .backward = {
+#include "engine/ops.def"
+    },
+#undef CD_OP
+#define CD_OP(E, nm, ns, fl, aux) [CD_OP_##E] = cd_cpu_##nm##_scratch,
+    .scratch = {
+#include "engine/ops.def"
+    },
+#undef CD_OP
+};
+
+const cd_backend *cd_backend_cpu(void) { return &cpu; }

@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "core/common.h"
-#include "engine/backend.h"
+#include "engine/cpu/cpu.h"
 
 /* Bytes of col per band. Large enough that sgemm sees a wide N (it splits N
  * between threads and amortises packing W), small enough to stay in the
@@ -117,7 +117,7 @@ static void col2im_band(const conv_shape *q, const float *dcol, float *dxn, int6
   }
 }
 
-void cd_cpu_conv2d_fwd(cd_node *n) {
+void cd_cpu_conv2d_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *xn = n->src[0], *wn = n->src[1], *bn = n->src[2];
   conv_shape q = conv_get_shape(n);
   if (n->n == 0 || q.K == 0) {
@@ -152,7 +152,7 @@ void cd_cpu_conv2d_fwd(cd_node *n) {
   cd_aligned_free(col);
 }
 
-void cd_cpu_conv2d_bwd(cd_node *n) {
+void cd_cpu_conv2d_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   cd_node *xn = n->src[0], *wn = n->src[1], *bn = n->src[2];
   conv_shape q = conv_get_shape(n);
   const float *dy = n->grad;

@@ -13,7 +13,7 @@
 #endif
 
 #include "core/common.h"
-#include "engine/backend.h"
+#include "engine/cpu/cpu.h"
 
 #define PAR_MIN 32768 /* below this many elements threads cost more than they save */
 
@@ -134,19 +134,19 @@ static void binary_bwd(cd_node *n, int mul) {
   free(part);
 }
 
-void cd_cpu_add_fwd(cd_node *n) { binary_fwd(n, 0); }
-void cd_cpu_add_bwd(cd_node *n) { binary_bwd(n, 0); }
-void cd_cpu_mul_fwd(cd_node *n) { binary_fwd(n, 1); }
-void cd_cpu_mul_bwd(cd_node *n) { binary_bwd(n, 1); }
+void cd_cpu_add_fwd(const cd_kernel_ctx *ctx, cd_node *n) { binary_fwd(n, 0); }
+void cd_cpu_add_bwd(const cd_kernel_ctx *ctx, cd_node *n) { binary_bwd(n, 0); }
+void cd_cpu_mul_fwd(const cd_kernel_ctx *ctx, cd_node *n) { binary_fwd(n, 1); }
+void cd_cpu_mul_bwd(const cd_kernel_ctx *ctx, cd_node *n) { binary_bwd(n, 1); }
 
 /* ---- SCALE: y = fp0 * x ---- */
-void cd_cpu_scale_fwd(cd_node *n) {
+void cd_cpu_scale_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const float s = n->fp[0], *x = n->src[0]->data;
   float *y = n->data;
 #pragma omp parallel for schedule(static) if (n->n > PAR_MIN)
   for (int64_t i = 0; i < n->n; i++) y[i] = s * x[i];
 }
-void cd_cpu_scale_bwd(cd_node *n) {
+void cd_cpu_scale_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   float *dx = n->src[0]->grad;
   if (!dx) return;
   const float s = n->fp[0], *dy = n->grad;
@@ -184,14 +184,14 @@ static int perm_check(const cd_node *n, int64_t xst[CD_MAX_DIMS], int64_t yst[CD
   return 1;
 }
 
-void cd_cpu_permute_fwd(cd_node *n) {
+void cd_cpu_permute_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   int64_t xst[CD_MAX_DIMS], yst[CD_MAX_DIMS], sst[CD_MAX_DIMS];
   if (!perm_check(n, xst, yst)) return;
   for (int i = 0; i < n->ndim; i++) sst[i] = xst[n->ip[i]];
   gather(n->data, n->src[0]->data, n->ndim, n->ne, sst, 0);
 }
 
-void cd_cpu_permute_bwd(cd_node *n) {
+void cd_cpu_permute_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *x = n->src[0];
   int64_t xst[CD_MAX_DIMS], yst[CD_MAX_DIMS], sst[CD_MAX_DIMS];
   if (!x->grad || !perm_check(n, xst, yst)) return;
@@ -212,7 +212,7 @@ static int concat_dims(const cd_node *n, int64_t *outer, int64_t *ia, int64_t *i
   return 1;
 }
 
-void cd_cpu_concat_fwd(cd_node *n) {
+void cd_cpu_concat_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   int64_t outer, ia, ib;
   if (!concat_dims(n, &outer, &ia, &ib)) return;
   const float *a = n->src[0]->data, *b = n->src[1]->data;
@@ -224,7 +224,7 @@ void cd_cpu_concat_fwd(cd_node *n) {
   }
 }
 
-void cd_cpu_concat_bwd(cd_node *n) {
+void cd_cpu_concat_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   int64_t outer, ia, ib;
   if (!concat_dims(n, &outer, &ia, &ib)) return;
   float *ga = n->src[0]->grad, *gb = n->src[1]->grad;

@@ -4,8 +4,7 @@
 #include <string.h>
 
 #include "core/common.h"
-#include "engine/backend.h"
-#include "engine/cpu/cpu_ops.h"
+#include "engine/cpu/cpu.h"
 
 /* ---- TIMESTEP_EMBED: t[B] -> [B, dim] sinusoidal embedding ----
  * half = dim / 2, freq_i = exp(-ln(10000) * i / (half - freq_shift)),
@@ -13,7 +12,7 @@
  * Every step is rounded to float32 in the order diffusers' get_timestep_embedding
  * computes it (it works in float32 even for float64 models), so we reproduce
  * its values to ~1 ulp. An odd dim gets a trailing zero column, as there. */
-void cd_cpu_timestep_embed_fwd(cd_node *n) {
+void cd_cpu_timestep_embed_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *t = n->src[0];
   const int64_t B = t->n, dim = n->ip[0], half = dim / 2;
   const int flip = n->ip[1];
@@ -50,7 +49,7 @@ static const float *embed_row(float f, const cd_node *table, const cd_node *extr
   return id < V ? table->data + id * D : extra->data + (id - V) * D;
 }
 
-void cd_cpu_embedding_fwd(cd_node *n) {
+void cd_cpu_embedding_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *ids = n->src[0], *table = n->src[1], *extra = n->src[2];
   const int64_t D = table->ne[1];
   int bad = 0;
@@ -69,7 +68,7 @@ void cd_cpu_embedding_fwd(cd_node *n) {
   if (bad) atomic_fetch_add(&bad_ids, bad);
 }
 
-void cd_cpu_embedding_bwd(cd_node *n) {
+void cd_cpu_embedding_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *ids = n->src[0], *table = n->src[1], *extra = n->src[2];
   float *gt = table->grad, *ge = extra ? extra->grad : NULL;
   if (!gt && !ge) return;
@@ -88,11 +87,11 @@ void cd_cpu_embedding_bwd(cd_node *n) {
 }
 
 /* ---- DETACH_ROWS: identity on [B, T, ...]; backward drops rows t < ip0 ---- */
-void cd_cpu_detach_rows_fwd(cd_node *n) {
+void cd_cpu_detach_rows_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   if (n->data != n->src[0]->data) memcpy(n->data, n->src[0]->data, cd_nbytes(n));
 }
 
-void cd_cpu_detach_rows_bwd(cd_node *n) {
+void cd_cpu_detach_rows_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   float *dx = n->src[0]->grad;
   if (!dx || n->ndim < 2 || n->ne[0] <= 0 || n->ne[1] <= 0) return;
   const int64_t B = n->ne[0], T = n->ne[1], C = n->n / (B * T);

@@ -14,11 +14,11 @@
 #include <string.h>
 
 #include "core/common.h"
-#include "engine/backend.h"
+#include "engine/cpu/cpu.h"
 
 /* ---- LINEAR ---- */
 
-void cd_cpu_linear_fwd(cd_node *n) {
+void cd_cpu_linear_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *xn = n->src[0], *wn = n->src[1], *bn = n->src[2];
   const int64_t M = wn->ne[0], K = wn->ne[1];
   const int64_t R = M ? n->n / M : 0;
@@ -39,7 +39,7 @@ void cd_cpu_linear_fwd(cd_node *n) {
               1.0f, xn->data, (int)K, wn->data, (int)K, beta, y, (int)M);
 }
 
-void cd_cpu_linear_bwd(cd_node *n) {
+void cd_cpu_linear_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   cd_node *xn = n->src[0], *wn = n->src[1], *bn = n->src[2];
   const int64_t M = wn->ne[0], K = wn->ne[1];
   const int64_t R = M ? n->n / M : 0;
@@ -87,7 +87,7 @@ static bmm_shape bmm_get_shape(const cd_node *n) {
   return q;
 }
 
-void cd_cpu_bmm_fwd(cd_node *n) {
+void cd_cpu_bmm_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *an = n->src[0], *bn = n->src[1];
   bmm_shape q = bmm_get_shape(n);
   if (n->n == 0) return;
@@ -106,7 +106,7 @@ void cd_cpu_bmm_fwd(cd_node *n) {
  *   d op(A) = G op(B)^T [M, K];  d op(B) = op(A)^T G [K, N].
  * A transposed operand's stored gradient is the transpose of those:
  *   ta: dA [K, M] = op(B) G^T;   tb: dB [N, K] = G^T op(A). */
-void cd_cpu_bmm_bwd(cd_node *n) {
+void cd_cpu_bmm_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   cd_node *an = n->src[0], *bn = n->src[1];
   bmm_shape q = bmm_get_shape(n);
   if (n->n == 0 || q.K == 0) return;

@@ -3,7 +3,7 @@
 #include <math.h>
 
 #include "core/common.h"
-#include "engine/backend.h"
+#include "engine/cpu/cpu.h"
 
 /* ---- MSE: pred[B, ...], target[B, ...], mask[B, 1, ...]|NULL -> [1] ----
  * Without a mask: the mean of (x - y)^2 over everything (every sample has the
@@ -29,7 +29,7 @@ static int mse_setup(const cd_node *n, mse_dims *d) {
   return 1;
 }
 
-void cd_cpu_mse_fwd(cd_node *n) {
+void cd_cpu_mse_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *x = n->src[0], *y = n->src[1], *m = n->src[2];
   mse_dims d;
   n->data[0] = 0.0f;
@@ -60,7 +60,7 @@ void cd_cpu_mse_fwd(cd_node *n) {
   n->data[0] = (float)(L / (double)d.B);
 }
 
-void cd_cpu_mse_bwd(cd_node *n) {
+void cd_cpu_mse_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *x = n->src[0], *y = n->src[1], *m = n->src[2];
   float *gx = x->grad, *gy = y->grad, *gm = m ? m->grad : NULL;
   mse_dims d;
@@ -111,7 +111,7 @@ void cd_cpu_mse_bwd(cd_node *n) {
 }
 
 /* ---- SUM: all elements -> [1] ---- */
-void cd_cpu_sum_fwd(cd_node *n) {
+void cd_cpu_sum_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *x = n->src[0];
   double s = 0;
 #pragma omp parallel for schedule(static) reduction(+ : s) if (x->n > 32768)
@@ -119,7 +119,7 @@ void cd_cpu_sum_fwd(cd_node *n) {
   n->data[0] = (float)s;
 }
 
-void cd_cpu_sum_bwd(cd_node *n) {
+void cd_cpu_sum_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   float *dx = n->src[0]->grad;
   if (!dx) return;
   const float g = n->grad[0];

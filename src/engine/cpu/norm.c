@@ -18,7 +18,7 @@
 #endif
 
 #include "core/common.h"
-#include "engine/backend.h"
+#include "engine/cpu/cpu.h"
 
 /* Mean and sum of squared deviations of n floats: float partial sums over
  * short chunks (vectorised through omp simd) added into a double. The mean
@@ -51,7 +51,7 @@ static double sumsq_dev(const float *x, int64_t n, double mean) {
 
 /* ---- GROUP_NORM: x[N, C, *spatial]; aux = [mean (N*G) | rstd (N*G)] ---- */
 
-void cd_cpu_group_norm_fwd(cd_node *n) {
+void cd_cpu_group_norm_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *x = n->src[0], *gm = n->src[1], *bt = n->src[2];
   const int64_t N = x->ne[0], C = x->ne[1], G = n->ip[0];
   if (N <= 0 || C <= 0 || G <= 0 || C % G || x->n <= 0) return; /* the builder rejects these */
@@ -82,7 +82,7 @@ void cd_cpu_group_norm_fwd(cd_node *n) {
   }
 }
 
-void cd_cpu_group_norm_bwd(cd_node *n) {
+void cd_cpu_group_norm_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *x = n->src[0], *gm = n->src[1], *bt = n->src[2];
   const int64_t N = x->ne[0], C = x->ne[1], G = n->ip[0];
   if (N <= 0 || C <= 0 || G <= 0 || C % G || x->n <= 0) return;
@@ -138,7 +138,7 @@ void cd_cpu_group_norm_bwd(cd_node *n) {
 
 /* ---- LAYER_NORM: x[..., C] over the last dim; aux = [mean (rows) | rstd (rows)] ---- */
 
-void cd_cpu_layer_norm_fwd(cd_node *n) {
+void cd_cpu_layer_norm_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *x = n->src[0], *gm = n->src[1], *bt = n->src[2];
   const int64_t C = x->ne[x->ndim - 1];
   if (C <= 0) return;
@@ -162,7 +162,7 @@ void cd_cpu_layer_norm_fwd(cd_node *n) {
   }
 }
 
-void cd_cpu_layer_norm_bwd(cd_node *n) {
+void cd_cpu_layer_norm_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *x = n->src[0], *gm = n->src[1], *bt = n->src[2];
   const int64_t C = x->ne[x->ndim - 1];
   if (C <= 0) return;

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "core/common.h"
-#include "engine/backend.h"
+#include "engine/cpu/cpu.h"
 
 /* input H, W: the last two dims of the source */
 static void plane_hw(const cd_node *x, int64_t *H, int64_t *W) {
@@ -20,7 +20,7 @@ static void plane_hw(const cd_node *x, int64_t *H, int64_t *W) {
 
 /* ---- PAD2D ---- */
 
-void cd_cpu_pad2d_fwd(cd_node *n) {
+void cd_cpu_pad2d_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *xn = n->src[0];
   int64_t H, W;
   plane_hw(xn, &H, &W);
@@ -48,7 +48,7 @@ void cd_cpu_pad2d_fwd(cd_node *n) {
   }
 }
 
-void cd_cpu_pad2d_bwd(cd_node *n) {
+void cd_cpu_pad2d_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   cd_node *xn = n->src[0];
   if (!xn->grad || n->n == 0) return;
   int64_t H, W;
@@ -69,7 +69,7 @@ void cd_cpu_pad2d_bwd(cd_node *n) {
 
 /* ---- UPSAMPLE2X ---- */
 
-void cd_cpu_upsample2x_fwd(cd_node *n) {
+void cd_cpu_upsample2x_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *xn = n->src[0];
   int64_t H, W;
   plane_hw(xn, &H, &W);
@@ -86,7 +86,7 @@ void cd_cpu_upsample2x_fwd(cd_node *n) {
   }
 }
 
-void cd_cpu_upsample2x_bwd(cd_node *n) {
+void cd_cpu_upsample2x_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   cd_node *xn = n->src[0];
   if (!xn->grad || n->n == 0) return;
   int64_t H, W;

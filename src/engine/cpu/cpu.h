@@ -1,10 +1,22 @@
-/* cpu_ops.h - CPU-backend extras beyond the kernel table in backend.h. */
-#ifndef CD_CPU_OPS_H
-#define CD_CPU_OPS_H
+/* cpu.h - the CPU backend: its kernels (one op family per file in
+ * src/engine/cpu/, forward and backward side by side) and its extras.
+ *
+ * Every op in the registry (ops.def) may have cd_cpu_<name>_fwd,
+ * cd_cpu_<name>_bwd and cd_cpu_<name>_scratch; backend_cpu.c fills its table
+ * from whichever of them exist. */
+#ifndef CD_CPU_H
+#define CD_CPU_H
 
 #include <stddef.h>
 
-#include "engine/graph.h"
+#include "engine/backend.h"
+
+#define CD_OP(E, nm, ns, fl, aux)                                   \
+  void cd_cpu_##nm##_fwd(const cd_kernel_ctx *ctx, cd_node *n);     \
+  void cd_cpu_##nm##_bwd(const cd_kernel_ctx *ctx, cd_node *n);     \
+  size_t cd_cpu_##nm##_scratch(const cd_kernel_ctx *ctx, const cd_node *n, int bwd);
+#include "engine/ops.def"
+#undef CD_OP
 
 /* EMBEDDING never crashes on an id outside [0, V + E) or one that is not an
  * integer: it writes a zero row and counts the id here (process-wide,
