@@ -53,7 +53,7 @@ static void out_path(const char *out, int is_dir, int i, int n, uint64_t seed, c
 
 int cmd_sample(int argc, char **argv) {
   const char *model = NULL, *prompt = NULL, *negative = "", *sampler = "ddim", *out = NULL, *init = NULL, *save = NULL;
-  const char *prediction = NULL, *vocab = NULL, *init_image = NULL;
+  const char *prediction = NULL, *vocab = NULL, *init_image = NULL, *scheduler = NULL;
   float strength = 0.75f;
   int steps = 30, width = 0, height = 0, n = 0, karras = 0, tile = 0, help = 0;
   float cfg = 7.5f, eta = 0.0f;
@@ -63,11 +63,13 @@ int cmd_sample(int argc, char **argv) {
       {"--model", CLI_STR, &model, "PATH", "diffusers folder or single-file .safetensors/.ckpt (required)"},
       {"--prompt", CLI_STR, &prompt, "TEXT", "the prompt (required)"},
       {"--negative", CLI_STR, &negative, "TEXT", "negative prompt (default empty)"},
-      {"--sampler", CLI_STR, &sampler, "NAME", "ddim|ddpm|pndm|euler|euler_a|dpmpp_2m (default ddim)"},
+      {"--sampler", CLI_STR, &sampler, "NAME",
+       "ddim|ddpm|pndm|euler|euler_a|dpmpp_2m|heun|dpm2|dpmpp_2s_a|dpmpp_sde|lcm (default ddim; aliases plms, dpm++2m, dpm++2s_a, dpm++sde)"},
       {"--steps", CLI_INT, &steps, "N", "sampling steps (default 30)"},
       {"--cfg", CLI_FLOAT, &cfg, "S", "classifier-free guidance scale (default 7.5; <= 1 disables)"},
       {"--eta", CLI_FLOAT, &eta, "E", "DDIM eta (default 0)"},
-      {"--karras", CLI_FLAG, &karras, "", "Karras sigmas (euler, dpmpp_2m)"},
+      {"--scheduler", CLI_STR, &scheduler, "NAME", "sigma schedule of the sigma samplers: discrete|karras|exponential (default discrete)"},
+      {"--karras", CLI_FLAG, &karras, "", "same as --scheduler karras"},
       {"--seed", CLI_U64, &seed, "N", "seed of the initial noise; image i uses seed+i (default 42)"},
       {"--width", CLI_INT, &width, "W", "image width in pixels (default: the model's resolution, 512 for SD 1.x)"},
       {"--height", CLI_INT, &height, "H", "image height in pixels"},
@@ -97,6 +99,24 @@ int cmd_sample(int argc, char **argv) {
     fprintf(stderr, "cdiff sample: --sampler: %s\n", cd_last_error());
     return 2;
   }
+  cd_sigma_sched sigsched = karras ? CD_SIGMAS_KARRAS : CD_SIGMAS_DISCRETE;
+  if (scheduler && cd_sigma_sched_parse(scheduler, &sigsched)) {
+    fprintf(stderr, "cdiff sample: --scheduler: %s\n", cd_last_error());
+    return 2;
+  }
+  if (karras && sigsched != CD_SIGMAS_KARRAS) {
+    fprintf(stderr, "cdiff sample: --karras contradicts --scheduler %s\n", scheduler);
+    return 2;
+  }
+  if (sigsched != CD_SIGMAS_DISCRETE && !cd_sampler_sigma_based(go.s.kind)) {
+    fprintf(stderr, "cdiff sample: --scheduler %s needs a sigma sampler (euler, euler_a, dpmpp_2m, heun, dpm2, dpmpp_2s_a, dpmpp_sde), not %s\n",
+            cd_sigma_sched_name(sigsched), cd_sampler_name(go.s.kind));
+    return 2;
+  }
+  if (go.s.kind == CD_SAMPLER_LCM && (steps < 1 || steps > 50)) {
+    fprintf(stderr, "cdiff sample: --steps must be in 1..50 for lcm (its original_inference_steps; got %d)\n", steps);
+    return 2;
+  }
   if (steps < 1 || steps > 1000) {
     fprintf(stderr, "cdiff sample: --steps must be in 1..1000 (got %d)\n", steps);
     return 2;
@@ -111,7 +131,7 @@ int cmd_sample(int argc, char **argv) {
   }
   go.s.steps = steps;
   go.s.eta = eta;
-  go.s.karras = karras;
+  go.s.sigma_sched = sigsched;
   go.s.seed = seed;
 
   cd_load_opts lo = {.prediction = prediction, .vocab = vocab};
@@ -186,7 +206,8 @@ int cmd_sample(int argc, char **argv) {
     snprintf(sseed, sizeof sseed, "%llu", (unsigned long long)(seed + i));
     const char *kv[] = {"prompt", prompt, "negative_prompt", negative, "seed", sseed, "sampler", cd_sampler_name(go.s.kind),
                         "steps", ssteps, "cfg_scale", scfg, "eta", seta, "size", ssize, "model", model,
-                        "model_hash", m->hash, "deltas", dl, "karras", karras ? "1" : "0",
+                        "model_hash", m->hash, "deltas", dl, "karras", sigsched == CD_SIGMAS_KARRAS ? "1" : "0",
+                        "scheduler", cd_sigma_sched_name(sigsched),
                         "init_latents", init ? init : "", "init_image", init_image ? init_image : "",
                         "strength", init_image ? sstr : "", "software", "cdiff"};
     cd_image im;

@@ -255,6 +255,34 @@ TEST(img2img_strength) {
   CHECK(bad);
 }
 
+/* every sampler and sigma schedule runs end to end; contradictions are usage errors */
+TEST(samplers_and_schedulers) {
+  char m[1024], out[8192], args[4096], png[512], v[256];
+  HAVE("tiny-sd1", m);
+  const char *runs[][2] = {{"heun", "discrete"}, {"dpm2", "karras"}, {"dpmpp_2s_a", "exponential"},
+                           {"dpmpp_sde", "karras"}, {"lcm", NULL}, {"dpm++2s_a", "discrete"}, {"euler_a", "exponential"}};
+  for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
+    snprintf(png, sizeof png, "%s/s%zu.png", tmpdir, i);
+    snprintf(args, sizeof args, "sample --model %s --prompt cat --sampler %s %s %s --steps 3 --width 32 --height 32 --out %s", m,
+             runs[i][0], runs[i][1] ? "--scheduler" : "", runs[i][1] ? runs[i][1] : "", png);
+    int rc = cdiff(out, sizeof out, args);
+    CHECKF(rc == 0, "'%s' exited %d: %s", args, rc, out);
+    CHECK(cd_png_read_text(png, "scheduler", v, sizeof v) == 0 && !strcmp(v, runs[i][1] ? runs[i][1] : "discrete"));
+  }
+  struct { const char *flags, *expect; } bad[] = {
+      {"--sampler ddim --scheduler karras", "sigma sampler"},
+      {"--sampler lcm --steps 60", "1..50"},
+      {"--scheduler linear", "linear"},
+      {"--karras --scheduler exponential", "--karras"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    snprintf(args, sizeof args, "sample --model %s --prompt cat --out %s/bad.png %s", m, tmpdir, bad[i].flags);
+    int rc = cdiff(out, sizeof out, args);
+    CHECKF(rc == 2, "'%s' exited %d (usage error 2 expected): %s", args, rc, out);
+    CHECKF(strstr(out, bad[i].expect), "'%s': message lacks '%s': %s", args, bad[i].expect, out);
+  }
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_cli_XXXXXX");
   if (!mkdtemp(tmpdir)) return 1;
@@ -265,6 +293,7 @@ int main(void) {
   RUN(bad_input_is_reported);
   RUN(unknown_unet_key_is_named);
   RUN(img2img_strength);
+  RUN(samplers_and_schedulers);
   if (test_rmtree(tmpdir)) return 1;
   return test_summary();
 }

@@ -273,13 +273,29 @@ TEST(parse_and_errors) {
   CHECK(k == CD_SAMPLER_PNDM);
   CHECK_OK(cd_sampler_parse("dpmpp_2m", &k));
   CHECK(k == CD_SAMPLER_DPMPP_2M);
-  const char *names[] = {"ddim", "ddpm", "pndm", "euler", "euler_a", "dpmpp_2m"};
-  for (int i = 0; i < 6; i++) {
+  const char *names[] = {"ddim", "ddpm", "pndm", "euler", "euler_a", "dpmpp_2m",
+                         "heun", "dpm2", "dpmpp_2s_a", "dpmpp_sde", "lcm"};
+  for (int i = 0; i < 11; i++) {
     CHECK_OK(cd_sampler_parse(names[i], &k));
     CHECK(!strcmp(cd_sampler_name(k), names[i]));
   }
-  CHECK(cd_sampler_parse("heun", &k) == -1);
-  CHECKF(strstr(cd_last_error(), "heun") != NULL, "error does not name the value: %s", cd_last_error());
+  /* stable-diffusion.cpp and ComfyUI spellings */
+  struct { const char *alias; cd_sampler_kind k; } al[] = {
+    {"dpm++2m", CD_SAMPLER_DPMPP_2M}, {"dpm++2s_a", CD_SAMPLER_DPMPP_2S_A},
+    {"dpmpp_2s_ancestral", CD_SAMPLER_DPMPP_2S_A}, {"dpm_2", CD_SAMPLER_DPM2},
+    {"dpm++sde", CD_SAMPLER_DPMPP_SDE}, {"euler_ancestral", CD_SAMPLER_EULER_A}};
+  for (size_t i = 0; i < sizeof al / sizeof *al; i++) {
+    CHECK_OK(cd_sampler_parse(al[i].alias, &k));
+    CHECKF(k == al[i].k, "alias %s", al[i].alias);
+  }
+  CHECK(cd_sampler_parse("heunpp", &k) == -1);
+  CHECKF(strstr(cd_last_error(), "heunpp") != NULL, "error does not name the value: %s", cd_last_error());
+  cd_sigma_sched ss;
+  CHECK_OK(cd_sigma_sched_parse("exponential", &ss));
+  CHECK(ss == CD_SIGMAS_EXPONENTIAL && !strcmp(cd_sigma_sched_name(ss), "exponential"));
+  CHECK_OK(cd_sigma_sched_parse("discrete", &ss));
+  CHECK(ss == CD_SIGMAS_DISCRETE);
+  CHECK(cd_sigma_sched_parse("polyexponential", &ss) == -1 && strstr(cd_last_error(), "polyexponential"));
   CHECK(cd_sampler_parse(NULL, &k) == -1);
   cd_spacing sp;
   CHECK(cd_spacing_parse("weird", &sp) == -1 && strstr(cd_last_error(), "weird"));
@@ -290,6 +306,9 @@ TEST(parse_and_errors) {
   CHECK(cd_schedule_make(&c, CD_SAMPLER_DDIM, 1001, 0, &s) == -1);
   CHECK(cd_schedule_make(&c, CD_SAMPLER_DDIM, 10, 1, &s) == -1); /* karras needs a sigma sampler */
   CHECK(strstr(cd_last_error(), "karras") != NULL);
+  CHECK(cd_schedule_make(&c, CD_SAMPLER_LCM, 4, CD_SIGMAS_EXPONENTIAL, &s) == -1);
+  CHECK(cd_schedule_make(&c, CD_SAMPLER_LCM, 51, 0, &s) == -1); /* more than its 50 distillation steps */
+  CHECK(strstr(cd_last_error(), "50") != NULL);
   cd_sampler sm;
   cd_sample_opts o = {.kind = CD_SAMPLER_DDIM, .steps = 10};
   CHECK(cd_sampler_init(&sm, &c, &o, 0) == -1);
@@ -308,20 +327,35 @@ TEST(schedule_tables_sane) {
   cd_sched_config c;
   cd_sched_config_default(&c);
   cd_sampler_kind ks[] = {CD_SAMPLER_DDIM, CD_SAMPLER_DDPM, CD_SAMPLER_PNDM, CD_SAMPLER_EULER,
-                          CD_SAMPLER_EULER_A, CD_SAMPLER_DPMPP_2M};
+                          CD_SAMPLER_EULER_A, CD_SAMPLER_DPMPP_2M, CD_SAMPLER_HEUN, CD_SAMPLER_DPM2,
+                          CD_SAMPLER_DPMPP_2S_A, CD_SAMPLER_DPMPP_SDE, CD_SAMPLER_LCM};
+  const size_t nks = sizeof ks / sizeof *ks;
   int steps[] = {1, 2, 3, 7, 10, 25, 50, 333, 500};
   for (int sp = 0; sp < 4; sp++)
-    for (size_t ki = 0; ki < 6; ki++)
+    for (size_t ki = 0; ki < nks; ki++)
       for (size_t si = 0; si < sizeof steps / sizeof *steps; si++) {
         c.spacing = (cd_spacing)sp;
         cd_schedule s;
+        if (ks[ki] == CD_SAMPLER_LCM && steps[si] > 50) continue; /* an error, checked above */
         CHECKF(cd_schedule_make(&c, ks[ki], steps[si], 0, &s) == 0, "%s spacing %d steps %d: %s",
                cd_sampler_name(ks[ki]), sp, steps[si], cd_last_error());
-        int bad = s.n < 1;
+        int two = ks[ki] == CD_SAMPLER_HEUN || ks[ki] == CD_SAMPLER_DPM2 || ks[ki] == CD_SAMPLER_DPMPP_2S_A ||
+                  ks[ki] == CD_SAMPLER_DPMPP_SDE;
+        int bad = s.n < 1 || s.order != (two ? 2 : 1) || (two && s.n != 2 * steps[si] - 1 && sp != CD_SPACING_TRAILING);
+        int o = two ? 2 : 1;
         for (int i = 0; i < s.n; i++) {
           bad |= !(s.timesteps[i] >= 0 && s.timesteps[i] <= 999);
-          if (i) bad |= s.timesteps[i] > s.timesteps[i - 1];
-          if (s.sigmas) bad |= !(s.sigmas[i] > s.sigmas[i + 1]);
+          /* the steps (even evaluations of a second-order sampler) descend */
+          if (i % o == 0 && i >= o) bad |= s.timesteps[i] > s.timesteps[i - o];
+          if (s.sigmas && i % o == 0) bad |= !(s.sigmas[i] > s.sigmas[i + o < s.n ? i + o : s.n]);
+          /* a second evaluation lies below its step's sigma: Heun at the next
+           * step's sigma, DPM2/SDE between the two, DPM++ 2S a between the
+           * step's sigma and its sigma_down (which may be below the next sigma) */
+          if (s.sigmas && i % o == 1) {
+            bad |= !(s.sigmas[i] < s.sigmas[i - 1] && s.sigmas[i] > 0 && s.timesteps[i] <= s.timesteps[i - 1]);
+            if (ks[ki] == CD_SAMPLER_HEUN) bad |= s.sigmas[i] != s.sigmas[i + 1] || s.timesteps[i] != s.timesteps[i + 1];
+            else if (ks[ki] != CD_SAMPLER_DPMPP_2S_A) bad |= !(s.sigmas[i] > s.sigmas[i + 1]);
+          }
         }
         bad |= !(s.init_noise_sigma > 0); /* Euler with 1 linspace step starts at sigma(t=0) < 1, as diffusers */
         int n = s.n;
@@ -359,6 +393,12 @@ TEST(schedule_tables_sane) {
   CHECK_OK(cd_schedule_make(&c, CD_SAMPLER_DDIM, 10, 0, &s));
   ok = cd_schedule_begin_for_strength(&s, 1.0) == 0 && cd_schedule_begin_for_strength(&s, 0.75) == 3 &&
        cd_schedule_begin_for_strength(&s, 0.0) == 10;
+  cd_schedule_free(&s);
+  CHECK(ok);
+  /* second order: diffusers' t_start * order, on the even (step) evaluations */
+  CHECK_OK(cd_schedule_make(&c, CD_SAMPLER_HEUN, 10, 0, &s));
+  ok = s.n == 19 && cd_schedule_begin_for_strength(&s, 1.0) == 0 && cd_schedule_begin_for_strength(&s, 0.6) == 8 &&
+       cd_schedule_begin_for_strength(&s, 0.0) == 19;
   cd_schedule_free(&s);
   CHECK(ok);
 }
@@ -420,8 +460,10 @@ static void run_toy(cd_sampler_kind k, float eta, uint64_t seed, float *x, int64
 TEST(stochastic_seeded) {
   enum { N = 64 };
   struct { cd_sampler_kind k; float eta; } cases[] = {
-    {CD_SAMPLER_EULER_A, 0}, {CD_SAMPLER_DDPM, 0}, {CD_SAMPLER_DDIM, 1.0f}, {CD_SAMPLER_DDIM, 0.5f}};
-  for (int ci = 0; ci < 4; ci++) {
+    {CD_SAMPLER_EULER_A, 0}, {CD_SAMPLER_DDPM, 0}, {CD_SAMPLER_DDIM, 1.0f}, {CD_SAMPLER_DDIM, 0.5f},
+    {CD_SAMPLER_DPMPP_2S_A, 0}, {CD_SAMPLER_DPMPP_SDE, 0}, {CD_SAMPLER_LCM, 0}};
+  for (int ci = 0; ci < (int)(sizeof cases / sizeof *cases); ci++) {
+    CHECK(cd_sampler_stochastic(cases[ci].k, cases[ci].eta));
     float a[N], b[N], d[N];
     int r1, r2, r3;
     run_toy(cases[ci].k, cases[ci].eta, 7, a, N, &r1);
@@ -441,8 +483,10 @@ TEST(stochastic_seeded) {
   run_toy(CD_SAMPLER_DDIM, 1.0f, 5, b, N, &r2);
   CHECK(r1 == 0 && r2 == 0 && !memcmp(a, b, sizeof a));
   /* deterministic samplers ignore the seed */
-  cd_sampler_kind det[] = {CD_SAMPLER_DDIM, CD_SAMPLER_PNDM, CD_SAMPLER_EULER, CD_SAMPLER_DPMPP_2M};
-  for (int i = 0; i < 4; i++) {
+  cd_sampler_kind det[] = {CD_SAMPLER_DDIM, CD_SAMPLER_PNDM, CD_SAMPLER_EULER, CD_SAMPLER_DPMPP_2M,
+                           CD_SAMPLER_HEUN, CD_SAMPLER_DPM2};
+  for (int i = 0; i < 6; i++) {
+    CHECK(!cd_sampler_stochastic(det[i], 0));
     run_toy(det[i], 0, 1, a, N, &r1);
     run_toy(det[i], 0, 2, b, N, &r2);
     CHECKF(r1 == 0 && r2 == 0 && !memcmp(a, b, sizeof a), "%s depends on the seed", cd_sampler_name(det[i]));
@@ -503,6 +547,353 @@ TEST(img2img_begin) {
   CHECKF(mx < 1e-5, "DDIM img2img did not return to x0 (max |x| %g)", mx);
 }
 
+
+/* ---- k-diffusion samplers on an analytic denoiser ----
+ * Data x0 ~ N(mu_e, S^2) per element. In sigma space (x = x0 + sigma*eps) the
+ * exact denoiser is D(x, sigma) = (S^2 x + sigma^2 mu) / (S^2 + sigma^2), and
+ * the probability-flow ODE dx/dsigma = (x - D)/sigma has the solution
+ * (x - mu) / sqrt(S^2 + sigma^2) = const. */
+
+#define GS 1.0 /* S, the data standard deviation */
+
+static double gauss_den(double x, double sigma, double mu) {
+  return (GS * GS * x + sigma * sigma * mu) / (GS * GS + sigma * sigma);
+}
+
+typedef struct {
+  const cd_schedule *sc; /* the sampler's evaluation table */
+  const double *mu;
+  cd_pred_type pred;
+  int calls;
+  int bad_t;             /* the model got a timestep other than sc->timesteps[call] */
+} gauss_ctx;
+
+/* The model of a sigma sampler: it sees x / sqrt(sigma^2 + 1) and answers eps
+ * (or v = alpha*eps - sigma_t*x0 with alpha = 1/sqrt(sigma^2+1), sigma_t = sigma*alpha). */
+static int gauss_model(void *ctx, const float *x_in, float t, float *out, int64_t n) {
+  gauss_ctx *g = ctx;
+  if (g->calls >= g->sc->n) return cd_set_error("gauss model: more than %d calls", g->sc->n);
+  if (t != g->sc->timesteps[g->calls]) g->bad_t = 1;
+  double sg = g->sc->sigmas[g->calls++], k = sqrt(sg * sg + 1);
+  for (int64_t i = 0; i < n; i++) {
+    double x = x_in[i] * k, d = gauss_den(x, sg, g->mu[i]), eps = (x - d) / sg;
+    out[i] = (float)(g->pred == CD_PRED_V ? (eps - sg * d) / k : eps);
+  }
+  return 0;
+}
+
+static void ref_ancestral(double s, double nx, double *down, double *up) {
+  double u = sqrt(nx * nx * (s * s - nx * nx) / (s * s));
+  if (u > nx) u = nx;
+  *up = u;
+  *down = sqrt(nx * nx - u * u);
+}
+
+/* k-diffusion's sample_euler / sample_heun / sample_dpm_2 /
+ * sample_dpmpp_2s_ancestral / sample_dpmpp_sde (churn 0, eta 1, r 1/2), written
+ * from the published rules in double over the step sigmas sig[0..len]
+ * (sig[len] = 0), stopping after step `stop` (len: the whole loop). Noise:
+ * the same N(0,1) stream as the C sampler (draws per step: 2S a one after
+ * its second evaluation, SDE one per evaluation; none on the last step). */
+static void ref_sample(cd_sampler_kind k, const double *sig, int len, int stop, const double *mu,
+                       uint64_t seed, double *x, int64_t n) {
+  cd_rng rng;
+  cd_rng_seed(&rng, seed);
+  float *z1 = malloc(n * sizeof(float)), *z2 = malloc(n * sizeof(float));
+  double *den = malloc(n * sizeof(double)), *x2 = malloc(n * sizeof(double));
+  for (int i = 0; i < stop; i++) {
+    double s = sig[i], sn = sig[i + 1];
+    for (int64_t e = 0; e < n; e++) den[e] = gauss_den(x[e], s, mu[e]);
+    if (sn == 0 || k == CD_SAMPLER_EULER) {
+      for (int64_t e = 0; e < n; e++) x[e] += (x[e] - den[e]) / s * (sn - s);
+      continue;
+    }
+    if (k == CD_SAMPLER_HEUN) {
+      for (int64_t e = 0; e < n; e++) {
+        double d = (x[e] - den[e]) / s, xx = x[e] + d * (sn - s);
+        double d2 = (xx - gauss_den(xx, sn, mu[e])) / sn;
+        x[e] += (d + d2) / 2 * (sn - s);
+      }
+    } else if (k == CD_SAMPLER_DPM2) {
+      double sm = exp(0.5 * (log(s) + log(sn)));
+      for (int64_t e = 0; e < n; e++) {
+        double d = (x[e] - den[e]) / s, xx = x[e] + d * (sm - s);
+        double d2 = (xx - gauss_den(xx, sm, mu[e])) / sm;
+        x[e] += d2 * (sn - s);
+      }
+    } else if (k == CD_SAMPLER_DPMPP_2S_A) {
+      double down, up;
+      ref_ancestral(s, sn, &down, &up);
+      double t = -log(s), tn = -log(down), h = tn - t, sm = exp(-(t + h / 2));
+      for (int64_t e = 0; e < n; e++) {
+        double xx = sm / s * x[e] - expm1(-h / 2) * den[e];
+        x[e] = down / s * x[e] - expm1(-h) * gauss_den(xx, sm, mu[e]);
+      }
+      cd_rng_fill_normal(&rng, z1, (size_t)n);
+      for (int64_t e = 0; e < n; e++) x[e] += z1[e] * up;
+    } else { /* DPM++ SDE */
+      double t = -log(s), tn = -log(sn), h = tn - t, sm = exp(-(t + h / 2)), d1, u1, d2, u2;
+      ref_ancestral(s, sm, &d1, &u1);
+      ref_ancestral(s, sn, &d2, &u2);
+      cd_rng_fill_normal(&rng, z1, (size_t)n);
+      cd_rng_fill_normal(&rng, z2, (size_t)n);
+      for (int64_t e = 0; e < n; e++) {
+        /* Brownian increments: W(sm)-W(s) = sqrt(s-sm) z1, W(sn)-W(sm) = sqrt(sm-sn) z2 */
+        double w1 = z1[e], w2 = (sqrt(s - sm) * z1[e] + sqrt(sm - sn) * z2[e]) / sqrt(s - sn);
+        double s_ = -log(d1);
+        x2[e] = exp(-s_) / s * x[e] - expm1(t - s_) * den[e] + w1 * u1;
+        double dd = gauss_den(x2[e], sm, mu[e]); /* fac = 1: only the second x0 counts */
+        double tn_ = -log(d2);
+        x[e] = exp(-tn_) / s * x[e] - expm1(t - tn_) * dd + w2 * u2;
+      }
+    }
+  }
+  free(z1);
+  free(z2);
+  free(den);
+  free(x2);
+}
+
+/* the step sigmas of a schedule: the even evaluations of a second-order one */
+static int step_sigmas(const cd_schedule *sc, double *sig) {
+  int len = sc->order == 2 ? (sc->n + 1) / 2 : sc->n;
+  for (int i = 0; i < len; i++) sig[i] = sc->sigmas[i * sc->order];
+  sig[len] = 0;
+  return len;
+}
+
+/* Runs sampler k through cd_sample's step API on the Gaussian model from x
+ * (at the schedule's first sigma), stopping after step `stop` of `len`. */
+static int run_gauss(cd_sampler_kind k, int steps, int sig, cd_pred_type pred, const double *mu,
+                     const float *x_init, float *x, int64_t n, int stop_early, char *why, size_t cap) {
+  cd_sched_config c;
+  cd_sched_config_default(&c);
+  c.pred = pred;
+  cd_sample_opts o = {.kind = k, .steps = steps, .sigma_sched = sig, .seed = 77};
+  cd_sampler sm;
+  if (cd_sampler_init(&sm, &c, &o, n)) { snprintf(why, cap, "init: %s", cd_last_error()); return -1; }
+  gauss_ctx g = {.sc = &sm.sched, .mu = mu, .pred = pred};
+  float *xin = malloc(n * sizeof(float)), *out = malloc(n * sizeof(float));
+  memcpy(x, x_init, n * sizeof(float));
+  int N = sm.sched.n - (stop_early ? 1 : 0), rc = 0;
+  for (int i = 0; i < N && !rc; i++) {
+    cd_sampler_scale_input(&sm, i, x, xin);
+    rc = gauss_model(&g, xin, sm.sched.timesteps[i], out, n) || cd_sampler_step(&sm, i, out, x);
+  }
+  if (rc) snprintf(why, cap, "%s: %s", cd_sampler_name(k), cd_last_error());
+  free(xin);
+  free(out);
+  cd_sampler_free(&sm);
+  return rc;
+}
+
+enum { GN = 64 };
+
+static void gauss_setup(double *mu, float *z) {
+  test_fill_uniform(z, GN, -1, 1, 5);
+  for (int i = 0; i < GN; i++) mu[i] = 0.5 * z[i];
+  cd_rng r;
+  cd_rng_seed(&r, 6);
+  cd_rng_fill_normal(&r, z, GN);
+}
+
+/* The C samplers against the double-precision reference of the published
+ * rule: every sampler, both prediction types, all three sigma schedules. */
+TEST(second_order_vs_reference) {
+  cd_sampler_kind ks[] = {CD_SAMPLER_EULER, CD_SAMPLER_HEUN, CD_SAMPLER_DPM2, CD_SAMPLER_DPMPP_2S_A,
+                          CD_SAMPLER_DPMPP_SDE};
+  double mu[GN];
+  float z[GN], x0[GN], x[GN];
+  gauss_setup(mu, z);
+  for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++)
+    for (int sig = 0; sig < 3; sig++)
+      for (int pv = 0; pv < 2; pv++) {
+        cd_sched_config c;
+        cd_sched_config_default(&c);
+        cd_schedule sc;
+        int steps = 12;
+        CHECK_OK(cd_schedule_make(&c, ks[ki], steps, sig, &sc));
+        double sig_d[64], ref[GN];
+        int len = step_sigmas(&sc, sig_d);
+        float s0 = sc.sigmas[0];
+        int n_eval = sc.n;
+        cd_schedule_free(&sc);
+        CHECK(len == steps && n_eval == (ks[ki] == CD_SAMPLER_EULER ? steps : 2 * steps - 1));
+        for (int i = 0; i < GN; i++) x0[i] = (float)(mu[i] + sqrt(GS * GS + (double)s0 * s0) * z[i]);
+        char why[256] = "";
+        if (run_gauss(ks[ki], steps, sig, pv ? CD_PRED_V : CD_PRED_EPS, mu, x0, x, GN, 0, why, sizeof why))
+          FAILF("%s", why);
+        for (int i = 0; i < GN; i++) ref[i] = x0[i];
+        ref_sample(ks[ki], sig_d, len, len, mu, 77, ref, GN);
+        double num = 0, den = 0;
+        for (int i = 0; i < GN; i++) {
+          num += (x[i] - ref[i]) * (x[i] - ref[i]);
+          den += ref[i] * ref[i];
+        }
+        /* ~2*steps float32 roundings of x (|x| <= ~15 sigma_max-scaled) and of
+         * the model output: a few 1e-7 relative each, amplified O(1) */
+        double e = sqrt(num / den);
+        CHECKF(e <= 1e-5, "%s %s %s: rel err vs reference %.3g", cd_sampler_name(ks[ki]),
+               cd_sigma_sched_name((cd_sigma_sched)sig), pv ? "v" : "eps", e);
+      }
+}
+
+/* Convergence order on the exact ODE solution at the last nonzero sigma (the
+ * final Euler step to sigma 0 is the same for all and is left out): error
+ * ratio between N and 2N steps ~2 for Euler, ~4 for Heun and DPM2. */
+TEST(convergence_order) {
+  struct { cd_sampler_kind k; double order; } cs[] = {
+    {CD_SAMPLER_EULER, 1}, {CD_SAMPLER_HEUN, 2}, {CD_SAMPLER_DPM2, 2}};
+  double mu[GN];
+  float z[GN], x0[GN], x[GN];
+  gauss_setup(mu, z);
+  for (size_t ci = 0; ci < sizeof cs / sizeof *cs; ci++)
+    for (int sig = 0; sig < 3; sig++) {
+      double err[2], err_ref[2];
+      for (int r = 0; r < 2; r++) {
+        int steps = 32 << r;
+        cd_sched_config c;
+        cd_sched_config_default(&c);
+        cd_schedule sc;
+        CHECK_OK(cd_schedule_make(&c, cs[ci].k, steps, sig, &sc));
+        double sg[160], ref[GN];
+        int len = step_sigmas(&sc, sg);
+        cd_schedule_free(&sc);
+        double smax = sg[0], smin = sg[len - 1];
+        for (int i = 0; i < GN; i++) x0[i] = (float)(mu[i] + sqrt(GS * GS + smax * smax) * z[i]);
+        char why[256] = "";
+        if (run_gauss(cs[ci].k, steps, sig, CD_PRED_EPS, mu, x0, x, GN, 1, why, sizeof why)) FAILF("%s", why);
+        for (int i = 0; i < GN; i++) ref[i] = x0[i];
+        ref_sample(cs[ci].k, sg, len, len - 1, mu, 0, ref, GN);
+        double e = 0, er = 0;
+        for (int i = 0; i < GN; i++) {
+          double exact = mu[i] + ((double)x0[i] - mu[i]) * sqrt(GS * GS + smin * smin) / sqrt(GS * GS + smax * smax);
+          e = fmax(e, fabs(x[i] - exact));
+          er = fmax(er, fabs(ref[i] - exact));
+        }
+        err[r] = e;
+        err_ref[r] = er;
+      }
+      double p = log2(err[0] / err[1]), pr = log2(err_ref[0] / err_ref[1]);
+      printf("  %-5s %-11s error %.3g -> %.3g: order %.2f (reference %.2f)\n", cd_sampler_name(cs[ci].k),
+             cd_sigma_sched_name((cd_sigma_sched)sig), err[0], err[1], p, pr);
+      /* DPM2 steps in log sigma: on the discrete table the last steps (sigma
+       * 0.03 -> 0.2 at 32 steps) stay large in log sigma, so 32 -> 64 steps is
+       * not yet asymptotic there (observed 1.6); first order would give ~1. */
+      double lo = cs[ci].k == CD_SAMPLER_DPM2 && sig == CD_SIGMAS_DISCRETE ? 1.45 : cs[ci].order - 0.25;
+      CHECKF(p > lo && p < cs[ci].order + 0.25 && pr > lo && pr < cs[ci].order + 0.25,
+             "%s %s: observed order %.2f (reference %.2f), expected %g", cd_sampler_name(cs[ci].k),
+             cd_sigma_sched_name((cd_sigma_sched)sig), p, pr, cs[ci].order);
+    }
+}
+
+/* The stochastic samplers keep the data law: started from N(0, S^2 + sigma_max^2)
+ * with the exact denoiser of N(0, S^2) data they must end at N(0, S^2). */
+TEST(ancestral_marginals) {
+  enum { M = 40000 };
+  cd_sampler_kind ks[] = {CD_SAMPLER_EULER_A, CD_SAMPLER_DPMPP_2S_A, CD_SAMPLER_DPMPP_SDE};
+  /* steps that bring each one's discretisation bias of the variance under 2%
+   * (observed: Euler a -19% at 30 steps, -7% at 100, -1.4% at 300; DPM++ 2S a
+   * -2.2% at 30, -0.6% at 100; DPM++ SDE 0.0% at 30) */
+  const int ksteps[] = {300, 100, 30};
+  double *mu = calloc(M, sizeof(double));
+  float *x0 = malloc(M * sizeof(float)), *x = malloc(M * sizeof(float));
+  cd_rng r;
+  cd_rng_seed(&r, 9);
+  cd_rng_fill_normal(&r, x0, M);
+  for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
+    cd_sched_config c;
+    cd_sched_config_default(&c);
+    cd_schedule sc;
+    int steps = ksteps[ki];
+    CHECK_OK(cd_schedule_make(&c, ks[ki], steps, CD_SIGMAS_KARRAS, &sc));
+    double smax = sc.sigmas[0];
+    cd_schedule_free(&sc);
+    float *xs = malloc(M * sizeof(float));
+    for (int i = 0; i < M; i++) xs[i] = (float)(x0[i] * sqrt(GS * GS + smax * smax));
+    char why[256] = "";
+    int rc = run_gauss(ks[ki], steps, CD_SIGMAS_KARRAS, CD_PRED_EPS, mu, xs, x, M, 0, why, sizeof why);
+    free(xs);
+    if (rc) { free(mu); free(x0); free(x); FAILF("%s", why); }
+    double m = 0, v = 0;
+    for (int i = 0; i < M; i++) m += x[i];
+    m /= M;
+    for (int i = 0; i < M; i++) v += (x[i] - m) * (x[i] - m);
+    v /= M - 1;
+    printf("  %-10s final mean %+.4f variance %.4f (data 0, %.4f)\n", cd_sampler_name(ks[ki]), m, v, GS * GS);
+    /* standard errors: mean S/sqrt(M) = 0.005, variance S^2 sqrt(2/M) = 0.007;
+     * 5 of them, plus 2% for the discretisation */
+    if (!(fabs(m) < 5 * GS / sqrt(M) && fabs(v / (GS * GS) - 1) < 5 * sqrt(2.0 / M) + 0.02)) {
+      free(mu); free(x0); free(x);
+      FAILF("%s: final mean %g variance %g, data N(0, %g)", cd_sampler_name(ks[ki]), m, v, GS * GS);
+    }
+  }
+  free(mu);
+  free(x0);
+  free(x);
+}
+
+/* LCMScheduler: the 4-step table of the LCM papers and one step by its rule */
+TEST(lcm_schedule_and_step) {
+  cd_sched_config c;
+  cd_sched_config_default(&c);
+  cd_schedule s;
+  CHECK_OK(cd_schedule_make(&c, CD_SAMPLER_LCM, 4, 0, &s));
+  int ok = s.n == 4 && s.timesteps[0] == 999 && s.timesteps[1] == 759 && s.timesteps[2] == 499 &&
+           s.timesteps[3] == 259 && !s.sigmas && s.init_noise_sigma == 1.0f;
+  cd_schedule_free(&s);
+  CHECK(ok);
+  CHECK_OK(cd_schedule_make(&c, CD_SAMPLER_LCM, 50, 0, &s));
+  ok = s.n == 50 && s.timesteps[0] == 999 && s.timesteps[49] == 19;
+  cd_schedule_free(&s);
+  CHECK(ok);
+  CHECK_OK(cd_schedule_make(&c, CD_SAMPLER_LCM, 1, 0, &s));
+  ok = s.n == 1 && s.timesteps[0] == 999;
+  cd_schedule_free(&s);
+  CHECK(ok);
+  /* two steps on a fixed model output, against the rule in double:
+   * x0 = (x - sqrt(1-a) m)/sqrt(a) (eps) or sqrt(a) x - sqrt(1-a) m (v);
+   * den = c_out x0 + c_skip x with c_skip = 0.25/((10t)^2 + 0.25),
+   * c_out = 10t/sqrt((10t)^2 + 0.25); x <- sqrt(a_prev) den + sqrt(1-a_prev) z
+   * except on the last step (x <- den). */
+  float ac[1000];
+  cd_sched_alphas_cumprod(&c, ac);
+  enum { N = 16 };
+  for (int pv = 0; pv < 2; pv++) {
+    c.pred = pv ? CD_PRED_V : CD_PRED_EPS;
+    float x[N], m[N], z[N];
+    double ref[N];
+    test_fill_uniform(x, N, -1, 1, 31);
+    test_fill_uniform(m, N, -1, 1, 32);
+    for (int i = 0; i < N; i++) ref[i] = x[i];
+    cd_sample_opts o = {.kind = CD_SAMPLER_LCM, .steps = 2, .seed = 5};
+    cd_sampler sm;
+    CHECK_OK(cd_sampler_init(&sm, &c, &o, N));
+    int ts[2] = {(int)sm.sched.timesteps[0], (int)sm.sched.timesteps[1]};
+    cd_rng r;
+    cd_rng_seed(&r, 5);
+    for (int st = 0; st < 2; st++) {
+      CHECK_OK(cd_sampler_step(&sm, st, m, x));
+      double a = ac[ts[st]], ap = ac[ts[st ? 1 : 1]], tt = 10.0 * ts[st];
+      double cs = 0.25 / (tt * tt + 0.25), co = tt / sqrt(tt * tt + 0.25);
+      if (st == 0) cd_rng_fill_normal(&r, z, N);
+      for (int i = 0; i < N; i++) {
+        double x0 = pv ? sqrt(a) * ref[i] - sqrt(1 - a) * m[i] : (ref[i] - sqrt(1 - a) * m[i]) / sqrt(a);
+        double den = co * x0 + cs * ref[i];
+        ref[i] = st == 1 ? den : sqrt(ap) * den + sqrt(1 - ap) * z[i];
+      }
+    }
+    cd_sampler_free(&sm);
+    CHECKF(ts[0] == 999 && ts[1] == 499, "lcm 2 steps: %d %d", ts[0], ts[1]);
+    double num = 0, den = 0;
+    for (int i = 0; i < N; i++) {
+      num += (x[i] - ref[i]) * (x[i] - ref[i]);
+      den += ref[i] * ref[i];
+    }
+    CHECKF(sqrt(num / den) < 1e-6, "lcm %s: rel err %.3g vs the rule", pv ? "v" : "eps", sqrt(num / den));
+  }
+}
+
 int main(void) {
   RUN(alphas_cumprod_golden);
   RUN(schedules_golden);
@@ -516,5 +907,9 @@ int main(void) {
   RUN(stochastic_seeded);
   RUN(model_error_propagates);
   RUN(img2img_begin);
+  RUN(second_order_vs_reference);
+  RUN(convergence_order);
+  RUN(ancestral_marginals);
+  RUN(lcm_schedule_and_step);
   return test_summary();
 }

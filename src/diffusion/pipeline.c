@@ -176,7 +176,7 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   if (o->init_image && img2img_start(m, o, n, h, w, latents, &so.begin)) goto done;
   cd_log("unet graph: %d nodes, arena %.1f MiB\n", cd_graph_nnodes(d.g), cd_graph_arena_bytes(d.g) / 1048576.0);
   cd_schedule sch;
-  if (cd_schedule_make(&m->sched, o->s.kind, o->s.steps, o->s.karras, &sch)) goto done;
+  if (cd_schedule_make(&m->sched, o->s.kind, o->s.steps, o->s.sigma_sched, &sch)) goto done;
   int total = sch.n;
   cd_schedule_free(&sch);
   if (!o->quiet) cd_progress_start(&d.bar, "sampling", total);

@@ -10,7 +10,7 @@
 typedef struct {
   const char *prompt;
   const char *negative; /* "" or NULL: the empty prompt */
-  cd_sample_opts s;     /* sampler kind, steps, eta, karras, seed */
+  cd_sample_opts s;     /* sampler kind, steps, eta, sigma schedule, seed */
   float cfg;            /* guidance scale; <= 1 disables the uncond pass */
   int width, height;    /* pixels, multiples of 8 (and of the UNet's downsampling) */
   int n;                /* images */

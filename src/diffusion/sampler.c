@@ -18,6 +18,9 @@ void cd_sampler_free(cd_sampler *s) {
   free(s->cur_sample);
   free(s->prev_x0);
   free(s->x0);
+  free(s->x_start);
+  free(s->den1);
+  free(s->noise2);
   memset(s, 0, sizeof *s);
 }
 
@@ -25,7 +28,7 @@ int cd_sampler_init(cd_sampler *s, const cd_sched_config *c, const cd_sample_opt
   memset(s, 0, sizeof *s);
   if (n <= 0) return cd_set_error("sampler: latent size %lld must be positive", (long long)n);
   if (!(o->eta >= 0 && o->eta <= 10)) return cd_set_error("sampler: eta %g out of [0, 10]", o->eta);
-  if (cd_schedule_make(c, o->kind, o->steps, o->karras, &s->sched)) return -1;
+  if (cd_schedule_make(c, o->kind, o->steps, o->sigma_sched, &s->sched)) return -1;
   s->cfg = *c;
   s->kind = o->kind;
   s->eta = o->kind == CD_SAMPLER_DDPM ? 1.0f : o->kind == CD_SAMPLER_DDIM ? o->eta : 0.0f;
@@ -36,7 +39,12 @@ int cd_sampler_init(cd_sampler *s, const cd_sched_config *c, const cd_sample_opt
   s->final_ac = c->set_alpha_to_one ? 1.0f : s->ac[0];
   cd_rng_seed(&s->rng, o->seed);
   size_t nb = (size_t)n * sizeof(float);
-  if (s->eta > 0 || o->kind == CD_SAMPLER_EULER_A) s->noise = cd_malloc(nb);
+  if (cd_sampler_stochastic(o->kind, s->eta)) s->noise = cd_malloc(nb);
+  if (o->kind == CD_SAMPLER_DPMPP_SDE) s->noise2 = cd_malloc(nb);
+  if (s->sched.order == 2) {
+    s->x_start = cd_malloc(nb);
+    s->den1 = cd_malloc(nb);
+  }
   if (o->kind == CD_SAMPLER_PNDM) {
     for (int i = 0; i < 4; i++) s->ets[i] = cd_malloc(nb);
     s->cur_sample = cd_malloc(nb);
@@ -64,14 +72,14 @@ void cd_sampler_add_noise(const cd_sampler *s, int i, const float *x0, const flo
   double a, b;
   if (i < 0) i = 0;
   if (i >= s->sched.n) i = s->sched.n - 1;
-  if (s->kind == CD_SAMPLER_EULER || s->kind == CD_SAMPLER_EULER_A) {
-    a = 1.0;
-    b = s->sched.sigmas[i];
-  } else if (s->kind == CD_SAMPLER_DPMPP_2M) {
+  if (s->kind == CD_SAMPLER_DPMPP_2M) {
     float at, st;
     alpha_sigma(s->sched.sigmas[i], &at, &st);
     a = at;
     b = st;
+  } else if (s->sched.sigmas) {
+    a = 1.0;
+    b = s->sched.sigmas[i];
   } else {
     double ac = s->ac[(int)s->sched.timesteps[i]];
     a = sqrt(ac);
@@ -81,7 +89,7 @@ void cd_sampler_add_noise(const cd_sampler *s, int i, const float *x0, const flo
 }
 
 void cd_sampler_scale_input(const cd_sampler *s, int i, const float *x, float *x_in) {
-  if ((s->kind == CD_SAMPLER_EULER || s->kind == CD_SAMPLER_EULER_A) && i >= 0 && i < s->sched.n) {
+  if (s->sched.sigmas && s->kind != CD_SAMPLER_DPMPP_2M && i >= 0 && i < s->sched.n) {
     float sg = s->sched.sigmas[i];
     double d = sqrtf(sg * sg + 1.0f);
     for (int64_t j = 0; j < s->n; j++) x_in[j] = (float)(x[j] / d);
@@ -243,6 +251,121 @@ static void step_dpmpp2m(cd_sampler *s, int i, const float *m, float *x) {
   if (s->lower_order_nums < 2) s->lower_order_nums++;
 }
 
+/* ---- k-diffusion's second-order samplers (sigma space, denoiser = x0) ----
+ * Evaluation 2j is step j at sigma s0 = sigmas[2j]; unless the next sigma s1
+ * is 0 (then one Euler step ends the loop), it keeps x and the x0 prediction
+ * and moves the latents to the point of evaluation 2j+1 at sigma sm. */
+
+/* get_ancestral_step(sigma, next, eta 1) */
+static void ancestral(double sigma, double next, double *down, double *up) {
+  double u = next * next * (sigma * sigma - next * next) / (sigma * sigma);
+  u = u > 0 ? sqrt(u) : 0.0;
+  if (u > next) u = next;
+  double d = next * next - u * u;
+  *up = u;
+  *down = d > 0 ? sqrt(d) : 0.0;
+}
+
+static void x0_of(const cd_sampler *s, float sigma, const float *m, const float *x, float *den) {
+  float dn = sigma * sigma + 1.0f, c_out = -sigma / sqrtf(dn);
+  for (int64_t j = 0; j < s->n; j++) den[j] = (float)euler_x0(s, sigma, c_out, dn, x[j], m[j]);
+}
+
+static void step_second_order(cd_sampler *s, int i, const float *m, float *x) {
+  const int n = s->sched.n, j = i / 2;
+  const float *sg = s->sched.sigmas;
+  const double s0 = sg[2 * j], s1 = 2 * j + 2 <= n ? sg[2 * j + 2] : 0.0;
+  const int64_t N = s->n;
+  float *den = s->den1, *xs = s->x_start;
+  if (i % 2 == 0) {
+    x0_of(s, sg[i], m, x, den);
+    if (s1 == 0.0) { /* Euler to sigma 0 */
+      for (int64_t e = 0; e < N; e++) {
+        double d = ((double)x[e] - den[e]) / s0;
+        x[e] = (float)(x[e] + d * (0.0 - s0));
+      }
+      return;
+    }
+    const double sm = sg[i + 1];
+    memcpy(xs, x, (size_t)N * sizeof(float));
+    if (s->kind == CD_SAMPLER_HEUN || s->kind == CD_SAMPLER_DPM2) {
+      /* x_2 = x + d * (sm - s0), d = (x - x0) / s0 (Heun: sm = s1) */
+      for (int64_t e = 0; e < N; e++) x[e] = (float)(x[e] + ((double)x[e] - den[e]) / s0 * (sm - s0));
+    } else if (s->kind == CD_SAMPLER_DPMPP_2S_A) {
+      /* x_2 = (sm / s0) x - expm1(-h/2) x0, h = log(s0 / sigma_down), sm = sqrt(s0 sigma_down) */
+      double down, up;
+      ancestral(s0, s1, &down, &up);
+      double h = log(s0) - log(down), a = sm / s0, b = -expm1(-0.5 * h);
+      for (int64_t e = 0; e < N; e++) x[e] = (float)(a * x[e] + b * den[e]);
+    } else { /* DPM++ SDE, step 1: ancestral DPM-Solver++ 1 step to sm = sqrt(s0 s1) */
+      double down, up;
+      ancestral(s0, sm, &down, &up);
+      double a = down / s0;
+      cd_rng_fill_normal(&s->rng, s->noise, (size_t)N);
+      for (int64_t e = 0; e < N; e++) x[e] = (float)(a * x[e] + (1.0 - a) * den[e] + up * s->noise[e]);
+    }
+    return;
+  }
+  /* odd i: the second evaluation, at sm = sigmas[i]; x holds x_2 */
+  const double sm = sg[i];
+  if (s->kind == CD_SAMPLER_HEUN || s->kind == CD_SAMPLER_DPM2) {
+    /* Heun: x = x_s + (d + d_2)/2 (s1 - s0); DPM2: x = x_s + d_2 (s1 - s0) */
+    float dn = (float)(sm * sm) + 1.0f, c_out = -(float)sm / sqrtf(dn);
+    for (int64_t e = 0; e < N; e++) {
+      double x2 = x[e], d2 = (x2 - euler_x0(s, (float)sm, c_out, dn, x2, m[e])) / sm;
+      double d = s->kind == CD_SAMPLER_HEUN ? 0.5 * (((double)xs[e] - den[e]) / s0 + d2) : d2;
+      x[e] = (float)(xs[e] + d * (s1 - s0));
+    }
+  } else if (s->kind == CD_SAMPLER_DPMPP_2S_A) {
+    /* x = (sigma_down / s0) x_s - expm1(-h) x0_2, then + sigma_up * noise */
+    double down, up;
+    ancestral(s0, s1, &down, &up);
+    double h = log(s0) - log(down), a = down / s0, b = -expm1(-h);
+    float dn = (float)(sm * sm) + 1.0f, c_out = -(float)sm / sqrtf(dn);
+    cd_rng_fill_normal(&s->rng, s->noise, (size_t)N);
+    for (int64_t e = 0; e < N; e++) {
+      double d2 = euler_x0(s, (float)sm, c_out, dn, x[e], m[e]);
+      x[e] = (float)(a * xs[e] + b * d2 + up * s->noise[e]);
+    }
+  } else {
+    /* DPM++ SDE step 2 (r = 1/2, so the x0 used is the second one): ancestral
+     * step s0 -> s1. The noise is the Brownian increment W(s1) - W(s0) over
+     * sqrt(s0 - s1), sharing W(sm) - W(s0) with step 1: the law of
+     * k-diffusion's BrownianTreeNoiseSampler (not its random numbers). */
+    double down, up;
+    ancestral(s0, s1, &down, &up);
+    double a = down / s0, ra = sqrt(s0 - sm), rb = sqrt(sm - s1), rn = sqrt(s0 - s1);
+    float dn = (float)(sm * sm) + 1.0f, c_out = -(float)sm / sqrtf(dn);
+    cd_rng_fill_normal(&s->rng, s->noise2, (size_t)N);
+    for (int64_t e = 0; e < N; e++) {
+      double d2 = euler_x0(s, (float)sm, c_out, dn, x[e], m[e]);
+      double z = (ra * s->noise[e] + rb * s->noise2[e]) / rn;
+      x[e] = (float)(a * xs[e] + (1.0 - a) * d2 + up * z);
+    }
+  }
+}
+
+/* ---- LCM (LCMScheduler.step: consistency boundary condition, then re-noise) ---- */
+static void step_lcm(cd_sampler *s, int i, const float *m, float *x) {
+  const int n = s->sched.n;
+  int t = (int)s->sched.timesteps[i];
+  int prev = i + 1 < n ? (int)s->sched.timesteps[i + 1] : t;
+  float a_t = s->ac[t], a_prev = prev >= 0 ? s->ac[prev] : s->final_ac;
+  float sa = sqrtf(a_t), sb = sqrtf(1.0f - a_t);
+  /* get_scalings_for_boundary_condition_discrete: sigma_data 0.5, timestep_scaling 10 */
+  float st = (float)t * 10.0f;
+  float c_skip = 0.25f / (st * st + 0.25f), c_out = st / sqrtf(st * st + 0.25f);
+  int last = i == n - 1;
+  float sap = sqrtf(a_prev), sbp = sqrtf(1.0f - a_prev);
+  if (!last) cd_rng_fill_normal(&s->rng, s->noise, (size_t)s->n);
+  for (int64_t j = 0; j < s->n; j++) {
+    double xj = x[j], mj = m[j];
+    double x0 = s->cfg.pred == CD_PRED_V ? (double)sa * xj - (double)sb * mj : (xj - (double)sb * mj) / sa;
+    double den = (double)c_out * x0 + (double)c_skip * xj;
+    x[j] = (float)(last ? den : (double)sap * den + (double)sbp * s->noise[j]);
+  }
+}
+
 int cd_sampler_step(cd_sampler *s, int i, const float *model_out, float *latents) {
   if (i < 0 || i >= s->sched.n)
     return cd_set_error("sampler: step index %d out of [0, %d)", i, s->sched.n);
@@ -256,6 +379,11 @@ int cd_sampler_step(cd_sampler *s, int i, const float *model_out, float *latents
   case CD_SAMPLER_EULER:
   case CD_SAMPLER_EULER_A: step_euler(s, i, model_out, latents); break;
   case CD_SAMPLER_DPMPP_2M: step_dpmpp2m(s, i, model_out, latents); break;
+  case CD_SAMPLER_HEUN:
+  case CD_SAMPLER_DPM2:
+  case CD_SAMPLER_DPMPP_2S_A:
+  case CD_SAMPLER_DPMPP_SDE: step_second_order(s, i, model_out, latents); break;
+  case CD_SAMPLER_LCM: step_lcm(s, i, model_out, latents); break;
   }
   s->next = i + 1;
   return 0;

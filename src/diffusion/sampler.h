@@ -1,6 +1,9 @@
 /* sampler.h - the denoising loops of diffusers' DDIM, PNDM (PLMS), Euler,
- * Euler ancestral and DPM-Solver++ 2M schedulers, for eps- and
- * v-prediction models.
+ * Euler ancestral, DPM-Solver++ 2M and LCM schedulers and of k-diffusion's
+ * Heun, DPM2, DPM++ 2S a and DPM++ SDE samplers, for eps- and v-prediction
+ * models. The second-order samplers call the model twice per step: their
+ * schedule lists every evaluation (sched.n = 2*steps-1), and the step at an
+ * even index writes the point of the second evaluation into the latents.
  *
  * Whole loop (txt2img, what StableDiffusionPipeline does):
  *
@@ -34,9 +37,10 @@
 typedef struct {
   cd_sampler_kind kind;
   int steps;     /* num_inference_steps */
-  float eta;     /* DDIM only (0 = deterministic); DDPM always uses 1 */
-  int karras;    /* Karras sigmas (euler, dpmpp_2m) */
-  uint64_t seed; /* noise of DDIM eta > 0, DDPM and Euler ancestral */
+  float eta;     /* DDIM only (0 = deterministic); DDPM always uses 1, the
+                  * ancestral/SDE samplers k-diffusion's default 1 */
+  int sigma_sched; /* cd_sigma_sched: discrete (0), karras (1), exponential (2); sigma samplers */
+  uint64_t seed; /* noise of DDIM eta > 0, DDPM, Euler a, DPM++ 2S a, DPM++ SDE, LCM */
   int begin;     /* cd_sample only: first schedule index (img2img); 0 = txt2img */
 } cd_sample_opts;
 
@@ -58,6 +62,9 @@ typedef struct {
   /* DPM-Solver++: the previous x0 prediction */
   float *prev_x0, *x0;
   int lower_order_nums;
+  /* second-order samplers: the step's start point and first x0 prediction;
+   * DPM++ SDE: the second Gaussian of the Brownian increments */
+  float *x_start, *den1, *noise2;
 } cd_sampler;
 
 int cd_sampler_init(cd_sampler *s, const cd_sched_config *c, const cd_sample_opts *o, int64_t n);
@@ -68,7 +75,8 @@ void cd_sampler_init_latents(const cd_sampler *s, const float *noise, float *lat
 /* img2img: noise x0 to the level of schedule index i (scheduler.add_noise) */
 void cd_sampler_add_noise(const cd_sampler *s, int i, const float *x0, const float *noise,
                           float *out);
-/* scale_model_input: x / sqrt(sigma^2 + 1) for Euler(a), a copy otherwise (x == x_in is fine) */
+/* scale_model_input: x / sqrt(sigma^2 + 1) for the sigma samplers except DPM++ 2M,
+ * a copy otherwise (x == x_in is fine) */
 void cd_sampler_scale_input(const cd_sampler *s, int i, const float *x, float *x_in);
 /* One step at schedule index i (0 <= i < sched.n, called in increasing order,
  * consecutively): latents <- the previous sample, from the model output

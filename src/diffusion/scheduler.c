@@ -25,30 +25,61 @@ void cd_sched_config_default(cd_sched_config *c) {
 /* ---- names ---- */
 
 static const struct { const char *name; cd_sampler_kind k; } SAMPLER_NAMES[] = {
+  /* canonical names first (cd_sampler_name returns these) */
   {"ddim", CD_SAMPLER_DDIM}, {"ddpm", CD_SAMPLER_DDPM}, {"pndm", CD_SAMPLER_PNDM},
-  {"plms", CD_SAMPLER_PNDM}, {"euler", CD_SAMPLER_EULER}, {"euler_a", CD_SAMPLER_EULER_A},
-  {"dpmpp_2m", CD_SAMPLER_DPMPP_2M}, {"dpmpp2m", CD_SAMPLER_DPMPP_2M},
-  {"dpm++2m", CD_SAMPLER_DPMPP_2M},
+  {"euler", CD_SAMPLER_EULER}, {"euler_a", CD_SAMPLER_EULER_A}, {"dpmpp_2m", CD_SAMPLER_DPMPP_2M},
+  {"heun", CD_SAMPLER_HEUN}, {"dpm2", CD_SAMPLER_DPM2}, {"dpmpp_2s_a", CD_SAMPLER_DPMPP_2S_A},
+  {"dpmpp_sde", CD_SAMPLER_DPMPP_SDE}, {"lcm", CD_SAMPLER_LCM},
+  /* aliases: A1111/PLMS, stable-diffusion.cpp, ComfyUI */
+  {"plms", CD_SAMPLER_PNDM}, {"dpmpp2m", CD_SAMPLER_DPMPP_2M}, {"dpm++2m", CD_SAMPLER_DPMPP_2M},
+  {"euler_ancestral", CD_SAMPLER_EULER_A}, {"dpm_2", CD_SAMPLER_DPM2},
+  {"dpm++2s_a", CD_SAMPLER_DPMPP_2S_A}, {"dpmpp_2s_ancestral", CD_SAMPLER_DPMPP_2S_A},
+  {"dpm++sde", CD_SAMPLER_DPMPP_SDE}, {"dpm++_sde", CD_SAMPLER_DPMPP_SDE},
 };
+#define NSAMPLER_NAMES (sizeof SAMPLER_NAMES / sizeof *SAMPLER_NAMES)
 
 int cd_sampler_parse(const char *name, cd_sampler_kind *out) {
   if (!name) return cd_set_error("sampler: no name given");
-  for (size_t i = 0; i < sizeof SAMPLER_NAMES / sizeof *SAMPLER_NAMES; i++)
+  for (size_t i = 0; i < NSAMPLER_NAMES; i++)
     if (!strcmp(name, SAMPLER_NAMES[i].name)) { *out = SAMPLER_NAMES[i].k; return 0; }
-  return cd_set_error("unknown sampler \"%s\" (expected ddim, ddpm, pndm/plms, euler, euler_a, dpmpp_2m)",
-                      name);
+  return cd_set_error("unknown sampler \"%s\" (expected ddim, ddpm, pndm/plms, euler, euler_a, dpmpp_2m, "
+                      "heun, dpm2, dpmpp_2s_a, dpmpp_sde, lcm)", name);
 }
 
 const char *cd_sampler_name(cd_sampler_kind k) {
-  switch (k) {
-  case CD_SAMPLER_DDIM: return "ddim";
-  case CD_SAMPLER_DDPM: return "ddpm";
-  case CD_SAMPLER_PNDM: return "pndm";
-  case CD_SAMPLER_EULER: return "euler";
-  case CD_SAMPLER_EULER_A: return "euler_a";
-  case CD_SAMPLER_DPMPP_2M: return "dpmpp_2m";
-  }
+  for (size_t i = 0; i < NSAMPLER_NAMES; i++)
+    if (SAMPLER_NAMES[i].k == k) return SAMPLER_NAMES[i].name;
   return "?";
+}
+
+int cd_sampler_sigma_based(cd_sampler_kind k) {
+  return k == CD_SAMPLER_EULER || k == CD_SAMPLER_EULER_A || k == CD_SAMPLER_DPMPP_2M ||
+         k == CD_SAMPLER_HEUN || k == CD_SAMPLER_DPM2 || k == CD_SAMPLER_DPMPP_2S_A ||
+         k == CD_SAMPLER_DPMPP_SDE;
+}
+
+/* the k-diffusion samplers with a second model call per step */
+static int second_order(cd_sampler_kind k) {
+  return k == CD_SAMPLER_HEUN || k == CD_SAMPLER_DPM2 || k == CD_SAMPLER_DPMPP_2S_A ||
+         k == CD_SAMPLER_DPMPP_SDE;
+}
+
+int cd_sampler_stochastic(cd_sampler_kind k, float eta) {
+  return k == CD_SAMPLER_DDPM || (k == CD_SAMPLER_DDIM && eta > 0) || k == CD_SAMPLER_EULER_A ||
+         k == CD_SAMPLER_DPMPP_2S_A || k == CD_SAMPLER_DPMPP_SDE || k == CD_SAMPLER_LCM;
+}
+
+int cd_sigma_sched_parse(const char *name, cd_sigma_sched *out) {
+  if (name && !strcmp(name, "discrete")) *out = CD_SIGMAS_DISCRETE;
+  else if (name && !strcmp(name, "karras")) *out = CD_SIGMAS_KARRAS;
+  else if (name && !strcmp(name, "exponential")) *out = CD_SIGMAS_EXPONENTIAL;
+  else return cd_set_error("unknown scheduler \"%s\" (expected discrete, karras, exponential)",
+                           name ? name : "(null)");
+  return 0;
+}
+
+const char *cd_sigma_sched_name(cd_sigma_sched s) {
+  return s == CD_SIGMAS_KARRAS ? "karras" : s == CD_SIGMAS_EXPONENTIAL ? "exponential" : "discrete";
 }
 
 int cd_spacing_parse(const char *name, cd_spacing *out) {
@@ -192,6 +223,10 @@ int cd_sched_config_from_json(cd_sched_config *c, const char *json, const char *
     else if (s && !strcmp(s, "EulerDiscreteScheduler")) *class_kind = CD_SAMPLER_EULER;
     else if (s && !strcmp(s, "EulerAncestralDiscreteScheduler")) *class_kind = CD_SAMPLER_EULER_A;
     else if (s && !strcmp(s, "DPMSolverMultistepScheduler")) *class_kind = CD_SAMPLER_DPMPP_2M;
+    else if (s && !strcmp(s, "HeunDiscreteScheduler")) *class_kind = CD_SAMPLER_HEUN;
+    else if (s && !strcmp(s, "KDPM2DiscreteScheduler")) *class_kind = CD_SAMPLER_DPM2;
+    else if (s && !strcmp(s, "DPMSolverSDEScheduler")) *class_kind = CD_SAMPLER_DPMPP_SDE;
+    else if (s && !strcmp(s, "LCMScheduler")) *class_kind = CD_SAMPLER_LCM;
   }
   rc = 0;
 done:
@@ -305,26 +340,63 @@ int cd_schedule_begin_for_strength(const cd_schedule *s, double strength) {
   if (init > s->steps) init = s->steps;
   int start = s->steps - init;
   if (start < 0) start = 0;
-  return start < s->n ? start : s->n; /* every sampler here has diffusers order 1 */
+  start *= s->order > 1 ? s->order : 1; /* diffusers: t_start * scheduler.order */
+  return start < s->n ? start : s->n;
 }
 
-int cd_schedule_make(const cd_sched_config *c, cd_sampler_kind k, int steps, int karras,
+/* exp(linspace(log smax, log smin, n))[i] (k-diffusion's get_sigmas_exponential) */
+static double exponential_sigma(double smin, double smax, int n, int i) {
+  return exp(np_linspace(log(smax), log(smin), n, i));
+}
+
+/* get_ancestral_step(sigma, next, eta 1): the deterministic part sigma_down */
+static double ancestral_down(double sigma, double next) {
+  double up = sqrt(next * next * (sigma * sigma - next * next) / (sigma * sigma));
+  if (up > next) up = next;
+  double d = next * next - up * up;
+  return d > 0 ? sqrt(d) : 0.0;
+}
+
+/* LCMScheduler.set_timesteps: the 50 (original_inference_steps) distillation
+ * timesteps k-1, 2k-1, ..., 999 (k = T / 50), descending, then `steps` of
+ * them at indices floor(linspace(0, 50, steps, endpoint=False)). */
+static int lcm_timesteps(int T, int steps, double *t) {
+  const int orig = 50;
+  int k = T / orig;
+  if (k < 1) return cd_set_error("scheduler lcm: num_train_timesteps %d < 50", T);
+  if (steps > orig) return cd_set_error("scheduler lcm: steps %d > %d (its original_inference_steps)", steps, orig);
+  for (int i = 0; i < steps; i++) {
+    int idx = (int)floor((double)i * ((double)orig / steps));
+    t[i] = (double)(orig - idx) * k - 1;
+  }
+  return 0;
+}
+
+int cd_schedule_make(const cd_sched_config *c, cd_sampler_kind k, int steps, int sig,
                      cd_schedule *out) {
   memset(out, 0, sizeof *out);
   int T = c->num_train_timesteps;
   if (T < 2) return cd_set_error("scheduler: num_train_timesteps %d < 2", T);
   if (steps < 1 || steps > T)
     return cd_set_error("scheduler: steps %d out of range [1, %d]", steps, T);
-  if (karras && k != CD_SAMPLER_EULER && k != CD_SAMPLER_DPMPP_2M)
-    return cd_set_error("scheduler: karras sigmas need sampler euler or dpmpp_2m (not %s)",
+  int sigma_based = cd_sampler_sigma_based(k), two = second_order(k);
+  if (sig < CD_SIGMAS_DISCRETE || sig > CD_SIGMAS_EXPONENTIAL)
+    return cd_set_error("scheduler: unknown sigma schedule %d", sig);
+  if (sig != CD_SIGMAS_DISCRETE && !sigma_based)
+    return cd_set_error("scheduler: %s sigmas need a sigma sampler (euler, euler_a, dpmpp_2m, heun, dpm2, "
+                        "dpmpp_2s_a, dpmpp_sde), not %s", cd_sigma_sched_name((cd_sigma_sched)sig),
                         cd_sampler_name(k));
   cd_spacing sp = c->spacing;
-  int sigma_based = k == CD_SAMPLER_EULER || k == CD_SAMPLER_EULER_A || k == CD_SAMPLER_DPMPP_2M;
   if (sp == CD_SPACING_DEFAULT) sp = sigma_based ? CD_SPACING_LINSPACE : CD_SPACING_LEADING;
 
   double *t = cd_calloc((size_t)steps + 2, sizeof(double));
   int len = steps;
-  if (k == CD_SAMPLER_DPMPP_2M) {
+  if (k == CD_SAMPLER_LCM) {
+    if (lcm_timesteps(T, steps, t)) {
+      free(t);
+      return -1;
+    }
+  } else if (k == CD_SAMPLER_DPMPP_2M) {
     /* DPM-Solver: n+1 points, the last (0 / offset) dropped */
     if (sp == CD_SPACING_LINSPACE) {
       for (int i = 0; i < steps; i++) t[i] = rint(np_linspace(0, T - 1, steps + 1, steps - i));
@@ -340,7 +412,7 @@ int cd_schedule_make(const cd_sched_config *c, cd_sampler_kind k, int steps, int
   } else if (sp == CD_SPACING_LINSPACE) {
     for (int i = 0; i < steps; i++) {
       double v = np_linspace(0, T - 1, steps, steps - 1 - i);
-      /* Euler keeps the float32 values, the others round to integers */
+      /* the sigma samplers keep the float32 values, the others round to integers */
       t[i] = sigma_based ? (double)(float)v : rint(v);
     }
   } else {
@@ -350,7 +422,6 @@ int cd_schedule_make(const cd_sched_config *c, cd_sampler_kind k, int steps, int
     free(t);
     return cd_set_error("scheduler: no timesteps for %d steps", steps);
   }
-  int n = k == CD_SAMPLER_PNDM && len > 1 ? len + 1 : len;
   for (int i = 0; i < len; i++)
     if (!(t[i] >= 0 && t[i] <= T - 1)) {
       double bad = t[i];
@@ -359,53 +430,93 @@ int cd_schedule_make(const cd_sched_config *c, cd_sampler_kind k, int steps, int
                           steps, c->steps_offset);
     }
 
-  out->n = n;
   out->steps = steps;
+  out->order = two ? 2 : 1;
   out->init_noise_sigma = 1.0f;
-  out->timesteps = cd_calloc((size_t)n, sizeof(float));
   if (k == CD_SAMPLER_PNDM) {
     /* PLMS: descending list with the second one repeated (901, 801, 801, 701, ...) */
+    out->timesteps = cd_calloc((size_t)len + 1, sizeof(float));
     int j = 0;
     for (int i = 0; i < len; i++) {
       out->timesteps[j++] = (float)t[i];
       if (i == 1) out->timesteps[j++] = (float)t[1];
     }
-    n = out->n = j;
-  } else {
-    for (int i = 0; i < n; i++) out->timesteps[i] = (float)t[i];
+    out->n = j;
+    free(t);
+    return 0;
+  }
+  if (!sigma_based) {
+    out->n = len;
+    out->timesteps = cd_calloc((size_t)len, sizeof(float));
+    for (int i = 0; i < len; i++) out->timesteps[i] = (float)t[i];
+    free(t);
+    return 0;
   }
 
-  if (sigma_based) {
-    float *ac = cd_malloc((size_t)T * sizeof(float));
-    float *sa = cd_malloc((size_t)T * sizeof(float));
-    float *ls = cd_malloc((size_t)T * sizeof(float));
-    cd_sched_alphas_cumprod(c, ac);
-    sigmas_all(ac, T, sa);
-    for (int i = 0; i < T; i++) ls[i] = logf(sa[i]);
-    out->sigmas = cd_calloc((size_t)n + 1, sizeof(float));
-    if (karras) {
-      double smin, smax;
-      if (k == CD_SAMPLER_DPMPP_2M) { smin = sa[0]; smax = sa[T - 1]; }
-      else { smin = interp_sigma(sa, T, t[n - 1]); smax = interp_sigma(sa, T, t[0]); }
-      for (int i = 0; i < n; i++) {
-        double s = karras_sigma(smin, smax, n, i), ti = sigma_to_t(s, ls, T);
-        out->sigmas[i] = (float)s;
-        out->timesteps[i] = (float)(k == CD_SAMPLER_DPMPP_2M ? rint(ti) : ti);
-      }
-    } else {
-      for (int i = 0; i < n; i++) out->sigmas[i] = (float)interp_sigma(sa, T, t[i]);
+  /* sigma samplers: the step table bs[len+1] (bs[len] = 0, final_sigmas_type
+   * "zero") with its timesteps bt[len], then the evaluation table */
+  float *ac = cd_malloc((size_t)T * sizeof(float));
+  float *sa = cd_malloc((size_t)T * sizeof(float));
+  float *ls = cd_malloc((size_t)T * sizeof(float));
+  float *bs = cd_calloc((size_t)len + 1, sizeof(float));
+  float *bt = cd_calloc((size_t)len, sizeof(float));
+  cd_sched_alphas_cumprod(c, ac);
+  sigmas_all(ac, T, sa);
+  for (int i = 0; i < T; i++) ls[i] = logf(sa[i]);
+  if (sig != CD_SIGMAS_DISCRETE) {
+    double smin, smax;
+    /* DPM-Solver converts the whole training range, the others the ends of their table */
+    if (k == CD_SAMPLER_DPMPP_2M) { smin = sa[0]; smax = sa[T - 1]; }
+    else { smin = interp_sigma(sa, T, t[len - 1]); smax = interp_sigma(sa, T, t[0]); }
+    for (int i = 0; i < len; i++) {
+      double s = sig == CD_SIGMAS_KARRAS ? karras_sigma(smin, smax, len, i)
+                                         : exponential_sigma(smin, smax, len, i);
+      double ti = sigma_to_t(s, ls, T);
+      bs[i] = (float)s;
+      bt[i] = (float)(k == CD_SAMPLER_DPMPP_2M ? rint(ti) : ti);
     }
-    out->sigmas[n] = 0.0f; /* final_sigmas_type "zero" */
-    if (k != CD_SAMPLER_DPMPP_2M) {
-      float mx = 0;
-      for (int i = 0; i <= n; i++) mx = CD_MAX(mx, out->sigmas[i]);
-      out->init_noise_sigma = (sp == CD_SPACING_LINSPACE || sp == CD_SPACING_TRAILING)
-                                  ? mx : sqrtf(mx * mx + 1.0f);
+  } else {
+    for (int i = 0; i < len; i++) {
+      bs[i] = (float)interp_sigma(sa, T, t[i]);
+      bt[i] = (float)t[i];
     }
-    free(ac);
-    free(sa);
-    free(ls);
   }
+  bs[len] = 0.0f;
+  int n = two ? 2 * len - 1 : len;
+  out->n = n;
+  out->timesteps = cd_calloc((size_t)n, sizeof(float));
+  out->sigmas = cd_calloc((size_t)n + 1, sizeof(float));
+  if (!two) {
+    memcpy(out->timesteps, bt, (size_t)len * sizeof(float));
+    memcpy(out->sigmas, bs, ((size_t)len + 1) * sizeof(float));
+  } else {
+    /* evaluation 2j: step j at bs[j]; 2j+1: its second evaluation, at the
+     * sampler's intermediate sigma (Heun: the next sigma; DPM2, DPM++ SDE: the
+     * geometric mean with the next; DPM++ 2S a: with sigma_down) */
+    for (int j = 0; j < len; j++) {
+      out->sigmas[2 * j] = bs[j];
+      out->timesteps[2 * j] = bt[j];
+      if (j == len - 1) break;
+      double s0 = bs[j], s1 = bs[j + 1], mid;
+      if (k == CD_SAMPLER_HEUN) mid = s1;
+      else if (k == CD_SAMPLER_DPMPP_2S_A) mid = sqrt(s0 * ancestral_down(s0, s1));
+      else mid = exp(0.5 * (log(s0) + log(s1)));
+      out->sigmas[2 * j + 1] = (float)mid;
+      out->timesteps[2 * j + 1] = k == CD_SAMPLER_HEUN ? bt[j + 1] : (float)sigma_to_t(mid, ls, T);
+    }
+    out->sigmas[n] = 0.0f;
+  }
+  if (k != CD_SAMPLER_DPMPP_2M) {
+    float mx = 0;
+    for (int i = 0; i <= n; i++) mx = CD_MAX(mx, out->sigmas[i]);
+    out->init_noise_sigma = (sp == CD_SPACING_LINSPACE || sp == CD_SPACING_TRAILING)
+                                ? mx : sqrtf(mx * mx + 1.0f);
+  }
+  free(ac);
+  free(sa);
+  free(ls);
+  free(bs);
+  free(bt);
   free(t);
   return 0;
 }

@@ -25,8 +25,22 @@ typedef enum {
   CD_SAMPLER_PNDM,     /* PNDMScheduler with skip_prk_steps (PLMS): n+1 model calls */
   CD_SAMPLER_EULER,    /* EulerDiscreteScheduler */
   CD_SAMPLER_EULER_A,  /* EulerAncestralDiscreteScheduler */
-  CD_SAMPLER_DPMPP_2M  /* DPMSolverMultistepScheduler: dpmsolver++, order 2, midpoint */
+  CD_SAMPLER_DPMPP_2M, /* DPMSolverMultistepScheduler: dpmsolver++, order 2, midpoint */
+  /* k-diffusion's second-order samplers (sample_heun, sample_dpm_2,
+   * sample_dpmpp_2s_ancestral, sample_dpmpp_sde; churn 0, eta 1, s_noise 1, r 1/2):
+   * two model calls per step except the last (an Euler step to sigma 0) */
+  CD_SAMPLER_HEUN,
+  CD_SAMPLER_DPM2,
+  CD_SAMPLER_DPMPP_2S_A,
+  CD_SAMPLER_DPMPP_SDE,
+  CD_SAMPLER_LCM       /* LCMScheduler (original_inference_steps 50, timestep_scaling 10) */
 } cd_sampler_kind;
+
+/* The sigma table of the sigma-space samplers (k-diffusion's "schedulers"):
+ * discrete = the model's own sigmas at the sampler's timesteps; karras = rho 7
+ * (Karras et al. 2022); exponential = uniform in log sigma. Timesteps of
+ * karras/exponential sigmas come from log-sigma interpolation. */
+typedef enum { CD_SIGMAS_DISCRETE = 0, CD_SIGMAS_KARRAS = 1, CD_SIGMAS_EXPONENTIAL = 2 } cd_sigma_sched;
 
 typedef enum {
   CD_SPACING_DEFAULT,  /* the scheduler class default: leading for DDIM/DDPM/PNDM, linspace otherwise */
@@ -59,10 +73,19 @@ void cd_sched_config_default(cd_sched_config *c);
 int cd_sched_config_from_json(cd_sched_config *c, const char *json, const char *what,
                               cd_sampler_kind *class_kind);
 
-/* "ddim", "ddpm", "pndm"/"plms", "euler", "euler_a", "dpmpp_2m" (also
- * "dpm++2m", "dpmpp2m"); error naming the value and the accepted names. */
+/* "ddim", "ddpm", "pndm"/"plms", "euler", "euler_a", "dpmpp_2m", "heun", "dpm2",
+ * "dpmpp_2s_a", "dpmpp_sde", "lcm", and the spellings of stable-diffusion.cpp and
+ * ComfyUI ("dpm++2m", "dpmpp2m", "dpm++2s_a", "dpmpp_2s_ancestral", "dpm_2",
+ * "dpm++sde"); error naming the value and the accepted names. */
 int cd_sampler_parse(const char *name, cd_sampler_kind *out);
 const char *cd_sampler_name(cd_sampler_kind k);
+/* 1 for the samplers that work on a sigma table (Euler family, DPM++, Heun, DPM2) */
+int cd_sampler_sigma_based(cd_sampler_kind k);
+/* 1 for the samplers that draw noise at every step (need a seed) */
+int cd_sampler_stochastic(cd_sampler_kind k, float eta);
+/* "discrete", "karras", "exponential" (error naming the value) */
+int cd_sigma_sched_parse(const char *name, cd_sigma_sched *out);
+const char *cd_sigma_sched_name(cd_sigma_sched s);
 int cd_spacing_parse(const char *name, cd_spacing *out);  /* "leading", "linspace", "trailing" */
 int cd_pred_parse(const char *name, cd_pred_type *out);   /* "epsilon", "v_prediction" (or "v") */
 
@@ -72,16 +95,20 @@ void cd_sched_alphas_cumprod(const cd_sched_config *c, float *ac);
 
 /* The timestep table of one sampler after diffusers' set_timesteps(steps). */
 typedef struct {
-  int n;                  /* model evaluations: steps, or steps+1 for PNDM */
+  int n;                  /* model evaluations: steps, steps+1 for PNDM, 2*steps-1 for the
+                           * second-order samplers (heun, dpm2, dpmpp_2s_a, dpmpp_sde) */
   int steps;              /* num_inference_steps as asked */
-  float *timesteps;       /* [n]; integers except Euler with non-integer spacing or Karras */
-  float *sigmas;          /* [n+1] for Euler, Euler a, DPM++ 2M (last = 0); NULL otherwise */
+  int order;              /* model evaluations per step (diffusers' scheduler.order): 1 or 2 */
+  float *timesteps;       /* [n]; integers except sigma samplers with non-integer spacing,
+                           * Karras/exponential sigmas or a second-order midpoint */
+  float *sigmas;          /* [n+1] for the sigma samplers: the sigma of evaluation i (second
+                           * order: even i = step i/2, odd i = its midpoint), last = 0; else NULL */
   float init_noise_sigma; /* factor of the initial N(0,1) noise */
 } cd_schedule;
 
-/* steps in [1, num_train_timesteps]; karras (rho 7 sigmas, timesteps by
- * log-sigma interpolation) only for euler and dpmpp_2m, as in diffusers. */
-int cd_schedule_make(const cd_sched_config *c, cd_sampler_kind k, int steps, int karras,
+/* steps in [1, num_train_timesteps] (lcm: [1, 50]); sig: the sigma table
+ * (cd_sigma_sched; karras/exponential only for the sigma samplers). */
+int cd_schedule_make(const cd_sched_config *c, cd_sampler_kind k, int steps, int sig,
                      cd_schedule *out);
 void cd_schedule_free(cd_schedule *s); /* zeroes *s; safe on a zeroed struct */
 
