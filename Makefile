@@ -10,7 +10,7 @@ endif
 CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -march=native -ffp-contract=fast -fvect-cost-model=dynamic -fopenmp -Wall -Wextra \
            -Wno-unused-parameter -Wno-sign-compare -Wno-format-truncation -Wno-missing-field-initializers -Isrc $(EXTRA_CFLAGS)
 WHOLE    = -Wl,--whole-archive $(BUILD)/libcdiff.a -Wl,--no-whole-archive
-LDLIBS  := -llapacke -lopenblas -lcjson -lpng -ljpeg -lz -lm
+LDLIBS  := -llapacke -lopenblas -lcjson -lpng -ljpeg -lwebp -lz -lm
 SANFLAGS := -fsanitize=address,undefined
 LDFLAGS := -fopenmp $(if $(filter 1,$(SAN)),$(SANFLAGS))
 

@@ -11,6 +11,7 @@
 #include "io/fsutil.h"
 #include "io/image.h"
 #include "io/tensor_file.h"
+#include "io/writable.h"
 
 static int write_latents(const char *path, const float *x, int n, int64_t h, int64_t w) {
   cd_tensor_out t = {.name = "latents", .dtype = CD_DT_F32, .ndim = 4, .shape = {n, 4, h, w}, .data = x};
@@ -134,28 +135,34 @@ int cmd_sample(int argc, char **argv) {
   go.s.sigma_sched = sigsched;
   go.s.seed = seed;
 
+  /* the validation pass, before the model is loaded: outputs writable, inputs readable */
+  size_t olen = strlen(out);
+  int out_dir = cd_is_dir(out) || (olen && out[olen - 1] == '/');
+  cd_image src = {0};
+  if ((out_dir ? cd_check_writable_dir("--out", out) : cd_check_writable_file("--out", out)) ||
+      (save && cd_check_writable_file("--save-latents", save)) || (init && !cd_is_file(init) && cd_set_error("--init-latents %s: no such file", init)) ||
+      (init_image && cd_image_load(init_image, &src) && cd_prefix_error("--init-image"))) {
+    fprintf(stderr, "cdiff sample: %s\n", cd_last_error());
+    return 1;
+  }
   cd_load_opts lo = {.prediction = prediction, .vocab = vocab};
   cd_sd_model *m = NULL;
   if (cd_sd_load(model, &lo, &m)) {
     fprintf(stderr, "cdiff sample: %s\n", cd_last_error());
+    cd_image_free(&src);
     return 1;
   }
   for (int i = 0; i < deltas.n; i++) {
     if (cd_delta_apply_path(m, deltas.v[i])) {
       fprintf(stderr, "cdiff sample: --delta %s: %s\n", deltas.v[i], cd_last_error());
+      cd_image_free(&src);
       cd_sd_free(m);
       return 1;
     }
   }
   int def = 8 * (m->unet.cfg.sample_size > 0 ? m->unet.cfg.sample_size : 64); /* the model's training resolution */
-  cd_image src = {0};
   float *init_px = NULL;
   if (init_image) {
-    if (cd_image_load(init_image, &src)) {
-      fprintf(stderr, "cdiff sample: --init-image: %s\n", cd_last_error());
-      cd_sd_free(m);
-      return 1;
-    }
     if (!width && !height) { /* the image's size, down to a multiple of 64 */
       width = src.w / 64 * 64;
       height = src.h / 64 * 64;
@@ -168,7 +175,7 @@ int cmd_sample(int argc, char **argv) {
   go.height = height;
   int64_t h = height / 8, w = width / 8;
   float *init_buf = NULL, *lat = NULL, *img = NULL;
-  int rc = 1, is_dir = cd_is_dir(out);
+  int rc = 1, is_dir = out_dir;
   if (init_image) {
     cd_image rs;
     if (width <= 0 || height <= 0) {

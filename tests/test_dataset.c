@@ -112,6 +112,34 @@ TEST(list_errors) {
   CHECK(named4);
 }
 
+/* WebP and BMP are listed (today they were silently ignored), other files are
+ * counted and named, and a verify pass decodes every used image up front. */
+TEST(list_formats_and_skipped) {
+  char dir[] = "/tmp/cdiff_ds_XXXXXX";
+  CHECK(mkdtemp(dir));
+  int ok = save_png(dir, "a.webp", 8, 8) == 0 && save_png(dir, "b.BMP", 8, 8) == 0 && save_png(dir, "c.png", 8, 8) == 0 &&
+           write_text(dir, "d.gif", "GIF89a") == 0 && write_text(dir, "e.tiff", "II*") == 0 &&
+           write_text(dir, "c.txt", "caption") == 0 && write_text(dir, ".DS_Store", "x") == 0;
+  if (!ok) { test_rmtree(dir); FAILF("could not create the test folder %s", dir); }
+  cd_item_list l = {0};
+  int rc = cd_list_images(dir, &l);
+  int good = rc == 0 && l.n == 3 && l.nskipped == 2 && l.skipped_names && strstr(l.skipped_names, "d.gif") &&
+             strstr(l.skipped_names, "e.tiff") && !strstr(l.skipped_names, "c.txt") && !strstr(l.skipped_names, "DS_Store");
+  char msg[300];
+  snprintf(msg, sizeof msg, "rc %d n %d skipped %d (%s)", rc, l.n, l.nskipped, l.skipped_names ? l.skipped_names : "-");
+  int vrc = good ? cd_item_list_verify(&l, l.n) : -1; /* PNG bytes under other names decode: magic bytes decide */
+  write_text(dir, "b.BMP", "BM not really a bitmap");
+  int vbad = cd_item_list_verify(&l, l.n);
+  int named = vbad == -1 && strstr(cd_last_error(), "b.BMP") != NULL;
+  int vfirst = cd_item_list_verify(&l, 1); /* only the used ones are decoded */
+  cd_item_list_free(&l);
+  test_rmtree(dir);
+  CHECKF(good, "%s", msg);
+  CHECKF(vrc == 0, "%s", cd_last_error());
+  CHECKF(named, "corrupt BMP: %d %s", vbad, cd_last_error());
+  CHECK(vfirst == 0);
+}
+
 /* ---- concepts ---- */
 
 TEST(concepts_json) {
@@ -493,6 +521,7 @@ TEST(image_cache) {
 int main(void) {
   RUN(list_folder);
   RUN(list_errors);
+  RUN(list_formats_and_skipped);
   RUN(concepts_json);
   RUN(instance_draw_stats);
   RUN(instance_mask_geometry);

@@ -1,5 +1,6 @@
-/* fuzz_image.c - libFuzzer harness for cd_image_load (PNG and JPEG through
- * libpng/libjpeg with setjmp error handlers): error or image, never a crash. */
+/* fuzz_image.c - libFuzzer harness for cd_image_load (PNG, JPEG and WebP
+ * through libpng/libjpeg/libwebp, BMP and the EXIF orientation through our own
+ * parsers): error or image, never a crash. */
 #include <stdint.h>
 #include <stdio.h>
 #include <unistd.h>

@@ -23,9 +23,9 @@ EOC
 gcc -std=c11 -D_GNU_SOURCE -Isrc $OUT/seed.c -Wl,--whole-archive build/libcdiff.a -Wl,--no-whole-archive -fopenmp \
   -llapacke -lopenblas -lcjson -lpng -ljpeg -lz -lm -o $OUT/seed && $OUT/seed $OUT/corpus/seed.ckpt
 $OUT/fuzz -max_total_time="$S" -max_len=65536 -rss_limit_mb=4096 $OUT/corpus
-# the image loader (PNG/JPEG through libpng/libjpeg)
-clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc dev/fuzz/fuzz_image.c src/io/image.c src/io/fsutil.c \
-  src/core/common.c -lpng -ljpeg -lz -lm -o $OUT/fuzz_image
+# the image loader (PNG/JPEG/WebP through libpng/libjpeg/libwebp, BMP and EXIF by our own parsers)
+clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc dev/fuzz/fuzz_image.c src/io/image.c src/io/exif.c src/io/bmp.c src/io/fsutil.c \
+  src/core/common.c -lpng -ljpeg -lwebp -lz -lm -o $OUT/fuzz_image
 mkdir -p $OUT/images
 make -s build/cdiff && CDIFF_QUIET=1 ./build/cdiff sample --model ../shared/golden/tiny-sd1 --prompt seed --steps 1 \
   --width 64 --height 64 --out $OUT/images/seed.png 2>/dev/null || true

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,7 +20,21 @@
 static int has_image_ext(const char *name) {
   const char *dot = strrchr(name, '.');
   if (!dot || dot == name) return 0;
-  return !strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg");
+  return !strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".webp") ||
+         !strcasecmp(dot, ".bmp");
+}
+
+static int is_caption(const char *name) {
+  const char *dot = strrchr(name, '.');
+  return dot && !strcasecmp(dot, ".txt");
+}
+
+/* appends name to the comma-separated list of skipped files (the first 5) */
+static void note_skipped(cd_item_list *l, const char *name) {
+  if (l->nskipped++ >= 5) return;
+  size_t old = l->skipped_names ? strlen(l->skipped_names) : 0, n = strlen(name);
+  l->skipped_names = cd_realloc(l->skipped_names, old + n + 3);
+  snprintf(l->skipped_names + old, n + 3, "%s%s", old ? ", " : "", name);
 }
 
 /* Trims s in place; returns the start of the trimmed text. */
@@ -65,17 +80,21 @@ static int cmp_item(const void *a, const void *b) {
 
 /* The image files of dir, unsorted and without captions (may be none). */
 static int scan_images(const char *dir, cd_item_list *out) {
-  out->items = NULL;
-  out->n = 0;
+  memset(out, 0, sizeof *out);
   DIR *d = opendir(dir);
   if (!d) return cd_set_error("image folder %s: %s", dir, strerror(errno));
   int cap = 0;
   struct dirent *e;
   errno = 0;
   while ((e = readdir(d)) != NULL) {
-    if (e->d_name[0] == '.' || !has_image_ext(e->d_name)) continue;
+    if (e->d_name[0] == '.' || is_caption(e->d_name)) continue;
     char *p = cd_path_join(dir, e->d_name);
     if (!cd_is_file(p)) { free(p); continue; }
+    if (!has_image_ext(e->d_name)) {
+      note_skipped(out, e->d_name);
+      free(p);
+      continue;
+    }
     if (out->n == cap) {
       cap = cap ? 2 * cap : 16;
       out->items = cd_realloc(out->items, (size_t)cap * sizeof(cd_item));
@@ -106,7 +125,7 @@ int cd_list_images(const char *dir, cd_item_list *out) {
   if (scan_images(dir, out)) return -1;
   if (out->n == 0) {
     cd_item_list_free(out);
-    return cd_set_error("image folder %s contains no .png/.jpg images", dir);
+    return cd_set_error("image folder %s contains no .png/.jpg/.webp/.bmp images", dir);
   }
   /* all paths share the dir prefix, so sorting paths sorts names */
   qsort(out->items, out->n, sizeof(cd_item), cmp_item);
@@ -125,8 +144,25 @@ void cd_item_list_free(cd_item_list *l) {
     free(l->items[i].caption);
   }
   free(l->items);
-  l->items = NULL;
-  l->n = 0;
+  free(l->skipped_names);
+  memset(l, 0, sizeof *l);
+}
+
+void cd_item_list_report(const cd_item_list *l, const char *what, const char *dir, int used) {
+  fprintf(stderr, "%s %s: %d of %d images used", what, dir, used, l->n);
+  if (l->nskipped)
+    fprintf(stderr, "; skipped %d file%s that %s not PNG, JPEG, WebP or BMP: %s%s", l->nskipped, l->nskipped > 1 ? "s" : "",
+            l->nskipped > 1 ? "are" : "is", l->skipped_names ? l->skipped_names : "", l->nskipped > 5 ? ", ..." : "");
+  fputc('\n', stderr);
+}
+
+int cd_item_list_verify(const cd_item_list *l, int used) {
+  for (int i = 0; i < used && i < l->n; i++) {
+    cd_image im;
+    if (cd_load_example_image(l->items[i].path, &im)) return -1;
+    cd_image_free(&im);
+  }
+  return 0;
 }
 
 /* ---- concepts ---- */

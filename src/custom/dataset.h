@@ -33,10 +33,13 @@ typedef struct {
 typedef struct {
   cd_item *items;
   int n;
+  int nskipped;        /* other regular files (not images, not .txt captions, not hidden) */
+  char *skipped_names; /* the first few of them, comma-separated, or NULL */
 } cd_item_list;
 
-/* All regular files in dir named *.png, *.jpg or *.jpeg (extension case-
- * insensitive, names starting with '.' skipped), sorted by name (bytewise).
+/* All regular files in dir named *.png, *.jpg, *.jpeg, *.webp or *.bmp
+ * (extension case-insensitive, names starting with '.' skipped), sorted by
+ * name (bytewise). Other files are counted in nskipped.
  * A file <stem>.txt beside <stem>.<ext> is that image's caption, trimmed of
  * surrounding white space (an empty one counts as none). Images are not
  * decoded here. Errors: dir missing or unreadable, "DIR contains no
@@ -45,6 +48,12 @@ int cd_list_images(const char *dir, cd_item_list *out);
 /* How many images cd_list_images would list (0 is no error). */
 int cd_count_images(const char *dir, int *n);
 void cd_item_list_free(cd_item_list *l); /* safe on a zeroed list; leaves it zeroed */
+/* Prints "<what> DIR: N of M images used" to stderr, plus the names of the
+ * skipped files, so a user sees what training really reads. */
+void cd_item_list_report(const cd_item_list *l, const char *what, const char *dir, int used);
+/* Decodes every image of l (used = the first `used`) once, to find a
+ * corrupt or unsupported file before any work; errors name the file. */
+int cd_item_list_verify(const cd_item_list *l, int used);
 
 /* ---- concepts ---- */
 

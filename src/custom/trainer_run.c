@@ -18,6 +18,7 @@
 #include "io/fsutil.h"
 #include "io/image.h"
 #include "io/tensor_file.h"
+#include "io/writable.h"
 #include "models/sd_model.h"
 
 #define TOKEN_TABLE "text_model.embeddings.token_embedding.weight"
@@ -608,6 +609,44 @@ static int setup_class_images(run_t *r) {
     if (cd_class_images_ensure(r->m, &g, NULL)) return cd_prefix_error("class images of concept %d", k + 1);
     if (cd_list_images(dir, &c->cls)) return cd_prefix_error("class images of concept %d", k + 1);
     c->ncls = CD_MIN(c->cls.n, o->num_class_images);
+    char what[64];
+    snprintf(what, sizeof what, "class images of concept %d:", k + 1);
+    cd_item_list_report(&c->cls, what, dir, c->ncls);
+  }
+  return 0;
+}
+
+/* The validation pass, before the model is loaded: the output folder accepts
+ * files, every instance image decodes (and stays decoded for training), and
+ * so does every class image already on disk that will be used, so that a
+ * corrupt file stops the run before hours of class-image generation. */
+static int verify_data(run_t *r) {
+  const cd_run_opts *o = &r->o;
+  if (cd_check_writable_dir("--out", o->out)) return -1;
+  for (int k = 0; k < r->nc; k++) {
+    concept_t *c = &r->c[k];
+    const cd_image *img;
+    for (int i = 0; i < c->inst.n; i++)
+      if (cd_image_cache_get(&c->ic, &c->inst, i, &img)) {
+        if (o->concepts) return cd_prefix_error("--concepts %s: concept %d: instance_data_dir", o->concepts, k + 1);
+        return cd_prefix_error("--images");
+      }
+    char what[64];
+    snprintf(what, sizeof what, "instance images of concept %d:", k + 1);
+    cd_item_list_report(&c->inst, what, c->inst_dir, c->inst.n);
+    const char *dir = c->class_dir;
+    char def[2100];
+    if (!dir) {
+      snprintf(def, sizeof def, "%s/class_images/%d", o->out, k);
+      dir = def;
+    }
+    int have = 0;
+    if (!o->prior || !cd_is_dir(dir) || cd_count_images(dir, &have) || !have) continue;
+    cd_item_list cls;
+    if (cd_list_images(dir, &cls)) return cd_prefix_error("class images of concept %d", k + 1);
+    int rc = cd_item_list_verify(&cls, o->num_class_images);
+    cd_item_list_free(&cls);
+    if (rc) return cd_prefix_error("class images of concept %d", k + 1);
   }
   return 0;
 }
@@ -730,7 +769,7 @@ int cd_train_run(const cd_run_opts *opts) {
   FILE *log = NULL;
   char resume_state[2300] = "", log_path[2200];
   int rc = -1;
-  if (check_opts(&r.o) || setup_concepts(&r)) goto done;
+  if (check_opts(&r.o) || setup_concepts(&r) || verify_data(&r)) goto done;
   r.steps = r.o.steps > 0 ? r.o.steps : r.nc > 1 ? 500 : 250;
   r.lr = r.o.lr * (r.o.scale_lr ? (float)(r.o.batch * (r.o.prior ? 2 : 1)) : 1.0f);
   if (r.o.resume && find_state(r.o.resume, resume_state, sizeof resume_state)) goto done;

@@ -1,5 +1,6 @@
-/* image.c - PNG/JPEG decoding (libpng, libjpeg), PNG encoding with text
- * chunks, resizing, float CHW conversion.
+/* image.c - PNG/JPEG/WebP/BMP decoding (libpng, libjpeg, libwebp, bmp.c),
+ * EXIF orientation, PNG encoding with text chunks, resizing, float CHW
+ * conversion.
  *
  * libpng and libjpeg report errors by longjmp; every decoder keeps what it
  * must free in a context struct whose address the library holds, so cleanup
@@ -15,9 +16,12 @@
 
 #include <jpeglib.h>
 #include <png.h>
+#include <webp/decode.h>
 #include <zlib.h>
 
 #include "core/common.h"
+#include "io/bmp.h"
+#include "io/exif.h"
 #include "io/fsutil.h"
 
 #define IMG_MAX_DIM 32768
@@ -118,7 +122,11 @@ static int load_png(const char *path, FILE *fp, cd_image *out) {
   c->rows = cd_malloc(h * sizeof *c->rows);
   for (png_uint_32 y = 0; y < h; y++) c->rows[y] = c->px + (size_t)y * w * 3;
   png_read_image(png, c->rows);
-  png_read_end(png, NULL); /* checks the remaining chunks (CRCs, IEND) */
+  png_read_end(png, info); /* checks the remaining chunks (CRCs, IEND); an eXIf after the data lands in info */
+  int orient = 1;
+  png_uint_32 nexif = 0;
+  png_bytep exif = NULL;
+  if (png_get_eXIf_1(png, info, &nexif, &exif) && exif) orient = cd_exif_orientation_tiff(exif, nexif);
   png_destroy_read_struct(&png, &info, NULL);
   out->w = (int)w;
   out->h = (int)h;
@@ -126,6 +134,7 @@ static int load_png(const char *path, FILE *fp, cd_image *out) {
   out->px = c->px;
   free(c->rows);
   free(c);
+  cd_image_orient(out, orient);
   return 0;
 }
 
@@ -170,23 +179,42 @@ static int load_jpeg(const char *path, FILE *fp, cd_image *out) {
   }
   jpeg_create_decompress(&c->ci);
   jpeg_stdio_src(&c->ci, fp);
+  jpeg_save_markers(&c->ci, JPEG_APP0 + 1, 0xFFFF); /* APP1: EXIF (orientation) */
   jpeg_read_header(&c->ci, TRUE);
-  c->ci.out_color_space = JCS_RGB; /* gray and YCbCr are converted; CMYK fails with a message */
+  /* gray and YCbCr are converted to RGB by libjpeg; CMYK and YCCK are read as
+   * CMYK and converted below */
+  const int cmyk = c->ci.jpeg_color_space == JCS_CMYK || c->ci.jpeg_color_space == JCS_YCCK;
+  c->ci.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
   if (check_dims(path, c->ci.image_width, c->ci.image_height)) {
     jpeg_destroy_decompress(&c->ci);
     free(c);
     return -1;
   }
+  int orient = 1;
+  for (jpeg_saved_marker_ptr mk = c->ci.marker_list; mk && orient == 1; mk = mk->next)
+    if (mk->marker == JPEG_APP0 + 1) orient = cd_exif_orientation_app1(mk->data, mk->data_length);
   jpeg_start_decompress(&c->ci);
-  if (c->ci.output_components != 3) {
+  const int nc = cmyk ? 4 : 3;
+  if (c->ci.output_components != nc) {
     snprintf(c->err.msg, sizeof c->err.msg, "could not convert to RGB");
     longjmp(c->err.jb, 1);
   }
   int w = (int)c->ci.output_width, h = (int)c->ci.output_height;
-  c->px = cd_malloc((size_t)w * h * 3);
+  c->px = cd_malloc((size_t)w * h * nc);
   while (c->ci.output_scanline < c->ci.output_height) {
-    JSAMPROW row = c->px + (size_t)c->ci.output_scanline * w * 3;
+    JSAMPROW row = c->px + (size_t)c->ci.output_scanline * w * nc;
     jpeg_read_scanlines(&c->ci, &row, 1);
+  }
+  /* Photoshop writes Adobe-marked CMYK inverted (0 = full ink), as every
+   * reader assumes; plain CMYK stores ink amounts. Without a colour profile,
+   * RGB = 255 (1 - C)(1 - K) per channel (the usual naive conversion). */
+  const int inverted = cmyk && c->ci.saw_Adobe_marker;
+  for (size_t i = 0; cmyk && i < (size_t)w * h; i++) {
+    const uint8_t *q = c->px + 4 * i;
+    unsigned k = inverted ? q[3] : 255u - q[3];
+    uint8_t rgb[3];
+    for (int j = 0; j < 3; j++) rgb[j] = (uint8_t)(((inverted ? q[j] : 255u - q[j]) * k + 127) / 255);
+    memcpy(c->px + 3 * i, rgb, 3); /* in place: 3i + 3 <= 4(i + 1), pixel i+1 is still unread-over */
   }
   jpeg_finish_decompress(&c->ci);
   jpeg_destroy_decompress(&c->ci);
@@ -199,22 +227,77 @@ static int load_jpeg(const char *path, FILE *fp, cd_image *out) {
   out->w = w;
   out->h = h;
   out->c = 3;
-  out->px = c->px;
+  out->px = cmyk ? cd_realloc(c->px, (size_t)w * h * 3) : c->px;
   free(c);
+  cd_image_orient(out, orient);
   return 0;
+}
+
+/* ----------------------------------------------------------------- WebP */
+
+static uint32_t le32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
+
+/* Orientation from the EXIF chunk of an extended WebP (RIFF chunks walked
+ * with bounds checks; the payload is TIFF, some writers prefix "Exif\0\0"). */
+static int webp_orientation(const uint8_t *d, size_t n) {
+  for (size_t pos = 12; pos + 8 <= n;) {
+    const size_t len = le32(d + pos + 4);
+    if (len > n - pos - 8) break;
+    if (!memcmp(d + pos, "EXIF", 4)) {
+      const uint8_t *p = d + pos + 8;
+      return len >= 6 && !memcmp(p, "Exif\0\0", 6) ? cd_exif_orientation_app1(p, len) : cd_exif_orientation_tiff(p, len);
+    }
+    pos += 8 + len + (len & 1);
+  }
+  return 1;
+}
+
+static int load_webp(const char *path, cd_image *out) {
+  char *data;
+  size_t n;
+  if (cd_read_file(path, &data, &n)) return cd_prefix_error("image");
+  const uint8_t *d = (const uint8_t *)data;
+  int w = 0, h = 0, rc = -1;
+  if (!WebPGetInfo(d, n, &w, &h)) {
+    cd_set_error("image %s: corrupt or unsupported WebP", path);
+  } else if (!check_dims(path, w, h)) {
+    uint8_t *px = cd_malloc((size_t)w * h * 3);
+    /* decodes into our buffer; animated WebP is refused by the simple decoder */
+    if (!WebPDecodeRGBInto(d, n, px, (size_t)w * h * 3, w * 3)) {
+      free(px);
+      cd_set_error("image %s: corrupt or unsupported WebP (animated WebP is not supported)", path);
+    } else {
+      *out = (cd_image){.w = w, .h = h, .c = 3, .px = px};
+      cd_image_orient(out, webp_orientation(d, n));
+      rc = 0;
+    }
+  }
+  free(data);
+  return rc;
+}
+
+static int load_bmp(const char *path, cd_image *out) {
+  char *data;
+  size_t n;
+  if (cd_read_file(path, &data, &n)) return cd_prefix_error("image");
+  int rc = cd_bmp_decode(path, (const uint8_t *)data, n, IMG_MAX_DIM, IMG_MAX_PIXELS, out);
+  free(data);
+  return rc;
 }
 
 int cd_image_load(const char *path, cd_image *out) {
   memset(out, 0, sizeof *out);
   FILE *fp = fopen(path, "rb");
   if (!fp) return cd_set_error("image %s: cannot open: %s", path, strerror(errno));
-  uint8_t m[8] = {0};
-  size_t k = fread(m, 1, 8, fp);
+  uint8_t m[12] = {0};
+  size_t k = fread(m, 1, 12, fp);
   rewind(fp);
   int rc;
-  if (k == 8 && png_sig_cmp(m, 0, 8) == 0) rc = load_png(path, fp, out);
+  if (k >= 8 && png_sig_cmp(m, 0, 8) == 0) rc = load_png(path, fp, out);
   else if (k >= 3 && m[0] == 0xFF && m[1] == 0xD8 && m[2] == 0xFF) rc = load_jpeg(path, fp, out);
-  else rc = cd_set_error("image %s: unsupported image format (expected PNG or JPEG)", path);
+  else if (k == 12 && !memcmp(m, "RIFF", 4) && !memcmp(m + 8, "WEBP", 4)) rc = load_webp(path, out);
+  else if (k >= 2 && m[0] == 'B' && m[1] == 'M') rc = load_bmp(path, out);
+  else rc = cd_set_error("image %s: unsupported image format (expected PNG, JPEG, WebP or BMP)", path);
   fclose(fp);
   return rc;
 }

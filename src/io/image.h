@@ -1,9 +1,14 @@
-/* image.h - 8-bit images: PNG/JPEG load, PNG save with text metadata,
- * resizing, and conversion to/from the float CHW tensors the models use.
+/* image.h - 8-bit images: PNG/JPEG/WebP/BMP load, PNG save with text
+ * metadata, resizing, and conversion to/from the float CHW tensors the models
+ * use.
  *
  * Pixels are HWC, row-major, 8 bits per channel. Loading always yields RGB
  * (c = 3): gray is replicated, palettes expanded, 16-bit reduced to 8, and an
- * alpha channel is dropped (not composited), as PIL's convert("RGB") does. */
+ * alpha channel is dropped (not composited), as PIL's convert("RGB") does.
+ * CMYK JPEGs (also Adobe's inverted CMYK and YCCK) are converted with
+ * RGB = 255 (1 - C)(1 - K). An EXIF Orientation (JPEG APP1, PNG eXIf, WebP
+ * EXIF) is applied, so the pixels come out upright as PIL's
+ * ImageOps.exif_transpose gives them (see exif.h). */
 #ifndef CD_IMAGE_H
 #define CD_IMAGE_H
 
@@ -15,8 +20,9 @@ typedef struct {
   uint8_t *px; /* h*w*c bytes, owned; free with cd_image_free */
 } cd_image;
 
-/* PNG (libpng) or JPEG (libjpeg), chosen by magic bytes. Corrupt, truncated
- * or unsupported files fail with a message naming the file; *out is zeroed. */
+/* PNG (libpng), JPEG (libjpeg), WebP (libwebp, still images) or BMP (bmp.c),
+ * chosen by magic bytes. Corrupt, truncated or unsupported files fail with a
+ * message naming the file; *out is zeroed. */
 int cd_image_load(const char *path, cd_image *out);
 /* c = 1 (gray), 3 (RGB) or 4 (RGBA). text_kv: key,value,... (n_pairs pairs,
  * may be NULL); keys are 1-79 printable ASCII characters. A value that is
