@@ -109,11 +109,12 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
     cd_train_param *p = &t->p[t->np++];
     p->name = x->name;
     p->data = x->data;
-    p->grad = x->node->grad;
+    p->node = x->node;
     p->n = x->node->n;
   }
-  if (extra) t->p[t->np++] = (cd_train_param){.name = "token_embedding.extra", .data = t->extra, .grad = extra->grad, .n = extra->n};
+  if (extra) t->p[t->np++] = (cd_train_param){.name = "token_embedding.extra", .data = t->extra, .node = extra, .n = extra->n};
   for (int i = 0; i < t->np; i++) {
+    t->p[i].grad = cd_calloc(t->p[i].n, sizeof(float));
     t->p[i].m = cd_calloc(t->p[i].n, sizeof(float));
     t->p[i].v = cd_calloc(t->p[i].n, sizeof(float));
   }
@@ -129,6 +130,7 @@ void cd_trainer_free(cd_trainer *t) {
   free(t->moments);
   cd_graph_free(t->g);
   for (int i = 0; i < t->np; i++) {
+    free(t->p[i].grad);
     free(t->p[i].m);
     free(t->p[i].v);
   }
@@ -136,6 +138,7 @@ void cd_trainer_free(cd_trainer *t) {
   free(t->extra);
   free(t->ac);
   free(t->latents);
+  free(t->stage);
   memset(t, 0, sizeof *t);
 }
 
@@ -160,9 +163,7 @@ static int encode_examples(cd_trainer *t, const cd_batch *b) {
       memcpy(dst, t->mval[hit], mn * sizeof(float));
       continue;
     }
-    memcpy(t->enc_in->data, pix, px * sizeof(float));
-    if (cd_graph_forward(t->enc)) return -1;
-    memcpy(dst, t->enc_out->data, mn * sizeof(float));
+    if (cd_graph_set_input(t->enc, t->enc_in, pix) || cd_graph_forward(t->enc) || cd_graph_get(t->enc, t->enc_out, dst)) return -1;
     if (i >= ninst && (size_t)(t->mcount + 1) * mn * sizeof(float) <= MOMENT_CACHE_BYTES) {
       if (t->mcount == t->mcap) {
         t->mcap = t->mcap ? 2 * t->mcap : 64;
@@ -188,33 +189,47 @@ int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
   for (int i = 0; i < B; i++)
     cd_vae_latent_sample(t->moments + (int64_t)i * 2 * per, sample ? b->latent_noise + (int64_t)i * per : NULL,
                          t->m->vae.cfg.scaling_factor, per, lat + (int64_t)i * per);
+  /* the graph's inputs, each staged on the host and copied in */
+  if (!t->stage) t->stage = cd_malloc((size_t)(B * per > B * 77 ? B * per : B * 77) * sizeof(float));
+  float *st = t->stage;
+  cd_graph *g = t->g;
   int tt[256];
   for (int i = 0; i < B && i < 256; i++) {
     if (b->timesteps[i] < 0 || b->timesteps[i] >= t->m->sched.num_train_timesteps) {
       return cd_set_error("timestep %d out of range", b->timesteps[i]);
     }
     tt[i] = b->timesteps[i];
-    t->t->data[i] = (float)tt[i];
+    st[i] = (float)tt[i];
   }
-  cd_add_noise(t->ac, lat, b->noise, tt, B, per, t->noisy->data);
-  if (t->m->sched.pred == CD_PRED_V) cd_get_velocity(t->ac, lat, b->noise, tt, B, per, t->target->data);
-  else memcpy(t->target->data, b->noise, B * per * sizeof(float));
+  if (cd_graph_set_input(g, t->t, st)) return -1;
+  cd_add_noise(t->ac, lat, b->noise, tt, B, per, st);
+  if (cd_graph_set_input(g, t->noisy, st)) return -1;
+  if (t->m->sched.pred == CD_PRED_V) cd_get_velocity(t->ac, lat, b->noise, tt, B, per, st);
+  else memcpy(st, b->noise, B * per * sizeof(float));
+  if (cd_graph_set_input(g, t->target, st)) return -1;
   int ninst = t->o.prior ? B / 2 : B;
   for (int i = 0; i < B; i++)
-    for (int64_t k = 0; k < hw; k++) {
-      t->mask_i->data[i * hw + k] = i < ninst ? b->mask[i * hw + k] : 0.0f;
-      if (t->mask_c) t->mask_c->data[i * hw + k] = i < ninst ? 0.0f : 1.0f;
-    }
-  for (int64_t k = 0; k < (int64_t)B * 77; k++) t->ids->data[k] = (float)b->ids[k];
-  if (cd_graph_forward(t->g)) return -1;
-  double loss = t->loss->data[0];
+    for (int64_t k = 0; k < hw; k++) st[i * hw + k] = i < ninst ? b->mask[i * hw + k] : 0.0f;
+  if (cd_graph_set_input(g, t->mask_i, st)) return -1;
+  if (t->mask_c) {
+    for (int i = 0; i < B; i++)
+      for (int64_t k = 0; k < hw; k++) st[i * hw + k] = i < ninst ? 0.0f : 1.0f;
+    if (cd_graph_set_input(g, t->mask_c, st)) return -1;
+  }
+  for (int64_t k = 0; k < (int64_t)B * 77; k++) st[k] = (float)b->ids[k];
+  if (cd_graph_set_input(g, t->ids, st)) return -1;
+  if (cd_graph_forward(g)) return -1;
+  double loss = cd_graph_get_scalar(g, t->loss);
   if (r) {
     r->loss = loss;
-    r->loss_inst = t->inst->data[0] * (t->o.prior ? 2.0 : 1.0);
-    r->loss_prior = t->prior_loss ? t->prior_loss->data[0] * 2.0 / C : 0;
+    r->loss_inst = cd_graph_get_scalar(g, t->inst) * (t->o.prior ? 2.0 : 1.0);
+    r->loss_prior = t->prior_loss ? cd_graph_get_scalar(g, t->prior_loss) * 2.0 / C : 0;
   }
   if (!isfinite(loss)) return cd_set_error("the loss is not finite (%g) at step %d: lower --lr or check the data", loss, t->step + 1);
-  return cd_graph_backward(t->g);
+  if (cd_graph_backward(g)) return -1;
+  for (int i = 0; i < t->np; i++)
+    if (cd_graph_get_grad(g, t->p[i].node, t->p[i].grad)) return -1;
+  return 0;
 }
 
 int cd_trainer_update(cd_trainer *t, cd_step_report *r) {

@@ -36,7 +36,9 @@ void cd_train_opts_default(cd_train_opts *o);
 
 typedef struct {
   const char *name;
-  float *data, *grad; /* grad points into the graph's node */
+  float *data;        /* the weight (host memory the graph's parameter node reads) */
+  float *grad;        /* host copy of dL/dparam, fetched after each backward */
+  cd_node *node;      /* the trainable parameter node in the training graph */
   int64_t n;
   float *m, *v;       /* AdamW moments */
 } cd_train_param;
@@ -60,6 +62,7 @@ typedef struct {
   cd_node *ids, *noisy, *t, *target, *mask_i, *mask_c, *loss, *inst, *prior_loss, *pred;
   cd_train_param *p;
   int np;
+  float *stage;       /* host staging for the graph's inputs: max(B*C*h*w, B*77) floats */
   float *ac;          /* alphas_cumprod [1000] */
   float *latents;     /* [B, 4, h, w] of the last step (scaled VAE latents), for logs and tests */
   int step;           /* optimizer steps taken */

@@ -39,6 +39,7 @@ int cd_encode_prompts(cd_sd_model *m, const char *const *prompts, int n, float *
   cd_node *y = cd_clip_build(g, &m->clip, ids, NULL, NULL);
   cd_graph_output(g, y);
   int rc = -1;
+  float *idf = cd_malloc((size_t)n * 77 * sizeof(float));
   if (cd_graph_plan(g, NULL) || cd_weights_check_unused(m->clip.w, "text encoder", m->path)) goto done;
   for (int i = 0; i < n; i++) {
     int t[77];
@@ -48,13 +49,13 @@ int cd_encode_prompts(cd_sd_model *m, const char *const *prompts, int n, float *
         cd_set_error("prompt \"%s\" uses token id %d but the text encoder has %d rows (load the delta that defines it)", prompts[i], t[j], m->clip.cfg.vocab);
         goto done;
       }
-      ids->data[i * 77 + j] = (float)t[j];
+      idf[i * 77 + j] = (float)t[j];
     }
   }
-  if (cd_graph_forward(g)) goto done;
-  memcpy(out, y->data, cd_nbytes(y));
+  if (cd_graph_set_input(g, ids, idf) || cd_graph_forward(g) || cd_graph_get(g, y, out)) goto done;
   rc = 0;
 done:
+  free(idf);
   cd_graph_free(g);
   return rc;
 }
@@ -68,6 +69,7 @@ void cd_seed_noise(uint64_t seed, int i, float *x, int64_t n) {
 typedef struct {
   cd_graph *g;
   cd_node *x, *t, *out;
+  float *tbuf, *obuf; /* host copies of t and of the UNet output */
   int n, guided;   /* images; 1 if the batch holds uncond then cond */
   int64_t per;     /* elements per image latent */
   float cfg;
@@ -79,11 +81,10 @@ typedef struct {
 static int denoise(void *ctx, const float *x_in, float t, float *out, int64_t nel) {
   denoiser *d = ctx;
   int64_t half = (int64_t)d->n * d->per;
-  memcpy(d->x->data, x_in, half * sizeof(float));
-  if (d->guided) memcpy(d->x->data + half, x_in, half * sizeof(float));
-  for (int64_t i = 0; i < d->t->n; i++) d->t->data[i] = t;
-  if (cd_graph_forward(d->g)) return -1;
-  const float *o = d->out->data;
+  if (cd_graph_write(d->g, d->x, 0, half, x_in) || (d->guided && cd_graph_write(d->g, d->x, half, half, x_in))) return -1;
+  for (int64_t i = 0; i < d->t->n; i++) d->tbuf[i] = t;
+  if (cd_graph_set_input(d->g, d->t, d->tbuf) || cd_graph_forward(d->g) || cd_graph_get(d->g, d->out, d->obuf)) return -1;
+  const float *o = d->obuf;
   if (!d->guided) {
     memcpy(out, o, half * sizeof(float));
   } else {
@@ -113,14 +114,14 @@ static int img2img_start(cd_sd_model *m, const cd_gen_opts *o, int n, int64_t h,
   cd_graph_output(g, mom);
   int rc = -1;
   cd_sampler s = {0};
-  float *x0 = cd_malloc(per * sizeof(float)), *eps = cd_malloc(per * sizeof(float));
+  float *x0 = cd_malloc(per * sizeof(float)), *eps = cd_malloc(per * sizeof(float)), *mv = cd_malloc(cd_nbytes(mom));
   if (cd_graph_plan(g, NULL)) goto done;
-  memcpy(img->data, o->init_image, cd_nbytes(img));
-  if (cd_graph_forward(g) || cd_sampler_init(&s, &m->sched, &o->s, n * per)) goto done;
+  if (cd_graph_set_input(g, img, o->init_image) || cd_graph_forward(g) || cd_graph_get(g, mom, mv)) goto done;
+  if (cd_sampler_init(&s, &m->sched, &o->s, n * per)) goto done;
   *begin = cd_schedule_begin_for_strength(&s.sched, o->strength);
   for (int i = 0; i < n; i++) {
     cd_seed_noise(o->s.seed + 1000003u, i, eps, per);
-    cd_vae_latent_sample(mom->data, eps, m->vae.cfg.scaling_factor, per, x0);
+    cd_vae_latent_sample(mv, eps, m->vae.cfg.scaling_factor, per, x0);
     float *z = latents + i * per;
     if (*begin >= s.sched.n) memcpy(z, x0, per * sizeof(float)); /* strength 0: nothing to denoise */
     else cd_sampler_add_noise(&s, *begin, x0, z, z);
@@ -130,6 +131,7 @@ done:
   cd_sampler_free(&s);
   free(x0);
   free(eps);
+  free(mv);
   cd_graph_free(g);
   return rc;
 }
@@ -166,7 +168,9 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   cd_graph_output(d.g, d.out);
   rc = -1;
   if (cd_graph_plan(d.g, NULL) || cd_weights_check_unused(m->unet.w, "UNet", m->path)) goto done;
-  memcpy(c->data, ctx, cd_nbytes(c));
+  d.tbuf = cd_malloc(cd_nbytes(d.t));
+  d.obuf = cd_malloc(cd_nbytes(d.out));
+  if (cd_graph_set_input(d.g, c, ctx)) goto done;
   cd_sample_opts so = o->s;
   so.begin = 0;
   for (int i = 0; i < n; i++) {
@@ -184,6 +188,8 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   if (!o->quiet) cd_progress_finish(&d.bar);
 done:
   cd_graph_free(d.g);
+  free(d.tbuf);
+  free(d.obuf);
   free(ctx);
   return rc;
 }
@@ -195,13 +201,14 @@ static int decode_one(cd_sd_model *m, const float *z, int64_t h, int64_t w, floa
   cd_node *y = cd_vae_decode_build(g, &m->vae, x);
   cd_graph_output(g, y);
   int rc = -1;
+  float *zs = cd_malloc(cd_nbytes(x));
   if (cd_graph_plan(g, NULL)) goto done;
   float s = 1.0f / m->vae.cfg.scaling_factor;
-  for (int64_t i = 0; i < x->n; i++) x->data[i] = z[i] * s;
-  if (cd_graph_forward(g)) goto done;
-  memcpy(img, y->data, cd_nbytes(y));
+  for (int64_t i = 0; i < x->n; i++) zs[i] = z[i] * s;
+  if (cd_graph_set_input(g, x, zs) || cd_graph_forward(g) || cd_graph_get(g, y, img)) goto done;
   rc = 0;
 done:
+  free(zs);
   cd_graph_free(g);
   return rc;
 }

@@ -10,6 +10,7 @@
  */
 #include "graph.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -620,6 +621,56 @@ int cd_graph_backward(cd_graph *g) {
     if (!(x->flags & CD_FLAG_BWD) || !cd_op_has(x->op, CD_OPF_KERNEL)) continue;
     run_kernel(g, 1, x);
   }
+  return 0;
+}
+
+/* ------------------------------------------------------- host <-> backend */
+
+/* root of a view chain: views share their root's buffers */
+static const cd_node *croot(const cd_node *x) {
+  while (cd_op_has(x->op, CD_OPF_ALIAS)) x = x->src[0];
+  return x;
+}
+
+static int check_range(const cd_graph *g, const cd_node *n, int64_t off, int64_t count, const char *what) {
+  if (!g->planned) return cd_set_error("graph: %s '%s' before cd_graph_plan", what, n->name);
+  if (off < 0 || count < 0 || off + count > n->n)
+    return cd_set_error("graph: %s '%s': elements [%ld, %ld) outside its %ld", what, n->name, (long)off, (long)(off + count),
+                        (long)n->n);
+  return 0;
+}
+
+int cd_graph_write(cd_graph *g, cd_node *n, int64_t off, int64_t count, const float *host) {
+  if (check_range(g, n, off, count, "write to")) return -1;
+  if (!(croot(n)->flags & CD_FLAG_INPUT)) return cd_set_error("graph: '%s' is not an input (cd_input)", n->name);
+  g->be->upload(&g->ctx, n->data + off, host, (size_t)count * sizeof(float));
+  return 0;
+}
+
+int cd_graph_set_input(cd_graph *g, cd_node *n, const float *host) { return cd_graph_write(g, n, 0, n->n, host); }
+
+int cd_graph_read(const cd_graph *g, const cd_node *n, int64_t off, int64_t count, float *host) {
+  if (check_range(g, n, off, count, "read of")) return -1;
+  const int kept = (croot(n)->flags & (CD_FLAG_INPUT | CD_FLAG_OUTPUT | CD_FLAG_PARAM)) || (n->flags & CD_FLAG_OUTPUT) ||
+                   (g->training && croot(n) == croot(g->loss));
+  if (!kept)
+    return cd_set_error("graph: '%s' is not kept after a run (mark it with cd_graph_output)", n->name);
+  g->be->download(&g->ctx, host, n->data + off, (size_t)count * sizeof(float));
+  return 0;
+}
+
+int cd_graph_get(const cd_graph *g, const cd_node *n, float *host) { return cd_graph_read(g, n, 0, n->n, host); }
+
+double cd_graph_get_scalar(const cd_graph *g, const cd_node *n) {
+  float v;
+  return cd_graph_read(g, n, 0, 1, &v) ? NAN : v;
+}
+
+int cd_graph_get_grad(const cd_graph *g, const cd_node *param, float *host) {
+  if (!g->planned || !g->training) return cd_set_error("graph: gradient of '%s' needs a training plan", param->name);
+  if (!(param->flags & CD_FLAG_TRAINABLE) || !param->grad)
+    return cd_set_error("graph: '%s' is not a trainable parameter", param->name);
+  g->be->download(&g->ctx, host, param->grad, cd_nbytes(param));
   return 0;
 }
 

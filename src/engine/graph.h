@@ -7,9 +7,11 @@
  *   cd_node *y = cd_conv2d(g, x, w, b, 1, 1);
  *   cd_graph_output(g, y);                  // keep y's value after the run
  *   cd_graph_plan(g);                       // shapes fixed, buffers placed
- *   memcpy(x->data, ..., cd_nbytes(x));    // inputs live in the arena
- *   cd_graph_forward(g);                    // y->data holds the result
- *   cd_graph_backward(g, loss);             // grads of trainable params
+ *   cd_graph_set_input(g, x, host_x);       // inputs live in backend memory
+ *   cd_graph_forward(g);
+ *   cd_graph_get(g, y, host_y);             // copy the result out
+ *   cd_graph_backward(g);                   // grads of trainable params:
+ *   cd_graph_get_grad(g, w, host_dw);       //   cd_set_trainable(w) before planning
  *
  * Layout: row-major, ne[0] is the OUTERMOST dimension (like PyTorch shapes):
  * images NCHW, sequences [B, T, C], weights as PyTorch stores them
@@ -69,9 +71,18 @@ struct cd_node {
   int id;       /* position in the graph's topological order */
   char name[96];
 
-  float *data;  /* value: arena, or caller memory for parameters */
-  float *grad;  /* gradient of the final scalar w.r.t. this node, when needed */
-  float *aux;   /* op-private saved state (e.g. attention log-sum-exp, norm stats) */
+  /* Storage: the engine's and the backend's alone (it may be device memory).
+   * Outside src/engine, values move through cd_graph_set_input / cd_graph_get.
+   * tests/test_engine.c compiles every other source file with
+   * CD_NODE_STORAGE_HIDDEN, which renames these fields, to prove it. */
+#ifdef CD_NODE_STORAGE_HIDDEN
+#define CD_NODE_PRIV(f) f##_engine_private
+#else
+#define CD_NODE_PRIV(f) f
+#endif
+  float *CD_NODE_PRIV(data); /* value: arena, or caller memory for parameters */
+  float *CD_NODE_PRIV(grad); /* gradient of the final scalar w.r.t. this node, when needed */
+  float *CD_NODE_PRIV(aux);  /* op-private saved state (e.g. attention log-sum-exp, norm stats) */
   int64_t naux; /* number of floats in aux; set by the builder */
 
   /* planner bookkeeping */
@@ -129,6 +140,20 @@ typedef struct {
 int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts); /* 0 or -1 + cd_last_error */
 int cd_graph_forward(cd_graph *g);
 int cd_graph_backward(cd_graph *g); /* needs a training plan; fills param->grad */
+
+/* ---- values in and out (after cd_graph_plan) ----
+ * Values live in backend memory; these copy between it and the host. Inputs
+ * (cd_input) can be written; inputs, outputs (cd_graph_output) and parameters
+ * read. An output holds the last forward's value until the next forward; a
+ * gradient the last backward's until the next backward. 0 or -1 +
+ * cd_last_error (not planned, not an input/output, range outside the node). */
+int cd_graph_set_input(cd_graph *g, cd_node *n, const float *host);         /* all n->n floats */
+int cd_graph_write(cd_graph *g, cd_node *n, int64_t off, int64_t count, const float *host);
+int cd_graph_get(const cd_graph *g, const cd_node *n, float *host);         /* all n->n floats */
+int cd_graph_read(const cd_graph *g, const cd_node *n, int64_t off, int64_t count, float *host);
+double cd_graph_get_scalar(const cd_graph *g, const cd_node *n);            /* element 0; NaN on error */
+/* dL/dparam of a trainable parameter after cd_graph_backward (checkpoints, tests) */
+int cd_graph_get_grad(const cd_graph *g, const cd_node *param, float *host);
 
 size_t cd_graph_arena_bytes(const cd_graph *g);  /* planned arena size */
 size_t cd_graph_naive_bytes(const cd_graph *g);  /* sum of all buffers (no reuse) */
