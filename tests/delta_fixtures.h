@@ -9,17 +9,27 @@
 #include "test.h"
 
 /* a golden tiny model (no VAE) by folder name; NULL when absent or unreadable */
+/* golden model name without its VAE; NULL with test_msg set and
+ * load_tiny_status 1 (skip: no golden folder) or -1 (fail) otherwise */
+static int load_tiny_status;
 static inline cd_sd_model *load_tiny(const char *name) {
   char path[1024];
-  if (test_golden_path(path, sizeof path, name)) return NULL;
+  int g = test_golden_need(path, sizeof path, name);
+  if (g) {
+    load_tiny_status = g;
+    return NULL;
+  }
   cd_load_opts lo = {.no_vae = 1};
   cd_sd_model *m = NULL;
   if (cd_sd_load(path, &lo, &m)) {
-    fprintf(stderr, "load %s: %s\n", path, cd_last_error());
+    snprintf(test_msg, sizeof test_msg, "load %s: %s", path, cd_last_error());
+    load_tiny_status = -1;
     return NULL;
   }
   return m;
 }
+/* after a load_tiny that gave NULL: skip or fail the test */
+#define TINY_MISSING() GOLDEN_STATUS(load_tiny_status)
 
 /* a cross-attention K or V projection: what Custom Diffusion trains */
 static inline int is_kv(const char *s) { return strstr(s, ".attn2.to_k.weight") || strstr(s, ".attn2.to_v.weight"); }

@@ -39,9 +39,16 @@ int test_summary(void);
 double test_rel_err(const float *a, const float *ref, size_t n);
 double test_rel_err_d(const double *a, const double *ref, size_t n);
 void test_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t seed);
-/* ../shared/golden (or $CDIFF_GOLDEN); NULL when absent. path_out gets dir/rel. */
-const char *test_golden_dir(void);
-int test_golden_path(char *out, size_t cap, const char *rel); /* 0 ok, -1 missing */
+/* Reference data lives in ../shared/golden (or $CDIFF_GOLDEN). Without the
+ * folder a test that needs it SKIPs, unless CDIFF_REQUIRE_GOLDEN=1 (CI) or
+ * CDIFF_GOLDEN names a folder that is not there: then it FAILs. A folder
+ * that exists but lacks the file is incomplete: always a FAIL. */
+int test_golden_required(void);
+const char *test_golden_dir(void); /* NULL when absent */
+/* dir/rel into out: 0 ready; 1 skip; -1 fail (test_msg says why for both) */
+int test_golden_need(char *out, size_t cap, const char *rel);
+/* plain query, no policy: 0 when dir/rel exists (in out), -1 otherwise */
+int test_golden_path(char *out, size_t cap, const char *rel);
 /* runs cmd through the shell (popen); its stdout, up to cap-1 bytes, in out
  * (NUL-terminated; append 2>&1 to cmd for stderr too). Returns the exit
  * status, or -1 when it could not run or did not exit normally. */
@@ -54,8 +61,18 @@ const char *test_tmpdir(const char *sub);
 void test_tmp_cleanup(void);
 /* rm -rf dir; 0 ok, -1 (message on stderr) when that failed */
 int test_rmtree(const char *dir);
-#define NEED_GOLDEN(buf, rel) do { if (test_golden_path(buf, sizeof buf, rel)) \
-    SKIP("golden file %s not found (set CDIFF_GOLDEN or place ../shared/golden beside the project)", rel); } while (0)
+/* returns from the test unless golden file rel is there (its path in buf) */
+#define NEED_GOLDEN(buf, rel) do { int g_ = test_golden_need(buf, sizeof buf, rel); \
+    if (g_ > 0) { test_skipped_flag = 1; return; } if (g_ < 0) { test_failed_flag = 1; return; } } while (0)
+/* the same for a helper's status: 1 skip, -1 fail, with test_msg already set */
+#define GOLDEN_STATUS(r) do { int s_ = (r); if (s_ > 0) { test_skipped_flag = 1; return; } \
+    if (s_ < 0) { test_failed_flag = 1; return; } } while (0)
+/* the cdiff tool of the build this test belongs to (<build>/tests/test_x ->
+ * <build>/cdiff, so the sanitized tests run the sanitized tool); $CDIFF_BIN
+ * overrides. Absolute path. */
+const char *test_cdiff_bin(void);
+/* "<build>/rel" for the build this test belongs to (tools/gen_sd_random, ...) */
+const char *test_build_path(const char *rel);
 
 /* ---- op checking: forward against a double reference, backward against
  * central finite differences of that reference, in double precision. ----

@@ -25,12 +25,15 @@ static char *mktmp(char *buf, size_t cap) {
   return cd_mkdir_p(buf) ? NULL : buf;
 }
 
+/* golden model rel; NULL with test_msg set when it is missing or does not load
+ * (callers made sure the golden folder is there) */
 static cd_sd_model *load(const char *rel) {
   char p[1024];
-  if (test_golden_path(p, sizeof p, rel)) return NULL;
+  if (test_golden_need(p, sizeof p, rel)) return NULL;
   cd_sd_model *m = NULL;
   if (cd_sd_load(p, NULL, &m)) {
     fprintf(stderr, "load %s: %s\n", p, cd_last_error());
+    snprintf(test_msg, sizeof test_msg, "load %s: %s", p, cd_last_error());
     return NULL;
   }
   return m;
@@ -295,7 +298,8 @@ TEST(ckpt_equals_safetensors) {
   /* the yaml travels with it (v-prediction, 8 groups, head width 16) */
   char yin[1024], yout[1200];
   char rel[1024];
-  CHECK(test_golden_path(rel, sizeof rel, "tiny-sd2_original.yaml") == 0 && realpath(rel, yin));
+  NEED_GOLDEN(rel, "tiny-sd2_original.yaml");
+  CHECK(realpath(rel, yin));
   snprintf(yout, sizeof yout, "%s/m.yaml", tmp);
   CHECK(symlink(yin, yout) == 0);
   cd_load_opts lo = {0};
@@ -334,8 +338,9 @@ TEST(options_skip_and_prediction) {
 
 /* no vocabulary anywhere -> m->tok NULL (commands needing it ask for --vocab) */
 TEST(single_file_without_vocab) {
-  char rel[1024], p[PATH_MAX], tmp[64], link[1200];
+  char rel[1024], p[PATH_MAX], tmp[64], link[1200], voc[1024];
   NEED_GOLDEN(rel, "tiny-sd1_original.safetensors");
+  NEED_GOLDEN(voc, "bpe_simple_vocab_16e6.txt.gz");
   CHECK(realpath(rel, p));
   CHECK(mktmp(tmp, sizeof tmp));
   snprintf(link, sizeof link, "%s/model.safetensors", tmp);
@@ -351,8 +356,7 @@ TEST(single_file_without_vocab) {
   int ok = rc == 0 && m->tok == NULL && m->unet.cfg.norm_groups == 32 && m->unet.cfg.heads[0] == 8;
   cd_sd_free(m);
   /* an explicit vocabulary */
-  char voc[1024];
-  if (ok && test_golden_path(voc, sizeof voc, "bpe_simple_vocab_16e6.txt.gz") == 0) {
+  if (ok) {
     o.vocab = voc;
     rc = cd_sd_load(link, &o, &m);
     ok = rc == 0 && m->tok && cd_tokenizer_pad(m->tok) == 49407;
@@ -445,7 +449,7 @@ TEST(error_folder_and_random_ckpt) {
 static int rewrite_with(const char *rel, const char *tmp, const char *replace, const cd_tensor_out *t,
                         char *out, size_t cap) {
   char p[1024];
-  if (test_golden_path(p, sizeof p, rel)) return -1;
+  if (test_golden_need(p, sizeof p, rel)) return -1;
   cd_tensor_file *f;
   if (cd_tensor_file_open(p, &f)) return -1;
   cd_tensor_out *o = file_records(f, 1);

@@ -11,23 +11,17 @@
 
 static char tmpdir[256];
 
-/* runs build/cdiff with args (shell-quoted by the caller); returns exit status, output in out */
+/* runs the tool of this test's build (test_cdiff_bin) with args (shell-quoted
+ * by the caller); returns exit status, output in out */
 static int cdiff(char *out, size_t cap, const char *args) {
   char cmd[4096];
-  snprintf(cmd, sizeof cmd, "CDIFF_QUIET=1 ./build/cdiff %s 2>&1", args);
+  snprintf(cmd, sizeof cmd, "CDIFF_QUIET=1 '%s' %s 2>&1", test_cdiff_bin(), args);
   return test_run_cmd(cmd, out, cap);
 }
 
-/* 0: golden file missing (skip); 1: ready; the tool itself must exist */
-static int have(const char *rel, char *path, size_t cap) {
-  if (test_golden_path(path, cap, rel)) return 0;
-  if (access("./build/cdiff", X_OK)) {
-    snprintf(test_msg, sizeof test_msg, "./build/cdiff was not built");
-    test_failed_flag = 1;
-  }
-  return 1;
-}
-#define HAVE(rel, buf) do { if (!have(rel, buf, sizeof buf)) SKIP("golden %s missing", rel); if (test_failed_flag) return; } while (0)
+/* golden file rel in path (skip/fail as NEED_GOLDEN); the tool itself must exist */
+#define HAVE(rel, buf) do { NEED_GOLDEN(buf, rel); \
+    if (access(test_cdiff_bin(), X_OK)) FAILF("%s was not built", test_cdiff_bin()); } while (0)
 
 TEST(sample_writes_png_with_metadata) {
   char m[1024], out[8192], args[4096], png[512], v[512];
@@ -84,7 +78,7 @@ TEST(latents_round_trip_and_seed) {
 
 TEST(tiled_decode_matches_when_tile_covers) {
   char m[1024];
-  if (test_golden_path(m, sizeof m, "tiny-sd1")) SKIP("golden tiny-sd1 missing");
+  NEED_GOLDEN(m, "tiny-sd1");
   cd_sd_model *md;
   cd_load_opts lo = {0};
   CHECK_OK(cd_sd_load(m, &lo, &md));
@@ -174,16 +168,15 @@ TEST(bad_input_is_reported) {
   CHECK(cdiff(out, sizeof out, args) != 0);
   CHECKF(strstr(out, "junk.ckpt"), "%s", out);
   /* with the vocabulary the single file samples */
-  if (!test_golden_path(v, sizeof v, "bpe_simple_vocab_16e6.txt.gz")) {
-    snprintf(args, sizeof args, "sample --model %s --vocab %s --prompt cat --steps 2 --width 64 --height 64 --out %s/e.png", m, v, tmpdir);
-    CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
-  }
+  NEED_GOLDEN(v, "bpe_simple_vocab_16e6.txt.gz");
+  snprintf(args, sizeof args, "sample --model %s --vocab %s --prompt cat --steps 2 --width 64 --height 64 --out %s/e.png", m, v, tmpdir);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
 }
 
 /* a diffusers folder whose UNet holds a key no SD UNet has: named when used */
 TEST(unknown_unet_key_is_named) {
   char m[1024], src[1200], dir[600], cmd[4096];
-  if (test_golden_path(m, sizeof m, "tiny-sd1")) SKIP("golden tiny-sd1 missing");
+  NEED_GOLDEN(m, "tiny-sd1");
   char abs[PATH_MAX];
   CHECK(realpath(m, abs) != NULL);
   snprintf(dir, sizeof dir, "%s/extra", tmpdir);
@@ -225,7 +218,7 @@ TEST(unknown_unet_key_is_named) {
  * strength stays closer to it, out-of-range strength is refused */
 TEST(img2img_strength) {
   char m[1024];
-  if (test_golden_path(m, sizeof m, "tiny-sd1")) SKIP("golden tiny-sd1 missing");
+  NEED_GOLDEN(m, "tiny-sd1");
   cd_sd_model *md;
   cd_load_opts lo = {0};
   CHECK_OK(cd_sd_load(m, &lo, &md));

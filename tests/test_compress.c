@@ -78,7 +78,7 @@ static double delta_err(const cd_delta *ref, const cd_delta *got, const cd_sd_mo
 
 TEST(ratios) {
   cd_sd_model *m = load_tiny("tiny-sd1");
-  if (!m) SKIP("tiny-sd1 not found in the golden folder");
+  if (!m) TINY_MISSING();
   cd_delta *d = synth_lowrank(m, 3, 1e-3);
   const char *full_dir = test_tmpdir("full");
   CHECK_OK(cd_delta_save(full_dir, d));
@@ -131,7 +131,7 @@ TEST(ratios) {
 /* full_if_larger keeps matrices whole where factors would be larger: ratio 1.0 then never grows the file */
 TEST(full_if_larger) {
   cd_sd_model *m = load_tiny("tiny-sd1");
-  if (!m) SKIP("tiny-sd1 not found in the golden folder");
+  if (!m) TINY_MISSING();
   cd_delta *d = synth_lowrank(m, 4, 1e-3), *c = NULL, *l = NULL;
   cd_compress_layer *L = NULL;
   int nl = 0, miss = 0, nfull = 0;
@@ -155,7 +155,7 @@ TEST(apply_and_merge) {
   cd_sd_model *m = load_tiny("tiny-sd1"), *m2 = load_tiny("tiny-sd1"), *m3 = load_tiny("tiny-sd1"), *m4 = load_tiny("tiny-sd1");
   if (!m || !m2 || !m3 || !m4) {
     cd_sd_free(m); cd_sd_free(m2); cd_sd_free(m3); cd_sd_free(m4);
-    SKIP("tiny-sd1 not found in the golden folder");
+    TINY_MISSING();
   }
   cd_delta *d = synth_lowrank(m, 5, 1e-3), *o = synth_lowrank(m, 6, 1e-3), *c = NULL;
   const char *dir = test_tmpdir("am"), *odir = test_tmpdir("other");
@@ -207,7 +207,7 @@ TEST(apply_and_merge) {
 
 TEST(bad_inputs) {
   cd_sd_model *m = load_tiny("tiny-sd1");
-  if (!m) SKIP("tiny-sd1 not found in the golden folder");
+  if (!m) TINY_MISSING();
   cd_delta *d = synth_lowrank(m, 7, 1e-3), *c = NULL, *c2 = NULL;
   int r1 = cd_delta_compress(d, m, 0.0, 0, &c, NULL, NULL);
   int r2 = cd_delta_compress(d, m, 1.5, 0, &c, NULL, NULL);

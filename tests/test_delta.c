@@ -20,7 +20,8 @@
  * row moved off the base values so that mix-ups show. 1 = skip, 0 = ok, -1 = fail. */
 static int make_delta(const char *name, cd_sd_model **mo, cd_delta **out) {
   char mp[1024];
-  if (test_golden_path(mp, sizeof mp, name)) return 1;
+  int g = test_golden_need(mp, sizeof mp, name);
+  if (g) return g;
   cd_load_opts lo = {0};
   if (cd_sd_load(mp, &lo, mo)) {
     snprintf(test_msg, sizeof test_msg, "%s: %s", name, cd_last_error());
@@ -52,8 +53,7 @@ static int make_delta(const char *name, cd_sd_model **mo, cd_delta **out) {
   return 0;
 }
 
-#define MAKE(name, m, d) do { int r_ = make_delta(name, &m, &d); if (r_ > 0) SKIP("golden %s not found", name); \
-    if (r_ < 0) { cd_sd_free(m); test_failed_flag = 1; return; } } while (0)
+#define MAKE(name, m, d) do { int r_ = make_delta(name, &m, &d); if (r_ < 0) cd_sd_free(m); GOLDEN_STATUS(r_); } while (0)
 
 static int same_weights(const cd_delta *a, const cd_delta *b, const char *what) {
   if (cd_weights_count(a->w) != cd_weights_count(b->w)) {
@@ -306,7 +306,7 @@ TEST(wrong_family_is_refused) {
   cd_delta *d1 = NULL, *d2 = NULL;
   MAKE("tiny-sd1", m1, d1);
   int r2 = make_delta("tiny-sd2", &m2, &d2);
-  if (r2) { cd_delta_free(d1); cd_sd_free(m1); cd_sd_free(m2); if (r2 > 0) SKIP("golden tiny-sd2 not found"); test_failed_flag = 1; return; }
+  if (r2) { cd_delta_free(d1); cd_sd_free(m1); cd_sd_free(m2); GOLDEN_STATUS(r2); }
   char dir1[512], dir2[512];
   snprintf(dir1, sizeof dir1, "%s", test_tmpdir("fam_sd1"));
   snprintf(dir2, sizeof dir2, "%s", test_tmpdir("fam_sd2"));

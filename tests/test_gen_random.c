@@ -8,14 +8,15 @@
 #include "test.h"
 
 static void family_case(const char *family) {
-  if (access("./build/tools/gen_sd_random", X_OK)) FAILF("./build/tools/gen_sd_random was not built");
+  const char *gen = test_build_path("tools/gen_sd_random");
+  if (access(gen, X_OK)) FAILF("%s was not built", gen);
   char dir[256], cmd[1024], folder[300], single[300];
   snprintf(dir, sizeof dir, "%s", test_tmpdir(family));
   if (cd_mkdir_p(dir)) FAILF("%s", cd_last_error());
   snprintf(folder, sizeof folder, "%s/model", dir);
   snprintf(single, sizeof single, "%s/model.safetensors", dir);
-  snprintf(cmd, sizeof cmd, "./build/tools/gen_sd_random --tiny --family %s --seed 3 --out %s --single-file %s >/dev/null 2>&1",
-           family, folder, single);
+  snprintf(cmd, sizeof cmd, "'%s' --tiny --family %s --seed 3 --out %s --single-file %s >/dev/null 2>&1",
+           gen, family, folder, single);
   int st = system(cmd);
   cd_sd_model *a = NULL, *b = NULL;
   cd_load_opts lo = {0};

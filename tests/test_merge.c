@@ -195,7 +195,7 @@ TEST(golden_via_matrix) {
 
 TEST(features_rows) {
   cd_sd_model *m = load_tiny("tiny-sd1");
-  if (!m) SKIP("tiny-sd1 not found in the golden folder");
+  if (!m) TINY_MISSING();
   /* rows 1..EOS: "a cat" -> a, cat, EOS; "photo of a cat" -> cat, EOS; "photo of an apple" keeps all */
   const char *p[3] = {"a cat", "photo of a cat", "photo of an apple"};
   double *F = NULL, *G = NULL;
@@ -317,7 +317,7 @@ static void two_concepts_case(cd_sd_model *m, cd_sd_model *m2, cd_delta *d1, cd_
 
 TEST(two_concepts) {
   cd_sd_model *m = load_tiny("tiny-sd1"), *m2 = load_tiny("tiny-sd1");
-  if (!m || !m2) { cd_sd_free(m); cd_sd_free(m2); SKIP("tiny-sd1 not found in the golden folder"); }
+  if (!m || !m2) { cd_sd_free(m); cd_sd_free(m2); TINY_MISSING(); }
   two_concepts_case(m, m2, synth_saved(m, 11, "<new1>", 0.3, "c1"), synth_saved(m, 22, "<new2>", 0.3, "c2"), 0);
 }
 
@@ -376,7 +376,7 @@ static void two_trained_case(const char *model, const char *vocab, const char *p
 
 TEST(two_trained_concepts) {
   cd_sd_model *m = load_tiny("tiny-sd1"), *m2 = load_tiny("tiny-sd1");
-  if (!m || !m2) { cd_sd_free(m); cd_sd_free(m2); SKIP("tiny-sd1 not found in the golden folder"); }
+  if (!m || !m2) { cd_sd_free(m); cd_sd_free(m2); TINY_MISSING(); }
   char mp[1024];
   test_golden_path(mp, sizeof mp, "tiny-sd1");
   /* context 16 with 12 constraint rows leaves 4 free directions: no closeness claim */
@@ -388,10 +388,11 @@ TEST(two_trained_concepts) {
  * merged: concept prompts exact, captions closer to the base than the naive sum. */
 TEST(two_trained_concepts_ctx64) {
   char vocab[1024], model[600], cmd[1400];
-  if (test_golden_path(vocab, sizeof vocab, "bpe_simple_vocab_16e6.txt.gz")) SKIP("golden vocabulary not found");
-  if (access("./build/tools/gen_sd_random", X_OK)) FAILF("./build/tools/gen_sd_random was not built");
+  NEED_GOLDEN(vocab, "bpe_simple_vocab_16e6.txt.gz");
+  const char *gen = test_build_path("tools/gen_sd_random");
+  if (access(gen, X_OK)) FAILF("%s was not built", gen);
   snprintf(model, sizeof model, "%s/model", test_tmpdir("g64"));
-  snprintf(cmd, sizeof cmd, "./build/tools/gen_sd_random --tiny --seed 5 --out %s >/dev/null 2>&1", model);
+  snprintf(cmd, sizeof cmd, "'%s' --tiny --seed 5 --out %s >/dev/null 2>&1", gen, model);
   if (system(cmd)) FAILF("gen_sd_random failed");
   cd_load_opts lo = {.no_vae = 1, .vocab = vocab};
   cd_sd_model *m = NULL, *m2 = NULL;
@@ -405,7 +406,7 @@ TEST(two_trained_concepts_ctx64) {
 /* ---- (3) renumbering: both deltas use <new1> ---- */
 TEST(renumbering) {
   cd_sd_model *m = load_tiny("tiny-sd1");
-  if (!m) SKIP("tiny-sd1 not found in the golden folder");
+  if (!m) TINY_MISSING();
   int nreg = 0;
   char **reg = reg_lines(100, &nreg);
   cd_delta *d1 = synth_delta(m, 5, "<new1>", 0.2), *d2 = synth_delta(m, 6, "<new1>", 0.2), *mg = NULL;
@@ -442,7 +443,7 @@ TEST(renumbering) {
 /* ---- (4) more constraint rows than the context dim (16): singular without a ridge ---- */
 TEST(singular_and_ridge) {
   cd_sd_model *m = load_tiny("tiny-sd1");
-  if (!m) SKIP("tiny-sd1 not found in the golden folder");
+  if (!m) TINY_MISSING();
   int nreg = 0;
   char **reg = reg_lines(CD_MERGE_REG_COUNT, &nreg);
   cd_delta *d[3] = {synth_delta(m, 7, "<new1>", 0.2), synth_delta(m, 8, "<new1>", 0.2), synth_delta(m, 9, "<new1>", 0.2)};
@@ -481,7 +482,7 @@ TEST(singular_and_ridge) {
 /* ---- (5) a tiny-sd2 delta on tiny-sd1 ---- */
 TEST(mismatched_base) {
   cd_sd_model *m1 = load_tiny("tiny-sd1"), *m2 = load_tiny("tiny-sd2");
-  if (!m1 || !m2) { cd_sd_free(m1); cd_sd_free(m2); SKIP("tiny-sd1/tiny-sd2 not found in the golden folder"); }
+  if (!m1 || !m2) { cd_sd_free(m1); cd_sd_free(m2); TINY_MISSING(); }
   int nreg = 0;
   char **reg = reg_lines(50, &nreg);
   cd_delta *a = synth_delta(m1, 1, "<new1>", 0.2), *b = synth_saved(m2, 2, "<new1>", 0.2, "sd2"), *mg = NULL;
@@ -511,11 +512,10 @@ TEST(mismatched_base) {
 
 /* ---- the binary: argument errors name the flag; a real run with the default captions ---- */
 TEST(cli) {
-  const char *b = getenv("BUILD");
-  char bin[512], model[1024], cmd[4096], out[16384];
-  snprintf(bin, sizeof bin, "%s/cdiff", b && *b ? b : "build");
-  if (access(bin, X_OK)) SKIP("%s not built (it links once every command exists)", bin);
-  if (test_golden_path(model, sizeof model, "tiny-sd1")) SKIP("tiny-sd1 not found in the golden folder");
+  const char *bin = test_cdiff_bin();
+  char model[1024], cmd[4096], out[16384];
+  if (access(bin, X_OK)) FAILF("%s not built", bin);
+  NEED_GOLDEN(model, "tiny-sd1");
   cd_sd_model *m = load_tiny("tiny-sd1");
   CHECKF(m != NULL, "load tiny-sd1: %s", cd_last_error());
   cd_delta *d1 = synth_delta(m, 31, "<new1>", 0.3), *d2 = synth_delta(m, 32, "<new1>", 0.3);

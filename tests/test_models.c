@@ -29,10 +29,12 @@ typedef struct {
   cd_graph *g;
 } run_case;
 
-/* 1 when the golden files are absent, -1 (test_msg set) on a load error */
+/* 1 when the golden folder is absent (skip), -1 (test_msg set) on a missing file or a load error */
 static int open_case(const model_case *c, run_case *r) {
   char mp[1024], gp[1024];
-  if (test_golden_path(mp, sizeof mp, c->model) || test_golden_path(gp, sizeof gp, c->golden)) return 1;
+  int g = test_golden_need(mp, sizeof mp, c->model);
+  if (!g) g = test_golden_need(gp, sizeof gp, c->golden);
+  if (g) return g;
   cd_load_opts o = {0};
   if (cd_sd_load(mp, &o, &r->m)) {
     snprintf(test_msg, sizeof test_msg, "load %s: %s", c->model, cd_last_error());
@@ -66,9 +68,7 @@ static int for_each_case(int (*body)(run_case *r)) {
   return 0;
 }
 
-#define RUN_CASES(body) do { int r_ = for_each_case(body); \
-    if (r_ > 0) SKIP("golden folder not found"); \
-    if (r_ < 0) { test_failed_flag = 1; return; } } while (0)
+#define RUN_CASES(body) GOLDEN_STATUS(for_each_case(body))
 
 /* inside a case body: fail the case, keeping the first message */
 #define TRY(e) do { if ((e) != 0) { if (!test_msg[0]) snprintf(test_msg, sizeof test_msg, "%s", cd_last_error()); \

@@ -20,10 +20,11 @@ static const struct {
 
 static void run_model(int mi) {
   char mp[1024], gp[1024], vp[1024];
-  if (test_golden_path(mp, sizeof mp, models[mi].model) || test_golden_path(gp, sizeof gp, models[mi].golden)) SKIP("golden folder not found");
+  NEED_GOLDEN(mp, models[mi].model);
+  NEED_GOLDEN(gp, models[mi].golden);
   cd_load_opts lo = {0};
   if (models[mi].vocab) {
-    if (test_golden_path(vp, sizeof vp, models[mi].vocab)) SKIP("golden vocabulary not found");
+    NEED_GOLDEN(vp, models[mi].vocab);
     lo.vocab = vp;
   }
   cd_sd_model *m = NULL;

@@ -39,12 +39,13 @@ static int write_images(const char *dir, int n) {
   return 0;
 }
 
-/* 1 = usable, 0 = skip (golden missing), -1 = failure (test_msg set) */
+/* 0 = usable, 1 = skip (golden missing), -1 = failure (test_msg set) */
 static int fixture(void) {
-  if (have_fixture) return have_fixture > 0;
-  if (test_golden_path(model, sizeof model, "tiny-sd1")) {
+  if (have_fixture) return have_fixture > 0 ? 0 : test_golden_need(model, sizeof model, "tiny-sd1");
+  int g = test_golden_need(model, sizeof model, "tiny-sd1");
+  if (g) {
     have_fixture = -1;
-    return 0;
+    return g;
   }
   snprintf(tmp, sizeof tmp, "/tmp/cdiff_train_e2e_XXXXXX");
   if (!mkdtemp(tmp)) {
@@ -59,10 +60,10 @@ static int fixture(void) {
     return -1;
   }
   have_fixture = 1;
-  return 1;
+  return 0;
 }
 
-#define NEED_FIXTURE() do { int f_ = fixture(); if (f_ == 0) SKIP("golden tiny-sd1 not found"); if (f_ < 0) { test_failed_flag = 1; return; } } while (0)
+#define NEED_FIXTURE() GOLDEN_STATUS(fixture())
 
 static void base_opts(cd_run_opts *o, const char *out) {
   cd_run_opts_default(o);
@@ -391,11 +392,11 @@ TEST(bad_input_api) {
   }
 }
 
-/* runs build/cdiff train with extra flags; returns the exit status, output in buf */
+/* runs cdiff train (test_cdiff_bin) with extra flags; returns the exit status, output in buf */
 static int run_cli(const char *bin, const char *extra, char *buf, size_t cap) {
   char cmd[4096];
   snprintf(cmd, sizeof cmd,
-           "CDIFF_QUIET=1 %s train --model '%s' --images '%s' --prompt 'photo of a <new1> cat' --class-prompt cat "
+           "CDIFF_QUIET=1 '%s' train --model '%s' --images '%s' --prompt 'photo of a <new1> cat' --class-prompt cat "
            "--class-images '%s' --num-class-images 2 --class-steps 3 --resolution 64 --steps 1 --out '%s/cli' %s 2>&1",
            bin, model, images, classes, tmp, extra);
   return test_run_cmd(cmd, buf, cap);
@@ -403,9 +404,8 @@ static int run_cli(const char *bin, const char *extra, char *buf, size_t cap) {
 
 TEST(bad_input_cli) {
   NEED_FIXTURE();
-  char bin[300];
-  snprintf(bin, sizeof bin, "./%s/cdiff", getenv("BUILD") && *getenv("BUILD") ? getenv("BUILD") : "build");
-  if (access(bin, X_OK)) SKIP("%s not built", bin);
+  const char *bin = test_cdiff_bin();
+  if (access(bin, X_OK)) FAILF("%s not built", bin);
   char extra[1200], out[8192];
   struct { const char *flags, *want; } cases[] = {
       {"--images '%s'", "empty"},

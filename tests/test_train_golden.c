@@ -27,12 +27,14 @@ static void fx_free(fixture *f) {
   free(f->pix); free(f->mask); free(f->noise);
 }
 
-/* returns 1 = skip, 0 = ok, -1 = fail (test_msg set) */
+/* returns 1 = skip (no golden folder), 0 = ok, -1 = fail (test_msg set) */
 static int fx_open(fixture *f, const char *model, const char *golden) {
   memset(f, 0, sizeof *f);
   snprintf(f->model, sizeof f->model, "%s", model);
   char mp[1024], gp[1024];
-  if (test_golden_path(mp, sizeof mp, model) || test_golden_path(gp, sizeof gp, golden)) return 1;
+  int g = test_golden_need(mp, sizeof mp, model);
+  if (!g) g = test_golden_need(gp, sizeof gp, golden);
+  if (g) return g;
   cd_load_opts lo = {0};
   if (cd_sd_load(mp, &lo, &f->m) || cd_safetensors_open(gp, &f->gf)) {
     snprintf(test_msg, sizeof test_msg, "%s: %s", model, cd_last_error());
@@ -233,7 +235,7 @@ static void golden_case(const char *model, const char *golden, double grad_tol) 
   fixture f;
   int r = fx_open(&f, model, golden);
   f.grad_tol = grad_tol;
-  if (r > 0) { fx_free(&f); SKIP("golden folder not found"); }
+  if (r > 0) { fx_free(&f); GOLDEN_STATUS(r); }
   if (r == 0) {
     /* the new row starts as the initializer's row */
     if (near_array(&f, "cd.before.token_embedding.row49408", f.tr.extra, f.m->clip.cfg.width, 0)) r = -1;

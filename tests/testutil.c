@@ -2,6 +2,8 @@
 #include "test.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -51,6 +53,11 @@ void test_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t seed) {
   for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * (float)cd_rng_uniform(&r);
 }
 
+int test_golden_required(void) {
+  const char *e = getenv("CDIFF_REQUIRE_GOLDEN");
+  return e && *e && strcmp(e, "0");
+}
+
 const char *test_golden_dir(void) {
   static char dir[1024];
   const char *e = getenv("CDIFF_GOLDEN");
@@ -66,6 +73,26 @@ int test_golden_path(char *out, size_t cap, const char *rel) {
   struct stat st;
   return stat(out, &st) ? -1 : 0;
 }
+int test_golden_need(char *out, size_t cap, const char *rel) {
+  if (cap) out[0] = 0;
+  const char *d = test_golden_dir();
+  if (!d) {
+    const char *e = getenv("CDIFF_GOLDEN");
+    /* a folder named explicitly must exist; the default one may be absent, outside CI */
+    int fail = test_golden_required() || (e && *e);
+    snprintf(test_msg, sizeof test_msg, "golden folder %s not found (needed for %s; place ../shared/golden beside the project or set CDIFF_GOLDEN)%s",
+             e && *e ? e : "../shared/golden", rel, fail && !(e && *e) ? "; CDIFF_REQUIRE_GOLDEN is set" : "");
+    return fail ? -1 : 1;
+  }
+  snprintf(out, cap, "%s/%s", d, rel);
+  struct stat st;
+  if (stat(out, &st)) {
+    /* the folder is there: a missing file means it is incomplete, which no test may paper over */
+    snprintf(test_msg, sizeof test_msg, "golden file %s missing from %s (incomplete golden folder)", rel, d);
+    return -1;
+  }
+  return 0;
+}
 
 int test_run_cmd(const char *cmd, char *out, size_t cap) {
   if (cap) out[0] = 0;
@@ -74,7 +101,36 @@ int test_run_cmd(const char *cmd, char *out, size_t cap) {
   size_t n = cap ? fread(out, 1, cap - 1, p) : 0;
   if (cap) out[n] = 0;
   int st = pclose(p);
+  /* a sanitized tool exits 1 on a finding, as it does on bad input: a test
+   * expecting failure would pass, so the report itself fails the test */
+  static const char *const reports[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", ": runtime error: "};
+  for (size_t i = 0; cap && i < sizeof reports / sizeof reports[0]; i++)
+    if (strstr(out, reports[i])) {
+      snprintf(test_msg, sizeof test_msg, "sanitizer report from `%.200s`:\n%.700s", cmd, strstr(out, reports[i]));
+      test_failed_flag = 1;
+    }
   return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+const char *test_build_path(const char *rel) {
+  static char out[4][PATH_MAX + 64];
+  static int k;
+  char *bin = out[k++ % 4];
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  exe[n > 0 ? n : 0] = 0;
+  char *s = strrchr(exe, '/'); /* <build>/tests/test_x -> <build> */
+  if (s) *s = 0;
+  s = strrchr(exe, '/');
+  if (n > 0 && s && !strcmp(s, "/tests")) *s = 0;
+  else snprintf(exe, sizeof exe, "build"); /* not run from a build folder */
+  snprintf(bin, sizeof out[0], "%s/%s", exe, rel);
+  return bin;
+}
+
+const char *test_cdiff_bin(void) {
+  const char *e = getenv("CDIFF_BIN");
+  return e && *e ? e : test_build_path("cdiff");
 }
 
 static char tmp_root[256];
