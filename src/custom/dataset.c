@@ -137,6 +137,72 @@ int cd_list_images(const char *dir, cd_item_list *out) {
   return 0;
 }
 
+/* Splits text into lines in place (\n or \r\n), dropping trailing blank lines. */
+static int split_lines(char *text, char ***lines) {
+  int n = 0, cap = 0;
+  *lines = NULL;
+  for (char *p = text; *p;) {
+    char *nl = strchr(p, '\n');
+    if (nl) *nl = 0;
+    size_t len = strlen(p);
+    if (len && p[len - 1] == '\r') p[len - 1] = 0;
+    if (n == cap) *lines = cd_realloc(*lines, (size_t)(cap = cap ? 2 * cap : 64) * sizeof(char *));
+    (*lines)[n++] = p;
+    if (!nl) break;
+    p = nl + 1;
+  }
+  while (n > 0 && !*trim((*lines)[n - 1])) n--;
+  return n;
+}
+
+int cd_list_file_images(const char *dir, cd_item_list *out) {
+  memset(out, 0, sizeof *out);
+  char *ip = cd_path_join(dir, "images.txt"), *cp = cd_path_join(dir, "caption.txt");
+  char *itxt = NULL, *ctxt = NULL, **il = NULL, **cl = NULL;
+  size_t n;
+  int rc = -1;
+  if (cd_read_file(ip, &itxt, &n) || cd_read_file(cp, &ctxt, &n)) {
+    cd_prefix_error("--real_prior needs images.txt and caption.txt in the class folder");
+    goto done;
+  }
+  int ni = split_lines(itxt, &il), nc = split_lines(ctxt, &cl);
+  if (ni == 0) {
+    cd_set_error("%s lists no images", ip);
+    goto done;
+  }
+  if (ni != nc) {
+    cd_set_error("%s lists %d images but %s has %d captions (one per line each)", ip, ni, cp, nc);
+    goto done;
+  }
+  out->items = cd_calloc((size_t)ni, sizeof(cd_item));
+  for (int i = 0; i < ni; i++, out->n++) {
+    const char *path = trim(il[i]);
+    char *p = NULL;
+    if (*path && cd_is_file(path)) p = cd_strdup(path);
+    else if (*path && path[0] != '/') {
+      p = cd_path_join(dir, path);
+      if (!cd_is_file(p)) { free(p); p = NULL; }
+    }
+    if (!p) {
+      cd_set_error("%s line %d: no such image file '%s'", ip, i + 1, path);
+      cd_item_list_free(out);
+      goto done;
+    }
+    out->items[i].path = p;
+    const char *c = trim(cl[i]);
+    out->items[i].caption = *c ? cd_strdup(c) : NULL;
+  }
+  rc = 0;
+done:
+  free(il);
+  free(cl);
+  free(itxt);
+  free(ctxt);
+  free(ip);
+  free(cp);
+  return rc;
+}
+
 void cd_item_list_free(cd_item_list *l) {
   if (!l) return;
   for (int i = 0; i < l->n; i++) {

@@ -45,6 +45,14 @@ typedef struct {
  * decoded here. Errors: dir missing or unreadable, "DIR contains no
  * .png/.jpg images", unreadable caption. On error *out is empty. */
 int cd_list_images(const char *dir, cd_item_list *out);
+/* The class images of the original Custom Diffusion's --real_prior (real
+ * photos retrieved from LAION by its retrieve.py): dir/images.txt lists one
+ * image path per line and dir/caption.txt the caption of each, line by line.
+ * A relative path is taken as written (relative to the working directory, as
+ * the script opens it) or, when no such file exists, relative to dir. Blank
+ * lines at the end are ignored. Errors: either file missing, different line
+ * counts, a listed image that does not exist (named with its line). */
+int cd_list_file_images(const char *dir, cd_item_list *out);
 /* How many images cd_list_images would list (0 is no error). */
 int cd_count_images(const char *dir, int *n);
 void cd_item_list_free(cd_item_list *l); /* safe on a zeroed list; leaves it zeroed */

@@ -133,6 +133,7 @@ void cd_trainer_free(cd_trainer *t) {
     free(t->p[i].grad);
     free(t->p[i].m);
     free(t->p[i].v);
+    free(t->p[i].acc);
   }
   free(t->p);
   free(t->extra);
@@ -229,6 +230,21 @@ int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
   if (cd_graph_backward(g)) return -1;
   for (int i = 0; i < t->np; i++)
     if (cd_graph_get_grad(g, t->p[i].node, t->p[i].grad)) return -1;
+  return 0;
+}
+
+int cd_trainer_accumulate(cd_trainer *t, int k, int K) {
+  if (K < 1 || k < 0 || k >= K) return cd_set_error("gradient accumulation: micro-batch %d of %d", k, K);
+  if (K == 1) return 0;
+  for (int i = 0; i < t->np; i++) {
+    cd_train_param *p = &t->p[i];
+    if (!p->acc) p->acc = cd_malloc(p->n * sizeof(float));
+    if (k == 0) memcpy(p->acc, p->grad, p->n * sizeof(float));
+    else
+      for (int64_t j = 0; j < p->n; j++) p->acc[j] += p->grad[j];
+    if (k == K - 1)
+      for (int64_t j = 0; j < p->n; j++) p->grad[j] = p->acc[j] / (float)K;
+  }
   return 0;
 }
 

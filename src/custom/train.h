@@ -41,6 +41,7 @@ typedef struct {
   cd_node *node;      /* the trainable parameter node in the training graph */
   int64_t n;
   float *m, *v;       /* AdamW moments */
+  float *acc;         /* gradient accumulator (cd_trainer_accumulate), or NULL */
 } cd_train_param;
 
 typedef struct {
@@ -86,6 +87,13 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o);
 void cd_trainer_free(cd_trainer *t);
 /* Forward and backward only (gradients left in t->p[i].grad, unclipped). */
 int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r);
+/* Gradient accumulation (diffusers' --gradient_accumulation_steps): call
+ * after cd_trainer_grad of micro-batch k = 0..K-1. The gradients are summed
+ * in an accumulator, and after the last one the parameters' gradients are
+ * replaced by the mean, so that cd_trainer_update then steps on the gradient
+ * of the mean loss over all K micro-batches (= one batch K times as large, as
+ * every loss term is a mean over its examples). K = 1 does nothing. */
+int cd_trainer_accumulate(cd_trainer *t, int k, int K);
 /* Clip and AdamW-update the parameters from the gradients of cd_trainer_grad. */
 int cd_trainer_update(cd_trainer *t, cd_step_report *r);
 /* Both; refuses a non-finite loss (parameters untouched, error says so). */

@@ -13,6 +13,7 @@
 #include "custom/class_images.h"
 #include "custom/dataset.h"
 #include "custom/delta.h"
+#include "custom/lr_schedule.h"
 #include "custom/train.h"
 #include "diffusion/pipeline.h"
 #include "io/fsutil.h"
@@ -41,6 +42,14 @@ void cd_run_opts_default(cd_run_opts *o) {
   o->res = 512;
   o->aug = 1;
   o->seed = 42;
+  o->grad_accum = 1;
+  o->lr_scheduler = "constant";
+  o->adam_beta1 = 0.9f;
+  o->adam_beta2 = 0.999f;
+  o->adam_eps = 1e-8f;
+  o->adam_weight_decay = 1e-2f;
+  o->max_grad_norm = 1.0f;
+  o->num_validation_images = 2;
 }
 
 typedef struct {
@@ -63,6 +72,7 @@ typedef struct {
   int init_id[MAX_TOK];
   int steps;
   float lr;
+  cd_lr_kind lr_kind;
   cd_sd_model *m;
   cd_trainer tr;
   int tr_ok;
@@ -128,7 +138,7 @@ static int check_opts(const cd_run_opts *o) {
     return cd_set_error("--concepts cannot be combined with --images/--prompt/--class-prompt/--class-images");
   if (!o->concepts && (!o->images || !o->prompt))
     return cd_set_error("give either --concepts FILE.json or --images DIR with --prompt TEXT");
-  if (!o->concepts && o->prior && !o->class_prompt)
+  if (!o->concepts && o->prior && !o->real_prior && !o->class_prompt)
     return cd_set_error("--class-prompt is required with prior preservation (or pass --no-prior)");
   if (o->res <= 0 || o->res % 64) return cd_set_error("--resolution must be a positive multiple of 64 (got %d)", o->res);
   if (o->batch < 1 || o->batch > 64) return cd_set_error("--batch must be in 1..64 (got %d)", o->batch);
@@ -141,6 +151,17 @@ static int check_opts(const cd_run_opts *o) {
   if (o->validate_every < 0) return cd_set_error("--validate-every must be non-negative (got %d)", o->validate_every);
   if (o->validate_every > 0 && (!o->validation_prompt || !*o->validation_prompt))
     return cd_set_error("--validate-every needs --validation-prompt");
+  if (o->grad_accum < 1 || o->grad_accum > 1024)
+    return cd_set_error("--gradient_accumulation_steps must be in 1..1024 (got %d)", o->grad_accum);
+  if (o->lr_warmup_steps < 0) return cd_set_error("--lr_warmup_steps must be non-negative (got %d)", o->lr_warmup_steps);
+  if (!(o->adam_beta1 >= 0 && o->adam_beta1 < 1)) return cd_set_error("--adam_beta1 must be in [0, 1) (got %g)", o->adam_beta1);
+  if (!(o->adam_beta2 >= 0 && o->adam_beta2 < 1)) return cd_set_error("--adam_beta2 must be in [0, 1) (got %g)", o->adam_beta2);
+  if (!(o->adam_eps > 0)) return cd_set_error("--adam_epsilon must be positive (got %g)", o->adam_eps);
+  if (!(o->adam_weight_decay >= 0)) return cd_set_error("--adam_weight_decay must be non-negative (got %g)", o->adam_weight_decay);
+  if (!(o->max_grad_norm > 0)) return cd_set_error("--max_grad_norm must be positive (got %g)", o->max_grad_norm);
+  if (o->num_validation_images < 1 || o->num_validation_images > 16)
+    return cd_set_error("--num_validation_images must be in 1..16 (got %d)", o->num_validation_images);
+  if (o->real_prior && !o->prior) return cd_set_error("--real_prior needs prior preservation (it conflicts with --no-prior)");
   if (!o->train || (strcmp(o->train, "crossattn_kv") && strcmp(o->train, "crossattn")))
     return cd_set_error("--train must be crossattn_kv or crossattn (got '%s')", o->train ? o->train : "");
   return 0;
@@ -164,7 +185,7 @@ static int setup_concepts(run_t *r) {
       c->class_prompt = f->class_prompt;
       c->inst_dir = f->instance_data_dir;
       c->class_dir = f->class_data_dir;
-      if (o->prior && !c->class_prompt)
+      if (o->prior && !o->real_prior && !c->class_prompt)
         return cd_set_error("--concepts %s: concept %d has no class_prompt (needed for prior preservation; or pass --no-prior)", o->concepts, k + 1);
     } else {
       c->inst_prompt = o->prompt;
@@ -280,13 +301,17 @@ static cJSON *make_args(const run_t *r) {
   char seed[32];
   snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed); /* a string: JSON numbers lose bits past 2^53 */
   cJSON_AddStringToObject(a, "seed", seed);
-  cd_train_opts d;
-  cd_train_opts_default(&d);
-  cJSON_AddNumberToObject(a, "adam_beta1", d.beta1);
-  cJSON_AddNumberToObject(a, "adam_beta2", d.beta2);
-  cJSON_AddNumberToObject(a, "adam_epsilon", d.eps);
-  cJSON_AddNumberToObject(a, "adam_weight_decay", d.weight_decay);
-  cJSON_AddNumberToObject(a, "max_grad_norm", d.max_grad_norm);
+  cJSON_AddNumberToObject(a, "adam_beta1", o->adam_beta1);
+  cJSON_AddNumberToObject(a, "adam_beta2", o->adam_beta2);
+  cJSON_AddNumberToObject(a, "adam_epsilon", o->adam_eps);
+  cJSON_AddNumberToObject(a, "adam_weight_decay", o->adam_weight_decay);
+  cJSON_AddNumberToObject(a, "max_grad_norm", o->max_grad_norm);
+  cJSON_AddNumberToObject(a, "gradient_accumulation_steps", o->grad_accum);
+  cJSON_AddStringToObject(a, "lr_scheduler", cd_lr_name(r->lr_kind));
+  cJSON_AddNumberToObject(a, "lr_warmup_steps", o->lr_warmup_steps);
+  cJSON_AddBoolToObject(a, "center_crop", o->center_crop);
+  cJSON_AddBoolToObject(a, "real_prior", o->real_prior);
+  cJSON_AddNumberToObject(a, "num_validation_images", o->num_validation_images);
   cJSON_AddNumberToObject(a, "checkpoint_every", o->checkpoint_every);
   cJSON_AddNumberToObject(a, "validate_every", o->validate_every);
   if (o->validation_prompt) cJSON_AddStringToObject(a, "validation_prompt", o->validation_prompt);
@@ -299,7 +324,7 @@ static cJSON *make_args(const run_t *r) {
  * cadence may differ (the data behind a path is the user's responsibility). */
 static int same_run(const cJSON *stored, const cJSON *cur, const char *src) {
   static const char *const ignore[] = {"model", "vocab", "concepts_list", "max_train_steps", "checkpoint_every",
-                                       "validate_every", "validation_prompt", "software"};
+                                       "validate_every", "validation_prompt", "num_validation_images", "software"};
   const cJSON *it;
   cJSON_ArrayForEach(it, cur) {
     int skip = 0;
@@ -451,7 +476,7 @@ static FILE *open_log(const char *path, int keep) {
  * images side by side. */
 static int validate(run_t *r, int step) {
   cd_sd_model *m = r->m;
-  const int nimg = 2, res = r->o.res;
+  const int nimg = r->o.num_validation_images, res = r->o.res;
   cd_weight *e = cd_weights_get(m->clip.w, TOKEN_TABLE);
   if (!e) return cd_set_error("%s: text encoder has no token embedding", m->path);
   const int64_t V = e->ne[0], D = e->ne[1];
@@ -543,9 +568,9 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
       int idx = pick(r, s, i, 1, bb->perm, &c);
       const cd_image *img;
       if (cd_image_cache_get(&c->cc, &c->cls, idx, &img) ||
-          cd_class_example(img, res, 0, o->hflip, &rng, bb->pixels + (nb + i) * px, bb->mask + (nb + i) * hw))
+          cd_class_example(img, res, o->center_crop, o->hflip, &rng, bb->pixels + (nb + i) * px, bb->mask + (nb + i) * hw))
         return -1;
-      const char *cap = c->cls.items[idx].caption ? c->cls.items[idx].caption : c->class_prompt;
+      const char *cap = c->cls.items[idx].caption ? c->cls.items[idx].caption : c->class_prompt ? c->class_prompt : "";
       if (cd_prompt_ids(r->m, cap, bb->ids + (nb + i) * 77)) return -1;
     }
   const int T = r->m->sched.num_train_timesteps;
@@ -597,6 +622,14 @@ static int setup_class_images(run_t *r) {
       snprintf(c->class_dir_buf, sizeof c->class_dir_buf, "%s/class_images/%d", o->out, k);
       dir = c->class_dir_buf;
     }
+    if (o->real_prior) { /* real photos with their captions: nothing to generate */
+      if (cd_list_file_images(dir, &c->cls)) return cd_prefix_error("class images of concept %d", k + 1);
+      c->ncls = CD_MIN(c->cls.n, o->num_class_images);
+      char what[64];
+      snprintf(what, sizeof what, "real class images of concept %d:", k + 1);
+      cd_item_list_report(&c->cls, what, dir, c->ncls);
+      continue;
+    }
     cd_class_gen_opts g;
     cd_class_gen_opts_default(&g);
     g.prompt = c->class_prompt;
@@ -641,9 +674,10 @@ static int verify_data(run_t *r) {
       dir = def;
     }
     int have = 0;
-    if (!o->prior || !cd_is_dir(dir) || cd_count_images(dir, &have) || !have) continue;
+    if (!o->prior || (!o->real_prior && (!cd_is_dir(dir) || cd_count_images(dir, &have) || !have))) continue;
     cd_item_list cls;
-    if (cd_list_images(dir, &cls)) return cd_prefix_error("class images of concept %d", k + 1);
+    if ((o->real_prior ? cd_list_file_images(dir, &cls) : cd_list_images(dir, &cls)))
+      return cd_prefix_error("class images of concept %d", k + 1);
     int rc = cd_item_list_verify(&cls, o->num_class_images);
     cd_item_list_free(&cls);
     if (rc) return cd_prefix_error("class images of concept %d", k + 1);
@@ -661,6 +695,11 @@ static int setup_trainer(run_t *r) {
   to.res = o->res;
   to.train = !strcmp(o->train, "crossattn") ? CD_TRAIN_CROSSATTN : CD_TRAIN_KV;
   to.lr = r->lr;
+  to.beta1 = o->adam_beta1;
+  to.beta2 = o->adam_beta2;
+  to.eps = o->adam_eps;
+  to.weight_decay = o->adam_weight_decay;
+  to.max_grad_norm = o->max_grad_norm;
   to.prior_weight = o->prior_weight;
   to.sample_latents = 1;
   to.ntok = r->ntok;
@@ -711,6 +750,26 @@ static int params_finite(const cd_trainer *t) {
   return 1;
 }
 
+/* One optimizer step s: --gradient_accumulation_steps micro-batches of --batch
+ * examples (micro-batch k is drawn as virtual step s*K + k, so K = 1 is the
+ * plain run, and the images are those of one batch K times as large), their
+ * mean gradient, and the update at the scheduled learning rate. Returns 0,
+ * 1 when a batch could not be made, -1 when the step failed (message set). */
+static int run_step(run_t *r, int s, batch_buf *bb, cd_step_report *rep) {
+  const int K = r->o.grad_accum;
+  double loss = 0, li = 0, lp = 0;
+  for (int k = 0; k < K; k++) {
+    cd_batch b;
+    if (make_batch(r, s * K + k, bb, &b)) return 1;
+    if (cd_trainer_grad(&r->tr, &b, rep) || cd_trainer_accumulate(&r->tr, k, K)) return -1;
+    loss += rep->loss, li += rep->loss_inst, lp += rep->loss_prior;
+  }
+  r->tr.o.lr = (float)(r->lr * cd_lr_factor(r->lr_kind, r->o.lr_warmup_steps, r->steps, s));
+  if (cd_trainer_update(&r->tr, rep)) return -1;
+  rep->loss = loss / K, rep->loss_inst = li / K, rep->loss_prior = lp / K;
+  return 0;
+}
+
 static int train_loop(run_t *r, FILE *log) {
   const cd_run_opts *o = &r->o;
   const int B = r->tr.B, res = o->res, start = r->tr.step;
@@ -725,10 +784,9 @@ static int train_loop(run_t *r, FILE *log) {
   if (o->quiet) bar.quiet = 1;
   int rc = 0;
   for (int s = start; s < r->steps; s++) {
-    cd_batch b;
     cd_step_report rep = {0};
-    if (make_batch(r, s, &bb, &b)) { rc = cd_prefix_error("step %d", s + 1); break; }
-    int bad = cd_trainer_step(&r->tr, &b, &rep);
+    int bad = run_step(r, s, &bb, &rep);
+    if (bad > 0) { rc = cd_prefix_error("step %d", s + 1); break; }
     if (!bad && !params_finite(&r->tr))
       bad = cd_set_error("the update made the parameters non-finite (loss %g, gradient norm %g): the loss diverges, lower --lr", rep.loss,
                          rep.grad_norm);
@@ -742,7 +800,7 @@ static int train_loop(run_t *r, FILE *log) {
       break;
     }
     fprintf(log, "{\"step\": %d, \"loss\": %.9g, \"loss_instance\": %.9g, \"loss_prior\": %.9g, \"lr\": %.7g, \"grad_norm\": %.9g}\n", s + 1,
-            rep.loss, rep.loss_inst, rep.loss_prior, (double)r->lr, rep.grad_norm);
+            rep.loss, rep.loss_inst, rep.loss_prior, (double)r->tr.o.lr, rep.grad_norm);
     fflush(log);
     cd_progress_set_loss(&bar, rep.loss);
     cd_progress_update(&bar, s + 1 - start);
@@ -769,9 +827,12 @@ int cd_train_run(const cd_run_opts *opts) {
   FILE *log = NULL;
   char resume_state[2300] = "", log_path[2200];
   int rc = -1;
-  if (check_opts(&r.o) || setup_concepts(&r) || verify_data(&r)) goto done;
+  if (check_opts(&r.o) || cd_lr_parse(r.o.lr_scheduler, &r.lr_kind) || setup_concepts(&r) || verify_data(&r)) goto done;
+  if (r.lr_kind == CD_LR_CONSTANT && r.o.lr_warmup_steps > 0)
+    cd_warn("--lr_warmup_steps %d has no effect with --lr_scheduler constant (as in diffusers; use constant_with_warmup)", r.o.lr_warmup_steps);
   r.steps = r.o.steps > 0 ? r.o.steps : r.nc > 1 ? 500 : 250;
-  r.lr = r.o.lr * (r.o.scale_lr ? (float)(r.o.batch * (r.o.prior ? 2 : 1)) : 1.0f);
+  /* --scale_lr as the script: × batch × accumulation steps (× 2 with prior preservation) */
+  r.lr = r.o.lr * (r.o.scale_lr ? (float)(r.o.batch * r.o.grad_accum * (r.o.prior ? 2 : 1)) : 1.0f);
   if (r.o.resume && find_state(r.o.resume, resume_state, sizeof resume_state)) goto done;
   if (cd_mkdir_p(r.o.out)) goto done;
   snprintf(r.ckpt_dir, sizeof r.ckpt_dir, "%s/%s", r.o.out, CD_RUN_CHECKPOINT_DIR);

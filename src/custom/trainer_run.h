@@ -41,6 +41,15 @@ typedef struct {
   int res;                    /* default 512 */
   int hflip, aug;             /* default 0, 1 */
   uint64_t seed;              /* default 42 */
+  /* diffusers' train_custom_diffusion.py flags (defaults as the script's, except lr_warmup_steps 0) */
+  int grad_accum;             /* micro-batches per optimizer step (default 1) */
+  const char *lr_scheduler;   /* constant (default) | constant_with_warmup | linear | cosine, see lr_schedule.h */
+  int lr_warmup_steps;        /* default 0 */
+  float adam_beta1, adam_beta2, adam_eps, adam_weight_decay; /* 0.9, 0.999, 1e-8, 1e-2 */
+  float max_grad_norm;        /* default 1 */
+  int center_crop;            /* class images: centre crop instead of a random crop (default 0) */
+  int num_validation_images;  /* images per validation grid (default 2) */
+  int real_prior;             /* class images are real ones listed in CLASS_DIR/images.txt + caption.txt (none generated) */
   int checkpoint_every;       /* N > 0: OUT/checkpoint every N steps and at the end; 0: none (the final delta is always written) */
   const char *resume;         /* OUT dir or its checkpoint dir, or NULL */
   int validate_every;         /* 0: never */
