@@ -11,6 +11,7 @@
 #include "custom/lr_schedule.h"
 #include "custom/train.h"
 #include "custom/trainer_run.h"
+#include "engine/optim.h"
 #include "io/fsutil.h"
 #include "io/image.h"
 #include "models/sd_model.h"
@@ -114,7 +115,7 @@ TEST(grad_accum_equals_big_batch) {
   int64_t ntot = 0;
   for (int i = 0; i < np; i++) ntot += t.p[i].n;
   float *g_big = cd_malloc(ntot * sizeof(float));
-  for (int i = 0, off = 0; i < np; off += (int)t.p[i].n, i++) memcpy(g_big + off, t.p[i].grad, t.p[i].n * sizeof(float));
+  for (int i = 0, off = 0; i < np; off += (int)t.p[i].n, i++) cd_optim_read(t.opt, i, CD_OPTIM_GRAD, g_big + off);
   cd_trainer_free(&t);
   /* two micro-batches of 1 */
   o.batch = 1;
@@ -136,7 +137,7 @@ TEST(grad_accum_equals_big_batch) {
   }
   if (!rc) {
     CHECK(t.np == np);
-    for (int i = 0, off = 0; i < np; off += (int)t.p[i].n, i++) memcpy(g_acc + off, t.p[i].grad, t.p[i].n * sizeof(float));
+    for (int i = 0, off = 0; i < np; off += (int)t.p[i].n, i++) cd_optim_read(t.opt, i, CD_OPTIM_GRAD, g_acc + off);
   }
   cd_trainer_free(&t);
   cd_sd_free(m);

@@ -1,12 +1,52 @@
 /* test_train_golden.c - one and two Custom Diffusion steps against the golden
  * step of diffusers' train_custom_diffusion.py (golden README section 4):
  * noising, target, prediction, loss terms, every K/V gradient, the new token's
- * gradient, the clipped AdamW update. */
+ * gradient, the clipped AdamW update. The engine's AdamW/clipping op must also
+ * equal the former host implementation (kept here) bit for bit on both steps. */
 #include <cjson/cJSON.h>
 
 #include "custom/train.h"
+#include "engine/optim.h"
 #include "models/sd_model.h"
 #include "test.h"
+
+/* The trainer's clipped AdamW as it ran on the host before it moved into the
+ * engine (kept verbatim as the reference the engine op must match bit for
+ * bit): state of every parameter in host arrays. */
+typedef struct {
+  int64_t n;
+  float *data, *grad, *m, *v;
+} host_param;
+
+static int host_adamw_update(host_param *p, int np, const cd_train_opts *o, int *step, double *norm, double *clip) {
+  double total = 0;
+  for (int i = 0; i < np; i++)
+    for (int64_t k = 0; k < p[i].n; k++) total += (double)p[i].grad[k] * p[i].grad[k];
+  total = sqrt(total);
+  if (!isfinite(total)) return -1;
+  double coef = o->max_grad_norm / (total + 1e-6);
+  if (coef > 1) coef = 1;
+  (*step)++;
+  const double lr = o->lr, b1 = o->beta1, b2 = o->beta2, eps = o->eps;
+  const double bc1 = 1 - pow(b1, *step), bc2 = 1 - pow(b2, *step);
+  const double decay = 1 - lr * o->weight_decay, step_size = lr / bc1, sbc2 = sqrt(bc2);
+  for (int i = 0; i < np; i++) {
+    host_param *q = &p[i];
+    #pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < q->n; k++) {
+      double g = q->grad[k] * coef;
+      double m = b1 * q->m[k] + (1 - b1) * g, v = b2 * q->v[k] + (1 - b2) * g * g;
+      q->m[k] = (float)m;
+      q->v[k] = (float)v;
+      double x = q->data[k] * decay;
+      x -= step_size * m / (sqrt(v) / sbc2 + eps);
+      q->data[k] = (float)x;
+    }
+  }
+  *norm = total;
+  *clip = coef;
+  return 0;
+}
 
 typedef struct {
   cd_sd_model *m;
@@ -18,9 +58,15 @@ typedef struct {
   int nl;
   char model[64];
   double grad_tol; /* 1e-3 (README); small4 2e-3, see golden_case */
+  host_param *hp;  /* the host reference's state, one per trainer parameter */
+  int hstep;
 } fixture;
 
 static void fx_free(fixture *f) {
+  for (int i = 0; f->hp && i < f->tr.np; i++) {
+    free(f->hp[i].data); free(f->hp[i].grad); free(f->hp[i].m); free(f->hp[i].v);
+  }
+  free(f->hp);
   cd_trainer_free(&f->tr);
   cd_sd_free(f->m);
   cd_tensor_file_close(f->gf);
@@ -70,10 +116,50 @@ static int fx_open(fixture *f, const char *model, const char *golden) {
   return 0;
 }
 
-static cd_train_param *param(fixture *f, const char *name) {
+static int param(fixture *f, const char *name) {
   for (int i = 0; i < f->tr.np; i++)
-    if (!strcmp(f->tr.p[i].name, name)) return &f->tr.p[i];
-  return NULL;
+    if (!strcmp(f->tr.p[i].name, name)) return i;
+  return -1;
+}
+
+/* host copy of parameter i's state (freed by the caller) */
+static float *pstate(fixture *f, int i, cd_optim_what what) {
+  float *x = cd_malloc(f->tr.p[i].n * sizeof(float));
+  if (cd_optim_read(f->tr.opt, i, what, x)) {
+    free(x);
+    return NULL;
+  }
+  return x;
+}
+
+/* The engine's AdamW step against the host reference, bit for bit: values and
+ * both moments of every parameter, the norm and the clipping factor. */
+static int check_bitwise(fixture *f, double norm, double clip) {
+  double hn, hc;
+  if (host_adamw_update(f->hp, f->tr.np, &f->tr.o, &f->hstep, &hn, &hc)) {
+    snprintf(test_msg, sizeof test_msg, "%s: host reference: gradient not finite", f->model);
+    return -1;
+  }
+  if (memcmp(&hn, &norm, sizeof hn) || memcmp(&hc, &clip, sizeof hc) || f->hstep != f->tr.step) {
+    snprintf(test_msg, sizeof test_msg, "%s: engine norm %.17g clip %.17g step %d, host %.17g %.17g %d", f->model, norm, clip,
+             f->tr.step, hn, hc, f->hstep);
+    return -1;
+  }
+  for (int i = 0; i < f->tr.np; i++) {
+    const cd_optim_what what[] = {CD_OPTIM_VALUE, CD_OPTIM_M, CD_OPTIM_V};
+    const float *ref[] = {f->hp[i].data, f->hp[i].m, f->hp[i].v};
+    for (int k = 0; k < 3; k++) {
+      float *x = pstate(f, i, what[k]);
+      int same = x && !memcmp(x, ref[k], f->tr.p[i].n * sizeof(float));
+      free(x);
+      if (!same) {
+        snprintf(test_msg, sizeof test_msg, "%s %s: engine AdamW %s differs from the host reference", f->model, f->tr.p[i].name,
+                 k == 0 ? "value" : k == 1 ? "m" : "v");
+        return -1;
+      }
+    }
+  }
+  return 0;
 }
 
 static int near_scalar(fixture *f, const char *name, double x, double tol) {
@@ -183,28 +269,47 @@ static int run_step(fixture *f, const char *pre) {
     for (int kv = 0; kv < 2; kv++) {
       char pn[200];
       snprintf(pn, sizeof pn, "%s.to_%c.weight", f->layers[l], kv ? 'v' : 'k');
-      cd_train_param *p = param(f, pn);
-      if (!p) { snprintf(test_msg, sizeof test_msg, "%s: %s is not trainable", f->model, pn); return -1; }
+      int pi = param(f, pn);
+      if (pi < 0) { snprintf(test_msg, sizeof test_msg, "%s: %s is not trainable", f->model, pn); return -1; }
       snprintf(nm, sizeof nm, "cd.%sgrad.%s", pre, pn);
+      float *grad = pstate(f, pi, CD_OPTIM_GRAD);
+      if (!grad) return -1;
       if (getenv("CDIFF_TEST_VERBOSE")) {
         int64_t k;
         float *r = test_read_f32(f->gf, nm, &k);
-        if (r) printf("  %s %s rel %.3g\n", f->model, nm, test_rel_err(p->grad, r, k));
+        if (r) printf("  %s %s rel %.3g\n", f->model, nm, test_rel_err(grad, r, k));
         free(r);
       }
-      if (near_array(f, nm, p->grad, p->n, f->grad_tol)) return -1;
+      int bad = near_array(f, nm, grad, f->tr.p[pi].n, f->grad_tol);
+      free(grad);
+      if (bad) return -1;
     }
   if (f->tr.np != 2 * f->nl + 1) { snprintf(test_msg, sizeof test_msg, "%d trainable tensors, expected %d", f->tr.np, 2 * f->nl + 1); return -1; }
-  cd_train_param *e = param(f, "token_embedding.extra");
+  int e = param(f, "token_embedding.extra");
   snprintf(nm, sizeof nm, "cd.%sgrad.token_embedding.row49408", pre);
-  if (near_array(f, nm, e->grad, e->n, 1e-3)) return -1;
-  /* update */
+  float *eg = e >= 0 ? pstate(f, e, CD_OPTIM_GRAD) : NULL;
+  int ebad = !eg || near_array(f, nm, eg, f->tr.p[e].n, 1e-3);
+  free(eg);
+  if (ebad) return -1;
+  /* update; the host reference starts from the same state (its own moments) */
+  if (!f->hp) {
+    f->hp = cd_calloc(f->tr.np, sizeof *f->hp);
+    for (int i = 0; i < f->tr.np; i++) {
+      f->hp[i].n = f->tr.p[i].n;
+      f->hp[i].m = cd_calloc(f->hp[i].n, sizeof(float));
+      f->hp[i].v = cd_calloc(f->hp[i].n, sizeof(float));
+    }
+  }
   float **before = cd_malloc(f->tr.np * sizeof(float *));
   for (int i = 0; i < f->tr.np; i++) {
-    before[i] = cd_malloc(f->tr.p[i].n * sizeof(float));
-    memcpy(before[i], f->tr.p[i].data, f->tr.p[i].n * sizeof(float));
+    before[i] = pstate(f, i, CD_OPTIM_VALUE);
+    free(f->hp[i].data);
+    free(f->hp[i].grad);
+    f->hp[i].data = pstate(f, i, CD_OPTIM_VALUE);
+    f->hp[i].grad = pstate(f, i, CD_OPTIM_GRAD);
   }
   int rc = cd_trainer_update(&f->tr, &r);
+  if (!rc) rc = check_bitwise(f, r.grad_norm, r.clip_coef);
   snprintf(nm, sizeof nm, "cd.%sgrad_norm_total", pre);
   if (!rc) rc = near_scalar(f, nm, r.grad_norm, 1e-3);
   snprintf(nm, sizeof nm, "cd.%sclip_coef", pre);
@@ -212,7 +317,7 @@ static int run_step(fixture *f, const char *pre) {
   for (int i = 0; i < f->tr.np && !rc; i++) {
     cd_train_param *p = &f->tr.p[i];
     char an[256], gn[256];
-    if (p == e) {
+    if (i == e) {
       snprintf(an, sizeof an, "cd.%safter.token_embedding.row49408", pre);
       snprintf(gn, sizeof gn, "cd.%sgrad.token_embedding.row49408", pre);
     } else {
@@ -220,7 +325,9 @@ static int run_step(fixture *f, const char *pre) {
       snprintf(gn, sizeof gn, "cd.%sgrad.%s", pre, p->name);
     }
     /* step 2 divides sums of two steps' moments: gradient differences grow where g1 ~ -g2 */
-    rc = check_update(f, an, gn, before[i], p->data, p->n, 1e-3, *pre ? 3 * f->grad_tol : f->grad_tol);
+    float *now = pstate(f, i, CD_OPTIM_VALUE);
+    rc = !now ? -1 : check_update(f, an, gn, before[i], now, p->n, 1e-3, *pre ? 3 * f->grad_tol : f->grad_tol);
+    free(now);
   }
   for (int i = 0; i < f->tr.np; i++) free(before[i]);
   free(before);
@@ -238,7 +345,9 @@ static void golden_case(const char *model, const char *golden, double grad_tol) 
   if (r > 0) { fx_free(&f); GOLDEN_STATUS(r); }
   if (r == 0) {
     /* the new row starts as the initializer's row */
-    if (near_array(&f, "cd.before.token_embedding.row49408", f.tr.extra, f.m->clip.cfg.width, 0)) r = -1;
+    float *row = pstate(&f, param(&f, "token_embedding.extra"), CD_OPTIM_VALUE);
+    if (!row || near_array(&f, "cd.before.token_embedding.row49408", row, f.m->clip.cfg.width, 0)) r = -1;
+    free(row);
   }
   if (r == 0) r = run_step(&f, "");
   if (r == 0) r = run_step(&f, "step2.");

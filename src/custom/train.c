@@ -8,6 +8,7 @@
 #include "core/common.h"
 #include "custom/delta.h"
 #include "diffusion/scheduler.h"
+#include "engine/optim.h"
 
 void cd_train_opts_default(cd_train_opts *o) {
   memset(o, 0, sizeof *o);
@@ -103,21 +104,15 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
   /* parameters: the trainable UNet weights in diffusers order, then the new rows */
   int nw = cd_weights_count(m->unet.w);
   t->p = cd_calloc(nw + 1, sizeof *t->p);
+  t->opt = cd_optim_new(g);
   for (int i = 0; i < nw; i++) {
     cd_weight *x = cd_weights_at(m->unet.w, i);
     if (!x->node || !(x->node->flags & CD_FLAG_TRAINABLE)) continue;
-    cd_train_param *p = &t->p[t->np++];
-    p->name = x->name;
-    p->data = x->data;
-    p->node = x->node;
-    p->n = x->node->n;
+    t->p[t->np++] = (cd_train_param){.name = x->name, .node = x->node, .n = x->node->n};
   }
-  if (extra) t->p[t->np++] = (cd_train_param){.name = "token_embedding.extra", .data = t->extra, .node = extra, .n = extra->n};
-  for (int i = 0; i < t->np; i++) {
-    t->p[i].grad = cd_calloc(t->p[i].n, sizeof(float));
-    t->p[i].m = cd_calloc(t->p[i].n, sizeof(float));
-    t->p[i].v = cd_calloc(t->p[i].n, sizeof(float));
-  }
+  if (extra) t->p[t->np++] = (cd_train_param){.name = "token_embedding.extra", .node = extra, .n = extra->n};
+  for (int i = 0; i < t->np; i++)
+    if (cd_optim_add(t->opt, t->p[i].node)) return -1;
   if (!t->np) return cd_set_error("nothing to train: the UNet has no cross-attention layers");
   return 0;
 }
@@ -128,13 +123,8 @@ void cd_trainer_free(cd_trainer *t) {
   free(t->mkey);
   free(t->mval);
   free(t->moments);
+  cd_optim_free(t->opt);
   cd_graph_free(t->g);
-  for (int i = 0; i < t->np; i++) {
-    free(t->p[i].grad);
-    free(t->p[i].m);
-    free(t->p[i].v);
-    free(t->p[i].acc);
-  }
   free(t->p);
   free(t->extra);
   free(t->ac);
@@ -227,57 +217,31 @@ int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
     r->loss_prior = t->prior_loss ? cd_graph_get_scalar(g, t->prior_loss) * 2.0 / C : 0;
   }
   if (!isfinite(loss)) return cd_set_error("the loss is not finite (%g) at step %d: lower --lr or check the data", loss, t->step + 1);
-  if (cd_graph_backward(g)) return -1;
-  for (int i = 0; i < t->np; i++)
-    if (cd_graph_get_grad(g, t->p[i].node, t->p[i].grad)) return -1;
-  return 0;
+  return cd_graph_backward(g); /* the gradients stay in the backend for cd_optim_adamw_step */
 }
 
-int cd_trainer_accumulate(cd_trainer *t, int k, int K) {
-  if (K < 1 || k < 0 || k >= K) return cd_set_error("gradient accumulation: micro-batch %d of %d", k, K);
-  if (K == 1) return 0;
-  for (int i = 0; i < t->np; i++) {
-    cd_train_param *p = &t->p[i];
-    if (!p->acc) p->acc = cd_malloc(p->n * sizeof(float));
-    if (k == 0) memcpy(p->acc, p->grad, p->n * sizeof(float));
-    else
-      for (int64_t j = 0; j < p->n; j++) p->acc[j] += p->grad[j];
-    if (k == K - 1)
-      for (int64_t j = 0; j < p->n; j++) p->grad[j] = p->acc[j] / (float)K;
-  }
-  return 0;
-}
+int cd_trainer_accumulate(cd_trainer *t, int k, int K) { return cd_optim_accumulate(t->opt, k, K); }
 
 int cd_trainer_update(cd_trainer *t, cd_step_report *r) {
-  double total = 0;
-  for (int i = 0; i < t->np; i++)
-    for (int64_t k = 0; k < t->p[i].n; k++) total += (double)t->p[i].grad[k] * t->p[i].grad[k];
-  total = sqrt(total);
-  if (!isfinite(total)) return cd_set_error("the gradient is not finite at step %d", t->step + 1);
-  double coef = t->o.max_grad_norm / (total + 1e-6);
-  if (coef > 1) coef = 1;
-  t->step++;
-  const double lr = t->o.lr, b1 = t->o.beta1, b2 = t->o.beta2, eps = t->o.eps;
-  const double bc1 = 1 - pow(b1, t->step), bc2 = 1 - pow(b2, t->step);
-  const double decay = 1 - lr * t->o.weight_decay, step_size = lr / bc1, sbc2 = sqrt(bc2);
-  for (int i = 0; i < t->np; i++) {
-    cd_train_param *p = &t->p[i];
-    #pragma omp parallel for schedule(static)
-    for (int64_t k = 0; k < p->n; k++) {
-      double g = p->grad[k] * coef;
-      double m = b1 * p->m[k] + (1 - b1) * g, v = b2 * p->v[k] + (1 - b2) * g * g;
-      p->m[k] = (float)m;
-      p->v[k] = (float)v;
-      double x = p->data[k] * decay;
-      x -= step_size * m / (sqrt(v) / sbc2 + eps);
-      p->data[k] = (float)x;
-    }
-  }
+  const cd_adamw_opts hp = {.lr = t->o.lr, .beta1 = t->o.beta1, .beta2 = t->o.beta2, .eps = t->o.eps,
+                            .weight_decay = t->o.weight_decay, .max_grad_norm = t->o.max_grad_norm};
+  cd_optim_report rep;
+  int rc = cd_optim_adamw_step(t->opt, &hp, &rep);
+  t->step = cd_optim_steps(t->opt);
   if (r) {
-    r->grad_norm = total;
-    r->clip_coef = coef;
+    r->grad_norm = rep.grad_norm;
+    r->clip_coef = rep.clip_coef;
   }
+  if (rc) return -1;
+  /* a huge learning rate overflows the weights before the loss turns NaN */
+  if (rep.nonfinite)
+    return cd_set_error("the update made the parameters non-finite (gradient norm %g): the loss diverges, lower --lr", rep.grad_norm);
   return 0;
+}
+
+void cd_trainer_set_step(cd_trainer *t, int step) {
+  cd_optim_set_steps(t->opt, step);
+  t->step = step;
 }
 
 int cd_trainer_step(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
@@ -293,7 +257,11 @@ int cd_trainer_to_delta(const cd_trainer *t, const char (*tokens)[32], const cha
     if (!strcmp(p->name, "token_embedding.extra")) continue;
     cd_weight *x = cd_weights_get(m->unet.w, p->name);
     float *c = cd_malloc(p->n * sizeof(float));
-    memcpy(c, p->data, p->n * sizeof(float));
+    if (cd_optim_read(t->opt, i, CD_OPTIM_VALUE, c)) {
+      free(c);
+      cd_delta_free(d);
+      return -1;
+    }
     if (cd_weights_put(d->w, p->name, x->ndim, x->ne, c)) {
       cd_delta_free(d);
       return -1;
@@ -305,7 +273,10 @@ int cd_trainer_to_delta(const cd_trainer *t, const char (*tokens)[32], const cha
   d->ntok = t->o.ntok;
   if (d->ntok) {
     d->embeds = cd_malloc((size_t)d->ntok * d->d * sizeof(float));
-    memcpy(d->embeds, t->extra, (size_t)d->ntok * d->d * sizeof(float));
+    if (cd_optim_read(t->opt, t->np - 1, CD_OPTIM_VALUE, d->embeds)) {
+      cd_delta_free(d);
+      return -1;
+    }
   }
   for (int i = 0; i < d->ntok; i++) {
     snprintf(d->tok[i], sizeof d->tok[i], "%s", tokens[i]);

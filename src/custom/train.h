@@ -34,14 +34,12 @@ typedef struct {
 
 void cd_train_opts_default(cd_train_opts *o);
 
+/* Trainable tensor i is the optimizer's parameter i: its value, gradient and
+ * AdamW moments live in the backend (cd_optim_read/cd_optim_write). */
 typedef struct {
   const char *name;
-  float *data;        /* the weight (host memory the graph's parameter node reads) */
-  float *grad;        /* host copy of dL/dparam, fetched after each backward */
-  cd_node *node;      /* the trainable parameter node in the training graph */
+  cd_node *node;
   int64_t n;
-  float *m, *v;       /* AdamW moments */
-  float *acc;         /* gradient accumulator (cd_trainer_accumulate), or NULL */
 } cd_train_param;
 
 typedef struct {
@@ -64,9 +62,10 @@ typedef struct {
   cd_train_param *p;
   int np;
   float *stage;       /* host staging for the graph's inputs: max(B*C*h*w, B*77) floats */
+  struct cd_optim *opt; /* AdamW state of the np parameters, in the graph's backend */
   float *ac;          /* alphas_cumprod [1000] */
   float *latents;     /* [B, 4, h, w] of the last step (scaled VAE latents), for logs and tests */
-  int step;           /* optimizer steps taken */
+  int step;           /* optimizer steps taken (mirrors cd_optim_steps) */
 } cd_trainer;
 
 /* One step's inputs: B examples, instance ones first. */
@@ -85,17 +84,21 @@ typedef struct {
 
 int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o);
 void cd_trainer_free(cd_trainer *t);
-/* Forward and backward only (gradients left in t->p[i].grad, unclipped). */
+/* Forward and backward only (gradients left in the backend, unclipped). */
 int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r);
 /* Gradient accumulation (diffusers' --gradient_accumulation_steps): call
  * after cd_trainer_grad of micro-batch k = 0..K-1. The gradients are summed
- * in an accumulator, and after the last one the parameters' gradients are
+ * in an accumulator in the backend (cd_optim_accumulate), and after the last one the parameters' gradients are
  * replaced by the mean, so that cd_trainer_update then steps on the gradient
  * of the mean loss over all K micro-batches (= one batch K times as large, as
  * every loss term is a mean over its examples). K = 1 does nothing. */
 int cd_trainer_accumulate(cd_trainer *t, int k, int K);
-/* Clip and AdamW-update the parameters from the gradients of cd_trainer_grad. */
+/* Clip and AdamW-update the parameters from the gradients of cd_trainer_grad
+ * (one engine call, cd_optim_adamw_step). Refuses a non-finite gradient norm
+ * (nothing changed) and reports parameters the update made non-finite. */
 int cd_trainer_update(cd_trainer *t, cd_step_report *r);
+/* Resume: the step count the optimizer continues from. */
+void cd_trainer_set_step(cd_trainer *t, int step);
 /* Both; refuses a non-finite loss (parameters untouched, error says so). */
 int cd_trainer_step(cd_trainer *t, const cd_batch *b, cd_step_report *r);
 /* Current values as a delta (copies). */

@@ -16,6 +16,7 @@
 #include "custom/lr_schedule.h"
 #include "custom/train.h"
 #include "diffusion/pipeline.h"
+#include "engine/optim.h"
 #include "io/fsutil.h"
 #include "io/image.h"
 #include "io/tensor_file.h"
@@ -384,8 +385,8 @@ static int load_state(run_t *r, const char *path) {
     goto done;
   }
   for (int i = 0; i < r->tr.np; i++) {
-    cd_train_param *p = &r->tr.p[i];
-    float *dst[] = {p->data, p->m, p->v};
+    const cd_train_param *p = &r->tr.p[i];
+    const cd_optim_what what[] = {CD_OPTIM_VALUE, CD_OPTIM_M, CD_OPTIM_V};
     for (int k = 0; k < 3; k++) {
       char nm[512];
       snprintf(nm, sizeof nm, "%s%s", state_prefix[k], p->name);
@@ -394,10 +395,13 @@ static int load_state(run_t *r, const char *path) {
         cd_set_error("--resume %s: tensor '%s' missing or not F32 with %lld elements", path, nm, (long long)p->n);
         goto done;
       }
-      if (cd_tf_read_f32(f, t, dst[k])) goto done;
+      float *buf = cd_malloc(p->n * sizeof(float));
+      int bad = cd_tf_read_f32(f, t, buf) || cd_optim_write(r->tr.opt, i, what[k], buf);
+      free(buf);
+      if (bad) goto done;
     }
   }
-  r->tr.step = (int)s;
+  cd_trainer_set_step(&r->tr, (int)s);
   r->last_ckpt = (int)s;
   rc = 0;
 done:
@@ -421,20 +425,26 @@ static int save_checkpoint(run_t *r) {
   if (write_delta(r, r->ckpt_dir)) return -1; /* a loadable delta of this step (makes the folder), beside the state */
   cd_tensor_out *to = cd_calloc(3 * t->np, sizeof *to);
   char(*names)[512] = cd_calloc(3 * t->np, 512);
+  float **host = cd_calloc(3 * t->np, sizeof *host); /* the backend's state, copied down for the file */
+  int rc = 0;
   for (int i = 0; i < t->np; i++) {
     const cd_train_param *p = &t->p[i];
-    const float *src[] = {p->data, p->m, p->v};
+    const cd_optim_what what[] = {CD_OPTIM_VALUE, CD_OPTIM_M, CD_OPTIM_V};
     for (int k = 0; k < 3; k++) {
       int j = 3 * i + k;
       snprintf(names[j], 512, "%s%s", state_prefix[k], p->name);
-      to[j] = (cd_tensor_out){.name = names[j], .dtype = CD_DT_F32, .ndim = 1, .shape = {p->n}, .data = src[k]};
+      host[j] = cd_malloc(p->n * sizeof(float));
+      if (!rc) rc = cd_optim_read(t->opt, i, what[k], host[j]);
+      to[j] = (cd_tensor_out){.name = names[j], .dtype = CD_DT_F32, .ndim = 1, .shape = {p->n}, .data = host[j]};
     }
   }
   char step[32], path[2300];
   snprintf(step, sizeof step, "%d", t->step);
   snprintf(path, sizeof path, "%s/%s", r->ckpt_dir, CD_RUN_STATE_FILE);
   const char *meta[] = {"format", "cdiff-train-state", "version", "1", "step", step, "args", r->args_txt};
-  int rc = cd_safetensors_write(path, to, 3 * t->np, meta, 4);
+  if (!rc) rc = cd_safetensors_write(path, to, 3 * t->np, meta, 4);
+  for (int j = 0; j < 3 * t->np; j++) free(host[j]);
+  free(host);
   free(to);
   free(names);
   if (!rc) r->last_ckpt = t->step;
@@ -741,15 +751,6 @@ static void run_free(run_t *r) {
   free(r->args_txt);
 }
 
-/* A huge learning rate overflows the weights before the loss turns NaN:
- * never checkpoint such a state. */
-static int params_finite(const cd_trainer *t) {
-  for (int i = 0; i < t->np; i++)
-    for (int64_t k = 0; k < t->p[i].n; k++)
-      if (!isfinite(t->p[i].data[k])) return 0;
-  return 1;
-}
-
 /* One optimizer step s: --gradient_accumulation_steps micro-batches of --batch
  * examples (micro-batch k is drawn as virtual step s*K + k, so K = 1 is the
  * plain run, and the images are those of one batch K times as large), their
@@ -785,11 +786,8 @@ static int train_loop(run_t *r, FILE *log) {
   int rc = 0;
   for (int s = start; s < r->steps; s++) {
     cd_step_report rep = {0};
-    int bad = run_step(r, s, &bb, &rep);
+    int bad = run_step(r, s, &bb, &rep); /* the update refuses a non-finite loss, gradient or result */
     if (bad > 0) { rc = cd_prefix_error("step %d", s + 1); break; }
-    if (!bad && !params_finite(&r->tr))
-      bad = cd_set_error("the update made the parameters non-finite (loss %g, gradient norm %g): the loss diverges, lower --lr", rep.loss,
-                         rep.grad_norm);
     if (bad) {
       char where[2200];
       if (r->last_ckpt >= 0) snprintf(where, sizeof where, "the last good checkpoint (step %d) is in %s", r->last_ckpt, r->ckpt_dir);

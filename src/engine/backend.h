@@ -24,6 +24,15 @@
 
 typedef struct cd_backend cd_backend;
 
+/* One AdamW step's constants (optim.h), computed once per step in double. */
+typedef struct {
+  double coef;          /* gradient clipping factor */
+  double b1, b2, eps;
+  double decay;         /* 1 - lr * weight_decay */
+  double step_size;     /* lr / (1 - b1^t) */
+  double sbc2;          /* sqrt(1 - b2^t) */
+} cd_adamw_args;
+
 /* What a kernel runs with. The executor owns one per graph and sets scratch
  * before each kernel. */
 typedef struct {
@@ -58,8 +67,22 @@ struct cd_backend {
   cd_kernel forward[CD_OP_COUNT];
   cd_kernel backward[CD_OP_COUNT];
   cd_scratch_fn scratch[CD_OP_COUNT]; /* NULL: the op needs no scratch */
+  /* optimizer ops over one trainable tensor (optim.h):
+   * sumsq: *acc += sum of x[i]^2 in double, in index order (the global norm is
+   *        one running sum over all parameters);
+   * adamw: the update of w, m, v from g (see cd_adamw_args);
+   * nonfinite: how many x[i] are NaN or infinite. */
+  void (*sumsq)(const cd_kernel_ctx *ctx, const float *x, int64_t n, double *acc);
+  void (*adamw)(const cd_kernel_ctx *ctx, const cd_adamw_args *a, float *w, const float *g, float *m, float *v, int64_t n);
+  int64_t (*nonfinite)(const cd_kernel_ctx *ctx, const float *x, int64_t n);
+  /* accumulate: micro-batch k of K: acc = g (k = 0), acc += g (k > 0), and
+   * at k = K-1 also g = acc / K (cd_optim_accumulate) */
+  void (*accumulate)(const cd_kernel_ctx *ctx, float *acc, float *g, int64_t n, int k, int K);
 };
 
 const cd_backend *cd_backend_cpu(void);
+/* the backend a graph runs on and its kernel context (engine-internal: optim.c) */
+const cd_backend *cd_graph_backend(const cd_graph *g);
+const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g);
 
 #endif

@@ -55,6 +55,9 @@ cd_graph *cd_graph_new_on(const cd_backend *be) {
 }
 cd_graph *cd_graph_new(void) { return cd_graph_new_on(cd_backend_cpu()); }
 
+const cd_backend *cd_graph_backend(const cd_graph *g) { return g->be; }
+const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g) { return &g->ctx; }
+
 /* CDIFF_PROFILE: seconds per op kind, forward and backward, over the graph's life */
 static void print_profile(const cd_graph *g) {
   double total = 0;

@@ -41,6 +41,10 @@ static const cd_backend cpu = {
     .ctx_free = cpu_ctx_free,
     .timer_begin = cpu_timer_begin,
     .timer_end = cpu_timer_end,
+    .sumsq = cd_cpu_sumsq,
+    .adamw = cd_cpu_adamw,
+    .nonfinite = cd_cpu_nonfinite,
+    .accumulate = cd_cpu_accumulate,
 #define CD_OP(E, nm, ns, fl, aux) [CD_OP_##E] = cd_cpu_##nm##_fwd,
     .forward = {
 #include "engine/ops.def"

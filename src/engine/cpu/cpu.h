@@ -18,6 +18,12 @@
 #include "engine/ops.def"
 #undef CD_OP
 
+/* optimizer ops (optim.c; backend.h describes them) */
+void cd_cpu_sumsq(const cd_kernel_ctx *ctx, const float *x, int64_t n, double *acc);
+void cd_cpu_adamw(const cd_kernel_ctx *ctx, const cd_adamw_args *a, float *w, const float *g, float *m, float *v, int64_t n);
+int64_t cd_cpu_nonfinite(const cd_kernel_ctx *ctx, const float *x, int64_t n);
+void cd_cpu_accumulate(const cd_kernel_ctx *ctx, float *acc, float *g, int64_t n, int k, int K);
+
 /* EMBEDDING never crashes on an id outside [0, V + E) or one that is not an
  * integer: it writes a zero row and counts the id here (process-wide,
  * thread-safe). Returns the number of such ids seen since the last reset, so
