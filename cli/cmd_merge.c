@@ -11,6 +11,7 @@
 #include "custom/compress.h"
 #include "custom/delta.h"
 #include "custom/merge.h"
+#include "io/writable.h"
 
 
 static cd_sd_model *load_model(const char *cmd, const char *model, const char *vocab) {
@@ -53,6 +54,10 @@ int cmd_merge(int argc, char **argv) {
   if (deltas.n < 1) { fprintf(stderr, "cdiff merge: --delta DIR:category is required (at least one)\n"); return 2; }
   if (reg_count < 1) { fprintf(stderr, "cdiff merge: --reg-count must be >= 1 (got %d)\n", reg_count); return 2; }
   if (ridge < 0) { fprintf(stderr, "cdiff merge: --ridge must be >= 0 (got %g)\n", ridge); return 2; }
+  if (cd_check_writable_dir("--out", out)) { /* before the model is loaded */
+    fprintf(stderr, "cdiff merge: %s\n", cd_last_error());
+    return 1;
+  }
   /* DIR:category, split at the last ':' (categories have none, paths rarely do) */
   char dirs[CLI_MAX_MULTI][1024];
   const char *cats[CLI_MAX_MULTI];
@@ -136,6 +141,10 @@ int cmd_compress(int argc, char **argv) {
   if (!delta) { fprintf(stderr, "cdiff compress: --delta is required\n"); return 2; }
   if (!out) { fprintf(stderr, "cdiff compress: --out is required\n"); return 2; }
   if (!(ratio > 0 && ratio <= 1)) { fprintf(stderr, "cdiff compress: --ratio must be in (0, 1] (got %g)\n", ratio); return 2; }
+  if (cd_check_writable_dir("--out", out)) { /* before the model is loaded */
+    fprintf(stderr, "cdiff compress: %s\n", cd_last_error());
+    return 1;
+  }
 
   int rc = 1, nl = 0;
   cd_delta *d = NULL, *c = NULL;
@@ -146,6 +155,9 @@ int cmd_compress(int argc, char **argv) {
     fprintf(stderr, "cdiff compress: --delta %s: %s\n", delta, cd_last_error());
     goto done;
   }
+  char what[1100];
+  snprintf(what, sizeof what, "--delta %s", delta);
+  cd_delta_check_base(d, m, what);
   size_t before = cd_delta_bytes(d);
   if (cd_delta_resolve(d, m)) {
     fprintf(stderr, "cdiff compress: --delta %s: %s\n", delta, cd_last_error());

@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "core/common.h"
 #include "custom/delta.h"
+#include "diffusion/mem_estimate.h"
 #include "diffusion/pipeline.h"
 #include "io/fsutil.h"
 #include "io/image.h"
@@ -194,6 +195,11 @@ int cmd_sample(int argc, char **argv) {
     go.init_latents = init_buf;
   }
   go.n = n > 0 ? n : 1;
+  if (width > 0 && height > 0) { /* refuse what cannot fit before allocating it (an OOM abort otherwise) */
+    char what[128];
+    snprintf(what, sizeof what, "--width %d --height %d (%d image%s)", width, height, go.n, go.n > 1 ? "s" : "");
+    if (cd_sample_mem_check(m, go.n, cfg > 1.0f, width, height, tile, init_image != NULL, what)) goto fail;
+  }
   lat = cd_malloc((size_t)go.n * 4 * h * w * sizeof(float));
   if (cd_generate_latents(m, &go, lat)) goto fail;
   if (save && write_latents(save, lat, go.n, h, w)) goto fail;

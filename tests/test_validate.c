@@ -4,10 +4,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/sysmem.h"
 #include "custom/dataset.h"
+#include "custom/delta.h"
+#include "custom/train_mem.h"
 #include "custom/trainer_run.h"
+#include "diffusion/mem_estimate.h"
 #include "io/fsutil.h"
 #include "io/image.h"
+#include "models/sd_model.h"
 #include "test.h"
 
 static int write_png(const char *dir, const char *name, int seed) {
@@ -118,10 +123,166 @@ TEST(sample_unwritable_out_first) {
   }
 }
 
+/* ---- memory ---- */
+
+/* The estimate (planner at two small sizes, extended affinely in the area)
+ * against the planner itself at larger, non-square sizes. Not a numerical
+ * tolerance: the estimate is exact when every buffer is affine in the area,
+ * and the remainder (sizes rounded at the down-sampling levels, constant
+ * buffers changing the packing order) must stay small; 5% is what a refusal
+ * decision needs. */
+TEST(memory_estimate_matches_planner) {
+  static const char *const models[] = {"tiny-sd1", "small4-sd1"};
+  for (int k = 0; k < 2; k++) {
+    char mp[1024];
+    NEED_GOLDEN(mp, models[k]);
+    cd_sd_model *m = NULL;
+    cd_load_opts lo = {0};
+    CHECK_OK(cd_sd_load(mp, &lo, &m));
+    static const int sizes[][2] = {{384, 640}, {768, 512}};
+    for (int i = 0; i < 2; i++) {
+      const int W = sizes[i][0], H = sizes[i][1];
+      cd_mem_plan p;
+      double unet, dec, enc;
+      int rc = cd_sample_mem_plan(m, 1, 1, W, H, 0, 1, &p) || cd_unet_arena_bytes(m, 2, H / 8, W / 8, &unet) ||
+               cd_vae_arena_bytes(m, 1, H / 8, W / 8, &dec) || cd_vae_arena_bytes(m, 0, H / 8, W / 8, &enc);
+      if (rc) { cd_sd_free(m); FAILF("%s: %s", models[k], cd_last_error()); }
+      double eu = fabs(p.unet / unet - 1), ed = fabs(p.vae / dec - 1), ee = fabs(p.encoder / enc - 1);
+      printf("  %s %dx%d: UNet %.2f MiB (planned %.2f), decoder %.2f (%.2f), encoder %.2f (%.2f)\n", models[k], W, H, p.unet / 1048576,
+             unet / 1048576, p.vae / 1048576, dec / 1048576, p.encoder / 1048576, enc / 1048576);
+      if (!(eu <= 0.05 && ed <= 0.05 && ee <= 0.05)) {
+        cd_sd_free(m);
+        FAILF("%s %dx%d: estimate off by UNet %.3f, decoder %.3f, encoder %.3f", models[k], W, H, eu, ed, ee);
+      }
+    }
+    /* training: the trainer at 256 px against its estimate from 64 and 128 px */
+    cd_train_opts o;
+    cd_train_opts_default(&o);
+    o.res = 256;
+    o.batch = 2;
+    double est, exact;
+    int rc = cd_train_mem_estimate(m, &o, 1, &est) || cd_trainer_bytes(m, &o, 1, &exact);
+    cd_sd_free(m);
+    CHECKF(rc == 0, "%s", cd_last_error());
+    printf("  %s training 256 px: %.2f MiB (planned %.2f)\n", models[k], est / 1048576, exact / 1048576);
+    CHECKF(fabs(est / exact - 1) <= 0.05, "%s training: estimate %.0f vs %.0f bytes", models[k], est, exact);
+  }
+}
+
+/* Today's failure: --width 100000 --height 100000 aborted (SIGABRT, out of
+ * memory). Now a refusal with the estimate and the limit, exit 1, at once. */
+TEST(sample_refuses_what_cannot_fit) {
+  char mp[1024], cmd[3000], out[4096];
+  NEED_GOLDEN(mp, "tiny-sd1");
+  if (access(bin(), X_OK)) SKIP("%s not built", bin());
+  const char *png = test_tmpdir("big.png");
+  snprintf(cmd, sizeof cmd, "CDIFF_QUIET=1 %s sample --model '%s' --prompt x --width 100000 --height 100000 --out '%s' 2>&1", bin(), mp, png);
+  int st = test_run_cmd(cmd, out, sizeof out);
+  CHECKF(st == 1 && strstr(out, "needs about") && strstr(out, "TiB") && strstr(out, "physical memory"), "exit %d: %s", st, out);
+  CHECK(!cd_file_exists(png));
+  /* the address-space limit, when set, is the one named */
+  snprintf(cmd, sizeof cmd, "ulimit -v 4000000; CDIFF_QUIET=1 %s sample --model '%s' --prompt x --width 100000 --height 100000 --out '%s' 2>&1",
+           bin(), mp, png);
+  st = test_run_cmd(cmd, out, sizeof out);
+  CHECKF(st == 1 && strstr(out, "RLIMIT_AS"), "ulimit -v: exit %d: %s", st, out);
+  /* CDIFF_MEM_LIMIT replaces the limit: 512 px on the tiny model needs > 64 MiB (its VAE decoder alone plans 96 MiB) */
+  snprintf(cmd, sizeof cmd, "CDIFF_MEM_LIMIT=64M CDIFF_QUIET=1 %s sample --model '%s' --prompt x --width 512 --height 512 --steps 1 --out '%s' 2>&1",
+           bin(), mp, png);
+  st = test_run_cmd(cmd, out, sizeof out);
+  CHECKF(st == 1 && strstr(out, "CDIFF_MEM_LIMIT = 64 MiB"), "exit %d: %s", st, out);
+  snprintf(cmd, sizeof cmd, "CDIFF_MEM_LIMIT=lots CDIFF_QUIET=1 %s sample --model '%s' --prompt x --width 64 --height 64 --steps 1 --out '%s' 2>&1",
+           bin(), mp, png);
+  st = test_run_cmd(cmd, out, sizeof out);
+  CHECKF(st == 1 && strstr(out, "CDIFF_MEM_LIMIT='lots'"), "exit %d: %s", st, out);
+  /* and a size that fits runs */
+  snprintf(cmd, sizeof cmd, "CDIFF_QUIET=1 %s sample --model '%s' --prompt x --width 64 --height 64 --steps 1 --out '%s' 2>&1", bin(), mp, png);
+  st = test_run_cmd(cmd, out, sizeof out);
+  CHECKF(st == 0 && cd_file_exists(png), "exit %d: %s", st, out);
+}
+
+/* Training: refused after the model is loaded and before any class image is
+ * generated. */
+TEST(train_refuses_what_cannot_fit) {
+  char mp[1024];
+  NEED_GOLDEN(mp, "tiny-sd1");
+  const char *inst = test_tmpdir("inst3"), *cls = test_tmpdir("cls3"), *out = test_tmpdir("out3");
+  CHECK_OK(cd_mkdir_p(inst));
+  CHECK_OK(write_png(inst, "a.png", 1));
+  cd_run_opts o;
+  cd_run_opts_default(&o);
+  o.model = mp;
+  o.images = inst;
+  o.prompt = "photo of a <new1> cat";
+  o.class_prompt = "cat";
+  o.class_images = cls;
+  o.num_class_images = 2;
+  o.class_steps = 2;
+  o.res = 64;
+  o.steps = 1;
+  o.out = out;
+  o.quiet = 1;
+  setenv("CDIFF_MEM_LIMIT", "1M", 1);
+  int rc = cd_train_run(&o);
+  unsetenv("CDIFF_MEM_LIMIT");
+  int n = 0;
+  CHECKF(rc == -1 && strstr(cd_last_error(), "needs about") && strstr(cd_last_error(), "--resolution 64"), "rc %d: %s", rc, cd_last_error());
+  CHECK(!cd_is_dir(cls) || (cd_count_images(cls, &n) == 0 && n == 0));
+}
+
+/* ---- base-model hash ---- */
+
+/* sample and compress warn when a delta was trained on another model (as
+ * merge already did); no warning for the model it was trained on. */
+TEST(delta_base_hash_warnings) {
+  char mp[1024], cmd[3000], out[8192];
+  NEED_GOLDEN(mp, "tiny-sd1");
+  if (access(bin(), X_OK)) SKIP("%s not built", bin());
+  const char *inst = test_tmpdir("inst4"), *d1 = test_tmpdir("delta"), *d2 = test_tmpdir("delta_other"), *png = test_tmpdir("s.png");
+  CHECK_OK(cd_mkdir_p(inst));
+  CHECK_OK(write_png(inst, "a.png", 1));
+  cd_run_opts o;
+  cd_run_opts_default(&o);
+  o.model = mp;
+  o.images = inst;
+  o.prompt = "photo of a <new1> cat";
+  o.prior = 0;
+  o.res = 64;
+  o.steps = 1;
+  o.out = d1;
+  o.quiet = 1;
+  CHECK_OK(cd_train_run(&o));
+  /* the same delta, recorded as trained on another model */
+  cd_delta *d;
+  CHECK_OK(cd_delta_load(d1, NULL, &d));
+  char real[17];
+  snprintf(real, sizeof real, "%s", d->base_hash);
+  snprintf(d->base_hash, sizeof d->base_hash, "0123456789abcdef");
+  int rc = cd_delta_save(d2, d);
+  cd_delta_free(d);
+  CHECK_OK(rc);
+  CHECK(real[0] && strcmp(real, "0123456789abcdef"));
+  const char *dirs[2] = {d1, d2};
+  for (int k = 0; k < 2; k++) {
+    snprintf(cmd, sizeof cmd, "CDIFF_QUIET=1 %s sample --model '%s' --delta '%s' --prompt 'a <new1> cat' --width 64 --height 64 --steps 1 --out '%s' 2>&1",
+             bin(), mp, dirs[k], png);
+    int st = test_run_cmd(cmd, out, sizeof out);
+    int warned = strstr(out, "0123456789abcdef") && strstr(out, "trained on a model with hash");
+    CHECKF(st == 0 && warned == k, "sample with %s: exit %d, warned %d: %s", k ? "another model's delta" : "its own delta", st, warned, out);
+    snprintf(cmd, sizeof cmd, "%s compress --model '%s' --delta '%s' --ratio 0.5 --out '%s/c%d' 2>&1", bin(), mp, dirs[k], test_tmpdir("cmp"), k);
+    st = test_run_cmd(cmd, out, sizeof out);
+    warned = strstr(out, "0123456789abcdef") && strstr(out, "trained on a model with hash");
+    CHECKF(st == 0 && warned == k, "compress with %s: exit %d, warned %d: %s", k ? "another model's delta" : "its own delta", st, warned, out);
+  }
+}
+
 int main(void) {
   RUN(train_corrupt_instance_image_first);
   RUN(train_unwritable_out_first);
   RUN(sample_unwritable_out_first);
+  RUN(memory_estimate_matches_planner);
+  RUN(sample_refuses_what_cannot_fit);
+  RUN(train_refuses_what_cannot_fit);
+  RUN(delta_base_hash_warnings);
   test_tmp_cleanup();
   return test_summary();
 }

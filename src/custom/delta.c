@@ -371,9 +371,19 @@ int cd_delta_apply(cd_sd_model *m, const cd_delta *d) {
   return 0;
 }
 
+int cd_delta_check_base(const cd_delta *d, const cd_sd_model *m, const char *what) {
+  if (!d->base_hash[0] || !m->hash[0] || !strcmp(d->base_hash, m->hash)) return 0;
+  cd_warn("%s was trained on a model with hash %s, but %s has hash %s: results will differ from what was trained", what,
+          d->base_hash, m->path, m->hash);
+  return 1;
+}
+
 int cd_delta_apply_path(cd_sd_model *m, const char *path) {
   cd_delta *d;
   if (cd_delta_load(path, m, &d)) return -1;
+  char what[1100];
+  snprintf(what, sizeof what, "delta %s", path);
+  cd_delta_check_base(d, m, what);
   int rc = cd_delta_resolve(d, m) || cd_delta_apply(m, d) ? -1 : 0;
   cd_delta_free(d);
   return rc;

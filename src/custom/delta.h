@@ -53,6 +53,10 @@ int cd_delta_resolve(cd_delta *d, const cd_sd_model *m);
  * (one delta: exactly its weights), tokens are added to the tokenizer and the embedding table. */
 int cd_delta_apply(cd_sd_model *m, const cd_delta *d);
 int cd_delta_apply_path(cd_sd_model *m, const char *path);
+/* Warns (stderr) when the delta records the hash of the model it was trained
+ * on and m is another model: the delta still applies if the shapes fit, but
+ * the result is not what was trained. Returns 1 when it warned. */
+int cd_delta_check_base(const cd_delta *d, const cd_sd_model *m, const char *what);
 /* Writes DIR/cdiff_delta.safetensors and, unless low-rank, diffusers' files (atomic each). */
 int cd_delta_save(const char *dir, const cd_delta *d);
 /* File size of what cd_delta_save would write for the cdiff file, in bytes. */

@@ -15,6 +15,7 @@
 #include "custom/delta.h"
 #include "custom/lr_schedule.h"
 #include "custom/train.h"
+#include "custom/train_mem.h"
 #include "diffusion/pipeline.h"
 #include "engine/optim.h"
 #include "io/fsutil.h"
@@ -695,9 +696,8 @@ static int verify_data(run_t *r) {
   return 0;
 }
 
-static int setup_trainer(run_t *r) {
+static void fill_train_opts(const run_t *r, cd_train_opts *to_) {
   const cd_run_opts *o = &r->o;
-  cd_sd_model *m = r->m;
   cd_train_opts to;
   cd_train_opts_default(&to);
   to.batch = o->batch;
@@ -712,6 +712,23 @@ static int setup_trainer(run_t *r) {
   to.max_grad_norm = o->max_grad_norm;
   to.prior_weight = o->prior_weight;
   to.sample_latents = 1;
+  *to_ = to;
+}
+
+/* The memory check of the validation pass, once the model's shapes are known
+ * and before class images are generated or any step runs. */
+static int check_memory(run_t *r) {
+  cd_train_opts to;
+  fill_train_opts(r, &to);
+  char what[160];
+  snprintf(what, sizeof what, "training at --resolution %d with --batch %d%s", r->o.res, r->o.batch, r->o.prior ? " (+ as many class images)" : "");
+  return cd_train_mem_check(r->m, &to, r->o.grad_accum, r->o.prior && !r->o.real_prior, what);
+}
+
+static int setup_trainer(run_t *r) {
+  cd_sd_model *m = r->m;
+  cd_train_opts to;
+  fill_train_opts(r, &to);
   to.ntok = r->ntok;
   for (int i = 0; i < r->ntok; i++) {
     int id = cd_tokenizer_add_token(m->tok, r->tok[i]);
@@ -834,7 +851,7 @@ int cd_train_run(const cd_run_opts *opts) {
   if (r.o.resume && find_state(r.o.resume, resume_state, sizeof resume_state)) goto done;
   if (cd_mkdir_p(r.o.out)) goto done;
   snprintf(r.ckpt_dir, sizeof r.ckpt_dir, "%s/%s", r.o.out, CD_RUN_CHECKPOINT_DIR);
-  if (setup_model(&r) || setup_class_images(&r) || setup_trainer(&r)) goto done;
+  if (setup_model(&r) || check_memory(&r) || setup_class_images(&r) || setup_trainer(&r)) goto done;
   r.args = make_args(&r);
   r.args_txt = cJSON_PrintUnformatted(r.args);
   if (*resume_state && load_state(&r, resume_state)) goto done;
