@@ -73,7 +73,7 @@ int cmd_sample(int argc, char **argv) {
       {"--scheduler", CLI_STR, &scheduler, "NAME", "sigma schedule of the sigma samplers: discrete|karras|exponential (default discrete)"},
       {"--karras", CLI_FLAG, &karras, "", "same as --scheduler karras"},
       {"--seed", CLI_U64, &seed, "N", "seed of the initial noise; image i uses seed+i (default 42)"},
-      {"--width", CLI_INT, &width, "W", "image width in pixels (default: the model's resolution, 512 for SD 1.x)"},
+      {"--width", CLI_INT, &width, "W", "image width in pixels, a multiple of 8 (default: the model's resolution, 512 for SD 1.x)"},
       {"--height", CLI_INT, &height, "H", "image height in pixels"},
       {"--n", CLI_INT, &n, "N", "number of images (default 1)"},
       {"--init-latents", CLI_STR, &init, "F", "safetensors with 'latents' [N,4,H/8,W/8] replacing the seeded noise"},
@@ -164,9 +164,9 @@ int cmd_sample(int argc, char **argv) {
   int def = 8 * (m->unet.cfg.sample_size > 0 ? m->unet.cfg.sample_size : 64); /* the model's training resolution */
   float *init_px = NULL;
   if (init_image) {
-    if (!width && !height) { /* the image's size, down to a multiple of 64 */
-      width = src.w / 64 * 64;
-      height = src.h / 64 * 64;
+    if (!width && !height) { /* the image's size, down to a multiple of 8 */
+      width = src.w / 8 * 8;
+      height = src.h / 8 * 8;
       if (!width || !height) width = height = def;
     }
   }

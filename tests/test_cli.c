@@ -276,6 +276,24 @@ TEST(samplers_and_schedulers) {
   }
 }
 
+/* multiples of 8 that are not multiples of 64 (diffusers accepts them) */
+TEST(odd_size_png) {
+  char m[1024], out[8192], args[4096], png[512];
+  HAVE("tiny-sd1", m);
+  snprintf(png, sizeof png, "%s/odd.png", tmpdir);
+  snprintf(args, sizeof args, "sample --model %s --prompt cat --steps 2 --width 72 --height 56 --out %s", m, png);
+  int rc = cdiff(out, sizeof out, args);
+  CHECKF(rc == 0, "exit %d: %s", rc, out);
+  cd_image im;
+  CHECK_OK(cd_image_load(png, &im));
+  int w = im.w, h = im.h;
+  cd_image_free(&im);
+  CHECKF(w == 72 && h == 56, "image %dx%d", w, h);
+  snprintf(args, sizeof args, "sample --model %s --prompt cat --steps 2 --width 60 --height 56 --out %s", m, png);
+  rc = cdiff(out, sizeof out, args);
+  CHECKF(rc != 0 && strstr(out, "multiples of 8"), "60 px wide: exit %d: %s", rc, out);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_cli_XXXXXX");
   if (!mkdtemp(tmpdir)) return 1;
@@ -287,6 +305,7 @@ int main(void) {
   RUN(unknown_unet_key_is_named);
   RUN(img2img_strength);
   RUN(samplers_and_schedulers);
+  RUN(odd_size_png);
   if (test_rmtree(tmpdir)) return 1;
   return test_summary();
 }

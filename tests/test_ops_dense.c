@@ -262,20 +262,32 @@ TEST(pad2d) {
 
 /* ---- UPSAMPLE2X ---- */
 
-typedef struct { int64_t N, C, H, W; } up_ctx;
+/* Ho, Wo: the output size, 0 = 2H, 2W (odd sizes: the UNet's upsampler sized to a skip) */
+typedef struct { int64_t N, C, H, W, Ho, Wo; } up_ctx;
 
-static cd_node *up_build(cd_graph *g, cd_node **src, void *ctx) { (void)ctx; return cd_upsample2x(g, src[0]); }
+static int64_t up_ho(const up_ctx *c) { return c->Ho ? c->Ho : 2 * c->H; }
+static int64_t up_wo(const up_ctx *c) { return c->Wo ? c->Wo : 2 * c->W; }
 
+static cd_node *up_build(cd_graph *g, cd_node **src, void *ctx) {
+  up_ctx *c = ctx;
+  return c->Ho || c->Wo ? cd_upsample2x_to(g, src[0], up_ho(c), up_wo(c)) : cd_upsample2x(g, src[0]);
+}
+
+/* PyTorch's nearest interpolate(size=(Ho, Wo)): source index floor(o * in / out) */
 static void up_ref(double **src, double *out, void *ctx) {
   up_ctx *c = ctx;
+  int64_t Ho = up_ho(c), Wo = up_wo(c);
   for (int64_t pl = 0; pl < c->N * c->C; pl++)
-    for (int64_t y = 0; y < 2 * c->H; y++)
-      for (int64_t x = 0; x < 2 * c->W; x++)
-        out[(pl * 2 * c->H + y) * 2 * c->W + x] = src[0][(pl * c->H + y / 2) * c->W + x / 2];
+    for (int64_t y = 0; y < Ho; y++)
+      for (int64_t x = 0; x < Wo; x++) {
+        int64_t sy = (int64_t)floor((double)y * c->H / Ho), sx = (int64_t)floor((double)x * c->W / Wo);
+        out[(pl * Ho + y) * Wo + x] = src[0][(pl * c->H + sy) * c->W + sx];
+      }
 }
 
 TEST(upsample2x) {
-  up_ctx cases[] = {{2, 3, 3, 5}, {1, 1, 1, 1}, {1, 8, 32, 41}};
+  up_ctx cases[] = {{2, 3, 3, 5, 0, 0}, {1, 1, 1, 1, 0, 0}, {1, 8, 32, 41, 0, 0},
+                    {2, 3, 3, 5, 5, 9}, {1, 2, 4, 3, 8, 5}, {1, 2, 5, 4, 9, 8}, {1, 1, 1, 1, 1, 1}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     for (unsigned m = 0; m < 2; m++) {
       up_ctx c = cases[i];
@@ -283,6 +295,17 @@ TEST(upsample2x) {
                     .trainable_mask = m, .build = up_build, .ref = up_ref, .ctx = &c};
       CHECK_OP(&k);
     }
+  /* only twice or twice minus one */
+  int64_t sizes[2][2] = {{7, 6}, {4, 6}};
+  for (int i = 0; i < 2; i++) {
+    cd_graph *g = cd_graph_new();
+    cd_node *x = cd_input(g, "x", 4, (int64_t[]){1, 1, 3, 3});
+    cd_graph_output(g, cd_upsample2x_to(g, x, sizes[i][0], sizes[i][1]));
+    int rc = cd_graph_plan(g, NULL);
+    cd_graph_free(g);
+    CHECKF(rc == -1 && strstr(cd_last_error(), "upsample2x"), "upsample to %ldx%ld from 3x3: %s", (long)sizes[i][0],
+           (long)sizes[i][1], rc ? cd_last_error() : "accepted");
+  }
 }
 
 /* conv chain as the VAE encoder downsamples: pad right/bottom, 3x3 stride 2 */
@@ -362,7 +385,7 @@ TEST(grads_accumulate) {
   op_check kp = {.name = "pad2d", .nsrc = 1, .ndim = {4}, .ne = {{2, 3, 4, 5}},
                  .trainable_mask = 1, .build = pad_build, .ref = pad_ref, .ctx = &p};
   TWICE(kp, 2 * 3 * 7 * 8, "");
-  up_ctx u = {2, 3, 3, 5};
+  up_ctx u = {2, 3, 3, 5, 0, 0};
   op_check ku = {.name = "upsample2x", .nsrc = 1, .ndim = {4}, .ne = {{2, 3, 3, 5}},
                  .trainable_mask = 1, .build = up_build, .ref = up_ref, .ctx = &u};
   TWICE(ku, 2 * 3 * 6 * 10, "");

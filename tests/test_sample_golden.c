@@ -77,9 +77,63 @@ TEST(trajectories_tiny_sd1) { run_model(0); }
 TEST(trajectories_small4_sd1_single_file) { run_model(1); }
 TEST(trajectories_tiny_sd2_vpred) { run_model(2); }
 
+/* Sizes that are multiples of 8 but not of the UNet's downsampling (diffusers
+ * accepts them: its upsamplers are sized to the skip connections). 72x56 is a
+ * 9x7 latent: 5x4, 3x2 (and 2x1 on small4) below. The run must give finite,
+ * non-constant, reproducible latents and decode to an image of that size. */
+static void odd_sizes(int mi) {
+  char mp[1024], vp[1024];
+  if (test_golden_path(mp, sizeof mp, models[mi].model)) SKIP("golden folder not found");
+  cd_load_opts lo = {0};
+  if (models[mi].vocab) {
+    if (test_golden_path(vp, sizeof vp, models[mi].vocab)) SKIP("golden vocabulary not found");
+    lo.vocab = vp;
+  }
+  cd_sd_model *m = NULL;
+  CHECK_OK(cd_sd_load(mp, &lo, &m));
+  const int sizes[][2] = {{72, 56}, {40, 24}, {8, 8}};
+  for (int si = 0; si < 3; si++) {
+    int W = sizes[si][0], H = sizes[si][1], h = H / 8, w = W / 8;
+    int64_t per = 4 * (int64_t)h * w;
+    float *a = cd_malloc(2 * per * sizeof(float)), *b = cd_malloc(2 * per * sizeof(float));
+    float *img = cd_malloc(2 * 3 * (size_t)H * W * sizeof(float));
+    cd_gen_opts o = {.prompt = "photo of a cat", .negative = "", .cfg = 6.0f, .width = W, .height = H, .n = 2, .quiet = 1};
+    o.s.kind = CD_SAMPLER_EULER;
+    o.s.steps = 3;
+    o.s.seed = 3;
+    int rc = cd_generate_latents(m, &o, a) || cd_generate_latents(m, &o, b) || cd_decode_latents(m, a, 2, h, w, 0, img);
+    char why[512] = "";
+    if (rc) snprintf(why, sizeof why, "%dx%d: %s", W, H, cd_last_error());
+    int finite = 1;
+    double lo_ = 1e30, hi = -1e30;
+    for (int64_t i = 0; !rc && i < 2 * per; i++) {
+      finite &= isfinite(a[i]);
+      lo_ = fmin(lo_, a[i]);
+      hi = fmax(hi, a[i]);
+    }
+    for (int64_t i = 0; !rc && i < 2 * 3 * (int64_t)H * W; i++) finite &= isfinite(img[i]);
+    if (!why[0] && !finite) snprintf(why, sizeof why, "%dx%d: non-finite values", W, H);
+    if (!why[0] && !(hi > lo_)) snprintf(why, sizeof why, "%dx%d: constant latents", W, H);
+    if (!why[0] && memcmp(a, b, 2 * per * sizeof(float))) snprintf(why, sizeof why, "%dx%d: not reproducible", W, H);
+    if (!why[0] && !memcmp(a, a + per, per * sizeof(float))) snprintf(why, sizeof why, "%dx%d: seeds i and i+1 gave one image", W, H);
+    free(a);
+    free(b);
+    free(img);
+    if (why[0]) { cd_sd_free(m); FAILF("%s %s", models[mi].model, why); }
+  }
+  cd_sd_free(m);
+}
+
+TEST(odd_sizes_tiny_sd1) { odd_sizes(0); }
+TEST(odd_sizes_small4_sd1) { odd_sizes(1); }
+TEST(odd_sizes_tiny_sd2) { odd_sizes(2); }
+
 int main(void) {
   RUN(trajectories_tiny_sd1);
   RUN(trajectories_small4_sd1_single_file);
   RUN(trajectories_tiny_sd2_vpred);
+  RUN(odd_sizes_tiny_sd1);
+  RUN(odd_sizes_small4_sd1);
+  RUN(odd_sizes_tiny_sd2);
   return test_summary();
 }

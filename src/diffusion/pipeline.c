@@ -139,9 +139,10 @@ done:
 int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   const cd_unet_config *uc = &m->unet.cfg;
   int n = o->n > 0 ? o->n : 1;
-  const int down = 8, mult = 8 * (1 << (uc->nlevels - 1)); /* VAE factor; UNet downsampling */
-  if (o->width <= 0 || o->height <= 0 || o->width % mult || o->height % mult)
-    return cd_set_error("--width/--height must be positive multiples of %d for this model (got %dx%d)", mult, o->width, o->height);
+  /* the VAE factor; the UNet sizes its upsampling to its skips, so any latent size works */
+  const int down = 8;
+  if (o->width <= 0 || o->height <= 0 || o->width % down || o->height % down)
+    return cd_set_error("--width/--height must be positive multiples of %d (got %dx%d)", down, o->width, o->height);
   int64_t h = o->height / down, w = o->width / down, per = 4 * h * w;
   int guided = o->cfg > 1.0f;
   int B = guided ? 2 * n : n;

@@ -12,7 +12,7 @@ typedef struct {
   const char *negative; /* "" or NULL: the empty prompt */
   cd_sample_opts s;     /* sampler kind, steps, eta, sigma schedule, seed */
   float cfg;            /* guidance scale; <= 1 disables the uncond pass */
-  int width, height;    /* pixels, multiples of 8 (and of the UNet's downsampling) */
+  int width, height;    /* pixels, multiples of 8 */
   int n;                /* images */
   const float *init_latents; /* [n,4,h,w] N(0,1) noise instead of the seeded noise, or NULL */
   const float *init_image;   /* img2img: [3, height, width] in [-1, 1] for every image, or NULL */

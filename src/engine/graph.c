@@ -275,12 +275,20 @@ cd_node *cd_attention(cd_graph *g, cd_node *q, cd_node *k, cd_node *v, int heads
   return y;
 }
 
-cd_node *cd_upsample2x(cd_graph *g, cd_node *x) {
+cd_node *cd_upsample2x_to(cd_graph *g, cd_node *x, int64_t Ho, int64_t Wo) {
   if (x->ndim != 4) SHAPE_ERR(g, "upsample2x", "needs NCHW", x, x);
-  int64_t ne[4] = {x->ne[0], x->ne[1], 2 * x->ne[2], 2 * x->ne[3]};
+  if ((Ho != 2 * x->ne[2] && Ho != 2 * x->ne[2] - 1) || (Wo != 2 * x->ne[3] && Wo != 2 * x->ne[3] - 1) || Ho < 1 || Wo < 1)
+    return BUILD_ERR(g, "upsample2x", "output %ldx%ld is not twice (or twice minus one) the input %ldx%ld", (long)Ho,
+                     (long)Wo, (long)x->ne[2], (long)x->ne[3]);
+  int64_t ne[4] = {x->ne[0], x->ne[1], Ho, Wo};
   cd_node *y = new_node(g, CD_OP_UPSAMPLE2X, 4, ne);
   set_src(y, 1, x, NULL, NULL, NULL);
   return y;
+}
+
+cd_node *cd_upsample2x(cd_graph *g, cd_node *x) {
+  if (x->ndim != 4) SHAPE_ERR(g, "upsample2x", "needs NCHW", x, x);
+  return cd_upsample2x_to(g, x, 2 * x->ne[2], 2 * x->ne[3]);
 }
 
 cd_node *cd_concat(cd_graph *g, cd_node *a, cd_node *b, int dim) {

@@ -119,6 +119,9 @@ cd_node *cd_quick_gelu(cd_graph *g, cd_node *x);
 cd_node *cd_geglu(cd_graph *g, cd_node *x);
 cd_node *cd_attention(cd_graph *g, cd_node *q, cd_node *k, cd_node *v, int heads, int causal, float scale);
 cd_node *cd_upsample2x(cd_graph *g, cd_node *x);
+/* nearest upsampling to [.., Ho, Wo], Ho in {2H-1, 2H} (the size of a skip connection
+ * whose stride-2 downsampling rounded up), likewise Wo */
+cd_node *cd_upsample2x_to(cd_graph *g, cd_node *x, int64_t Ho, int64_t Wo);
 cd_node *cd_concat(cd_graph *g, cd_node *a, cd_node *b, int dim);
 cd_node *cd_add(cd_graph *g, cd_node *a, cd_node *b);
 cd_node *cd_mul(cd_graph *g, cd_node *a, cd_node *b);

@@ -5,7 +5,7 @@
  *   down: per level, layers x (ResNet [+ Transformer2D]) then a stride-2 conv
  *   mid:  ResNet, Transformer2D, ResNet
  *   up:   per level, layers+1 x (ResNet(concat[h, skips.pop()]) [+ Transformer2D])
- *         then nearest 2x + conv
+ *         then nearest 2x (to the next skip's size: any latent size works) + conv
  *   out  = conv_out(silu(GN(h)))
  */
 #include "unet.h"
@@ -141,8 +141,6 @@ cd_node *cd_unet_build(cd_graph *g, cd_unet *m, cd_node *x, cd_node *t, cd_node 
   if (x->ndim != 4 || x->ne[1] != c->in_channels) return cd_graph_fail(g, "unet: input must be [B,%d,h,w]", c->in_channels);
   if (ctx->ndim != 3 || ctx->ne[2] != c->context_dim)
     return cd_graph_fail(g, "unet: context width %ld, model expects %d", (long)ctx->ne[2], c->context_dim);
-  if ((x->ne[2] | x->ne[3]) & ((1 << (L - 1)) - 1))
-    return cd_graph_fail(g, "unet: latent size %ldx%ld is not a multiple of %d", (long)x->ne[2], (long)x->ne[3], 1 << (L - 1));
 
   /* time embedding */
   cd_node *tp = cd_timestep_embed(g, t, C0, c->flip_sin_to_cos, c->freq_shift);
@@ -198,8 +196,11 @@ cd_node *cd_unet_build(cd_graph *g, cd_unet *m, cd_node *x, cd_node *t, cd_node 
       }
     }
     if (i < L - 1) {
+      /* sized to the next skip connection, as diffusers' upsample_size: a
+       * stride-2 downsampling of an odd size rounded up */
       int64_t C = h->ne[1];
-      h = cd_conv2d(g, cd_upsample2x(g, h), cd_w(g, w, CD_SHAPE(C, C, 3, 3), "up_blocks.%d.upsamplers.0.conv.weight", i),
+      if (ns == 0) return cd_graph_fail(g, "unet: skip connections exhausted");
+      h = cd_conv2d(g, cd_upsample2x_to(g, h, skips[ns - 1]->ne[2], skips[ns - 1]->ne[3]), cd_w(g, w, CD_SHAPE(C, C, 3, 3), "up_blocks.%d.upsamplers.0.conv.weight", i),
                     cd_w(g, w, CD_SHAPE(C), "up_blocks.%d.upsamplers.0.conv.bias", i), 1, 1);
     }
     cd_node_set_name(h, "up_blocks.%d", i);

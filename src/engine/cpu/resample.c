@@ -4,8 +4,8 @@
  * are flattened into independent planes.
  *   PAD2D:      x [.., H, W] -> y [.., top+H+bottom, left+W+right], zeros around;
  *               ip = left, right, top, bottom. Backward crops dy.
- *   UPSAMPLE2X: x [.., H, W] -> y [.., 2H, 2W], nearest neighbour.
- *               Backward sums each 2x2 block of dy.
+ *   UPSAMPLE2X: x [.., H, W] -> y [.., Ho, Wo] (Ho = 2H or 2H-1, likewise Wo),
+ *               nearest neighbour. Backward sums each (cropped) 2x2 block of dy.
  */
 #include <string.h>
 
@@ -67,38 +67,53 @@ void cd_cpu_pad2d_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
     }
 }
 
-/* ---- UPSAMPLE2X ---- */
+/* ---- UPSAMPLE2X ----
+ * Output [.., Ho, Wo] with Ho in {2H-1, 2H}, Wo in {2W-1, 2W}: y[oy][ox] =
+ * x[oy/2][ox/2]. For Ho = 2H-1 this is exactly PyTorch's nearest
+ * interpolate(size=Ho) (floor(oy * H/Ho) == oy/2 for oy < Ho), what
+ * diffusers' upsampler does when it is given the skip connection's size. */
 
 void cd_cpu_upsample2x_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
+  (void)ctx;
   const cd_node *xn = n->src[0];
   int64_t H, W;
   plane_hw(xn, &H, &W);
   if (n->n == 0) return;
-  const int64_t planes = xn->n / (H * W), Wo = 2 * W;
+  const int64_t Ho = n->ne[n->ndim - 2], Wo = n->ne[n->ndim - 1];
+  const int64_t planes = xn->n / (H * W);
   const float *x = xn->data;
   float *y = n->data;
 #pragma omp parallel for schedule(static) if (n->n > 32768)
-  for (int64_t r = 0; r < planes * H; r++) { /* r: one input row */
+  for (int64_t r = 0; r < planes * H; r++) { /* r: one input row -> output rows 2iy, 2iy+1 (< Ho) */
+    const int64_t pl = r / H, iy = r % H;
     const float *src = x + r * W;
-    float *dst = y + r * 2 * Wo; /* output rows 2r and 2r+1 */
-    for (int64_t ix = 0; ix < W; ix++) dst[2 * ix] = dst[2 * ix + 1] = src[ix];
-    memcpy(dst + Wo, dst, (size_t)Wo * sizeof(float));
+    float *dst = y + (pl * Ho + 2 * iy) * Wo;
+    for (int64_t ox = 0; ox < Wo; ox++) dst[ox] = src[ox >> 1];
+    if (2 * iy + 1 < Ho) memcpy(dst + Wo, dst, (size_t)Wo * sizeof(float));
   }
 }
 
 void cd_cpu_upsample2x_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
+  (void)ctx;
   cd_node *xn = n->src[0];
   if (!xn->grad || n->n == 0) return;
   int64_t H, W;
   plane_hw(xn, &H, &W);
-  const int64_t planes = xn->n / (H * W), Wo = 2 * W;
+  const int64_t Ho = n->ne[n->ndim - 2], Wo = n->ne[n->ndim - 1];
+  const int64_t planes = xn->n / (H * W);
   const float *dy = n->grad;
   float *dx = xn->grad;
 #pragma omp parallel for schedule(static) if (n->n > 32768)
   for (int64_t r = 0; r < planes * H; r++) {
-    const float *a = dy + r * 2 * Wo, *b = a + Wo;
+    const int64_t pl = r / H, iy = r % H;
+    const float *a = dy + (pl * Ho + 2 * iy) * Wo;
+    const int two_rows = 2 * iy + 1 < Ho;
     float *dst = dx + r * W;
-    for (int64_t ix = 0; ix < W; ix++)
-      dst[ix] += (a[2 * ix] + a[2 * ix + 1]) + (b[2 * ix] + b[2 * ix + 1]);
+    for (int64_t ix = 0; ix < W; ix++) {
+      int64_t ox = 2 * ix;
+      float s = a[ox] + (ox + 1 < Wo ? a[ox + 1] : 0.0f);
+      if (two_rows) s += a[Wo + ox] + (ox + 1 < Wo ? a[Wo + ox + 1] : 0.0f);
+      dst[ix] += s;
+    }
   }
 }
