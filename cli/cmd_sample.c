@@ -57,7 +57,7 @@ int cmd_sample(int argc, char **argv) {
   const char *model = NULL, *prompt = NULL, *negative = "", *sampler = "ddim", *out = NULL, *init = NULL, *save = NULL;
   const char *prediction = NULL, *vocab = NULL, *init_image = NULL, *scheduler = NULL;
   float strength = 0.75f;
-  int steps = 30, width = 0, height = 0, n = 0, karras = 0, tile = 0, help = 0;
+  int steps = 30, width = 0, height = 0, n = 0, karras = 0, tile = 0, help = 0, clip_skip = 1;
   float cfg = 7.5f, eta = 0.0f;
   uint64_t seed = 42;
   cli_multi deltas = {0};
@@ -72,6 +72,7 @@ int cmd_sample(int argc, char **argv) {
       {"--eta", CLI_FLOAT, &eta, "E", "DDIM eta (default 0)"},
       {"--scheduler", CLI_STR, &scheduler, "NAME", "sigma schedule of the sigma samplers: discrete|karras|exponential (default discrete)"},
       {"--karras", CLI_FLAG, &karras, "", "same as --scheduler karras"},
+      {"--clip-skip", CLI_INT, &clip_skip, "N", "text-encoder layer: 1 = the model's default (SD 1.x last, SD 2.x penultimate), 2 = one before, ... (default 1)"},
       {"--seed", CLI_U64, &seed, "N", "seed of the initial noise; image i uses seed+i (default 42)"},
       {"--width", CLI_INT, &width, "W", "image width in pixels, a multiple of 8 (default: the model's resolution, 512 for SD 1.x)"},
       {"--height", CLI_INT, &height, "H", "image height in pixels"},
@@ -134,6 +135,10 @@ int cmd_sample(int argc, char **argv) {
   go.s.steps = steps;
   go.s.eta = eta;
   go.s.sigma_sched = sigsched;
+  if (clip_skip < 1) {
+    fprintf(stderr, "cdiff sample: --clip-skip must be >= 1 (got %d; 1 = the text encoder's default layer)\n", clip_skip);
+    return 2;
+  }
   go.s.seed = seed;
 
   /* the validation pass, before the model is loaded: outputs writable, inputs readable */
@@ -152,6 +157,12 @@ int cmd_sample(int argc, char **argv) {
     fprintf(stderr, "cdiff sample: %s\n", cd_last_error());
     cd_image_free(&src);
     return 1;
+  }
+  if (cd_clip_set_skip(&m->clip, clip_skip)) {
+    fprintf(stderr, "cdiff sample: %s\n", cd_last_error());
+    cd_image_free(&src);
+    cd_sd_free(m);
+    return 2;
   }
   for (int i = 0; i < deltas.n; i++) {
     if (cd_delta_apply_path(m, deltas.v[i])) {
@@ -206,7 +217,8 @@ int cmd_sample(int argc, char **argv) {
   img = cd_malloc((size_t)go.n * 3 * height * width * sizeof(float));
   if (cd_decode_latents(m, lat, go.n, (int)h, (int)w, tile, img)) goto fail;
   /* PNG text: the parameters shared by every image, then each one's seed */
-  char ssteps[16], scfg[32], ssize[32], seta[32], sstr[32], dl[1024] = "";
+  char ssteps[16], scfg[32], ssize[32], seta[32], sstr[32], sclip[16], dl[1024] = "";
+  snprintf(sclip, sizeof sclip, "%d", clip_skip);
   snprintf(ssteps, sizeof ssteps, "%d", steps);
   snprintf(scfg, sizeof scfg, "%g", cfg);
   snprintf(seta, sizeof seta, "%g", eta);
@@ -220,7 +232,7 @@ int cmd_sample(int argc, char **argv) {
     const char *kv[] = {"prompt", prompt, "negative_prompt", negative, "seed", sseed, "sampler", cd_sampler_name(go.s.kind),
                         "steps", ssteps, "cfg_scale", scfg, "eta", seta, "size", ssize, "model", model,
                         "model_hash", m->hash, "deltas", dl, "karras", sigsched == CD_SIGMAS_KARRAS ? "1" : "0",
-                        "scheduler", cd_sigma_sched_name(sigsched),
+                        "scheduler", cd_sigma_sched_name(sigsched), "clip_skip", sclip,
                         "init_latents", init ? init : "", "init_image", init_image ? init_image : "",
                         "strength", init_image ? sstr : "", "software", "cdiff"};
     cd_image im;

@@ -71,6 +71,7 @@ int cmd_train(int argc, char **argv) {
       {"--resume", CLI_STR, &o.resume, "DIR", "continue from a checkpoint (OUT or OUT/checkpoint)"},
       {"--validate-every", CLI_INT, &o.validate_every, "N", "sample --validation-prompt every N steps into OUT/validation"},
       {"--validation-prompt", CLI_STR, &o.validation_prompt, "TEXT", "prompt of the validation images"},
+      {"--clip-skip", CLI_INT, &o.clip_skip, "N", "text-encoder layer as in sample (default 1); sample with the same N"},
       {"--out", CLI_STR, &o.out, "DIR", "output folder (required)"},
       {"--help", CLI_FLAG, &help, "", "this help"},
       {0}};

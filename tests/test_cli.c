@@ -262,7 +262,14 @@ TEST(samplers_and_schedulers) {
     CHECKF(rc == 0, "'%s' exited %d: %s", args, rc, out);
     CHECK(cd_png_read_text(png, "scheduler", v, sizeof v) == 0 && !strcmp(v, runs[i][1] ? runs[i][1] : "discrete"));
   }
+  snprintf(png, sizeof png, "%s/cs.png", tmpdir);
+  snprintf(args, sizeof args, "sample --model %s --prompt cat --clip-skip 2 --steps 2 --width 32 --height 32 --out %s", m, png);
+  int rc = cdiff(out, sizeof out, args);
+  CHECKF(rc == 0, "'%s' exited %d: %s", args, rc, out);
+  CHECK(cd_png_read_text(png, "clip_skip", v, sizeof v) == 0 && !strcmp(v, "2"));
   struct { const char *flags, *expect; } bad[] = {
+      {"--clip-skip 0", "--clip-skip"},
+      {"--clip-skip 3", "--clip-skip"}, /* tiny-sd1's text encoder has 2 layers */
       {"--sampler ddim --scheduler karras", "sigma sampler"},
       {"--sampler lcm --steps 60", "1..50"},
       {"--scheduler linear", "linear"},

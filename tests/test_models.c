@@ -208,12 +208,69 @@ static int vae_case(run_case *r) {
   return 0;
 }
 
+/* --clip-skip N: final_layer_norm(hidden_states[L-(N-1)]) (A1111's rule),
+ * against the golden hidden states normalised here in double; the skipped
+ * layers' weights are not reported as unknown keys. */
+static int clip_skip_case(run_case *r) {
+  cd_clip *c = &r->m->clip;
+  const int L = c->cfg.layers;
+  const int64_t d = c->cfg.width;
+  if (cd_clip_set_skip(c, 0) == 0 || cd_clip_set_skip(c, L + 1) == 0 || !strstr(cd_last_error(), "--clip-skip")) {
+    snprintf(test_msg, sizeof test_msg, "%s: --clip-skip 0 / %d accepted or error unnamed", r->model, L + 1);
+    return -1;
+  }
+  int64_t k;
+  float *hs = test_read_f32(r->gf, "text.hidden_states", &k); /* [L+1, 3, 77, d] */
+  if (!hs) return -1;
+  const cd_weight *gw = cd_weights_get(c->w, "text_model.final_layer_norm.weight");
+  const cd_weight *gb = cd_weights_get(c->w, "text_model.final_layer_norm.bias");
+  int rc = 0;
+  for (int N = 2; N <= L && rc == 0; N++) {
+    cd_graph *g = cd_graph_new();
+    cd_node *ids = cd_input(g, "ids", 2, (int64_t[]){3, 77});
+    TRY(cd_clip_set_skip(c, N));
+    cd_weights_clear_used(c->w);
+    cd_node *out = cd_clip_build(g, c, ids, NULL, NULL);
+    cd_graph_output(g, out);
+    if (cd_graph_plan(g, NULL) || cd_weights_check_unused(c->w, "text encoder", r->model) ||
+        set_input(ids, r->gf, "text.input_ids") || cd_graph_forward(g) || !gw || !gb) {
+      if (!test_msg[0]) snprintf(test_msg, sizeof test_msg, "%s clip skip %d: %s", r->model, N, cd_last_error());
+      cd_graph_free(g);
+      rc = -1;
+      break;
+    }
+    const float *h = hs + (int64_t)(L - (N - 1)) * 3 * 77 * d;
+    float *ref = cd_malloc(3 * 77 * d * sizeof(float));
+    for (int64_t row = 0; row < 3 * 77; row++) {
+      double mu = 0, var = 0;
+      for (int64_t j = 0; j < d; j++) mu += h[row * d + j];
+      mu /= d;
+      for (int64_t j = 0; j < d; j++) var += (h[row * d + j] - mu) * (h[row * d + j] - mu);
+      var /= d;
+      for (int64_t j = 0; j < d; j++)
+        ref[row * d + j] = (float)((h[row * d + j] - mu) / sqrt(var + 1e-5) * gw->data[j] + gb->data[j]);
+    }
+    double e = test_rel_err(out->data, ref, out->n);
+    free(ref);
+    cd_graph_free(g);
+    if (!(e <= TOL)) {
+      snprintf(test_msg, sizeof test_msg, "%s clip skip %d: rel err %.3g", r->model, N, e);
+      rc = -1;
+    }
+  }
+  free(hs);
+  TRY(cd_clip_set_skip(c, 1));
+  return rc;
+}
+
 TEST(text_encoder_matches_golden) { RUN_CASES(text_encoder_case); }
+TEST(clip_skip_matches_golden) { RUN_CASES(clip_skip_case); }
 TEST(unet_matches_golden) { RUN_CASES(unet_case); }
 TEST(vae_matches_golden) { RUN_CASES(vae_case); }
 
 int main(void) {
   RUN(text_encoder_matches_golden);
+  RUN(clip_skip_matches_golden);
   RUN(unet_matches_golden);
   RUN(vae_matches_golden);
   return test_summary();

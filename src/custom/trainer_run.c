@@ -42,6 +42,7 @@ void cd_run_opts_default(cd_run_opts *o) {
   o->scale_lr = 1;
   o->prior_weight = 1.0f;
   o->res = 512;
+  o->clip_skip = 1;
   o->aug = 1;
   o->seed = 42;
   o->grad_accum = 1;
@@ -144,6 +145,7 @@ static int check_opts(const cd_run_opts *o) {
     return cd_set_error("--class-prompt is required with prior preservation (or pass --no-prior)");
   if (o->res <= 0 || o->res % 64) return cd_set_error("--resolution must be a positive multiple of 64 (got %d)", o->res);
   if (o->batch < 1 || o->batch > 64) return cd_set_error("--batch must be in 1..64 (got %d)", o->batch);
+  if (o->clip_skip < 1) return cd_set_error("--clip-skip must be >= 1 (got %d; 1 = the text encoder's default layer)", o->clip_skip);
   if (o->steps < 0) return cd_set_error("--steps must be positive (got %d)", o->steps);
   if (!(o->lr > 0) || !isfinite(o->lr)) return cd_set_error("--lr must be a positive number (got %g)", o->lr);
   if (!(o->prior_weight >= 0)) return cd_set_error("--prior-loss-weight must be non-negative (got %g)", o->prior_weight);
@@ -602,6 +604,7 @@ static int setup_model(run_t *r) {
   cd_load_opts lo = {.vocab = o->vocab};
   if (cd_sd_load(o->model, &lo, &r->m)) return cd_prefix_error("--model");
   cd_sd_model *m = r->m;
+  if (cd_clip_set_skip(&m->clip, o->clip_skip)) return -1;
   if (!m->tok) return cd_set_error("--model %s: no tokenizer vocabulary found: pass --vocab (a tokenizer/ folder or bpe_simple_vocab_16e6.txt.gz)", o->model);
   if (cd_tokenizer_vocab_size(m->tok) != m->clip.cfg.vocab)
     return cd_set_error("--model %s: tokenizer has %d tokens but the text encoder %d rows", o->model, cd_tokenizer_vocab_size(m->tok), m->clip.cfg.vocab);

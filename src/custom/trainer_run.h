@@ -57,6 +57,7 @@ typedef struct {
   const char *out;            /* output folder (required) */
   int quiet;                  /* no progress bars */
   int stop_after;             /* tests: stop (like an interruption) after this step, 0 = off */
+  int clip_skip;              /* A1111's CLIP skip (cd_clip_set_skip); default 1 = the model's default layer */
 } cd_run_opts;
 
 void cd_run_opts_default(cd_run_opts *o);

@@ -3,8 +3,31 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
+
+#include "core/common.h"
 
 #define P "text_model."
+
+int cd_clip_set_skip(cd_clip *m, int clip_skip) {
+  if (clip_skip < 1 || clip_skip > m->cfg.layers)
+    return cd_set_error("--clip-skip %d out of range [1, %d] (1 = the text encoder's default output layer)", clip_skip,
+                        m->cfg.layers);
+  m->cfg.skip = clip_skip - 1;
+  return 0;
+}
+
+/* The weights of the layers clip skip leaves out are known, not unknown keys. */
+static void mark_skipped_layers(cd_weights *w, int from, int to) {
+  for (int i = 0; i < cd_weights_count(w); i++) {
+    cd_weight *x = cd_weights_at(w, i);
+    for (int l = from; l < to; l++) {
+      char p[64];
+      int n = snprintf(p, sizeof p, P "encoder.layers.%d.", l);
+      if (!strncmp(x->name, p, (size_t)n)) x->used = 1;
+    }
+  }
+}
 
 cd_node *cd_clip_build(cd_graph *g, cd_clip *m, cd_node *ids, cd_node *extra, cd_node **hidden) {
   const cd_clip_config *c = &m->cfg;
@@ -18,7 +41,10 @@ cd_node *cd_clip_build(cd_graph *g, cd_clip *m, cd_node *ids, cd_node *extra, cd
   cd_node *x = cd_add(g, cd_embedding(g, ids, tok, extra), pos);
   if (hidden) hidden[0] = x;
   const int64_t hd = d / c->heads;
-  for (int l = 0; l < c->layers; l++) {
+  const int run = c->layers - c->skip;
+  if (c->skip < 0 || run < 1) return cd_graph_fail(g, "clip: clip skip %d leaves no layer of %d", c->skip + 1, c->layers);
+  mark_skipped_layers(w, run, c->layers);
+  for (int l = 0; l < run; l++) {
     char p[96];
     snprintf(p, sizeof p, P "encoder.layers.%d.", l);
     /* x += out_proj(attention(q, k, v)) over LN1(x), causal */

@@ -28,12 +28,21 @@ typedef struct {
   int max_pos;    /* 77 */
   int quick_gelu; /* 1: quick_gelu (SD1), 0: exact gelu (SD2) */
   int pad_id;     /* 49407 (SD1) or 0 (SD2) */
+  int skip;       /* --clip-skip N minus 1: trailing layers left out (then the final LayerNorm) */
 } cd_clip_config;
 
 typedef struct {
   cd_clip_config cfg;
   cd_weights *w;
 } cd_clip;
+
+/* A1111's "CLIP skip" (CLIP_stop_at_last_layers): 1 = the encoder's output as
+ * the model was trained with it (SD 1.x: the last layer; SD 2.x: OpenCLIP's
+ * penultimate layer, the last of its diffusers text encoder), N = the output
+ * of the layer N-1 before that, followed by the final LayerNorm as A1111 does.
+ * diffusers' clip_skip argument is N-1. Error (naming the flag) unless
+ * 1 <= N <= layers. */
+int cd_clip_set_skip(cd_clip *m, int clip_skip);
 
 /* ids: [B, 77] (float ids). extra: [E, d] rows for added tokens (ids vocab..vocab+E-1),
  * or NULL. hidden: if non-NULL, receives the per-layer outputs (hidden[0] = embeddings,
