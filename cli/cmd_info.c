@@ -10,9 +10,10 @@
 #include "models/tokenizer.h"
 
 int cmd_info(int argc, char **argv) {
-  const char *path = NULL, *prediction = NULL, *vocab = NULL;
+  const char *path = NULL, *prediction = NULL, *vocab = NULL, *weights_dtype = NULL;
   int help = 0;
   cli_opt opts[] = {{"--prediction", CLI_STR, &prediction, "eps|v", "override the prediction type"},
+                    {"--weights-dtype", CLI_STR, &weights_dtype, "f32|f16|bf16", "report resident bytes as sample/train would hold them"},
                     {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
                     {"--help", CLI_FLAG, &help, "", "this help"},
                     {0}};
@@ -21,7 +22,7 @@ int cmd_info(int argc, char **argv) {
     cli_usage(opts, "info", "PATH");
     return help ? 0 : 2;
   }
-  cd_load_opts lo = {.prediction = prediction, .vocab = vocab};
+  cd_load_opts lo = {.prediction = prediction, .vocab = vocab, .weights_dtype = weights_dtype};
   cd_sd_model *m;
   if (cd_sd_load(path, &lo, &m)) {
     fprintf(stderr, "cdiff info: %s\n", cd_last_error());

@@ -55,7 +55,7 @@ static void out_path(const char *out, int is_dir, int i, int n, uint64_t seed, c
 
 int cmd_sample(int argc, char **argv) {
   const char *model = NULL, *prompt = NULL, *negative = "", *sampler = "ddim", *out = NULL, *init = NULL, *save = NULL;
-  const char *prediction = NULL, *vocab = NULL, *init_image = NULL, *scheduler = NULL;
+  const char *prediction = NULL, *vocab = NULL, *init_image = NULL, *scheduler = NULL, *weights_dtype = NULL;
   float strength = 0.75f;
   int steps = 30, width = 0, height = 0, n = 0, karras = 0, tile = 0, help = 0, clip_skip = 1;
   float cfg = 7.5f, eta = 0.0f;
@@ -84,6 +84,7 @@ int cmd_sample(int argc, char **argv) {
       {"--delta", CLI_MULTI, &deltas, "DIR|FILE", "Custom Diffusion delta to apply (repeatable)"},
       {"--prediction", CLI_STR, &prediction, "eps|v", "override the model's prediction type"},
       {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
+      {"--weights-dtype", CLI_STR, &weights_dtype, "f32|f16|bf16", "storage of the weights in memory (default: the checkpoint's own)"},
       {"--tile", CLI_INT, &tile, "N", "VAE-decode in latent tiles of N (large images)"},
       {"--out", CLI_STR, &out, "FILE.png|DIR", "output image or folder (required)"},
       {"--help", CLI_FLAG, &help, "", "this help"},
@@ -151,7 +152,7 @@ int cmd_sample(int argc, char **argv) {
     fprintf(stderr, "cdiff sample: %s\n", cd_last_error());
     return 1;
   }
-  cd_load_opts lo = {.prediction = prediction, .vocab = vocab};
+  cd_load_opts lo = {.prediction = prediction, .vocab = vocab, .weights_dtype = weights_dtype};
   cd_sd_model *m = NULL;
   if (cd_sd_load(model, &lo, &m)) {
     fprintf(stderr, "cdiff sample: %s\n", cd_last_error());

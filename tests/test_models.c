@@ -1,10 +1,41 @@
 /* test_models.c - text encoder, UNet and VAE against the diffusers/transformers
- * goldens (../shared/golden), for every model in both checkpoint layouts.
- * Tolerance: relative L2 error 1e-4 on forward passes (golden README). */
+ * goldens (../shared/golden), for every model in both checkpoint layouts, with
+ * the weights held in f32 and again in f16 and bf16 (--weights-dtype).
+ * Tolerance: relative L2 error 1e-4 on forward passes (golden README) in f32.
+ *
+ * With 16-bit weights, each weight of 2+ dims is rounded to nearest: a
+ * relative error uniform in [-u, u], u = 2^-11 for f16 (11-bit significand)
+ * and 2^-8 for bf16 (8 bits), so of rms u/sqrt(3). A layer y = W x then sees
+ * a relative perturbation of about u/sqrt(3) in its output (independent
+ * errors over the sum: sqrt(sum_j (e_j w_j x_j)^2) ~ u/sqrt(3) |W x|), and the
+ * L such layers of a graph perturb the result independently, so the errors
+ * add in quadrature: u sqrt(L/3). A factor 4 covers the gain from a layer's
+ * output to the final one (normalisations over few values in the tiny
+ * models, softmax), giving tol = 1e-4 + 4 u sqrt(L/3), with L counted in the
+ * graph under test (the ops that read a 16-bit weight). */
 #include "models/sd_model.h"
 #include "test.h"
 
 #define TOL 1e-4
+
+static const char *wdtype; /* --weights-dtype of the pass: NULL (the checkpoint's own: f32 here), "f16", "bf16" */
+static double tol = TOL;   /* of the graph under test (set_tol) */
+
+/* tol for graph g under the current weight type (see the top of the file) */
+static int set_tol(const cd_graph *g) {
+  tol = TOL;
+  if (!wdtype) return 0;
+  const double u = !strcmp(wdtype, "f16") ? 0x1p-11 : 0x1p-8;
+  int L = 0;
+  for (int i = 0; i < cd_graph_nnodes(g); i++) {
+    const cd_node *x = cd_graph_node(g, i);
+    for (int s = 0; s < x->nsrc; s++)
+      if (x->src[s] && (x->src[s]->type == CD_TYPE_F16 || x->src[s]->type == CD_TYPE_BF16)) L++;
+  }
+  tol = TOL + 4 * u * sqrt(L / 3.0);
+  if (!L) snprintf(test_msg, sizeof test_msg, "--weights-dtype %s: the graph reads no 16-bit weight", wdtype);
+  return L ? 0 : -1;
+}
 
 typedef struct {
   const char *model; /* path relative to the golden dir */
@@ -35,7 +66,7 @@ static int open_case(const model_case *c, run_case *r) {
   int g = test_golden_need(mp, sizeof mp, c->model);
   if (!g) g = test_golden_need(gp, sizeof gp, c->golden);
   if (g) return g;
-  cd_load_opts o = {0};
+  cd_load_opts o = {.weights_dtype = wdtype};
   if (cd_sd_load(mp, &o, &r->m)) {
     snprintf(test_msg, sizeof test_msg, "load %s: %s", c->model, cd_last_error());
     return -1;
@@ -90,8 +121,9 @@ static int cmp(const run_case *r, const cd_node *n, const char *name) {
   }
   double e = test_rel_err(n->data, ref, k);
   free(ref);
-  if (!(e <= TOL)) {
-    snprintf(test_msg, sizeof test_msg, "%s %s: rel err %.3g > %.3g", r->model, name, e, TOL);
+  if (getenv("CDIFF_TEST_VERBOSE")) printf("  %s %s %s: rel err %.3g (tol %.3g)\n", wdtype ? wdtype : "f32", r->model, name, e, tol);
+  if (!(e <= tol)) {
+    snprintf(test_msg, sizeof test_msg, "%s weights, %s %s: rel err %.3g > %.3g", wdtype ? wdtype : "f32", r->model, name, e, tol);
     return -1;
   }
   return 0;
@@ -134,6 +166,7 @@ static int text_encoder_case(run_case *r) {
   int L = r->m->clip.cfg.layers;
   for (int l = 0; l <= L; l++) cd_graph_output(g, hidden[l]);
   TRY(cd_graph_plan(g, NULL));
+  if (set_tol(g)) return -1;
   TRY(set_input(ids, r->gf, "text.input_ids"));
   TRY(cd_graph_forward(g));
   TRY(cmp(r, out, "text.last_hidden_state"));
@@ -143,7 +176,7 @@ static int text_encoder_case(run_case *r) {
   int64_t per = hidden[0]->n;
   for (int l = 0; l <= L; l++) {
     double e = test_rel_err(hidden[l]->data, hs + l * per, per);
-    if (e > TOL) {
+    if (e > tol) {
       snprintf(test_msg, sizeof test_msg, "%s hidden_states[%d]: rel err %.3g", r->model, l, e);
       free(hs);
       return -1;
@@ -172,6 +205,7 @@ static int unet_case(run_case *r) {
     output_if_present(g, nm);
   }
   TRY(cd_graph_plan(g, NULL));
+  if (set_tol(g)) return -1;
   TRY(set_input(x, r->gf, "unet.sample"));
   TRY(set_input(t, r->gf, "unet.timesteps"));
   TRY(set_input(ctx, r->gf, "unet.encoder_hidden_states"));
@@ -198,6 +232,7 @@ static int vae_case(run_case *r) {
   output_if_present(g, "vae.enc.h");
   output_if_present(g, "vae.dec.post_quant_conv");
   TRY(cd_graph_plan(g, NULL));
+  if (set_tol(g)) return -1;
   TRY(set_input(img, r->gf, "vae.image"));
   TRY(set_input(z, r->gf, "vae.dec.z"));
   TRY(cd_graph_forward(g));
@@ -268,10 +303,31 @@ TEST(clip_skip_matches_golden) { RUN_CASES(clip_skip_case); }
 TEST(unet_matches_golden) { RUN_CASES(unet_case); }
 TEST(vae_matches_golden) { RUN_CASES(vae_case); }
 
+/* every model and component again with its weights held in 16 bits */
+static void in_dtype(const char *dt, int (*body)(run_case *r)) {
+  wdtype = dt;
+  int r_ = for_each_case(body);
+  wdtype = NULL;
+  if (r_ > 0) SKIP("golden folder not found");
+  if (r_ < 0) test_failed_flag = 1;
+}
+TEST(text_encoder_f16_weights) { in_dtype("f16", text_encoder_case); }
+TEST(unet_f16_weights) { in_dtype("f16", unet_case); }
+TEST(vae_f16_weights) { in_dtype("f16", vae_case); }
+TEST(text_encoder_bf16_weights) { in_dtype("bf16", text_encoder_case); }
+TEST(unet_bf16_weights) { in_dtype("bf16", unet_case); }
+TEST(vae_bf16_weights) { in_dtype("bf16", vae_case); }
+
 int main(void) {
   RUN(text_encoder_matches_golden);
   RUN(clip_skip_matches_golden);
   RUN(unet_matches_golden);
   RUN(vae_matches_golden);
+  RUN(text_encoder_f16_weights);
+  RUN(unet_f16_weights);
+  RUN(vae_f16_weights);
+  RUN(text_encoder_bf16_weights);
+  RUN(unet_bf16_weights);
+  RUN(vae_bf16_weights);
   return test_summary();
 }

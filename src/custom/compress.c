@@ -63,7 +63,8 @@ int cd_delta_compress(const cd_delta *d, const cd_sd_model *m, double ratio, int
     }
     int rows = L[i].rows, cols = L[i].cols, k = 0;
     float *dW = cd_malloc(sizeof(float) * ne), *Us = NULL, *Vt = NULL;
-    for (int64_t j = 0; j < ne; j++) dW[j] = x->data[j] - b->data[j];
+    const float *bv = cd_weight_f32(b);
+    for (int64_t j = 0; j < ne; j++) dW[j] = x->data[j] - bv[j];
     double err = 0;
     int rc = cd_lowrank(dW, rows, cols, ratio, &k, &Us, &Vt, &err);
     free(dW);

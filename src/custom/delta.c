@@ -299,7 +299,7 @@ int cd_delta_resolve(cd_delta *d, const cd_sd_model *m) {
       return cd_set_error("delta low-rank factors of '%s' are missing or do not fit the model's [%ld,%ld] weight", base,
                           (long)b->ne[0], (long)(b->ndim > 1 ? b->ne[1] : 1));
     float *W = cd_malloc(b->ne[0] * b->ne[1] * sizeof(float));
-    memcpy(W, b->data, b->ne[0] * b->ne[1] * sizeof(float));
+    memcpy(W, cd_weight_f32(b), b->ne[0] * b->ne[1] * sizeof(float));
     cd_lowrank_apply(x->data, vt->data, (int)b->ne[0], (int)b->ne[1], (int)x->ne[1], W);
     if (cd_weights_put(d->w, base, 2, b->ne, W)) return -1;
   }
@@ -339,6 +339,7 @@ int cd_delta_apply(cd_sd_model *m, const cd_delta *d) {
     cd_weight *b = cd_weights_get(m->unet.w, x->name);
     if (!b || cd_numel(b->ndim, b->ne) != cd_numel(x->ndim, x->ne)) return cd_set_error("delta weight '%s' does not fit the model", x->name);
     int64_t n = cd_numel(x->ndim, x->ne);
+    cd_weight_f32(b); /* a delta's weights are f32: so is the weight it replaces */
     cd_weight *o = cd_weights_get(m->unet_orig, x->name);
     if (!o) { /* first delta on this weight: keep the base, take the delta's values */
       float *c = cd_malloc(n * sizeof(float));
@@ -355,7 +356,7 @@ int cd_delta_apply(cd_sd_model *m, const cd_delta *d) {
     if (!e) return cd_set_error("%s: text encoder has no token embedding", m->path);
     int64_t V = e->ne[0], D = e->ne[1];
     float *t = cd_malloc((V + d->ntok) * D * sizeof(float));
-    memcpy(t, e->data, V * D * sizeof(float));
+    memcpy(t, cd_weight_f32(e), V * D * sizeof(float));
     memcpy(t + V * D, d->embeds, (size_t)d->ntok * D * sizeof(float));
     for (int i = 0; i < d->ntok; i++) {
       int id = cd_tokenizer_add_token(m->tok, d->tok[i]);

@@ -255,6 +255,7 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
     cd_weight *b = cd_weights_get(m->unet.w, name);
     if (!b) { cd_set_error("merge: weight '%s' is not in the UNet of %s", name, m->path); goto done; }
     int64_t ne = cd_numel(b->ndim, b->ne);
+    cd_weight_f32(b);
     float *Wout = cd_malloc(sizeof(float) * ne);
     if (!is_kv(name) || b->ndim != 2) {
       /* no closed form for to_q / to_out: average of the fine-tuned weights */

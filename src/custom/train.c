@@ -49,7 +49,7 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
     if (o->init_id[i] < 0 || o->init_id[i] >= table->ne[0]) return cd_set_error("initializer token id %d out of range", o->init_id[i]);
     if (o->tok_id[i] != m->clip.cfg.vocab + i)
       return cd_set_error("modifier token %d has id %d, expected %d", i, o->tok_id[i], m->clip.cfg.vocab + i);
-    memcpy(t->extra + (size_t)i * d, table->data + (size_t)o->init_id[i] * d, d * sizeof(float));
+    cd_weight_row_f32(table, o->init_id[i], t->extra + (size_t)i * d);
   }
 
   /* VAE encoder, inference only */
@@ -61,7 +61,7 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
 
   /* text encoder + UNet + loss, with gradients */
   cd_graph *g = t->g = cd_graph_new();
-  t->ids = cd_input(g, "ids", 2, (int64_t[]){B, 77});
+  t->ids = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){B, 77});
   cd_node *extra = NULL;
   if (o->ntok) {
     extra = cd_param(g, "token_embedding.extra", t->extra, 2, (int64_t[]){o->ntok, d});
@@ -71,7 +71,14 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
   t->noisy = cd_input(g, "noisy", 4, (int64_t[]){B, C, h, w});
   t->t = cd_input(g, "t", 1, (int64_t[]){B});
   cd_weights_clear_used(m->unet.w);
-  for (int i = 0; i < cd_weights_count(m->unet.w); i++) cd_weights_at(m->unet.w, i)->node = NULL;
+  for (int i = 0; i < cd_weights_count(m->unet.w); i++) {
+    cd_weight *x = cd_weights_at(m->unet.w, i);
+    x->node = NULL;
+    /* trainable weights are the optimizer's f32 master weights, whatever the storage of the rest */
+    if (strstr(x->name, o->train == CD_TRAIN_CROSSATTN ? ".attn2.to_" : ".attn2.to_k.") ||
+        (o->train != CD_TRAIN_CROSSATTN && strstr(x->name, ".attn2.to_v.")))
+      cd_weight_f32(x);
+  }
   int saved_train = m->unet.train, saved_detach = m->unet.detach_rows;
   m->unet.train = o->train;
   m->unet.detach_rows = 1;
@@ -207,8 +214,7 @@ int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
       for (int64_t k = 0; k < hw; k++) st[i * hw + k] = i < ninst ? 0.0f : 1.0f;
     if (cd_graph_set_input(g, t->mask_c, st)) return -1;
   }
-  for (int64_t k = 0; k < (int64_t)B * 77; k++) st[k] = (float)b->ids[k];
-  if (cd_graph_set_input(g, t->ids, st)) return -1;
+  if (cd_graph_set_input_i32(g, t->ids, b->ids)) return -1; /* ids stay integers (49408 is not a bf16) */
   if (cd_graph_forward(g)) return -1;
   double loss = cd_graph_get_scalar(g, t->loss);
   if (r) {

@@ -270,6 +270,7 @@ static cJSON *make_args(const run_t *r) {
   cJSON_AddStringToObject(a, "model", o->model);
   cJSON_AddStringToObject(a, "model_hash", r->m ? r->m->hash : "");
   if (o->vocab) cJSON_AddStringToObject(a, "vocab", o->vocab);
+  if (o->weights_dtype) cJSON_AddStringToObject(a, "weights_dtype", o->weights_dtype);
   if (o->concepts) cJSON_AddStringToObject(a, "concepts_list", o->concepts);
   cJSON *cs = cJSON_AddArrayToObject(a, "concepts");
   for (int k = 0; k < r->nc; k++) {
@@ -494,7 +495,7 @@ static int validate(run_t *r, int step) {
   if (!e) return cd_set_error("%s: text encoder has no token embedding", m->path);
   const int64_t V = e->ne[0], D = e->ne[1];
   float *tab = cd_malloc((size_t)(V + r->ntok) * D * sizeof(float));
-  memcpy(tab, e->data, (size_t)V * D * sizeof(float));
+  memcpy(tab, cd_weight_f32(e), (size_t)V * D * sizeof(float));
   memcpy(tab + (size_t)V * D, r->tr.extra, (size_t)r->ntok * D * sizeof(float));
   float *saved = e->data;
   int saved_vocab = m->clip.cfg.vocab;
@@ -601,7 +602,7 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
 
 static int setup_model(run_t *r) {
   const cd_run_opts *o = &r->o;
-  cd_load_opts lo = {.vocab = o->vocab};
+  cd_load_opts lo = {.vocab = o->vocab, .weights_dtype = o->weights_dtype};
   if (cd_sd_load(o->model, &lo, &r->m)) return cd_prefix_error("--model");
   cd_sd_model *m = r->m;
   if (cd_clip_set_skip(&m->clip, o->clip_skip)) return -1;

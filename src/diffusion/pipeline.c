@@ -34,12 +34,12 @@ int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[77]) {
 
 int cd_encode_prompts(cd_sd_model *m, const char *const *prompts, int n, float *out) {
   cd_graph *g = cd_graph_new();
-  cd_node *ids = cd_input(g, "ids", 2, (int64_t[]){n, 77});
+  cd_node *ids = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){n, 77});
   cd_weights_clear_used(m->clip.w);
   cd_node *y = cd_clip_build(g, &m->clip, ids, NULL, NULL);
   cd_graph_output(g, y);
   int rc = -1;
-  float *idf = cd_malloc((size_t)n * 77 * sizeof(float));
+  int *idv = cd_malloc((size_t)n * 77 * sizeof(int));
   if (cd_graph_plan(g, NULL) || cd_weights_check_unused(m->clip.w, "text encoder", m->path)) goto done;
   for (int i = 0; i < n; i++) {
     int t[77];
@@ -49,13 +49,13 @@ int cd_encode_prompts(cd_sd_model *m, const char *const *prompts, int n, float *
         cd_set_error("prompt \"%s\" uses token id %d but the text encoder has %d rows (load the delta that defines it)", prompts[i], t[j], m->clip.cfg.vocab);
         goto done;
       }
-      idf[i * 77 + j] = (float)t[j];
+      idv[i * 77 + j] = t[j];
     }
   }
-  if (cd_graph_set_input(g, ids, idf) || cd_graph_forward(g) || cd_graph_get(g, y, out)) goto done;
+  if (cd_graph_set_input_i32(g, ids, idv) || cd_graph_forward(g) || cd_graph_get(g, y, out)) goto done;
   rc = 0;
 done:
-  free(idf);
+  free(idv);
   cd_graph_free(g);
   return rc;
 }

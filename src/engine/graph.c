@@ -40,6 +40,18 @@ struct cd_graph {
   long prof_n[2][CD_OP_COUNT];
 };
 
+static const char *type_names[] = {"f32", "f16", "bf16", "i32"};
+size_t cd_type_size(cd_type t) { return t == CD_TYPE_F16 || t == CD_TYPE_BF16 ? 2 : 4; }
+const char *cd_type_name(cd_type t) { return t >= CD_TYPE_F32 && t <= CD_TYPE_I32 ? type_names[t] : "?"; }
+int cd_type_parse(const char *s, cd_type *out) {
+  for (int t = CD_TYPE_F32; t <= CD_TYPE_BF16; t++)
+    if (s && !strcmp(s, type_names[t])) {
+      *out = (cd_type)t;
+      return 0;
+    }
+  return -1;
+}
+
 int64_t cd_numel(int ndim, const int64_t *ne) {
   int64_t n = 1;
   for (int i = 0; i < ndim; i++) n *= ne[i];
@@ -138,9 +150,32 @@ static void shape_str(const cd_node *x, char *buf, size_t cap) {
 #define SHAPE_ERR(g, opname, why, a, b) do { char s1_[128], s2_[128]; shape_str(a, s1_, sizeof s1_); \
     shape_str(b, s2_, sizeof s2_); return BUILD_ERR(g, opname, "%s: %s vs %s", why, s1_, s2_); } while (0)
 
-static void set_src(cd_node *x, int nsrc, cd_node *a, cd_node *b, cd_node *c, cd_node *d) {
+/* Sources an op reads in a storage type other than f32 (graph.h, cd_type). */
+static int takes_type(cd_op op, int slot, cd_type t) {
+  if (t == CD_TYPE_F32 || op == CD_OP_VIEW) return 1;
+  if (t == CD_TYPE_F16 || t == CD_TYPE_BF16) return (op == CD_OP_LINEAR || op == CD_OP_CONV2D || op == CD_OP_EMBEDDING) && slot == 1;
+  return op == CD_OP_EMBEDDING && slot == 0; /* i32 ids */
+}
+
+/* Sets x's sources; one the op cannot read in its storage type is replaced by
+ * a CAST to f32, placed just before x (x is the newest node). */
+static void set_src(cd_graph *g, cd_node *x, int nsrc, cd_node *a, cd_node *b, cd_node *c, cd_node *d) {
   x->nsrc = nsrc;
   x->src[0] = a; x->src[1] = b; x->src[2] = c; x->src[3] = d;
+  for (int s = 0; s < nsrc; s++) {
+    cd_node *v = x->src[s];
+    if (!v || takes_type(x->op, s, v->type)) continue;
+    cd_node *k = new_node(g, CD_OP_CAST, v->ndim, v->ne);
+    k->nsrc = 1;
+    k->src[0] = v;
+    snprintf(k->name, sizeof k->name, "%.90s.f32", v->name);
+    g->nodes[g->n - 2] = k; /* swap: the cast runs first */
+    g->nodes[g->n - 1] = x;
+    k->id = g->n - 2;
+    x->id = g->n - 1;
+    x->src[s] = k;
+  }
+  if (x->op == CD_OP_VIEW) x->type = a->type;
 }
 
 cd_node *cd_input(cd_graph *g, const char *name, int ndim, const int64_t *ne) {
@@ -151,10 +186,21 @@ cd_node *cd_input(cd_graph *g, const char *name, int ndim, const int64_t *ne) {
 }
 
 cd_node *cd_param(cd_graph *g, const char *name, float *data, int ndim, const int64_t *ne) {
+  return cd_param_typed(g, name, data, CD_TYPE_F32, ndim, ne);
+}
+
+cd_node *cd_param_typed(cd_graph *g, const char *name, void *data, cd_type type, int ndim, const int64_t *ne) {
   cd_node *x = new_node(g, CD_OP_NONE, ndim, ne);
   x->flags = CD_FLAG_PARAM;
+  x->type = type;
   x->data = data;
   snprintf(x->name, sizeof x->name, "%s", name);
+  return x;
+}
+
+cd_node *cd_input_typed(cd_graph *g, const char *name, cd_type type, int ndim, const int64_t *ne) {
+  cd_node *x = cd_input(g, name, ndim, ne);
+  x->type = type;
   return x;
 }
 
@@ -169,7 +215,7 @@ void cd_graph_output(cd_graph *g, cd_node *n) {
 cd_node *cd_view(cd_graph *g, cd_node *x, int ndim, const int64_t *ne) {
   if (cd_numel(ndim, ne) != x->n) return BUILD_ERR(g, "view", "element count changes (%ld -> %ld) for %s", (long)x->n, (long)cd_numel(ndim, ne), x->name);
   cd_node *y = new_node(g, CD_OP_VIEW, ndim, ne);
-  set_src(y, 1, x, NULL, NULL, NULL);
+  set_src(g, y, 1, x, NULL, NULL, NULL);
   return y;
 }
 
@@ -181,7 +227,7 @@ cd_node *cd_conv2d(cd_graph *g, cd_node *x, cd_node *w, cd_node *b, int stride, 
   int64_t ho = (x->ne[2] + 2 * pad - w->ne[2]) / stride + 1, wo = (x->ne[3] + 2 * pad - w->ne[3]) / stride + 1;
   int64_t ne[4] = {x->ne[0], w->ne[0], ho, wo};
   cd_node *y = new_node(g, CD_OP_CONV2D, 4, ne);
-  set_src(y, 3, x, w, b, NULL);
+  set_src(g, y, 3, x, w, b, NULL);
   y->ip[0] = stride;
   y->ip[1] = pad;
   return y;
@@ -191,7 +237,7 @@ cd_node *cd_pad2d(cd_graph *g, cd_node *x, int l, int r, int t, int b) {
   if (x->ndim != 4 || l < 0 || r < 0 || t < 0 || b < 0) SHAPE_ERR(g, "pad2d", "needs NCHW and non-negative pads", x, x);
   int64_t ne[4] = {x->ne[0], x->ne[1], x->ne[2] + t + b, x->ne[3] + l + r};
   cd_node *y = new_node(g, CD_OP_PAD2D, 4, ne);
-  set_src(y, 1, x, NULL, NULL, NULL);
+  set_src(g, y, 1, x, NULL, NULL, NULL);
   y->ip[0] = l; y->ip[1] = r; y->ip[2] = t; y->ip[3] = b;
   return y;
 }
@@ -203,7 +249,7 @@ cd_node *cd_linear(cd_graph *g, cd_node *x, cd_node *w, cd_node *b) {
   memcpy(ne, x->ne, sizeof ne);
   ne[x->ndim - 1] = w->ne[0];
   cd_node *y = new_node(g, CD_OP_LINEAR, x->ndim, ne);
-  set_src(y, 3, x, w, b, NULL);
+  set_src(g, y, 3, x, w, b, NULL);
   return y;
 }
 
@@ -214,7 +260,7 @@ cd_node *cd_bmm(cd_graph *g, cd_node *a, cd_node *b, int ta, int tb) {
   if (K != K2) SHAPE_ERR(g, "bmm", "inner dimension", a, b);
   int64_t ne[3] = {a->ne[0], M, N};
   cd_node *y = new_node(g, CD_OP_BMM, 3, ne);
-  set_src(y, 2, a, b, NULL, NULL);
+  set_src(g, y, 2, a, b, NULL, NULL);
   y->ip[0] = ta;
   y->ip[1] = tb;
   return y;
@@ -222,7 +268,7 @@ cd_node *cd_bmm(cd_graph *g, cd_node *a, cd_node *b, int ta, int tb) {
 
 static cd_node *unary(cd_graph *g, cd_op op, cd_node *x) {
   cd_node *y = new_node(g, op, x->ndim, x->ne);
-  set_src(y, 1, x, NULL, NULL, NULL);
+  set_src(g, y, 1, x, NULL, NULL, NULL);
   return y;
 }
 
@@ -231,7 +277,7 @@ cd_node *cd_group_norm(cd_graph *g, cd_node *x, cd_node *gamma, cd_node *beta, i
   if ((gamma && (gamma->ndim != 1 || gamma->ne[0] != x->ne[1])) || (beta && (beta->ndim != 1 || beta->ne[0] != x->ne[1])))
     SHAPE_ERR(g, "group_norm", "affine parameters", x, gamma ? gamma : beta);
   cd_node *y = unary(g, CD_OP_GROUP_NORM, x);
-  set_src(y, 3, x, gamma, beta, NULL);
+  set_src(g, y, 3, x, gamma, beta, NULL);
   y->ip[0] = groups;
   y->fp[0] = eps;
   return y;
@@ -242,7 +288,7 @@ cd_node *cd_layer_norm(cd_graph *g, cd_node *x, cd_node *gamma, cd_node *beta, f
   if ((gamma && (gamma->ndim != 1 || gamma->ne[0] != C)) || (beta && (beta->ndim != 1 || beta->ne[0] != C)))
     SHAPE_ERR(g, "layer_norm", "affine parameters", x, gamma ? gamma : beta);
   cd_node *y = unary(g, CD_OP_LAYER_NORM, x);
-  set_src(y, 3, x, gamma, beta, NULL);
+  set_src(g, y, 3, x, gamma, beta, NULL);
   y->fp[0] = eps;
   return y;
 }
@@ -257,7 +303,7 @@ cd_node *cd_geglu(cd_graph *g, cd_node *x) {
   memcpy(ne, x->ne, sizeof ne);
   ne[x->ndim - 1] /= 2;
   cd_node *y = new_node(g, CD_OP_GEGLU, x->ndim, ne);
-  set_src(y, 1, x, NULL, NULL, NULL);
+  set_src(g, y, 1, x, NULL, NULL, NULL);
   return y;
 }
 
@@ -268,7 +314,7 @@ cd_node *cd_attention(cd_graph *g, cd_node *q, cd_node *k, cd_node *v, int heads
   if (v->ne[2] != q->ne[2]) SHAPE_ERR(g, "attention", "value width", q, v);
   if (causal && q->ne[1] != k->ne[1]) SHAPE_ERR(g, "attention", "causal needs Tq == Tk", q, k);
   cd_node *y = new_node(g, CD_OP_ATTENTION, 3, q->ne);
-  set_src(y, 3, q, k, v, NULL);
+  set_src(g, y, 3, q, k, v, NULL);
   y->ip[0] = heads;
   y->ip[1] = causal;
   y->fp[0] = scale;
@@ -282,7 +328,7 @@ cd_node *cd_upsample2x_to(cd_graph *g, cd_node *x, int64_t Ho, int64_t Wo) {
                      (long)Wo, (long)x->ne[2], (long)x->ne[3]);
   int64_t ne[4] = {x->ne[0], x->ne[1], Ho, Wo};
   cd_node *y = new_node(g, CD_OP_UPSAMPLE2X, 4, ne);
-  set_src(y, 1, x, NULL, NULL, NULL);
+  set_src(g, y, 1, x, NULL, NULL, NULL);
   return y;
 }
 
@@ -299,7 +345,7 @@ cd_node *cd_concat(cd_graph *g, cd_node *a, cd_node *b, int dim) {
   memcpy(ne, a->ne, sizeof ne);
   ne[dim] += b->ne[dim];
   cd_node *y = new_node(g, CD_OP_CONCAT, a->ndim, ne);
-  set_src(y, 2, a, b, NULL, NULL);
+  set_src(g, y, 2, a, b, NULL, NULL);
   y->ip[0] = dim;
   return y;
 }
@@ -311,7 +357,7 @@ static cd_node *broadcast_op(cd_graph *g, cd_op op, cd_node *a, cd_node *b) {
     if (db != da && db != 1) SHAPE_ERR(g, cd_op_name(op), "cannot broadcast", a, b);
   }
   cd_node *y = new_node(g, op, a->ndim, a->ne);
-  set_src(y, 2, a, b, NULL, NULL);
+  set_src(g, y, 2, a, b, NULL, NULL);
   return y;
 }
 cd_node *cd_add(cd_graph *g, cd_node *a, cd_node *b) { return broadcast_op(g, CD_OP_ADD, a, b); }
@@ -331,7 +377,7 @@ cd_node *cd_permute(cd_graph *g, cd_node *x, int p0, int p1, int p2, int p3) {
     ne[i] = x->ne[p[i]];
   }
   cd_node *y = new_node(g, CD_OP_PERMUTE, x->ndim, ne);
-  set_src(y, 1, x, NULL, NULL, NULL);
+  set_src(g, y, 1, x, NULL, NULL, NULL);
   for (int i = 0; i < 4; i++) y->ip[i] = i < x->ndim ? p[i] : i;
   return y;
 }
@@ -340,7 +386,7 @@ cd_node *cd_timestep_embed(cd_graph *g, cd_node *t, int dim, int flip, float shi
   if (t->ndim != 1 || dim < 2 || dim % 2) SHAPE_ERR(g, "timestep_embed", "needs t[B] and an even dim", t, t);
   int64_t ne[2] = {t->ne[0], dim};
   cd_node *y = new_node(g, CD_OP_TIMESTEP_EMBED, 2, ne);
-  set_src(y, 1, t, NULL, NULL, NULL);
+  set_src(g, y, 1, t, NULL, NULL, NULL);
   y->ip[0] = dim;
   y->ip[1] = flip;
   y->fp[0] = shift;
@@ -354,7 +400,7 @@ cd_node *cd_embedding(cd_graph *g, cd_node *ids, cd_node *table, cd_node *extra)
   memcpy(ne, ids->ne, sizeof ne);
   ne[ids->ndim] = table->ne[1];
   cd_node *y = new_node(g, CD_OP_EMBEDDING, ids->ndim + 1, ne);
-  set_src(y, 3, ids, table, extra, NULL);
+  set_src(g, y, 3, ids, table, extra, NULL);
   return y;
 }
 
@@ -377,14 +423,14 @@ cd_node *cd_mse(cd_graph *g, cd_node *pred, cd_node *target, cd_node *mask) {
   }
   int64_t one = 1;
   cd_node *y = new_node(g, CD_OP_MSE, 1, &one);
-  set_src(y, 3, pred, target, mask, NULL);
+  set_src(g, y, 3, pred, target, mask, NULL);
   return y;
 }
 
 cd_node *cd_sum(cd_graph *g, cd_node *x) {
   int64_t one = 1;
   cd_node *y = new_node(g, CD_OP_SUM, 1, &one);
-  set_src(y, 1, x, NULL, NULL, NULL);
+  set_src(g, y, 1, x, NULL, NULL, NULL);
   return y;
 }
 
@@ -444,6 +490,7 @@ static cd_node *root_of(cd_node *x) {
 }
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+static size_t grad_bytes(const cd_node *x) { return (size_t)x->n * sizeof(float); } /* gradients are f32 */
 
 int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
   static const cd_plan_opts defaults = {0};
@@ -458,6 +505,11 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
   g->training = opts->training;
   g->loss = opts->loss;
   if (g->training && (!g->loss || g->loss->n != 1)) return cd_set_error("graph: training plan needs a scalar loss node");
+
+  for (int i = 0; i < N; i++)
+    if ((g->nodes[i]->flags & CD_FLAG_TRAINABLE) && g->nodes[i]->type != CD_TYPE_F32)
+      return cd_set_error("graph: trainable parameter %s is %s; gradients and AdamW need f32", g->nodes[i]->name,
+                          cd_type_name(g->nodes[i]->type));
 
   /* 1. needs-grad forward, reaches-loss backward */
   for (int i = 0; i < N; i++) {
@@ -531,7 +583,7 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
     iv[niv++] = (interval){d_start[i], d_end[i], align64(cd_nbytes(x)), &x->data_off};
     if (x->naux) iv[niv++] = (interval){d_start[i], d_end[i], align64(x->naux * sizeof(float)), &x->aux_off};
     if ((x->flags & CD_FLAG_BWD) && g_start[i] <= g_end[i])
-      iv[niv++] = (interval){g_start[i], g_end[i], align64(cd_nbytes(x)), &x->grad_off};
+      iv[niv++] = (interval){g_start[i], g_end[i], align64(grad_bytes(x)), &x->grad_off};
   }
   for (int i = 0; i < niv; i++) naive += iv[i].size;
   size_t total = pack(iv, niv, opts->no_reuse);
@@ -549,9 +601,9 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
     if (x->data_off >= 0) x->data = (float *)((char *)g->arena + x->data_off);
     x->aux = x->aux_off >= 0 ? (float *)((char *)g->arena + x->aux_off) : NULL;
     if (x->flags & CD_FLAG_TRAINABLE) {
-      if (!x->grad) x->grad = cd_aligned_alloc(cd_nbytes(x));
+      if (!x->grad) x->grad = cd_aligned_alloc(grad_bytes(x));
       if (!(x->flags & CD_FLAG_BWD)) { /* trainable but not on the loss path: grad stays 0 */
-        memset(x->grad, 0, cd_nbytes(x));
+        memset(x->grad, 0, grad_bytes(x));
       }
     } else {
       x->grad = x->grad_off >= 0 ? (float *)((char *)g->arena + x->grad_off) : NULL;
@@ -617,12 +669,12 @@ int cd_graph_backward(cd_graph *g) {
   int N = g->n;
   for (int i = 0; i < N; i++) {
     cd_node *x = g->nodes[i];
-    if ((x->flags & CD_FLAG_TRAINABLE) && x->grad) memset(x->grad, 0, cd_nbytes(x));
+    if ((x->flags & CD_FLAG_TRAINABLE) && x->grad) memset(x->grad, 0, grad_bytes(x));
   }
   for (int s = N; s < 2 * N; s++) {
     for (int z = g->zero_start[s]; z < g->zero_start[s + 1]; z++) {
       cd_node *x = g->zero_list[z];
-      g->be->zero(&g->ctx, x->grad, cd_nbytes(x));
+      g->be->zero(&g->ctx, x->grad, grad_bytes(x));
     }
     if (s == N) {
       cd_node *l = root_of(g->loss);
@@ -651,14 +703,22 @@ static int check_range(const cd_graph *g, const cd_node *n, int64_t off, int64_t
   return 0;
 }
 
-int cd_graph_write(cd_graph *g, cd_node *n, int64_t off, int64_t count, const float *host) {
+/* elements [off, off+count) of input n from host values of type t (n's own) */
+static int write_typed(cd_graph *g, cd_node *n, int64_t off, int64_t count, const void *host, cd_type t) {
   if (check_range(g, n, off, count, "write to")) return -1;
   if (!(croot(n)->flags & CD_FLAG_INPUT)) return cd_set_error("graph: '%s' is not an input (cd_input)", n->name);
-  g->be->upload(&g->ctx, n->data + off, host, (size_t)count * sizeof(float));
+  if (n->type != t) return cd_set_error("graph: input '%s' holds %s, not %s", n->name, cd_type_name(n->type), cd_type_name(t));
+  const size_t es = cd_type_size(t);
+  g->be->upload(&g->ctx, (char *)n->data + (size_t)off * es, host, (size_t)count * es);
   return 0;
 }
 
+int cd_graph_write(cd_graph *g, cd_node *n, int64_t off, int64_t count, const float *host) {
+  return write_typed(g, n, off, count, host, CD_TYPE_F32);
+}
+
 int cd_graph_set_input(cd_graph *g, cd_node *n, const float *host) { return cd_graph_write(g, n, 0, n->n, host); }
+int cd_graph_set_input_i32(cd_graph *g, cd_node *n, const int32_t *host) { return write_typed(g, n, 0, n->n, host, CD_TYPE_I32); }
 
 int cd_graph_read(const cd_graph *g, const cd_node *n, int64_t off, int64_t count, float *host) {
   if (check_range(g, n, off, count, "read of")) return -1;
@@ -666,6 +726,7 @@ int cd_graph_read(const cd_graph *g, const cd_node *n, int64_t off, int64_t coun
                    (g->training && croot(n) == croot(g->loss));
   if (!kept)
     return cd_set_error("graph: '%s' is not kept after a run (mark it with cd_graph_output)", n->name);
+  if (n->type != CD_TYPE_F32) return cd_set_error("graph: '%s' holds %s, not f32", n->name, cd_type_name(n->type));
   g->be->download(&g->ctx, host, n->data + off, (size_t)count * sizeof(float));
   return 0;
 }

@@ -49,6 +49,18 @@ typedef enum {
   CD_OP_COUNT
 } cd_op;
 
+/* Storage type of a node's value. Every op computes and accumulates in f32
+ * and produces f32; 16-bit types are for parameters (weights kept in the
+ * checkpoint's f16/bf16), i32 for token ids (ids as floats break in 16-bit:
+ * 49408 is not representable in bf16). LINEAR and CONV2D weights and the
+ * EMBEDDING table may be 16-bit and EMBEDDING ids i32; any other op given a
+ * non-f32 source gets a CAST node in front of it (the builder inserts it).
+ * Gradients are f32: a trainable parameter must be f32. */
+typedef enum { CD_TYPE_F32 = 0, CD_TYPE_F16, CD_TYPE_BF16, CD_TYPE_I32 } cd_type;
+size_t cd_type_size(cd_type t);
+const char *cd_type_name(cd_type t); /* "f32", "f16", "bf16", "i32" */
+int cd_type_parse(const char *s, cd_type *out); /* "f32"|"f16"|"bf16" -> 0, else -1 */
+
 enum {
   CD_FLAG_INPUT = 1,      /* leaf whose data the caller writes after planning */
   CD_FLAG_PARAM = 2,      /* leaf pointing at caller-owned memory */
@@ -60,6 +72,7 @@ enum {
 typedef struct cd_node cd_node;
 struct cd_node {
   cd_op op;
+  cd_type type; /* storage type of data (grad and aux are f32) */
   int ndim;
   int64_t ne[CD_MAX_DIMS];
   int64_t n; /* number of elements */
@@ -80,7 +93,8 @@ struct cd_node {
 #else
 #define CD_NODE_PRIV(f) f
 #endif
-  float *CD_NODE_PRIV(data); /* value: arena, or caller memory for parameters */
+  float *CD_NODE_PRIV(data); /* value: arena, or caller memory for parameters; for a
+                                 non-f32 type the memory holds that type (cast the pointer) */
   float *CD_NODE_PRIV(grad); /* gradient of the final scalar w.r.t. this node, when needed */
   float *CD_NODE_PRIV(aux);  /* op-private saved state (e.g. attention log-sum-exp, norm stats) */
   int64_t naux; /* number of floats in aux; set by the builder */
@@ -101,6 +115,9 @@ void cd_graph_free(cd_graph *g);
 cd_node *cd_input(cd_graph *g, const char *name, int ndim, const int64_t *ne);
 /* data: caller-owned fp32 memory, must outlive the graph */
 cd_node *cd_param(cd_graph *g, const char *name, float *data, int ndim, const int64_t *ne);
+/* same with a storage type: data holds n values of that type */
+cd_node *cd_param_typed(cd_graph *g, const char *name, void *data, cd_type type, int ndim, const int64_t *ne);
+cd_node *cd_input_typed(cd_graph *g, const char *name, cd_type type, int ndim, const int64_t *ne);
 void cd_set_trainable(cd_node *param);
 void cd_graph_output(cd_graph *g, cd_node *n); /* keep value alive after forward */
 
@@ -151,6 +168,7 @@ int cd_graph_backward(cd_graph *g); /* needs a training plan; fills param->grad 
  * gradient the last backward's until the next backward. 0 or -1 +
  * cd_last_error (not planned, not an input/output, range outside the node). */
 int cd_graph_set_input(cd_graph *g, cd_node *n, const float *host);         /* all n->n floats */
+int cd_graph_set_input_i32(cd_graph *g, cd_node *n, const int32_t *host);   /* an i32 input (token ids) */
 int cd_graph_write(cd_graph *g, cd_node *n, int64_t off, int64_t count, const float *host);
 int cd_graph_get(const cd_graph *g, const cd_node *n, float *host);         /* all n->n floats */
 int cd_graph_read(const cd_graph *g, const cd_node *n, int64_t off, int64_t count, float *host);
@@ -169,7 +187,7 @@ void cd_node_set_name(cd_node *n, const char *fmt, ...);
  * model code for missing or mis-shaped weights. */
 cd_node *cd_graph_fail(cd_graph *g, const char *fmt, ...);
 
-static inline size_t cd_nbytes(const cd_node *n) { return (size_t)n->n * sizeof(float); }
+static inline size_t cd_nbytes(const cd_node *n) { return (size_t)n->n * (n->type == CD_TYPE_F16 || n->type == CD_TYPE_BF16 ? 2 : 4); }
 int64_t cd_numel(int ndim, const int64_t *ne);
 const char *cd_op_name(cd_op op);
 

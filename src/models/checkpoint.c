@@ -59,7 +59,25 @@ static int is_float(cd_dtype d) {
 /* stored dtypes seen in one component -> "float16", or "mixed" */
 typedef struct {
   int64_t n[CD_DT_COUNT];
+  int want; /* storage type asked for (cd_type), or -1: each tensor's own (f16/bf16 stay, others f32) */
 } dtally;
+
+static int want_type(const cd_load_opts *o) {
+  cd_type t;
+  return o->weights_dtype && !cd_type_parse(o->weights_dtype, &t) ? (int)t : -1;
+}
+
+/* A weight just stored as f32 from a tensor of dtype dt: narrowed to the
+ * storage type asked for. The model hash covers the values as loaded, so the
+ * digest is taken before narrowing (the hash does not depend on the flag). */
+static void settle(cd_weights *w, const char *name, cd_dtype dt, const dtally *tally) {
+  cd_weight *x = cd_weights_get(w, name);
+  cd_type t = tally->want >= 0 ? (cd_type)tally->want : dt == CD_DT_F16 ? CD_TYPE_F16 : dt == CD_DT_BF16 ? CD_TYPE_BF16 : CD_TYPE_F32;
+  if (!x || t == CD_TYPE_F32 || x->ndim < 2) return;
+  x->digest[0] = cd_hash64(x->data, (size_t)cd_numel(x->ndim, x->ne) * sizeof(float), x->digest + 1);
+  x->has_digest = 1;
+  cd_weight_narrow(x, t);
+}
 
 static void dtally_label(const dtally *t, char out[16]) {
   int found = -1, kinds = 0;
@@ -104,7 +122,9 @@ static int put_f32(cd_weights *w, const cd_tensor_file *f, const cd_tensor_info 
   }
   release_pages(f, t);
   if (tally) tally->n[t->dtype]++;
-  return cd_weights_put(w, name, ndim, ne, d);
+  if (cd_weights_put(w, name, ndim, ne, d)) return -1;
+  if (tally) settle(w, name, t->dtype, tally);
+  return 0;
 }
 
 /* ------------------------------------------------------------- tiny YAML reader */
@@ -383,10 +403,10 @@ static int vae_legacy_name(const char *key, char *out, size_t cap) {
   return 0;
 }
 
-static int load_folder_weights(const char *file, int comp, cd_weights *w, char dtype[16]) {
+static int load_folder_weights(const char *file, int comp, cd_weights *w, char dtype[16], const cd_load_opts *o) {
   cd_tensor_file *f;
   if (cd_tensor_file_open(file, &f)) return -1;
-  dtally tally = {{0}};
+  dtally tally = {{0}, want_type(o)};
   int rc = 0;
   for (int i = 0; i < cd_tf_count(f) && !rc; i++) {
     const cd_tensor_info *t = cd_tf_at(f, i);
@@ -496,7 +516,7 @@ static int load_folder(const char *dir, const cd_load_opts *o, cd_sd_model *m) {
     free(sd);
     if (e) goto done;
     *ws[c] = cd_weights_new();
-    if (load_folder_weights(files[c], c, *ws[c], m->dtype[c])) goto done;
+    if (load_folder_weights(files[c], c, *ws[c], m->dtype[c], o)) goto done;
   }
   rc = 0;
 done:
@@ -794,8 +814,8 @@ static int is_schedule_buffer(const char *k) {
 
 /* maps and stores every key of one component (keys root+pre*) */
 static int load_component(const sfile *s, const char *pre, const cd_keymap *km, cd_weights *w,
-                          char dtype[16]) {
-  dtally tally = {{0}};
+                          char dtype[16], const cd_load_opts *o) {
+  dtally tally = {{0}, want_type(o)};
   size_t rl = strlen(s->root), pl = strlen(pre);
   int count = 0;
   for (int i = 0; i < cd_tf_count(s->f); i++) {
@@ -849,6 +869,7 @@ static int load_component(const sfile *s, const char *pre, const cd_keymap *km, 
         float *d = cd_malloc((size_t)part * sizeof(float));
         memcpy(d, all + q * part, (size_t)part * sizeof(float));
         if (cd_weights_put(w, r.dst[q], t->ndim, ne, d)) { free(all); return -1; }
+        settle(w, r.dst[q], t->dtype, &tally);
       }
       free(all);
       tally.n[t->dtype]++;
@@ -993,7 +1014,7 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
                           : cd_keymap_vae(&km, &m->vae.cfg);
     if (e) goto done;
     *ws[c] = cd_weights_new();
-    e = load_component(&s, pre[c], &km, *ws[c], m->dtype[c]);
+    e = load_component(&s, pre[c], &km, *ws[c], m->dtype[c], o);
     cd_keymap_free(&km);
     if (e) goto done;
   }
@@ -1089,7 +1110,17 @@ static void compute_hash(cd_sd_model *m) {
     int64_t ne = 1;
     for (int d = 0; d < it[i].w->ndim; d++) ne *= it[i].w->ne[d];
     uint64_t v[4];
-    v[0] = cd_hash64(it[i].w->data, (size_t)ne * sizeof(float), v + 1);
+    if (it[i].w->has_digest) { /* taken at load, before narrowing */
+      memcpy(v, it[i].w->digest, sizeof v);
+    } else if (it[i].w->type == CD_TYPE_F32) {
+      v[0] = cd_hash64(it[i].w->data, (size_t)ne * sizeof(float), v + 1);
+    } else { /* 16-bit without a load digest: hash the widened values */
+      float *tmp = cd_malloc((size_t)(ne ? ne : 1) * sizeof(float));
+      for (int64_t k = 0; k < ne; k++)
+        tmp[k] = it[i].w->type == CD_TYPE_F16 ? cd_f16_to_f32(it[i].w->h16[k]) : cd_bf16_to_f32(it[i].w->h16[k]);
+      v[0] = cd_hash64(tmp, (size_t)ne * sizeof(float), v + 1);
+      free(tmp);
+    }
     memcpy(it[i].d, v, sizeof v); /* digest, lanes 0-2 */
   }
   cd_sha256_ctx ctx;
@@ -1121,6 +1152,9 @@ int cd_sd_load(const char *path, const cd_load_opts *opts, cd_sd_model **out) {
   cd_load_opts none = {0};
   const cd_load_opts *o = opts ? opts : &none;
   if (!path || !*path) return cd_set_error("no model path given");
+  cd_type wt;
+  if (o->weights_dtype && cd_type_parse(o->weights_dtype, &wt))
+    return cd_set_error("--weights-dtype must be f32, f16 or bf16 (got '%s')", o->weights_dtype);
   cd_sd_model *m = cd_calloc(1, sizeof *m);
   snprintf(m->path, sizeof m->path, "%s", path);
   for (int c = 0; c < 3; c++) snprintf(m->dtype[c], sizeof m->dtype[c], "none");

@@ -21,6 +21,22 @@ static void ints(FILE *o, const int *v, int n) {
   for (int i = 0; i < n; i++) fprintf(o, "%s%d", i ? "," : "", v[i]);
 }
 
+/* storage types of the weights with 2+ dims, e.g. "f16" or "f16+f32" */
+static const char *resident_types(const cd_sd_model *m, char buf[32]) {
+  int seen[4] = {0};
+  const cd_weights *cw[3] = {m->clip.w, m->unet.w, m->vae.w};
+  for (int c = 0; c < 3; c++)
+    for (int i = 0; cw[c] && i < cd_weights_count(cw[c]); i++) {
+      const cd_weight *x = cd_weights_at(cw[c], i);
+      if (x->ndim >= 2) seen[x->type] = 1;
+    }
+  int k = 0;
+  buf[0] = 0;
+  for (int t = 0; t < 4; t++)
+    if (seen[t]) k += snprintf(buf + k, 32 - k, "%s%s", k ? "+" : "", cd_type_name((cd_type)t));
+  return k ? buf : "none";
+}
+
 int cd_sd_info(const cd_sd_model *m, FILE *o) {
   char b[32];
   const cd_unet_config *u = &m->unet.cfg;
@@ -61,6 +77,12 @@ int cd_sd_info(const cd_sd_model *m, FILE *o) {
   } else {
     fprintf(o, "vae:          not loaded\n");
   }
+  const cd_weights *cw[3] = {m->clip.w, m->unet.w, m->vae.w};
+  size_t res[3], tot = 0;
+  char types[32];
+  for (int c = 0; c < 3; c++) tot += res[c] = cw[c] ? cd_weights_bytes(cw[c]) : 0;
+  fprintf(o, "resident:     %.1f MiB of weights in memory (text encoder %.1f, unet %.1f, vae %.1f; 2+-dim weights in %s)\n",
+          tot / 1048576.0, res[0] / 1048576.0, res[1] / 1048576.0, res[2] / 1048576.0, resident_types(m, types));
   fprintf(o, "tokenizer:    %s\n", m->tok ? "loaded" : "none (pass --vocab)");
   fprintf(o, "hash:         %s\n", m->hash);
   return ferror(o) ? cd_set_error("cannot write the model summary") : 0;

@@ -29,6 +29,8 @@ typedef struct {
   const char *prediction; /* "eps" | "v" | NULL (from the scheduler config / .yaml / default eps) */
   const char *vocab;      /* tokenizer path override (folder or bpe_simple_vocab_16e6.txt.gz) */
   int no_vae, no_unet, no_text; /* skip loading a component */
+  const char *weights_dtype; /* "f32" | "f16" | "bf16": storage of weights with 2+ dims; NULL: each tensor's own
+                                (f16/bf16 stay 16-bit, anything else f32). 1-D weights are always f32. */
 } cd_load_opts;
 
 /* path: a diffusers folder (model_index.json), or a single-file checkpoint

@@ -1,4 +1,4 @@
-/* weights.c - name -> fp32 tensor store with an open-addressing hash index. */
+/* weights.c - name -> tensor store (f32, f16 or bf16) with an open-addressing hash index. */
 #include "weights.h"
 
 #include <stdarg.h>
@@ -22,6 +22,7 @@ void cd_weights_free(cd_weights *w) {
   for (int i = 0; i < w->n; i++) {
     free(w->v[i].name);
     free(w->v[i].data);
+    free(w->v[i].h16);
   }
   free(w->v);
   free(w->idx);
@@ -51,13 +52,25 @@ static int find(const cd_weights *w, const char *name) {
 }
 
 int cd_weights_put(cd_weights *w, const char *name, int ndim, const int64_t *ne, float *data) {
+  return cd_weights_put_typed(w, name, ndim, ne, CD_TYPE_F32, data);
+}
+
+int cd_weights_put_typed(cd_weights *w, const char *name, int ndim, const int64_t *ne, cd_type type, void *data) {
   if (ndim < 0 || ndim > 4) {
     free(data);
     return cd_set_error("weight %s: %d dimensions (at most 4 supported)", name, ndim);
   }
+  if (type != CD_TYPE_F32 && type != CD_TYPE_F16 && type != CD_TYPE_BF16) {
+    free(data);
+    return cd_set_error("weight %s: storage type %s is not a float type", name, cd_type_name(type));
+  }
   int i = find(w, name);
   if (i >= 0) { /* replace */
     free(w->v[i].data);
+    free(w->v[i].h16);
+    w->v[i].data = NULL;
+    w->v[i].h16 = NULL;
+    w->v[i].has_digest = 0;
   } else {
     if (w->n == w->cap) {
       w->cap = w->cap ? 2 * w->cap : 256;
@@ -76,8 +89,48 @@ int cd_weights_put(cd_weights *w, const char *name, int ndim, const int64_t *ne,
   cd_weight *x = &w->v[i];
   x->ndim = ndim;
   for (int d = 0; d < 4; d++) x->ne[d] = d < ndim ? ne[d] : 1;
-  x->data = data;
+  x->type = type;
+  if (type == CD_TYPE_F32) x->data = data;
+  else x->h16 = data;
   return 0;
+}
+
+float *cd_weight_f32(cd_weight *x) {
+  if (x->type == CD_TYPE_F32) return x->data;
+  int64_t n = cd_numel(x->ndim, x->ne);
+  float *d = cd_malloc((size_t)(n ? n : 1) * sizeof(float));
+  for (int64_t k = 0; k < n; k++) d[k] = x->type == CD_TYPE_F16 ? cd_f16_to_f32(x->h16[k]) : cd_bf16_to_f32(x->h16[k]);
+  free(x->h16);
+  x->h16 = NULL;
+  x->data = d;
+  x->type = CD_TYPE_F32;
+  return d;
+}
+
+void cd_weight_narrow(cd_weight *x, cd_type type) {
+  if (type == CD_TYPE_F32 || type == x->type || x->ndim < 2) return;
+  float *f = cd_weight_f32(x);
+  int64_t n = cd_numel(x->ndim, x->ne);
+  uint16_t *h = cd_malloc((size_t)(n ? n : 1) * sizeof(uint16_t));
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t k = 0; k < n; k++) h[k] = type == CD_TYPE_F16 ? cd_f32_to_f16(f[k]) : cd_f32_to_bf16(f[k]);
+  free(f);
+  x->data = NULL;
+  x->h16 = h;
+  x->type = type;
+}
+
+void cd_weight_row_f32(const cd_weight *x, int64_t r, float *dst) {
+  const int64_t D = x->ndim > 1 ? x->ne[1] : 1;
+  for (int64_t k = 0; k < D; k++)
+    dst[k] = x->type == CD_TYPE_F32 ? x->data[r * D + k] : x->type == CD_TYPE_F16 ? cd_f16_to_f32(x->h16[r * D + k]) : cd_bf16_to_f32(x->h16[r * D + k]);
+}
+
+size_t cd_weight_bytes(const cd_weight *x) { return (size_t)cd_numel(x->ndim, x->ne) * cd_type_size(x->type); }
+size_t cd_weights_bytes(const cd_weights *w) {
+  size_t s = 0;
+  for (int i = 0; w && i < w->n; i++) s += cd_weight_bytes(&w->v[i]);
+  return s;
 }
 
 cd_weight *cd_weights_get(const cd_weights *w, const char *name) {
@@ -125,7 +178,7 @@ static cd_node *wparam(cd_graph *g, cd_weights *w, int ndim, const int64_t *ne, 
     }
   }
   x->used = 1;
-  x->node = cd_param(g, name, x->data, x->ndim, x->ne);
+  x->node = cd_param_typed(g, name, x->type == CD_TYPE_F32 ? (void *)x->data : (void *)x->h16, x->type, x->ndim, x->ne);
   return x->node;
 }
 

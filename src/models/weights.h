@@ -1,4 +1,10 @@
-/* weights.h - a model component's parameters by name, in fp32.
+/* weights.h - a model component's parameters by name.
+ *
+ * Storage: f32, or f16/bf16 kept as the checkpoint stores them (or as
+ * --weights-dtype asks) for tensors of two or more dimensions; the engine
+ * widens them blockwise inside its kernels (graph.h, cd_type). Code that needs
+ * a weight's values on the host as floats (deltas, merge, training's master
+ * weights) calls cd_weight_f32(), which widens that one weight in place.
  *
  * Names are the diffusers module paths (e.g. "down_blocks.0.attentions.0.
  * transformer_blocks.0.attn2.to_k.weight"); loaders of other layouts map
@@ -17,7 +23,11 @@ typedef struct {
   char *name;
   int ndim;
   int64_t ne[4];
-  float *data; /* owned by the store, fp32 */
+  cd_type type;  /* CD_TYPE_F32, _F16 or _BF16 */
+  float *data;   /* owned by the store: the f32 values, NULL when type is 16-bit */
+  uint16_t *h16; /* owned by the store: the 16-bit values when type is f16/bf16 */
+  int has_digest;     /* digest holds cd_hash64 of the values as f32 at load (model hash) */
+  uint64_t digest[4];
   int used;    /* set when a graph asked for it: unused keys are unknown keys */
   cd_node *node; /* scratch: last param node made for it */
 } cd_weight;
@@ -28,6 +38,18 @@ cd_weights *cd_weights_new(void);
 void cd_weights_free(cd_weights *w);
 /* takes ownership of data (allocated with cd_malloc/cd_aligned_alloc... freed with free()) */
 int cd_weights_put(cd_weights *w, const char *name, int ndim, const int64_t *ne, float *data);
+/* same for 16-bit values (type CD_TYPE_F16/BF16; data: n uint16_t, owned) */
+int cd_weights_put_typed(cd_weights *w, const char *name, int ndim, const int64_t *ne, cd_type type, void *data);
+/* the weight's values as f32 (widened in place, once); never NULL */
+float *cd_weight_f32(cd_weight *x);
+/* f32 values narrowed to `type` (round to nearest even) when the weight has
+ * two or more dimensions; 1-D weights (biases, norms) stay f32. */
+void cd_weight_narrow(cd_weight *x, cd_type type);
+/* row r of a 2-D weight (ne[1] values) as f32, without widening the rest */
+void cd_weight_row_f32(const cd_weight *x, int64_t r, float *dst);
+/* resident bytes of the values */
+size_t cd_weight_bytes(const cd_weight *x);
+size_t cd_weights_bytes(const cd_weights *w);
 cd_weight *cd_weights_get(const cd_weights *w, const char *name);
 int cd_weights_count(const cd_weights *w);
 cd_weight *cd_weights_at(const cd_weights *w, int i);

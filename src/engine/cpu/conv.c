@@ -12,6 +12,9 @@
  * Backward per band: dW += dY_band * col_band^T, dcol = W^T * dY_band and
  * col2im adds dcol into dx. Only the gradients that are wanted are computed.
  *
+ * A 16-bit W is widened a panel of output channels at a time (cpu.h):
+ * each panel's rows of y (and its share of dcol/dx) come from one sgemm.
+ *
  * Threads: the im2col/col2im loops use OpenMP; sgemm is called outside any
  * parallel region (OpenBLAS has its own threads).
  */
@@ -124,10 +127,12 @@ void cd_cpu_conv2d_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
     if (n->n) memset(n->data, 0, cd_nbytes(n));
     return;
   }
-  const float *w = wn->data, *b = bn ? bn->data : NULL;
+  const float *b = bn ? bn->data : NULL;
   int direct = conv_is_direct(&q);
   int64_t band = conv_band_rows(&q);
   float *col = direct ? NULL : cd_aligned_alloc((size_t)q.K * band * q.Wo * sizeof(float));
+  cd_cpu_panels wp;
+  cd_cpu_panels_init(&wp, wn, q.O, q.K);
   for (int64_t i = 0; i < q.N; i++) {
     const float *x = xn->data + i * q.C * q.H * q.W;
     float *y = n->data + i * q.O * q.P;
@@ -138,18 +143,25 @@ void cd_cpu_conv2d_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
     }
     float beta = b ? 1.0f : 0.0f;
     if (direct) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)q.O, (int)q.P, (int)q.K,
-                  1.0f, w, (int)q.K, x, (int)q.P, beta, y, (int)q.P);
+      for (int64_t o0 = 0; o0 < q.O; o0 += wp.per) {
+        const int64_t ob = CD_MIN(wp.per, q.O - o0);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)ob, (int)q.P, (int)q.K,
+                    1.0f, cd_cpu_panels_get(&wp, o0, ob), (int)q.K, x, (int)q.P, beta, y + o0 * q.P, (int)q.P);
+      }
       continue;
     }
     for (int64_t y0 = 0; y0 < q.Ho; y0 += band) {
       int64_t y1 = CD_MIN(q.Ho, y0 + band), cols = (y1 - y0) * q.Wo;
       im2col_band(&q, x, col, y0, y1);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)q.O, (int)cols, (int)q.K,
-                  1.0f, w, (int)q.K, col, (int)cols, beta, y + y0 * q.Wo, (int)q.P);
+      for (int64_t o0 = 0; o0 < q.O; o0 += wp.per) {
+        const int64_t ob = CD_MIN(wp.per, q.O - o0);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)ob, (int)cols, (int)q.K,
+                    1.0f, cd_cpu_panels_get(&wp, o0, ob), (int)q.K, col, (int)cols, beta, y + o0 * q.P + y0 * q.Wo, (int)q.P);
+      }
     }
   }
   cd_aligned_free(col);
+  cd_cpu_panels_free(&wp);
 }
 
 void cd_cpu_conv2d_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
@@ -174,7 +186,8 @@ void cd_cpu_conv2d_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   }
   if (!dx && !dw) return;
 
-  const float *w = wn->data;
+  cd_cpu_panels wp; /* W for dx (dw implies an f32, trainable W) */
+  cd_cpu_panels_init(&wp, wn, q.O, q.K);
   int direct = conv_is_direct(&q);
   int64_t band = conv_band_rows(&q);
   size_t band_floats = (size_t)q.K * band * q.Wo;
@@ -190,8 +203,11 @@ void cd_cpu_conv2d_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)q.O, (int)q.K, (int)q.P,
                     1.0f, dyi, (int)q.P, x, (int)q.P, 1.0f, dw, (int)q.K);
       if (dxi)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)q.K, (int)q.P, (int)q.O,
-                    1.0f, w, (int)q.K, dyi, (int)q.P, 1.0f, dxi, (int)q.P);
+        for (int64_t o0 = 0; o0 < q.O; o0 += wp.per) {
+          const int64_t ob = CD_MIN(wp.per, q.O - o0);
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)q.K, (int)q.P, (int)ob,
+                      1.0f, cd_cpu_panels_get(&wp, o0, ob), (int)q.K, dyi + o0 * q.P, (int)q.P, 1.0f, dxi, (int)q.P);
+        }
       continue;
     }
     for (int64_t y0 = 0; y0 < q.Ho; y0 += band) {
@@ -202,13 +218,17 @@ void cd_cpu_conv2d_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)q.O, (int)q.K, (int)cols,
                     1.0f, dyb, (int)q.P, col, (int)cols, 1.0f, dw, (int)q.K);
       }
-      if (dxi) {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)q.K, (int)cols, (int)q.O,
-                    1.0f, w, (int)q.K, dyb, (int)q.P, 0.0f, dcol, (int)cols);
+      if (dxi) { /* dcol = W^T dY_band, summed over panels of W's rows */
+        for (int64_t o0 = 0; o0 < q.O; o0 += wp.per) {
+          const int64_t ob = CD_MIN(wp.per, q.O - o0);
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)q.K, (int)cols, (int)ob,
+                      1.0f, cd_cpu_panels_get(&wp, o0, ob), (int)q.K, dyb + o0 * q.P, (int)q.P, o0 ? 1.0f : 0.0f, dcol, (int)cols);
+        }
         col2im_band(&q, dcol, dxi, y0, y1);
       }
     }
   }
   cd_aligned_free(col);
   cd_aligned_free(dcol);
+  cd_cpu_panels_free(&wp);
 }

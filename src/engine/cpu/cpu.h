@@ -24,6 +24,23 @@ void cd_cpu_adamw(const cd_kernel_ctx *ctx, const cd_adamw_args *a, float *w, co
 int64_t cd_cpu_nonfinite(const cd_kernel_ctx *ctx, const float *x, int64_t n);
 void cd_cpu_accumulate(const cd_kernel_ctx *ctx, float *acc, float *g, int64_t n, int k, int K);
 
+/* Storage types (convert.c). cd_cpu_to_f32 widens elements [off, off+n) of
+ * src (type t) into dst. A weight w [rows, rowlen] is walked in panels of
+ * `per` rows (all rows at once when it is f32): cd_cpu_panels_get returns
+ * rows [r0, r0+nr) as f32, pointing into w itself when it is f32, else
+ * widened into the panel buffer (unless that panel is the one widened last,
+ * so a weight that fits one panel is widened once per kernel call). */
+void cd_cpu_to_f32(const void *src, cd_type t, int64_t off, int64_t n, float *dst);
+extern size_t cd_cpu_panel_bytes; /* f32 bytes per panel (2 MiB); tests shrink it */
+typedef struct {
+  const cd_node *w;
+  int64_t rows, rowlen, per, r0, nr;
+  float *buf;
+} cd_cpu_panels;
+void cd_cpu_panels_init(cd_cpu_panels *p, const cd_node *w, int64_t rows, int64_t rowlen);
+const float *cd_cpu_panels_get(cd_cpu_panels *p, int64_t r0, int64_t nr);
+void cd_cpu_panels_free(cd_cpu_panels *p);
+
 /* EMBEDDING never crashes on an id outside [0, V + E) or one that is not an
  * integer: it writes a zero row and counts the id here (process-wide,
  * thread-safe). Returns the number of such ids seen since the last reset, so

@@ -32,21 +32,26 @@ void cd_cpu_timestep_embed_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   }
 }
 
-/* ---- EMBEDDING: ids[S] (floats holding integers), table[V, D], extra[E, D]|NULL -> [S, D] ---- */
+/* ---- EMBEDDING: ids[S] (i32, or floats holding integers), table[V, D] (f32, f16
+ * or bf16: a row is widened as it is copied), extra[E, D]|NULL -> [S, D] ---- */
 
 static atomic_int bad_ids;
 
 int cd_cpu_embedding_bad_ids(void) { return atomic_load(&bad_ids); }
 void cd_cpu_embedding_reset_bad_ids(void) { atomic_store(&bad_ids, 0); }
 
-/* the row that id f reads, or NULL when f is not an integer in [0, V + E) */
-static const float *embed_row(float f, const cd_node *table, const cd_node *extra, int *which, int64_t *row) {
-  const int64_t V = table->ne[0], E = extra ? extra->ne[0] : 0, D = table->ne[1];
-  if (!(f >= 0.0f && (double)f < (double)(V + E)) || f != floorf(f)) return NULL;
+/* id i of the ids node as a double (i32 ids are exact; float ids may not be integers) */
+static double id_at(const cd_node *ids, int64_t i) {
+  return ids->type == CD_TYPE_I32 ? (double)((const int32_t *)(const void *)ids->data)[i] : (double)ids->data[i];
+}
+
+/* Where id f reads: 0 = table, 1 = extra, with *row; -1 when f is not an integer in [0, V + E). */
+static int embed_row(double f, const cd_node *table, const cd_node *extra, int64_t *row) {
+  const int64_t V = table->ne[0], E = extra ? extra->ne[0] : 0;
+  if (!(f >= 0.0 && f < (double)(V + E)) || f != floor(f)) return -1;
   const int64_t id = (int64_t)f;
-  *which = id >= V;
   *row = id < V ? id : id - V;
-  return id < V ? table->data + id * D : extra->data + (id - V) * D;
+  return id >= V;
 }
 
 void cd_cpu_embedding_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
@@ -55,11 +60,11 @@ void cd_cpu_embedding_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   int bad = 0;
 #pragma omp parallel for schedule(static) reduction(+ : bad) if (n->n > 32768)
   for (int64_t i = 0; i < ids->n; i++) {
-    int which;
     int64_t row;
-    const float *src = embed_row(ids->data[i], table, extra, &which, &row);
-    if (src) {
-      memcpy(n->data + i * D, src, D * sizeof(float));
+    int which = embed_row(id_at(ids, i), table, extra, &row);
+    if (which >= 0) {
+      const cd_node *src = which ? extra : table;
+      cd_cpu_to_f32(src->data, src->type, row * D, D, n->data + i * D);
     } else {
       memset(n->data + i * D, 0, D * sizeof(float));
       bad++;
@@ -75,9 +80,9 @@ void cd_cpu_embedding_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const int64_t D = table->ne[1];
   /* serial: repeated ids add into the same row (a few hundred rows at most) */
   for (int64_t i = 0; i < ids->n; i++) {
-    int which;
     int64_t row;
-    if (!embed_row(ids->data[i], table, extra, &which, &row)) continue;
+    int which = embed_row(id_at(ids, i), table, extra, &row);
+    if (which < 0) continue;
     float *g = which ? ge : gt;
     if (!g) continue;
     g += row * D;

@@ -8,6 +8,9 @@
  *         a is stored [B, M, K], or [B, K, M] when ip[0] (op = transpose);
  *         b is stored [B, K, N], or [B, N, K] when ip[1].
  *
+ * A 16-bit w is widened a panel of rows (output features) at a time
+ * (cpu.h): y[:, panel] = x * panel^T; dx += dy[:, panel] * panel.
+ *
  * sgemm is always called outside OpenMP regions (OpenBLAS has its own threads).
  */
 #include <cblas.h>
@@ -35,8 +38,14 @@ void cd_cpu_linear_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
     if (!bn) memset(y, 0, cd_nbytes(n));
     return;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)M, (int)K,
-              1.0f, xn->data, (int)K, wn->data, (int)K, beta, y, (int)M);
+  cd_cpu_panels wp;
+  cd_cpu_panels_init(&wp, wn, M, K);
+  for (int64_t m0 = 0; m0 < M; m0 += wp.per) {
+    const int64_t mb = CD_MIN(wp.per, M - m0);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)mb, (int)K,
+                1.0f, xn->data, (int)K, cd_cpu_panels_get(&wp, m0, mb), (int)K, beta, y + m0, (int)M);
+  }
+  cd_cpu_panels_free(&wp);
 }
 
 void cd_cpu_linear_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
@@ -45,9 +54,16 @@ void cd_cpu_linear_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const int64_t R = M ? n->n / M : 0;
   const float *dy = n->grad;
   if (n->n == 0) return;
-  if (xn->grad && K) /* dx [R, K] += dy [R, M] * w [M, K] */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)K, (int)M,
-                1.0f, dy, (int)M, wn->data, (int)K, 1.0f, xn->grad, (int)K);
+  if (xn->grad && K) { /* dx [R, K] += dy [R, M] * w [M, K], a panel of w's rows at a time */
+    cd_cpu_panels wp;
+    cd_cpu_panels_init(&wp, wn, M, K);
+    for (int64_t m0 = 0; m0 < M; m0 += wp.per) {
+      const int64_t mb = CD_MIN(wp.per, M - m0);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)K, (int)mb,
+                  1.0f, dy + m0, (int)M, cd_cpu_panels_get(&wp, m0, mb), (int)K, 1.0f, xn->grad, (int)K);
+    }
+    cd_cpu_panels_free(&wp);
+  }
   if (wn->grad && K) /* dw [M, K] += dy^T [M, R] * x [R, K] */
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)M, (int)K, (int)R,
                 1.0f, dy, (int)M, xn->data, (int)K, 1.0f, wn->grad, (int)K);

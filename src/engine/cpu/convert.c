@@ -1,0 +1,76 @@
+/* convert.c - storage types on the CPU: CAST (any type -> f32) and the
+ * blockwise conversion of 16-bit weights that LINEAR, CONV2D and EMBEDDING
+ * use. The CPU keeps f32 activations and f32 accumulation; a 16-bit weight is
+ * widened a panel of rows at a time into scratch right before sgemm reads it,
+ * so the resident copy stays 16-bit. Widening f16/bf16 to f32 is exact. */
+#include <string.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
+#include "core/common.h"
+#include "engine/cpu/cpu.h"
+
+/* Bytes of f32 per converted panel: big enough that sgemm gets a wide block
+ * (it splits the other dimension between threads), small enough to stay in
+ * the outer caches between conversion and use. Not static: tests shrink it to
+ * exercise panel edges. */
+size_t cd_cpu_panel_bytes = (size_t)2 << 20;
+
+static void f16_to_f32(const uint16_t *s, float *d, int64_t n) {
+  int64_t i = 0;
+#ifdef __F16C__
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+#endif
+  for (; i < n; i++) d[i] = cd_f16_to_f32(s[i]);
+}
+
+static void bf16_to_f32(const uint16_t *s, float *d, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t b = (uint32_t)s[i] << 16;
+    memcpy(d + i, &b, 4);
+  }
+}
+
+void cd_cpu_to_f32(const void *src, cd_type t, int64_t off, int64_t n, float *dst) {
+  const int64_t CH = 16384;
+#pragma omp parallel for schedule(static) if (n > 4 * CH)
+  for (int64_t c = 0; c < n; c += CH) {
+    int64_t k = CD_MIN(CH, n - c), at = off + c;
+    switch (t) {
+    case CD_TYPE_F32: memcpy(dst + c, (const float *)src + at, (size_t)k * sizeof(float)); break;
+    case CD_TYPE_F16: f16_to_f32((const uint16_t *)src + at, dst + c, k); break;
+    case CD_TYPE_BF16: bf16_to_f32((const uint16_t *)src + at, dst + c, k); break;
+    case CD_TYPE_I32:
+      for (int64_t i = 0; i < k; i++) dst[c + i] = (float)((const int32_t *)src)[at + i];
+      break;
+    }
+  }
+}
+
+static int64_t panel_rows(int64_t rowlen) {
+  return CD_MAX(1, (int64_t)(cd_cpu_panel_bytes / sizeof(float)) / CD_MAX(1, rowlen));
+}
+
+void cd_cpu_panels_init(cd_cpu_panels *p, const cd_node *w, int64_t rows, int64_t rowlen) {
+  *p = (cd_cpu_panels){.w = w, .rows = rows, .rowlen = rowlen, .r0 = -1};
+  p->per = w->type == CD_TYPE_F32 ? CD_MAX(1, rows) : CD_MIN(CD_MAX(1, rows), panel_rows(rowlen));
+  if (w->type != CD_TYPE_F32) p->buf = cd_aligned_alloc((size_t)p->per * CD_MAX(1, rowlen) * sizeof(float));
+}
+
+const float *cd_cpu_panels_get(cd_cpu_panels *p, int64_t r0, int64_t nr) {
+  if (p->w->type == CD_TYPE_F32) return p->w->data + r0 * p->rowlen;
+  if (r0 != p->r0 || nr != p->nr) {
+    cd_cpu_to_f32(p->w->data, p->w->type, r0 * p->rowlen, nr * p->rowlen, p->buf);
+    p->r0 = r0;
+    p->nr = nr;
+  }
+  return p->buf;
+}
+
+void cd_cpu_panels_free(cd_cpu_panels *p) {
+  cd_aligned_free(p->buf);
+  p->buf = NULL;
+}
+
+void cd_cpu_cast_fwd(const cd_kernel_ctx *ctx, cd_node *n) { cd_cpu_to_f32(n->src[0]->data, n->src[0]->type, 0, n->n, n->data); }
