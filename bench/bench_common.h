@@ -67,11 +67,12 @@ typedef struct {
   const char *path; /* MODEL, default BENCH_DEFAULT_MODEL */
   int given;        /* MODEL was on the command line */
   int res;          /* image size in pixels: 512, --quick 256, --res PX */
+  const char *wdtype; /* --weights-dtype f32|f16|bf16, NULL: the checkpoint's own */
 } bench_model_args;
 
 /* the usage line of a model bench; own_flags: its flags after --res PX */
 static inline void bench_model_usage(const char *prog, const char *own_flags) {
-  fprintf(stderr, "usage: %s [MODEL] [--quick] [--res PX] %s\n"
+  fprintf(stderr, "usage: %s [MODEL] [--quick] [--res PX] [--weights-dtype f32|f16|bf16] %s\n"
                   "  MODEL: diffusers folder or single file (default " BENCH_DEFAULT_MODEL ";\n"
                   "         make one with build/tools/gen_sd_random --out " BENCH_DEFAULT_MODEL ")\n", prog, own_flags);
 }
@@ -80,6 +81,7 @@ static inline void bench_model_args_default(bench_model_args *a) {
   a->path = BENCH_DEFAULT_MODEL;
   a->given = 0;
   a->res = 512;
+  a->wdtype = NULL;
 }
 
 /* takes argv[*i] if it is MODEL, --quick, --res PX or -h/--help (advancing *i
@@ -91,6 +93,7 @@ static inline int bench_model_arg(const char *prog, const char *own_flags, int a
   const char *s = argv[*i];
   if (!strcmp(s, "--quick")) a->res = 256;
   else if (!strcmp(s, "--res") && *i + 1 < argc) a->res = atoi(argv[++*i]);
+  else if (!strcmp(s, "--weights-dtype") && *i + 1 < argc) a->wdtype = argv[++*i];
   else if (!strcmp(s, "-h") || !strcmp(s, "--help")) { bench_model_usage(prog, own_flags); return 1; }
   else if (s[0] == '-') {
     fprintf(stderr, "%s: unknown flag %s\n", prog, s);

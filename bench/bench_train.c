@@ -140,11 +140,12 @@ int main(int argc, char **argv) {
   bench_print_env("bench_train");
   if (bench_model_missing("bench_train", &a)) return a.given ? 2 : 0;
   double t0 = cd_time();
-  cd_sd_model *m = bench_load_model("bench_train", path, NULL);
+  cd_load_opts lo = {.weights_dtype = a.wdtype};
+  cd_sd_model *m = bench_load_model("bench_train", path, &lo);
   if (!m) return 1;
-  double wbytes = 4.0 * (double)(cd_weights_numel(m->unet.w) + cd_weights_numel(m->vae.w) + cd_weights_numel(m->clip.w));
-  printf("loaded %s (%s) in %.1fs: %.2f GiB of fp32 weights\n", path, m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x",
-         cd_time() - t0, wbytes / GIB);
+  double wbytes = (double)(cd_weights_bytes(m->unet.w) + cd_weights_bytes(m->vae.w) + cd_weights_bytes(m->clip.w));
+  printf("loaded %s (%s) in %.1fs: %.2f GiB of weights (%s)\n", path, m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x",
+         cd_time() - t0, wbytes / GIB, a.wdtype ? a.wdtype : "as stored");
 
   cd_train_opts o;
   cd_train_opts_default(&o);
@@ -168,7 +169,7 @@ int main(int argc, char **argv) {
   printf("trainer at %dx%d, %d examples per step (1 instance + 1 class), planned in %.1fs\n", res, res, t.B,
          cd_time() - t0);
   printf("memory plan\n");
-  printf("  fp32 weights (text, UNet, VAE)       %7.2f GiB\n", wbytes / GIB);
+  printf("  weights (text, UNet, VAE)            %7.2f GiB\n", wbytes / GIB);
   printf("  training graph arena (%5d nodes)    %7.2f GiB  (unplanned %.2f GiB)\n", cd_graph_nnodes(t.g), arena / GIB,
          cd_graph_naive_bytes(t.g) / GIB);
   printf("  VAE encoder arena                    %7.2f GiB\n", enc / GIB);

@@ -81,12 +81,12 @@ int main(int argc, char **argv) {
   printf("sgemm 2048^3 (best of 6, start): %.1f GFLOP/s\n", peak0);
 
   double t0 = cd_time();
-  cd_load_opts lo = {.no_vae = 1, .no_text = 1};
+  cd_load_opts lo = {.no_vae = 1, .no_text = 1, .weights_dtype = a.wdtype};
   cd_sd_model *m = bench_load_model("bench_unet", path, &lo);
   if (!m) return 1;
-  printf("loaded the UNet of %s (%s, %s, %.1fM parameters) in %.1fs\n", path,
+  printf("loaded the UNet of %s (%s, %s, %.1fM parameters) in %.1fs: %.2f GiB resident (weights %s)\n", path,
          m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x", m->dtype[1], cd_weights_numel(m->unet.w) / 1e6,
-         cd_time() - t0);
+         cd_time() - t0, cd_weights_bytes(m->unet.w) / 1073741824.0, a.wdtype ? a.wdtype : "as stored");
 
   const int B = 2;
   const int64_t h = res / 8, ctxd = m->unet.cfg.context_dim;

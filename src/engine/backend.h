@@ -84,5 +84,8 @@ const cd_backend *cd_backend_cpu(void);
 /* the backend a graph runs on and its kernel context (engine-internal: optim.c) */
 const cd_backend *cd_graph_backend(const cd_graph *g);
 const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g);
+/* a weight store g's parameters come from (wstore.c): synced before each forward */
+struct cd_wstore;
+void cd_graph_use_store(cd_graph *g, struct cd_wstore *s);
 
 #endif

@@ -18,6 +18,7 @@
 
 #include "backend.h"
 #include "ops.h"
+#include "wstore.h"
 #include "core/common.h"
 
 #define CD_FLAG_BWD 32 /* derived at plan time: needs grad and reaches the loss */
@@ -38,6 +39,8 @@ struct cd_graph {
   int profile;        /* CDIFF_PROFILE set: time per op, printed by cd_graph_free */
   double prof_t[2][CD_OP_COUNT];
   long prof_n[2][CD_OP_COUNT];
+  struct cd_wstore **stores; /* weight stores its parameters come from: synced before each forward */
+  int nstores;
 };
 
 static const char *type_names[] = {"f32", "f16", "bf16", "i32"};
@@ -70,6 +73,13 @@ cd_graph *cd_graph_new(void) { return cd_graph_new_on(cd_backend_cpu()); }
 const cd_backend *cd_graph_backend(const cd_graph *g) { return g->be; }
 const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g) { return &g->ctx; }
 
+void cd_graph_use_store(cd_graph *g, struct cd_wstore *s) {
+  for (int i = 0; i < g->nstores; i++)
+    if (g->stores[i] == s) return;
+  g->stores = cd_realloc(g->stores, (g->nstores + 1) * sizeof *g->stores);
+  g->stores[g->nstores++] = s;
+}
+
 /* CDIFF_PROFILE: seconds per op kind, forward and backward, over the graph's life */
 static void print_profile(const cd_graph *g) {
   double total = 0;
@@ -98,6 +108,7 @@ void cd_graph_free(cd_graph *g) {
   free(g->zero_start);
   free(g->zero_list);
   free(g->grad_list);
+  free(g->stores);
   free(g);
 }
 
@@ -656,6 +667,8 @@ static void run_kernel(cd_graph *g, int bwd, cd_node *x) {
 
 int cd_graph_forward(cd_graph *g) {
   if (!g->planned) return cd_set_error("graph: forward before cd_graph_plan");
+  for (int i = 0; i < g->nstores; i++) /* weights whose host values changed since they were uploaded */
+    if (cd_wstore_sync(g->stores[i]) < 0) return -1;
   for (int i = 0; i < g->n; i++) {
     cd_node *x = g->nodes[i];
     if (!cd_op_has(x->op, CD_OPF_KERNEL)) continue;
