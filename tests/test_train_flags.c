@@ -240,6 +240,9 @@ TEST(run_with_diffusers_flags) {
   o.adam_weight_decay = 0.05f;
   o.max_grad_norm = 0.5f;
   o.center_crop = 1;
+  o.validate_every = 4;
+  o.validation_prompt = "a <new1> cat";
+  o.num_validation_images = 3;
   o.out = out;
   o.quiet = 1;
   int rc = cd_train_run(&o);
@@ -278,6 +281,14 @@ TEST(run_with_diffusers_flags) {
   if (!has) snprintf(why, sizeof why, "%.250s", a ? a : "(no gradient_accumulation_steps in the delta's metadata)");
   free(txt);
   CHECKF(has, "args: %s", why);
+  /* --num_validation_images 3: the grid is 3 images wide */
+  char vp[700];
+  snprintf(vp, sizeof vp, "%s/validation/step_000004.png", out);
+  cd_image grid;
+  CHECK_OK(cd_image_load(vp, &grid));
+  int w = grid.w, h = grid.h;
+  cd_image_free(&grid);
+  CHECKF(w == 3 * 64 && h == 64, "validation grid %dx%d", w, h);
 }
 
 int main(void) {
