@@ -123,6 +123,42 @@ TEST(sample_unwritable_out_first) {
   }
 }
 
+/* A modifier token past the 75-token limit would be truncated away and never
+ * train: refused before class images are generated. A long prompt with the
+ * token early only warns. */
+TEST(train_token_past_the_limit) {
+  char mp[1024];
+  NEED_GOLDEN(mp, "tiny-sd1");
+  const char *inst = test_tmpdir("inst5"), *cls = test_tmpdir("cls5"), *out = test_tmpdir("out5");
+  CHECK_OK(cd_mkdir_p(inst));
+  CHECK_OK(write_png(inst, "a.png", 1));
+  char late[1200] = "photo of", early[1200] = "photo of a <new1> cat";
+  for (int i = 0; i < 80; i++) strcat(late, " cat");
+  strcat(late, " <new1>");
+  for (int i = 0; i < 80; i++) strcat(early, " cat");
+  cd_run_opts o;
+  cd_run_opts_default(&o);
+  o.model = mp;
+  o.images = inst;
+  o.prompt = late;
+  o.class_prompt = "cat";
+  o.class_images = cls;
+  o.num_class_images = 2;
+  o.class_steps = 2;
+  o.res = 64;
+  o.steps = 1;
+  o.out = out;
+  o.quiet = 1;
+  int rc = cd_train_run(&o), n = 0;
+  CHECKF(rc == -1 && strstr(cd_last_error(), "--prompt") && strstr(cd_last_error(), "<new1> comes after the 75-token limit"), "rc %d: %s",
+         rc, cd_last_error());
+  CHECK(!cd_is_dir(cls) || (cd_count_images(cls, &n) == 0 && n == 0));
+  o.prompt = early;
+  o.prior = 0;
+  rc = cd_train_run(&o);
+  CHECKF(rc == 0, "%s", cd_last_error());
+}
+
 /* ---- memory ---- */
 
 /* The estimate (planner at two small sizes, extended affinely in the area)
@@ -279,6 +315,7 @@ int main(void) {
   RUN(train_corrupt_instance_image_first);
   RUN(train_unwritable_out_first);
   RUN(sample_unwritable_out_first);
+  RUN(train_token_past_the_limit);
   RUN(memory_estimate_matches_planner);
   RUN(sample_refuses_what_cannot_fit);
   RUN(train_refuses_what_cannot_fit);

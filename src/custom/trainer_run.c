@@ -23,6 +23,7 @@
 #include "io/tensor_file.h"
 #include "io/writable.h"
 #include "models/sd_model.h"
+#include "models/tokenizer.h"
 
 #define TOKEN_TABLE "text_model.embeddings.token_embedding.weight"
 #define MAX_TOK CD_DELTA_MAX_TOKENS
@@ -628,6 +629,64 @@ static int setup_model(run_t *r) {
   return 0;
 }
 
+/* Part of the validation pass, once the tokenizer is loaded: a modifier token
+ * past the 75-token limit of an instance prompt (with the longest
+ * augmentation prefix) is cut off by the truncation and would never train;
+ * that is an error naming the prompt. A prompt longer than the limit is
+ * otherwise a warning, once. */
+/* Tokens of prefix + text[0, len): the modifier tokens are not in the
+ * vocabulary yet, so each counts as the one token it will be (" a "). */
+static int count_tokens(const run_t *r, const char *prefix, const char *text, size_t len, int *total) {
+  char buf[4200];
+  size_t o = (size_t)snprintf(buf, sizeof buf, "%s", prefix);
+  for (const char *p = text; p < text + len && *p && o + 4 < sizeof buf;) {
+    int hit = -1;
+    for (int i = 0; i < r->ntok && hit < 0; i++)
+      if (!strncmp(p, r->tok[i], strlen(r->tok[i]))) hit = i;
+    if (hit >= 0) {
+      memcpy(buf + o, " a ", 3), o += 3;
+      p += strlen(r->tok[hit]);
+    } else {
+      buf[o++] = *p++;
+    }
+  }
+  buf[o] = 0;
+  int n;
+  return cd_tokenize(r->m->tok, buf, NULL, 0, &n, total);
+}
+
+static int check_one_prompt(run_t *r, const char *text, const char *where) {
+  const char *prefix = r->o.aug ? "a far away " : ""; /* the longest augmentation prefix */
+  const int limit = CD_TOK_MAX_LEN - 2;
+  int total;
+  if (count_tokens(r, prefix, text, strlen(text), &total)) return cd_prefix_error("%s", where);
+  if (total <= limit) return 0;
+  for (int i = 0; i < r->ntok; i++)
+    for (const char *p = strstr(text, r->tok[i]); p; p = strstr(p + 1, r->tok[i])) {
+      if (count_tokens(r, prefix, text, (size_t)(p - text), &total)) return cd_prefix_error("%s", where);
+      if (total >= limit)
+        return cd_set_error("%s \"%.80s...\": %s comes after the %d-token limit, so it would be cut off and never train; shorten the prompt",
+                            where, text, r->tok[i], limit);
+    }
+  cd_warn("%s is longer than %d tokens and is truncated, as in diffusers: \"%.60s...\"", where, limit, text);
+  return 0;
+}
+
+static int check_prompts(run_t *r) {
+  char where[2200];
+  for (int k = 0; k < r->nc; k++) {
+    concept_t *c = &r->c[k];
+    snprintf(where, sizeof where, r->o.concepts ? "concept %d: instance_prompt" : "--prompt", k + 1);
+    if (check_one_prompt(r, c->inst_prompt, where)) return -1;
+    for (int i = 0; i < c->inst.n; i++)
+      if (c->inst.items[i].caption) {
+        snprintf(where, sizeof where, "caption of %s", c->inst.items[i].path);
+        if (check_one_prompt(r, c->inst.items[i].caption, where)) return -1;
+      }
+  }
+  return 0;
+}
+
 static int setup_class_images(run_t *r) {
   const cd_run_opts *o = &r->o;
   for (int k = 0; k < r->nc && o->prior; k++) {
@@ -855,7 +914,7 @@ int cd_train_run(const cd_run_opts *opts) {
   if (r.o.resume && find_state(r.o.resume, resume_state, sizeof resume_state)) goto done;
   if (cd_mkdir_p(r.o.out)) goto done;
   snprintf(r.ckpt_dir, sizeof r.ckpt_dir, "%s/%s", r.o.out, CD_RUN_CHECKPOINT_DIR);
-  if (setup_model(&r) || check_memory(&r) || setup_class_images(&r) || setup_trainer(&r)) goto done;
+  if (setup_model(&r) || check_prompts(&r) || check_memory(&r) || setup_class_images(&r) || setup_trainer(&r)) goto done;
   r.args = make_args(&r);
   r.args_txt = cJSON_PrintUnformatted(r.args);
   if (*resume_state && load_state(&r, resume_state)) goto done;
