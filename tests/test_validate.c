@@ -191,7 +191,19 @@ TEST(memory_estimate_matches_planner) {
         FAILF("%s %dx%d: estimate off by UNet %.3f, decoder %.3f, encoder %.3f", models[k], W, H, eu, ed, ee);
       }
     }
-    /* training: the trainer at 256 px against its estimate from 64 and 128 px */
+    /* three images: the UNet and buffers scale with the batch */
+    cd_mem_plan p3;
+    double u3;
+    if (cd_sample_mem_plan(m, 3, 1, 384, 640, 0, 0, &p3) || cd_unet_arena_bytes(m, 6, 640 / 8, 384 / 8, &u3)) {
+      cd_sd_free(m);
+      FAILF("%s: %s", models[k], cd_last_error());
+    }
+    printf("  %s 3 images 384x640: UNet %.2f MiB (planned %.2f)\n", models[k], p3.unet / 1048576, u3 / 1048576);
+    if (!(fabs(p3.unet / u3 - 1) <= 0.05)) {
+      cd_sd_free(m);
+      FAILF("%s, 3 images: UNet estimate %.0f vs %.0f bytes", models[k], p3.unet, u3);
+    }
+    /* training: the trainer at 256 px, batch 2, against its estimate from batch 1 at 64 and 128 px */
     cd_train_opts o;
     cd_train_opts_default(&o);
     o.res = 256;

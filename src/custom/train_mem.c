@@ -8,38 +8,56 @@
 #include "core/sysmem.h"
 #include "diffusion/mem_estimate.h"
 
-int cd_trainer_bytes(cd_sd_model *m, const cd_train_opts *o, int grad_accum, double *bytes) {
+/* A trainer's bytes in three parts: *per_ex (the training graph's arena and
+ * the step's buffers: grow with the area and the batch), *enc (the VAE
+ * encoder's arena: grows with the area, one image at a time) and *params
+ * (parameter gradients, Adam moments, accumulators: fixed). */
+static int trainer_parts(cd_sd_model *m, const cd_train_opts *o, int grad_accum, double *per_ex, double *enc, double *params) {
   cd_train_opts c = *o;
   c.ntok = 0; /* a new token's row is a few KiB: not worth adding it to the tokenizer here */
   cd_trainer t;
   int rc = cd_trainer_init(&t, m, &c);
-  double b = 0;
+  *per_ex = *enc = *params = 0;
   if (!rc) {
-    b = (double)cd_graph_arena_bytes(t.g) + (double)cd_graph_arena_bytes(t.enc);
-    for (int i = 0; i < t.np; i++) b += 4.0 * t.p[i].n * (3 + (grad_accum > 1)); /* grad, m, v (, acc) */
     const double r2 = (double)o->res * o->res, lat = r2 / 64;
     /* the step's pixels, masks, noises, latents and posterior moments */
-    b += 4.0 * t.B * (3 * r2 + lat + 3 * 4 * lat + 2 * 4 * lat);
+    *per_ex = (double)cd_graph_arena_bytes(t.g) + 4.0 * t.B * (3 * r2 + lat + 3 * 4 * lat + 2 * 4 * lat);
+    *enc = (double)cd_graph_arena_bytes(t.enc);
+    for (int i = 0; i < t.np; i++) *params += 4.0 * t.p[i].n * (3 + (grad_accum > 1)); /* grad, m, v (, acc) */
   }
   cd_trainer_free(&t);
-  *bytes = b;
   return rc ? cd_prefix_error("memory estimate (training graph)") : 0;
 }
 
+int cd_trainer_bytes(cd_sd_model *m, const cd_train_opts *o, int grad_accum, double *bytes) {
+  double a, e, f;
+  if (trainer_parts(m, o, grad_accum, &a, &e, &f)) return -1;
+  *bytes = a + e + f;
+  return 0;
+}
+
 int cd_train_mem_estimate(cd_sd_model *m, const cd_train_opts *o, int grad_accum, double *bytes) {
-  /* two resolutions the trainer accepts (multiples of 64) where the area terms already dominate */
+  /* two resolutions the trainer accepts (multiples of 64) where the area terms
+   * already dominate, at batch 1 (every training-graph buffer is per example),
+   * scaled to the batch: calibrating a large batch would itself reserve much
+   * memory */
   const int nl = m->unet.cfg.nlevels > 0 ? m->unet.cfg.nlevels : 1;
   int r1 = 8 * (2 << (nl - 1));
   r1 = (r1 + 63) / 64 * 64;
   const int r2 = 2 * r1;
-  if (o->res <= r2) return cd_trainer_bytes(m, o, grad_accum, bytes);
   cd_train_opts c = *o;
-  double b1, b2;
-  c.res = r1;
-  if (cd_trainer_bytes(m, &c, grad_accum, &b1)) return -1;
+  c.batch = 1;
+  double a1, a2, e1, e2, f;
+  c.res = CD_MIN(r1, o->res);
+  if (trainer_parts(m, &c, grad_accum, &a1, &e1, &f)) return -1;
+  if (o->res <= r1) {
+    *bytes = f + e1 + a1 * o->batch;
+    return 0;
+  }
   c.res = r2;
-  if (cd_trainer_bytes(m, &c, grad_accum, &b2)) return -1;
-  *bytes = cd_mem_affine((double)r1 * r1, b1, (double)r2 * r2, b2, (double)o->res * o->res);
+  if (trainer_parts(m, &c, grad_accum, &a2, &e2, &f)) return -1;
+  const double x1 = (double)r1 * r1, x2 = (double)r2 * r2, x = (double)o->res * o->res;
+  *bytes = f + cd_mem_affine(x1, e1, x2, e2, x) + o->batch * cd_mem_affine(x1, a1, x2, a2, x);
   return 0;
 }
 

@@ -43,9 +43,11 @@ int cd_sample_mem_plan(cd_sd_model *m, int n, int guided, int width, int height,
   const int64_t s1 = (int64_t)2 << (nl - 1), s2 = 2 * s1;
   const double h = height / 8.0, w = width / 8.0, area = h * w, a1 = (double)(s1 * s1), a2 = (double)(s2 * s2);
   const int B = guided ? 2 * n : n;
+  /* planned for one image (every UNet buffer is per example) and scaled by n:
+   * calibrating a large batch would itself reserve much address space */
   double u1, u2, v1, v2;
-  if (cd_unet_arena_bytes(m, B, s1, s1, &u1) || cd_unet_arena_bytes(m, B, s2, s2, &u2)) return -1;
-  p->unet = cd_mem_affine(a1, u1, a2, u2, area);
+  if (cd_unet_arena_bytes(m, B / n, s1, s1, &u1) || cd_unet_arena_bytes(m, B / n, s2, s2, &u2)) return -1;
+  p->unet = n * cd_mem_affine(a1, u1, a2, u2, area);
   /* the VAE is planned with latents a multiple of 8 as well (its own factor 8 on top) */
   const int64_t e1 = CD_MAX(s1, 8), e2 = 2 * e1;
   const double ea1 = (double)(e1 * e1), ea2 = (double)(e2 * e2);
