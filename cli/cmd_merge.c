@@ -11,6 +11,7 @@
 #include "custom/compress.h"
 #include "custom/delta.h"
 #include "custom/merge.h"
+#include "io/fsutil.h"
 #include "io/writable.h"
 
 
@@ -69,6 +70,10 @@ int cmd_merge(int argc, char **argv) {
     }
     snprintf(dirs[i], sizeof dirs[i], "%.*s", (int)(c - s), s);
     cats[i] = c + 1;
+    if (!cd_file_exists(dirs[i])) { /* before the model is loaded */
+      fprintf(stderr, "cdiff merge: --delta %s: no such file or folder\n", dirs[i]);
+      return 1;
+    }
   }
   char regp[2048];
   if (reg_file) snprintf(regp, sizeof regp, "%s", reg_file);
@@ -141,6 +146,10 @@ int cmd_compress(int argc, char **argv) {
   if (!delta) { fprintf(stderr, "cdiff compress: --delta is required\n"); return 2; }
   if (!out) { fprintf(stderr, "cdiff compress: --out is required\n"); return 2; }
   if (!(ratio > 0 && ratio <= 1)) { fprintf(stderr, "cdiff compress: --ratio must be in (0, 1] (got %g)\n", ratio); return 2; }
+  if (!cd_file_exists(delta)) { /* before the model is loaded */
+    fprintf(stderr, "cdiff compress: --delta %s: no such file or folder\n", delta);
+    return 1;
+  }
   if (cd_check_writable_dir("--out", out)) { /* before the model is loaded */
     fprintf(stderr, "cdiff compress: %s\n", cd_last_error());
     return 1;

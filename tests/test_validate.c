@@ -110,6 +110,15 @@ TEST(sample_unwritable_out_first) {
       {"--out '%s/newdir/'", "--out"},
       {"--out /tmp/x.png --save-latents '%s/l.safetensors'", "--save-latents"},
       {"--out /tmp/x.png --init-image '%s'", "--init-image"}};
+  /* merge and compress: --out and --delta before the model */
+  char merge_cmd[2048];
+  snprintf(merge_cmd, sizeof merge_cmd, "%s merge --model /nonexistent/model --delta /tmp:cat --out '%s/sub' 2>&1", bin(), file);
+  int mst = test_run_cmd(merge_cmd, out, sizeof out);
+  CHECKF(mst == 1 && strstr(out, "--out") && !strstr(out, "/nonexistent/model"), "merge: exit %d: %s", mst, out);
+  snprintf(merge_cmd, sizeof merge_cmd, "%s compress --model /nonexistent/model --delta /nonexistent/delta --out '%s' 2>&1", bin(),
+           test_tmpdir("cmp_out"));
+  mst = test_run_cmd(merge_cmd, out, sizeof out);
+  CHECKF(mst == 1 && strstr(out, "--delta /nonexistent/delta") && !strstr(out, "/nonexistent/model"), "compress: exit %d: %s", mst, out);
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char flags[1024];
     snprintf(flags, sizeof flags, cases[i].fmt, file);
