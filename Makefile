@@ -26,6 +26,14 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 TOOL_SRC  := $(wildcard tools/*.c)
 TOOL_BIN  := $(TOOL_SRC:tools/%.c=$(BUILD)/tools/%)
 
+# `cdiff --version` names the commit it was built from: $(BUILD)/git_commit.h is
+# rewritten only when HEAD moves, so only cli/main.o rebuilds then.
+GIT_COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+$(shell mkdir -p $(BUILD) && echo '#define CD_GIT_COMMIT "$(GIT_COMMIT)"' > $(BUILD)/git_commit.h.new && \
+  { cmp -s $(BUILD)/git_commit.h.new $(BUILD)/git_commit.h || mv $(BUILD)/git_commit.h.new $(BUILD)/git_commit.h; }; \
+  rm -f $(BUILD)/git_commit.h.new)
+$(BUILD)/cli/main.o: CFLAGS += -I$(BUILD)
+
 .PHONY: all test check bench clean
 all: $(BUILD)/libcdiff.a $(BUILD)/cdiff $(TEST_BIN) $(BENCH_BIN) $(TOOL_BIN)
 

@@ -9,19 +9,17 @@
 #include "models/sd_model.h"
 #include "models/tokenizer.h"
 
+static const cli_cmd info_spec = {"info", "PATH"};
+
 int cmd_info(int argc, char **argv) {
   const char *path = NULL, *prediction = NULL, *vocab = NULL, *weights_dtype = NULL;
-  int help = 0;
   cli_opt opts[] = {{"--prediction", CLI_STR, &prediction, "eps|v", "override the prediction type"},
                     {"--weights-dtype", CLI_STR, &weights_dtype, "f32|f16|bf16", "report resident bytes as sample/train would hold them"},
                     {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
-                    {"--help", CLI_FLAG, &help, "", "this help"},
                     {0}};
-  if (cli_parse(argc, argv, opts, "info", &path)) return 2;
-  if (help || !path) {
-    cli_usage(opts, "info", "PATH");
-    return help ? 0 : 2;
-  }
+  int r = cli_parse(argc, argv, opts, &info_spec, &path);
+  if (r != CLI_GO) return r;
+  if (!path) return cli_error(opts, &info_spec, NULL, "needs a PATH");
   cd_load_opts lo = {.prediction = prediction, .vocab = vocab, .weights_dtype = weights_dtype};
   cd_sd_model *m;
   if (cd_sd_load(path, &lo, &m)) {
@@ -33,21 +31,21 @@ int cmd_info(int argc, char **argv) {
   return rc;
 }
 
+static const cli_cmd tokenize_spec = {"tokenize", "(--model PATH | --vocab PATH) TEXT"};
+
 int cmd_tokenize(int argc, char **argv) {
   const char *model = NULL, *vocab = NULL, *text = NULL;
-  int help = 0, padded = 0;
+  int padded = 0;
   cli_multi added = {0};
-  cli_opt opts[] = {{"--model", CLI_STR, &model, "PATH", "take the tokenizer of this model"},
+  cli_opt opts[] = {{"--model", CLI_STR, &model, "PATH", "take the tokenizer of this model", "-m"},
                     {"--vocab", CLI_STR, &vocab, "PATH", "tokenizer folder (vocab.json+merges.txt) or bpe_simple_vocab_16e6.txt.gz"},
                     {"--add-token", CLI_MULTI, &added, "T", "register an added token such as <new1> (repeatable)"},
                     {"--padded", CLI_FLAG, &padded, "", "print the 77 padded ids with start/end tokens"},
-                    {"--help", CLI_FLAG, &help, "", "this help"},
                     {0}};
-  if (cli_parse(argc, argv, opts, "tokenize", &text)) return 2;
-  if (help || !text || (!model && !vocab)) {
-    cli_usage(opts, "tokenize", "(--model PATH | --vocab PATH) TEXT");
-    return help ? 0 : 2;
-  }
+  int r = cli_parse(argc, argv, opts, &tokenize_spec, &text);
+  if (r != CLI_GO) return r;
+  if (!model && !vocab) return cli_error(opts, &tokenize_spec, "--model", "or --vocab is required");
+  if (!text) return cli_error(opts, &tokenize_spec, NULL, "needs the TEXT to tokenize");
   cd_tokenizer *t = NULL;
   cd_sd_model *m = NULL;
   if (model) {

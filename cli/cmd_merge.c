@@ -30,31 +30,24 @@ static long file_size(const char *path) {
   return stat(path, &st) == 0 ? (long)st.st_size : -1;
 }
 
+static const cli_cmd merge_spec = {"merge", "--model PATH --delta DIR:category [--delta DIR:category ...] --out DIR [flags]"};
+
 int cmd_merge(int argc, char **argv) {
   const char *model = NULL, *out = NULL, *reg_file = NULL, *vocab = NULL;
-  int reg_count = CD_MERGE_REG_COUNT, help = 0;
+  int reg_count = CD_MERGE_REG_COUNT;
   float ridge = 0;
   cli_multi deltas = {0};
   cli_opt opts[] = {
-      {"--model", CLI_STR, &model, "PATH", "the base model all deltas were trained on (required)"},
-      {"--delta", CLI_MULTI, &deltas, "DIR:CAT", "a concept's delta and its category, e.g. out/cat:cat (repeatable, >= 1)"},
+      {"--model", CLI_STR, &model, "PATH", "the base model all deltas were trained on (required)", "-m", CLI_REQUIRED},
+      {"--delta", CLI_MULTI, &deltas, "DIR:CAT", "a concept's delta and its category, e.g. out/cat:cat (repeatable, >= 1)", NULL, CLI_REQUIRED},
       {"--reg-prompts", CLI_STR, &reg_file, "FILE", "regularisation captions, one a line (default data/reg_captions.txt)"},
-      {"--reg-count", CLI_INT, &reg_count, "N", "use the first N captions (default 200)"},
-      {"--ridge", CLI_FLOAT, &ridge, "X", "regularise the constraint system by X*mean(diag) (default 0: exact)"},
+      {"--reg-count", CLI_INT, &reg_count, "N", "use the first N captions (default 200)", NULL, CLI_MIN(1)},
+      {"--ridge", CLI_FLOAT, &ridge, "X", "regularise the constraint system by X*mean(diag) (default 0: exact)", NULL, CLI_MIN(0)},
       {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
-      {"--out", CLI_STR, &out, "DIR", "output delta folder (required)"},
-      {"--help", CLI_FLAG, &help, "", "this help"},
+      {"--out", CLI_STR, &out, "DIR", "output delta folder (required)", "-o --output", CLI_REQUIRED},
       {0}};
-  if (cli_parse(argc, argv, opts, "merge", NULL)) return 2;
-  if (help) {
-    cli_usage(opts, "merge", "--model PATH --delta DIR:category [--delta DIR:category ...] --out DIR [flags]");
-    return 0;
-  }
-  if (!model) { fprintf(stderr, "cdiff merge: --model is required\n"); return 2; }
-  if (!out) { fprintf(stderr, "cdiff merge: --out is required\n"); return 2; }
-  if (deltas.n < 1) { fprintf(stderr, "cdiff merge: --delta DIR:category is required (at least one)\n"); return 2; }
-  if (reg_count < 1) { fprintf(stderr, "cdiff merge: --reg-count must be >= 1 (got %d)\n", reg_count); return 2; }
-  if (ridge < 0) { fprintf(stderr, "cdiff merge: --ridge must be >= 0 (got %g)\n", ridge); return 2; }
+  int r = cli_parse(argc, argv, opts, &merge_spec, NULL);
+  if (r != CLI_GO) return r;
   if (cd_check_writable_dir("--out", out)) { /* before the model is loaded */
     fprintf(stderr, "cdiff merge: %s\n", cd_last_error());
     return 1;
@@ -65,8 +58,7 @@ int cmd_merge(int argc, char **argv) {
   for (int i = 0; i < deltas.n; i++) {
     const char *s = deltas.v[i], *c = strrchr(s, ':');
     if (!c || c == s || !c[1] || (size_t)(c - s) >= sizeof dirs[i]) {
-      fprintf(stderr, "cdiff merge: --delta expects DIR:category (e.g. out/cat:cat), got '%s'\n", s);
-      return 2;
+      return cli_error(opts, &merge_spec, "--delta", "expects DIR:category (e.g. out/cat:cat), got '%s'", s);
     }
     snprintf(dirs[i], sizeof dirs[i], "%.*s", (int)(c - s), s);
     cats[i] = c + 1;
@@ -79,13 +71,13 @@ int cmd_merge(int argc, char **argv) {
   if (reg_file) snprintf(regp, sizeof regp, "%s", reg_file);
   else if (cd_merge_default_reg_file(regp, sizeof regp)) {
     fprintf(stderr, "cdiff merge: %s\n", cd_last_error());
-    return 2;
+    return 1;
   }
   char **reg = NULL;
   int nreg = 0;
   if (cd_merge_read_lines(regp, reg_count, &reg, &nreg)) {
     fprintf(stderr, "cdiff merge: --reg-prompts: %s\n", cd_last_error());
-    return 2;
+    return 1;
   }
   if (nreg < reg_count) fprintf(stderr, "note: %s has only %d captions (--reg-count %d)\n", regp, nreg, reg_count);
 
@@ -124,28 +116,22 @@ done:
   return rc;
 }
 
+static const cli_cmd compress_spec = {"compress", "--model PATH --delta DIR --out DIR [--ratio R]"};
+
 int cmd_compress(int argc, char **argv) {
   const char *model = NULL, *delta = NULL, *out = NULL, *vocab = NULL;
   float ratio = (float)CD_COMPRESS_RATIO;
-  int help = 0, keep_factors = 0;
+  int keep_factors = 0;
   cli_opt opts[] = {
-      {"--model", CLI_STR, &model, "PATH", "the base model the delta was trained on (required)"},
-      {"--delta", CLI_STR, &delta, "DIR|FILE", "the delta to compress, any layout (required)"},
-      {"--ratio", CLI_FLOAT, &ratio, "R", "keep the top singular values holding R of their sum, 0 < R <= 1 (default 0.6)"},
+      {"--model", CLI_STR, &model, "PATH", "the base model the delta was trained on (required)", "-m", CLI_REQUIRED},
+      {"--delta", CLI_STR, &delta, "DIR|FILE", "the delta to compress, any layout (required)", NULL, CLI_REQUIRED},
+      {"--ratio", CLI_FLOAT, &ratio, "R", "keep the top singular values holding R of their sum, 0 < R <= 1 (default 0.6)", NULL, CLI_ABOVE(0), CLI_MAX(1)},
       {"--keep-factors", CLI_FLAG, &keep_factors, "", "store factors even where they are larger than the matrix"},
       {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
-      {"--out", CLI_STR, &out, "DIR", "output delta folder (required)"},
-      {"--help", CLI_FLAG, &help, "", "this help"},
+      {"--out", CLI_STR, &out, "DIR", "output delta folder (required)", "-o --output", CLI_REQUIRED},
       {0}};
-  if (cli_parse(argc, argv, opts, "compress", NULL)) return 2;
-  if (help) {
-    cli_usage(opts, "compress", "--model PATH --delta DIR --out DIR [--ratio R]");
-    return 0;
-  }
-  if (!model) { fprintf(stderr, "cdiff compress: --model is required\n"); return 2; }
-  if (!delta) { fprintf(stderr, "cdiff compress: --delta is required\n"); return 2; }
-  if (!out) { fprintf(stderr, "cdiff compress: --out is required\n"); return 2; }
-  if (!(ratio > 0 && ratio <= 1)) { fprintf(stderr, "cdiff compress: --ratio must be in (0, 1] (got %g)\n", ratio); return 2; }
+  int r = cli_parse(argc, argv, opts, &compress_spec, NULL);
+  if (r != CLI_GO) return r;
   if (!cd_file_exists(delta)) { /* before the model is loaded */
     fprintf(stderr, "cdiff compress: --delta %s: no such file or folder\n", delta);
     return 1;

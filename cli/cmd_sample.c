@@ -53,93 +53,60 @@ static void out_path(const char *out, int is_dir, int i, int n, uint64_t seed, c
   snprintf(buf, cap, "%.*s_%d%s", stem, out, i, dot ? dot : ".png");
 }
 
+static const cli_cmd spec = {"sample", "--model PATH --prompt TEXT --out FILE.png|DIR [flags]"};
+
 int cmd_sample(int argc, char **argv) {
   const char *model = NULL, *prompt = NULL, *negative = "", *sampler = "ddim", *out = NULL, *init = NULL, *save = NULL;
   const char *prediction = NULL, *vocab = NULL, *init_image = NULL, *scheduler = NULL, *weights_dtype = NULL;
   float strength = 0.75f;
-  int steps = 30, width = 0, height = 0, n = 0, karras = 0, tile = 0, help = 0, clip_skip = 1;
+  int steps = 30, width = 0, height = 0, n = 0, karras = 0, tile = 0, clip_skip = 1;
   float cfg = 7.5f, eta = 0.0f;
   uint64_t seed = 42;
   cli_multi deltas = {0};
   cli_opt opts[] = {
-      {"--model", CLI_STR, &model, "PATH", "diffusers folder or single-file .safetensors/.ckpt (required)"},
-      {"--prompt", CLI_STR, &prompt, "TEXT", "the prompt (required)"},
-      {"--negative", CLI_STR, &negative, "TEXT", "negative prompt (default empty)"},
+      {"--model", CLI_STR, &model, "PATH", "diffusers folder or single-file .safetensors/.ckpt (required)", "-m", CLI_REQUIRED},
+      {"--prompt", CLI_STR, &prompt, "TEXT", "the prompt (required)", "-p", CLI_REQUIRED},
+      {"--negative", CLI_STR, &negative, "TEXT", "negative prompt (default empty)", "-n --negative-prompt"},
       {"--sampler", CLI_STR, &sampler, "NAME",
-       "ddim|ddpm|pndm|euler|euler_a|dpmpp_2m|heun|dpm2|dpmpp_2s_a|dpmpp_sde|lcm (default ddim; aliases plms, dpm++2m, dpm++2s_a, dpm++sde)"},
-      {"--steps", CLI_INT, &steps, "N", "sampling steps (default 30)"},
-      {"--cfg", CLI_FLOAT, &cfg, "S", "classifier-free guidance scale (default 7.5; <= 1 disables)"},
-      {"--eta", CLI_FLOAT, &eta, "E", "DDIM eta (default 0)"},
+       "ddim|ddpm|pndm|euler|euler_a|dpmpp_2m|heun|dpm2|dpmpp_2s_a|dpmpp_sde|lcm (default ddim; aliases plms, dpm++2m, dpm++2s_a, dpm++sde)",
+       "--sampling-method"},
+      {"--steps", CLI_INT, &steps, "N", "sampling steps (default 30)", NULL, CLI_RANGE(1, 1000)},
+      {"--cfg", CLI_FLOAT, &cfg, "S", "classifier-free guidance scale (default 7.5; <= 1 disables)", "--cfg-scale", CLI_MIN(0)},
+      {"--eta", CLI_FLOAT, &eta, "E", "DDIM eta (default 0)", NULL, CLI_RANGE(0, 10)},
       {"--scheduler", CLI_STR, &scheduler, "NAME", "sigma schedule of the sigma samplers: discrete|karras|exponential (default discrete)"},
       {"--karras", CLI_FLAG, &karras, "", "same as --scheduler karras"},
-      {"--clip-skip", CLI_INT, &clip_skip, "N", "text-encoder layer: 1 = the model's default (SD 1.x last, SD 2.x penultimate), 2 = one before, ... (default 1)"},
-      {"--seed", CLI_U64, &seed, "N", "seed of the initial noise; image i uses seed+i (default 42)"},
-      {"--width", CLI_INT, &width, "W", "image width in pixels, a multiple of 8 (default: the model's resolution, 512 for SD 1.x)"},
-      {"--height", CLI_INT, &height, "H", "image height in pixels"},
-      {"--n", CLI_INT, &n, "N", "number of images (default 1)"},
+      {"--clip-skip", CLI_INT, &clip_skip, "N", "text-encoder layer: 1 = the model's default (SD 1.x last, SD 2.x penultimate), 2 = one before, ... (default 1)", NULL, CLI_MIN(1)},
+      {"--seed", CLI_SEED, &seed, "N", "seed of the initial noise; image i uses seed+i (default 42; -1: random)", "-s"},
+      {"--width", CLI_INT, &width, "W", "image width in pixels (default: the model's resolution, 512 for SD 1.x)", "-W", CLI_MIN(8)},
+      {"--height", CLI_INT, &height, "H", "image height in pixels (default: --width)", "-H", CLI_MIN(8)},
+      {"--n", CLI_INT, &n, "N", "number of images (default 1)", "-b --batch-count", CLI_RANGE(1, 64)},
       {"--init-latents", CLI_STR, &init, "F", "safetensors with 'latents' [N,4,H/8,W/8] replacing the seeded noise"},
-      {"--init-image", CLI_STR, &init_image, "F", "img2img: start from this PNG/JPEG (resized to --width x --height)"},
-      {"--strength", CLI_FLOAT, &strength, "S", "img2img: 1 = ignore the image, 0 = keep it (default 0.75)"},
+      {"--init-image", CLI_STR, &init_image, "F", "img2img: start from this PNG/JPEG (resized to --width x --height)", "-i --init-img"},
+      {"--strength", CLI_FLOAT, &strength, "S", "img2img: 1 = ignore the image, 0 = keep it (default 0.75)", NULL, CLI_RANGE(0, 1)},
       {"--save-latents", CLI_STR, &save, "F", "write the final latents (before decoding)"},
       {"--delta", CLI_MULTI, &deltas, "DIR|FILE", "Custom Diffusion delta to apply (repeatable)"},
       {"--prediction", CLI_STR, &prediction, "eps|v", "override the model's prediction type"},
       {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
       {"--weights-dtype", CLI_STR, &weights_dtype, "f32|f16|bf16", "storage of the weights in memory (default: the checkpoint's own)"},
-      {"--tile", CLI_INT, &tile, "N", "VAE-decode in latent tiles of N (large images)"},
-      {"--out", CLI_STR, &out, "FILE.png|DIR", "output image or folder (required)"},
-      {"--help", CLI_FLAG, &help, "", "this help"},
+      {"--tile", CLI_INT, &tile, "N", "VAE-decode in latent tiles of N (large images)", NULL, CLI_MIN(4)},
+      {"--out", CLI_STR, &out, "FILE.png|DIR", "output image or folder (required)", "-o --output", CLI_REQUIRED},
       {0}};
-  if (cli_parse(argc, argv, opts, "sample", NULL)) return 2;
-  if (help) {
-    cli_usage(opts, "sample", "--model PATH --prompt TEXT --out FILE.png [flags]");
-    return 0;
-  }
-  if (!model || !prompt || !out) {
-    fprintf(stderr, "cdiff sample: --model, --prompt and --out are required\n");
-    return 2;
-  }
+  int r = cli_parse(argc, argv, opts, &spec, NULL);
+  if (r != CLI_GO) return r;
   cd_gen_opts go = {.prompt = prompt, .negative = negative, .cfg = cfg};
-  if (cd_sampler_parse(sampler, &go.s.kind)) {
-    fprintf(stderr, "cdiff sample: --sampler: %s\n", cd_last_error());
-    return 2;
-  }
+  if (cd_sampler_parse(sampler, &go.s.kind)) return cli_error(opts, &spec, "--sampler", "%s", cd_last_error());
   cd_sigma_sched sigsched = karras ? CD_SIGMAS_KARRAS : CD_SIGMAS_DISCRETE;
-  if (scheduler && cd_sigma_sched_parse(scheduler, &sigsched)) {
-    fprintf(stderr, "cdiff sample: --scheduler: %s\n", cd_last_error());
-    return 2;
-  }
-  if (karras && sigsched != CD_SIGMAS_KARRAS) {
-    fprintf(stderr, "cdiff sample: --karras contradicts --scheduler %s\n", scheduler);
-    return 2;
-  }
-  if (sigsched != CD_SIGMAS_DISCRETE && !cd_sampler_sigma_based(go.s.kind)) {
-    fprintf(stderr, "cdiff sample: --scheduler %s needs a sigma sampler (euler, euler_a, dpmpp_2m, heun, dpm2, dpmpp_2s_a, dpmpp_sde), not %s\n",
-            cd_sigma_sched_name(sigsched), cd_sampler_name(go.s.kind));
-    return 2;
-  }
-  if (go.s.kind == CD_SAMPLER_LCM && (steps < 1 || steps > 50)) {
-    fprintf(stderr, "cdiff sample: --steps must be in 1..50 for lcm (its original_inference_steps; got %d)\n", steps);
-    return 2;
-  }
-  if (steps < 1 || steps > 1000) {
-    fprintf(stderr, "cdiff sample: --steps must be in 1..1000 (got %d)\n", steps);
-    return 2;
-  }
-  if (n < 0 || n > 64 || eta < 0 || tile < 0) {
-    fprintf(stderr, "cdiff sample: --n must be in 1..64, --eta and --tile non-negative\n");
-    return 2;
-  }
-  if (init_image && (strength < 0 || strength > 1)) {
-    fprintf(stderr, "cdiff sample: --strength must be in [0, 1] (got %g)\n", strength);
-    return 2;
-  }
+  if (scheduler && cd_sigma_sched_parse(scheduler, &sigsched)) return cli_error(opts, &spec, "--scheduler", "%s", cd_last_error());
+  if (karras && sigsched != CD_SIGMAS_KARRAS) return cli_error(opts, &spec, "--karras", "contradicts --scheduler %s", scheduler);
+  if (sigsched != CD_SIGMAS_DISCRETE && !cd_sampler_sigma_based(go.s.kind))
+    return cli_error(opts, &spec, "--scheduler",
+                     "%s needs a sigma sampler (euler, euler_a, dpmpp_2m, heun, dpm2, dpmpp_2s_a, dpmpp_sde), not %s",
+                     cd_sigma_sched_name(sigsched), cd_sampler_name(go.s.kind));
+  if (go.s.kind == CD_SAMPLER_LCM && steps > 50)
+    return cli_error(opts, &spec, "--steps", "must be in 1..50 for lcm (its original_inference_steps; got %d)", steps);
   go.s.steps = steps;
   go.s.eta = eta;
   go.s.sigma_sched = sigsched;
-  if (clip_skip < 1) {
-    fprintf(stderr, "cdiff sample: --clip-skip must be >= 1 (got %d; 1 = the text encoder's default layer)\n", clip_skip);
-    return 2;
-  }
   go.s.seed = seed;
 
   /* the validation pass, before the model is loaded: outputs writable, inputs readable */
@@ -191,10 +158,6 @@ int cmd_sample(int argc, char **argv) {
   int rc = 1, is_dir = out_dir;
   if (init_image) {
     cd_image rs;
-    if (width <= 0 || height <= 0) {
-      cd_set_error("--width/--height must be positive (got %dx%d)", width, height);
-      goto fail;
-    }
     if (cd_image_resize(&src, width, height, &rs)) goto fail;
     init_px = cd_malloc((size_t)3 * width * height * sizeof(float));
     cd_image_to_chw(&rs, init_px);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "diffusion/pipeline.h"
+#include "io/fsutil.h"
 #include "io/image.h"
 #include "test.h"
 
@@ -301,6 +302,345 @@ TEST(odd_size_png) {
   CHECKF(rc != 0 && strstr(out, "multiples of 8"), "60 px wide: exit %d: %s", rc, out);
 }
 
+/* ---- the command-line language: help, version, exit codes, aliases, docs ---- */
+
+static const char *const commands[] = {"sample", "train", "merge", "compress", "info", "tokenize"};
+#define NCMD (int)(sizeof commands / sizeof commands[0])
+
+/* stdout only (stderr discarded) */
+static int cdiff_stdout(char *out, size_t cap, const char *args) {
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd, "CDIFF_QUIET=1 ./build/cdiff %s 2>/dev/null", args);
+  return test_run_cmd(cmd, out, cap);
+}
+
+#define NEED_CLI() do { if (access("./build/cdiff", X_OK)) FAILF("./build/cdiff was not built"); } while (0)
+
+/* A set of flag spellings ("-m", "--model"). */
+typedef struct {
+  char v[128][40];
+  int takes_value[128]; /* help_flags: the line has a metavar */
+  int n;
+} flagset;
+
+static void fs_add(flagset *s, const char *f, size_t n) {
+  if (n == 0 || n >= sizeof s->v[0] || s->n >= 128) return;
+  for (int i = 0; i < s->n; i++)
+    if (strlen(s->v[i]) == n && !strncmp(s->v[i], f, n)) return;
+  memcpy(s->v[s->n], f, n);
+  s->takes_value[s->n] = 0;
+  s->v[s->n++][n] = 0;
+}
+static int fs_has(const flagset *s, const char *f) {
+  for (int i = 0; i < s->n; i++)
+    if (!strcmp(s->v[i], f)) return 1;
+  return 0;
+}
+
+/* the spellings of `cdiff CMD --help`: lines "  -x, --xx METAVAR   help" (help may wrap to the next line) */
+static int help_flags(const char *cmd, flagset *s, char *help, size_t cap) {
+  char args[64];
+  snprintf(args, sizeof args, "%s --help", cmd);
+  if (cdiff_stdout(help, cap, args) != 0) return -1;
+  for (const char *l = help; *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : l + strlen(l)) {
+    if (strncmp(l, "  -", 3)) continue;
+    const char *c = l + 2, *end = c;
+    while (*end && *end != '\n' && strncmp(end, "  ", 2)) end++;
+    int first = s->n, value = 0;
+    for (const char *q = c; q < end; q++) value |= q[0] == ' ' && q[-1] != ',';
+    while (c < end) { /* "-s, --seed N" */
+      size_t k = strcspn(c, ", \n");
+      if (c + k > end) k = end - c;
+      if (c[0] == '-') fs_add(s, c, k);
+      c += k;
+      if (*c == ' ') break; /* the metavar follows */
+      while (c < end && (*c == ',' || *c == ' ')) c++;
+    }
+    for (int k = first; k < s->n; k++) s->takes_value[k] = value;
+  }
+  return 0;
+}
+
+/* the flags in the first column of the tables of section `## title` of text */
+static void doc_flags(const char *text, const char *title, flagset *s) {
+  char h[96];
+  snprintf(h, sizeof h, "\n## %s\n", title);
+  const char *sec = strstr(text, h);
+  if (!sec) return;
+  sec += strlen(h);
+  const char *stop = strstr(sec, "\n## ");
+  if (!stop) stop = sec + strlen(sec);
+  for (const char *l = sec; l && l < stop; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+    if (strncmp(l, "| `-", 4)) continue;
+    const char *cell_end = strstr(l + 1, " | ");
+    for (const char *b = strchr(l, '`'); b && b < cell_end; b = strchr(b, '`')) {
+      const char *e = strchr(b + 1, '`');
+      if (!e || e > cell_end) break;
+      size_t k = strcspn(b + 1, " `");
+      if (b[1] == '-') fs_add(s, b + 1, k);
+      b = e + 1;
+    }
+  }
+}
+
+TEST(help_and_version_on_stdout) {
+  NEED_CLI();
+  char out[16384], args[128];
+  for (int i = 0; i < NCMD; i++) {
+    const char *forms[] = {"%s --help", "%s -h", "help %s", "%s --bogus-flag --help"};
+    for (int f = 0; f < 3; f++) {
+      snprintf(args, sizeof args, forms[f], commands[i]);
+      int rc = cdiff_stdout(out, sizeof out, args);
+      char want[64];
+      snprintf(want, sizeof want, "usage: cdiff %s ", commands[i]);
+      CHECKF(rc == 0 && !strncmp(out, want, strlen(want)), "cdiff %s: exit %d, stdout: %.200s", args, rc, out);
+      CHECKF(strstr(out, "-h, --help") && strstr(out, "exit status"), "cdiff %s: %.300s", args, out);
+    }
+  }
+  int rc = cdiff_stdout(out, sizeof out, "--help");
+  CHECKF(rc == 0, "cdiff --help exited %d", rc);
+  for (int i = 0; i < NCMD; i++) CHECKF(strstr(out, commands[i]), "cdiff --help lacks %s: %s", commands[i], out);
+  CHECK(cdiff_stdout(out, sizeof out, "help") == 0 && strstr(out, "usage: cdiff <command>"));
+  /* no command at all is a usage error, on stderr */
+  CHECK(cdiff_stdout(out, sizeof out, "") == 2 && out[0] == 0);
+  rc = cdiff_stdout(out, sizeof out, "--version");
+  CHECKF(rc == 0 && !strncmp(out, "cdiff ", 6), "exit %d: %s", rc, out);
+  const char *c = strstr(out, "\ncommit ");
+  CHECKF(c, "no commit line: %s", out);
+  c += 8;
+  size_t hex = strspn(c, "0123456789abcdef");
+  CHECKF((hex >= 7 && c[hex] == '\n') || !strncmp(c, "unknown\n", 8), "commit line: %s", out);
+  CHECKF(strstr(out, "\nbackend cpu") && strstr(out, "\nBLAS "), "%s", out);
+}
+
+/* every error is exit 2 with the offending flag's own --help line, on stderr */
+TEST(usage_errors_print_the_flag_line) {
+  NEED_CLI();
+  struct { const char *args, *flag, *why; } cases[] = {
+      {"sample -m M -p cat -o x.png --steps 0", "--steps", "--steps must be in 1..1000 (got 0)"},
+      {"sample -m M -p cat -o x.png --steps=5x", "--steps", "expects an integer, got '5x'"},
+      {"sample -m M -p cat -o x.png --steps ' 5'", "--steps", "expects an integer"},
+      {"sample -m M -p cat -o x.png --n 0", "--n", "--n must be in 1..64 (got 0)"},
+      {"sample -m M -p cat -o x.png -b 65", "--batch-count", "-b must be in 1..64 (got 65)"},
+      {"sample -m M -p cat -o x.png --width 0", "--width", "--width must be >= 8 (got 0)"},
+      {"sample -m M -p cat -o x.png -H -64", "--height", "-H must be >= 8"},
+      {"sample -m M -p cat -o x.png --cfg nan", "--cfg", "expects a finite number, got 'nan'"},
+      {"sample -m M -p cat -o x.png --cfg-scale=inf", "--cfg", "expects a finite number"},
+      {"sample -m M -p cat -o x.png --cfg 1e", "--cfg", "expects a finite number, got '1e'"},
+      {"sample -m M -p cat -o x.png --cfg -2", "--cfg", "--cfg must be >= 0"},
+      {"sample -m M -p cat -o x.png --eta -0.5", "--eta", "--eta must be in 0..10"},
+      {"sample -m M -p cat -o x.png --strength 1.5", "--strength", "--strength must be in 0..1"},
+      {"sample -m M -p cat -o x.png --seed -2", "--seed", "non-negative integer (or -1: random)"},
+      {"sample -m M -p cat -o x.png --seed 12abc", "--seed", "got '12abc'"},
+      {"sample -m M -p cat -o x.png --tile 0", "--tile", "--tile must be >= 4"},
+      {"sample -m M -p cat -o x.png --karras=1", "--karras", "takes no value"},
+      {"sample -m M -p cat -o x.png --sampler foo", "--sampler", "foo"},
+      {"sample -m M -p cat -o x.png --stpes 3", "--steps", "unknown flag --stpes; did you mean"},
+      {"sample -m M -p cat", "--out", "--out is required"},
+      {"sample -p cat -o x.png", "--model", "--model is required"},
+      {"sample -m M -p cat -o x.png --steps", "--steps", "needs a value"},
+      {"sample -m M -p cat -o x.png -t 0", "--threads", "-t must be in 1..4096 (got 0)"},
+      {"train -m M --images I -p 'a <new1> cat' -o O --steps 0", "--steps", "--steps must be >= 1 (got 0)"},
+      {"train -m M --images I -p 'a <new1> cat' -o O --lr -1e-5", "--lr", "--lr must be > 0"},
+      {"train -m M --images I -p 'a <new1> cat' -o O --lr 0", "--lr", "--lr must be > 0"},
+      {"train -m M --images I -p 'a <new1> cat' -o O --batch 0", "--batch", "--batch must be >= 1"},
+      {"train -m M --images I -p 'a <new1> cat' -o O --num-class-images 0", "--num-class-images", ">= 1"},
+      {"train -m M --images I -p 'a <new1> cat' -o O --prior-loss-weight 0", "--prior-loss-weight", "> 0"},
+      {"train -m M --images I -p 'a <new1> cat' -o O --resolution 512px", "--resolution", "got '512px'"},
+      {"train -m M --images I -p 'a <new1> cat'", "--out", "--out is required"},
+      {"merge -m M --delta d:cat -o O --reg-count 0", "--reg-count", ">= 1"},
+      {"merge -m M --delta d:cat -o O --ridge -1", "--ridge", ">= 0"},
+      {"merge -m M -o O", "--delta", "--delta is required"},
+      {"merge -m M --delta nocategory -o O", "--delta", "expects DIR:category"},
+      {"compress -m M --delta d -o O --ratio 0", "--ratio", "--ratio must be in >0..1"},
+      {"compress -m M --delta d -o O --ratio=1.5", "--ratio", "--ratio must be in >0..1"},
+      {"tokenize --vocab V --padded=yes cat", "--padded", "takes no value"},
+      {"tokenize --vocab V --add-token", "--add-token", "needs a value"},
+      {"info --prediction", "--prediction", "needs a value"},
+  };
+  char out[8192], args[1024], help[16384];
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    snprintf(args, sizeof args, "CDIFF_QUIET=1 ./build/cdiff %s 2>&1 >/dev/null", cases[i].args); /* stderr only */
+    int rc = test_run_cmd(args, out, sizeof out);
+    CHECKF(rc == 2, "'cdiff %s' exited %d: %s", cases[i].args, rc, out);
+    CHECKF(strstr(out, cases[i].why), "'cdiff %s': lacks '%s': %s", cases[i].args, cases[i].why, out);
+    /* the flag's line, exactly as the command's --help prints it */
+    char cmd[16];
+    snprintf(cmd, sizeof cmd, "%.*s", (int)strcspn(cases[i].args, " "), cases[i].args);
+    flagset fs = {0};
+    CHECK(help_flags(cmd, &fs, help, sizeof help) == 0);
+    /* the "  -x, --xx META" line whose flag column holds the flag */
+    const char *l = NULL;
+    size_t fl = strlen(cases[i].flag);
+    for (const char *q = help; q && *q && !l; q = strchr(q, '\n') ? strchr(q, '\n') + 1 : NULL) {
+      if (strncmp(q, "  -", 3)) continue;
+      for (const char *t = q + 2; *t && *t != '\n' && strncmp(t, "  ", 2) && !l; t++)
+        if ((t[-1] == ' ') && !strncmp(t, cases[i].flag, fl) && strchr(" ,\n", t[fl])) l = q;
+    }
+    CHECKF(l, "%s not in cdiff %s --help", cases[i].flag, cmd);
+    while (l > help && l[-1] != '\n') l--;
+    size_t n = strcspn(l, "\n");
+    char line[512];
+    snprintf(line, sizeof line, "%.*s", (int)n, l);
+    CHECKF(strstr(out, line), "'cdiff %s': no help line '%s' in: %s", cases[i].args, line, out);
+  }
+  /* an unknown flag far from every flag gets the usage line instead */
+  int rc = cdiff(out, sizeof out, "sample --frobnicate-widely 1 2>&1");
+  CHECKF(rc == 2 && strstr(out, "unknown flag --frobnicate-widely") && strstr(out, "usage: cdiff sample"), "%d %s", rc, out);
+  CHECKF(!strstr(out, "cdiff help"), "%s", out);
+}
+
+/* runtime failures (a file that is not there) are exit 1 in every command */
+TEST(runtime_failures_exit_1) {
+  NEED_CLI();
+  const char *cases[] = {
+      "sample -m /nonexistent/model -p cat -W 64 -o %s/x.png",
+      "train -m /nonexistent/model --images /nonexistent/img -p 'photo of a <new1> cat' --class-prompt cat -o %s/t",
+      "merge -m /nonexistent/model --delta /nonexistent/d:cat --reg-prompts /nonexistent/reg.txt -o %s/m",
+      "compress -m /nonexistent/model --delta /nonexistent/d -o %s/c",
+      "info /nonexistent/model%s",
+      "tokenize --vocab /nonexistent/vocab%s cat",
+  };
+  char out[8192], args[1024];
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char a[900];
+    snprintf(a, sizeof a, cases[i], strstr(cases[i], "%s/") ? tmpdir : "");
+    snprintf(args, sizeof args, "%s 2>&1", a);
+    int rc = cdiff(out, sizeof out, args);
+    CHECKF(rc == 1, "'cdiff %s' exited %d (want 1): %s", a, rc, out);
+    CHECKF(strstr(out, "/nonexistent/"), "'cdiff %s' does not name the file: %s", a, out);
+  }
+}
+
+/* every spelling in every --help is a flag of that command, in both --flag V and --flag=V forms */
+TEST(every_spelling_is_parsed) {
+  NEED_CLI();
+  char help[16384], out[8192], args[256];
+  int checked = 0;
+  for (int i = 0; i < NCMD; i++) {
+    flagset fs = {0};
+    CHECKF(help_flags(commands[i], &fs, help, sizeof help) == 0, "cdiff %s --help failed", commands[i]);
+    CHECKF(fs.n >= 4, "cdiff %s --help lists only %d spellings", commands[i], fs.n);
+    for (int k = 0; k < fs.n; k++) {
+      if (!strcmp(fs.v[k], "-h") || !strcmp(fs.v[k], "--help")) continue;
+      /* a value no flag accepts as a number; string flags take it and the run stops at a missing required flag */
+      for (int form = !fs.takes_value[k]; form < 2; form++) {
+        snprintf(args, sizeof args, form ? "%s %s=@x 2>&1" : "%s %s @x 2>&1", commands[i], fs.v[k]);
+        int rc = cdiff(out, sizeof out, args);
+        CHECKF(rc == 2 || rc == 1, "'cdiff %s' exited %d: %s", args, rc, out);
+        CHECKF(!strstr(out, "unknown flag") && !strstr(out, "unexpected argument") && !strstr(out, "internal error"),
+               "'cdiff %s': %s", args, out);
+        checked++;
+      }
+    }
+  }
+  CHECK(checked > 100);
+}
+
+/* sd.cpp spellings and --flag=value give the very same images as cdiff's own flags */
+TEST(sd_aliases_give_the_same_images) {
+  char m[1024], out[8192], args[4096], init[600];
+  HAVE("tiny-sd1", m);
+  snprintf(init, sizeof init, "%s/alias_init.png", tmpdir);
+  uint8_t px[64 * 64 * 3];
+  for (int i = 0; i < 64 * 64 * 3; i++) px[i] = (uint8_t)(i * 7 + (i / 192) * 3);
+  cd_image im = {.w = 64, .h = 64, .c = 3, .px = px};
+  CHECK_OK(cd_image_save_png(init, &im, NULL, 0));
+  const char *forms[] = {
+      "sample --model %s --prompt 'photo of a cat' --negative blurry --sampler euler_a --steps 3 --cfg 5 --seed 11 "
+      "--width 64 --height 64 --n 2 --init-image %s --strength 0.6 --out %s/alias_a.png",
+      "sample -m %s -p 'photo of a cat' -n blurry --sampling-method euler_a --steps 3 --cfg-scale 5 -s 11 "
+      "-W 64 -H 64 -b 2 -i %s --strength 0.6 -o %s/alias_b.png",
+      "sample --model=%s --prompt='photo of a cat' --negative-prompt=blurry --sampling-method=euler_a --steps=3 --cfg-scale=5 "
+      "--seed=11 -W=64 --height=64 --batch-count=2 --init-img=%s --strength=0.6 --output=%s/alias_c.png",
+  };
+  for (int f = 0; f < 3; f++) {
+    snprintf(args, sizeof args, forms[f], m, init, tmpdir);
+    int rc = cdiff(out, sizeof out, args);
+    CHECKF(rc == 0, "form %d exited %d: %s", f, rc, out);
+  }
+  for (int i = 0; i < 2; i++) {
+    cd_image ref = {0};
+    char p[600], v[256], w[256];
+    snprintf(p, sizeof p, "%s/alias_a_%d.png", tmpdir, i);
+    CHECK_OK(cd_image_load(p, &ref));
+    CHECK(cd_png_read_text(p, "seed", w, sizeof w) == 0 && atoi(w) == 11 + i);
+    for (const char *x = "bc"; *x; x++) {
+      cd_image b = {0};
+      snprintf(p, sizeof p, "%s/alias_%c_%d.png", tmpdir, *x, i);
+      int ok = cd_image_load(p, &b) == 0 && b.w == ref.w && b.h == ref.h && !memcmp(b.px, ref.px, (size_t)b.w * b.h * 3);
+      cd_image_free(&b);
+      if (!ok) cd_image_free(&ref);
+      CHECKF(ok, "%s differs from alias_a_%d.png", p, i);
+      int same = cd_png_read_text(p, "negative_prompt", v, sizeof v) == 0 && !strcmp(v, "blurry") &&
+                 cd_png_read_text(p, "seed", v, sizeof v) == 0 && !strcmp(v, w);
+      if (!same) cd_image_free(&ref);
+      CHECKF(same, "%s: metadata", p);
+    }
+    cd_image_free(&ref);
+  }
+  /* -s -1: a random seed, printed and recorded */
+  snprintf(args, sizeof args, "sample -m %s -p cat --steps 2 -W 64 -s -1 -o %s/rnd.png 2>&1", m, tmpdir);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  const char *r = strstr(out, "random seed ");
+  CHECKF(r, "no seed printed: %s", out);
+  char png[600], v[64];
+  snprintf(png, sizeof png, "%s/rnd.png", tmpdir);
+  CHECK(cd_png_read_text(png, "seed", v, sizeof v) == 0);
+  CHECKF(strtoull(r + 12, NULL, 10) == strtoull(v, NULL, 10), "printed %s, recorded %s", r + 12, v);
+}
+
+/* -t and -v take effect (verbose logging says how many threads) */
+TEST(threads_and_verbose) {
+  char v[1024], out[8192], args[2048];
+  HAVE("bpe_simple_vocab_16e6.txt.gz", v);
+  snprintf(args, sizeof args, "tokenize --vocab %s -t 1 -v cat 2>&1", v);
+  CHECKF(cdiff(out, sizeof out, args) == 0 && strstr(out, "1 thread(s)") && strstr(out, "2368"), "%s", out);
+  snprintf(args, sizeof args, "tokenize --vocab=%s --threads=1 --verbose -- cat 2>&1", v);
+  CHECKF(cdiff(out, sizeof out, args) == 0 && strstr(out, "1 thread(s)") && strstr(out, "2368"), "%s", out);
+  snprintf(args, sizeof args, "tokenize --vocab %s cat 2>&1", v);
+  CHECKF(cdiff(out, sizeof out, args) == 0 && !strstr(out, "thread(s)"), "%s", out);
+}
+
+/* docs/cli.md lists exactly the flags of each command's --help; README's command table names only real flags */
+TEST(docs_match_help) {
+  NEED_CLI();
+  char *doc = NULL, *readme = NULL, help[16384];
+  size_t n;
+  CHECKF(cd_read_file("docs/cli.md", &doc, &n) == 0, "%s", cd_last_error());
+  if (cd_read_file("README.md", &readme, &n)) { free(doc); FAILF("%s", cd_last_error()); }
+  flagset every = {0};
+  doc_flags(doc, "Every command", &every);
+  int bad = 0;
+  char why[1024] = "";
+  for (int i = 0; i < NCMD && !bad; i++) {
+    flagset h = {0}, d = every;
+    char title[64];
+    snprintf(title, sizeof title, "cdiff %s", commands[i]);
+    doc_flags(doc, title, &d);
+    if (help_flags(commands[i], &h, help, sizeof help)) { bad = 1; snprintf(why, sizeof why, "%s --help failed", commands[i]); }
+    for (int k = 0; !bad && k < h.n; k++)
+      if (!fs_has(&d, h.v[k])) { bad = 1; snprintf(why, sizeof why, "cdiff %s --help has %s, docs/cli.md '## %s' lacks it", commands[i], h.v[k], title); }
+    for (int k = 0; !bad && k < d.n; k++)
+      if (!fs_has(&h, d.v[k])) { bad = 1; snprintf(why, sizeof why, "docs/cli.md '## %s' has %s, cdiff %s --help lacks it", title, d.v[k], commands[i]); }
+    /* README: the row "| `cdiff CMD ..." names only flags of CMD */
+    char row[64];
+    snprintf(row, sizeof row, "\n| `cdiff %s ", commands[i]);
+    const char *r = strstr(readme, row);
+    if (!bad && !r) { bad = 1; snprintf(why, sizeof why, "README.md has no command-table row for %s", commands[i]); }
+    for (const char *p = r ? r + 1 : NULL; !bad && p && *p && *p != '\n'; p++) {
+      if (p[0] != '-' || p[1] != '-' || !strchr(" `/(", p[-1])) continue;
+      size_t k = 2 + strspn(p + 2, "abcdefghijklmnopqrstuvwxyz0123456789-");
+      char f[40];
+      snprintf(f, sizeof f, "%.*s", (int)CD_MIN(k, sizeof f - 1), p);
+      if (!fs_has(&h, f)) { bad = 1; snprintf(why, sizeof why, "README.md's row for %s names %s, which cdiff %s --help lacks", commands[i], f, commands[i]); }
+    }
+  }
+  free(doc);
+  free(readme);
+  CHECKF(!bad, "%s", why);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_cli_XXXXXX");
   if (!mkdtemp(tmpdir)) return 1;
@@ -313,6 +653,13 @@ int main(void) {
   RUN(img2img_strength);
   RUN(samplers_and_schedulers);
   RUN(odd_size_png);
+  RUN(help_and_version_on_stdout);
+  RUN(usage_errors_print_the_flag_line);
+  RUN(runtime_failures_exit_1);
+  RUN(every_spelling_is_parsed);
+  RUN(sd_aliases_give_the_same_images);
+  RUN(threads_and_verbose);
+  RUN(docs_match_help);
   if (test_rmtree(tmpdir)) return 1;
   return test_summary();
 }

@@ -117,7 +117,8 @@ static int img2img_start(cd_sd_model *m, const cd_gen_opts *o, int n, int64_t h,
   float *x0 = cd_malloc(per * sizeof(float)), *eps = cd_malloc(per * sizeof(float)), *mv = cd_malloc(cd_nbytes(mom));
   if (cd_graph_plan(g, NULL)) goto done;
   if (cd_graph_set_input(g, img, o->init_image) || cd_graph_forward(g) || cd_graph_get(g, mom, mv)) goto done;
-  if (cd_sampler_init(&s, &m->sched, &o->s, n * per)) goto done;
+  /* s noises one image at a time: it holds per elements, not n * per */
+  if (cd_sampler_init(&s, &m->sched, &o->s, per)) goto done;
   *begin = cd_schedule_begin_for_strength(&s.sched, o->strength);
   for (int i = 0; i < n; i++) {
     cd_seed_noise(o->s.seed + 1000003u, i, eps, per);
