@@ -164,6 +164,36 @@ TEST(train_token_past_the_limit) {
   CHECKF(rc == 0, "%s", cd_last_error());
 }
 
+/* Every run says how many images of each folder it uses, and names the
+ * files it skips (today a .gif or .webp in the folder was ignored silently). */
+TEST(train_reports_images_used) {
+  char mp[1024], cmd[3000], out[8192];
+  NEED_GOLDEN(mp, "tiny-sd1");
+  if (access(bin(), X_OK)) SKIP("%s not built", bin());
+  const char *inst = test_tmpdir("inst6"), *cls = test_tmpdir("cls6");
+  CHECK_OK(cd_mkdir_p(inst));
+  CHECK_OK(cd_mkdir_p(cls));
+  CHECK_OK(write_png(inst, "a.png", 1));
+  CHECK_OK(write_png(inst, "b.webp", 2)); /* PNG bytes: the loader goes by content */
+  char *gif = cd_path_join(inst, "c.gif");
+  CHECK(write_text(gif, "GIF89a") == 0);
+  free(gif);
+  for (int i = 0; i < 3; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "class_%05d.png", i);
+    CHECK_OK(write_png(cls, name, 10 + i));
+  }
+  snprintf(cmd, sizeof cmd,
+           "CDIFF_QUIET=1 %s train --model '%s' --images '%s' --prompt 'photo of a <new1> cat' --class-prompt cat --class-images '%s' "
+           "--num-class-images 2 --resolution 64 --steps 1 --out '%s' 2>&1",
+           bin(), mp, inst, cls, test_tmpdir("out6"));
+  int st = test_run_cmd(cmd, out, sizeof out);
+  char want1[700], want2[700];
+  snprintf(want1, sizeof want1, "instance images of concept 1: %s: 2 of 2 images used; skipped 1 file that is not PNG, JPEG, WebP or BMP: c.gif", inst);
+  snprintf(want2, sizeof want2, "class images of concept 1: %s: 2 of 3 images used", cls);
+  CHECKF(st == 0 && strstr(out, want1) && strstr(out, want2), "exit %d: %s", st, out);
+}
+
 /* ---- memory ---- */
 
 /* The estimate (planner at two small sizes, extended affinely in the area)
@@ -336,6 +366,7 @@ int main(void) {
   RUN(train_unwritable_out_first);
   RUN(sample_unwritable_out_first);
   RUN(train_token_past_the_limit);
+  RUN(train_reports_images_used);
   RUN(memory_estimate_matches_planner);
   RUN(sample_refuses_what_cannot_fit);
   RUN(train_refuses_what_cannot_fit);

@@ -575,7 +575,7 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
     const char *cap = c->inst.items[idx].caption ? c->inst.items[idx].caption : c->inst_prompt;
     char prompt[4096];
     snprintf(prompt, sizeof prompt, "%s%s", prefix ? prefix : "", cap);
-    if (cd_prompt_ids(r->m, prompt, bb->ids + i * 77)) return -1;
+    if (cd_tokenize_padded(r->m->tok, prompt, bb->ids + i * 77, NULL)) return -1; /* long prompts warned once, up front */
   }
   if (o->prior)
     for (int i = 0; i < nb; i++) {
@@ -586,7 +586,7 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
           cd_class_example(img, res, o->center_crop, o->hflip, &rng, bb->pixels + (nb + i) * px, bb->mask + (nb + i) * hw))
         return -1;
       const char *cap = c->cls.items[idx].caption ? c->cls.items[idx].caption : c->class_prompt ? c->class_prompt : "";
-      if (cd_prompt_ids(r->m, cap, bb->ids + (nb + i) * 77)) return -1;
+      if (cd_tokenize_padded(r->m->tok, cap, bb->ids + (nb + i) * 77, NULL)) return -1;
     }
   const int T = r->m->sched.num_train_timesteps;
   for (int i = 0; i < B; i++) {
@@ -672,6 +672,19 @@ static int check_one_prompt(run_t *r, const char *text, const char *where) {
   return 0;
 }
 
+/* Class captions (real ones from LAION can be long) are truncated like the
+ * prompts: one warning for the folder instead of one per step. */
+static int warn_long_captions(const run_t *r, const cd_item_list *l, int used, const char *dir) {
+  int nlong = 0, total;
+  for (int i = 0; i < used && i < l->n; i++) {
+    if (!l->items[i].caption) continue;
+    if (count_tokens(r, "", l->items[i].caption, strlen(l->items[i].caption), &total)) return cd_prefix_error("caption of %s", l->items[i].path);
+    nlong += total > CD_TOK_MAX_LEN - 2;
+  }
+  if (nlong) cd_warn("%s: %d caption%s longer than %d tokens and truncated, as in diffusers", dir, nlong, nlong > 1 ? "s are" : " is", CD_TOK_MAX_LEN - 2);
+  return 0;
+}
+
 static int check_prompts(run_t *r) {
   char where[2200];
   for (int k = 0; k < r->nc; k++) {
@@ -702,6 +715,7 @@ static int setup_class_images(run_t *r) {
       char what[64];
       snprintf(what, sizeof what, "real class images of concept %d:", k + 1);
       cd_item_list_report(&c->cls, what, dir, c->ncls);
+      if (warn_long_captions(r, &c->cls, c->ncls, dir)) return -1;
       continue;
     }
     cd_class_gen_opts g;
@@ -719,6 +733,7 @@ static int setup_class_images(run_t *r) {
     char what[64];
     snprintf(what, sizeof what, "class images of concept %d:", k + 1);
     cd_item_list_report(&c->cls, what, dir, c->ncls);
+    if (warn_long_captions(r, &c->cls, c->ncls, dir)) return -1;
   }
   return 0;
 }
