@@ -9,6 +9,7 @@
 #include "custom/delta.h"
 #include "diffusion/mem_estimate.h"
 #include "diffusion/pipeline.h"
+#include "models/prompt.h"
 #include "io/fsutil.h"
 #include "io/image.h"
 #include "io/tensor_file.h"
@@ -107,6 +108,13 @@ int cmd_sample(int argc, char **argv) {
   go.s.steps = steps;
   go.s.eta = eta;
   go.s.sigma_sched = sigsched;
+  for (int i = 0; i < 2; i++) { /* weighting syntax errors before anything is loaded */
+    cd_prompt_frag *pf;
+    int npf;
+    if (cd_prompt_parse(i ? negative : prompt, &pf, &npf))
+      return cli_error(opts, &spec, i ? "--negative" : "--prompt", "%s", cd_last_error());
+    cd_prompt_frags_free(pf, npf);
+  }
   go.s.seed = seed;
 
   /* the validation pass, before the model is loaded: outputs writable, inputs readable */

@@ -641,6 +641,20 @@ TEST(docs_match_help) {
   CHECKF(!bad, "%s", why);
 }
 
+/* prompt weighting and a prompt of more than 75 tokens run end to end; a bad weight is named */
+TEST(weighted_long_prompt) {
+  char m[1024], out[8192], args[8192], png[512], prompt[2048] = "(photo:1.3) of a [cat] \\(literal\\)";
+  HAVE("tiny-sd1", m);
+  for (int k = 0; k < 90; k++) strcat(prompt, " cat");
+  snprintf(png, sizeof png, "%s/w.png", tmpdir);
+  snprintf(args, sizeof args, "sample --model %s --prompt '%s' --negative '(blurry:1.2)' --steps 2 --width 32 --height 32 --out %s", m, prompt, png);
+  int rc = cdiff(out, sizeof out, args);
+  CHECKF(rc == 0, "exit %d: %s", rc, out);
+  snprintf(args, sizeof args, "sample --model %s --prompt '(cat:1.2.3)' --steps 2 --width 32 --height 32 --out %s", m, png);
+  rc = cdiff(out, sizeof out, args);
+  CHECKF(rc == 2 && strstr(out, "1.2.3") && strstr(out, "--prompt"), "bad weight: exit %d: %s", rc, out);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_cli_XXXXXX");
   if (!mkdtemp(tmpdir)) return 1;
@@ -660,6 +674,7 @@ int main(void) {
   RUN(sd_aliases_give_the_same_images);
   RUN(threads_and_verbose);
   RUN(docs_match_help);
+  RUN(weighted_long_prompt);
   if (test_rmtree(tmpdir)) return 1;
   return test_summary();
 }

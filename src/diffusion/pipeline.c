@@ -7,6 +7,7 @@
 
 #include "core/common.h"
 #include "core/progress.h"
+#include "models/prompt.h"
 
 /* "<newN>" that no delta added would be split into "<", "new", "N", ">" and
  * silently mean something else: refuse it, naming the token. */
@@ -56,6 +57,76 @@ int cd_encode_prompts(cd_sd_model *m, const char *const *prompts, int n, float *
   rc = 0;
 done:
   free(idv);
+  cd_graph_free(g);
+  return rc;
+}
+
+int cd_encode_prompts_weighted(cd_sd_model *m, const char *const *prompts, int n, float **out, int *T) {
+  *out = NULL;
+  *T = 0;
+  if (!m->tok) return cd_set_error("no tokenizer vocabulary for %s: pass --vocab (a tokenizer/ folder or bpe_simple_vocab_16e6.txt.gz)", m->path);
+  /* every prompt's chunks; the rows of one encoder batch: the chunks in
+   * order, then (when some prompt has fewer chunks than the longest) "" */
+  int **ids = cd_calloc((size_t)n, sizeof(int *)), *nch = cd_calloc((size_t)n, sizeof(int));
+  float **wt = cd_calloc((size_t)n, sizeof(float *));
+  int rc = -1, K = 0, C = 1, empty_row = -1;
+  int *eids = NULL;
+  float *ew = NULL;
+  cd_graph *g = NULL;
+  for (int i = 0; i < n; i++) {
+    const char *p = prompts[i] ? prompts[i] : "";
+    if (check_modifier_tokens(m, p) || cd_prompt_chunks(m->tok, p, &ids[i], &wt[i], &nch[i])) goto done;
+    for (int j = 0; j < nch[i] * 77; j++)
+      if (ids[i][j] >= m->clip.cfg.vocab) {
+        cd_set_error("prompt \"%s\" uses token id %d but the text encoder has %d rows (load the delta that defines it)", p, ids[i][j], m->clip.cfg.vocab);
+        goto done;
+      }
+    if (nch[i] > 1) cd_log("prompt of %d chunks (more than 75 tokens): \"%.60s...\"\n", nch[i], p);
+    K += nch[i];
+    C = CD_MAX(C, nch[i]);
+  }
+  for (int i = 0; i < n; i++)
+    if (nch[i] < C && empty_row < 0) {
+      int ne;
+      if (cd_prompt_chunks(m->tok, "", &eids, &ew, &ne)) goto done;
+      empty_row = K++;
+    }
+  g = cd_graph_new();
+  cd_node *in = cd_input(g, "ids", 2, (int64_t[]){K, 77});
+  cd_weights_clear_used(m->clip.w);
+  cd_node *y = cd_clip_build(g, &m->clip, in, NULL, NULL);
+  cd_graph_output(g, y);
+  if (cd_graph_plan(g, NULL) || cd_weights_check_unused(m->clip.w, "text encoder", m->path)) goto done;
+  for (int i = 0, r = 0; i < n; i++)
+    for (int j = 0; j < nch[i] * 77; j++, r++) in->data[r] = (float)ids[i][j];
+  if (empty_row >= 0)
+    for (int j = 0; j < 77; j++) in->data[(int64_t)empty_row * 77 + j] = (float)eids[j];
+  if (cd_graph_forward(g)) goto done;
+  const int64_t d = y->ne[2], chunk = 77 * d;
+  float *o = cd_malloc((size_t)n * C * chunk * sizeof(float));
+  for (int i = 0, r = 0; i < n; i++)
+    for (int c = 0; c < C; c++) {
+      float *dst = o + ((int64_t)i * C + c) * chunk;
+      if (c < nch[i]) {
+        memcpy(dst, y->data + (int64_t)r++ * chunk, chunk * sizeof(float));
+        cd_prompt_emphasis(dst, wt[i] + c * 77, 77, (int)d);
+      } else {
+        memcpy(dst, y->data + (int64_t)empty_row * chunk, chunk * sizeof(float));
+      }
+    }
+  *out = o;
+  *T = 77 * C;
+  rc = 0;
+done:
+  for (int i = 0; i < n; i++) {
+    free(ids[i]);
+    free(wt[i]);
+  }
+  free(ids);
+  free(wt);
+  free(nch);
+  free(eids);
+  free(ew);
   cd_graph_free(g);
   return rc;
 }
@@ -148,23 +219,25 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   int guided = o->cfg > 1.0f;
   int B = guided ? 2 * n : n;
   int64_t ctxd = uc->context_dim;
-  float *ctx = cd_malloc((size_t)B * 77 * ctxd * sizeof(float));
+  float *ctx = NULL;
+  int T = 0;
   const char **pr = cd_malloc(B * sizeof(char *));
   for (int i = 0; i < n; i++) {
     if (guided) pr[i] = o->negative ? o->negative : "";
     pr[guided ? n + i : i] = o->prompt ? o->prompt : "";
   }
-  int rc = cd_encode_prompts(m, pr, B, ctx);
+  int rc = cd_encode_prompts_weighted(m, pr, B, &ctx, &T);
   free(pr);
-  if (rc) {
+  if (rc) return -1;
+  if (ctxd != m->clip.cfg.width) {
     free(ctx);
-    return -1;
+    return cd_set_error("%s: text encoder width %d, UNet cross-attention %ld", m->path, m->clip.cfg.width, (long)ctxd);
   }
   denoiser d = {.n = n, .guided = guided, .per = per, .cfg = o->cfg, .quiet = o->quiet};
   d.g = cd_graph_new();
   d.x = cd_input(d.g, "x", 4, (int64_t[]){B, 4, h, w});
   d.t = cd_input(d.g, "t", 1, (int64_t[]){B});
-  cd_node *c = cd_input(d.g, "ctx", 3, (int64_t[]){B, 77, ctxd});
+  cd_node *c = cd_input(d.g, "ctx", 3, (int64_t[]){B, T, ctxd}); /* 77 per prompt chunk */
   cd_weights_clear_used(m->unet.w);
   d.out = cd_unet_build(d.g, &m->unet, d.x, d.t, c);
   cd_graph_output(d.g, d.out);

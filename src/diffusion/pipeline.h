@@ -22,8 +22,15 @@ typedef struct {
 
 /* Token ids of one prompt, padded to 77 (warns when truncated; errors if no tokenizer). */
 int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[77]);
-/* Text-encoder outputs of n prompts: out [n, 77, ctx]. */
+/* Text-encoder outputs of n prompts taken literally (no weighting syntax,
+ * truncated to 75 tokens): out [n, 77, ctx]. */
 int cd_encode_prompts(cd_sd_model *m, const char *const *prompts, int n, float *out);
+/* Text-encoder outputs of n prompts with weighting and 75-token chunks
+ * (models/prompt.h): *out [n, *T, ctx] (cd_malloc'd), *T = 77 x the most
+ * chunks of any prompt; a prompt with fewer chunks is padded with the
+ * encoding of "" (as A1111 pads cond and uncond to one length). A prompt of
+ * at most 75 tokens without weighting syntax encodes exactly as before. */
+int cd_encode_prompts_weighted(cd_sd_model *m, const char *const *prompts, int n, float **out, int *T);
 /* Seeded noise for image i of a batch: N(0,1) from seed + i. */
 void cd_seed_noise(uint64_t seed, int i, float *x, int64_t n);
 /* Runs the sampler; latents [n, 4, H/8, W/8] receives the final latents. */

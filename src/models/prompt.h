@@ -1,0 +1,49 @@
+/* prompt.h - prompt weighting and long prompts in the syntax AUTOMATIC1111,
+ * ComfyUI and stable-diffusion.cpp share (A1111's parse_prompt_attention and
+ * its "Original" emphasis):
+ *
+ *   (text)        weight x 1.1          [text]      weight / 1.1
+ *   (text:1.3)    weight x 1.3          nesting multiplies: ((text)) = 1.21
+ *   \( \) \[ \] \\  the literal character    BREAK  starts a new 75-token chunk
+ *
+ * An unclosed ( or [ weighs everything up to the end; a ) or ] without its
+ * opening bracket, and a ':' outside "(text:number)", are ordinary text.
+ * Fragments are tokenized one by one (as A1111 does) and each token carries
+ * its fragment's weight. A prompt without ( ) [ ] \ or BREAK is one fragment
+ * of weight 1, so it tokenizes and encodes exactly as it did before.
+ *
+ * Long prompts: the tokens are cut into chunks of 75, each encoded on its own
+ * as [BOS] + 75 tokens + [EOS] (padded), and the chunks' encoder outputs are
+ * concatenated along the sequence (77 per chunk). Unlike A1111 no chunk is
+ * ended early at a comma.
+ *
+ * Weights act on the encoder output z [77, d] of each chunk (A1111's
+ * EmphasisOriginal): z[t] *= w[t] for every token t (BOS, EOS and padding
+ * have weight 1), then z *= mean(z before) / mean(z after), the means over
+ * all 77 x d values of the chunk.
+ */
+#ifndef CD_PROMPT_H
+#define CD_PROMPT_H
+
+#include "models/tokenizer.h"
+
+typedef struct {
+  char *text;    /* the fragment's text, escapes resolved; NULL for a BREAK */
+  double weight; /* product of the enclosing brackets' factors */
+} cd_prompt_frag;
+
+/* Splits prompt into fragments, adjacent fragments of equal weight merged
+ * (at least one fragment: "" of weight 1 for an empty prompt). An error names
+ * a malformed weight such as "(a:1.2.3)". */
+int cd_prompt_parse(const char *prompt, cd_prompt_frag **out, int *n);
+void cd_prompt_frags_free(cd_prompt_frag *f, int n);
+
+/* The chunks of a prompt: ids and weights [*nchunks * 77] (cd_malloc'd), each
+ * chunk [BOS] + up to 75 tokens + [EOS], then the tokenizer's pad id; BOS, EOS
+ * and padding weigh 1. At least one chunk. */
+int cd_prompt_chunks(const cd_tokenizer *t, const char *prompt, int **ids, float **w, int *nchunks);
+
+/* A1111's emphasis on one chunk's encoder output z [T, d] with token weights w[T]. */
+void cd_prompt_emphasis(float *z, const float *w, int T, int d);
+
+#endif
