@@ -71,7 +71,7 @@ int cd_encode_prompts_weighted(cd_sd_model *m, const char *const *prompts, int n
   float **wt = cd_calloc((size_t)n, sizeof(float *));
   int rc = -1, K = 0, C = 1, empty_row = -1;
   int *eids = NULL;
-  float *ew = NULL;
+  float *ew = NULL, *idf = NULL, *yall = NULL;
   cd_graph *g = NULL;
   for (int i = 0; i < n; i++) {
     const char *p = prompts[i] ? prompts[i] : "";
@@ -97,21 +97,23 @@ int cd_encode_prompts_weighted(cd_sd_model *m, const char *const *prompts, int n
   cd_node *y = cd_clip_build(g, &m->clip, in, NULL, NULL);
   cd_graph_output(g, y);
   if (cd_graph_plan(g, NULL) || cd_weights_check_unused(m->clip.w, "text encoder", m->path)) goto done;
+  idf = cd_malloc((size_t)K * 77 * sizeof(float));
   for (int i = 0, r = 0; i < n; i++)
-    for (int j = 0; j < nch[i] * 77; j++, r++) in->data[r] = (float)ids[i][j];
+    for (int j = 0; j < nch[i] * 77; j++, r++) idf[r] = (float)ids[i][j];
   if (empty_row >= 0)
-    for (int j = 0; j < 77; j++) in->data[(int64_t)empty_row * 77 + j] = (float)eids[j];
-  if (cd_graph_forward(g)) goto done;
+    for (int j = 0; j < 77; j++) idf[(int64_t)empty_row * 77 + j] = (float)eids[j];
   const int64_t d = y->ne[2], chunk = 77 * d;
+  yall = cd_malloc((size_t)K * chunk * sizeof(float));
+  if (cd_graph_set_input(g, in, idf) || cd_graph_forward(g) || cd_graph_get(g, y, yall)) goto done;
   float *o = cd_malloc((size_t)n * C * chunk * sizeof(float));
   for (int i = 0, r = 0; i < n; i++)
     for (int c = 0; c < C; c++) {
       float *dst = o + ((int64_t)i * C + c) * chunk;
       if (c < nch[i]) {
-        memcpy(dst, y->data + (int64_t)r++ * chunk, chunk * sizeof(float));
+        memcpy(dst, yall + (int64_t)r++ * chunk, chunk * sizeof(float));
         cd_prompt_emphasis(dst, wt[i] + c * 77, 77, (int)d);
       } else {
-        memcpy(dst, y->data + (int64_t)empty_row * chunk, chunk * sizeof(float));
+        memcpy(dst, yall + (int64_t)empty_row * chunk, chunk * sizeof(float));
       }
     }
   *out = o;
@@ -127,6 +129,8 @@ done:
   free(nch);
   free(eids);
   free(ew);
+  free(idf);
+  free(yall);
   cd_graph_free(g);
   return rc;
 }
