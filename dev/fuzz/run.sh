@@ -30,3 +30,8 @@ mkdir -p $OUT/images
 make -s build/cdiff && CDIFF_QUIET=1 ./build/cdiff sample --model ../shared/golden/tiny-sd1 --prompt seed --steps 1 \
   --width 64 --height 64 --out $OUT/images/seed.png 2>/dev/null || true
 $OUT/fuzz_image -max_total_time="$S" -max_len=20000 -rss_limit_mb=1024 $OUT/images
+# the EXIF and BMP parsers from memory (seeded with the BMP seed and a TIFF header)
+clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc dev/fuzz/fuzz_exif_bmp.c src/io/exif.c src/io/bmp.c \
+  src/core/common.c -lm -o $OUT/fuzz_exif_bmp
+mkdir -p $OUT/exif && printf 'II*\000\010\000\000\000\001\000\022\001\003\000\001\000\000\000\006\000\000\000\000\000\000\000' > $OUT/exif/tiff
+$OUT/fuzz_exif_bmp -max_total_time="$S" -max_len=4096 -rss_limit_mb=1024 $OUT/exif $OUT/images
