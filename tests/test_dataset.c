@@ -140,6 +140,17 @@ TEST(list_formats_and_skipped) {
   CHECK(vfirst == 0);
 }
 
+TEST(text_utf8) {
+  static const char *const good[] = {"", "photo of a <new1> cat", "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac", "\xf0\x9f\x90\x88 cat",
+                                     "\xef\xbf\xbf", "\xf4\x8f\xbf\xbf"};
+  static const char *const bad[] = {"caf\xe9", "\xc3", "\xe6\x97", "\xc0\xaf" /* overlong '/' */, "\xed\xa0\x80" /* surrogate */,
+                                    "\xf4\x90\x80\x80" /* > U+10FFFF */, "\xff", "ok \x80"};
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) CHECKF(cd_text_check_utf8("t", good[i]) == 0, "good %zu: %s", i, cd_last_error());
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    CHECKF(cd_text_check_utf8("--prompt", bad[i]) == -1 && strstr(cd_last_error(), "--prompt is not valid UTF-8"), "bad %zu accepted", i);
+  CHECK(cd_text_check_utf8("x", "ok \x80") == -1 && strstr(cd_last_error(), "byte 3"));
+}
+
 /* ---- concepts ---- */
 
 TEST(concepts_json) {
@@ -522,6 +533,7 @@ int main(void) {
   RUN(list_folder);
   RUN(list_errors);
   RUN(list_formats_and_skipped);
+  RUN(text_utf8);
   RUN(concepts_json);
   RUN(instance_draw_stats);
   RUN(instance_mask_geometry);

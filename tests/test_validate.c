@@ -74,6 +74,31 @@ TEST(train_corrupt_instance_image_first) {
   CHECKF(named, "rc %d: %s", rc, cd_last_error());
 }
 
+/* A caption that is not UTF-8 would make the delta's metadata unreadable to
+ * Python's safetensors: named before the model is loaded. */
+TEST(train_caption_not_utf8_first) {
+  const char *inst = test_tmpdir("inst7");
+  CHECK_OK(cd_mkdir_p(inst));
+  CHECK_OK(write_png(inst, "a.png", 1));
+  char *cap = cd_path_join(inst, "a.txt");
+  CHECK(write_text(cap, "photo of a <new1> caf\xe9 cat") == 0);
+  free(cap);
+  cd_run_opts o;
+  cd_run_opts_default(&o);
+  o.model = "/nonexistent/model";
+  o.images = inst;
+  o.prompt = "photo of a <new1> cat";
+  o.prior = 0;
+  o.out = test_tmpdir("out7");
+  o.quiet = 1;
+  int rc = cd_train_run(&o);
+  CHECKF(rc == -1 && strstr(cd_last_error(), "a.txt") == NULL && strstr(cd_last_error(), "a.png") && strstr(cd_last_error(), "not valid UTF-8"),
+         "rc %d: %s", rc, cd_last_error());
+  o.prompt = "photo of a <new1> \xff";
+  rc = cd_train_run(&o);
+  CHECKF(rc == -1 && strstr(cd_last_error(), "--prompt is not valid UTF-8"), "rc %d: %s", rc, cd_last_error());
+}
+
 /* An --out that cannot be written is an error before the model is loaded. */
 TEST(train_unwritable_out_first) {
   const char *inst = test_tmpdir("inst2"), *file = test_tmpdir("plainfile");
@@ -364,6 +389,7 @@ TEST(delta_base_hash_warnings) {
 int main(void) {
   RUN(train_corrupt_instance_image_first);
   RUN(train_unwritable_out_first);
+  RUN(train_caption_not_utf8_first);
   RUN(sample_unwritable_out_first);
   RUN(train_token_past_the_limit);
   RUN(train_reports_images_used);

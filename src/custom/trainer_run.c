@@ -745,6 +745,7 @@ static int setup_class_images(run_t *r) {
 static int verify_data(run_t *r) {
   const cd_run_opts *o = &r->o;
   if (cd_check_writable_dir("--out", o->out)) return -1;
+  if (o->validation_prompt && cd_text_check_utf8("--validation-prompt", o->validation_prompt)) return -1;
   for (int k = 0; k < r->nc; k++) {
     concept_t *c = &r->c[k];
     const cd_image *img;
@@ -753,7 +754,15 @@ static int verify_data(run_t *r) {
         if (o->concepts) return cd_prefix_error("--concepts %s: concept %d: instance_data_dir", o->concepts, k + 1);
         return cd_prefix_error("--images");
       }
-    char what[64];
+    char what[2200];
+    snprintf(what, sizeof what, o->concepts ? "concept %d: instance_prompt" : "--prompt", k + 1);
+    if (cd_text_check_utf8(what, c->inst_prompt)) return -1;
+    snprintf(what, sizeof what, o->concepts ? "concept %d: class_prompt" : "--class-prompt", k + 1);
+    if (c->class_prompt && cd_text_check_utf8(what, c->class_prompt)) return -1;
+    for (int i = 0; i < c->inst.n; i++) {
+      snprintf(what, sizeof what, "caption of %s", c->inst.items[i].path);
+      if (c->inst.items[i].caption && cd_text_check_utf8(what, c->inst.items[i].caption)) return -1;
+    }
     snprintf(what, sizeof what, "instance images of concept %d:", k + 1);
     cd_item_list_report(&c->inst, what, c->inst_dir, c->inst.n);
     const char *dir = c->class_dir;
@@ -768,6 +777,10 @@ static int verify_data(run_t *r) {
     if ((o->real_prior ? cd_list_file_images(dir, &cls) : cd_list_images(dir, &cls)))
       return cd_prefix_error("class images of concept %d", k + 1);
     int rc = cd_item_list_verify(&cls, o->num_class_images);
+    for (int i = 0; !rc && i < cls.n && i < o->num_class_images; i++) {
+      snprintf(what, sizeof what, "caption of %s", cls.items[i].path);
+      if (cls.items[i].caption) rc = cd_text_check_utf8(what, cls.items[i].caption);
+    }
     cd_item_list_free(&cls);
     if (rc) return cd_prefix_error("class images of concept %d", k + 1);
   }
