@@ -6,6 +6,7 @@
 #include "args.h"
 #include "commands.h"
 #include "core/common.h"
+#include "core/utf8.h"
 #include "custom/delta.h"
 #include "diffusion/mem_estimate.h"
 #include "diffusion/pipeline.h"
@@ -111,7 +112,7 @@ int cmd_sample(int argc, char **argv) {
   for (int i = 0; i < 2; i++) { /* weighting syntax errors before anything is loaded */
     cd_prompt_frag *pf;
     int npf;
-    if (cd_prompt_parse(i ? negative : prompt, &pf, &npf))
+    if (cd_text_check_utf8("value", i ? negative : prompt) || cd_prompt_parse(i ? negative : prompt, &pf, &npf))
       return cli_error(opts, &spec, i ? "--negative" : "--prompt", "%s", cd_last_error());
     cd_prompt_frags_free(pf, npf);
   }

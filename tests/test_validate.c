@@ -144,6 +144,10 @@ TEST(sample_unwritable_out_first) {
            test_tmpdir("cmp_out"));
   mst = test_run_cmd(merge_cmd, out, sizeof out);
   CHECKF(mst == 1 && strstr(out, "--delta /nonexistent/delta") && !strstr(out, "/nonexistent/model"), "compress: exit %d: %s", mst, out);
+  /* a prompt that is not UTF-8 (it would go into the PNG's iTXt metadata) */
+  snprintf(merge_cmd, sizeof merge_cmd, "%s sample --model /nonexistent/model --prompt ok --negative \"$(printf 'caf\\351')\" --out /tmp/x.png 2>&1", bin());
+  mst = test_run_cmd(merge_cmd, out, sizeof out);
+  CHECKF(mst == 2 && strstr(out, "--negative value is not valid UTF-8 (byte 3: 0xe9)"), "exit %d: %s", mst, out);
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char flags[1024];
     snprintf(flags, sizeof flags, cases[i].fmt, file);

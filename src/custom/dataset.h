@@ -20,6 +20,7 @@
 #include <stddef.h>
 
 #include "core/common.h"
+#include "core/utf8.h"
 #include "io/image.h"
 
 #define CD_LATENT_FACTOR 8
@@ -62,12 +63,6 @@ void cd_item_list_report(const cd_item_list *l, const char *what, const char *di
 /* Decodes every image of l (used = the first `used`) once, to find a
  * corrupt or unsupported file before any work; errors name the file. */
 int cd_item_list_verify(const cd_item_list *l, int used);
-
-/* Prompts and captions end up in the delta's JSON metadata, which Python's
- * safetensors reader decodes as UTF-8: text that is not valid UTF-8 (bad,
- * overlong or truncated sequences, surrogates, > U+10FFFF) is an error
- * naming `what` and the byte offset. */
-int cd_text_check_utf8(const char *what, const char *s);
 
 /* ---- concepts ---- */
 
