@@ -80,6 +80,15 @@ void cli_help(FILE *f, const cli_opt *opts, const cli_cmd *cmd);
  * help line (flag may be NULL: then the usage line). Returns 2. */
 int cli_error(const cli_opt *opts, const cli_cmd *cmd, const char *flag, const char *fmt, ...) CD_PRINTF(4, 5);
 
+/* A usage error whose message (from a library check) names the flag: prints
+ * "cdiff CMD: msg" and the help line of the first of the command's flags it
+ * mentions. Returns 2. */
+int cli_error_msg(const cli_opt *opts, const cli_cmd *cmd, const char *msg);
+
+/* A text value that must be valid UTF-8 (NULL passes): 0, or 2 after a usage
+ * error naming the flag and the first invalid byte. */
+int cli_check_utf8(const cli_opt *opts, const cli_cmd *cmd, const char *flag, const char *text);
+
 /* 1 if the flag (any spelling) was given on the command line. */
 int cli_given(const cli_opt *opts, const char *flag);
 

@@ -2,8 +2,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "args.h"
+#include "infotext.h"
 #include "commands.h"
 #include "core/common.h"
 #include "core/utf8.h"
@@ -55,7 +57,81 @@ static void out_path(const char *out, int is_dir, int i, int n, uint64_t seed, c
   snprintf(buf, cap, "%.*s_%d%s", stem, out, i, dot ? dot : ".png");
 }
 
-static const cli_cmd spec = {"sample", "--model PATH --prompt TEXT --out FILE.png|DIR [flags]"};
+static int is_jpeg_name(const char *path) {
+  const char *dot = strrchr(path, '.');
+  return dot && (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg"));
+}
+
+/* What an image's metadata records: only what was used. */
+typedef struct {
+  const char *prompt, *negative, *sampler, *scheduler, *model, *model_hash, *deltas, *init_latents, *init_image;
+  int steps, width, height, eta_used, clip_skip;
+  float cfg, eta, strength;
+} sample_meta;
+
+static const char *base_name(const char *path, char *buf, size_t cap) { /* "dir/sd15.safetensors" -> "sd15" */
+  size_t n = strlen(path);
+  while (n > 1 && path[n - 1] == '/') n--;
+  const char *b = path + n;
+  while (b > path && b[-1] != '/') b--;
+  const char *dot = memchr(b, '.', (size_t)(path + n - b));
+  snprintf(buf, cap, "%.*s", (int)((dot ? dot : path + n) - b), b);
+  return buf;
+}
+
+/* PNG with cdiff's text keys plus A1111's "parameters"; JPEG (by extension) with the parameters as EXIF UserComment */
+static int save_image(const char *path, const cd_image *im, const sample_meta *s, uint64_t seed) {
+  char sseed[32], ssteps[16], scfg[32], seta[32], ssize[32], sstr[32], sclip[16], name[256];
+  snprintf(sclip, sizeof sclip, "%d", s->clip_skip);
+  snprintf(sseed, sizeof sseed, "%llu", (unsigned long long)seed);
+  snprintf(ssteps, sizeof ssteps, "%d", s->steps);
+  snprintf(scfg, sizeof scfg, "%g", s->cfg);
+  snprintf(seta, sizeof seta, "%g", s->eta);
+  snprintf(ssize, sizeof ssize, "%dx%d", s->width, s->height);
+  snprintf(sstr, sizeof sstr, "%g", s->strength);
+  cli_infotext t;
+  cli_infotext_init(&t, s->prompt, s->negative);
+  cli_infotext_add(&t, "Steps", "%d", s->steps);
+  cli_infotext_add(&t, "Sampler", "%s", cli_a1111_sampler(s->sampler));
+  if (strcmp(s->scheduler, "discrete")) cli_infotext_add(&t, "Schedule type", "%c%s", s->scheduler[0] - 'a' + 'A', s->scheduler + 1);
+  cli_infotext_add(&t, "CFG scale", "%g", s->cfg);
+  cli_infotext_add(&t, "Seed", "%s", sseed);
+  cli_infotext_add(&t, "Size", "%s", ssize);
+  cli_infotext_add(&t, "Model hash", "%s", s->model_hash);
+  cli_infotext_add(&t, "Model", "%s", base_name(s->model, name, sizeof name));
+  if (s->clip_skip > 1) cli_infotext_add(&t, "Clip skip", "%d", s->clip_skip);
+  if (s->eta_used && s->eta > 0) cli_infotext_add(&t, "Eta", "%g", s->eta); /* A1111 names a non-default eta only */
+  if (s->init_image) cli_infotext_add(&t, "Denoising strength", "%g", s->strength);
+  if (*s->deltas) cli_infotext_add(&t, "Custom Diffusion deltas", "%s", s->deltas);
+  cli_infotext_add(&t, "Version", "cdiff");
+  const char *kv[40];
+  int n = 0;
+#define KV(k, v) (kv[n++] = (k), kv[n++] = (v))
+  KV("prompt", s->prompt);
+  KV("negative_prompt", s->negative);
+  KV("seed", sseed);
+  KV("sampler", s->sampler);
+  KV("steps", ssteps);
+  KV("cfg_scale", scfg);
+  if (s->eta_used) KV("eta", seta);
+  KV("size", ssize);
+  KV("model", s->model);
+  KV("model_hash", s->model_hash);
+  if (*s->deltas) KV("deltas", s->deltas);
+  KV("scheduler", s->scheduler);
+  KV("clip_skip", sclip);
+  if (!strcmp(s->scheduler, "karras")) KV("karras", "1");
+  if (s->init_latents) KV("init_latents", s->init_latents);
+  if (s->init_image) KV("init_image", s->init_image), KV("strength", sstr);
+  KV("software", "cdiff");
+  KV("parameters", t.s);
+#undef KV
+  int rc = is_jpeg_name(path) ? cd_image_save_jpeg(path, im, 95, t.s) : cd_image_save_png(path, im, kv, n / 2);
+  cli_infotext_free(&t);
+  return rc;
+}
+
+static const cli_cmd spec = {"sample", "--model PATH --prompt TEXT --out FILE.png|FILE.jpg|DIR [flags]"};
 
 int cmd_sample(int argc, char **argv) {
   const char *model = NULL, *prompt = NULL, *negative = "", *sampler = "ddim", *out = NULL, *init = NULL, *save = NULL;
@@ -91,7 +167,7 @@ int cmd_sample(int argc, char **argv) {
       {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
       {"--weights-dtype", CLI_STR, &weights_dtype, "f32|f16|bf16", "storage of the weights in memory (default: the checkpoint's own)"},
       {"--tile", CLI_INT, &tile, "N", "VAE-decode in latent tiles of N (large images)", NULL, CLI_MIN(4)},
-      {"--out", CLI_STR, &out, "FILE.png|DIR", "output image or folder (required)", "-o --output", CLI_REQUIRED},
+      {"--out", CLI_STR, &out, "FILE.png|FILE.jpg|DIR", "output image (PNG; JPEG for .jpg/.jpeg) or folder (required)", "-o --output", CLI_REQUIRED},
       {0}};
   int r = cli_parse(argc, argv, opts, &spec, NULL);
   if (r != CLI_GO) return r;
@@ -106,6 +182,9 @@ int cmd_sample(int argc, char **argv) {
                      cd_sigma_sched_name(sigsched), cd_sampler_name(go.s.kind));
   if (go.s.kind == CD_SAMPLER_LCM && steps > 50)
     return cli_error(opts, &spec, "--steps", "must be in 1..50 for lcm (its original_inference_steps; got %d)", steps);
+  int eta_used = go.s.kind == CD_SAMPLER_DDIM; /* the only sampler with a free eta (DDPM's is 1) */
+  if (!eta_used) cli_warn_unused(opts, "--eta", "with this sampler (only ddim takes an eta); not recorded");
+  if (!init_image) cli_warn_unused(opts, "--strength", "without --init-image; not recorded");
   go.s.steps = steps;
   go.s.eta = eta;
   go.s.sigma_sched = sigsched;
@@ -189,28 +268,18 @@ int cmd_sample(int argc, char **argv) {
   if (save && write_latents(save, lat, go.n, h, w)) goto fail;
   img = cd_malloc((size_t)go.n * 3 * height * width * sizeof(float));
   if (cd_decode_latents(m, lat, go.n, (int)h, (int)w, tile, img)) goto fail;
-  /* PNG text: the parameters shared by every image, then each one's seed */
-  char ssteps[16], scfg[32], ssize[32], seta[32], sstr[32], sclip[16], dl[1024] = "";
-  snprintf(sclip, sizeof sclip, "%d", clip_skip);
-  snprintf(ssteps, sizeof ssteps, "%d", steps);
-  snprintf(scfg, sizeof scfg, "%g", cfg);
-  snprintf(seta, sizeof seta, "%g", eta);
-  snprintf(ssize, sizeof ssize, "%dx%d", width, height);
-  snprintf(sstr, sizeof sstr, "%g", strength);
+  char dl[1024] = "";
   for (int d = 0, k = 0; d < deltas.n && k < (int)sizeof dl; d++) k += snprintf(dl + k, sizeof dl - k, "%s%s", d ? ";" : "", deltas.v[d]);
+  sample_meta meta = {.prompt = prompt, .negative = negative, .sampler = cd_sampler_name(go.s.kind),
+                      .scheduler = cd_sigma_sched_name(sigsched), .model = model, .model_hash = m->hash, .deltas = dl,
+                      .init_latents = init, .init_image = init_image, .steps = steps, .width = width, .height = height,
+                      .eta_used = eta_used, .clip_skip = clip_skip, .cfg = cfg, .eta = eta, .strength = strength};
   for (int i = 0; i < go.n; i++) {
-    char path[2048], sseed[32];
+    char path[2048];
     out_path(out, is_dir, i, go.n, seed, path, sizeof path);
-    snprintf(sseed, sizeof sseed, "%llu", (unsigned long long)(seed + i));
-    const char *kv[] = {"prompt", prompt, "negative_prompt", negative, "seed", sseed, "sampler", cd_sampler_name(go.s.kind),
-                        "steps", ssteps, "cfg_scale", scfg, "eta", seta, "size", ssize, "model", model,
-                        "model_hash", m->hash, "deltas", dl, "karras", sigsched == CD_SIGMAS_KARRAS ? "1" : "0",
-                        "scheduler", cd_sigma_sched_name(sigsched), "clip_skip", sclip,
-                        "init_latents", init ? init : "", "init_image", init_image ? init_image : "",
-                        "strength", init_image ? sstr : "", "software", "cdiff"};
     cd_image im;
     cd_chw_to_image(img + (size_t)i * 3 * height * width, 3, height, width, &im);
-    int r = cd_image_save_png(path, &im, kv, (int)(sizeof kv / sizeof kv[0]) / 2);
+    int r = save_image(path, &im, &meta, seed + i);
     cd_image_free(&im);
     if (r) goto fail;
     fprintf(stderr, "wrote %s\n", path);

@@ -66,6 +66,22 @@ int cmd_train(int argc, char **argv) {
   o.prior = !no_prior;
   o.scale_lr = !no_scale_lr;
   o.aug = !no_aug;
+  /* prompts go into PNG text and JSON, which are UTF-8 */
+  if (cli_check_utf8(opts, &spec, "--prompt", o.prompt) || cli_check_utf8(opts, &spec, "--class-prompt", o.class_prompt) ||
+      cli_check_utf8(opts, &spec, "--validation-prompt", o.validation_prompt))
+    return CLI_EXIT_USAGE;
+  /* the run's option checks are usage errors: exit 2 with the flag's line, before anything is read */
+  if (cd_run_opts_check(&o)) return cli_error_msg(opts, &spec, cd_last_error());
+  if (no_prior) {
+    static const char *const class_flags[] = {"--class-prompt", "--class-images", "--num-class-images", "--class-steps",
+                                              "--prior-loss-weight", "--center_crop"};
+    for (size_t i = 0; i < sizeof class_flags / sizeof class_flags[0]; i++)
+      cli_warn_unused(opts, class_flags[i], "with --no-prior (no class images are used)");
+  }
+  if (!o.validate_every) {
+    cli_warn_unused(opts, "--validation-prompt", "without --validate-every");
+    cli_warn_unused(opts, "--num_validation_images", "without --validate-every");
+  }
   o.quiet = getenv("CDIFF_QUIET") != NULL;
   if (cd_train_run(&o)) {
     fprintf(stderr, "cdiff train: %s\n", cd_last_error());

@@ -7,6 +7,8 @@
 
 #include "diffusion/pipeline.h"
 #include "io/fsutil.h"
+#include "core/utf8.h"
+#include <sys/stat.h>
 #include "io/image.h"
 #include "test.h"
 
@@ -448,6 +450,12 @@ TEST(usage_errors_print_the_flag_line) {
       {"train -m M --images I -p 'a <new1> cat' -o O --prior-loss-weight 0", "--prior-loss-weight", "> 0"},
       {"train -m M --images I -p 'a <new1> cat' -o O --resolution 512px", "--resolution", "got '512px'"},
       {"train -m M --images I -p 'a <new1> cat'", "--out", "--out is required"},
+      {"train -m M --images I -p 'a <new1> cat' -o O --no-prior --resolution 100", "--resolution", "--resolution must be a positive multiple"},
+      {"train -m M --images I -p 'a <new1> cat' -o O", "--class-prompt", "--class-prompt is required with prior preservation"},
+      {"train -m M --concepts c.json --images I -o O", "--concepts", "--concepts cannot be combined"},
+      {"train -m M --images I -p 'a <new1> \xff' -o O --no-prior", "--prompt", "--prompt is not valid UTF-8 (byte 9: 0xff)"},
+      {"train -m M --images I -p 'a <new1> cat' -o O --no-prior --with_prior_preservation", "--with_prior_preservation", "contradicts --no-prior"},
+      {"train -m M --images I --instance_prompt 'a <new1> cat' --output_dir O --no-prior --max_train_steps 0", "--steps", "--max_train_steps must be >= 1 (got 0)"},
       {"merge -m M --delta d:cat -o O --reg-count 0", "--reg-count", ">= 1"},
       {"merge -m M --delta d:cat -o O --ridge -1", "--ridge", ">= 0"},
       {"merge -m M -o O", "--delta", "--delta is required"},
@@ -655,6 +663,208 @@ TEST(weighted_long_prompt) {
   CHECKF(rc == 2 && strstr(out, "1.2.3") && strstr(out, "--prompt"), "bad weight: exit %d: %s", rc, out);
 }
 
+/* strict UTF-8: shortest forms only, no surrogates, nothing above U+10FFFF */
+TEST(utf8_validation) {
+  struct { const char *s; long bad; } cases[] = {
+      {"plain ascii", -1}, {"caf\xc3\xa9 \xe7\x8c\xab \xf0\x9f\x90\xb1", -1}, {"caf\xe9", 3}, {"\xc0\x80", 0},
+      {"ab\xe0\x80\xaf", 2}, {"\xed\xa0\x80", 0}, {"x\xf4\x90\x80\x80", 1}, {"\xe2\x82", 0}, {"ok\xf0\x9f\x90", 2},
+      {"\xef\xbf\xbf\xf4\x8f\xbf\xbf", -1}, {"\x80", 0}, {"a\xf8\x88\x80\x80\x80", 1}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    long at = cd_utf8_invalid_at(cases[i].s, strlen(cases[i].s));
+    CHECKF(at == cases[i].bad, "case %zu: invalid at %ld, expected %ld", i, at, cases[i].bad);
+  }
+  unsigned cp;
+  CHECK(cd_utf8_decode((const unsigned char *)"\xf0\x9f\x90\xb1", 4, &cp) == 4 && cp == 0x1F431);
+  CHECK(cd_utf8_decode((const unsigned char *)"\xc3\xa9", 2, &cp) == 2 && cp == 0xE9);
+}
+
+/* the A1111 "parameters" chunk, warnings for flags without effect, and metadata that records only what was used */
+TEST(png_parameters_and_used_flags_only) {
+  char m[1024], out[8192], args[4096], png[512], v[4096], hash[64], want[4096];
+  HAVE("tiny-sd1", m);
+  snprintf(png, sizeof png, "%s/params.png", tmpdir);
+  snprintf(args, sizeof args, "sample -m %s -p 'photo of a cat, \"sitting\"' -n 'blurry, dark' --sampler euler --eta 0.3 --strength 0.5 "
+           "--steps 3 --cfg 5 -s 7 -W 64 -H 64 -o %s", m, png);
+  int rc = cdiff(out, sizeof out, args);
+  CHECKF(rc == 0, "exit %d: %s", rc, out);
+  CHECKF(strstr(out, "warning: --eta has no effect") && strstr(out, "warning: --strength has no effect"), "%s", out);
+  CHECK(cd_png_read_text(png, "model_hash", hash, sizeof hash) == 0);
+  snprintf(want, sizeof want, "photo of a cat, \"sitting\"\nNegative prompt: blurry, dark\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 7, "
+           "Size: 64x64, Model hash: %s, Model: tiny-sd1, Version: cdiff", hash);
+  CHECK(cd_png_read_text(png, "parameters", v, sizeof v) == 0);
+  CHECKF(!strcmp(v, want), "parameters:\n%s\nexpected:\n%s", v, want);
+  CHECK(cd_png_read_text(png, "eta", v, sizeof v) == 1);
+  CHECK(cd_png_read_text(png, "strength", v, sizeof v) == 1);
+  CHECK(cd_png_read_text(png, "init_image", v, sizeof v) == 1);
+  CHECK(cd_png_read_text(png, "prompt", v, sizeof v) == 0 && !strcmp(v, "photo of a cat, \"sitting\""));
+  /* DDIM uses eta: recorded in both; no warning */
+  snprintf(args, sizeof args, "sample -m %s -p 'caf\xc3\xa9 \xe7\x8c\xab' --sampler ddim --eta 0.5 --steps 2 --cfg 5 -s 3 -W 64 -o %s", m, png);
+  rc = cdiff(out, sizeof out, args);
+  CHECKF(rc == 0 && !strstr(out, "warning"), "exit %d: %s", rc, out);
+  CHECK(cd_png_read_text(png, "eta", v, sizeof v) == 0 && !strcmp(v, "0.5"));
+  CHECK(cd_png_read_text(png, "parameters", v, sizeof v) == 0);
+  CHECKF(!strncmp(v, "caf\xc3\xa9 \xe7\x8c\xab\nSteps: 2, Sampler: DDIM, CFG scale: 5, Seed: 3, Size: 64x64, ", 60) && strstr(v, ", Eta: 0.5, "), "%s", v);
+  /* invalid UTF-8 in a prompt: a usage error before the model loads */
+  snprintf(args, sizeof args, "sample -m /nonexistent/model -p 'caf\xe9' -o %s", png);
+  rc = cdiff(out, sizeof out, args);
+  CHECKF(rc == 2 && strstr(out, "--prompt value is not valid UTF-8 (byte 3: 0xe9)") && !strstr(out, "/nonexistent"), "exit %d: %s", rc, out);
+  snprintf(args, sizeof args, "sample -m /nonexistent/model -p cat -n 'x\xc0\x80' -o %s", png);
+  rc = cdiff(out, sizeof out, args);
+  CHECKF(rc == 2 && strstr(out, "--negative value is not valid UTF-8 (byte 1: 0xc0)"), "exit %d: %s", rc, out);
+}
+
+/* the UserComment of a JPEG's EXIF (UNICODE + UTF-16BE) as UTF-8, read independently of the writer */
+static int jpeg_user_comment(const char *path, char *out, size_t cap) {
+  char *data;
+  size_t n;
+  if (cd_read_file(path, &data, &n)) return -1;
+  const uint8_t *p = (const uint8_t *)data;
+  int rc = -1;
+  for (size_t i = 2; i + 4 <= n && p[i] == 0xFF && rc; ) {
+    size_t len = (size_t)p[i + 2] << 8 | p[i + 3];
+    if (p[i + 1] == 0xE1 && len >= 8 && i + 2 + len <= n && !memcmp(p + i + 4, "Exif\0\0", 6)) {
+      const uint8_t *t = p + i + 10, *end = p + i + 2 + len;
+#define U16(q) ((unsigned)(q)[0] << 8 | (q)[1])
+#define U32(q) ((size_t)U16(q) << 16 | U16((q) + 2))
+      if (memcmp(t, "MM", 2)) break;
+      for (size_t ifd = U32(t + 4), depth = 0; depth < 2 && t + ifd + 2 <= end; depth++) {
+        unsigned ne = U16(t + ifd);
+        size_t next = 0;
+        for (unsigned e = 0; e < ne && t + ifd + 2 + 12 * (e + 1) <= end; e++) {
+          const uint8_t *en = t + ifd + 2 + 12 * e;
+          if (U16(en) == 0x8769) next = U32(en + 8);
+          if (U16(en) == 0x9286 && t + U32(en + 8) + U32(en + 4) <= end && U32(en + 4) >= 8 && !memcmp(t + U32(en + 8), "UNICODE\0", 8)) {
+            const uint8_t *s = t + U32(en + 8) + 8;
+            size_t k = 0, nu = (U32(en + 4) - 8) / 2;
+            for (size_t j = 0; j < nu && k + 5 < cap; j++) {
+              unsigned c = U16(s + 2 * j);
+              if (c >= 0xD800 && c < 0xDC00 && j + 1 < nu) {
+                j++;
+                c = 0x10000 + ((c - 0xD800) << 10) + (U16(s + 2 * j) - 0xDC00);
+              }
+              if (c < 0x80) out[k++] = (char)c;
+              else if (c < 0x800) out[k++] = (char)(0xC0 | c >> 6), out[k++] = (char)(0x80 | (c & 63));
+              else if (c < 0x10000) out[k++] = (char)(0xE0 | c >> 12), out[k++] = (char)(0x80 | (c >> 6 & 63)), out[k++] = (char)(0x80 | (c & 63));
+              else out[k++] = (char)(0xF0 | c >> 18), out[k++] = (char)(0x80 | (c >> 12 & 63)), out[k++] = (char)(0x80 | (c >> 6 & 63)), out[k++] = (char)(0x80 | (c & 63));
+            }
+            out[k] = 0;
+            rc = 0;
+          }
+        }
+        if (!next || !rc) break;
+        ifd = next;
+      }
+#undef U16
+#undef U32
+    }
+    i += 2 + len;
+  }
+  free(data);
+  return rc;
+}
+
+/* --out x.jpg writes a JPEG with the same parameters in its EXIF UserComment */
+TEST(jpeg_output) {
+  char m[1024], out[8192], args[4096], png[512], jpg[512], a[4096], b[4096];
+  HAVE("tiny-sd1", m);
+  snprintf(png, sizeof png, "%s/same.png", tmpdir);
+  snprintf(jpg, sizeof jpg, "%s/same.jpg", tmpdir);
+  const char *common = "-p 'a \xf0\x9f\x90\xb1 on a mat' -n 'blurry' --steps 2 --cfg 4 -s 5 -W 64 -H 64";
+  snprintf(args, sizeof args, "sample -m %s %s -o %s", m, common, png);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  snprintf(args, sizeof args, "sample -m %s %s -o %s", m, common, jpg);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  cd_image im;
+  CHECK_OK(cd_image_load(jpg, &im));
+  int ok = im.w == 64 && im.h == 64;
+  cd_image_free(&im);
+  CHECK(ok);
+  CHECK(cd_png_read_text(png, "parameters", a, sizeof a) == 0);
+  CHECKF(jpeg_user_comment(jpg, b, sizeof b) == 0, "no EXIF UserComment in %s", jpg);
+  CHECKF(!strcmp(a, b), "JPEG comment '%s' != PNG parameters '%s'", b, a);
+}
+
+/* cdiff info on a delta (full and low-rank) and on a PNG */
+TEST(info_reads_deltas_and_pngs) {
+  char m[1024], out[16384], args[4096], hash[64];
+  HAVE("tiny-sd1", m);
+  /* a one-step training run gives a real delta */
+  char imgs[600], d1[600], d2[600], png[600];
+  snprintf(imgs, sizeof imgs, "%s/info_imgs", tmpdir);
+  snprintf(d1, sizeof d1, "%s/info_delta", tmpdir);
+  snprintf(d2, sizeof d2, "%s/info_delta_lr", tmpdir);
+  CHECK(mkdir(imgs, 0777) == 0 || access(imgs, F_OK) == 0);
+  uint8_t px[64 * 64 * 3];
+  for (int i = 0; i < 64 * 64 * 3; i++) px[i] = (uint8_t)(i * 13 + i / 190);
+  cd_image im = {.w = 64, .h = 64, .c = 3, .px = px};
+  snprintf(png, sizeof png, "%s/a.png", imgs);
+  CHECK_OK(cd_image_save_png(png, &im, NULL, 0));
+  snprintf(args, sizeof args, "train -m %s --images %s -p 'photo of a <new1> cat' --no-prior --resolution 64 --steps 1 --class-steps 5 "
+           "--validation-prompt cat -o %s 2>&1", m, imgs, d1);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  /* flags without effect in this combination are named */
+  CHECKF(strstr(out, "warning: --class-steps has no effect with --no-prior") &&
+         strstr(out, "warning: --validation-prompt has no effect without --validate-every"), "%s", out);
+  snprintf(args, sizeof args, "info %s 2>&1", m);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  const char *h = strstr(out, "\nhash:");
+  CHECKF(h, "no hash in: %s", out);
+  h += 6 + strspn(h + 6, " ");
+  snprintf(hash, sizeof hash, "%.16s", h);
+  snprintf(args, sizeof args, "info %s 2>&1", d1);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  char want[256];
+  snprintf(want, sizeof want, "base hash    %s\n", hash);
+  CHECKF(strstr(out, want), "want '%s' in: %s", want, out);
+  CHECKF(strstr(out, "tokens       1: <new1> (from ktn)") && strstr(out, "family       SD 1.x") && strstr(out, "cdiff layout"), "%s", out);
+  CHECKF(strstr(out, "layers       ") && !strstr(out, "low-rank"), "%s", out);
+  /* with the base model: the hash check */
+  snprintf(args, sizeof args, "info -m %s %s 2>&1", m, d1);
+  CHECKF(cdiff(out, sizeof out, args) == 0 && strstr(out, ": matches"), "%s", out);
+  char m2[1024];
+  if (!test_golden_path(m2, sizeof m2, "small4-sd1")) {
+    snprintf(args, sizeof args, "info -m %s %s 2>&1", m2, d1);
+    CHECKF(cdiff(out, sizeof out, args) == 0 && strstr(out, "DIFFERS"), "%s", out);
+  }
+  /* the diffusers file alone is a delta too */
+  snprintf(args, sizeof args, "info %s/pytorch_custom_diffusion_weights.safetensors 2>&1", d1);
+  CHECKF(cdiff(out, sizeof out, args) == 0 && strstr(out, "diffusers layout"), "%s", out);
+  /* low-rank: info reports the ranks compress chose */
+  snprintf(args, sizeof args, "compress -m %s --delta %s --ratio 0.5 --keep-factors -o %s 2>&1", m, d1, d2);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  int rmin = 1 << 30, rmax = 0, nlow = 0;
+  for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+    char name[256], shape[64];
+    int r;
+    if (sscanf(l, "%255s %63s %d", name, shape, &r) == 3 && strstr(name, "attn2")) {
+      rmin = CD_MIN(rmin, r);
+      rmax = CD_MAX(rmax, r);
+      nlow++;
+    }
+  }
+  CHECKF(nlow > 0, "compress printed no ranks: %s", out);
+  snprintf(args, sizeof args, "info %s 2>&1", d2);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  snprintf(want, sizeof want, "low-rank     %d weights as factors, rank %d..%d;", nlow, rmin, rmax);
+  CHECKF(strstr(out, want), "want '%s' in: %s", want, out);
+  /* a PNG: its text chunks, the A1111 parameters among them */
+  snprintf(png, sizeof png, "%s/info.png", tmpdir);
+  snprintf(args, sizeof args, "sample -m %s -p 'a cat' -n dark --steps 2 -s 9 -W 64 -o %s 2>&1", m, png);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  snprintf(args, sizeof args, "info %s 2>&1", png);
+  CHECKF(cdiff(out, sizeof out, args) == 0, "%s", out);
+  CHECKF(strstr(out, "PNG, 64x64") && strstr(out, "seed         9\n") && strstr(out, "parameters:\na cat\nNegative prompt: dark\nSteps: 2, "), "%s", out);
+  /* a corrupt PNG is an error naming it, exit 1 */
+  FILE *f = fopen(png, "r+b");
+  CHECK(f != NULL);
+  fseek(f, 40, SEEK_SET);
+  fputc('X', f);
+  fclose(f);
+  snprintf(args, sizeof args, "info %s 2>&1", png);
+  int rc = cdiff(out, sizeof out, args);
+  CHECKF(rc == 1 && strstr(out, "info.png"), "exit %d: %s", rc, out);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_cli_XXXXXX");
   if (!mkdtemp(tmpdir)) return 1;
@@ -675,6 +885,10 @@ int main(void) {
   RUN(threads_and_verbose);
   RUN(docs_match_help);
   RUN(weighted_long_prompt);
+  RUN(utf8_validation);
+  RUN(png_parameters_and_used_flags_only);
+  RUN(jpeg_output);
+  RUN(info_reads_deltas_and_pngs);
   if (test_rmtree(tmpdir)) return 1;
   return test_summary();
 }

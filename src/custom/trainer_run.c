@@ -135,7 +135,7 @@ static void epoch_perm(int *perm, int n, uint64_t seed, int concept, int kind, i
 
 /* ---- set-up ---- */
 
-static int check_opts(const cd_run_opts *o) {
+int cd_run_opts_check(const cd_run_opts *o) {
   if (!o->model) return cd_set_error("--model is required");
   if (!o->out) return cd_set_error("--out is required");
   if (o->concepts && (o->images || o->prompt || o->class_prompt || o->class_images))
@@ -933,7 +933,7 @@ int cd_train_run(const cd_run_opts *opts) {
   FILE *log = NULL;
   char resume_state[2300] = "", log_path[2200];
   int rc = -1;
-  if (check_opts(&r.o) || cd_lr_parse(r.o.lr_scheduler, &r.lr_kind) || setup_concepts(&r) || verify_data(&r)) goto done;
+  if (cd_run_opts_check(&r.o) || cd_lr_parse(r.o.lr_scheduler, &r.lr_kind) || setup_concepts(&r) || verify_data(&r)) goto done;
   if (r.lr_kind == CD_LR_CONSTANT && r.o.lr_warmup_steps > 0)
     cd_warn("--lr_warmup_steps %d has no effect with --lr_scheduler constant (as in diffusers; use constant_with_warmup)", r.o.lr_warmup_steps);
   r.steps = r.o.steps > 0 ? r.o.steps : r.nc > 1 ? 500 : 250;

@@ -62,6 +62,9 @@ typedef struct {
 } cd_run_opts;
 
 void cd_run_opts_default(cd_run_opts *o);
+/* The checks of the options alone (no file is read): 0, or -1 with a message
+ * that starts with the offending flag. cd_train_run makes them too. */
+int cd_run_opts_check(const cd_run_opts *o);
 /* 0, or -1 with cd_last_error() set (naming the flag, file or step). */
 int cd_train_run(const cd_run_opts *o);
 

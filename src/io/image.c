@@ -20,6 +20,7 @@
 #include <zlib.h>
 
 #include "core/common.h"
+#include "core/utf8.h"
 #include "io/bmp.h"
 #include "io/exif.h"
 #include "io/fsutil.h"
@@ -320,6 +321,8 @@ int cd_image_save_png(const char *path, const cd_image *img, const char *const *
     int ok = n >= 1 && n <= 79 && v && k[0] != ' ' && k[n - 1] != ' ';
     for (size_t j = 0; ok && j < n; j++) ok = k[j] >= 32 && k[j] <= 126;
     if (!ok) return cd_set_error("image %s: invalid PNG text key '%s' (1-79 printable ASCII)", path, k ? k : "(null)");
+    if (!is_ascii(v) && cd_utf8_invalid_at(v, strlen(v)) >= 0) /* iTXt is UTF-8 by definition */
+      return cd_set_error("image %s: PNG text '%s' is not valid UTF-8", path, k);
   }
   char tmp[4096];
   FILE *fp = cd_atomic_open(path, tmp, sizeof tmp);
@@ -416,10 +419,14 @@ static int inflate_all(const uint8_t *src, size_t n, uint8_t **dst, size_t *dn) 
   return 0;
 }
 
-int cd_png_read_text(const char *path, const char *key, char *out, size_t cap) {
+/* key != NULL: its value into out (cd_png_read_text). key == NULL: every text
+ * chunk's keyword into out, each NUL-terminated, then an empty one; returns the count. */
+static int png_text_read(const char *path, const char *key, char *out, size_t cap) {
   char *data;
-  size_t n;
+  size_t n, o = 0;
+  int count = 0;
   if (cap) out[0] = 0;
+  if (!key && cap < 2) return cd_set_error("png text %s: no room for the keywords", path);
   if (cd_read_file(path, &data, &n)) return cd_prefix_error("png text");
   const uint8_t *p = (const uint8_t *)data;
   int rc = 1;
@@ -427,7 +434,7 @@ int cd_png_read_text(const char *path, const char *key, char *out, size_t cap) {
     rc = cd_set_error("png text %s: not a PNG file", path);
     goto done;
   }
-  size_t klen = strlen(key);
+  size_t klen = key ? strlen(key) : 0;
   for (size_t pos = 8;;) {
     if (n - pos < 12) {
       rc = cd_set_error("png text %s: truncated PNG (no IEND chunk)", path);
@@ -445,7 +452,22 @@ int cd_png_read_text(const char *path, const char *key, char *out, size_t cap) {
     }
     if (memcmp(type, "IEND", 4) == 0) break;
     int is_t = memcmp(type, "tEXt", 4) == 0, is_z = memcmp(type, "zTXt", 4) == 0, is_i = memcmp(type, "iTXt", 4) == 0;
-    if ((is_t || is_z || is_i) && len > klen && memcmp(d, key, klen) == 0 && d[klen] == 0) {
+    if ((is_t || is_z || is_i) && !key) {
+      size_t kl = strnlen((const char *)d, len);
+      if (kl == 0 || kl == len) {
+        rc = cd_set_error("png text %s: malformed %.4s chunk (no keyword)", path, (const char *)type);
+        goto done;
+      }
+      if (kl + 2 > cap - o) {
+        rc = cd_set_error("png text %s: the keywords are longer than %zu bytes", path, cap);
+        goto done;
+      }
+      memcpy(out + o, d, kl);
+      o += kl;
+      out[o++] = 0;
+      out[o] = 0;
+      count++;
+    } else if ((is_t || is_z || is_i) && len > klen && memcmp(d, key, klen) == 0 && d[klen] == 0) {
       const uint8_t *v = d + klen + 1, *end = d + len;
       int compressed = is_z;
       if (is_z) v++; /* compression method byte */
@@ -475,8 +497,15 @@ int cd_png_read_text(const char *path, const char *key, char *out, size_t cap) {
   }
 done:
   free(data);
-  return rc;
+  return key || rc < 0 ? rc : count;
 }
+
+int cd_png_read_text(const char *path, const char *key, char *out, size_t cap) {
+  if (!key) return cd_set_error("png text %s: no key given", path);
+  return png_text_read(path, key, out, cap);
+}
+
+int cd_png_text_keys(const char *path, char *out, size_t cap) { return png_text_read(path, NULL, out, cap); }
 
 /* --------------------------------------------------------------- resize */
 

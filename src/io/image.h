@@ -35,6 +35,13 @@ void cd_image_free(cd_image *img); /* frees px and zeroes img; NULL-safe */
  * without decoding the image. Returns 0 if found, 1 if the PNG has no such
  * key, -1 on error (unreadable/corrupt file, value longer than cap-1). */
 int cd_png_read_text(const char *path, const char *key, char *out, size_t cap);
+/* The keywords of every text chunk, in file order: each NUL-terminated, then
+ * an empty one ("prompt\0seed\0\0"). Returns how many, or -1 on error. */
+int cd_png_text_keys(const char *path, char *out, size_t cap);
+/* JPEG (quality 1..100) of a gray or RGB image; comment (UTF-8, or NULL) goes
+ * into the EXIF UserComment as UNICODE (UTF-16BE), where A1111 keeps an
+ * image's parameters. Atomic like cd_image_save_png. */
+int cd_image_save_jpeg(const char *path, const cd_image *img, int quality, const char *comment);
 
 /* Resize to w x h (dst allocated, same c). Separable filter, per axis:
  * area average (box, exact fractional coverage) along an axis that shrinks,
