@@ -151,7 +151,7 @@ int cmd_sample(int argc, char **argv) {
       {"--steps", CLI_INT, &steps, "N", "sampling steps (default 30)", NULL, CLI_RANGE(1, 1000)},
       {"--cfg", CLI_FLOAT, &cfg, "S", "classifier-free guidance scale (default 7.5; <= 1 disables)", "--cfg-scale", CLI_MIN(0)},
       {"--eta", CLI_FLOAT, &eta, "E", "DDIM eta (default 0)", NULL, CLI_RANGE(0, 10)},
-      {"--scheduler", CLI_STR, &scheduler, "NAME", "sigma schedule of the sigma samplers: discrete|karras|exponential (default discrete)"},
+      {"--scheduler", CLI_STR, &scheduler, "NAME", "sigma schedule of the sigma samplers: discrete|karras|exponential (default discrete)", "--schedule"},
       {"--karras", CLI_FLAG, &karras, "", "same as --scheduler karras"},
       {"--clip-skip", CLI_INT, &clip_skip, "N", "text-encoder layer: 1 = the model's default (SD 1.x last, SD 2.x penultimate), 2 = one before, ... (default 1)", NULL, CLI_MIN(1)},
       {"--seed", CLI_SEED, &seed, "N", "seed of the initial noise; image i uses seed+i (default 42; -1: random)", "-s"},

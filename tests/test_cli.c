@@ -312,11 +312,11 @@ static const char *const commands[] = {"sample", "train", "merge", "compress", "
 /* stdout only (stderr discarded) */
 static int cdiff_stdout(char *out, size_t cap, const char *args) {
   char cmd[4096];
-  snprintf(cmd, sizeof cmd, "CDIFF_QUIET=1 ./build/cdiff %s 2>/dev/null", args);
+  snprintf(cmd, sizeof cmd, "CDIFF_QUIET=1 '%s' %s 2>/dev/null", test_cdiff_bin(), args);
   return test_run_cmd(cmd, out, cap);
 }
 
-#define NEED_CLI() do { if (access("./build/cdiff", X_OK)) FAILF("./build/cdiff was not built"); } while (0)
+#define NEED_CLI() do { if (access(test_cdiff_bin(), X_OK)) FAILF("%s was not built", test_cdiff_bin()); } while (0)
 
 /* A set of flag spellings ("-m", "--model"). */
 typedef struct {
@@ -468,7 +468,7 @@ TEST(usage_errors_print_the_flag_line) {
   };
   char out[8192], args[1024], help[16384];
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    snprintf(args, sizeof args, "CDIFF_QUIET=1 ./build/cdiff %s 2>&1 >/dev/null", cases[i].args); /* stderr only */
+    snprintf(args, sizeof args, "CDIFF_QUIET=1 '%s' %s 2>&1 >/dev/null", test_cdiff_bin(), cases[i].args); /* stderr only */
     int rc = test_run_cmd(args, out, sizeof out);
     CHECKF(rc == 2, "'cdiff %s' exited %d: %s", cases[i].args, rc, out);
     CHECKF(strstr(out, cases[i].why), "'cdiff %s': lacks '%s': %s", cases[i].args, cases[i].why, out);
@@ -555,11 +555,11 @@ TEST(sd_aliases_give_the_same_images) {
   cd_image im = {.w = 64, .h = 64, .c = 3, .px = px};
   CHECK_OK(cd_image_save_png(init, &im, NULL, 0));
   const char *forms[] = {
-      "sample --model %s --prompt 'photo of a cat' --negative blurry --sampler euler_a --steps 3 --cfg 5 --seed 11 "
+      "sample --model %s --prompt 'photo of a cat' --negative blurry --sampler euler_a --scheduler karras --steps 3 --cfg 5 --seed 11 "
       "--width 64 --height 64 --n 2 --init-image %s --strength 0.6 --out %s/alias_a.png",
-      "sample -m %s -p 'photo of a cat' -n blurry --sampling-method euler_a --steps 3 --cfg-scale 5 -s 11 "
+      "sample -m %s -p 'photo of a cat' -n blurry --sampling-method euler_a --schedule karras --steps 3 --cfg-scale 5 -s 11 "
       "-W 64 -H 64 -b 2 -i %s --strength 0.6 -o %s/alias_b.png",
-      "sample --model=%s --prompt='photo of a cat' --negative-prompt=blurry --sampling-method=euler_a --steps=3 --cfg-scale=5 "
+      "sample --model=%s --prompt='photo of a cat' --negative-prompt=blurry --sampling-method=euler_a --schedule=karras --steps=3 --cfg-scale=5 "
       "--seed=11 -W=64 --height=64 --batch-count=2 --init-img=%s --strength=0.6 --output=%s/alias_c.png",
   };
   for (int f = 0; f < 3; f++) {
