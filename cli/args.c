@@ -165,6 +165,12 @@ static uint64_t random_seed(void) {
 static int set_value(cli_opt *o, const cli_cmd *cmd, const char *as, const char *v) {
   switch (o->type) {
   case CLI_STR:
+    if (o->choices) {
+      size_t n = strlen(v);
+      const char *c = o->choices;
+      while (*c && !(strcspn(c, "|") == n && !strncmp(c, v, n))) c += strcspn(c, "|") + (c[strcspn(c, "|")] == '|');
+      if (!*c) return usage_fail(o, cmd, "%s must be one of %s (got '%s')", as, o->choices, v);
+    }
     *(const char **)o->dest = v;
     return 0;
   case CLI_MULTI: {

@@ -10,7 +10,8 @@
  *   if (r != CLI_GO) return r;   // 0 after --help, 2 after a usage error
  *
  * A flag is one table line: its spellings (name + space-separated aliases),
- * type, destination, metavar, help text and value checks. The help screen,
+ * type, destination, metavar, help text and value checks (ranges of numbers,
+ * CLI_CHOICES of strings). The help screen,
  * the usage-error line, the aliases and the docs test (tests/test_cli.c diffs
  * every command's --help against docs/cli.md) all come from that line.
  *
@@ -51,6 +52,7 @@ typedef struct {
   unsigned char has_hi; /* 1: value <= hi */
   unsigned char required;
   int seen;          /* set by cli_parse: how many times the flag was given */
+  const char *choices; /* CLI_STR: the values allowed, '|'-separated (CLI_CHOICES), or NULL: any */
 } cli_opt;
 
 #define CLI_MIN(x) .lo = (x), .has_lo = 1
@@ -58,6 +60,7 @@ typedef struct {
 #define CLI_MAX(x) .hi = (x), .has_hi = 1
 #define CLI_RANGE(a, b) CLI_MIN(a), CLI_MAX(b)
 #define CLI_REQUIRED .required = 1
+#define CLI_CHOICES(list) .choices = (list)
 
 typedef struct {
   const char *name;     /* "sample" */

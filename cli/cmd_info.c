@@ -153,8 +153,8 @@ static const cli_cmd info_spec = {"info", "PATH   (a checkpoint, a delta folder 
 
 int cmd_info(int argc, char **argv) {
   const char *path = NULL, *prediction = NULL, *vocab = NULL, *weights_dtype = NULL, *model = NULL;
-  cli_opt opts[] = {{"--prediction", CLI_STR, &prediction, "eps|v", "override the prediction type"},
-                    {"--weights-dtype", CLI_STR, &weights_dtype, "f32|f16|bf16", "report resident bytes as sample/train would hold them"},
+  cli_opt opts[] = {{"--prediction", CLI_STR, &prediction, "eps|v", "override the prediction type", NULL, CLI_CHOICES("eps|v|epsilon|v_prediction")},
+                    {"--weights-dtype", CLI_STR, &weights_dtype, "f32|f16|bf16", "report resident bytes as sample/train would hold them", NULL, CLI_CHOICES("f32|f16|bf16")},
                     {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
                     {"--model", CLI_STR, &model, "PATH", "delta: the base model, to check its hash (and to read a delta.ckpt)", "-m"},
                     {0}};

@@ -163,9 +163,9 @@ int cmd_sample(int argc, char **argv) {
       {"--strength", CLI_FLOAT, &strength, "S", "img2img: 1 = ignore the image, 0 = keep it (default 0.75)", NULL, CLI_RANGE(0, 1)},
       {"--save-latents", CLI_STR, &save, "F", "write the final latents (before decoding)"},
       {"--delta", CLI_MULTI, &deltas, "DIR|FILE", "Custom Diffusion delta to apply (repeatable)"},
-      {"--prediction", CLI_STR, &prediction, "eps|v", "override the model's prediction type"},
+      {"--prediction", CLI_STR, &prediction, "eps|v", "override the model's prediction type", NULL, CLI_CHOICES("eps|v|epsilon|v_prediction")},
       {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
-      {"--weights-dtype", CLI_STR, &weights_dtype, "f32|f16|bf16", "storage of the weights in memory (default: the checkpoint's own)"},
+      {"--weights-dtype", CLI_STR, &weights_dtype, "f32|f16|bf16", "storage of the weights in memory (default: the checkpoint's own)", NULL, CLI_CHOICES("f32|f16|bf16")},
       {"--tile", CLI_INT, &tile, "N", "VAE-decode in latent tiles of N (large images)", NULL, CLI_MIN(4)},
       {"--out", CLI_STR, &out, "FILE.png|FILE.jpg|DIR", "output image (PNG; JPEG for .jpg/.jpeg) or folder (required)", "-o --output", CLI_REQUIRED},
       {0}};
@@ -214,11 +214,10 @@ int cmd_sample(int argc, char **argv) {
     cd_image_free(&src);
     return 1;
   }
-  if (cd_clip_set_skip(&m->clip, clip_skip)) {
-    fprintf(stderr, "cdiff sample: %s\n", cd_last_error());
+  if (cd_clip_set_skip(&m->clip, clip_skip)) { /* the range depends on the model's text encoder */
     cd_image_free(&src);
     cd_sd_free(m);
-    return 2;
+    return cli_error_msg(opts, &spec, cd_last_error());
   }
   for (int i = 0; i < deltas.n; i++) {
     if (cd_delta_apply_path(m, deltas.v[i])) {

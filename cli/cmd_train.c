@@ -5,6 +5,7 @@
 #include "args.h"
 #include "commands.h"
 #include "core/common.h"
+#include "custom/lr_schedule.h"
 #include "custom/trainer_run.h"
 
 static const cli_cmd spec = {
@@ -17,7 +18,7 @@ int cmd_train(int argc, char **argv) {
   cli_opt opts[] = {
       {"--model", CLI_STR, &o.model, "PATH", "base model: diffusers folder or single-file .safetensors/.ckpt (required)", "-m --pretrained_model_name_or_path", CLI_REQUIRED},
       {"--vocab", CLI_STR, &o.vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
-      {"--weights-dtype", CLI_STR, &o.weights_dtype, "f32|f16|bf16", "storage of the frozen weights (default: the checkpoint's own)"},
+      {"--weights-dtype", CLI_STR, &o.weights_dtype, "f32|f16|bf16", "storage of the frozen weights (default: the checkpoint's own)", NULL, CLI_CHOICES("f32|f16|bf16")},
       {"--concepts", CLI_STR, &o.concepts, "FILE.json", "list of {instance_prompt, class_prompt, instance_data_dir, class_data_dir}", "--concepts_list"},
       {"--images", CLI_STR, &o.images, "DIR", "instance images of the one concept", "--instance_data_dir"},
       {"--prompt", CLI_STR, &o.prompt, "TEXT", "instance prompt, containing the modifier token (e.g. \"photo of a <new1> dog\")", "-p --instance_prompt"},
@@ -27,7 +28,7 @@ int cmd_train(int argc, char **argv) {
       {"--class-steps", CLI_INT, &o.class_steps, "N", "DDIM steps (eta 1, guidance 6) of generated class images (default 50)", NULL, CLI_RANGE(1, 1000)},
       {"--no-prior", CLI_FLAG, &no_prior, "", "no prior preservation (no class images)"},
       {"--prior-loss-weight", CLI_FLOAT, &o.prior_weight, "X", "weight of the class-image loss (default 1)", "--prior_loss_weight", CLI_ABOVE(0)},
-      {"--train", CLI_STR, &o.train, "WHAT", "crossattn_kv (default: K/V of cross-attention) or crossattn (all of it)", "--freeze_model"},
+      {"--train", CLI_STR, &o.train, "WHAT", "crossattn_kv (default: K/V of cross-attention) or crossattn (all of it)", "--freeze_model", CLI_CHOICES("crossattn_kv|crossattn")},
       {"--modifier-token", CLI_STR, &o.modifier_tokens, "T", "new token(s), comma-separated (default <new1>, <new2>, ... one per concept)", "--modifier_token"},
       {"--initializer-token", CLI_STR, &o.initializers, "W", "vocabulary token(s) the new rows start from (default ktn, pll, ucd)", "--initializer_token"},
       {"--steps", CLI_INT, &o.steps, "N", "optimisation steps (default 250; 500 with several concepts)", "--max_train_steps", CLI_MIN(1)},
@@ -71,7 +72,8 @@ int cmd_train(int argc, char **argv) {
       cli_check_utf8(opts, &spec, "--validation-prompt", o.validation_prompt))
     return CLI_EXIT_USAGE;
   /* the run's option checks are usage errors: exit 2 with the flag's line, before anything is read */
-  if (cd_run_opts_check(&o)) return cli_error_msg(opts, &spec, cd_last_error());
+  cd_lr_kind lr_kind;
+  if (cd_run_opts_check(&o) || cd_lr_parse(o.lr_scheduler, &lr_kind)) return cli_error_msg(opts, &spec, cd_last_error());
   if (no_prior) {
     static const char *const class_flags[] = {"--class-prompt", "--class-images", "--num-class-images", "--class-steps",
                                               "--prior-loss-weight", "--center_crop"};

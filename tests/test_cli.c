@@ -465,6 +465,10 @@ TEST(usage_errors_print_the_flag_line) {
       {"tokenize --vocab V --padded=yes cat", "--padded", "takes no value"},
       {"tokenize --vocab V --add-token", "--add-token", "needs a value"},
       {"info --prediction", "--prediction", "needs a value"},
+      {"info M --prediction=x", "--prediction", "--prediction must be one of eps|v|epsilon|v_prediction (got 'x')"},
+      {"sample -m M -p cat -o x.png --weights-dtype f64", "--weights-dtype", "must be one of f32|f16|bf16 (got 'f64')"},
+      {"train -m M --images I -p 'a <new1> cat' -o O --no-prior --freeze_model all", "--train", "--freeze_model must be one of"},
+      {"train -m M --images I -p 'a <new1> cat' -o O --no-prior --lr_scheduler cosine_with_restarts", "--lr_scheduler", "cosine_with_restarts"},
   };
   char out[8192], args[1024], help[16384];
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
