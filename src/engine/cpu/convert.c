@@ -52,10 +52,23 @@ static int64_t panel_rows(int64_t rowlen) {
   return CD_MAX(1, (int64_t)(cd_cpu_panel_bytes / sizeof(float)) / CD_MAX(1, rowlen));
 }
 
+static int64_t rows_per_panel(const cd_node *w, int64_t rows, int64_t rowlen) {
+  return w->type == CD_TYPE_F32 ? CD_MAX(1, rows) : CD_MIN(CD_MAX(1, rows), panel_rows(rowlen));
+}
+
+size_t cd_cpu_panels_bytes(const cd_node *w, int64_t rows, int64_t rowlen) {
+  return w->type == CD_TYPE_F32 ? 0 : (size_t)rows_per_panel(w, rows, rowlen) * CD_MAX(1, rowlen) * sizeof(float);
+}
+
+void cd_cpu_panels_init_buf(cd_cpu_panels *p, const cd_node *w, int64_t rows, int64_t rowlen, float *buf) {
+  *p = (cd_cpu_panels){.w = w, .rows = rows, .rowlen = rowlen, .r0 = -1, .buf = buf};
+  p->per = rows_per_panel(w, rows, rowlen);
+}
+
 void cd_cpu_panels_init(cd_cpu_panels *p, const cd_node *w, int64_t rows, int64_t rowlen) {
-  *p = (cd_cpu_panels){.w = w, .rows = rows, .rowlen = rowlen, .r0 = -1};
-  p->per = w->type == CD_TYPE_F32 ? CD_MAX(1, rows) : CD_MIN(CD_MAX(1, rows), panel_rows(rowlen));
-  if (w->type != CD_TYPE_F32) p->buf = cd_aligned_alloc((size_t)p->per * CD_MAX(1, rowlen) * sizeof(float));
+  size_t bytes = cd_cpu_panels_bytes(w, rows, rowlen);
+  cd_cpu_panels_init_buf(p, w, rows, rowlen, bytes ? cd_aligned_alloc(bytes) : NULL);
+  p->owned = bytes > 0;
 }
 
 const float *cd_cpu_panels_get(cd_cpu_panels *p, int64_t r0, int64_t nr) {
@@ -69,7 +82,7 @@ const float *cd_cpu_panels_get(cd_cpu_panels *p, int64_t r0, int64_t nr) {
 }
 
 void cd_cpu_panels_free(cd_cpu_panels *p) {
-  cd_aligned_free(p->buf);
+  if (p->owned) cd_aligned_free(p->buf);
   p->buf = NULL;
 }
 

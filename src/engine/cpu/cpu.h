@@ -36,8 +36,13 @@ typedef struct {
   const cd_node *w;
   int64_t rows, rowlen, per, r0, nr;
   float *buf;
+  int owned; /* buf was allocated by cd_cpu_panels_init */
 } cd_cpu_panels;
 void cd_cpu_panels_init(cd_cpu_panels *p, const cd_node *w, int64_t rows, int64_t rowlen);
+/* for planner-placed scratch: the panel buffer's bytes (0 for an f32 weight),
+ * and an init that uses buf (that many bytes) instead of allocating */
+size_t cd_cpu_panels_bytes(const cd_node *w, int64_t rows, int64_t rowlen);
+void cd_cpu_panels_init_buf(cd_cpu_panels *p, const cd_node *w, int64_t rows, int64_t rowlen, float *buf);
 const float *cd_cpu_panels_get(cd_cpu_panels *p, int64_t r0, int64_t nr);
 void cd_cpu_panels_free(cd_cpu_panels *p);
 
