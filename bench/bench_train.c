@@ -3,7 +3,7 @@
  * the cross-attention layers and one new token trainable, as `cdiff train`.
  *
  *   build/tools/gen_sd_random --out /tmp/sd15-random      (once: a random SD 1.5)
- *   build/bench/bench_train [MODEL] [--quick] [--res PX] [--steps N] [--limit-gib G] [--force]
+ *   build/bench/bench_train [MODEL] [--quick] [--res PX] [--weights-dtype f32|f16|bf16] [--steps N] [--limit-gib G] [--force]
  *
  * MODEL defaults to /tmp/sd15-random; --quick trains at 256 px instead of 512.
  * Token ids are made up ([49406, 320, 49408, 2368, 49407, pad...], the new token

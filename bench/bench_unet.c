@@ -2,7 +2,7 @@
  * batch of 2) against this machine's sgemm peak, measured in the same run.
  *
  *   build/tools/gen_sd_random --out /tmp/sd15-random      (once: a random SD 1.5, 2 GB)
- *   build/bench/bench_unet [MODEL] [--quick] [--res PX] [--reps N]
+ *   build/bench/bench_unet [MODEL] [--quick] [--res PX] [--weights-dtype f32|f16|bf16] [--reps N]
  *
  * MODEL: a diffusers folder or single file (default /tmp/sd15-random); only the
  * UNet is loaded. --quick: 256x256 instead of 512x512. Prints:

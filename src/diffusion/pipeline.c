@@ -71,7 +71,8 @@ int cd_encode_prompts_weighted(cd_sd_model *m, const char *const *prompts, int n
   float **wt = cd_calloc((size_t)n, sizeof(float *));
   int rc = -1, K = 0, C = 1, empty_row = -1;
   int *eids = NULL;
-  float *ew = NULL, *idf = NULL, *yall = NULL;
+  float *ew = NULL, *yall = NULL;
+  int32_t *idv = NULL;
   cd_graph *g = NULL;
   for (int i = 0; i < n; i++) {
     const char *p = prompts[i] ? prompts[i] : "";
@@ -92,19 +93,19 @@ int cd_encode_prompts_weighted(cd_sd_model *m, const char *const *prompts, int n
       empty_row = K++;
     }
   g = cd_graph_new();
-  cd_node *in = cd_input(g, "ids", 2, (int64_t[]){K, 77});
+  cd_node *in = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){K, 77});
   cd_weights_clear_used(m->clip.w);
   cd_node *y = cd_clip_build(g, &m->clip, in, NULL, NULL);
   cd_graph_output(g, y);
   if (cd_graph_plan(g, NULL) || cd_weights_check_unused(m->clip.w, "text encoder", m->path)) goto done;
-  idf = cd_malloc((size_t)K * 77 * sizeof(float));
+  idv = cd_malloc((size_t)K * 77 * sizeof(int32_t));
   for (int i = 0, r = 0; i < n; i++)
-    for (int j = 0; j < nch[i] * 77; j++, r++) idf[r] = (float)ids[i][j];
+    for (int j = 0; j < nch[i] * 77; j++, r++) idv[r] = ids[i][j];
   if (empty_row >= 0)
-    for (int j = 0; j < 77; j++) idf[(int64_t)empty_row * 77 + j] = (float)eids[j];
+    for (int j = 0; j < 77; j++) idv[(int64_t)empty_row * 77 + j] = eids[j];
   const int64_t d = y->ne[2], chunk = 77 * d;
   yall = cd_malloc((size_t)K * chunk * sizeof(float));
-  if (cd_graph_set_input(g, in, idf) || cd_graph_forward(g) || cd_graph_get(g, y, yall)) goto done;
+  if (cd_graph_set_input_i32(g, in, idv) || cd_graph_forward(g) || cd_graph_get(g, y, yall)) goto done;
   float *o = cd_malloc((size_t)n * C * chunk * sizeof(float));
   for (int i = 0, r = 0; i < n; i++)
     for (int c = 0; c < C; c++) {
@@ -129,7 +130,7 @@ done:
   free(nch);
   free(eids);
   free(ew);
-  free(idf);
+  free(idv);
   free(yall);
   cd_graph_free(g);
   return rc;
