@@ -11,11 +11,15 @@
 #include "core/common.h"
 #include "engine/cpu/cpu.h"
 
-/* Bytes of f32 per converted panel: big enough that sgemm gets a wide block
- * (it splits the other dimension between threads), small enough to stay in
- * the outer caches between conversion and use. Not static: tests shrink it to
- * exercise panel edges. */
-size_t cd_cpu_panel_bytes = (size_t)2 << 20;
+/* Bytes of f32 per converted panel. Each panel is one sgemm that packs the
+ * other operand again, so panels of a few rows cost more than the widening
+ * itself: measured on SD 1.5 shapes (2 threads), 2 MiB panels made a 3x3 conv
+ * 1.5-2.7x slower than with f32 weights, while widening the whole weight once
+ * per call costs a few percent. 64 MiB holds every SD 1.x/2.x weight (the
+ * largest, 1280x1280x3x3, is 59 MB in f32) as one panel: the resident copy
+ * stays 16-bit, the f32 one lives only during its kernel. Not static: tests
+ * shrink it to exercise panel edges. */
+size_t cd_cpu_panel_bytes = (size_t)64 << 20;
 
 static void f16_to_f32(const uint16_t *s, float *d, int64_t n) {
   int64_t i = 0;

@@ -31,7 +31,7 @@ void cd_cpu_accumulate(const cd_kernel_ctx *ctx, float *acc, float *g, int64_t n
  * widened into the panel buffer (unless that panel is the one widened last,
  * so a weight that fits one panel is widened once per kernel call). */
 void cd_cpu_to_f32(const void *src, cd_type t, int64_t off, int64_t n, float *dst);
-extern size_t cd_cpu_panel_bytes; /* f32 bytes per panel (2 MiB); tests shrink it */
+extern size_t cd_cpu_panel_bytes; /* f32 bytes per panel (64 MiB); tests shrink it */
 typedef struct {
   const cd_node *w;
   int64_t rows, rowlen, per, r0, nr;
