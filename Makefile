@@ -25,6 +25,7 @@ BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 TOOL_SRC  := $(wildcard tools/*.c)
 TOOL_BIN  := $(TOOL_SRC:tools/%.c=$(BUILD)/tools/%)
+FAULT_LIB := $(BUILD)/tests/libfailwrite.so
 
 # `cdiff --version` names the commit it was built from: $(BUILD)/git_commit.h is
 # rewritten only when HEAD moves, so only cli/main.o rebuilds then.
@@ -35,7 +36,7 @@ $(shell mkdir -p $(BUILD) && echo '#define CD_GIT_COMMIT "$(GIT_COMMIT)"' > $(BU
 $(BUILD)/cli/main.o: CFLAGS += -I$(BUILD)
 
 .PHONY: all test check bench clean
-all: $(BUILD)/libcdiff.a $(BUILD)/cdiff $(TEST_BIN) $(BENCH_BIN) $(TOOL_BIN)
+all: $(BUILD)/libcdiff.a $(BUILD)/cdiff $(TEST_BIN) $(BENCH_BIN) $(TOOL_BIN) $(FAULT_LIB)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -51,13 +52,18 @@ $(BUILD)/cdiff: $(CLI_OBJ) $(BUILD)/libcdiff.a
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_UTIL) $(BUILD)/libcdiff.a
 	$(CC) $(LDFLAGS) -o $@ $< $(TEST_UTIL) $(WHOLE) $(LDLIBS)
 
+# the LD_PRELOAD write-failure library of tests/test_fault_injection.c (never sanitized: it is preloaded)
+$(BUILD)/tests/libfailwrite.so: tests/failwrite.c
+	@mkdir -p $(dir $@)
+	$(CC) -shared -fPIC -O2 -Wall -Wextra -o $@ $< -ldl
+
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libcdiff.a
 	$(CC) $(LDFLAGS) -o $@ $< $(WHOLE) $(LDLIBS)
 
 $(BUILD)/tools/%: $(BUILD)/tools/%.o $(BUILD)/libcdiff.a
 	$(CC) $(LDFLAGS) -o $@ $< $(WHOLE) $(LDLIBS)
 
-test: $(BUILD)/cdiff $(TEST_BIN) $(TOOL_BIN)
+test: $(BUILD)/cdiff $(TEST_BIN) $(TOOL_BIN) $(FAULT_LIB)
 	@sh tests/run.sh $(TEST_BIN)
 
 # check = the test suite twice: optimised, and under ASan/UBSan (one summary
@@ -65,7 +71,7 @@ test: $(BUILD)/cdiff $(TEST_BIN) $(TOOL_BIN)
 # cdiff or gen_sd_random run the sanitized ones in the second pass.
 check:
 	@$(MAKE) --no-print-directory -s all >/dev/null
-	@$(MAKE) --no-print-directory -s SAN=1 build-san/cdiff $(TEST_SRC:tests/%.c=build-san/tests/%) \
+	@$(MAKE) --no-print-directory -s SAN=1 build-san/cdiff build-san/tests/libfailwrite.so $(TEST_SRC:tests/%.c=build-san/tests/%) \
 	  $(TOOL_SRC:tools/%.c=build-san/tools/%) >/dev/null
 	@sh tests/run.sh $(TEST_BIN) $(TEST_SRC:tests/%.c=build-san/tests/%)
 

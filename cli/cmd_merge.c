@@ -1,5 +1,6 @@
 /* cmd_merge.c - cdiff merge (closed-form multi-concept merge of deltas trained
  * apart) and cdiff compress (low-rank SVD compression of a delta). */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,32 @@ static cd_sd_model *load_model(const char *cmd, const char *model, const char *v
   return m;
 }
 
+/* Refuses an --out that is an input (or the folder of an input file: the
+ * result would overwrite or contradict it), exit 2, and a folder that already
+ * holds a delta unless --overwrite, exit 1. 0 when out is fine. */
+static int check_out(const char *cmd, const char *out, const char *const *in, int nin, int overwrite) {
+  for (int i = 0; i < nin; i++) {
+    char parent[PATH_MAX] = "";
+    if (cd_is_file(in[i]) && realpath(in[i], parent)) {
+      char *sl = strrchr(parent, '/');
+      if (sl) *(sl == parent ? sl + 1 : sl) = 0;
+    }
+    if (cd_same_path(out, in[i]) || (*parent && cd_same_path(out, parent))) {
+      fprintf(stderr, "cdiff %s: --out %s is the input %s or its folder: writing there would destroy it; choose another folder\n", cmd, out, in[i]);
+      return 2;
+    }
+  }
+  if (cd_file_exists(out) && !cd_is_dir(out)) {
+    fprintf(stderr, "cdiff %s: --out %s exists and is not a folder\n", cmd, out);
+    return 2;
+  }
+  if (!overwrite && cd_is_dir(out) && cd_delta_dir_has_delta(out)) {
+    fprintf(stderr, "cdiff %s: --out %s already holds a delta: pass --overwrite to replace it, or choose another folder\n", cmd, out);
+    return 1;
+  }
+  return 0;
+}
+
 static long file_size(const char *path) {
   struct stat st;
   return stat(path, &st) == 0 ? (long)st.st_size : -1;
@@ -34,7 +61,7 @@ static const cli_cmd merge_spec = {"merge", "--model PATH --delta DIR:category [
 
 int cmd_merge(int argc, char **argv) {
   const char *model = NULL, *out = NULL, *reg_file = NULL, *vocab = NULL;
-  int reg_count = CD_MERGE_REG_COUNT;
+  int reg_count = CD_MERGE_REG_COUNT, overwrite = 0;
   float ridge = 0;
   cli_multi deltas = {0};
   cli_opt opts[] = {
@@ -44,14 +71,11 @@ int cmd_merge(int argc, char **argv) {
       {"--reg-count", CLI_INT, &reg_count, "N", "use the first N captions (default 200)", NULL, CLI_MIN(1)},
       {"--ridge", CLI_FLOAT, &ridge, "X", "regularise the constraint system by X*mean(diag) (default 0: exact)", NULL, CLI_MIN(0)},
       {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
-      {"--out", CLI_STR, &out, "DIR", "output delta folder (required)", "-o --output", CLI_REQUIRED},
+      {"--out", CLI_STR, &out, "DIR", "output delta folder (required; never one of the inputs)", "-o --output", CLI_REQUIRED},
+      {"--overwrite", CLI_FLAG, &overwrite, "", "replace a delta already in --out"},
       {0}};
   int r = cli_parse(argc, argv, opts, &merge_spec, NULL);
   if (r != CLI_GO) return r;
-  if (cd_check_writable_dir("--out", out)) { /* before the model is loaded */
-    fprintf(stderr, "cdiff merge: %s\n", cd_last_error());
-    return 1;
-  }
   /* DIR:category, split at the last ':' (categories have none, paths rarely do) */
   char dirs[CLI_MAX_MULTI][1024];
   const char *cats[CLI_MAX_MULTI];
@@ -66,6 +90,14 @@ int cmd_merge(int argc, char **argv) {
       fprintf(stderr, "cdiff merge: --delta %s: no such file or folder\n", dirs[i]);
       return 1;
     }
+  }
+  const char *ins[CLI_MAX_MULTI];
+  for (int i = 0; i < deltas.n; i++) ins[i] = dirs[i];
+  int bad_out = check_out("merge", out, ins, deltas.n, overwrite);
+  if (bad_out) return bad_out;
+  if (cd_check_writable_dir("--out", out)) { /* before the model is loaded */
+    fprintf(stderr, "cdiff merge: %s\n", cd_last_error());
+    return 1;
   }
   char regp[2048];
   if (reg_file) snprintf(regp, sizeof regp, "%s", reg_file);
@@ -121,14 +153,15 @@ static const cli_cmd compress_spec = {"compress", "--model PATH --delta DIR --ou
 int cmd_compress(int argc, char **argv) {
   const char *model = NULL, *delta = NULL, *out = NULL, *vocab = NULL;
   float ratio = (float)CD_COMPRESS_RATIO;
-  int keep_factors = 0;
+  int keep_factors = 0, overwrite = 0;
   cli_opt opts[] = {
       {"--model", CLI_STR, &model, "PATH", "the base model the delta was trained on (required)", "-m", CLI_REQUIRED},
       {"--delta", CLI_STR, &delta, "DIR|FILE", "the delta to compress, any layout (required)", NULL, CLI_REQUIRED},
       {"--ratio", CLI_FLOAT, &ratio, "R", "keep the top singular values holding R of their sum, 0 < R <= 1 (default 0.6)", NULL, CLI_ABOVE(0), CLI_MAX(1)},
       {"--keep-factors", CLI_FLAG, &keep_factors, "", "store factors even where they are larger than the matrix"},
       {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
-      {"--out", CLI_STR, &out, "DIR", "output delta folder (required)", "-o --output", CLI_REQUIRED},
+      {"--out", CLI_STR, &out, "DIR", "output delta folder (required; not the input's folder)", "-o --output", CLI_REQUIRED},
+      {"--overwrite", CLI_FLAG, &overwrite, "", "replace a delta already in --out"},
       {0}};
   int r = cli_parse(argc, argv, opts, &compress_spec, NULL);
   if (r != CLI_GO) return r;
@@ -136,6 +169,8 @@ int cmd_compress(int argc, char **argv) {
     fprintf(stderr, "cdiff compress: --delta %s: no such file or folder\n", delta);
     return 1;
   }
+  int bad_out = check_out("compress", out, &delta, 1, overwrite);
+  if (bad_out) return bad_out;
   if (cd_check_writable_dir("--out", out)) { /* before the model is loaded */
     fprintf(stderr, "cdiff compress: %s\n", cd_last_error());
     return 1;

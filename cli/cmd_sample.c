@@ -17,6 +17,7 @@
 #include "io/image.h"
 #include "io/tensor_file.h"
 #include "io/writable.h"
+#include "sample_out.h"
 
 static int write_latents(const char *path, const float *x, int n, int64_t h, int64_t w) {
   cd_tensor_out t = {.name = "latents", .dtype = CD_DT_F32, .ndim = 4, .shape = {n, 4, h, w}, .data = x};
@@ -41,20 +42,6 @@ static int read_latents(const char *path, int *n, int64_t h, int64_t w, float **
   }
   cd_tensor_file_close(f);
   return rc;
-}
-
-static void out_path(const char *out, int is_dir, int i, int n, uint64_t seed, char *buf, size_t cap) {
-  if (is_dir) {
-    snprintf(buf, cap, "%s/cdiff_%llu_%d.png", out, (unsigned long long)seed, i);
-    return;
-  }
-  if (n == 1) {
-    snprintf(buf, cap, "%s", out);
-    return;
-  }
-  const char *dot = strrchr(out, '.');
-  int stem = dot ? (int)(dot - out) : (int)strlen(out);
-  snprintf(buf, cap, "%.*s_%d%s", stem, out, i, dot ? dot : ".png");
 }
 
 static int is_jpeg_name(const char *path) {
@@ -137,7 +124,7 @@ int cmd_sample(int argc, char **argv) {
   const char *model = NULL, *prompt = NULL, *negative = "", *sampler = "ddim", *out = NULL, *init = NULL, *save = NULL;
   const char *prediction = NULL, *vocab = NULL, *init_image = NULL, *scheduler = NULL, *weights_dtype = NULL;
   float strength = 0.75f;
-  int steps = 30, width = 0, height = 0, n = 0, karras = 0, tile = 0, clip_skip = 1;
+  int steps = 30, width = 0, height = 0, n = 0, karras = 0, tile = 0, clip_skip = 1, overwrite = 0;
   float cfg = 7.5f, eta = 0.0f;
   uint64_t seed = 42;
   cli_multi deltas = {0};
@@ -167,7 +154,8 @@ int cmd_sample(int argc, char **argv) {
       {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
       {"--weights-dtype", CLI_STR, &weights_dtype, "f32|f16|bf16", "storage of the weights in memory (default: the checkpoint's own)", NULL, CLI_CHOICES("f32|f16|bf16")},
       {"--tile", CLI_INT, &tile, "N", "VAE-decode in latent tiles of N (large images)", NULL, CLI_MIN(4)},
-      {"--out", CLI_STR, &out, "FILE.png|FILE.jpg|DIR", "output image (PNG; JPEG for .jpg/.jpeg) or folder (required)", "-o --output", CLI_REQUIRED},
+      {"--out", CLI_STR, &out, "FILE.png|FILE.jpg|DIR/", "output image (PNG; JPEG for .jpg/.jpeg), or folder (made if missing) of NNNNN-SEED-prompt.png files (required)", "-o --output", CLI_REQUIRED},
+      {"--overwrite", CLI_FLAG, &overwrite, "", "replace an existing --out FILE"},
       {0}};
   int r = cli_parse(argc, argv, opts, &spec, NULL);
   if (r != CLI_GO) return r;
@@ -197,12 +185,13 @@ int cmd_sample(int argc, char **argv) {
   }
   go.s.seed = seed;
 
-  /* the validation pass, before the model is loaded: outputs writable, inputs readable */
-  size_t olen = strlen(out);
-  int out_dir = cd_is_dir(out) || (olen && out[olen - 1] == '/');
+  /* the validation pass, before the model is loaded: where the images go is
+   * settled (the folder made, nothing that would be overwritten), other
+   * outputs writable, inputs readable */
+  sample_out so;
   cd_image src = {0};
-  if ((out_dir ? cd_check_writable_dir("--out", out) : cd_check_writable_file("--out", out)) ||
-      (save && cd_check_writable_file("--save-latents", save)) || (init && !cd_is_file(init) && cd_set_error("--init-latents %s: no such file", init)) ||
+  if (sample_out_init(&so, out, n > 0 ? n : 1, overwrite, prompt) || (save && cd_check_writable_file("--save-latents", save)) ||
+      (init && !cd_is_file(init) && cd_set_error("--init-latents %s: no such file", init)) ||
       (init_image && cd_image_load(init_image, &src) && cd_prefix_error("--init-image"))) {
     fprintf(stderr, "cdiff sample: %s\n", cd_last_error());
     return 1;
@@ -242,7 +231,7 @@ int cmd_sample(int argc, char **argv) {
   go.height = height;
   int64_t h = height / 8, w = width / 8;
   float *init_buf = NULL, *lat = NULL, *img = NULL;
-  int rc = 1, is_dir = out_dir;
+  int rc = 1;
   if (init_image) {
     cd_image rs;
     if (cd_image_resize(&src, width, height, &rs)) goto fail;
@@ -257,6 +246,7 @@ int cmd_sample(int argc, char **argv) {
     go.init_latents = init_buf;
   }
   go.n = n > 0 ? n : 1;
+  if (sample_out_check(&so, go.n)) goto fail;
   if (width > 0 && height > 0) { /* refuse what cannot fit before allocating it (an OOM abort otherwise) */
     char what[128];
     snprintf(what, sizeof what, "--width %d --height %d (%d image%s)", width, height, go.n, go.n > 1 ? "s" : "");
@@ -275,7 +265,7 @@ int cmd_sample(int argc, char **argv) {
                       .eta_used = eta_used, .clip_skip = clip_skip, .cfg = cfg, .eta = eta, .strength = strength};
   for (int i = 0; i < go.n; i++) {
     char path[2048];
-    out_path(out, is_dir, i, go.n, seed, path, sizeof path);
+    sample_out_path(&so, i, go.n, seed + i, path, sizeof path);
     cd_image im;
     cd_chw_to_image(img + (size_t)i * 3 * height * width, 3, height, width, &im);
     int r = save_image(path, &im, &meta, seed + i);

@@ -53,8 +53,10 @@ int cmd_train(int argc, char **argv) {
       /* diffusers' switches for what cdiff does by default (its other spellings are aliases above) */
       {"--with_prior_preservation", CLI_FLAG, &with_prior, "", "prior preservation (cdiff's default; --no-prior turns it off)"},
       {"--scale_lr", CLI_FLAG, &scale_lr, "", "scale --lr by the images per step (cdiff's default; --no-scale-lr turns it off)"},
-      {"--checkpoint-every", CLI_INT, &o.checkpoint_every, "N", "write OUT/checkpoint every N steps (and at the end; 0: none)", NULL, CLI_MIN(0)},
-      {"--resume", CLI_STR, &o.resume, "DIR", "continue from a checkpoint (OUT or OUT/checkpoint)"},
+      {"--checkpoint-every", CLI_INT, &o.checkpoint_every, "N", "write OUT/checkpoint-N every N steps, at the end and on Ctrl-C (default 50; 0: only then)", "--checkpointing_steps", CLI_MIN(0)},
+      {"--checkpoints-total-limit", CLI_INT, &o.checkpoints_total_limit, "N", "keep the newest N checkpoints (default 2; 0: all)", "--checkpoints_total_limit", CLI_MIN(0)},
+      {"--resume", CLI_STR, &o.resume, "latest|DIR", "continue a run: latest (= --out), a run folder, or a checkpoint-N folder", "--resume_from_checkpoint"},
+      {"--overwrite", CLI_FLAG, &o.overwrite, "", "replace the run already in --out (its class images are kept)"},
       {"--validate-every", CLI_INT, &o.validate_every, "N", "sample --validation-prompt every N steps into OUT/validation (0: never)", "--validation_steps", CLI_MIN(0)},
       {"--validation-prompt", CLI_STR, &o.validation_prompt, "TEXT", "prompt of the validation images", "--validation_prompt"},
       {"--clip-skip", CLI_INT, &o.clip_skip, "N", "text-encoder layer as in sample (default 1); sample with the same N", NULL, CLI_MIN(1)},
@@ -85,9 +87,12 @@ int cmd_train(int argc, char **argv) {
     cli_warn_unused(opts, "--num_validation_images", "without --validate-every");
   }
   o.quiet = getenv("CDIFF_QUIET") != NULL;
+  int sig = 0;
+  o.handle_signals = 1;
+  o.stopped_by = &sig;
   if (cd_train_run(&o)) {
     fprintf(stderr, "cdiff train: %s\n", cd_last_error());
-    return 1;
+    return sig ? 128 + sig : 1; /* 130 after SIGINT, 143 after SIGTERM, as a shell reports them */
   }
   return 0;
 }

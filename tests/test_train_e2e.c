@@ -231,7 +231,7 @@ TEST(resume_is_bit_exact) {
   char c[600];
   snprintf(c, sizeof c, "%s/run_c", tmp);
   base_opts(&o, c);
-  o.resume = path_in(b, "checkpoint");
+  o.resume = path_in(b, "checkpoint-2");
   CHECK_OK(cd_train_run(&o));
   if (same_tensors(path_in(a, CD_DELTA_FILE), path_in(c, CD_DELTA_FILE))) { test_failed_flag = 1; return; }
   char *lc;
@@ -245,7 +245,7 @@ TEST(resume_is_bit_exact) {
   o.resume = b;
   CHECK_OK(cd_train_run(&o));
   if (same_tensors(path_in(a, CD_DELTA_FILE), path_in(b, CD_DELTA_FILE))) { test_failed_flag = 1; return; }
-  if (same_tensors(path_in(a, "checkpoint/state.safetensors"), path_in(b, "checkpoint/state.safetensors"))) { test_failed_flag = 1; return; }
+  if (same_tensors(path_in(a, "checkpoint-4/state.safetensors"), path_in(b, "checkpoint-4/state.safetensors"))) { test_failed_flag = 1; return; }
   /* the logs agree line for line (so do the losses: same batches, same noise) */
   char *la, *lb;
   size_t na, nb;
@@ -261,7 +261,7 @@ TEST(resume_is_bit_exact) {
   CHECKF(lines == 4 && keys, "log.jsonl: %d lines / keys missing", lines);
   /* checkpoint state: step and args */
   cd_tensor_file *f;
-  CHECK_OK(cd_safetensors_open(path_in(a, "checkpoint/state.safetensors"), &f));
+  CHECK_OK(cd_safetensors_open(path_in(a, "checkpoint-4/state.safetensors"), &f));
   const char *st = cd_tf_meta(f, "step"), *args = cd_tf_meta(f, "args");
   int ok = st && !strcmp(st, "4") && args && strstr(args, "\"initializer_token\":[\"ktn\"]") && cd_tf_find(f, "adam_m/token_embedding.extra");
   cd_tensor_file_close(f);
@@ -310,7 +310,7 @@ TEST(delta_changes_samples_and_deltas_combine) {
   o.checkpoint_every = 0;
   CHECK_OK(cd_train_run(&o));
   CHECK(cd_file_exists(path_in(d, "class_images/0/class_00001.png")));
-  CHECK(!cd_file_exists(path_in(d, "checkpoint")));
+  CHECK(!cd_file_exists(path_in(d, "checkpoint-2")) && !cd_file_exists(path_in(d, "latest")));
   cd_load_opts lo = {0};
   cd_sd_model *m = NULL;
   float base[256], tuned[256], both[256], tok[256];
@@ -351,8 +351,13 @@ TEST(nan_loss_stops_and_keeps_checkpoint) {
   const char *e = cd_last_error();
   CHECKF(strstr(e, "loss") && strstr(e, "checkpoint"), "error: %s", e);
   CHECK(!cd_file_exists(path_in(n, CD_DELTA_FILE)));
+  char *latest = NULL, ck[700];
+  size_t nl;
+  CHECK_OK(cd_read_file(path_in(n, "latest"), &latest, &nl));
+  snprintf(ck, sizeof ck, "%.*s/state.safetensors", (int)strcspn(latest, "\n"), latest);
+  free(latest);
   cd_tensor_file *f;
-  CHECK_OK(cd_safetensors_open(path_in(n, "checkpoint/state.safetensors"), &f));
+  CHECK_OK(cd_safetensors_open(path_in(n, ck), &f));
   const char *st = cd_tf_meta(f, "step");
   int step = st ? atoi(st) : -1;
   /* the checkpoint holds finite values of the last good step */

@@ -3,6 +3,7 @@
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -462,13 +463,80 @@ static int save_diffusers(const char *dir, const cd_delta *d) {
   return rc;
 }
 
+int cd_delta_write_cdiff(const char *path, const cd_delta *d) { return save_cdiff(path, d); }
+
+#define DIFFUSERS_BIN "pytorch_custom_diffusion_weights.bin"
+static const char *const layout_files[] = {CD_DELTA_FILE, CD_DIFFUSERS_DELTA_FILE, DIFFUSERS_BIN, "delta.ckpt"};
+
+int cd_delta_dir_has_delta(const char *dir) {
+  for (size_t i = 0; i < sizeof layout_files / sizeof layout_files[0]; i++) {
+    char *p = cd_path_join(dir, layout_files[i]);
+    int e = cd_file_exists(p);
+    free(p);
+    if (e) return 1;
+  }
+  return 0;
+}
+
+/* A token file of diffusers' layout: NAME.safetensors or NAME.bin holding one
+ * 1-D (or [1, d]) tensor named NAME. Only such files are ever removed. */
+static int is_token_file(const char *path, const char *fname) {
+  size_t L = strlen(fname), stem = cd_ends_with(fname, ".safetensors") ? L - 12 : cd_ends_with(fname, ".bin") ? L - 4 : 0;
+  if (!stem) return 0;
+  cd_tensor_file *f;
+  if (cd_tensor_file_open(path, &f)) {
+    cd_clear_error();
+    return 0;
+  }
+  const cd_tensor_info *t = cd_tf_count(f) == 1 ? cd_tf_at(f, 0) : NULL;
+  int yes = t && (t->ndim == 1 || (t->ndim == 2 && t->shape[0] == 1)) && strlen(t->name) == stem && !strncmp(t->name, fname, stem);
+  cd_tensor_file_close(f);
+  return yes;
+}
+
+static int remove_file(const char *dir, const char *name) {
+  char *p = cd_path_join(dir, name);
+  int rc = remove(p) != 0 && errno != ENOENT ? cd_set_error("cannot remove stale %s: %s", p, strerror(errno)) : 0;
+  free(p);
+  return rc;
+}
+
+/* After a save: removes what an earlier delta left in dir and the new one does
+ * not agree with (other layouts, token files of other tokens), so the folder
+ * holds one delta whichever file a reader picks. d NULL: removes every delta
+ * file. */
+static int remove_stale(const char *dir, const cd_delta *d) {
+  if (!d && remove_file(dir, CD_DELTA_FILE)) return -1;
+  if (((!d || d->lowrank) && remove_file(dir, CD_DIFFUSERS_DELTA_FILE)) || remove_file(dir, DIFFUSERS_BIN) || remove_file(dir, "delta.ckpt"))
+    return -1;
+  DIR *dp = opendir(dir);
+  if (!dp) return cd_set_error("cannot read folder %s: %s", dir, strerror(errno));
+  int rc = 0;
+  struct dirent *e;
+  while (!rc && (e = readdir(dp))) {
+    const char *s = e->d_name;
+    if (!strcmp(s, CD_DELTA_FILE) || !strcmp(s, CD_DIFFUSERS_DELTA_FILE)) continue;
+    int written = 0; /* <tok>.safetensors of a full delta */
+    for (int i = 0; d && i < d->ntok && !d->lowrank; i++)
+      written |= cd_ends_with(s, ".safetensors") && strlen(s) == strlen(d->tok[i]) + 12 && !strncmp(s, d->tok[i], strlen(d->tok[i]));
+    if (written) continue;
+    char *p = cd_path_join(dir, s);
+    if (is_token_file(p, s) && remove(p) != 0) rc = cd_set_error("cannot remove stale %s: %s", p, strerror(errno));
+    free(p);
+  }
+  closedir(dp);
+  return rc;
+}
+
+int cd_delta_remove(const char *dir) { return cd_is_dir(dir) ? remove_stale(dir, NULL) : 0; }
+
 int cd_delta_save(const char *dir, const cd_delta *d) {
   if (cd_mkdir_p(dir)) return -1;
   char path[2048];
   snprintf(path, sizeof path, "%s/%s", dir, CD_DELTA_FILE);
-  if (save_cdiff(path, d)) return -1;
   if (!d->lowrank && save_diffusers(dir, d)) return -1;
-  return 0;
+  if (save_cdiff(path, d)) return -1;
+  return remove_stale(dir, d);
 }
 
 size_t cd_delta_bytes(const cd_delta *d) {

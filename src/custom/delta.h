@@ -57,8 +57,16 @@ int cd_delta_apply_path(cd_sd_model *m, const char *path);
  * on and m is another model: the delta still applies if the shapes fit, but
  * the result is not what was trained. Returns 1 when it warned. */
 int cd_delta_check_base(const cd_delta *d, const cd_sd_model *m, const char *what);
-/* Writes DIR/cdiff_delta.safetensors and, unless low-rank, diffusers' files (atomic each). */
+/* Writes DIR/cdiff_delta.safetensors and, unless low-rank, diffusers' files (atomic each),
+ * then removes what an earlier delta left in DIR that disagrees with this one
+ * (the other layouts, token files of other tokens). */
 int cd_delta_save(const char *dir, const cd_delta *d);
+/* Writes only cdiff's own file, at path (atomic). */
+int cd_delta_write_cdiff(const char *path, const cd_delta *d);
+/* 1 if dir holds a delta file of any layout. */
+int cd_delta_dir_has_delta(const char *dir);
+/* Removes every delta file of any layout from dir (token files included). */
+int cd_delta_remove(const char *dir);
 /* File size of what cd_delta_save would write for the cdiff file, in bytes. */
 size_t cd_delta_bytes(const cd_delta *d);
 

@@ -2,7 +2,10 @@
 #include "custom/trainer_run.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +17,7 @@
 #include "custom/dataset.h"
 #include "custom/delta.h"
 #include "custom/lr_schedule.h"
+#include "custom/run_dir.h"
 #include "custom/train.h"
 #include "custom/train_mem.h"
 #include "diffusion/pipeline.h"
@@ -54,6 +58,8 @@ void cd_run_opts_default(cd_run_opts *o) {
   o->adam_weight_decay = 1e-2f;
   o->max_grad_norm = 1.0f;
   o->num_validation_images = 2;
+  o->checkpoint_every = 50;
+  o->checkpoints_total_limit = 2;
 }
 
 typedef struct {
@@ -82,8 +88,8 @@ typedef struct {
   int tr_ok;
   cJSON *args;
   char *args_txt;
-  char ckpt_dir[2048];
-  int last_ckpt;             /* step of the last checkpoint written or resumed from, -1 none */
+  char ckpt_dir[2048];       /* the last checkpoint written or resumed from ("" none) */
+  int last_ckpt;             /* its step, -1 none */
 } run_t;
 
 /* ---- small helpers ---- */
@@ -153,6 +159,8 @@ int cd_run_opts_check(const cd_run_opts *o) {
   if (o->prior && o->num_class_images < 1) return cd_set_error("--num-class-images must be at least 1 (got %d)", o->num_class_images);
   if (o->class_steps < 1 || o->class_steps > 1000) return cd_set_error("--class-steps must be in 1..1000 (got %d)", o->class_steps);
   if (o->checkpoint_every < 0) return cd_set_error("--checkpoint-every must be non-negative (got %d)", o->checkpoint_every);
+  if (o->checkpoints_total_limit < 0)
+    return cd_set_error("--checkpoints-total-limit must be non-negative (got %d)", o->checkpoints_total_limit);
   if (o->validate_every < 0) return cd_set_error("--validate-every must be non-negative (got %d)", o->validate_every);
   if (o->validate_every > 0 && (!o->validation_prompt || !*o->validation_prompt))
     return cd_set_error("--validate-every needs --validation-prompt");
@@ -359,16 +367,71 @@ static int same_run(const cJSON *stored, const cJSON *cur, const char *src) {
   return 0;
 }
 
-static int find_state(const char *dir, char *path, size_t cap) {
-  snprintf(path, cap, "%s/%s", dir, CD_RUN_STATE_FILE);
-  if (cd_file_exists(path)) return 0;
-  snprintf(path, cap, "%s/%s/%s", dir, CD_RUN_CHECKPOINT_DIR, CD_RUN_STATE_FILE);
-  if (cd_file_exists(path)) return 0;
-  return cd_set_error("--resume %s: no checkpoint there (%s or %s/%s)", dir, CD_RUN_STATE_FILE, CD_RUN_CHECKPOINT_DIR, CD_RUN_STATE_FILE);
+/* step of a complete checkpoint folder (its state file opens and says which
+ * step it holds), else -1 with the reason in cd_last_error() */
+static int ckpt_complete(const char *dir) {
+  char *p = cd_path_join(dir, CD_RUN_STATE_FILE);
+  cd_tensor_file *f;
+  int step = -1;
+  if (!cd_safetensors_open(p, &f)) {
+    const char *fmt = cd_tf_meta(f, "format"), *st = cd_tf_meta(f, "step");
+    char *end = NULL;
+    long v = st ? strtol(st, &end, 10) : -1;
+    if (fmt && !strcmp(fmt, "cdiff-train-state") && st && !*end && v >= 0 && v <= 100000000) step = (int)v;
+    else cd_set_error("%s: not a cdiff training checkpoint", p);
+    cd_tensor_file_close(f);
+  }
+  free(p);
+  return step;
+}
+
+/* The checkpoint to resume from, into path (folder of state.safetensors):
+ * a checkpoint folder itself, or the newest complete checkpoint-N (or the
+ * older single checkpoint/) of a run folder. *none = 1 when a run folder
+ * holds no checkpoint at all. */
+static int find_state(const char *dir, char *path, size_t cap, int *none) {
+  *none = 0;
+  if (!cd_is_dir(dir)) return cd_set_error("--resume %s: no such folder", dir);
+  char *sp = cd_path_join(dir, CD_RUN_STATE_FILE);
+  int direct = cd_file_exists(sp);
+  free(sp);
+  if (direct) {
+    if (ckpt_complete(dir) < 0) return cd_prefix_error("--resume %s", dir);
+    snprintf(path, cap, "%s", dir);
+    return 0;
+  }
+  int steps[64], n = cd_ckpt_list(dir, steps, 63);
+  if (n < 0) return cd_prefix_error("--resume");
+  steps[n++] = -1; /* the older layout's checkpoint/ last */
+  int tried = 0;
+  for (int i = 0; i < n; i++) {
+    char name[64];
+    if (steps[i] >= 0) snprintf(name, sizeof name, "%s%d", CD_RUN_CKPT_PREFIX, steps[i]);
+    else snprintf(name, sizeof name, "%s", CD_RUN_CHECKPOINT_DIR);
+    char *c = cd_path_join(dir, name);
+    if (cd_is_dir(c)) {
+      tried++;
+      int st = ckpt_complete(c);
+      if (st >= 0 && (steps[i] < 0 || st == steps[i])) {
+        snprintf(path, cap, "%s", c);
+        free(c);
+        return 0;
+      }
+      cd_warn("skipping checkpoint %s: %s", c, st >= 0 ? "its state holds another step" : cd_last_error());
+    }
+    free(c);
+  }
+  if (!tried) {
+    *none = 1;
+    return cd_set_error("--resume %s: no checkpoint there (%sN/ or %s/)", dir, CD_RUN_CKPT_PREFIX, CD_RUN_CHECKPOINT_DIR);
+  }
+  return cd_set_error("--resume %s: none of its %d checkpoint(s) is complete", dir, tried);
 }
 
 /* Loads parameters, Adam moments and the step count into the trainer. */
-static int load_state(run_t *r, const char *path) {
+static int load_state(run_t *r, const char *dir) {
+  char path[2300];
+  snprintf(path, sizeof path, "%s/%s", dir, CD_RUN_STATE_FILE);
   cd_tensor_file *f;
   if (cd_safetensors_open(path, &f)) return cd_prefix_error("--resume");
   int rc = -1;
@@ -408,6 +471,7 @@ static int load_state(run_t *r, const char *path) {
   }
   cd_trainer_set_step(&r->tr, (int)s);
   r->last_ckpt = (int)s;
+  snprintf(r->ckpt_dir, sizeof r->ckpt_dir, "%s", dir);
   rc = 0;
 done:
   cJSON_Delete(stored);
@@ -425,13 +489,30 @@ static int write_delta(const run_t *r, const char *dir) {
   return rc;
 }
 
+/* checkpoint-N: the delta of this step and the state, written in full into a
+ * temporary folder, then renamed into place (custom/run_dir.h) */
 static int save_checkpoint(run_t *r) {
   const cd_trainer *t = &r->tr;
-  if (write_delta(r, r->ckpt_dir)) return -1; /* a loadable delta of this step (makes the folder), beside the state */
+  char tmp[2300];
+  if (cd_ckpt_begin(r->o.out, t->step, tmp, sizeof tmp)) return -1;
+  cd_delta *d;
+  if (cd_trainer_to_delta(t, (const char(*)[32])r->tok, (const char(*)[32])r->init, &d)) {
+    cd_ckpt_abort(tmp);
+    return -1;
+  }
+  d->args = cd_strdup(r->args_txt);
+  char path[2400];
+  snprintf(path, sizeof path, "%s/%s", tmp, CD_DELTA_FILE);
+  int rc = cd_delta_write_cdiff(path, d); /* a loadable delta of this step, beside the state */
+  cd_delta_free(d);
+  if (rc) {
+    cd_ckpt_abort(tmp);
+    return -1;
+  }
   cd_tensor_out *to = cd_calloc(3 * t->np, sizeof *to);
   char(*names)[512] = cd_calloc(3 * t->np, 512);
   float **host = cd_calloc(3 * t->np, sizeof *host); /* the backend's state, copied down for the file */
-  int rc = 0;
+  rc = 0;
   for (int i = 0; i < t->np; i++) {
     const cd_train_param *p = &t->p[i];
     const cd_optim_what what[] = {CD_OPTIM_VALUE, CD_OPTIM_M, CD_OPTIM_V};
@@ -443,17 +524,23 @@ static int save_checkpoint(run_t *r) {
       to[j] = (cd_tensor_out){.name = names[j], .dtype = CD_DT_F32, .ndim = 1, .shape = {p->n}, .data = host[j]};
     }
   }
-  char step[32], path[2300];
+  char step[32];
   snprintf(step, sizeof step, "%d", t->step);
-  snprintf(path, sizeof path, "%s/%s", r->ckpt_dir, CD_RUN_STATE_FILE);
+  snprintf(path, sizeof path, "%s/%s", tmp, CD_RUN_STATE_FILE);
   const char *meta[] = {"format", "cdiff-train-state", "version", "1", "step", step, "args", r->args_txt};
   if (!rc) rc = cd_safetensors_write(path, to, 3 * t->np, meta, 4);
   for (int j = 0; j < 3 * t->np; j++) free(host[j]);
   free(host);
   free(to);
   free(names);
-  if (!rc) r->last_ckpt = t->step;
-  return rc;
+  if (rc) {
+    cd_ckpt_abort(tmp);
+    return -1;
+  }
+  if (cd_ckpt_commit(r->o.out, t->step, tmp, r->o.checkpoints_total_limit)) return -1;
+  r->last_ckpt = t->step;
+  snprintf(r->ckpt_dir, sizeof r->ckpt_dir, "%s/%s%d", r->o.out, CD_RUN_CKPT_PREFIX, t->step);
+  return 0;
 }
 
 /* Keeps the log lines of steps <= keep (a resumed run rewrites what follows). */
@@ -879,6 +966,10 @@ static int run_step(run_t *r, int s, batch_buf *bb, cd_step_report *rep) {
   return 0;
 }
 
+/* The signal that asked the run to stop (SIGINT, SIGTERM), 0 none. */
+static volatile sig_atomic_t stop_sig;
+static void on_stop_signal(int sig) { stop_sig = sig; }
+
 static int train_loop(run_t *r, FILE *log) {
   const cd_run_opts *o = &r->o;
   const int B = r->tr.B, res = o->res, start = r->tr.step;
@@ -899,7 +990,7 @@ static int train_loop(run_t *r, FILE *log) {
     if (bad) {
       char where[2200];
       if (r->last_ckpt >= 0) snprintf(where, sizeof where, "the last good checkpoint (step %d) is in %s", r->last_ckpt, r->ckpt_dir);
-      else snprintf(where, sizeof where, "no checkpoint was written (use --checkpoint-every N)");
+      else snprintf(where, sizeof where, "no checkpoint was written yet (--checkpoint-every N)");
       char why[1024];
       snprintf(why, sizeof why, "%s", cd_last_error());
       rc = cd_set_error("training stopped at step %d: %s; %s", s + 1, why, where);
@@ -911,8 +1002,17 @@ static int train_loop(run_t *r, FILE *log) {
     cd_progress_set_loss(&bar, rep.loss);
     cd_progress_update(&bar, s + 1 - start);
     int last = s + 1 == r->steps;
-    if (o->checkpoint_every > 0 && ((s + 1) % o->checkpoint_every == 0 || last) && save_checkpoint(r)) {
+    /* a stop request (signal, or stop_after in tests) ends the run after this
+     * step with a checkpoint; at the last step the run simply completes */
+    int sig = stop_sig, stop = !last && (sig || s + 1 == o->stop_after);
+    if (((o->checkpoint_every > 0 && ((s + 1) % o->checkpoint_every == 0 || last)) || stop) && save_checkpoint(r)) {
       rc = cd_prefix_error("checkpoint at step %d", s + 1);
+      break;
+    }
+    if (stop) {
+      if (o->stopped_by) *o->stopped_by = sig;
+      rc = cd_set_error("%s after step %d of %d; the checkpoint is %s: continue with --resume %s", sig == SIGINT ? "interrupted (SIGINT)" :
+                        sig == SIGTERM ? "terminated (SIGTERM)" : sig ? "stopped by a signal" : "stopped", s + 1, r->steps, r->ckpt_dir, o->out);
       break;
     }
     if (o->validate_every > 0 && (s + 1) % o->validate_every == 0 && validate(r, s + 1)) {
@@ -925,6 +1025,40 @@ static int train_loop(run_t *r, FILE *log) {
   return rc;
 }
 
+/* 1 when path is dir or lies inside it (real paths), else 0 */
+static int path_within(const char *path, const char *dir) {
+  char rp[PATH_MAX], rd[PATH_MAX];
+  if (!realpath(path, rp) || !realpath(dir, rd)) return 0;
+  size_t n = strlen(rd);
+  return !strncmp(rp, rd, n) && (rp[n] == 0 || rp[n] == '/' || (n == 1 && rd[0] == '/'));
+}
+
+/* Settles OUT before any work: an earlier run there is continued (--resume),
+ * replaced (--overwrite) or an error; leftovers of killed runs go; the
+ * checkpoint to resume from, if any, goes to state_dir ("" none). */
+static int prepare_out(run_t *r, char *state_dir, size_t cap) {
+  const cd_run_opts *o = &r->o;
+  const char *res = o->resume && !strcmp(o->resume, "latest") ? o->out : o->resume;
+  int in_place = res && path_within(res, o->out);
+  char what[64];
+  *state_dir = 0;
+  if (o->overwrite && in_place) return cd_set_error("--overwrite would remove the run in %s that --resume continues: give only one of them", o->out);
+  if (!o->overwrite && !in_place && cd_run_dir_holds_run(o->out, what, sizeof what))
+    return cd_set_error("--out %s already holds a training run (%s): continue it with --resume %s, replace it with --overwrite, "
+                        "or choose another --out", o->out, what, o->out);
+  if (cd_mkdir_p(o->out) || cd_run_dir_clean_stale(o->out)) return cd_prefix_error("--out");
+  if (res) {
+    int none;
+    if (find_state(res, state_dir, cap, &none)) {
+      if (!(none && (in_place || !strcmp(o->resume, "latest")))) return -1;
+      cd_warn("--resume %s: %s holds no checkpoint yet; starting from step 0", o->resume, res);
+      *state_dir = 0;
+    }
+  }
+  if (o->overwrite && cd_run_dir_clear(o->out)) return cd_prefix_error("--overwrite");
+  return 0;
+}
+
 int cd_train_run(const cd_run_opts *opts) {
   run_t r;
   memset(&r, 0, sizeof r);
@@ -932,6 +1066,7 @@ int cd_train_run(const cd_run_opts *opts) {
   r.last_ckpt = -1;
   FILE *log = NULL;
   char resume_state[2300] = "", log_path[2200];
+  if (opts->stopped_by) *opts->stopped_by = 0;
   int rc = -1;
   if (cd_run_opts_check(&r.o) || cd_lr_parse(r.o.lr_scheduler, &r.lr_kind) || setup_concepts(&r) || verify_data(&r)) goto done;
   if (r.lr_kind == CD_LR_CONSTANT && r.o.lr_warmup_steps > 0)
@@ -939,9 +1074,7 @@ int cd_train_run(const cd_run_opts *opts) {
   r.steps = r.o.steps > 0 ? r.o.steps : r.nc > 1 ? 500 : 250;
   /* --scale_lr as the script: × batch × accumulation steps (× 2 with prior preservation) */
   r.lr = r.o.lr * (r.o.scale_lr ? (float)(r.o.batch * r.o.grad_accum * (r.o.prior ? 2 : 1)) : 1.0f);
-  if (r.o.resume && find_state(r.o.resume, resume_state, sizeof resume_state)) goto done;
-  if (cd_mkdir_p(r.o.out)) goto done;
-  snprintf(r.ckpt_dir, sizeof r.ckpt_dir, "%s/%s", r.o.out, CD_RUN_CHECKPOINT_DIR);
+  if (prepare_out(&r, resume_state, sizeof resume_state)) goto done;
   if (setup_model(&r) || check_prompts(&r) || check_memory(&r) || setup_class_images(&r) || setup_trainer(&r)) goto done;
   r.args = make_args(&r);
   r.args_txt = cJSON_PrintUnformatted(r.args);
@@ -951,7 +1084,22 @@ int cd_train_run(const cd_run_opts *opts) {
   if (!(log = open_log(log_path, r.tr.step))) goto done;
   cd_log("training: %d concept(s), %d token(s), %d steps from step %d, batch %d+%d, lr %g\n", r.nc, r.ntok, r.steps, r.tr.step,
          r.o.batch, r.o.prior ? r.o.batch : 0, r.lr);
-  if (train_loop(&r, log)) goto done;
+  struct sigaction sa, old_int, old_term;
+  if (r.o.handle_signals) { /* a second signal kills at once (SA_RESETHAND) */
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    stop_sig = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+  }
+  int trained = train_loop(&r, log);
+  if (r.o.handle_signals) {
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+  }
+  if (trained) goto done;
   rc = write_delta(&r, r.o.out);
   if (!rc && !r.o.quiet) fprintf(stderr, "wrote %s/%s (%d steps)\n", r.o.out, CD_DELTA_FILE, r.tr.step);
 done:

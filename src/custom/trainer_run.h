@@ -51,13 +51,17 @@ typedef struct {
   int center_crop;            /* class images: centre crop instead of a random crop (default 0) */
   int num_validation_images;  /* images per validation grid (default 2) */
   int real_prior;             /* class images are real ones listed in CLASS_DIR/images.txt + caption.txt (none generated) */
-  int checkpoint_every;       /* N > 0: OUT/checkpoint every N steps and at the end; 0: none (the final delta is always written) */
-  const char *resume;         /* OUT dir or its checkpoint dir, or NULL */
+  int checkpoint_every;       /* N > 0 (default 50): OUT/checkpoint-N every N steps and at the end; 0: none (the final delta is always written) */
+  int checkpoints_total_limit;/* keep the newest N checkpoints (default 2); 0: keep all */
+  const char *resume;         /* "latest" (= OUT), a run folder (its newest complete checkpoint) or a checkpoint-N folder; NULL: new run */
+  int overwrite;              /* OUT may hold an earlier run, which is removed (its class images stay) */
+  int handle_signals;         /* SIGINT/SIGTERM finish the step, write a checkpoint and stop (see stopped_by) */
+  int *stopped_by;            /* if not NULL: gets the signal that stopped the run (0: none) */
   int validate_every;         /* 0: never */
   const char *validation_prompt;
   const char *out;            /* output folder (required) */
   int quiet;                  /* no progress bars */
-  int stop_after;             /* tests: stop (like an interruption) after this step, 0 = off */
+  int stop_after;             /* tests: stop as on a signal after this step (checkpoint, return -1), 0 = off */
   int clip_skip;              /* A1111's CLIP skip (cd_clip_set_skip); default 1 = the model's default layer */
 } cd_run_opts;
 
@@ -65,11 +69,12 @@ void cd_run_opts_default(cd_run_opts *o);
 /* The checks of the options alone (no file is read): 0, or -1 with a message
  * that starts with the offending flag. cd_train_run makes them too. */
 int cd_run_opts_check(const cd_run_opts *o);
-/* 0, or -1 with cd_last_error() set (naming the flag, file or step). */
+/* 0, or -1 with cd_last_error() set (naming the flag, file or step). A run
+ * stopped by a signal (or stop_after) also returns -1, after its checkpoint. */
 int cd_train_run(const cd_run_opts *o);
 
-/* File names inside OUT. */
-#define CD_RUN_CHECKPOINT_DIR "checkpoint"
+/* File names inside OUT (checkpoint-N folders and the latest pointer: custom/run_dir.h). */
+#define CD_RUN_CHECKPOINT_DIR "checkpoint" /* the single checkpoint folder of older versions, still resumable */
 #define CD_RUN_STATE_FILE "state.safetensors"
 #define CD_RUN_LOG_FILE "log.jsonl"
 

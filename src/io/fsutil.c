@@ -1,8 +1,11 @@
 /* fsutil.c - whole-file I/O, atomic replace, mkdir -p, SHA-256. */
 #include "io/fsutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -125,6 +128,90 @@ char *cd_path_join(const char *dir, const char *name) {
   if (slash) p[nd] = '/';
   memcpy(p + nd + slash, name, nn + 1);
   return p;
+}
+
+int cd_same_path(const char *a, const char *b) {
+  char ra[PATH_MAX], rb[PATH_MAX];
+  if (!realpath(a, ra) || !realpath(b, rb)) return 0;
+  return strcmp(ra, rb) == 0;
+}
+
+int cd_rmtree(const char *path) {
+  struct stat st;
+  if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : cd_set_error("cannot remove %s: %s", path, strerror(errno));
+  if (S_ISDIR(st.st_mode)) {
+    DIR *d = opendir(path);
+    if (!d) return cd_set_error("cannot remove %s: %s", path, strerror(errno));
+    struct dirent *e;
+    int rc = 0;
+    while (!rc && (e = readdir(d))) {
+      if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+      char *sub = cd_path_join(path, e->d_name);
+      rc = cd_rmtree(sub);
+      free(sub);
+    }
+    closedir(d);
+    if (rc) return rc;
+    if (rmdir(path) != 0) return cd_set_error("cannot remove %s: %s", path, strerror(errno));
+    return 0;
+  }
+  if (unlink(path) != 0 && errno != ENOENT) return cd_set_error("cannot remove %s: %s", path, strerror(errno));
+  return 0;
+}
+
+int cd_fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return cd_set_error("cannot open folder %s: %s", dir, strerror(errno));
+  int rc = 0;
+  if (fsync(fd) != 0 && errno != EINVAL) rc = cd_set_error("fsync of folder %s failed: %s", dir, strerror(errno));
+  close(fd);
+  return rc;
+}
+
+/* The PID of a name "<base>.tmp.<digits>", or 0; base (up to cap-1 bytes) gets <base>. */
+static long tmp_pid(const char *name, char *base, size_t cap) {
+  const char *t = strstr(name, ".tmp.");
+  if (!t) return 0;
+  for (const char *n; (n = strstr(t + 1, ".tmp.")); t = n) {}
+  const char *p = t + 5;
+  if (!*p) return 0;
+  long pid = 0;
+  for (; *p; p++) {
+    if (*p < '0' || *p > '9' || pid > 100000000L) return 0;
+    pid = pid * 10 + (*p - '0');
+  }
+  snprintf(base, cap, "%.*s", (int)(t - name), name);
+  return pid;
+}
+
+int cd_remove_stale_tmp(const char *dir, int depth, int (*ours)(const char *name)) {
+  DIR *d = opendir(dir);
+  if (!d) return errno == ENOENT ? 0 : cd_set_error("cannot read folder %s: %s", dir, strerror(errno));
+  int removed = 0, rc = 0;
+  struct dirent *e;
+  while (!rc && (e = readdir(d))) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    char *sub = cd_path_join(dir, e->d_name);
+    char base[512];
+    long pid = tmp_pid(e->d_name, base, sizeof base);
+    struct stat st;
+    int is_dir = lstat(sub, &st) == 0 && S_ISDIR(st.st_mode);
+    /* kill(pid, 0) fails with ESRCH only when no such process exists */
+    if (pid > 0 && pid != (long)getpid() && (!ours || ours(base)) && kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
+      rc = cd_rmtree(sub);
+      if (!rc) {
+        removed++;
+        cd_log("removed %s, left by a killed run (pid %ld)\n", sub, pid);
+      }
+    } else if (is_dir && depth > 0) {
+      int k = cd_remove_stale_tmp(sub, depth - 1, ours);
+      if (k < 0) rc = -1;
+      else removed += k;
+    }
+    free(sub);
+  }
+  closedir(d);
+  return rc ? -1 : removed;
 }
 
 int cd_read_file(const char *path, char **data, size_t *n) {

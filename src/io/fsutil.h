@@ -24,6 +24,18 @@ int cd_is_dir(const char *path);      /* 1 if path is a directory, else 0 */
 int cd_is_file(const char *path);     /* 1 if path is a regular file, else 0 */
 /* "dir/name" (no slash added after an empty dir or one ending in '/'); free() it. */
 char *cd_path_join(const char *dir, const char *name);
+/* 1 if a and b both exist and resolve to the same real path (symlinks, "..",
+ * "./" and trailing slashes do not hide it), else 0. */
+int cd_same_path(const char *a, const char *b);
+/* rm -rf path (does not follow symlinks); a missing path is fine. */
+int cd_rmtree(const char *path);
+/* fsync a directory so that renames and creations inside it are durable. */
+int cd_fsync_dir(const char *dir);
+/* Removes the leftovers of killed writers under dir (down to depth levels of
+ * subfolders): files and folders named "NAME.tmp.PID" whose PID is not this
+ * process and not a running one, and for which ours(NAME) is 1 (NULL: all).
+ * Returns how many were removed, or -1. */
+int cd_remove_stale_tmp(const char *dir, int depth, int (*ours)(const char *name));
 
 /* The temporary-name-then-rename pattern for streamed writers:
  *   char tmp[4096]; FILE *fp = cd_atomic_open(path, tmp, sizeof tmp);

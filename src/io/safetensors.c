@@ -8,6 +8,7 @@
 #include "io/tensor_file.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -265,12 +266,14 @@ int cd_safetensors_write(const char *path, const cd_tensor_out *t, int n, const 
   if (!fp) goto done;
   uint8_t len8[8];
   for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)h.n >> (8 * i));
+  errno = 0;
   int ok = fwrite(len8, 1, 8, fp) == 8 && fwrite(h.p, 1, h.n, fp) == h.n;
   for (int k = 0; ok && k < n; k++)
     if (nb[order[k]]) ok = fwrite(t[order[k]].data, 1, nb[order[k]], fp) == nb[order[k]];
   if (!ok) {
+    int e = errno ? errno : EIO;
     cd_atomic_abort(fp, tmp);
-    cd_set_error("safetensors write %s: write failed", path);
+    cd_set_error("%s: write failed: %s", path, strerror(e));
     goto done;
   }
   rc = cd_atomic_commit(fp, tmp, path);
