@@ -299,6 +299,7 @@ TEST(odd_size_png) {
   int w = im.w, h = im.h;
   cd_image_free(&im);
   CHECKF(w == 72 && h == 56, "image %dx%d", w, h);
+  snprintf(png, sizeof png, "%s/odd60.png", tmpdir); /* a new file: an existing one would need --overwrite */
   snprintf(args, sizeof args, "sample --model %s --prompt cat --steps 2 --width 60 --height 56 --out %s", m, png);
   rc = cdiff(out, sizeof out, args);
   CHECKF(rc != 0 && strstr(out, "multiples of 8"), "60 px wide: exit %d: %s", rc, out);

@@ -222,34 +222,34 @@ TEST(checkpoints_are_atomic_pruned_and_resumed_newest_complete) {
   NEED_FIXTURE();
   const char *ref = test_tmpdir("ckpt_ref"), *x = test_tmpdir("ckpt_x"), *all = test_tmpdir("ckpt_all");
   cd_run_opts o;
-  opts(&o, ref, 8); /* uninterrupted reference, same flags */
+  opts(&o, ref, 5); /* uninterrupted reference, same flags */
   o.checkpoint_every = 1;
   CHECK_OK(cd_train_run(&o));
-  opts(&o, x, 5);
-  o.checkpoint_every = 1; /* default limit 2: checkpoint-4 and -5 stay */
+  opts(&o, x, 3);
+  o.checkpoint_every = 1; /* default limit 2: checkpoint-2 and -3 stay */
   CHECK_OK(cd_train_run(&o));
   char names[2048], *latest = NULL;
   size_t n;
-  CHECKF(!strcmp(ls(x, names, sizeof names), "<new1>.safetensors cdiff_delta.safetensors checkpoint-4 checkpoint-5 latest log.jsonl "
+  CHECKF(!strcmp(ls(x, names, sizeof names), "<new1>.safetensors cdiff_delta.safetensors checkpoint-2 checkpoint-3 latest log.jsonl "
                                              "pytorch_custom_diffusion_weights.safetensors "),
          "run folder: %s", names);
   CHECK_OK(cd_read_file(pin(x, "latest"), &latest, &n));
-  int ok = !strcmp(latest, "checkpoint-5\n");
+  int ok = !strcmp(latest, "checkpoint-3\n");
   free(latest);
   CHECK(ok);
-  CHECKF(!strcmp(ls(pin(x, "checkpoint-5"), names, sizeof names), "cdiff_delta.safetensors state.safetensors "), "checkpoint: %s", names);
+  CHECKF(!strcmp(ls(pin(x, "checkpoint-3"), names, sizeof names), "cdiff_delta.safetensors state.safetensors "), "checkpoint: %s", names);
   /* --checkpoints-total-limit 0 keeps them all */
-  opts(&o, all, 3);
+  opts(&o, all, 2);
   o.checkpoint_every = 1;
   o.checkpoints_total_limit = 0;
   CHECK_OK(cd_train_run(&o));
-  CHECK(cd_is_dir(pin(all, "checkpoint-1")) && cd_is_dir(pin(all, "checkpoint-2")) && cd_is_dir(pin(all, "checkpoint-3")));
+  CHECK(cd_is_dir(pin(all, "checkpoint-1")) && cd_is_dir(pin(all, "checkpoint-2")));
   /* what killed runs leave behind, and a damaged newer checkpoint */
   long dead = dead_pid();
   char p1[1300], p2[1300], p3[1300], live[1300], foreign[1300];
-  snprintf(p1, sizeof p1, "%s/checkpoint-6.tmp.%ld", x, dead);
+  snprintf(p1, sizeof p1, "%s/checkpoint-9.tmp.%ld", x, dead);
   snprintf(p2, sizeof p2, "%s/%s.tmp.%ld", x, CD_DELTA_FILE, dead);
-  snprintf(p3, sizeof p3, "%s/checkpoint-5/state.safetensors.tmp.%ld", x, dead);
+  snprintf(p3, sizeof p3, "%s/checkpoint-3/state.safetensors.tmp.%ld", x, dead);
   snprintf(live, sizeof live, "%s/%s.tmp.1", x, CD_DELTA_FILE); /* pid 1 is alive: its writer may still be at work */
   snprintf(foreign, sizeof foreign, "%s/notes.txt.tmp.%ld", x, dead);      /* not a file a run writes */
   CHECK_OK(cd_mkdir_p(p1));
@@ -258,9 +258,9 @@ TEST(checkpoints_are_atomic_pruned_and_resumed_newest_complete) {
   CHECK_OK(cd_write_file_atomic(p3, "half a file", 11));
   CHECK_OK(cd_write_file_atomic(live, "x", 1));
   CHECK_OK(cd_write_file_atomic(foreign, "x", 1));
-  CHECK_OK(cd_mkdir_p(pin(x, "checkpoint-7")));
-  CHECK_OK(cd_write_file_atomic(pin(x, "checkpoint-7/state.safetensors"), "\x10\0\0\0\0\0\0\0{\"a\":", 13));
-  opts(&o, x, 8);
+  CHECK_OK(cd_mkdir_p(pin(x, "checkpoint-4")));
+  CHECK_OK(cd_write_file_atomic(pin(x, "checkpoint-4/state.safetensors"), "\x10\0\0\0\0\0\0\0{\"a\":", 13));
+  opts(&o, x, 5);
   o.checkpoint_every = 1;
   o.resume = "latest";
   CHECK_OK(cd_train_run(&o));
@@ -269,9 +269,9 @@ TEST(checkpoints_are_atomic_pruned_and_resumed_newest_complete) {
   remove(live);
   remove(foreign);
   CHECKF(!has_tmp_leftover(x), "temporary files remain in %s", x);
-  if (!same_delta(pin(x, CD_DELTA_FILE), pin(ref, CD_DELTA_FILE))) return; /* resumed past a damaged checkpoint-7 */
-  CHECKF(count_lines(pin(x, "log.jsonl")) == 8, "log has %d lines", count_lines(pin(x, "log.jsonl")));
-  CHECKF(!strcmp(ls(x, names, sizeof names), "<new1>.safetensors cdiff_delta.safetensors checkpoint-7 checkpoint-8 latest log.jsonl "
+  if (!same_delta(pin(x, CD_DELTA_FILE), pin(ref, CD_DELTA_FILE))) return; /* resumed past a damaged checkpoint-4 */
+  CHECKF(count_lines(pin(x, "log.jsonl")) == 5, "log has %d lines", count_lines(pin(x, "log.jsonl")));
+  CHECKF(!strcmp(ls(x, names, sizeof names), "<new1>.safetensors cdiff_delta.safetensors checkpoint-4 checkpoint-5 latest log.jsonl "
                                              "pytorch_custom_diffusion_weights.safetensors "),
          "run folder: %s", names);
   /* a resume from a folder with nothing complete names the problem */

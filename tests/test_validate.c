@@ -378,8 +378,8 @@ TEST(delta_base_hash_warnings) {
   CHECK(real[0] && strcmp(real, "0123456789abcdef"));
   const char *dirs[2] = {d1, d2};
   for (int k = 0; k < 2; k++) {
-    snprintf(cmd, sizeof cmd, "CDIFF_QUIET=1 %s sample --model '%s' --delta '%s' --prompt 'a <new1> cat' --width 64 --height 64 --steps 1 --out '%s' 2>&1",
-             bin(), mp, dirs[k], png);
+    snprintf(cmd, sizeof cmd, "CDIFF_QUIET=1 %s sample --model '%s' --delta '%s' --prompt 'a <new1> cat' --width 64 --height 64 --steps 1 --out '%s' --overwrite 2>&1",
+             bin(), mp, dirs[k], png); /* the same image twice: --overwrite */
     int st = test_run_cmd(cmd, out, sizeof out);
     int warned = strstr(out, "0123456789abcdef") && strstr(out, "trained on a model with hash");
     CHECKF(st == 0 && warned == k, "sample with %s: exit %d, warned %d: %s", k ? "another model's delta" : "its own delta", st, warned, out);
