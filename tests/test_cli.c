@@ -703,7 +703,7 @@ TEST(png_parameters_and_used_flags_only) {
   CHECK(cd_png_read_text(png, "init_image", v, sizeof v) == 1);
   CHECK(cd_png_read_text(png, "prompt", v, sizeof v) == 0 && !strcmp(v, "photo of a cat, \"sitting\""));
   /* DDIM uses eta: recorded in both; no warning */
-  snprintf(args, sizeof args, "sample -m %s -p 'caf\xc3\xa9 \xe7\x8c\xab' --sampler ddim --eta 0.5 --steps 2 --cfg 5 -s 3 -W 64 -o %s", m, png);
+  snprintf(args, sizeof args, "sample -m %s -p 'caf\xc3\xa9 \xe7\x8c\xab' --sampler ddim --eta 0.5 --steps 2 --cfg 5 -s 3 -W 64 -o %s --overwrite", m, png);
   rc = cdiff(out, sizeof out, args);
   CHECKF(rc == 0 && !strstr(out, "warning"), "exit %d: %s", rc, out);
   CHECK(cd_png_read_text(png, "eta", v, sizeof v) == 0 && !strcmp(v, "0.5"));
