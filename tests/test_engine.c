@@ -1,11 +1,75 @@
 /* test_engine.c - the engine contract: the op registry agrees with the CPU
  * backend's table; nothing outside src/engine touches a node's storage. */
+#include <stdatomic.h>
 #include <unistd.h>
 
 #include "test.h"
 
 #include "engine/backend.h"
 #include "engine/ops.h"
+
+/* ---- a malloc counter (not under ASan, which owns malloc) ----
+ * Every allocation in the process goes through these while `counting` is set;
+ * glibc's own entry points do the work. A call is the engine's when it comes
+ * from this executable's code (the library is linked in statically); the
+ * OpenMP runtime and OpenBLAS keep their own pools and are only reported. */
+#if !defined(__SANITIZE_ADDRESS__)
+#define MALLOC_COUNTER 1
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+extern void __libc_free(void *);
+extern const char __executable_start[], etext[];
+static atomic_int counting;
+static atomic_long mallocs, lib_mallocs;
+#define count_one()                                                                \
+  do {                                                                             \
+    if (atomic_load_explicit(&counting, memory_order_relaxed)) {                   \
+      const char *ra_ = __builtin_return_address(0);                               \
+      atomic_fetch_add(ra_ >= __executable_start && ra_ < etext ? &mallocs : &lib_mallocs, 1); \
+    }                                                                              \
+  } while (0)
+void *malloc(size_t n) { count_one(); return __libc_malloc(n); }
+void *calloc(size_t a, size_t b) { count_one(); return __libc_calloc(a, b); }
+void *realloc(void *p, size_t n) { count_one(); return __libc_realloc(p, n); }
+void *memalign(size_t al, size_t n) { count_one(); return __libc_memalign(al, n); }
+void *aligned_alloc(size_t al, size_t n) { count_one(); return __libc_memalign(al, n); }
+int posix_memalign(void **out, size_t al, size_t n) {
+  count_one();
+  void *p = __libc_memalign(al, n);
+  if (!p) return 12; /* ENOMEM */
+  *out = p;
+  return 0;
+}
+void free(void *p) { __libc_free(p); }
+#endif
+
+/* ---- a test backend: the CPU one, counting the memory calls it gets ---- */
+static atomic_long be_allocs, be_frees, be_zeros, be_uploads, be_downloads;
+static void *cnt_alloc(size_t n) { atomic_fetch_add(&be_allocs, 1); return cd_backend_cpu()->alloc(n); }
+static void cnt_free(void *p) { atomic_fetch_add(&be_frees, 1); cd_backend_cpu()->free(p); }
+static void cnt_zero(const cd_kernel_ctx *c, void *p, size_t n) { atomic_fetch_add(&be_zeros, 1); cd_backend_cpu()->zero(c, p, n); }
+static void cnt_up(const cd_kernel_ctx *c, void *d, const void *h, size_t n) {
+  atomic_fetch_add(&be_uploads, 1);
+  cd_backend_cpu()->upload(c, d, h, n);
+}
+static void cnt_down(const cd_kernel_ctx *c, void *h, const void *d, size_t n) {
+  atomic_fetch_add(&be_downloads, 1);
+  cd_backend_cpu()->download(c, h, d, n);
+}
+static cd_backend counting_be;
+static const cd_backend *counting_backend(void) {
+  counting_be = *cd_backend_cpu();
+  counting_be.name = "counting-cpu";
+  counting_be.alloc = cnt_alloc;
+  counting_be.free = cnt_free;
+  counting_be.zero = cnt_zero;
+  counting_be.upload = cnt_up;
+  counting_be.download = cnt_down;
+  return &counting_be;
+}
+
 
 /* Every op the registry says has a kernel has a CPU forward; a backward exactly
  * when the registry says gradients flow through it; a scratch function only
@@ -23,7 +87,8 @@ TEST(registry_matches_cpu_table) {
     const int bwd = kern && (in->flags & CD_OPF_BWD);
     CHECKF(bwd == (be->backward[o] != NULL), "%s: registry backward %d, cpu backward %s", in->name, bwd,
            be->backward[o] ? "present" : "missing");
-    CHECKF(!be->scratch[o] || (in->flags & CD_OPF_SCRATCH), "%s: cpu scratch function but no SCRATCH flag", in->name);
+    CHECKF(!be->scratch[o] == !(kern && (in->flags & CD_OPF_SCRATCH)), "%s: registry SCRATCH flag and cpu scratch function disagree",
+           in->name);
     for (int p = 0; p < o; p++) CHECKF(strcmp(cd_op_table[p].name, in->name), "duplicate op name %s", in->name);
   }
   CHECK(!strcmp(cd_op_name(CD_OP_COUNT), "?"));
@@ -84,6 +149,113 @@ TEST(values_move_through_the_api) {
   cd_graph_free(g0);
 }
 
+/* A training graph over every op that uses scratch (3x3 conv with dx and dW,
+ * attention with dQ/dK/dV, broadcast add and mul, layer norm with gamma and
+ * beta), big enough for the threaded paths. */
+typedef struct {
+  cd_graph *g;
+  cd_node *x, *qin, *loss, *p[7];
+  float *w[7];
+} scratch_net;
+
+static void scratch_net_build(scratch_net *s, const cd_backend *be) {
+  s->g = be ? cd_graph_new_on(be) : cd_graph_new();
+  cd_graph *g = s->g;
+  const int64_t shp[7][4] = {{16, 16, 3, 3}, {16}, {16, 1, 1}, {48, 48}, {32, 32}, {32}, {32}};
+  const int nd[7] = {4, 1, 3, 2, 2, 1, 1};
+  for (int i = 0; i < 7; i++) {
+    int64_t n = cd_numel(nd[i], shp[i]);
+    s->w[i] = cd_malloc(n * sizeof(float));
+    test_fill_uniform(s->w[i], n, -0.3f, 0.3f, 40 + i);
+    s->p[i] = cd_param(g, "p", s->w[i], nd[i], shp[i]);
+    cd_set_trainable(s->p[i]);
+  }
+  s->x = cd_input(g, "x", 4, (int64_t[]){2, 16, 48, 48});
+  cd_node *c = cd_conv2d(g, s->x, s->p[0], s->p[1], 1, 1);
+  c = cd_mul(g, cd_add(g, c, s->p[2]), s->p[3]);
+  s->qin = cd_input(g, "qin", 3, (int64_t[]){4, 256, 32});
+  cd_node *q = cd_linear(g, s->qin, s->p[4], NULL);
+  cd_node *a = cd_layer_norm(g, cd_attention(g, q, q, q, 2, 0, 0.25f), s->p[5], s->p[6], 1e-5f);
+  s->loss = cd_add(g, cd_sum(g, cd_mul(g, c, c)), cd_sum(g, cd_mul(g, a, a)));
+}
+static int scratch_net_run(scratch_net *s, float *grads) {
+  float *hx = cd_malloc(s->x->n * sizeof(float)), *hq = cd_malloc(s->qin->n * sizeof(float));
+  test_fill_uniform(hx, s->x->n, -1, 1, 5);
+  test_fill_uniform(hq, s->qin->n, -1, 1, 6);
+  int rc = cd_graph_set_input(s->g, s->x, hx) || cd_graph_set_input(s->g, s->qin, hq) || cd_graph_forward(s->g) ||
+           cd_graph_backward(s->g);
+  for (int i = 0; i < 7 && !rc && grads; i++) {
+    rc = cd_graph_get_grad(s->g, s->p[i], grads);
+    grads += s->p[i]->n;
+  }
+  free(hx);
+  free(hq);
+  return rc ? -1 : 0;
+}
+static void scratch_net_free(scratch_net *s) {
+  cd_graph_free(s->g);
+  for (int i = 0; i < 7; i++) free(s->w[i]);
+}
+
+/* Kernels never allocate: on a backend that counts its memory calls, the
+ * plan allocates and a run (forward + backward) only zeroes gradients and
+ * copies inputs in; with the malloc counter, a second run calls malloc zero
+ * times anywhere in the process (kernels, their threads, the executor). The
+ * results equal the plain CPU backend's bit for bit. */
+TEST(no_allocation_while_a_graph_runs) {
+  scratch_net a, b;
+  scratch_net_build(&a, NULL);
+  scratch_net_build(&b, counting_backend());
+  cd_plan_opts pa = {.training = 1, .loss = a.loss}, pb = {.training = 1, .loss = b.loss};
+  CHECK_OK(cd_graph_plan(a.g, &pa));
+  long allocs0 = atomic_load(&be_allocs);
+  CHECK_OK(cd_graph_plan(b.g, &pb));
+  CHECKF(atomic_load(&be_allocs) > allocs0, "the plan allocated nothing through the backend");
+  int64_t ng = 0;
+  for (int i = 0; i < 7; i++) ng += a.p[i]->n;
+  float *ga = cd_malloc(ng * sizeof(float)), *gb = cd_malloc(ng * sizeof(float));
+  CHECK_OK(scratch_net_run(&a, ga));
+  CHECK_OK(scratch_net_run(&b, NULL)); /* warm-up: thread pools and BLAS buffers start */
+  const long al = atomic_load(&be_allocs), fr = atomic_load(&be_frees), ze = atomic_load(&be_zeros);
+  float *hx = cd_malloc(b.x->n * sizeof(float)), *hq = cd_malloc(b.qin->n * sizeof(float));
+  test_fill_uniform(hx, b.x->n, -1, 1, 5);
+  test_fill_uniform(hq, b.qin->n, -1, 1, 6);
+  CHECK_OK(cd_graph_set_input(b.g, b.x, hx));
+  CHECK_OK(cd_graph_set_input(b.g, b.qin, hq));
+#ifdef MALLOC_COUNTER
+  atomic_store(&mallocs, 0);
+  atomic_store(&lib_mallocs, 0);
+  atomic_store(&counting, 1);
+#endif
+  int rc = cd_graph_forward(b.g) || cd_graph_backward(b.g);
+#ifdef MALLOC_COUNTER
+  atomic_store(&counting, 0);
+  long nm = atomic_load(&mallocs);
+#endif
+  CHECK(rc == 0);
+  CHECKF(atomic_load(&be_allocs) == al && atomic_load(&be_frees) == fr, "the run allocated or freed backend memory");
+  CHECKF(atomic_load(&be_zeros) > ze, "gradients were not zeroed through the backend");
+#ifdef MALLOC_COUNTER
+  CHECKF(nm == 0, "%ld malloc calls from cdiff's code while the graph ran", nm);
+  printf("  (runtime libraries: %ld malloc calls during the run)\n", atomic_load(&lib_mallocs));
+#endif
+  float *p = gb;
+  for (int i = 0; i < 7; i++) {
+    CHECK_OK(cd_graph_get_grad(b.g, b.p[i], p));
+    p += b.p[i]->n;
+  }
+  CHECK(!memcmp(ga, gb, ng * sizeof(float)));
+  double gn = 0;
+  for (int64_t i = 0; i < ng; i++) gn += fabs(ga[i]);
+  CHECK(gn > 0);
+  free(hx);
+  free(hq);
+  free(ga);
+  free(gb);
+  scratch_net_free(&a);
+  scratch_net_free(&b);
+}
+
 /* The compiler, run with the flags the Makefile uses for syntax only;
  * CD_NODE_STORAGE_HIDDEN renames cd_node's data/grad/aux (graph.h). */
 #define SYNTAX_CMD "${CC:-cc} -std=c11 -D_GNU_SOURCE -fopenmp -fsyntax-only -Isrc -DCD_NODE_STORAGE_HIDDEN "
@@ -133,6 +305,7 @@ int main(void) {
   RUN(registry_matches_cpu_table);
   RUN(registry_sizes_aux);
   RUN(values_move_through_the_api);
+  RUN(no_allocation_while_a_graph_runs);
   RUN(storage_hiding_catches_a_read);
   RUN(no_node_storage_outside_engine);
   test_tmp_cleanup();

@@ -562,7 +562,6 @@ TEST(embedding_bad_ids) {
   test_fill_uniform(table, V * D, -1, 1, 3);
   test_fill_uniform(extra, E * D, -1, 1, 4);
   for (int i = 0; i < 6 * 3; i++) r[i] = 1.0f;
-  cd_cpu_embedding_reset_bad_ids();
   cd_graph *g = cd_graph_new();
   cd_node *ni = cd_param(g, "ids", ids, 1, (int64_t[]){6});
   cd_node *nt = cd_param(g, "table", table, 2, (int64_t[]){V, D});
@@ -575,7 +574,7 @@ TEST(embedding_bad_ids) {
   cd_node *loss = cd_sum(g, cd_mul(g, y, nr));
   cd_plan_opts po = {.training = 1, .loss = loss};
   int ok = !cd_graph_plan(g, &po) && !cd_graph_forward(g) && !cd_graph_backward(g);
-  int nbad = cd_cpu_embedding_bad_ids(), wrong = 0;
+  int nbad = cd_cpu_embedding_bad_ids(g), wrong = 0;
   if (ok) {
     for (int64_t j = 0; j < D; j++) {
       wrong += y->data[0 * D + j] != table[1 * D + j];
@@ -587,12 +586,13 @@ TEST(embedding_bad_ids) {
     wrong += gsum != (float)D; /* only id 1 reached the table */
     for (int64_t j = 0; j < D; j++) wrong += ne->grad[j] != 1.0f;
   }
+  cd_cpu_embedding_reset_bad_ids(g);
+  int after_reset = cd_cpu_embedding_bad_ids(g);
   cd_graph_free(g);
-  cd_cpu_embedding_reset_bad_ids();
   CHECKF(ok, "graph failed: %s", cd_last_error());
   CHECKF(nbad == 4, "bad id count %d, want 4", nbad);
   CHECKF(wrong == 0, "%d wrong values", wrong);
-  CHECK(cd_cpu_embedding_bad_ids() == 0);
+  CHECK(after_reset == 0);
 }
 
 /* ================================================================ DETACH_ROWS */

@@ -88,4 +88,12 @@ const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g);
 struct cd_wstore;
 void cd_graph_use_store(cd_graph *g, struct cd_wstore *s);
 
+/* the graph's kernel context (NULL before the first cd_graph_plan): for a
+ * backend's own extras (cpu.h), never for model code */
+const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g);
+
+/* For scratch functions, which run before buffers are placed: whether source
+ * s will have a gradient buffer when the kernels run (s->grad != NULL then). */
+static inline int cd_wants_grad(const cd_node *s) { return s && (s->flags & CD_FLAG_BWD); }
+
 #endif

@@ -21,7 +21,6 @@
 #include "wstore.h"
 #include "core/common.h"
 
-#define CD_FLAG_BWD 32 /* derived at plan time: needs grad and reaches the loss */
 
 struct cd_graph {
   cd_node **nodes;
@@ -99,7 +98,6 @@ void cd_graph_free(cd_graph *g) {
   if (g->profile) print_profile(g);
   for (int i = 0; i < g->n; i++) {
     cd_node *x = g->nodes[i];
-    if ((x->flags & CD_FLAG_TRAINABLE) && x->grad) cd_aligned_free(x->grad);
     free(x);
   }
   free(g->nodes);
@@ -126,7 +124,7 @@ static cd_node *new_node(cd_graph *g, cd_op op, int ndim, const int64_t *ne) {
   for (int i = 0; i < ndim; i++) x->ne[i] = ne[i];
   x->n = cd_numel(ndim, ne);
   x->id = g->n;
-  x->data_off = x->grad_off = x->aux_off = -1;
+  x->data_off = x->grad_off = x->aux_off = x->scratch_off[0] = x->scratch_off[1] = -1;
   if (g->n == g->cap) {
     g->cap = g->cap ? 2 * g->cap : 256;
     g->nodes = cd_realloc(g->nodes, g->cap * sizeof *g->nodes);
@@ -508,10 +506,12 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
   if (!opts) opts = &defaults;
   if (g->err[0]) return cd_set_error("%s", g->err);
   cd_threads_init();
-  if (!g->ctx_ready) {
-    if (g->be->ctx_init(&g->ctx)) return -1;
-    g->ctx_ready = 1;
-  }
+  /* a fresh context per plan: scratch sizes depend on what it holds (threads) */
+  if (g->ctx_ready) g->be->ctx_free(&g->ctx);
+  g->ctx_ready = 0;
+  g->ctx = (cd_kernel_ctx){.be = g->be};
+  if (g->be->ctx_init(&g->ctx)) return cd_prefix_error("graph: backend %s", g->be->name);
+  g->ctx_ready = 1;
   int N = g->n;
   g->training = opts->training;
   g->loss = opts->loss;
@@ -580,21 +580,39 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
     cd_node *lr = root_of(g->loss);
     d_end[lr->id] = T - 1;
     g_start[lr->id] = N;
+    /* a trainable parameter's gradient lives over the whole backward (zeroed
+     * at its start) and stays readable until the next forward */
+    for (int i = 0; i < N; i++)
+      if (g->nodes[i]->flags & CD_FLAG_TRAINABLE) g_start[i] = N, g_end[i] = T - 1;
   }
 
   /* 3. intervals */
-  interval *iv = cd_malloc(3 * N * sizeof *iv);
+  /* values, aux, gradients, and each kernel's scratch for the one step it runs */
+  interval *iv = cd_malloc(5 * (size_t)N * sizeof *iv);
   int niv = 0;
   size_t naive = 0;
   for (int i = 0; i < N; i++) {
     cd_node *x = g->nodes[i];
     x->data_off = x->grad_off = x->aux_off = -1;
     x->naux = cd_op_aux_floats(x);
-    if (cd_op_has(x->op, CD_OPF_ALIAS) || (x->flags & CD_FLAG_PARAM)) continue;
+    for (int b = 0; b < 2; b++) x->scratch_off[b] = -1, x->scratch_bytes[b] = 0;
+    if (cd_op_has(x->op, CD_OPF_ALIAS)) continue;
+    if (x->flags & CD_FLAG_PARAM) { /* the value is the caller's; a trainable one's gradient is ours */
+      if ((x->flags & CD_FLAG_TRAINABLE) && g->training)
+        iv[niv++] = (interval){g_start[i], g_end[i], align64(grad_bytes(x)), &x->grad_off};
+      continue;
+    }
     iv[niv++] = (interval){d_start[i], d_end[i], align64(cd_nbytes(x)), &x->data_off};
     if (x->naux) iv[niv++] = (interval){d_start[i], d_end[i], align64(x->naux * sizeof(float)), &x->aux_off};
     if ((x->flags & CD_FLAG_BWD) && g_start[i] <= g_end[i])
       iv[niv++] = (interval){g_start[i], g_end[i], align64(grad_bytes(x)), &x->grad_off};
+    const cd_scratch_fn sf = cd_op_has(x->op, CD_OPF_KERNEL) && cd_op_has(x->op, CD_OPF_SCRATCH) ? g->be->scratch[x->op] : NULL;
+    for (int b = 0; sf && b < 2; b++) {
+      if (b && !(x->flags & CD_FLAG_BWD)) break;
+      const int step = b ? 2 * N - 1 - i : i;
+      x->scratch_bytes[b] = sf(&g->ctx, x, b);
+      if (x->scratch_bytes[b]) iv[niv++] = (interval){step, step, align64(x->scratch_bytes[b]), &x->scratch_off[b]};
+    }
   }
   for (int i = 0; i < niv; i++) naive += iv[i].size;
   size_t total = pack(iv, niv, opts->no_reuse);
@@ -602,6 +620,10 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
 
   if (g->arena) g->be->free(g->arena);
   g->arena = g->be->alloc(total ? total : 64);
+  if (!g->arena) {
+    free(d_start); free(d_end); free(g_start); free(g_end);
+    return cd_set_error("graph: backend %s could not allocate %.1f MiB", g->be->name, total / 1048576.0);
+  }
   g->arena_bytes = total;
   g->naive_bytes = naive;
 
@@ -611,15 +633,8 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
     cd_node *x = g->nodes[i];
     if (x->data_off >= 0) x->data = (float *)((char *)g->arena + x->data_off);
     x->aux = x->aux_off >= 0 ? (float *)((char *)g->arena + x->aux_off) : NULL;
-    if (x->flags & CD_FLAG_TRAINABLE) {
-      if (!x->grad) x->grad = cd_aligned_alloc(grad_bytes(x));
-      if (!(x->flags & CD_FLAG_BWD)) { /* trainable but not on the loss path: grad stays 0 */
-        memset(x->grad, 0, grad_bytes(x));
-      }
-    } else {
-      x->grad = x->grad_off >= 0 ? (float *)((char *)g->arena + x->grad_off) : NULL;
-      if (x->grad) cnt[g_start[i]]++;
-    }
+    x->grad = x->grad_off >= 0 ? (float *)((char *)g->arena + x->grad_off) : NULL;
+    if (x->grad) cnt[g_start[i]]++;
   }
   for (int i = 0; i < N; i++) { /* views alias their root */
     cd_node *x = g->nodes[i];
@@ -636,7 +651,7 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
   memset(cnt, 0, (T + 1) * sizeof(int));
   for (int i = 0; i < N; i++) {
     cd_node *x = g->nodes[i];
-    if (x->grad_off >= 0 && !(x->flags & CD_FLAG_TRAINABLE)) g->zero_list[g->zero_start[g_start[i]] + cnt[g_start[i]]++] = x;
+    if (x->grad_off >= 0) g->zero_list[g->zero_start[g_start[i]] + cnt[g_start[i]]++] = x;
   }
   free(cnt);
   free(d_start); free(d_end); free(g_start); free(g_end);
@@ -655,6 +670,8 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
 /* node x's forward (bwd = 0) or backward (bwd = 1) kernel, timed under CDIFF_PROFILE */
 static void run_kernel(cd_graph *g, int bwd, cd_node *x) {
   const cd_kernel k = (bwd ? g->be->backward : g->be->forward)[x->op];
+  g->ctx.scratch = x->scratch_off[bwd] >= 0 ? (char *)g->arena + x->scratch_off[bwd] : NULL;
+  g->ctx.scratch_bytes = x->scratch_bytes[bwd];
   if (!g->profile) {
     k(&g->ctx, x);
     return;
@@ -680,18 +697,15 @@ int cd_graph_forward(cd_graph *g) {
 int cd_graph_backward(cd_graph *g) {
   if (!g->planned || !g->training) return cd_set_error("graph: backward needs a training plan");
   int N = g->n;
-  for (int i = 0; i < N; i++) {
-    cd_node *x = g->nodes[i];
-    if ((x->flags & CD_FLAG_TRAINABLE) && x->grad) memset(x->grad, 0, grad_bytes(x));
-  }
   for (int s = N; s < 2 * N; s++) {
     for (int z = g->zero_start[s]; z < g->zero_start[s + 1]; z++) {
       cd_node *x = g->zero_list[z];
       g->be->zero(&g->ctx, x->grad, grad_bytes(x));
     }
-    if (s == N) {
+    if (s == N) { /* the seed dL/dL = 1 */
+      static const float one = 1.0f;
       cd_node *l = root_of(g->loss);
-      if (l->grad) l->grad[0] = 1.0f;
+      if (l->grad) g->be->upload(&g->ctx, l->grad, &one, sizeof one);
     }
     cd_node *x = g->nodes[2 * N - 1 - s];
     if (!(x->flags & CD_FLAG_BWD) || !cd_op_has(x->op, CD_OPF_KERNEL)) continue;
@@ -755,9 +769,11 @@ int cd_graph_get_grad(const cd_graph *g, const cd_node *param, float *host) {
   if (!g->planned || !g->training) return cd_set_error("graph: gradient of '%s' needs a training plan", param->name);
   if (!(param->flags & CD_FLAG_TRAINABLE) || !param->grad)
     return cd_set_error("graph: '%s' is not a trainable parameter", param->name);
-  g->be->download(&g->ctx, host, param->grad, cd_nbytes(param));
+  g->be->download(&g->ctx, host, param->grad, grad_bytes(param));
   return 0;
 }
+
+const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g) { return g->ctx_ready ? &g->ctx : NULL; }
 
 size_t cd_graph_arena_bytes(const cd_graph *g) { return g->arena_bytes; }
 size_t cd_graph_naive_bytes(const cd_graph *g) { return g->naive_bytes; }

@@ -66,7 +66,9 @@ enum {
   CD_FLAG_PARAM = 2,      /* leaf pointing at caller-owned memory */
   CD_FLAG_TRAINABLE = 4,  /* parameter whose gradient is wanted */
   CD_FLAG_OUTPUT = 8,     /* value kept alive to the end of forward */
-  CD_FLAG_NEEDS_GRAD = 16 /* derived: trainable or depends on a trainable node */
+  CD_FLAG_NEEDS_GRAD = 16, /* derived: trainable or depends on a trainable node */
+  CD_FLAG_BWD = 32         /* derived at plan time: needs grad and reaches the loss
+                              (exactly the nodes whose grad buffer the plan places) */
 };
 
 typedef struct cd_node cd_node;
@@ -101,6 +103,8 @@ struct cd_node {
 
   /* planner bookkeeping */
   int64_t data_off, grad_off, aux_off; /* byte offsets in the arena, -1 if none */
+  int64_t scratch_off[2];              /* forward / backward kernel scratch, -1 if none */
+  size_t scratch_bytes[2];
   int last_use;                        /* last forward step that reads the value */
 };
 
@@ -176,7 +180,7 @@ double cd_graph_get_scalar(const cd_graph *g, const cd_node *n);            /* e
 /* dL/dparam of a trainable parameter after cd_graph_backward (checkpoints, tests) */
 int cd_graph_get_grad(const cd_graph *g, const cd_node *param, float *host);
 
-size_t cd_graph_arena_bytes(const cd_graph *g);  /* planned arena size */
+size_t cd_graph_arena_bytes(const cd_graph *g);  /* planned arena size (every byte a kernel touches) */
 size_t cd_graph_naive_bytes(const cd_graph *g);  /* sum of all buffers (no reuse) */
 int cd_graph_nnodes(const cd_graph *g);
 cd_node *cd_graph_node(const cd_graph *g, int i);

@@ -35,7 +35,9 @@
  * up to 4 vectors of accumulators, the output row contiguous).
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -221,7 +223,7 @@ static size_t bwd_thread_floats(const attn_shape *s) {
   return (size_t)2 * s->D * BK + (size_t)3 * BK * s->Dp + (size_t)2 * BQ * BK;
 }
 
-/* see cpu_ops.h */
+/* see cpu.h */
 size_t cd_cpu_attention_scratch_bytes(const cd_node *n, int what) {
   attn_shape s;
   if (shape_of(n, &s)) return 0;
@@ -239,15 +241,36 @@ size_t cd_cpu_attention_scratch_bytes(const cd_node *n, int what) {
   }
 }
 
+/* The planner-placed scratch, in the order the kernels take it. Forward:
+ * packed K^T and V, then one block buffer per thread. Backward: packed
+ * scale*Q and dO, Di, the partial dQ when dq is wanted, then one block buffer
+ * per thread. */
+size_t cd_cpu_attention_scratch(const cd_kernel_ctx *ctx, const cd_node *n, int bwd) {
+  attn_shape s;
+  if (shape_of(n, &s) || s.Tk == 0 || s.Tq == 0) return 0;
+  const size_t bh = (size_t)s.B * s.H, tkp = (size_t)s.nkb * BK, tqp = (size_t)s.nqb * BQ, f = sizeof(float);
+  const int nt = ctx->nthreads;
+  if (!bwd)
+    return cd_cpu_align(f * bh * tkp * s.D) + cd_cpu_align(f * bh * tkp * s.Dp) + nt * cd_cpu_align(f * fwd_thread_floats(&s));
+  const cd_node *qn = n->src[0], *kn = n->src[1], *vn = n->src[2];
+  if (!cd_wants_grad(qn) && !cd_wants_grad(kn) && !cd_wants_grad(vn)) return 0;
+  const int G = key_groups(&s, cd_wants_grad(qn), nt);
+  return 2 * cd_cpu_align(f * bh * tqp * s.Dp) + cd_cpu_align(f * bh * s.Tq) +
+         (cd_wants_grad(qn) ? cd_cpu_align(f * G * bh * tqp * s.Dp) : 0) + nt * cd_cpu_align(f * bwd_thread_floats(&s));
+}
+
 /* ---------------- forward ---------------- */
 
-static void attn_forward(const float *q, const float *k, const float *v, float *y, float *lse,
-                         const attn_shape *s) {
+static void attn_forward(const cd_kernel_ctx *ctx, const cd_node *n, const float *q, const float *k, const float *v,
+                         float *y, float *lse, const attn_shape *s) {
   const int Dp = s->Dp, D = s->D, H = s->H, nqb = s->nqb, nkb = s->nkb;
   const int64_t bh = (int64_t)s->B * H, tkp = (int64_t)nkb * BK;
-  const int nt = cd_threads();
-  float *Kp = cd_aligned_alloc(sizeof(float) * bh * tkp * D);  /* [bh][kb][D][BK] */
-  float *Vp = cd_aligned_alloc(sizeof(float) * bh * tkp * Dp); /* [bh][Tkp][Dp] */
+  const int nt = ctx->nthreads;
+  cd_cpu_scratch sc = cd_cpu_scratch_of(ctx);
+  float *Kp = cd_cpu_take(&sc, sizeof(float) * bh * tkp * D, n);  /* [bh][kb][D][BK] */
+  float *Vp = cd_cpu_take(&sc, sizeof(float) * bh * tkp * Dp, n); /* [bh][Tkp][Dp] */
+  const size_t nbuf = fwd_thread_floats(s);
+  float *bufs = cd_cpu_take(&sc, nt * cd_cpu_align(nbuf * sizeof(float)), n);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t t = 0; t < bh * nkb; t++) {
     const int kb = (int)(t % nkb), h = (int)(t / nkb % H), b = (int)(t / nkb / H);
@@ -259,8 +282,7 @@ static void attn_forward(const float *q, const float *k, const float *v, float *
   const int64_t ntask = bh * nqb;
 #pragma omp parallel num_threads(nt)
   {
-    const size_t nbuf = fwd_thread_floats(s);
-    float *buf = cd_aligned_alloc(nbuf * sizeof(float));
+    float *buf = (float *)((char *)bufs + omp_get_thread_num() * cd_cpu_align(nbuf * sizeof(float)));
     memset(buf, 0, nbuf * sizeof(float));
     float *Qs = buf;              /* [BQ][Dp] scale * q */
     float *O = Qs + BQ * Dp;      /* [BQ][Dp] unnormalised output */
@@ -323,10 +345,7 @@ static void attn_forward(const float *q, const float *k, const float *v, float *
         if (lse) lse[hb * s->Tq + q0 + i] = m[i] + logf(l[i]);
       }
     }
-    cd_aligned_free(buf);
   }
-  cd_aligned_free(Kp);
-  cd_aligned_free(Vp);
 }
 
 void cd_cpu_attention_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
@@ -336,7 +355,7 @@ void cd_cpu_attention_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
     memset(n->data, 0, cd_nbytes(n));
     return;
   }
-  attn_forward(n->src[0]->data, n->src[1]->data, n->src[2]->data, n->data,
+  attn_forward(ctx, n, n->src[0]->data, n->src[1]->data, n->src[2]->data, n->data,
                n->aux && n->naux >= (int64_t)s.B * s.H * s.Tq ? n->aux : NULL, &s);
 }
 
@@ -351,21 +370,21 @@ void cd_cpu_attention_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const float *q = qn->data, *k = kn->data, *v = vn->data, *o = n->data, *dO = n->grad;
   const int H = s.H, D = s.D, Dp = s.Dp, Tq = s.Tq, Tk = s.Tk, nqb = s.nqb, nkb = s.nkb;
   const int64_t bh = (int64_t)s.B * H, tqp = (int64_t)nqb * BQ;
-  const int nt = cd_threads();
+  const int nt = ctx->nthreads;
 
-  /* log-sum-exp from forward; recomputed if the plan kept no aux */
-  float *lse = n->aux, *own_lse = NULL;
+  /* log-sum-exp from forward: the registry sizes aux for every attention node,
+   * and the plan keeps it until this backward */
+  const float *lse = n->aux;
   if (!lse || n->naux < bh * Tq) {
-    float *ytmp = cd_malloc(cd_nbytes(n));
-    lse = own_lse = cd_malloc(sizeof(float) * bh * Tq);
-    attn_forward(q, k, v, ytmp, lse, &s);
-    free(ytmp);
+    fprintf(stderr, "cdiff: internal error: attention '%s' backward without its forward's log-sum-exp\n", n->name);
+    abort();
   }
 
   /* packed scale * Q and dO [bh][Tqp][Dp]; Di = rowsum(dO * O) [bh][Tq] */
-  float *Qp = cd_aligned_alloc(sizeof(float) * bh * tqp * Dp);
-  float *dOp = cd_aligned_alloc(sizeof(float) * bh * tqp * Dp);
-  float *Di = cd_malloc(sizeof(float) * bh * Tq);
+  cd_cpu_scratch sc = cd_cpu_scratch_of(ctx);
+  float *Qp = cd_cpu_take(&sc, sizeof(float) * bh * tqp * Dp, n);
+  float *dOp = cd_cpu_take(&sc, sizeof(float) * bh * tqp * Dp, n);
+  float *Di = cd_cpu_take(&sc, sizeof(float) * bh * Tq, n);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t t = 0; t < bh * nqb; t++) {
     const int qb = (int)(t % nqb), h = (int)(t / nqb % H), b = (int)(t / nqb / H);
@@ -385,15 +404,16 @@ void cd_cpu_attention_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const size_t nqp = (size_t)bh * tqp * Dp;
   float *dQp = NULL;
   if (dq) {
-    dQp = cd_aligned_alloc(sizeof(float) * G * nqp);
+    dQp = cd_cpu_take(&sc, sizeof(float) * G * nqp, n);
     memset(dQp, 0, sizeof(float) * G * nqp);
   }
+  const size_t nbuf = bwd_thread_floats(&s);
+  float *bufs = cd_cpu_take(&sc, nt * cd_cpu_align(nbuf * sizeof(float)), n);
 
   const int64_t ntask = bh * G;
 #pragma omp parallel num_threads(nt)
   {
-    const size_t nbuf = bwd_thread_floats(&s);
-    float *buf = cd_aligned_alloc(nbuf * sizeof(float));
+    float *buf = (float *)((char *)bufs + omp_get_thread_num() * cd_cpu_align(nbuf * sizeof(float)));
     memset(buf, 0, nbuf * sizeof(float));
     float *Kt = buf;             /* [D][BK] */
     float *Vt = Kt + D * BK;     /* [D][BK] */
@@ -451,7 +471,6 @@ void cd_cpu_attention_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
         }
       }
     }
-    cd_aligned_free(buf);
   }
 
   if (dq) {
@@ -467,9 +486,4 @@ void cd_cpu_attention_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
       }
     }
   }
-  cd_aligned_free(dQp);
-  cd_aligned_free(Qp);
-  cd_aligned_free(dOp);
-  free(Di);
-  free(own_lse);
 }

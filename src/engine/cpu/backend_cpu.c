@@ -3,6 +3,7 @@
  * cd_graph_plan ("no forward kernel for ...") rather than failing the link,
  * and an op without a backward or a scratch function simply leaves its slot
  * NULL. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,18 @@
 #include "engine/ops.def"
 #undef CD_OP
 
+void *cd_cpu_take(cd_cpu_scratch *s, size_t bytes, const cd_node *n) {
+  const size_t b = cd_cpu_align(bytes);
+  if (!s->base || s->used + b > s->size) {
+    fprintf(stderr, "cdiff: internal error: %s '%s' needs %zu more scratch bytes than it reported (%zu of %zu used)\n",
+            cd_op_name(n->op), n->name, b, s->used, s->size);
+    abort();
+  }
+  void *p = s->base + s->used;
+  s->used += b;
+  return p;
+}
+
 static void *cpu_alloc(size_t n) { return cd_aligned_alloc(n); }
 static void cpu_free(void *p) { cd_aligned_free(p); }
 static void cpu_zero(const cd_kernel_ctx *ctx, void *p, size_t n) { memset(p, 0, n); }
@@ -24,9 +37,15 @@ static void cpu_copy(const cd_kernel_ctx *ctx, void *dst, const void *src, size_
 }
 static int cpu_ctx_init(cd_kernel_ctx *ctx) {
   ctx->nthreads = cd_threads();
+  cd_cpu_state *s = cd_calloc(1, sizeof *s);
+  s->conv_band_bytes = cd_cpu_conv_band_bytes;
+  ctx->state = s;
   return 0;
 }
-static void cpu_ctx_free(cd_kernel_ctx *ctx) {}
+static void cpu_ctx_free(cd_kernel_ctx *ctx) {
+  free(ctx->state);
+  ctx->state = NULL;
+}
 static double cpu_timer_begin(const cd_kernel_ctx *ctx) { return cd_time(); }
 static double cpu_timer_end(const cd_kernel_ctx *ctx, double t0) { return cd_time() - t0; }
 

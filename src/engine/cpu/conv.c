@@ -54,8 +54,9 @@ static int conv_is_direct(const conv_shape *q) {
 }
 
 /* output rows per band */
-static int64_t conv_band_rows(const conv_shape *q) {
-  int64_t cols = (int64_t)(cd_cpu_conv_band_bytes / (sizeof(float) * (size_t)q->K));
+static int64_t conv_band_rows(const cd_kernel_ctx *ctx, const conv_shape *q) {
+  const size_t bytes = ((const cd_cpu_state *)ctx->state)->conv_band_bytes;
+  int64_t cols = (int64_t)(bytes / (sizeof(float) * (size_t)q->K));
   int64_t rows = cols / q->Wo;
   return CD_MAX(1, CD_MIN(q->Ho, rows));
 }
@@ -120,6 +121,21 @@ static void col2im_band(const conv_shape *q, const float *dcol, float *dxn, int6
   }
 }
 
+/* scratch: forward one col band; backward a col band for dW and a dcol band
+ * for dx, each only when that gradient is wanted (a 1x1 conv needs neither);
+ * and the panel buffer of a 16-bit W. */
+size_t cd_cpu_conv2d_scratch(const cd_kernel_ctx *ctx, const cd_node *n, int bwd) {
+  conv_shape q = conv_get_shape(n);
+  const cd_node *xn = n->src[0], *wn = n->src[1];
+  if (n->n == 0 || q.K == 0) return 0;
+  if (bwd && !cd_wants_grad(xn) && !cd_wants_grad(wn)) return 0;
+  const size_t panels = cd_cpu_panels_scratch(wn, q.O, q.K);
+  if (conv_is_direct(&q)) return panels;
+  const size_t band = cd_cpu_align((size_t)q.K * conv_band_rows(ctx, &q) * q.Wo * sizeof(float));
+  if (!bwd) return panels + band;
+  return panels + (cd_wants_grad(wn) ? band : 0) + (cd_wants_grad(xn) ? band : 0);
+}
+
 void cd_cpu_conv2d_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *xn = n->src[0], *wn = n->src[1], *bn = n->src[2];
   conv_shape q = conv_get_shape(n);
@@ -129,10 +145,11 @@ void cd_cpu_conv2d_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   }
   const float *b = bn ? bn->data : NULL;
   int direct = conv_is_direct(&q);
-  int64_t band = conv_band_rows(&q);
-  float *col = direct ? NULL : cd_aligned_alloc((size_t)q.K * band * q.Wo * sizeof(float));
+  int64_t band = conv_band_rows(ctx, &q);
+  cd_cpu_scratch sc = cd_cpu_scratch_of(ctx);
+  float *col = direct ? NULL : cd_cpu_take(&sc, (size_t)q.K * band * q.Wo * sizeof(float), n);
   cd_cpu_panels wp;
-  cd_cpu_panels_init(&wp, wn, q.O, q.K);
+  cd_cpu_panels_init(&wp, wn, q.O, q.K, &sc, n);
   for (int64_t i = 0; i < q.N; i++) {
     const float *x = xn->data + i * q.C * q.H * q.W;
     float *y = n->data + i * q.O * q.P;
@@ -160,8 +177,6 @@ void cd_cpu_conv2d_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
       }
     }
   }
-  cd_aligned_free(col);
-  cd_cpu_panels_free(&wp);
 }
 
 void cd_cpu_conv2d_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
@@ -186,13 +201,14 @@ void cd_cpu_conv2d_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   }
   if (!dx && !dw) return;
 
+  cd_cpu_scratch sc = cd_cpu_scratch_of(ctx);
   cd_cpu_panels wp; /* W for dx (dw implies an f32, trainable W) */
-  cd_cpu_panels_init(&wp, wn, q.O, q.K);
+  cd_cpu_panels_init(&wp, wn, q.O, q.K, &sc, n);
   int direct = conv_is_direct(&q);
-  int64_t band = conv_band_rows(&q);
+  int64_t band = conv_band_rows(ctx, &q);
   size_t band_floats = (size_t)q.K * band * q.Wo;
-  float *col = !direct && dw ? cd_aligned_alloc(band_floats * sizeof(float)) : NULL;
-  float *dcol = !direct && dx ? cd_aligned_alloc(band_floats * sizeof(float)) : NULL;
+  float *col = !direct && dw ? cd_cpu_take(&sc, band_floats * sizeof(float), n) : NULL;
+  float *dcol = !direct && dx ? cd_cpu_take(&sc, band_floats * sizeof(float), n) : NULL;
   for (int64_t i = 0; i < q.N; i++) {
     const float *x = xn->data + i * q.C * q.H * q.W;
     const float *dyi = dy + i * q.O * q.P;
@@ -228,7 +244,4 @@ void cd_cpu_conv2d_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
       }
     }
   }
-  cd_aligned_free(col);
-  cd_aligned_free(dcol);
-  cd_cpu_panels_free(&wp);
 }

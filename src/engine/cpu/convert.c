@@ -56,23 +56,28 @@ static int64_t panel_rows(int64_t rowlen) {
   return CD_MAX(1, (int64_t)(cd_cpu_panel_bytes / sizeof(float)) / CD_MAX(1, rowlen));
 }
 
-static int64_t rows_per_panel(const cd_node *w, int64_t rows, int64_t rowlen) {
+static int64_t panel_per(const cd_node *w, int64_t rows, int64_t rowlen) {
   return w->type == CD_TYPE_F32 ? CD_MAX(1, rows) : CD_MIN(CD_MAX(1, rows), panel_rows(rowlen));
 }
 
-size_t cd_cpu_panels_bytes(const cd_node *w, int64_t rows, int64_t rowlen) {
-  return w->type == CD_TYPE_F32 ? 0 : (size_t)rows_per_panel(w, rows, rowlen) * CD_MAX(1, rowlen) * sizeof(float);
+size_t cd_cpu_panels_scratch(const cd_node *w, int64_t rows, int64_t rowlen) {
+  if (w->type == CD_TYPE_F32) return 0;
+  return cd_cpu_align((size_t)panel_per(w, rows, rowlen) * CD_MAX(1, rowlen) * sizeof(float));
 }
 
+void cd_cpu_panels_init(cd_cpu_panels *p, const cd_node *w, int64_t rows, int64_t rowlen, void *sc, const cd_node *n) {
+  *p = (cd_cpu_panels){.w = w, .rows = rows, .rowlen = rowlen, .r0 = -1};
+  p->per = panel_per(w, rows, rowlen);
+  if (w->type != CD_TYPE_F32) p->buf = cd_cpu_take(sc, (size_t)p->per * CD_MAX(1, rowlen) * sizeof(float), n);
+}
+
+/* the same buffer size unaligned, and an init over a caller's buffer */
+size_t cd_cpu_panels_bytes(const cd_node *w, int64_t rows, int64_t rowlen) {
+  return w->type == CD_TYPE_F32 ? 0 : (size_t)panel_per(w, rows, rowlen) * CD_MAX(1, rowlen) * sizeof(float);
+}
 void cd_cpu_panels_init_buf(cd_cpu_panels *p, const cd_node *w, int64_t rows, int64_t rowlen, float *buf) {
   *p = (cd_cpu_panels){.w = w, .rows = rows, .rowlen = rowlen, .r0 = -1, .buf = buf};
-  p->per = rows_per_panel(w, rows, rowlen);
-}
-
-void cd_cpu_panels_init(cd_cpu_panels *p, const cd_node *w, int64_t rows, int64_t rowlen) {
-  size_t bytes = cd_cpu_panels_bytes(w, rows, rowlen);
-  cd_cpu_panels_init_buf(p, w, rows, rowlen, bytes ? cd_aligned_alloc(bytes) : NULL);
-  p->owned = bytes > 0;
+  p->per = panel_per(w, rows, rowlen);
 }
 
 const float *cd_cpu_panels_get(cd_cpu_panels *p, int64_t r0, int64_t nr) {
@@ -83,11 +88,6 @@ const float *cd_cpu_panels_get(cd_cpu_panels *p, int64_t r0, int64_t nr) {
     p->nr = nr;
   }
   return p->buf;
-}
-
-void cd_cpu_panels_free(cd_cpu_panels *p) {
-  if (p->owned) cd_aligned_free(p->buf);
-  p->buf = NULL;
 }
 
 void cd_cpu_cast_fwd(const cd_kernel_ctx *ctx, cd_node *n) { cd_cpu_to_f32(n->src[0]->data, n->src[0]->type, 0, n->n, n->data); }

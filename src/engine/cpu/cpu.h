@@ -36,22 +36,50 @@ typedef struct {
   const cd_node *w;
   int64_t rows, rowlen, per, r0, nr;
   float *buf;
-  int owned; /* buf was allocated by cd_cpu_panels_init */
 } cd_cpu_panels;
-void cd_cpu_panels_init(cd_cpu_panels *p, const cd_node *w, int64_t rows, int64_t rowlen);
-/* for planner-placed scratch: the panel buffer's bytes (0 for an f32 weight),
- * and an init that uses buf (that many bytes) instead of allocating */
+/* scratch bytes the panel buffer of w [rows, rowlen] takes (0 for f32):
+ * what a kernel's scratch function adds for each cd_cpu_panels_init */
+size_t cd_cpu_panels_scratch(const cd_node *w, int64_t rows, int64_t rowlen);
+/* the panel buffer comes from the kernel's scratch sc (n: the kernel's node) */
+void cd_cpu_panels_init(cd_cpu_panels *p, const cd_node *w, int64_t rows, int64_t rowlen, void *sc, const cd_node *n);
+/* the panel buffer's bytes (unaligned), and an init over a caller's buffer */
 size_t cd_cpu_panels_bytes(const cd_node *w, int64_t rows, int64_t rowlen);
 void cd_cpu_panels_init_buf(cd_cpu_panels *p, const cd_node *w, int64_t rows, int64_t rowlen, float *buf);
 const float *cd_cpu_panels_get(cd_cpu_panels *p, int64_t r0, int64_t nr);
-void cd_cpu_panels_free(cd_cpu_panels *p);
+
+/* Scratch: a kernel carves ctx->scratch (placed by the planner) in the same
+ * order and sizes as its cd_cpu_<op>_scratch function added them up with
+ * cd_cpu_align; every piece is 64-byte aligned. */
+typedef struct {
+  char *base;
+  size_t size, used;
+} cd_cpu_scratch;
+static inline size_t cd_cpu_align(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
+static inline cd_cpu_scratch cd_cpu_scratch_of(const cd_kernel_ctx *ctx) {
+  return (cd_cpu_scratch){(char *)ctx->scratch, ctx->scratch_bytes, 0};
+}
+/* the next `bytes` of scratch; aborts when the sizing function asked for
+ * less (a bug in the kernel, never input-dependent) */
+void *cd_cpu_take(cd_cpu_scratch *s, size_t bytes, const cd_node *n);
+
+/* The CPU backend's per-graph state (ctx->state), set up when the graph is
+ * planned: what used to be process-wide. */
+typedef struct {
+  size_t conv_band_bytes; /* col bytes per conv band: cd_cpu_conv_band_bytes at plan time */
+  _Atomic int bad_ids;    /* EMBEDDING ids outside the table since plan or reset */
+} cd_cpu_state;
+
+/* Default col bytes per conv band (conv.c); tests and dev/ tools change it
+ * before planning. */
+extern size_t cd_cpu_conv_band_bytes;
 
 /* EMBEDDING never crashes on an id outside [0, V + E) or one that is not an
- * integer: it writes a zero row and counts the id here (process-wide,
- * thread-safe). Returns the number of such ids seen since the last reset, so
- * callers that feed user token ids can check it after a forward. */
-int cd_cpu_embedding_bad_ids(void);
-void cd_cpu_embedding_reset_bad_ids(void);
+ * integer: it writes a zero row and counts the id in the graph's CPU state
+ * (thread-safe). Returns the number of such ids seen since the graph was
+ * planned or the count reset, so callers that feed user token ids can check
+ * it after a forward; 0 for a graph on another backend. */
+int cd_cpu_embedding_bad_ids(const cd_graph *g);
+void cd_cpu_embedding_reset_bad_ids(cd_graph *g);
 
 /* ATTENTION scratch memory in bytes, for reports (bench): what = 0: one score
  * block; 1: forward per thread; 2: backward per thread; 3: forward shared

@@ -67,7 +67,27 @@ static void binary_fwd(cd_node *n, int mul) {
   }
 }
 
-static void binary_bwd(cd_node *n, int mul) {
+/* threads of the broadcast reduction into b's gradient: per-thread double
+ * partials, capped at 128 MiB */
+static int partial_threads(const cd_kernel_ctx *ctx, const cd_node *n, const cd_node *b) {
+  int nt = 1;
+#ifdef _OPENMP
+  if (n->n > PAR_MIN) nt = ctx->nthreads;
+  while (nt > 1 && (int64_t)nt * b->n > (1 << 24)) nt /= 2;
+#endif
+  return nt;
+}
+
+/* scratch: the partials of a broadcast b's gradient (backward only) */
+static size_t binary_scratch(const cd_kernel_ctx *ctx, const cd_node *n, int bwd) {
+  const cd_node *a = n->src[0], *b = n->src[1];
+  if (!bwd || !cd_wants_grad(b) || b->n == a->n || a->ne[a->ndim - 1] <= 0) return 0;
+  return cd_cpu_align((size_t)partial_threads(ctx, n, b) * b->n * sizeof(double));
+}
+size_t cd_cpu_add_scratch(const cd_kernel_ctx *ctx, const cd_node *n, int bwd) { return binary_scratch(ctx, n, bwd); }
+size_t cd_cpu_mul_scratch(const cd_kernel_ctx *ctx, const cd_node *n, int bwd) { return binary_scratch(ctx, n, bwd); }
+
+static void binary_bwd(const cd_kernel_ctx *ctx, cd_node *n, int mul) {
   const cd_node *a = n->src[0], *b = n->src[1];
   const float *dy = n->grad, *ad = a->data, *bd = b->data;
   int64_t bs[CD_MAX_DIMS];
@@ -98,12 +118,10 @@ static void binary_bwd(cd_node *n, int mul) {
   }
   /* many rows reduce into the same b elements: per-thread double partials
    * (b is small here: a bias or a per-channel vector), then a serial sum */
-  int nt = 1;
-#ifdef _OPENMP
-  if (n->n > PAR_MIN) nt = omp_get_max_threads();
-  while (nt > 1 && (int64_t)nt * b->n > (1 << 24)) nt /= 2;
-#endif
-  double *part = cd_calloc((size_t)nt * b->n, sizeof(double));
+  const int nt = partial_threads(ctx, n, b);
+  cd_cpu_scratch sc = cd_cpu_scratch_of(ctx);
+  double *part = cd_cpu_take(&sc, (size_t)nt * b->n * sizeof(double), n);
+  memset(part, 0, (size_t)nt * b->n * sizeof(double));
 #pragma omp parallel num_threads(nt)
   {
     int t = 0;
@@ -131,13 +149,12 @@ static void binary_bwd(cd_node *n, int mul) {
     for (int t = 0; t < nt; t++) s += part[(size_t)t * b->n + k];
     gb[k] += (float)s;
   }
-  free(part);
 }
 
 void cd_cpu_add_fwd(const cd_kernel_ctx *ctx, cd_node *n) { binary_fwd(n, 0); }
-void cd_cpu_add_bwd(const cd_kernel_ctx *ctx, cd_node *n) { binary_bwd(n, 0); }
+void cd_cpu_add_bwd(const cd_kernel_ctx *ctx, cd_node *n) { binary_bwd(ctx, n, 0); }
 void cd_cpu_mul_fwd(const cd_kernel_ctx *ctx, cd_node *n) { binary_fwd(n, 1); }
-void cd_cpu_mul_bwd(const cd_kernel_ctx *ctx, cd_node *n) { binary_bwd(n, 1); }
+void cd_cpu_mul_bwd(const cd_kernel_ctx *ctx, cd_node *n) { binary_bwd(ctx, n, 1); }
 
 /* ---- SCALE: y = fp0 * x ---- */
 void cd_cpu_scale_fwd(const cd_kernel_ctx *ctx, cd_node *n) {

@@ -35,10 +35,18 @@ void cd_cpu_timestep_embed_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
 /* ---- EMBEDDING: ids[S] (i32, or floats holding integers), table[V, D] (f32, f16
  * or bf16: a row is widened as it is copied), extra[E, D]|NULL -> [S, D] ---- */
 
-static atomic_int bad_ids;
-
-int cd_cpu_embedding_bad_ids(void) { return atomic_load(&bad_ids); }
-void cd_cpu_embedding_reset_bad_ids(void) { atomic_store(&bad_ids, 0); }
+static cd_cpu_state *cpu_state(const cd_graph *g) {
+  const cd_kernel_ctx *c = cd_graph_ctx(g);
+  return c && c->be == cd_backend_cpu() ? c->state : NULL;
+}
+int cd_cpu_embedding_bad_ids(const cd_graph *g) {
+  cd_cpu_state *s = cpu_state(g);
+  return s ? atomic_load(&s->bad_ids) : 0;
+}
+void cd_cpu_embedding_reset_bad_ids(cd_graph *g) {
+  cd_cpu_state *s = cpu_state(g);
+  if (s) atomic_store(&s->bad_ids, 0);
+}
 
 /* id i of the ids node as a double (i32 ids are exact; float ids may not be integers) */
 static double id_at(const cd_node *ids, int64_t i) {
@@ -70,7 +78,7 @@ void cd_cpu_embedding_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
       bad++;
     }
   }
-  if (bad) atomic_fetch_add(&bad_ids, bad);
+  if (bad) atomic_fetch_add(&((cd_cpu_state *)ctx->state)->bad_ids, bad);
 }
 
 void cd_cpu_embedding_bwd(const cd_kernel_ctx *ctx, cd_node *n) {

@@ -21,6 +21,14 @@
 
 /* ---- LINEAR ---- */
 
+/* scratch: the panel buffer of a 16-bit w, forward and for dx */
+size_t cd_cpu_linear_scratch(const cd_kernel_ctx *ctx, const cd_node *n, int bwd) {
+  const cd_node *xn = n->src[0], *wn = n->src[1];
+  const int64_t M = wn->ne[0], K = wn->ne[1];
+  if (n->n == 0 || K == 0 || (bwd && !cd_wants_grad(xn))) return 0;
+  return cd_cpu_panels_scratch(wn, M, K);
+}
+
 void cd_cpu_linear_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *xn = n->src[0], *wn = n->src[1], *bn = n->src[2];
   const int64_t M = wn->ne[0], K = wn->ne[1];
@@ -38,14 +46,14 @@ void cd_cpu_linear_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
     if (!bn) memset(y, 0, cd_nbytes(n));
     return;
   }
+  cd_cpu_scratch sc = cd_cpu_scratch_of(ctx);
   cd_cpu_panels wp;
-  cd_cpu_panels_init(&wp, wn, M, K);
+  cd_cpu_panels_init(&wp, wn, M, K, &sc, n);
   for (int64_t m0 = 0; m0 < M; m0 += wp.per) {
     const int64_t mb = CD_MIN(wp.per, M - m0);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)mb, (int)K,
                 1.0f, xn->data, (int)K, cd_cpu_panels_get(&wp, m0, mb), (int)K, beta, y + m0, (int)M);
   }
-  cd_cpu_panels_free(&wp);
 }
 
 void cd_cpu_linear_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
@@ -55,14 +63,14 @@ void cd_cpu_linear_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const float *dy = n->grad;
   if (n->n == 0) return;
   if (xn->grad && K) { /* dx [R, K] += dy [R, M] * w [M, K], a panel of w's rows at a time */
+    cd_cpu_scratch sc = cd_cpu_scratch_of(ctx);
     cd_cpu_panels wp;
-    cd_cpu_panels_init(&wp, wn, M, K);
+    cd_cpu_panels_init(&wp, wn, M, K, &sc, n);
     for (int64_t m0 = 0; m0 < M; m0 += wp.per) {
       const int64_t mb = CD_MIN(wp.per, M - m0);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)K, (int)mb,
                   1.0f, dy + m0, (int)M, cd_cpu_panels_get(&wp, m0, mb), (int)K, 1.0f, xn->grad, (int)K);
     }
-    cd_cpu_panels_free(&wp);
   }
   if (wn->grad && K) /* dw [M, K] += dy^T [M, R] * x [R, K] */
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)M, (int)K, (int)R,

@@ -162,6 +162,24 @@ void cd_cpu_layer_norm_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
   }
 }
 
+/* threads of the gamma/beta reduction: per-thread double partials */
+static int ln_partial_threads(const cd_kernel_ctx *ctx, const cd_node *x) {
+  const int64_t C = x->ne[x->ndim - 1];
+#ifdef _OPENMP
+  return x->n / C * C > 16384 ? ctx->nthreads : 1;
+#else
+  return 1;
+#endif
+}
+
+/* scratch: the gamma/beta partials (backward only) */
+size_t cd_cpu_layer_norm_scratch(const cd_kernel_ctx *ctx, const cd_node *n, int bwd) {
+  const cd_node *x = n->src[0];
+  const int64_t C = x->ne[x->ndim - 1];
+  if (!bwd || C <= 0 || (!cd_wants_grad(n->src[1]) && !cd_wants_grad(n->src[2]))) return 0;
+  return cd_cpu_align((size_t)ln_partial_threads(ctx, x) * 2 * C * sizeof(double));
+}
+
 void cd_cpu_layer_norm_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   const cd_node *x = n->src[0], *gm = n->src[1], *bt = n->src[2];
   const int64_t C = x->ne[x->ndim - 1];
@@ -192,11 +210,10 @@ void cd_cpu_layer_norm_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   if (!dgamma && !dbeta) return;
   /* rows reduce into the same C sums: per-thread double partials, then a
    * serial reduction (deterministic for a fixed thread count) */
-  int nt = 1;
-#ifdef _OPENMP
-  nt = rows * C > 16384 ? omp_get_max_threads() : 1;
-#endif
-  double *part = cd_calloc((size_t)nt * 2 * C, sizeof(double));
+  const int nt = ln_partial_threads(ctx, x);
+  cd_cpu_scratch sc = cd_cpu_scratch_of(ctx);
+  double *part = cd_cpu_take(&sc, (size_t)nt * 2 * C * sizeof(double), n);
+  memset(part, 0, (size_t)nt * 2 * C * sizeof(double));
 #pragma omp parallel num_threads(nt)
   {
     int t = 0;
@@ -220,5 +237,4 @@ void cd_cpu_layer_norm_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
     if (dgamma) dgamma[j] += (float)sg;
     if (dbeta) dbeta[j] += (float)sb;
   }
-  free(part);
 }
