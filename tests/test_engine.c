@@ -7,6 +7,7 @@
 
 #include "engine/backend.h"
 #include "engine/ops.h"
+#include "io/fsutil.h"
 
 /* ---- a malloc counter (not under ASan, which owns malloc) ----
  * Every allocation in the process goes through these while `counting` is set;
@@ -58,6 +59,16 @@ static void cnt_down(const cd_kernel_ctx *c, void *h, const void *d, size_t n) {
   atomic_fetch_add(&be_downloads, 1);
   cd_backend_cpu()->download(c, h, d, n);
 }
+static atomic_long tm_begin, tm_end, tm_flush;
+static void cnt_tbegin(const cd_kernel_ctx *c) {
+  atomic_fetch_add(&tm_begin, 1);
+  cd_backend_cpu()->timer_begin(c);
+}
+static void cnt_tend(const cd_kernel_ctx *c, double *acc) {
+  atomic_fetch_add(&tm_end, 1);
+  cd_backend_cpu()->timer_end(c, acc);
+}
+static void cnt_tflush(const cd_kernel_ctx *c) { atomic_fetch_add(&tm_flush, 1); }
 static cd_backend counting_be;
 static const cd_backend *counting_backend(void) {
   counting_be = *cd_backend_cpu();
@@ -67,6 +78,9 @@ static const cd_backend *counting_backend(void) {
   counting_be.zero = cnt_zero;
   counting_be.upload = cnt_up;
   counting_be.download = cnt_down;
+  counting_be.timer_begin = cnt_tbegin;
+  counting_be.timer_end = cnt_tend;
+  counting_be.timer_flush = cnt_tflush;
   return &counting_be;
 }
 
@@ -256,6 +270,51 @@ TEST(no_allocation_while_a_graph_runs) {
   scratch_net_free(&b);
 }
 
+/* CDIFF_PROFILE times every kernel through the backend's timer (bracketing
+ * each kernel, flushed after each pass) and prints the time per op kind when
+ * the graph is freed; without it the timer is never called. */
+TEST(profile_uses_the_backend_timer) {
+  for (int prof = 0; prof < 2; prof++) {
+    if (prof) setenv("CDIFF_PROFILE", "1", 1);
+    else unsetenv("CDIFF_PROFILE");
+    scratch_net s;
+    scratch_net_build(&s, counting_backend());
+    if (prof) unsetenv("CDIFF_PROFILE"); /* read when the graph is made */
+    cd_plan_opts po = {.training = 1, .loss = s.loss};
+    CHECK_OK(cd_graph_plan(s.g, &po));
+    long kernels = 0;
+    for (int i = 0; i < cd_graph_nnodes(s.g); i++) {
+      const cd_node *x = cd_graph_node(s.g, i);
+      if (cd_op_has(x->op, CD_OPF_KERNEL)) kernels += 1 + ((x->flags & CD_FLAG_BWD) != 0);
+    }
+    atomic_store(&tm_begin, 0);
+    atomic_store(&tm_end, 0);
+    atomic_store(&tm_flush, 0);
+    CHECK_OK(scratch_net_run(&s, NULL));
+    CHECKF(atomic_load(&tm_begin) == (prof ? kernels : 0) && atomic_load(&tm_end) == atomic_load(&tm_begin),
+           "profile %d: timer begin %ld end %ld for %ld kernels", prof, atomic_load(&tm_begin), atomic_load(&tm_end), kernels);
+    CHECK(atomic_load(&tm_flush) == (prof ? 2 : 0));
+    /* the report, on stderr when the graph is freed */
+    const char *path = test_tmpdir("profile.txt");
+    fflush(stderr);
+    int saved = dup(2);
+    FILE *fp = fopen(path, "w");
+    CHECK(fp && saved >= 0);
+    dup2(fileno(fp), 2);
+    scratch_net_free(&s);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    fclose(fp);
+    char *txt = NULL;
+    size_t n = 0;
+    CHECK_OK(cd_read_file(path, &txt, &n));
+    const int has = strstr(txt, "attention") && strstr(txt, "backward") && strstr(txt, "conv2d");
+    free(txt);
+    CHECKF(has == prof, "profile %d: report %s", prof, has ? "printed" : "missing");
+  }
+}
+
 /* The compiler, run with the flags the Makefile uses for syntax only;
  * CD_NODE_STORAGE_HIDDEN renames cd_node's data/grad/aux (graph.h). */
 #define SYNTAX_CMD "${CC:-cc} -std=c11 -D_GNU_SOURCE -fopenmp -fsyntax-only -Isrc -DCD_NODE_STORAGE_HIDDEN "
@@ -306,6 +365,7 @@ int main(void) {
   RUN(registry_sizes_aux);
   RUN(values_move_through_the_api);
   RUN(no_allocation_while_a_graph_runs);
+  RUN(profile_uses_the_backend_timer);
   RUN(storage_hiding_catches_a_read);
   RUN(no_node_storage_outside_engine);
   test_tmp_cleanup();

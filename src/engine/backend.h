@@ -60,10 +60,14 @@ struct cd_backend {
   /* fill ctx's backend fields for a new graph; ctx_free releases them */
   int (*ctx_init)(cd_kernel_ctx *ctx);
   void (*ctx_free)(cd_kernel_ctx *ctx);
-  /* CDIFF_PROFILE: bracket one kernel; timer_end returns its seconds
-   * (CUDA: a pair of events, synchronised at the end) */
-  double (*timer_begin)(const cd_kernel_ctx *ctx);
-  double (*timer_end)(const cd_kernel_ctx *ctx, double begin);
+  /* CDIFF_PROFILE: the executor brackets each kernel with timer_begin and
+   * timer_end, which adds the kernel's seconds to *acc (the op kind's total),
+   * possibly later: a CUDA backend records a pair of events and resolves them
+   * in timer_flush, which the executor calls at the end of every forward and
+   * backward. The CPU reads the clock. */
+  void (*timer_begin)(const cd_kernel_ctx *ctx);
+  void (*timer_end)(const cd_kernel_ctx *ctx, double *acc);
+  void (*timer_flush)(const cd_kernel_ctx *ctx);
   cd_kernel forward[CD_OP_COUNT];
   cd_kernel backward[CD_OP_COUNT];
   cd_scratch_fn scratch[CD_OP_COUNT]; /* NULL: the op needs no scratch */
@@ -81,16 +85,14 @@ struct cd_backend {
 };
 
 const cd_backend *cd_backend_cpu(void);
-/* the backend a graph runs on and its kernel context (engine-internal: optim.c) */
+/* the backend a graph runs on and its kernel context (its backend fields are
+ * set by cd_graph_plan): for the engine (optim.c) and a backend's own extras
+ * (cpu.h), never for model code */
 const cd_backend *cd_graph_backend(const cd_graph *g);
 const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g);
 /* a weight store g's parameters come from (wstore.c): synced before each forward */
 struct cd_wstore;
 void cd_graph_use_store(cd_graph *g, struct cd_wstore *s);
-
-/* the graph's kernel context (NULL before the first cd_graph_plan): for a
- * backend's own extras (cpu.h), never for model code */
-const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g);
 
 /* For scratch functions, which run before buffers are placed: whether source
  * s will have a gradient buffer when the kernels run (s->grad != NULL then). */

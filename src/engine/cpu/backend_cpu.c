@@ -46,8 +46,9 @@ static void cpu_ctx_free(cd_kernel_ctx *ctx) {
   free(ctx->state);
   ctx->state = NULL;
 }
-static double cpu_timer_begin(const cd_kernel_ctx *ctx) { return cd_time(); }
-static double cpu_timer_end(const cd_kernel_ctx *ctx, double t0) { return cd_time() - t0; }
+static void cpu_timer_begin(const cd_kernel_ctx *ctx) { ((cd_cpu_state *)ctx->state)->timer_t0 = cd_time(); }
+static void cpu_timer_end(const cd_kernel_ctx *ctx, double *acc) { *acc += cd_time() - ((cd_cpu_state *)ctx->state)->timer_t0; }
+static void cpu_timer_flush(const cd_kernel_ctx *ctx) {}
 
 static const cd_backend cpu = {
     .name = "cpu",
@@ -64,6 +65,7 @@ static const cd_backend cpu = {
     .adamw = cd_cpu_adamw,
     .nonfinite = cd_cpu_nonfinite,
     .accumulate = cd_cpu_accumulate,
+    .timer_flush = cpu_timer_flush,
 #define CD_OP(E, nm, ns, fl, aux) [CD_OP_##E] = cd_cpu_##nm##_fwd,
     .forward = {
 #include "engine/ops.def"

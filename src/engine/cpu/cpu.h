@@ -67,6 +67,7 @@ void *cd_cpu_take(cd_cpu_scratch *s, size_t bytes, const cd_node *n);
 typedef struct {
   size_t conv_band_bytes; /* col bytes per conv band: cd_cpu_conv_band_bytes at plan time */
   _Atomic int bad_ids;    /* EMBEDDING ids outside the table since plan or reset */
+  double timer_t0;        /* CDIFF_PROFILE: start of the running kernel */
 } cd_cpu_state;
 
 /* Default col bytes per conv band (conv.c); tests and dev/ tools change it
