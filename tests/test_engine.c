@@ -1,5 +1,6 @@
 /* test_engine.c - the engine contract: the op registry agrees with the CPU
  * backend's table; nothing outside src/engine touches a node's storage. */
+#include <ctype.h>
 #include <stdatomic.h>
 #include <unistd.h>
 
@@ -315,6 +316,41 @@ TEST(profile_uses_the_backend_timer) {
   }
 }
 
+/* docs/architecture.md's backend table names every field of cd_backend
+ * (backend.h), so the description cannot fall behind the code. */
+TEST(docs_name_every_backend_field) {
+  char *h = NULL, *doc = NULL;
+  size_t nh = 0, nd = 0;
+  CHECK_OK(cd_read_file("src/engine/backend.h", &h, &nh));
+  CHECK_OK(cd_read_file("docs/architecture.md", &doc, &nd));
+  char *p = strstr(h, "struct cd_backend {"), *end = p ? strstr(p, "\n};") : NULL;
+  int fields = 0;
+  char missing[512] = "";
+  for (char *line = p ? strchr(p, '\n') : NULL; line && line < end; line = strchr(line + 1, '\n')) {
+    const char *l = line + 1;
+    while (*l == ' ') l++;
+    if (*l == '/' || *l == '*') continue; /* comment */
+    char name[64] = "";
+    const char *f = strstr(l, "(*"), *semi = strchr(l, ';');
+    if (!semi || semi > end) continue;
+    if (f && f < semi) sscanf(f + 2, "%63[A-Za-z0-9_]", name);
+    else { /* "type name;" or "type name[N];": the last identifier before ';' or '[' */
+      const char *e = memchr(l, '[', semi - l) ? memchr(l, '[', semi - l) : semi, *b = e;
+      while (b > l && (isalnum((unsigned char)b[-1]) || b[-1] == '_')) b--;
+      snprintf(name, sizeof name, "%.*s", (int)(e - b), b);
+    }
+    if (!name[0]) continue;
+    fields++;
+    char quoted[80];
+    snprintf(quoted, sizeof quoted, "`%s`", name);
+    if (!strstr(doc, quoted)) snprintf(missing + strlen(missing), sizeof missing - strlen(missing), " %s", name);
+  }
+  free(h);
+  free(doc);
+  CHECKF(fields >= 10, "found only %d fields of struct cd_backend in backend.h", fields);
+  CHECKF(!missing[0], "docs/architecture.md does not name backend fields:%s", missing);
+}
+
 /* The compiler, run with the flags the Makefile uses for syntax only;
  * CD_NODE_STORAGE_HIDDEN renames cd_node's data/grad/aux (graph.h). */
 #define SYNTAX_CMD "${CC:-cc} -std=c11 -D_GNU_SOURCE -fopenmp -fsyntax-only -Isrc -DCD_NODE_STORAGE_HIDDEN "
@@ -366,6 +402,7 @@ int main(void) {
   RUN(values_move_through_the_api);
   RUN(no_allocation_while_a_graph_runs);
   RUN(profile_uses_the_backend_timer);
+  RUN(docs_name_every_backend_field);
   RUN(storage_hiding_catches_a_read);
   RUN(no_node_storage_outside_engine);
   test_tmp_cleanup();

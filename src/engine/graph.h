@@ -18,10 +18,11 @@
  * (linear [out, in], conv [out, in, kh, kw]).
  *
  * Memory: parameters point at memory owned by the caller (fp32, converted on
- * load). Every other node's value (and gradient) lives in one arena that the
- * planner sizes from the nodes' lifetimes, reusing dead buffers. Gradients of
- * trainable parameters live in their own persistent buffers (node->grad),
- * zeroed at the start of each backward.
+ * load). Everything else a kernel touches (values, saved state, gradients,
+ * kernel scratch) lives in one arena of backend memory that the planner sizes
+ * from the buffers' lifetimes, reusing dead ones. A trainable parameter's
+ * gradient is zeroed at the start of each backward and readable
+ * (cd_graph_get_grad) until the next forward.
  *
  * Gradients: a node "needs grad" when it is a trainable parameter or depends
  * on one. Backward runs only those nodes, and each op computes only the input
