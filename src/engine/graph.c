@@ -34,7 +34,6 @@ struct cd_graph {
   cd_node *loss;
   int *zero_start; /* per backward step: index into zero_list */
   cd_node **zero_list;
-  float **grad_list; /* persistent gradients of trainable params */
   int profile;        /* CDIFF_PROFILE set: time per op, printed by cd_graph_free */
   double prof_t[2][CD_OP_COUNT];
   long prof_n[2][CD_OP_COUNT];
@@ -106,7 +105,6 @@ void cd_graph_free(cd_graph *g) {
   if (g->ctx_ready) g->be->ctx_free(&g->ctx);
   free(g->zero_start);
   free(g->zero_list);
-  free(g->grad_list);
   free(g->stores);
   free(g);
 }
