@@ -166,11 +166,13 @@ TEST(values_move_through_the_api) {
 
 /* A training graph over every op that uses scratch (3x3 conv with dx and dW,
  * attention with dQ/dK/dV, broadcast add and mul, layer norm with gamma and
- * beta), big enough for the threaded paths. */
+ * beta, a linear with a frozen f16 weight widened in panels forward and for
+ * dx), big enough for the threaded paths. */
 typedef struct {
   cd_graph *g;
   cd_node *x, *qin, *loss, *p[7];
   float *w[7];
+  uint16_t wh[32 * 32];
 } scratch_net;
 
 static void scratch_net_build(scratch_net *s, const cd_backend *be) {
@@ -189,7 +191,9 @@ static void scratch_net_build(scratch_net *s, const cd_backend *be) {
   cd_node *c = cd_conv2d(g, s->x, s->p[0], s->p[1], 1, 1);
   c = cd_mul(g, cd_add(g, c, s->p[2]), s->p[3]);
   s->qin = cd_input(g, "qin", 3, (int64_t[]){4, 256, 32});
-  cd_node *q = cd_linear(g, s->qin, s->p[4], NULL);
+  for (int i = 0; i < 32 * 32; i++) s->wh[i] = cd_f32_to_f16(0.01f * (float)((i * 7) % 23 - 11));
+  cd_node *wh = cd_param_typed(g, "w_f16", s->wh, CD_TYPE_F16, 2, (int64_t[]){32, 32});
+  cd_node *q = cd_linear(g, cd_linear(g, s->qin, s->p[4], NULL), wh, NULL);
   cd_node *a = cd_layer_norm(g, cd_attention(g, q, q, q, 2, 0, 0.25f), s->p[5], s->p[6], 1e-5f);
   s->loss = cd_add(g, cd_sum(g, cd_mul(g, c, c)), cd_sum(g, cd_mul(g, a, a)));
 }
@@ -226,6 +230,14 @@ TEST(no_allocation_while_a_graph_runs) {
   long allocs0 = atomic_load(&be_allocs);
   CHECK_OK(cd_graph_plan(b.g, &pb));
   CHECKF(atomic_load(&be_allocs) > allocs0, "the plan allocated nothing through the backend");
+  int scratch_kinds = 0; /* the f16 linear and the conv take scratch both ways */
+  for (int i = 0; i < cd_graph_nnodes(b.g); i++) {
+    const cd_node *x = cd_graph_node(b.g, i);
+    if ((x->op == CD_OP_CONV2D || (x->op == CD_OP_LINEAR && x->src[1]->type == CD_TYPE_F16)) && x->scratch_bytes[0] &&
+        x->scratch_bytes[1])
+      scratch_kinds++;
+  }
+  CHECKF(scratch_kinds == 2, "%d of the conv and the f16 linear have forward and backward scratch", scratch_kinds);
   int64_t ng = 0;
   for (int i = 0; i < 7; i++) ng += a.p[i]->n;
   float *ga = cd_malloc(ng * sizeof(float)), *gb = cd_malloc(ng * sizeof(float));
