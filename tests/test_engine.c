@@ -237,6 +237,7 @@ TEST(no_allocation_while_a_graph_runs) {
         x->scratch_bytes[1])
       scratch_kinds++;
   }
+  CHECK(cd_graph_scratch_bytes(b.g) > 0);
   CHECKF(scratch_kinds == 2, "%d of the conv and the f16 linear have forward and backward scratch", scratch_kinds);
   int64_t ng = 0;
   for (int i = 0; i < 7; i++) ng += a.p[i]->n;

@@ -29,7 +29,7 @@ struct cd_graph {
   const cd_backend *be;
   cd_kernel_ctx ctx;
   void *arena;
-  size_t arena_bytes, naive_bytes;
+  size_t arena_bytes, naive_bytes, scratch_bytes;
   int planned, training, ctx_ready;
   cd_node *loss;
   int *zero_start; /* per backward step: index into zero_list */
@@ -586,10 +586,13 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
   }
 
   /* 3. intervals */
-  /* values, aux, gradients, and each kernel's scratch for the one step it runs */
-  interval *iv = cd_malloc(5 * (size_t)N * sizeof *iv);
+  /* values, aux and gradients are packed; kernels run one at a time, so
+   * their scratch shares one region after the packed buffers, as large as the
+   * largest kernel's (packing one-step scratch among the values would save
+   * little and make the arena less predictable from the shapes) */
+  interval *iv = cd_malloc(3 * (size_t)N * sizeof *iv);
   int niv = 0;
-  size_t naive = 0;
+  size_t naive = 0, scratch = 0;
   for (int i = 0; i < N; i++) {
     cd_node *x = g->nodes[i];
     x->data_off = x->grad_off = x->aux_off = -1;
@@ -608,22 +611,27 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
     const cd_scratch_fn sf = cd_op_has(x->op, CD_OPF_KERNEL) && cd_op_has(x->op, CD_OPF_SCRATCH) ? g->be->scratch[x->op] : NULL;
     for (int b = 0; sf && b < 2; b++) {
       if (b && !(x->flags & CD_FLAG_BWD)) break;
-      const int step = b ? 2 * N - 1 - i : i;
       x->scratch_bytes[b] = sf(&g->ctx, x, b);
-      if (x->scratch_bytes[b]) iv[niv++] = (interval){step, step, align64(x->scratch_bytes[b]), &x->scratch_off[b]};
+      if (x->scratch_bytes[b]) x->scratch_off[b] = 0; /* relative to the scratch region */
+      scratch = CD_MAX(scratch, align64(x->scratch_bytes[b]));
     }
   }
   for (int i = 0; i < niv; i++) naive += iv[i].size;
-  size_t total = pack(iv, niv, opts->no_reuse);
+  naive += scratch;
+  size_t total = align64(pack(iv, niv, opts->no_reuse));
   free(iv);
+  for (int i = 0; i < N; i++)
+    for (int b = 0; b < 2; b++)
+      if (g->nodes[i]->scratch_off[b] >= 0) g->nodes[i]->scratch_off[b] = (int64_t)total;
 
   if (g->arena) g->be->free(g->arena);
-  g->arena = g->be->alloc(total ? total : 64);
+  g->arena = g->be->alloc(total + scratch ? total + scratch : 64);
   if (!g->arena) {
     free(d_start); free(d_end); free(g_start); free(g_end);
-    return cd_set_error("graph: backend %s could not allocate %.1f MiB", g->be->name, total / 1048576.0);
+    return cd_set_error("graph: backend %s could not allocate %.1f MiB", g->be->name, (total + scratch) / 1048576.0);
   }
   g->arena_bytes = total;
+  g->scratch_bytes = scratch;
   g->naive_bytes = naive;
 
   /* 4. pointers, zeroing schedule, persistent gradients */
@@ -776,6 +784,7 @@ int cd_graph_get_grad(const cd_graph *g, const cd_node *param, float *host) {
 
 size_t cd_graph_arena_bytes(const cd_graph *g) { return g->arena_bytes; }
 size_t cd_graph_naive_bytes(const cd_graph *g) { return g->naive_bytes; }
+size_t cd_graph_scratch_bytes(const cd_graph *g) { return g->scratch_bytes; }
 int cd_graph_nnodes(const cd_graph *g) { return g->n; }
 cd_node *cd_graph_node(const cd_graph *g, int i) { return i >= 0 && i < g->n ? g->nodes[i] : NULL; }
 cd_node *cd_graph_find(const cd_graph *g, const char *name) {

@@ -181,7 +181,12 @@ double cd_graph_get_scalar(const cd_graph *g, const cd_node *n);            /* e
 /* dL/dparam of a trainable parameter after cd_graph_backward (checkpoints, tests) */
 int cd_graph_get_grad(const cd_graph *g, const cd_node *param, float *host);
 
-size_t cd_graph_arena_bytes(const cd_graph *g);  /* planned arena size (every byte a kernel touches) */
+/* The plan's backend memory: the packed buffers (values, saved state,
+ * gradients; affine in the image area, which memory estimates rely on), and
+ * after them one scratch region shared by the kernels, as large as the
+ * largest kernel's (bounded: conv bands are capped). */
+size_t cd_graph_arena_bytes(const cd_graph *g);   /* packed buffers */
+size_t cd_graph_scratch_bytes(const cd_graph *g); /* kernel scratch region, on top */
 size_t cd_graph_naive_bytes(const cd_graph *g);  /* sum of all buffers (no reuse) */
 int cd_graph_nnodes(const cd_graph *g);
 cd_node *cd_graph_node(const cd_graph *g, int i);
