@@ -69,9 +69,7 @@ typedef struct {
   char layers[32][128];
   int nl;
   char model[64];
-  double grad_tol; /* 1e-3 (README), raised per parameter by its measured floor (probe_floor) */
-  float **probe;   /* step-1 gradients with the noise moved by one float32 rounding (probe_grads) */
-  double *floor_;  /* per parameter: rel. distance of probe and step-1 gradient (its float32 noise floor) */
+  double grad_tol; /* 1e-3 (README); small4 1e-2, see golden_case */
   host_param *hp;  /* the host reference's state, one per trainer parameter */
   int hstep;
 } fixture;
@@ -81,9 +79,6 @@ static void fx_free(fixture *f) {
     free(f->hp[i].data); free(f->hp[i].grad); free(f->hp[i].m); free(f->hp[i].v);
   }
   free(f->hp);
-  for (int i = 0; f->probe && i < f->tr.np; i++) free(f->probe[i]);
-  free(f->probe);
-  free(f->floor_);
   cd_trainer_free(&f->tr);
   cd_sd_free(f->m);
   cd_tensor_file_close(f->gf);
@@ -267,55 +262,11 @@ static int check_update(fixture *f, const char *after_name, const char *grad_nam
   return 0;
 }
 
-/* How well conditioned is each gradient? Every float32 operation rounds its
- * result, i.e. moves an intermediate by a relative u. One such move, of the
- * noise input, is made here on purpose (each entry one ulp up or down); how
- * far it moves a parameter's gradient is that gradient's float32 noise floor,
- * whatever the CPU. tiny-sd1/2 have floors of a few u; small4-sd1's lowest
- * levels (1x1 and 2x2 px, 32 groups of 2 channels) normalise groups of 2-8
- * values, dividing by spreads that can come arbitrarily close to 0, and
- * amplify the rounding of their inputs by orders of magnitude. */
-static int probe_grads(fixture *f, const cd_batch *b) {
-  int64_t n = 0;
-  float *noise = test_read_f32(f->gf, "cd.noise", &n);
-  if (!noise) return -1;
-  cd_rng r;
-  cd_rng_seed(&r, 4242);
-  for (int64_t i = 0; i < n; i++) noise[i] = nextafterf(noise[i], (cd_rng_u64(&r) & 1) ? INFINITY : -INFINITY);
-  cd_batch pb = *b;
-  pb.noise = noise;
-  cd_step_report rep;
-  int rc = cd_trainer_grad(&f->tr, &pb, &rep);
-  free(noise);
-  if (rc) { snprintf(test_msg, sizeof test_msg, "probe: %s", cd_last_error()); return -1; }
-  f->probe = cd_calloc(f->tr.np, sizeof *f->probe);
-  for (int i = 0; i < f->tr.np; i++)
-    if (!(f->probe[i] = pstate(f, i, CD_OPTIM_GRAD))) return -1;
-  return 0;
-}
-
-/* The tolerance of parameter i's gradient against the float64 golden: the
- * README's 1e-3, or 10x its noise floor where that is larger. Our result
- * carries roundings at every one of the ~100 stages of the forward and
- * backward pass; each acts like the probe at its own stage, and independent
- * ones add up to ~sqrt(100) = 10 probes. */
-static double grad_tol_of(const fixture *f, int i) { return fmax(f->grad_tol, 10 * f->floor_[i]); }
-
 static int run_step(fixture *f, const char *pre) {
   cd_batch b = {.pixels = f->pix, .mask = f->mask, .ids = f->ids, .noise = f->noise, .timesteps = f->ts};
   cd_step_report r;
   char nm[256];
-  if (!f->floor_ && probe_grads(f, &b)) return -1;
   if (cd_trainer_grad(&f->tr, &b, &r)) { snprintf(test_msg, sizeof test_msg, "%s", cd_last_error()); return -1; }
-  if (!f->floor_) { /* step 1: the floors, from the probe and this gradient */
-    f->floor_ = cd_calloc(f->tr.np, sizeof *f->floor_);
-    for (int i = 0; i < f->tr.np; i++) {
-      float *g = pstate(f, i, CD_OPTIM_GRAD);
-      if (!g) return -1;
-      f->floor_[i] = test_rel_err(f->probe[i], g, f->tr.p[i].n);
-      free(g);
-    }
-  }
   if (!*pre) {
     if (near_array(f, "cd.latents", f->tr.latents, f->tr.noisy->n, 1e-4) ||
         near_array(f, "cd.noisy_latents", f->tr.noisy->data, f->tr.noisy->n, 1e-4) ||
@@ -339,7 +290,7 @@ static int run_step(fixture *f, const char *pre) {
       snprintf(nm, sizeof nm, "cd.%sgrad.%s", pre, pn);
       float *grad = pstate(f, pi, CD_OPTIM_GRAD);
       if (!grad) return -1;
-      double tol = grad_tol_of(f, pi);
+      double tol = f->grad_tol;
       if (getenv("CDIFF_TEST_VERBOSE")) {
         int64_t k;
         float *r = test_read_f32(f->gf, nm, &k);
@@ -354,7 +305,7 @@ static int run_step(fixture *f, const char *pre) {
   int e = param(f, "token_embedding.extra");
   snprintf(nm, sizeof nm, "cd.%sgrad.token_embedding.row49408", pre);
   float *eg = e >= 0 ? pstate(f, e, CD_OPTIM_GRAD) : NULL;
-  int ebad = !eg || near_array(f, nm, eg, f->tr.p[e].n, grad_tol_of(f, e));
+  int ebad = !eg || near_array(f, nm, eg, f->tr.p[e].n, f->grad_tol);
   free(eg);
   if (ebad) return -1;
   /* update; the host reference starts from the same state (its own moments) */
@@ -392,7 +343,7 @@ static int run_step(fixture *f, const char *pre) {
     }
     /* step 2 divides sums of two steps' moments: gradient differences grow where g1 ~ -g2 */
     float *now = pstate(f, i, CD_OPTIM_VALUE);
-    double tol = grad_tol_of(f, i);
+    double tol = f->grad_tol;
     rc = !now ? -1 : check_update(f, an, gn, before[i], now, p->n, 1e-3, *pre ? 3 * tol : tol);
     free(now);
   }
@@ -401,10 +352,18 @@ static int run_step(fixture *f, const char *pre) {
   return rc;
 }
 
-/* grad_tol: the README's 1e-3 for float32 gradients, raised per parameter to
- * 10x the gradient's measured float32 noise floor (probe_grads): small4-sd1's
- * deepest K/V gradients sit on GroupNorms of 2-8 values, whose rounding
- * amplification differs with the order of every reduction before them. */
+/* grad_tol: the README's 1e-3 for float32 gradients: a K/V gradient passes
+ * ~100 reductions forward and backward (conv K <= 64*9, attention <= 77),
+ * typical sqrt(K) u ~ 1e-6 each, ~1e-4 in all, amplified by the condition of
+ * the problem. small4-sd1 runs its lowest levels at 2x2 and 1x1 px with 32
+ * groups of 2 channels: GroupNorm divides by the spread of 2-8 values, whose
+ * relative condition |x| / sigma is unbounded. For 2 values P(sigma < t
+ * sigma_typ) ~ t, so among the ~10^3 groups of a step the smallest spread is
+ * ~10^-3 of the typical one: a few entries get ~10^3 x the typical error, and
+ * which ones and how much depends on every reduction order before them. The
+ * deepest K/V gradients inherit that: 1e-2 (observed between 5e-4 and 3e-3
+ * across OpenBLAS Haswell/SkylakeX kernels, AVX2/AVX-512 builds, 1-2 threads
+ * and the sanitizer build). A wrong gradient is off by O(0.1-1). */
 static void golden_case(const char *model, const char *golden, double grad_tol) {
   fixture f;
   int r = fx_open(&f, model, golden);
@@ -468,7 +427,7 @@ static void golden_case(const char *model, const char *golden, double grad_tol) 
 }
 
 TEST(train_step_tiny_sd1) { golden_case("tiny-sd1", "golden_tiny-sd1.safetensors", 1e-3); }
-TEST(train_step_small4_sd1) { golden_case("small4-sd1", "golden_small4-sd1.safetensors", 1e-3); }
+TEST(train_step_small4_sd1) { golden_case("small4-sd1", "golden_small4-sd1.safetensors", 1e-2); }
 TEST(train_step_tiny_sd2_vpred) { golden_case("tiny-sd2", "golden_tiny-sd2.safetensors", 1e-3); }
 TEST(train_step_f16_weights) {
   wdtype = "f16";
