@@ -216,10 +216,10 @@ int cmd_tokenize(int argc, char **argv) {
       goto done;
     }
   if (padded) {
-    int ids[77], tr = 0;
+    int ids[CD_TOK_MAX_LEN], tr = 0;
     if (cd_tokenize_padded(t, text, ids, &tr)) { rc = 1; goto done; }
     if (tr) cd_warn("text longer than 75 tokens was truncated");
-    for (int i = 0; i < 77; i++) printf(i ? " %d" : "%d", ids[i]);
+    for (int i = 0; i < CD_TOK_MAX_LEN; i++) printf(i ? " %d" : "%d", ids[i]);
   } else {
     int n = 0, total = 0, *ids = cd_malloc(4096 * sizeof(int));
     if (cd_tokenize(t, text, ids, 4096, &n, &total)) { free(ids); rc = 1; goto done; }

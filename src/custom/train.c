@@ -61,7 +61,7 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
 
   /* text encoder + UNet + loss, with gradients */
   cd_graph *g = t->g = cd_graph_new();
-  t->ids = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){B, 77});
+  t->ids = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){B, CD_TOK_MAX_LEN});
   cd_node *extra = NULL;
   if (o->ntok) {
     extra = cd_param(g, "token_embedding.extra", t->extra, 2, (int64_t[]){o->ntok, d});
@@ -188,7 +188,7 @@ int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
     cd_vae_latent_sample(t->moments + (int64_t)i * 2 * per, sample ? b->latent_noise + (int64_t)i * per : NULL,
                          t->m->vae.cfg.scaling_factor, per, lat + (int64_t)i * per);
   /* the graph's inputs, each staged on the host and copied in */
-  if (!t->stage) t->stage = cd_malloc((size_t)(B * per > B * 77 ? B * per : B * 77) * sizeof(float));
+  if (!t->stage) t->stage = cd_malloc((size_t)(B * per > B * CD_TOK_MAX_LEN ? B * per : B * CD_TOK_MAX_LEN) * sizeof(float));
   float *st = t->stage;
   cd_graph *g = t->g;
   int tt[256];

@@ -662,7 +662,7 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
     const char *cap = c->inst.items[idx].caption ? c->inst.items[idx].caption : c->inst_prompt;
     char prompt[4096];
     snprintf(prompt, sizeof prompt, "%s%s", prefix ? prefix : "", cap);
-    if (cd_tokenize_padded(r->m->tok, prompt, bb->ids + i * 77, NULL)) return -1; /* long prompts warned once, up front */
+    if (cd_tokenize_padded(r->m->tok, prompt, bb->ids + i * CD_TOK_MAX_LEN, NULL)) return -1; /* long prompts warned once, up front */
   }
   if (o->prior)
     for (int i = 0; i < nb; i++) {
@@ -673,7 +673,7 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
           cd_class_example(img, res, o->center_crop, o->hflip, &rng, bb->pixels + (nb + i) * px, bb->mask + (nb + i) * hw))
         return -1;
       const char *cap = c->cls.items[idx].caption ? c->cls.items[idx].caption : c->class_prompt ? c->class_prompt : "";
-      if (cd_tokenize_padded(r->m->tok, cap, bb->ids + (nb + i) * 77, NULL)) return -1;
+      if (cd_tokenize_padded(r->m->tok, cap, bb->ids + (nb + i) * CD_TOK_MAX_LEN, NULL)) return -1;
     }
   const int T = r->m->sched.num_train_timesteps;
   for (int i = 0; i < B; i++) {
@@ -978,7 +978,7 @@ static int train_loop(run_t *r, FILE *log) {
   for (int k = 0; k < r->nc; k++) maxn = CD_MAX(maxn, CD_MAX(r->c[k].inst.n, r->c[k].ncls));
   batch_buf bb = {.pixels = cd_malloc(B * px * sizeof(float)), .mask = cd_malloc(B * hw * sizeof(float)),
                   .noise = cd_malloc(B * 4 * hw * sizeof(float)), .lnoise = cd_malloc(B * 4 * hw * sizeof(float)),
-                  .ids = cd_malloc(B * 77 * sizeof(int)), .ts = cd_malloc(B * sizeof(int)), .perm = cd_malloc(maxn * sizeof(int))};
+                  .ids = cd_malloc(B * CD_TOK_MAX_LEN * sizeof(int)), .ts = cd_malloc(B * sizeof(int)), .perm = cd_malloc(maxn * sizeof(int))};
   cd_progress bar;
   cd_progress_start(&bar, start ? "training (resumed)" : "training", r->steps - start);
   if (o->quiet) bar.quiet = 1;

@@ -14,7 +14,7 @@ int cd_unet_arena_bytes(cd_sd_model *m, int B, int64_t h, int64_t w, double *byt
   cd_graph *g = cd_graph_new();
   cd_node *x = cd_input(g, "x", 4, (int64_t[]){B, m->unet.cfg.in_channels, h, w});
   cd_node *t = cd_input(g, "t", 1, (int64_t[]){B});
-  cd_node *c = cd_input(g, "ctx", 3, (int64_t[]){B, 77, m->unet.cfg.context_dim});
+  cd_node *c = cd_input(g, "ctx", 3, (int64_t[]){B, CD_TOK_MAX_LEN, m->unet.cfg.context_dim});
   cd_weights_clear_used(m->unet.w);
   cd_graph_output(g, cd_unet_build(g, &m->unet, x, t, c));
   int rc = cd_graph_plan(g, NULL);
@@ -60,7 +60,7 @@ int cd_sample_mem_plan(cd_sd_model *m, int n, int guided, int width, int height,
   }
   const double lat = 4.0 * m->unet.cfg.in_channels * area * n; /* bytes of all latents */
   p->sampler = 8 * lat; /* multistep samplers keep a few latent-sized histories and noise */
-  p->buffers = lat + 4.0 * B * 77 * m->unet.cfg.context_dim + 4.0 * 3 * width * (double)height * (n + (img2img ? 1 : 0));
+  p->buffers = lat + 4.0 * B * CD_TOK_MAX_LEN * m->unet.cfg.context_dim + 4.0 * 3 * width * (double)height * (n + (img2img ? 1 : 0));
   const double a = p->unet + p->sampler + p->encoder;
   p->total = p->buffers + (a > p->vae ? a : p->vae);
   return 0;

@@ -24,7 +24,7 @@ static int check_modifier_tokens(cd_sd_model *m, const char *prompt) {
   return 0;
 }
 
-int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[77]) {
+int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[CD_TOK_MAX_LEN]) {
   if (!m->tok) return cd_set_error("no tokenizer vocabulary for %s: pass --vocab (a tokenizer/ folder or bpe_simple_vocab_16e6.txt.gz)", m->path);
   if (prompt && check_modifier_tokens(m, prompt)) return -1;
   int trunc = 0;
@@ -35,22 +35,22 @@ int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[77]) {
 
 int cd_encode_prompts(cd_sd_model *m, const char *const *prompts, int n, float *out) {
   cd_graph *g = cd_graph_new();
-  cd_node *ids = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){n, 77});
+  cd_node *ids = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){n, CD_TOK_MAX_LEN});
   cd_weights_clear_used(m->clip.w);
   cd_node *y = cd_clip_build(g, &m->clip, ids, NULL, NULL);
   cd_graph_output(g, y);
   int rc = -1;
-  int *idv = cd_malloc((size_t)n * 77 * sizeof(int));
+  int *idv = cd_malloc((size_t)n * CD_TOK_MAX_LEN * sizeof(int));
   if (cd_graph_plan(g, NULL) || cd_weights_check_unused(m->clip.w, "text encoder", m->path)) goto done;
   for (int i = 0; i < n; i++) {
-    int t[77];
+    int t[CD_TOK_MAX_LEN];
     if (cd_prompt_ids(m, prompts[i], t)) goto done;
-    for (int j = 0; j < 77; j++) {
+    for (int j = 0; j < CD_TOK_MAX_LEN; j++) {
       if (t[j] >= m->clip.cfg.vocab) {
         cd_set_error("prompt \"%s\" uses token id %d but the text encoder has %d rows (load the delta that defines it)", prompts[i], t[j], m->clip.cfg.vocab);
         goto done;
       }
-      idv[i * 77 + j] = t[j];
+      idv[i * CD_TOK_MAX_LEN + j] = t[j];
     }
   }
   if (cd_graph_set_input_i32(g, ids, idv) || cd_graph_forward(g) || cd_graph_get(g, y, out)) goto done;
@@ -77,7 +77,7 @@ int cd_encode_prompts_weighted(cd_sd_model *m, const char *const *prompts, int n
   for (int i = 0; i < n; i++) {
     const char *p = prompts[i] ? prompts[i] : "";
     if (check_modifier_tokens(m, p) || cd_prompt_chunks(m->tok, p, &ids[i], &wt[i], &nch[i])) goto done;
-    for (int j = 0; j < nch[i] * 77; j++)
+    for (int j = 0; j < nch[i] * CD_TOK_MAX_LEN; j++)
       if (ids[i][j] >= m->clip.cfg.vocab) {
         cd_set_error("prompt \"%s\" uses token id %d but the text encoder has %d rows (load the delta that defines it)", p, ids[i][j], m->clip.cfg.vocab);
         goto done;
@@ -93,17 +93,17 @@ int cd_encode_prompts_weighted(cd_sd_model *m, const char *const *prompts, int n
       empty_row = K++;
     }
   g = cd_graph_new();
-  cd_node *in = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){K, 77});
+  cd_node *in = cd_input(g, "ids", 2, (int64_t[]){K, CD_TOK_MAX_LEN});
   cd_weights_clear_used(m->clip.w);
   cd_node *y = cd_clip_build(g, &m->clip, in, NULL, NULL);
   cd_graph_output(g, y);
   if (cd_graph_plan(g, NULL) || cd_weights_check_unused(m->clip.w, "text encoder", m->path)) goto done;
-  idv = cd_malloc((size_t)K * 77 * sizeof(int32_t));
+  idf = cd_malloc((size_t)K * CD_TOK_MAX_LEN * sizeof(float));
   for (int i = 0, r = 0; i < n; i++)
-    for (int j = 0; j < nch[i] * 77; j++, r++) idv[r] = ids[i][j];
+    for (int j = 0; j < nch[i] * CD_TOK_MAX_LEN; j++, r++) idf[r] = (float)ids[i][j];
   if (empty_row >= 0)
-    for (int j = 0; j < 77; j++) idv[(int64_t)empty_row * 77 + j] = eids[j];
-  const int64_t d = y->ne[2], chunk = 77 * d;
+    for (int j = 0; j < CD_TOK_MAX_LEN; j++) idf[(int64_t)empty_row * CD_TOK_MAX_LEN + j] = (float)eids[j];
+  const int64_t d = y->ne[2], chunk = CD_TOK_MAX_LEN * d;
   yall = cd_malloc((size_t)K * chunk * sizeof(float));
   if (cd_graph_set_input_i32(g, in, idv) || cd_graph_forward(g) || cd_graph_get(g, y, yall)) goto done;
   float *o = cd_malloc((size_t)n * C * chunk * sizeof(float));
@@ -112,7 +112,7 @@ int cd_encode_prompts_weighted(cd_sd_model *m, const char *const *prompts, int n
       float *dst = o + ((int64_t)i * C + c) * chunk;
       if (c < nch[i]) {
         memcpy(dst, yall + (int64_t)r++ * chunk, chunk * sizeof(float));
-        cd_prompt_emphasis(dst, wt[i] + c * 77, 77, (int)d);
+        cd_prompt_emphasis(dst, wt[i] + c * CD_TOK_MAX_LEN, CD_TOK_MAX_LEN, (int)d);
       } else {
         memcpy(dst, yall + (int64_t)empty_row * chunk, chunk * sizeof(float));
       }

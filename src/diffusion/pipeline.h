@@ -21,7 +21,7 @@ typedef struct {
 } cd_gen_opts;
 
 /* Token ids of one prompt, padded to 77 (warns when truncated; errors if no tokenizer). */
-int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[77]);
+int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[CD_TOK_MAX_LEN]);
 /* Text-encoder outputs of n prompts taken literally (no weighting syntax,
  * truncated to 75 tokens): out [n, 77, ctx]. */
 int cd_encode_prompts(cd_sd_model *m, const char *const *prompts, int n, float *out);

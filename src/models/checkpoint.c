@@ -356,7 +356,7 @@ static int clip_config_from_json(const cJSON *j, const char *file, cd_clip_confi
       jint(j, "num_hidden_layers", 12, file, &c->layers) ||
       jint(j, "num_attention_heads", 12, file, &c->heads) ||
       jint(j, "intermediate_size", 3072, file, &c->mlp) ||
-      jint(j, "max_position_embeddings", 77, file, &c->max_pos))
+      jint(j, "max_position_embeddings", CD_TOK_MAX_LEN, file, &c->max_pos))
     return -1;
   const cJSON *a = jget(j, "hidden_act");
   const char *act = a && cJSON_IsString(a) ? a->valuestring : "quick_gelu";
