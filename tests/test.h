@@ -33,6 +33,26 @@ extern char test_msg[1024];
     if (!(e_ <= (tol))) FAILF("%s:%d: rel err %.3g > %.3g (%s vs %s)", __FILE__, __LINE__, e_, (double)(tol), #a, #ref); } while (0)
 #define SKIP(...) do { snprintf(test_msg, sizeof test_msg, __VA_ARGS__); test_skipped_flag = 1; return; } while (0)
 
+/* ---- float32 error model: where every tolerance comes from ----
+ * u = 2^-24 is float32's unit roundoff. A sum or dot product of K terms,
+ * in any order (Higham, Accuracy and Stability of Numerical Algorithms, 3.1):
+ *   worst:   |computed - exact| <= gamma_K * sum|terms|,   gamma_K = K u / (1 - K u)
+ *   typical: ~ sqrt(K) u * sum|terms| (roundings behave like independent noise)
+ * sum|terms| / |sum| is the condition number; for random-sign data it is
+ * ~ sqrt(K), for data of one sign 1. Two float32 evaluations that differ only in
+ * order (OpenBLAS's Haswell vs SkylakeX kernels, AVX2 vs AVX-512 widths in our
+ * own kernels, blocking that depends on the batch size, a thread split) differ
+ * by up to the sum of their two errors. Along a chain of reductions the
+ * per-step relative errors add (first order). A relative L2 error over a whole
+ * tensor averages many entries and follows the typical bound; a maximum over
+ * entries, or a tensor of a few entries, needs the worst case. Elementwise code
+ * does not reorder anything: its result is a few roundings of u per operation
+ * on every machine. Tolerances are such a bound times a stated margin, never a
+ * value read off one machine's output. */
+#define TEST_U32 5.9604644775390625e-08 /* 2^-24 */
+static inline double test_gamma(double K) { return K * TEST_U32 / (1 - K * TEST_U32); }
+static inline double test_typical(double K) { return sqrt(K) * TEST_U32; }
+
 void test_run(const char *name, void (*fn)(void));
 int test_summary(void);
 

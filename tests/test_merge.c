@@ -207,8 +207,11 @@ TEST(features_rows) {
   /* and rows equal the encoder output rows 4.. of the padded sequence */
   float *full = malloc(sizeof(float) * 77 * 16);
   int rc3 = cd_encode_prompts(m, p + 1, 1, full);
-  double e2 = 0;
-  for (int k = 0; !rc3 && !rc && k < 2 * 16; k++) e2 = fmax(e2, fabs(F[3 * 16 + k] - full[4 * 16 + k]));
+  double e2 = 0, fmax_row = 1;
+  for (int k = 0; !rc3 && !rc && k < 2 * 16; k++) {
+    e2 = fmax(e2, fabs(F[3 * 16 + k] - full[4 * 16 + k]));
+    fmax_row = fmax(fmax_row, fabs(full[4 * 16 + k]));
+  }
   char pr[2][512];
   int rc4 = cd_merge_concept_prompts("<new1>", "cat", pr);
   int ok4 = !rc4 && !strcmp(pr[0], "<new1> cat") && !strcmp(pr[1], "photo of a <new1> cat");
@@ -221,7 +224,20 @@ TEST(features_rows) {
   CHECKF(rc == 0 && rc2 == 0 && rc3 == 0, "features: %s", cd_last_error());
   CHECKF(per[0] == 3 && per[1] == 2 && per[2] == 5 && rows == 10, "rows per prompt %d %d %d (total %d), expected 3 2 5",
          per[0], per[1], per[2], rows);
-  CHECKF(e < 1e-7 && e2 < 1e-6, "batched vs single rel err %.3g, vs encoder rows %.3g", e, e2);
+  /* Batched (B = 3) and single (B = 1) encodings reduce in different orders
+   * (GEMM blocking depends on B * 77 rows; kernels differ between CPUs), so
+   * they agree to the float32 error of the encoder, not bit for bit. Per
+   * layer of tiny-sd1's text model (width 16, head 8, MLP 32, 77 tokens) an
+   * output entry passes through reductions of K = 16 (LN), 16 (qkv), 8
+   * (scores), 77 (softmax sum), 77 (p.v), 16 (out), 16 (LN), 16 (fc1), 32
+   * (fc2): 274 per layer, 2 layers + the final LN (16) = 564. Worst case
+   * for the two runs together: 2 gamma_564 = 6.7e-5 relative to the O(1)
+   * LayerNorm outputs, both for the L2 error and for the largest entry (the
+   * tolerance is 1.5 times that). A
+   * batching bug (rows shifted, padding leaking) moves rows by O(1). */
+  double tol = 1.5 * 2 * test_gamma(564);
+  CHECKF(e < tol && e2 < tol * fmax_row, "batched vs single rel err %.3g, vs encoder rows %.3g (max |row| %.3g, tol %.3g)", e, e2,
+         fmax_row, tol);
   CHECK(ok4);
 }
 
