@@ -93,16 +93,16 @@ int cd_encode_prompts_weighted(cd_sd_model *m, const char *const *prompts, int n
       empty_row = K++;
     }
   g = cd_graph_new();
-  cd_node *in = cd_input(g, "ids", 2, (int64_t[]){K, CD_TOK_MAX_LEN});
+  cd_node *in = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){K, CD_TOK_MAX_LEN});
   cd_weights_clear_used(m->clip.w);
   cd_node *y = cd_clip_build(g, &m->clip, in, NULL, NULL);
   cd_graph_output(g, y);
   if (cd_graph_plan(g, NULL) || cd_weights_check_unused(m->clip.w, "text encoder", m->path)) goto done;
-  idf = cd_malloc((size_t)K * CD_TOK_MAX_LEN * sizeof(float));
+  idv = cd_malloc((size_t)K * CD_TOK_MAX_LEN * sizeof(int32_t));
   for (int i = 0, r = 0; i < n; i++)
-    for (int j = 0; j < nch[i] * CD_TOK_MAX_LEN; j++, r++) idf[r] = (float)ids[i][j];
+    for (int j = 0; j < nch[i] * CD_TOK_MAX_LEN; j++, r++) idv[r] = ids[i][j];
   if (empty_row >= 0)
-    for (int j = 0; j < CD_TOK_MAX_LEN; j++) idf[(int64_t)empty_row * CD_TOK_MAX_LEN + j] = (float)eids[j];
+    for (int j = 0; j < CD_TOK_MAX_LEN; j++) idv[(int64_t)empty_row * CD_TOK_MAX_LEN + j] = eids[j];
   const int64_t d = y->ne[2], chunk = CD_TOK_MAX_LEN * d;
   yall = cd_malloc((size_t)K * chunk * sizeof(float));
   if (cd_graph_set_input_i32(g, in, idv) || cd_graph_forward(g) || cd_graph_get(g, y, yall)) goto done;
