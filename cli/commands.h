@@ -8,5 +8,6 @@ int cmd_sample(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_compress(int argc, char **argv);
+int cmd_pretrain(int argc, char **argv);
 
 #endif

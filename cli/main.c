@@ -31,6 +31,7 @@ static const struct {
     {"compress", cmd_compress, "low-rank (SVD) compression of a delta"},
     {"info", cmd_info, "describe a checkpoint, a delta or a PNG's parameters"},
     {"tokenize", cmd_tokenize, "print the CLIP token ids of a text"},
+    {"pretrain", cmd_pretrain, "train cdiff's own small model on the synthetic world (docs/world.md)"},
 };
 
 static void usage(FILE *f) {

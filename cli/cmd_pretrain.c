@@ -1,0 +1,43 @@
+/* cmd_pretrain.c - cdiff pretrain: trains the world model from scratch
+ * (src/pretrain/pretrain.h does the work; docs/world.md documents the run). */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "args.h"
+#include "commands.h"
+#include "core/common.h"
+#include "pretrain/pretrain.h"
+
+int cmd_pretrain(int argc, char **argv) {
+  cd_pretrain_opts o;
+  cd_pretrain_opts_default(&o);
+  int help = 0;
+  cli_opt opts[] = {
+      {"--out", CLI_STR, &o.out, "DIR", "output folder: the model (diffusers layout), state and log (required)"},
+      {"--seed", CLI_U64, &o.seed, "N", "seed of the initial weights and of every draw (default 1)"},
+      {"--vae-steps", CLI_INT, &o.vae_steps, "N", "autoencoder steps (default 1200)"},
+      {"--unet-steps", CLI_INT, &o.unet_steps, "N", "UNet + text encoder steps (default 2500)"},
+      {"--vae-batch", CLI_INT, &o.vae_batch, "N", "images per autoencoder step (default 8)"},
+      {"--batch", CLI_INT, &o.unet_batch, "N", "images per UNet step (default 32)"},
+      {"--vae-lr", CLI_FLOAT, &o.vae_lr, "X", "autoencoder peak learning rate (default 1e-3)"},
+      {"--lr", CLI_FLOAT, &o.unet_lr, "X", "UNet + text encoder peak learning rate (default 1e-3)"},
+      {"--kl-weight", CLI_FLOAT, &o.kl_weight, "X", "weight of the KL term per image (default 1e-4)"},
+      {"--uncond-prob", CLI_FLOAT, &o.uncond_prob, "P", "probability of an empty caption (default 0.1)"},
+      {"--checkpoint-every", CLI_INT, &o.checkpoint_every, "N", "write OUT/pretrain_state.safetensors every N steps (default 100)"},
+      {"--resume", CLI_FLAG, &o.resume, "", "continue from OUT/pretrain_state.safetensors"},
+      {"--fp32", CLI_FLAG, &o.f32, "", "write the model in fp32 (default fp16)"},
+      {"--stop-after", CLI_INT, &o.stop_after, "N", "stop (as if interrupted, state saved) after N steps of this run"},
+      {"--help", CLI_FLAG, &help, "", "this help"},
+      {0}};
+  if (cli_parse(argc, argv, opts, "pretrain", NULL)) return 2;
+  if (help) {
+    cli_usage(opts, "pretrain", "--out DIR [--seed N] [--vae-steps N] [--unet-steps N] [--resume] [flags]");
+    return 0;
+  }
+  o.quiet = getenv("CDIFF_QUIET") != NULL;
+  if (cd_pretrain_run(&o)) {
+    fprintf(stderr, "cdiff pretrain: %s\n", cd_last_error());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,558 @@
+/* pretrain.c - `cdiff pretrain` (see pretrain.h for the objectives). */
+#include "pretrain/pretrain.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "core/progress.h"
+#include "diffusion/scheduler.h"
+#include "io/fsutil.h"
+#include "io/tensor_file.h"
+#include "models/tokenizer.h"
+#include "pretrain/world_model.h"
+#include "world/vocab.h"
+#include "world/world.h"
+
+void cd_pretrain_opts_default(cd_pretrain_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->seed = 1;
+  o->vae_steps = 1200;
+  o->unet_steps = 2500;
+  o->vae_batch = 8;
+  o->unet_batch = 32;
+  o->vae_lr = 1e-3f;
+  o->unet_lr = 1e-3f;
+  o->kl_weight = 1e-4f;
+  o->uncond_prob = 0.1f;
+  o->checkpoint_every = 100;
+}
+
+enum { PH_VAE = 0, PH_UNET = 1 };
+static const char *const phase_name[2] = {"vae", "unet"};
+#define SCALE_IMAGES 256 /* images whose latent spread sets scaling_factor */
+
+/* ------------------------------------------------------------ AdamW over a set of weights */
+
+typedef struct {
+  char *name; /* "<component>/<weight name>" */
+  float *data, *grad, *m, *v;
+  int64_t n;
+} param;
+
+typedef struct {
+  param *p;
+  int n;
+  int step;
+} adam;
+
+static void adam_free(adam *a) {
+  for (int i = 0; i < a->n; i++) {
+    free(a->p[i].name);
+    free(a->p[i].m);
+    free(a->p[i].v);
+  }
+  free(a->p);
+  memset(a, 0, sizeof *a);
+}
+
+/* Marks every weight of w that graph g uses trainable (before planning). */
+static void mark_trainable(cd_weights *w) {
+  for (int i = 0; i < cd_weights_count(w); i++) {
+    cd_weight *x = cd_weights_at(w, i);
+    if (x->node) cd_set_trainable(x->node);
+  }
+}
+
+/* After planning: every used weight of w becomes a parameter (its node's gradient). */
+static void adam_add(adam *a, cd_weights *w, const char *comp) {
+  for (int i = 0; i < cd_weights_count(w); i++) {
+    cd_weight *x = cd_weights_at(w, i);
+    if (!x->node) continue;
+    a->p = cd_realloc(a->p, (size_t)(a->n + 1) * sizeof *a->p);
+    param *p = &a->p[a->n++];
+    size_t L = strlen(comp) + strlen(x->name) + 2;
+    p->name = cd_malloc(L);
+    snprintf(p->name, L, "%s/%s", comp, x->name);
+    p->data = x->data;
+    p->grad = x->node->grad;
+    p->n = x->node->n;
+    p->m = cd_calloc((size_t)p->n, sizeof(float));
+    p->v = cd_calloc((size_t)p->n, sizeof(float));
+  }
+}
+
+static void clear_nodes(cd_weights *w) {
+  cd_weights_clear_used(w);
+  for (int i = 0; i < cd_weights_count(w); i++) cd_weights_at(w, i)->node = NULL;
+}
+
+/* clip to total norm 1, then AdamW(beta 0.9/0.999, eps 1e-8, no decay) */
+static int adam_step(adam *a, double lr, double *gnorm) {
+  double total = 0;
+  for (int i = 0; i < a->n; i++)
+    for (int64_t k = 0; k < a->p[i].n; k++) total += (double)a->p[i].grad[k] * a->p[i].grad[k];
+  total = sqrt(total);
+  if (!isfinite(total)) return cd_set_error("the gradient is not finite at step %d", a->step + 1);
+  *gnorm = total;
+  double coef = total > 1.0 ? 1.0 / (total + 1e-6) : 1.0;
+  a->step++;
+  const double b1 = 0.9, b2 = 0.999, bc1 = 1 - pow(b1, a->step), bc2 = sqrt(1 - pow(b2, a->step));
+  for (int i = 0; i < a->n; i++) {
+    param *p = &a->p[i];
+    for (int64_t k = 0; k < p->n; k++) {
+      double g = p->grad[k] * coef;
+      double m = b1 * p->m[k] + (1 - b1) * g, v = b2 * p->v[k] + (1 - b2) * g * g;
+      p->m[k] = (float)m;
+      p->v[k] = (float)v;
+      p->data[k] = (float)(p->data[k] - lr / bc1 * m / (sqrt(v) / bc2 + 1e-8));
+    }
+  }
+  return 0;
+}
+
+static double lr_at(double base, int step, int total) { /* step: 0-based */
+  int warm = total / 20 > 1 ? total / 20 : 1;
+  if (step < warm) return base * (step + 1) / warm;
+  double p = (double)(step - warm) / (total - warm > 1 ? total - warm : 1);
+  return base * (0.1 + 0.9 * 0.5 * (1 + cos(M_PI * p)));
+}
+
+static uint64_t step_seed(uint64_t seed, int phase, int step) {
+  uint64_t z = seed * 0x9e3779b97f4a7c15ULL + (uint64_t)phase * 0xbf58476d1ce4e5b9ULL + (uint64_t)step;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+/* ------------------------------------------------------------ the run */
+
+typedef struct {
+  const cd_pretrain_opts *o;
+  cd_sd_model m;
+  cd_tokenizer *tok;
+  char state[4096], logp[4096];
+  int phase, step;   /* next step to run in phase */
+  adam a;
+  FILE *log;
+  int ran;           /* steps run by this process (stop_after) */
+} run_t;
+
+/* ---- state file: weights, Adam moments, phase, step, scaling factor ---- */
+
+static int save_state(run_t *r) {
+  cd_weights *ws[3] = {r->m.clip.w, r->m.unet.w, r->m.vae.w};
+  static const char *const comp[3] = {"text_encoder", "unet", "vae"};
+  int nt = 0;
+  for (int c = 0; c < 3; c++) nt += cd_weights_count(ws[c]);
+  nt += 2 * r->a.n;
+  cd_tensor_out *t = cd_calloc((size_t)nt, sizeof *t);
+  char **names = cd_calloc((size_t)nt, sizeof *names);
+  int k = 0;
+  for (int c = 0; c < 3; c++)
+    for (int i = 0; i < cd_weights_count(ws[c]); i++, k++) {
+      cd_weight *x = cd_weights_at(ws[c], i);
+      size_t L = strlen(comp[c]) + strlen(x->name) + 2;
+      names[k] = cd_malloc(L);
+      snprintf(names[k], L, "%s/%s", comp[c], x->name);
+      t[k] = (cd_tensor_out){.name = names[k], .dtype = CD_DT_F32, .ndim = x->ndim, .data = x->data};
+      for (int d = 0; d < x->ndim; d++) t[k].shape[d] = x->ne[d];
+    }
+  for (int i = 0; i < r->a.n; i++)
+    for (int mv = 0; mv < 2; mv++, k++) {
+      param *p = &r->a.p[i];
+      size_t L = strlen(p->name) + 8;
+      names[k] = cd_malloc(L);
+      snprintf(names[k], L, "adam_%c/%s", mv ? 'v' : 'm', p->name);
+      t[k] = (cd_tensor_out){.name = names[k], .dtype = CD_DT_F32, .ndim = 1, .shape = {p->n}, .data = mv ? p->v : p->m};
+    }
+  char ph[8], st[32], sf[32], ad[32];
+  snprintf(ph, sizeof ph, "%s", phase_name[r->phase]);
+  snprintf(st, sizeof st, "%d", r->step);
+  snprintf(sf, sizeof sf, "%.9g", r->m.vae.cfg.scaling_factor);
+  snprintf(ad, sizeof ad, "%d", r->a.step);
+  const char *meta[] = {"format", "cdiff-pretrain-state", "phase", ph, "step", st, "scaling_factor", sf, "adam_step", ad};
+  int rc = cd_safetensors_write(r->state, t, nt, meta, 5);
+  for (int i = 0; i < nt; i++) free(names[i]);
+  free(names);
+  free(t);
+  if (!rc && fflush(r->log)) rc = cd_set_error("%s: write failed", r->logp);
+  return rc;
+}
+
+/* Reads the weights (all components) and the phase/step; Adam moments are read by load_moments. */
+static int load_state(run_t *r, cd_tensor_file **fout) {
+  cd_tensor_file *f;
+  if (cd_safetensors_open(r->state, &f)) return cd_prefix_error("--resume");
+  const char *fmt = cd_tf_meta(f, "format"), *ph = cd_tf_meta(f, "phase"), *st = cd_tf_meta(f, "step"),
+             *sf = cd_tf_meta(f, "scaling_factor");
+  if (!fmt || strcmp(fmt, "cdiff-pretrain-state") || !ph || !st || !sf) {
+    cd_tensor_file_close(f);
+    return cd_set_error("--resume: %s is not a cdiff pretrain state (metadata format/phase/step missing)", r->state);
+  }
+  r->phase = !strcmp(ph, "unet") ? PH_UNET : PH_VAE;
+  r->step = atoi(st);
+  r->m.vae.cfg.scaling_factor = (float)atof(sf);
+  cd_weights *ws[3] = {r->m.clip.w, r->m.unet.w, r->m.vae.w};
+  static const char *const comp[3] = {"text_encoder", "unet", "vae"};
+  for (int c = 0; c < 3; c++)
+    for (int i = 0; i < cd_weights_count(ws[c]); i++) {
+      cd_weight *x = cd_weights_at(ws[c], i);
+      char nm[512];
+      snprintf(nm, sizeof nm, "%s/%s", comp[c], x->name);
+      const cd_tensor_info *t = cd_tf_find(f, nm);
+      if (!t || cd_tensor_numel(t) != cd_numel(x->ndim, x->ne) || cd_tf_read_f32(f, t, x->data)) {
+        cd_tensor_file_close(f);
+        return cd_set_error("--resume %s: tensor '%s' missing or mis-shaped (different model shapes?)", r->state, nm);
+      }
+    }
+  *fout = f;
+  return 0;
+}
+
+static int load_moments(run_t *r, cd_tensor_file *f) {
+  const char *ad = cd_tf_meta(f, "adam_step");
+  r->a.step = ad ? atoi(ad) : 0;
+  for (int i = 0; i < r->a.n; i++)
+    for (int mv = 0; mv < 2; mv++) {
+      param *p = &r->a.p[i];
+      char nm[512];
+      snprintf(nm, sizeof nm, "adam_%c/%s", mv ? 'v' : 'm', p->name);
+      const cd_tensor_info *t = cd_tf_find(f, nm);
+      if (!t || cd_tensor_numel(t) != p->n || cd_tf_read_f32(f, t, mv ? p->v : p->m))
+        return cd_set_error("--resume %s: tensor '%s' missing or mis-shaped", r->state, nm);
+    }
+  return 0;
+}
+
+/* Keeps the log lines before (phase, step) and reopens it for appending. */
+static int open_log(run_t *r) {
+  char *txt = NULL;
+  size_t n = 0;
+  if (r->o->resume && cd_file_exists(r->logp) && cd_read_file(r->logp, &txt, &n)) return -1;
+  char *keep = cd_malloc(n + 1);
+  size_t k = 0;
+  for (char *p = txt; p && p < txt + n;) {
+    char *nl = memchr(p, '\n', (size_t)(txt + n - p));
+    size_t len = nl ? (size_t)(nl - p) + 1 : (size_t)(txt + n - p);
+    char ph[8] = "";
+    int st = 0;
+    const char *q = strstr(p, "\"phase\": \""), *s = strstr(p, "\"step\": ");
+    if (q && s && q < p + len && s < p + len) {
+      sscanf(q + 10, "%5[a-z]", ph);
+      st = atoi(s + 8);
+      int pi = !strcmp(ph, "unet") ? PH_UNET : PH_VAE;
+      if (pi < r->phase || (pi == r->phase && st <= r->step)) {
+        memcpy(keep + k, p, len);
+        k += len;
+      }
+    }
+    p += len;
+  }
+  int rc = cd_write_file_atomic(r->logp, keep, k);
+  free(txt);
+  free(keep);
+  if (rc) return -1;
+  r->log = fopen(r->logp, "a");
+  if (!r->log) return cd_set_error("%s: cannot open for appending", r->logp);
+  return 0;
+}
+
+static int log_step(run_t *r, double loss, double lr, double gnorm, const char *extra) {
+  fprintf(r->log, "{\"phase\": \"%s\", \"step\": %d, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g%s}\n",
+          phase_name[r->phase], r->step + 1, loss, lr, gnorm, extra ? extra : "");
+  return 0;
+}
+
+/* After step r->step + 1 finished: checkpoint if due; 1 when stop_after says stop. */
+static int after_step(run_t *r, int total) {
+  r->step++;
+  r->ran++;
+  int due = r->o->checkpoint_every > 0 && r->step % r->o->checkpoint_every == 0 && r->step < total;
+  if (due && save_state(r)) return -1;
+  if (r->o->stop_after && r->ran >= r->o->stop_after) {
+    if (save_state(r)) return -1;
+    return 1;
+  }
+  return 0;
+}
+
+/* B images (and captions when caps != NULL) of the pretraining world from rng */
+static void render_batch(cd_rng *rng, int B, float *px, char (*caps)[256]) {
+  const int64_t per = 3 * CD_WORLD_RES * CD_WORLD_RES;
+  for (int b = 0; b < B; b++) {
+    cd_world_scene s;
+    cd_world_sample(rng, CD_WORLD_PRETRAIN, &s);
+    cd_world_render(&s, px + b * per);
+    if (caps) cd_world_caption(&s, NULL, NULL, caps[b], 256);
+  }
+}
+
+/* ---- phase 1 ---- */
+
+static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
+  const cd_pretrain_opts *o = r->o;
+  cd_vae *vae = &r->m.vae;
+  const int B = o->vae_batch, R = CD_WORLD_RES, Z = vae->cfg.latent_channels, h = R / 8;
+  const int64_t per = (int64_t)Z * h * h, px = 3 * R * R;
+  int rc = -1;
+  clear_nodes(vae->w);
+  cd_graph *ge = cd_graph_new(), *gd = cd_graph_new();
+  cd_node *img = cd_input(ge, "image", 4, (int64_t[]){B, 3, R, R});
+  cd_node *mom = cd_vae_encode_build(ge, vae, img);
+  cd_node *gmom = cd_input(ge, "dloss_dmoments", 4, (int64_t[]){B, 2 * Z, h, h});
+  cd_node *le = cd_sum(ge, cd_mul(ge, mom, gmom));
+  cd_graph_output(ge, mom);
+  cd_graph_output(ge, gmom);
+  float *zbuf = cd_calloc((size_t)B * per, sizeof(float)), *eps = cd_malloc((size_t)B * per * sizeof(float));
+  cd_node *z = cd_param(gd, "z", zbuf, 4, (int64_t[]){B, Z, h, h});
+  cd_set_trainable(z);
+  cd_node *rec = cd_vae_decode_build(gd, vae, z);
+  cd_node *target = cd_input(gd, "target", 4, (int64_t[]){B, 3, R, R});
+  cd_node *ld = cd_mse(gd, rec, target, NULL);
+  cd_graph_output(gd, ld);
+  cd_graph_output(gd, target);
+  mark_trainable(vae->w);
+  cd_plan_opts pe = {.training = 1, .loss = le}, pd = {.training = 1, .loss = ld};
+  if (cd_graph_plan(ge, &pe) || cd_graph_plan(gd, &pd)) {
+    cd_prefix_error("VAE training graph");
+    goto done;
+  }
+  adam_add(&r->a, vae->w, "vae");
+  if (resume_f && load_moments(r, resume_f)) goto done;
+  const double c = o->kl_weight / (double)px; /* KL per image, relative to the per-pixel MSE */
+  cd_progress pg;
+  cd_progress_start(&pg, "pretrain vae", o->vae_steps);
+  pg.quiet = o->quiet;
+  cd_progress_update(&pg, r->step);
+  while (r->step < o->vae_steps) {
+    cd_rng rng;
+    cd_rng_seed(&rng, step_seed(o->seed, PH_VAE, r->step));
+    render_batch(&rng, B, img->data, NULL);
+    cd_rng_fill_normal(&rng, eps, (size_t)B * per);
+    if (cd_graph_forward(ge)) goto done;
+    double kl = 0;
+    for (int b = 0; b < B; b++)
+      for (int64_t k = 0; k < per; k++) {
+        float mu = mom->data[b * 2 * per + k], lv = mom->data[b * 2 * per + per + k];
+        float lvc = lv < -30 ? -30 : lv > 20 ? 20 : lv;
+        zbuf[b * per + k] = mu + expf(0.5f * lvc) * eps[b * per + k];
+        kl += 0.5 * ((double)mu * mu + exp(lvc) - 1 - lvc);
+      }
+    memcpy(target->data, img->data, (size_t)B * px * sizeof(float));
+    if (cd_graph_forward(gd) || cd_graph_backward(gd)) goto done;
+    for (int b = 0; b < B; b++)
+      for (int64_t k = 0; k < per; k++) {
+        float lv = mom->data[b * 2 * per + per + k], in = lv >= -30 && lv <= 20;
+        float lvc = lv < -30 ? -30 : lv > 20 ? 20 : lv, sd = expf(0.5f * lvc), dz = z->grad[b * per + k];
+        gmom->data[b * 2 * per + k] = dz + (float)(c / B) * mom->data[b * 2 * per + k];
+        gmom->data[b * 2 * per + per + k] = in * (dz * eps[b * per + k] * 0.5f * sd + (float)(c / B * 0.5) * (sd * sd - 1));
+      }
+    if (cd_graph_backward(ge)) goto done;
+    double loss = ld->data[0] + c * kl / B, lr = lr_at(o->vae_lr, r->step, o->vae_steps), gn;
+    if (!isfinite(loss)) { cd_set_error("VAE loss is not finite at step %d", r->step + 1); goto done; }
+    if (adam_step(&r->a, lr, &gn)) goto done;
+    char extra[96];
+    snprintf(extra, sizeof extra, ", \"mse\": %.9g, \"kl\": %.6g", ld->data[0], kl / B);
+    log_step(r, loss, lr, gn, extra);
+    cd_progress_set_loss(&pg, ld->data[0]);
+    cd_progress_update(&pg, r->step + 1);
+    int s = after_step(r, o->vae_steps);
+    if (s < 0) goto done;
+    if (s > 0) { rc = 1; cd_progress_finish(&pg); goto done; }
+  }
+  cd_progress_finish(&pg);
+  rc = 0;
+done:
+  free(zbuf);
+  free(eps);
+  cd_graph_free(ge);
+  cd_graph_free(gd);
+  return rc;
+}
+
+/* scaling_factor = 1 / std of posterior samples of SCALE_IMAGES fixed images */
+static int set_scaling(run_t *r) {
+  cd_vae *vae = &r->m.vae;
+  const int R = CD_WORLD_RES, Z = vae->cfg.latent_channels, h = R / 8;
+  const int64_t per = (int64_t)Z * h * h;
+  clear_nodes(vae->w);
+  cd_graph *g = cd_graph_new();
+  cd_node *img = cd_input(g, "image", 4, (int64_t[]){1, 3, R, R});
+  cd_node *mom = cd_vae_encode_build(g, vae, img);
+  cd_graph_output(g, mom);
+  if (cd_graph_plan(g, NULL)) { cd_graph_free(g); return cd_prefix_error("VAE encoder"); }
+  cd_rng rng;
+  cd_rng_seed(&rng, step_seed(r->o->seed, 2, 0));
+  float *eps = cd_malloc((size_t)per * sizeof(float)), *zz = cd_malloc((size_t)per * sizeof(float));
+  double s1 = 0, s2 = 0;
+  for (int i = 0; i < SCALE_IMAGES; i++) {
+    render_batch(&rng, 1, img->data, NULL);
+    cd_rng_fill_normal(&rng, eps, (size_t)per);
+    if (cd_graph_forward(g)) { free(eps); free(zz); cd_graph_free(g); return -1; }
+    cd_vae_latent_sample(mom->data, eps, 1.0f, per, zz);
+    for (int64_t k = 0; k < per; k++) { s1 += zz[k]; s2 += (double)zz[k] * zz[k]; }
+  }
+  double n = (double)SCALE_IMAGES * per, var = s2 / n - (s1 / n) * (s1 / n);
+  vae->cfg.scaling_factor = (float)(1.0 / sqrt(var > 1e-12 ? var : 1e-12));
+  fprintf(r->log, "{\"phase\": \"vae\", \"latent_mean\": %.6g, \"latent_std\": %.6g, \"scaling_factor\": %.9g}\n", s1 / n,
+          sqrt(var), vae->cfg.scaling_factor);
+  free(eps);
+  free(zz);
+  cd_graph_free(g);
+  return 0;
+}
+
+/* ---- phase 2 ---- */
+
+static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
+  const cd_pretrain_opts *o = r->o;
+  cd_sd_model *m = &r->m;
+  const int B = o->unet_batch, R = CD_WORLD_RES, Z = m->vae.cfg.latent_channels, h = R / 8, T = CD_TOK_MAX_LEN;
+  const int64_t per = (int64_t)Z * h * h, px = 3 * R * R;
+  int rc = -1;
+  clear_nodes(m->vae.w);
+  clear_nodes(m->clip.w);
+  clear_nodes(m->unet.w);
+  cd_graph *ge = cd_graph_new(), *g = cd_graph_new();
+  cd_node *img = cd_input(ge, "image", 4, (int64_t[]){B, 3, R, R});
+  cd_node *mom = cd_vae_encode_build(ge, &m->vae, img);
+  cd_graph_output(ge, mom);
+  cd_node *ids = cd_input(g, "ids", 2, (int64_t[]){B, T});
+  cd_node *ctx = cd_clip_build(g, &m->clip, ids, NULL, NULL);
+  cd_node *noisy = cd_input(g, "noisy", 4, (int64_t[]){B, Z, h, h});
+  cd_node *tt = cd_input(g, "t", 1, (int64_t[]){B});
+  int saved = m->unet.train;
+  m->unet.train = CD_TRAIN_NONE; /* every weight trains here: marked below */
+  cd_node *pred = cd_unet_build(g, &m->unet, noisy, tt, ctx);
+  m->unet.train = saved;
+  cd_node *target = cd_input(g, "target", 4, (int64_t[]){B, Z, h, h});
+  cd_node *loss = cd_mse(g, pred, target, NULL);
+  cd_graph_output(g, loss);
+  mark_trainable(m->clip.w);
+  mark_trainable(m->unet.w);
+  cd_plan_opts po = {.training = 1, .loss = loss};
+  if (cd_graph_plan(ge, NULL) || cd_graph_plan(g, &po)) {
+    cd_prefix_error("UNet training graph");
+    goto done;
+  }
+  adam_add(&r->a, m->clip.w, "text_encoder");
+  adam_add(&r->a, m->unet.w, "unet");
+  if (resume_f && load_moments(r, resume_f)) goto done;
+  float *ac = cd_malloc((size_t)m->sched.num_train_timesteps * sizeof(float));
+  cd_sched_alphas_cumprod(&m->sched, ac);
+  float *eps = cd_malloc((size_t)B * per * sizeof(float)), *lat = cd_malloc((size_t)B * per * sizeof(float));
+  float *noise = cd_malloc((size_t)B * per * sizeof(float));
+  char(*caps)[256] = cd_malloc((size_t)B * sizeof *caps);
+  int *tv = cd_malloc((size_t)B * sizeof(int)), idv[CD_TOK_MAX_LEN];
+  cd_progress pg;
+  cd_progress_start(&pg, "pretrain unet+text", o->unet_steps);
+  pg.quiet = o->quiet;
+  cd_progress_update(&pg, r->step);
+  while (r->step < o->unet_steps) {
+    cd_rng rng;
+    cd_rng_seed(&rng, step_seed(o->seed, PH_UNET, r->step));
+    render_batch(&rng, B, img->data, caps);
+    cd_rng_fill_normal(&rng, eps, (size_t)B * per);
+    cd_rng_fill_normal(&rng, noise, (size_t)B * per);
+    for (int b = 0; b < B; b++) {
+      tv[b] = (int)(cd_rng_uniform(&rng) * m->sched.num_train_timesteps);
+      tt->data[b] = (float)tv[b];
+      if (cd_rng_uniform(&rng) < o->uncond_prob) caps[b][0] = 0;
+      if (cd_tokenize_padded(r->tok, caps[b], idv, NULL)) goto fail;
+      for (int k = 0; k < T; k++) ids->data[b * T + k] = (float)idv[k];
+    }
+    if (cd_graph_forward(ge)) goto fail;
+    for (int b = 0; b < B; b++)
+      cd_vae_latent_sample(mom->data + b * 2 * per, eps + b * per, m->vae.cfg.scaling_factor, per, lat + b * per);
+    cd_add_noise(ac, lat, noise, tv, B, per, noisy->data);
+    memcpy(target->data, noise, (size_t)B * per * sizeof(float));
+    if (cd_graph_forward(g) || cd_graph_backward(g)) goto fail;
+    double l = loss->data[0], lr = lr_at(o->unet_lr, r->step, o->unet_steps), gn;
+    if (!isfinite(l)) { cd_set_error("UNet loss is not finite at step %d", r->step + 1); goto fail; }
+    if (adam_step(&r->a, lr, &gn)) goto fail;
+    log_step(r, l, lr, gn, NULL);
+    cd_progress_set_loss(&pg, l);
+    cd_progress_update(&pg, r->step + 1);
+    int s = after_step(r, o->unet_steps);
+    if (s < 0) goto fail;
+    if (s > 0) { rc = 1; break; }
+  }
+  if (rc != 1) rc = 0;
+fail:
+  cd_progress_finish(&pg);
+  free(ac);
+  free(eps);
+  free(lat);
+  free(noise);
+  free(caps);
+  free(tv);
+  (void)px;
+done:
+  cd_graph_free(ge);
+  cd_graph_free(g);
+  return rc;
+}
+
+int cd_pretrain_run(const cd_pretrain_opts *o) {
+  if (!o->out || !*o->out) return cd_set_error("--out is required");
+  if (o->vae_steps < 0 || o->unet_steps < 0) return cd_set_error("--vae-steps and --unet-steps must not be negative");
+  if (o->vae_batch < 1 || o->unet_batch < 1) return cd_set_error("--vae-batch and --batch must be at least 1");
+  if (!(o->vae_lr > 0) || !(o->unet_lr > 0)) return cd_set_error("--vae-lr and --lr must be positive");
+  if (!(o->kl_weight >= 0)) return cd_set_error("--kl-weight must not be negative");
+  if (!(o->uncond_prob >= 0 && o->uncond_prob <= 1)) return cd_set_error("--uncond-prob must be in [0, 1]");
+  run_t r;
+  memset(&r, 0, sizeof r);
+  r.o = o;
+  snprintf(r.state, sizeof r.state, "%s/%s", o->out, CD_PRETRAIN_STATE);
+  snprintf(r.logp, sizeof r.logp, "%s/%s", o->out, CD_PRETRAIN_LOG);
+  int rc = -1;
+  cd_tensor_file *rf = NULL;
+  char tokdir[4096];
+  snprintf(tokdir, sizeof tokdir, "%s/tokenizer", o->out);
+  int V;
+  if (cd_mkdir_p(tokdir) || cd_world_vocab_write(tokdir, &V) || cd_tokenizer_load(tokdir, &r.tok)) goto done;
+  if (cd_tokenizer_configure_from_dir(r.tok, tokdir)) goto done;
+  cd_wm_config cfg;
+  cd_wm_config_default(&cfg, V);
+  if (cd_wm_init(&cfg, o->seed, &r.m)) goto done;
+  if (o->resume) {
+    if (!cd_file_exists(r.state)) {
+      cd_set_error("--resume: no %s in %s", CD_PRETRAIN_STATE, o->out);
+      goto done;
+    }
+    if (load_state(&r, &rf)) goto done;
+    fprintf(stderr, "pretrain: resuming %s phase at step %d\n", phase_name[r.phase], r.step);
+  } else if (cd_file_exists(r.state)) {
+    cd_set_error("%s already holds a pretraining state: pass --resume to continue it, or choose another --out", o->out);
+    goto done;
+  }
+  if (open_log(&r)) goto done;
+  if (r.phase == PH_VAE) {
+    int s = vae_phase(&r, rf);
+    cd_tensor_file_close(rf);
+    rf = NULL;
+    if (s) { rc = s > 0 ? 0 : -1; goto done; }
+    if (set_scaling(&r)) goto done;
+    adam_free(&r.a);
+    r.phase = PH_UNET;
+    r.step = 0;
+    if (save_state(&r) || cd_wm_write(&r.m, o->out, !o->f32)) goto done;
+  }
+  int s = unet_phase(&r, rf);
+  if (s) { rc = s > 0 ? 0 : -1; goto done; }
+  if (save_state(&r) || cd_wm_write(&r.m, o->out, !o->f32)) goto done;
+  fprintf(stderr, "pretrain: model written to %s\n", o->out);
+  rc = 0;
+done:
+  cd_tensor_file_close(rf);
+  if (r.log) fclose(r.log);
+  adam_free(&r.a);
+  cd_tokenizer_free(r.tok);
+  cd_weights_free(r.m.clip.w);
+  cd_weights_free(r.m.unet.w);
+  cd_weights_free(r.m.vae.w);
+  return rc;
+}

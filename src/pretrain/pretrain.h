@@ -1,0 +1,56 @@
+/* pretrain.h - `cdiff pretrain`: trains the world model (world_model.h) from
+ * scratch on the synthetic world (src/world), every parameter of every
+ * component, with the same engine that fine-tunes.
+ *
+ * Phase 1, the VAE as an autoencoder: images rendered from the pretraining
+ * distribution, z = mean + exp(logvar/2) eps from the encoder's moments,
+ *   loss = mean((decode(z) - image)^2) + kl_weight * KL(q(z|x) || N(0,1)) / (3 H W)
+ * (KL summed over an image's latent elements, both terms averaged over the
+ * batch). The encoder and decoder are two graphs: the decoder's input z is a
+ * trainable leaf, so backward yields dL/dz, which is carried through the
+ * reparameterisation and the KL term on the host and fed back into the
+ * encoder as the seed of its backward (loss_enc = sum(moments * dL/dmoments)).
+ * At the end the VAE's scaling_factor is set to 1 / std of the latents of a
+ * fixed set of images, as SD's 0.18215 was chosen.
+ *
+ * Phase 2, the UNet and text encoder jointly, the DDPM epsilon objective on
+ * scaled VAE posterior samples (the VAE frozen), t uniform in [0, 1000), the
+ * caption replaced by "" with probability uncond_prob (for classifier-free
+ * guidance).
+ *
+ * Both phases: AdamW (no weight decay), gradients clipped to total norm 1,
+ * learning rate warmed up linearly over the first 5% of steps, then cosine to
+ * 10%. Every random draw of step s comes from an RNG seeded by (seed, phase, s),
+ * so a run resumed from OUT/pretrain_state.safetensors continues bit for bit.
+ *
+ * OUT receives the model as a diffusers folder (at the end of each phase),
+ * the state file (every checkpoint_every steps), and pretrain_log.jsonl with
+ * one line per step: {"phase": "vae"|"unet", "step": s, "loss": x, "lr": y}.
+ */
+#ifndef CD_PRETRAIN_H
+#define CD_PRETRAIN_H
+
+#include <stdint.h>
+
+typedef struct {
+  const char *out;      /* output folder (required) */
+  uint64_t seed;        /* default 1 */
+  int vae_steps, unet_steps;
+  int vae_batch, unet_batch;
+  float vae_lr, unet_lr;
+  float kl_weight;      /* default 1e-4 */
+  float uncond_prob;    /* default 0.1 */
+  int checkpoint_every; /* default 100; 0: only at phase ends */
+  int resume;           /* continue from OUT/pretrain_state.safetensors */
+  int f32;              /* write the model in fp32 (default fp16) */
+  int quiet;
+  int stop_after;       /* tests: stop (as if interrupted) after this many steps of the run, 0 = off */
+} cd_pretrain_opts;
+
+void cd_pretrain_opts_default(cd_pretrain_opts *o);
+int cd_pretrain_run(const cd_pretrain_opts *o);
+
+#define CD_PRETRAIN_STATE "pretrain_state.safetensors"
+#define CD_PRETRAIN_LOG "pretrain_log.jsonl"
+
+#endif
