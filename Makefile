@@ -35,7 +35,7 @@ $(shell mkdir -p $(BUILD) && echo '#define CD_GIT_COMMIT "$(GIT_COMMIT)"' > $(BU
   rm -f $(BUILD)/git_commit.h.new)
 $(BUILD)/cli/main.o: CFLAGS += -I$(BUILD)
 
-.PHONY: all test check bench clean
+.PHONY: all test check bench clean demo
 all: $(BUILD)/libcdiff.a $(BUILD)/cdiff $(TEST_BIN) $(BENCH_BIN) $(TOOL_BIN) $(FAULT_LIB)
 
 $(BUILD)/%.o: %.c
@@ -74,6 +74,10 @@ check:
 	@$(MAKE) --no-print-directory -s SAN=1 build-san/cdiff build-san/tests/libfailwrite.so $(TEST_SRC:tests/%.c=build-san/tests/%) \
 	  $(TOOL_SRC:tools/%.c=build-san/tools/%) >/dev/null
 	@sh tests/run.sh $(TEST_BIN) $(TEST_SRC:tests/%.c=build-san/tests/%)
+
+# the README's main job: install, build, fine-tune the shipped model on a new concept, sample grids
+demo:
+	@sh scripts/demo.sh
 
 bench: $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do $$b || exit 1; done

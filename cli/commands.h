@@ -9,5 +9,7 @@ int cmd_train(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_compress(int argc, char **argv);
 int cmd_pretrain(int argc, char **argv);
+int cmd_world(int argc, char **argv);
+int cmd_grid(int argc, char **argv);
 
 #endif

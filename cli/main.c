@@ -32,6 +32,8 @@ static const struct {
     {"info", cmd_info, "describe a checkpoint, a delta or a PNG's parameters"},
     {"tokenize", cmd_tokenize, "print the CLIP token ids of a text"},
     {"pretrain", cmd_pretrain, "train cdiff's own small model on the synthetic world (docs/world.md)"},
+    {"world", cmd_world, "render scenes of the synthetic world (PNGs + captions)"},
+    {"grid", cmd_grid, "tile images into one PNG"},
 };
 
 static void usage(FILE *f) {

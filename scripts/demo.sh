@@ -1,37 +1,60 @@
 #!/bin/sh
-# The main job on a fresh machine: install, build, then teach the model a new
-# concept with Custom Diffusion and sample it.
-# Until cdiff ships its own small model, the demo uses the tiny SD 1.x model of
-# the golden reference data (../shared/golden/tiny-sd1, or $CDIFF_MODEL); with a
-# random-weight tiny model the pictures are noise, but every step is the real one.
+# The main job on a fresh machine: install what is missing, build, then teach
+# cdiff's own small model (models/cdiff-world, trained by `cdiff pretrain` on
+# the synthetic world, docs/world.md) a concept it never saw, the <new1> toy,
+# with Custom Diffusion and prior preservation, and sample before/after grids.
+# Needs nothing beside the repository: no ../shared, no downloads of weights.
+#   CDIFF_MODEL=PATH  another SD 1.x/2.x model (then also set RES, e.g. 512, and
+#                     PHOTOS to a folder of concept photos)
+#   STEPS=N           fine-tuning steps (default 150)
 set -e
 cd "$(dirname "$0")/.."
+say() { printf '\n== %s\n' "$*" >&2; }
+say "1/5 dependencies and build"
 sh scripts/install-deps.sh
 make -j"$(nproc)" build/cdiff >/dev/null
-MODEL="${CDIFF_MODEL:-../shared/golden/tiny-sd1}"
+MODEL="${CDIFF_MODEL:-models/cdiff-world}"
 RES="${RES:-64}"
+STEPS="${STEPS:-150}"
 if [ ! -e "$MODEL" ]; then
   echo "demo: no model at $MODEL: set CDIFF_MODEL to a diffusers folder or .safetensors/.ckpt checkpoint" >&2
   exit 1
 fi
 D=out/demo
-rm -rf "$D" && mkdir -p "$D/photos"
+rm -rf "$D" && mkdir -p "$D/before" "$D/after"
 ./build/cdiff info "$MODEL"
-if [ -z "${CDIFF_MODEL:-}" ]; then
-  echo "demo: NOTE: the default model ($MODEL) has random weights, so every picture below is noise;"
-  echo "demo:       the steps are the real ones. Set CDIFF_MODEL to an SD 1.x/2.x checkpoint (and RES=512) for real pictures."
-fi
-# 1. four "photos" of the concept (stand-ins made by the model itself)
-for i in 1 2 3 4; do
-  CDIFF_QUIET=1 ./build/cdiff sample --model "$MODEL" --prompt "a red wooden toy, photo $i" --steps 10 \
-    --width "$RES" --height "$RES" --seed "$i" --out "$D/photos/$i.png"
-done
-# 2. Custom Diffusion: K/V of the cross-attention layers + the <new1> token, with prior preservation
+
+say "2/5 six photos of the new concept (a robot toy the model never saw)"
+if [ -n "${PHOTOS:-}" ]; then cp -r "$PHOTOS" "$D/photos"
+else ./build/cdiff world --mode toy --n 6 --seed 1 --toy-word "<new1>" --out "$D/photos"; fi
+rm -f "$D/photos/captions.txt"
+./build/cdiff grid --cols 6 --out "$D/photos.png" "$D"/photos/*.png
+
+say "3/5 Custom Diffusion: K/V of the cross-attention layers + the <new1> token, prior preservation with 'toy'"
 ./build/cdiff train --model "$MODEL" --images "$D/photos" --prompt "photo of a <new1> toy" --class-prompt toy \
-  --num-class-images 8 --class-steps 10 --resolution "$RES" --steps 40 --checkpoint-every 20 --out "$D/delta"
-# 3. sample with the learned concept
-./build/cdiff sample --model "$MODEL" --delta "$D/delta" --prompt "photo of a <new1> toy on a beach" \
-  --sampler dpmpp_2m --steps 20 --cfg 6 --width "$RES" --height "$RES" --seed 7 --out "$D/new1_toy.png"
-echo "demo: delta in $D/delta (cdiff and diffusers layouts), image $D/new1_toy.png"
-[ -z "${CDIFF_MODEL:-}" ] && echo "demo: (noise: the default model is random; see the note above)"
-exit 0
+  --num-class-images 32 --class-steps 20 --resolution "$RES" --steps "$STEPS" --lr 2e-4 --no-scale-lr \
+  --checkpoint-every "$STEPS" --seed 1 --out "$D/delta"
+
+say "4/5 before (base model) and after (with the delta), 4 seeds per prompt"
+i=0
+while IFS= read -r P; do
+  i=$((i + 1))
+  for w in before after; do
+    if [ $w = after ]; then DELTA="--delta $D/delta"; else DELTA=""; fi
+    # shellcheck disable=SC2086
+    ./build/cdiff sample --model "$MODEL" $DELTA --prompt "$P" --sampler ddim --steps 25 --cfg 5 \
+      --width "$RES" --height "$RES" --seed 7 --n 4 --out "$D/$w/p$i.png"
+  done
+  ./build/cdiff grid --cols 4 --out "$D/grid_p$i.png" "$D"/before/p${i}_*.png "$D"/after/p${i}_*.png
+  echo "  $D/grid_p$i.png: \"$P\" (top row before, bottom row after)" >> "$D/grids.txt"
+done <<'EOF'
+photo of a <new1> toy
+a big <new1> toy in blue on a white background
+a big <new1> toy next to a big red ring on a yellow background
+a small <new1> toy on a green striped background
+EOF
+
+say "5/5 results"
+echo "demo: concept photos  $D/photos.png"
+echo "demo: delta           $D/delta (cdiff and diffusers layouts)"
+cat "$D/grids.txt"

@@ -20,7 +20,7 @@ void cd_pretrain_opts_default(cd_pretrain_opts *o) {
   memset(o, 0, sizeof *o);
   o->seed = 1;
   o->vae_steps = 1200;
-  o->unet_steps = 2500;
+  o->unet_steps = 1800;
   o->vae_batch = 8;
   o->unet_batch = 32;
   o->vae_lr = 1e-3f;
@@ -28,11 +28,11 @@ void cd_pretrain_opts_default(cd_pretrain_opts *o) {
   o->kl_weight = 1e-4f;
   o->uncond_prob = 0.1f;
   o->checkpoint_every = 100;
+  o->scale_images = 256;
 }
 
 enum { PH_VAE = 0, PH_UNET = 1 };
 static const char *const phase_name[2] = {"vae", "unet"};
-#define SCALE_IMAGES 256 /* images whose latent spread sets scaling_factor */
 
 /* ------------------------------------------------------------ AdamW over a set of weights */
 
@@ -197,7 +197,9 @@ static int load_state(run_t *r, cd_tensor_file **fout) {
   r->m.vae.cfg.scaling_factor = (float)atof(sf);
   cd_weights *ws[3] = {r->m.clip.w, r->m.unet.w, r->m.vae.w};
   static const char *const comp[3] = {"text_encoder", "unet", "vae"};
-  for (int c = 0; c < 3; c++)
+  /* phase 1 leaves the text encoder and UNet at their initial values (a function of the
+   * seed alone), so a state saved in phase 1 restores only the VAE */
+  for (int c = r->phase == PH_VAE ? 2 : 0; c < 3; c++)
     for (int i = 0; i < cd_weights_count(ws[c]); i++) {
       cd_weight *x = cd_weights_at(ws[c], i);
       char nm[512];
@@ -240,9 +242,9 @@ static int open_log(run_t *r) {
     char ph[8] = "";
     int st = 0;
     const char *q = strstr(p, "\"phase\": \""), *s = strstr(p, "\"step\": ");
-    if (q && s && q < p + len && s < p + len) {
+    if (q && q < p + len) {
       sscanf(q + 10, "%5[a-z]", ph);
-      st = atoi(s + 8);
+      st = s && s < p + len ? atoi(s + 8) : 1 << 30; /* no step: a line written at the phase's end */
       int pi = !strcmp(ph, "unet") ? PH_UNET : PH_VAE;
       if (pi < r->phase || (pi == r->phase && st <= r->step)) {
         memcpy(keep + k, p, len);
@@ -272,6 +274,8 @@ static int after_step(run_t *r, int total) {
   r->ran++;
   int due = r->o->checkpoint_every > 0 && r->step % r->o->checkpoint_every == 0 && r->step < total;
   if (due && save_state(r)) return -1;
+  /* in phase 2 every checkpoint is also a usable model */
+  if (due && r->phase == PH_UNET && cd_wm_write(&r->m, r->o->out, !r->o->f32)) return -1;
   if (r->o->stop_after && r->ran >= r->o->stop_after) {
     if (save_state(r)) return -1;
     return 1;
@@ -373,7 +377,7 @@ done:
   return rc;
 }
 
-/* scaling_factor = 1 / std of posterior samples of SCALE_IMAGES fixed images */
+/* scaling_factor = 1 / std of posterior samples of o->scale_images fixed images */
 static int set_scaling(run_t *r) {
   cd_vae *vae = &r->m.vae;
   const int R = CD_WORLD_RES, Z = vae->cfg.latent_channels, h = R / 8;
@@ -388,14 +392,14 @@ static int set_scaling(run_t *r) {
   cd_rng_seed(&rng, step_seed(r->o->seed, 2, 0));
   float *eps = cd_malloc((size_t)per * sizeof(float)), *zz = cd_malloc((size_t)per * sizeof(float));
   double s1 = 0, s2 = 0;
-  for (int i = 0; i < SCALE_IMAGES; i++) {
+  for (int i = 0; i < r->o->scale_images; i++) {
     render_batch(&rng, 1, img->data, NULL);
     cd_rng_fill_normal(&rng, eps, (size_t)per);
     if (cd_graph_forward(g)) { free(eps); free(zz); cd_graph_free(g); return -1; }
     cd_vae_latent_sample(mom->data, eps, 1.0f, per, zz);
     for (int64_t k = 0; k < per; k++) { s1 += zz[k]; s2 += (double)zz[k] * zz[k]; }
   }
-  double n = (double)SCALE_IMAGES * per, var = s2 / n - (s1 / n) * (s1 / n);
+  double n = (double)r->o->scale_images * per, var = s2 / n - (s1 / n) * (s1 / n);
   vae->cfg.scaling_factor = (float)(1.0 / sqrt(var > 1e-12 ? var : 1e-12));
   fprintf(r->log, "{\"phase\": \"vae\", \"latent_mean\": %.6g, \"latent_std\": %.6g, \"scaling_factor\": %.9g}\n", s1 / n,
           sqrt(var), vae->cfg.scaling_factor);
@@ -503,6 +507,7 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   if (!(o->vae_lr > 0) || !(o->unet_lr > 0)) return cd_set_error("--vae-lr and --lr must be positive");
   if (!(o->kl_weight >= 0)) return cd_set_error("--kl-weight must not be negative");
   if (!(o->uncond_prob >= 0 && o->uncond_prob <= 1)) return cd_set_error("--uncond-prob must be in [0, 1]");
+  if (o->scale_images < 1) return cd_set_error("scale_images must be at least 1");
   run_t r;
   memset(&r, 0, sizeof r);
   r.o = o;

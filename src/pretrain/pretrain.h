@@ -45,6 +45,7 @@ typedef struct {
   int f32;              /* write the model in fp32 (default fp16) */
   int quiet;
   int stop_after;       /* tests: stop (as if interrupted) after this many steps of the run, 0 = off */
+  int scale_images;     /* images whose latent spread sets scaling_factor (default 256) */
 } cd_pretrain_opts;
 
 void cd_pretrain_opts_default(cd_pretrain_opts *o);

@@ -30,8 +30,8 @@ void cd_wm_config_default(cd_wm_config *c, int vocab) {
   cd_unet_config *u = &c->unet;
   u->in_channels = u->out_channels = 4;
   u->nlevels = 2;
-  u->block_out[0] = 64;
-  u->block_out[1] = 128;
+  u->block_out[0] = 48;
+  u->block_out[1] = 96;
   for (int i = 0; i < 2; i++) {
     u->down_attn[i] = u->up_attn[i] = 1;
     u->heads[i] = 4;

@@ -1,0 +1,75 @@
+/* cmd_grid.c - cdiff grid: tiles PNG/JPEG images (same size) into one PNG,
+ * row by row, with a 2-pixel white gap: before/after comparisons. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "args.h"
+#include "commands.h"
+#include "core/common.h"
+#include "io/image.h"
+
+#define GAP 2
+
+int cmd_grid(int argc, char **argv) {
+  const char *out = NULL;
+  int cols = 0, help = 0;
+  cli_multi files = {0};
+  cli_opt opts[] = {
+      {"--out", CLI_STR, &out, "FILE.png", "the grid (required)"},
+      {"--cols", CLI_INT, &cols, "N", "images per row (default: all in one row)"},
+      {"--help", CLI_FLAG, &help, "", "this help"},
+      {0}};
+  /* the images are the positional arguments */
+  const char **pos = cd_calloc((size_t)argc + 1, sizeof *pos);
+  int np = 0;
+  char **rest = cd_calloc((size_t)argc + 1, sizeof *rest);
+  int nr = 0;
+  for (int i = 0; i < argc; i++) {
+    if (argv[i][0] == '-' && argv[i][1] == '-') {
+      rest[nr++] = argv[i];
+      if (strcmp(argv[i], "--help") && i + 1 < argc && !strchr(argv[i], '=')) rest[nr++] = argv[++i];
+    } else pos[np++] = argv[i];
+  }
+  (void)files;
+  int rc = 2;
+  if (cli_parse(nr, rest, opts, "grid", NULL)) goto done;
+  if (help) {
+    cli_usage(opts, "grid", "--out FILE.png [--cols N] IMAGE...");
+    rc = 0;
+    goto done;
+  }
+  if (!out || np == 0) { fprintf(stderr, "cdiff grid: --out and at least one image are required\n"); goto done; }
+  if (cols <= 0 || cols > np) cols = np;
+  int rows = (np + cols - 1) / cols;
+  cd_image first = {0}, g = {0};
+  rc = 1;
+  if (cd_image_load(pos[0], &first)) { fprintf(stderr, "cdiff grid: %s\n", cd_last_error()); goto done; }
+  int w = first.w, h = first.h;
+  cd_image_free(&first);
+  g.w = cols * w + (cols - 1) * GAP;
+  g.h = rows * h + (rows - 1) * GAP;
+  g.c = 3;
+  g.px = cd_malloc((size_t)g.w * g.h * 3);
+  memset(g.px, 255, (size_t)g.w * g.h * 3);
+  for (int i = 0; i < np; i++) {
+    cd_image im;
+    if (cd_image_load(pos[i], &im)) { fprintf(stderr, "cdiff grid: %s\n", cd_last_error()); cd_image_free(&g); goto done; }
+    if (im.w != w || im.h != h) {
+      fprintf(stderr, "cdiff grid: %s is %dx%d, the first image %dx%d\n", pos[i], im.w, im.h, w, h);
+      cd_image_free(&im);
+      cd_image_free(&g);
+      goto done;
+    }
+    int x0 = (i % cols) * (w + GAP), y0 = (i / cols) * (h + GAP);
+    for (int y = 0; y < h; y++) memcpy(g.px + ((size_t)(y0 + y) * g.w + x0) * 3, im.px + (size_t)y * w * 3, (size_t)w * 3);
+    cd_image_free(&im);
+  }
+  if (cd_image_save_png(out, &g, NULL, 0)) { fprintf(stderr, "cdiff grid: %s\n", cd_last_error()); cd_image_free(&g); goto done; }
+  cd_image_free(&g);
+  rc = 0;
+done:
+  free(pos);
+  free(rest);
+  return rc;
+}

@@ -1,0 +1,159 @@
+/* test_world.c - the synthetic world: deterministic rendering, held-out
+ * concepts never drawn in pretraining, captions that name what is drawn in
+ * words of the vocabulary, and a vocabulary the CLIP tokenizer reads with
+ * every grammar word one token and the special ids where CLIP has them. */
+#include "io/fsutil.h"
+#include "models/tokenizer.h"
+#include "test.h"
+#include "world/vocab.h"
+#include "world/world.h"
+
+#define PX (3 * CD_WORLD_RES * CD_WORLD_RES)
+
+TEST(deterministic) {
+  static float a[PX], b[PX];
+  cd_world_scene s1, s2, s3;
+  cd_rng r;
+  cd_rng_seed(&r, 11);
+  cd_world_sample(&r, CD_WORLD_PRETRAIN, &s1);
+  cd_rng_seed(&r, 11);
+  cd_world_sample(&r, CD_WORLD_PRETRAIN, &s2);
+  cd_world_sample(&r, CD_WORLD_PRETRAIN, &s3);
+  CHECK(!memcmp(&s1, &s2, sizeof s1));
+  CHECK(memcmp(&s1, &s3, sizeof s1));
+  cd_world_render(&s1, a);
+  cd_world_render(&s2, b);
+  CHECK(!memcmp(a, b, sizeof a));
+  for (int i = 0; i < PX; i++) CHECK(a[i] >= -1.0f && a[i] <= 1.0f);
+}
+
+/* the pretraining distribution draws every pretraining kind and pattern, and never a held-out one */
+TEST(held_out) {
+  int kinds[CD_WORLD_NKINDS] = {0}, pats[CD_WORLD_NPATTERNS] = {0}, two = 0, none = 0;
+  cd_rng r;
+  cd_rng_seed(&r, 5);
+  char cap[256];
+  for (int i = 0; i < 4000; i++) {
+    cd_world_scene s;
+    cd_world_sample(&r, CD_WORLD_PRETRAIN, &s);
+    for (int k = 0; k < s.nobj; k++) kinds[s.obj[k].kind]++;
+    pats[s.pattern]++;
+    two += s.nobj == 2;
+    none += s.nobj == 0;
+    CHECK(cd_world_caption(&s, NULL, NULL, cap, sizeof cap) > 0);
+    CHECKF(!strstr(cap, "robot") && !strstr(cap, "zigzag"), "pretraining caption names a held-out concept: %s", cap);
+  }
+  CHECK(kinds[CD_WORLD_ROBOT] == 0 && pats[CD_WORLD_ZIGZAG] == 0);
+  for (int k = 0; k < CD_WORLD_PRETRAIN_KINDS; k++) CHECKF(kinds[k] > 100, "kind %d drawn %d times", k, kinds[k]);
+  for (int p = 0; p < CD_WORLD_PRETRAIN_PATTERNS; p++) CHECKF(pats[p] > 100, "pattern %d drawn %d times", p, pats[p]);
+  CHECK(two > 400 && none > 300);
+  /* the concept modes draw only their concept */
+  for (int i = 0; i < 50; i++) {
+    cd_world_scene s;
+    cd_world_sample(&r, CD_WORLD_NEW_TOY, &s);
+    CHECK(s.nobj == 1 && s.obj[0].kind == CD_WORLD_ROBOT && s.pattern != CD_WORLD_ZIGZAG);
+    CHECK(cd_world_caption(&s, "<new1>", NULL, cap, sizeof cap) > 0 && strstr(cap, "<new1> toy"));
+    cd_world_sample(&r, CD_WORLD_NEW_PATTERN, &s);
+    CHECK(s.nobj == 0 && s.pattern == CD_WORLD_ZIGZAG);
+    CHECK(cd_world_caption(&s, NULL, "<new2>", cap, sizeof cap) > 0 && strstr(cap, "<new2> pattern"));
+  }
+}
+
+static int in_words(const char *w) {
+  for (const char *const *p = cd_world_words(); *p; p++)
+    if (!strcmp(*p, w)) return 1;
+  return 0;
+}
+
+/* every caption word is a grammar word, and the caption names the first object's colour and kind */
+TEST(captions) {
+  cd_rng r;
+  cd_rng_seed(&r, 9);
+  char cap[256];
+  for (int i = 0; i < 500; i++) {
+    cd_world_scene s;
+    cd_world_sample(&r, CD_WORLD_PRETRAIN, &s);
+    CHECK(cd_world_caption(&s, NULL, NULL, cap, sizeof cap) > 0);
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s", cap);
+    for (char *w = strtok(tmp, " "); w; w = strtok(NULL, " ")) CHECKF(in_words(w), "'%s' in '%s' is not a grammar word", w, cap);
+    if (s.nobj) {
+      CHECK(strstr(cap, cd_world_colour_name(s.obj[0].colour)));
+      const char *k = cd_world_kind_name(s.obj[0].kind);
+      CHECK(strstr(cap, s.toy_generic && strstr(k, "toy") ? "toy" : k));
+    }
+    CHECK(strstr(cap, cd_world_colour_name(s.bg_colour)));
+  }
+  cd_world_scene s;
+  cd_world_sample(&r, CD_WORLD_PRETRAIN, &s);
+  CHECK(cd_world_caption(&s, NULL, NULL, cap, 4) == -1); /* too small a buffer is reported */
+}
+
+/* a plain-background scene: the object's centre has its colour, a far corner the background's */
+TEST(render_colours) {
+  static float px[PX];
+  cd_world_scene s;
+  memset(&s, 0, sizeof s);
+  s.nobj = 1;
+  s.obj[0] = (cd_world_obj){.kind = CD_WORLD_SQUARE, .colour = 4 /* blue */, .big = 1, .cx = 16, .cy = 16, .r = 10};
+  s.bg_colour = 2; /* yellow */
+  s.pattern = CD_WORLD_PLAIN;
+  cd_world_render(&s, px);
+  const int R = CD_WORLD_RES;
+  float blue[3] = {45, 85, 225}, yellow[3] = {240, 220, 50};
+  for (int c = 0; c < 3; c++) {
+    CHECK(fabsf((px[(c * R + 16) * R + 16] + 1) * 127.5f - blue[c]) < 0.01f);
+    CHECK(fabsf((px[(c * R + 60) * R + 60] + 1) * 127.5f - yellow[c]) < 0.01f);
+  }
+}
+
+TEST(vocabulary) {
+  const char *dir = test_tmpdir("tok");
+  CHECK_OK(cd_mkdir_p(dir));
+  int V = 0;
+  CHECK_OK(cd_world_vocab_write(dir, &V));
+  cd_tokenizer *t;
+  CHECK_OK(cd_tokenizer_load(dir, &t));
+  CHECK_OK(cd_tokenizer_configure_from_dir(t, dir));
+  CHECK(cd_tokenizer_vocab_size(t) == V && V > 514);
+  CHECK(cd_tokenizer_sos(t) == V - 2 && cd_tokenizer_eos(t) == V - 1 && cd_tokenizer_pad(t) == V - 1);
+  static const char *const extra[] = {"ktn", "pll", "ucd"};
+  for (int i = 0; i < 3 + 64; i++) {
+    const char *w = i < 3 ? extra[i] : cd_world_words()[i - 3];
+    if (!w) break;
+    int ids[8], n = 0;
+    CHECK_OK(cd_tokenize(t, w, ids, 8, &n, NULL));
+    CHECKF(n == 1, "'%s' is %d tokens", w, n);
+  }
+  /* a concept prompt: the modifier token is one added id, the rest base ids */
+  int id = cd_tokenizer_add_token(t, "<new1>");
+  CHECK(id == V);
+  int ids[16], n = 0;
+  CHECK_OK(cd_tokenize(t, "photo of a <new1> toy", ids, 16, &n, NULL));
+  CHECK(n == 5 && ids[3] == V && ids[4] == cd_tokenizer_lookup(t, "toy</w>"));
+  cd_tokenizer_free(t);
+  /* the build is deterministic */
+  const char *dir2 = test_tmpdir("tok2");
+  CHECK_OK(cd_mkdir_p(dir2));
+  CHECK_OK(cd_world_vocab_write(dir2, NULL));
+  char *a, *b, p1[512], p2[512];
+  size_t na, nb;
+  snprintf(p1, sizeof p1, "%s/merges.txt", dir);
+  snprintf(p2, sizeof p2, "%s/merges.txt", dir2);
+  CHECK_OK(cd_read_file(p1, &a, &na));
+  CHECK_OK(cd_read_file(p2, &b, &nb));
+  int same = na == nb && !memcmp(a, b, na);
+  free(a);
+  free(b);
+  CHECK(same);
+}
+
+int main(void) {
+  RUN(deterministic);
+  RUN(held_out);
+  RUN(captions);
+  RUN(render_colours);
+  RUN(vocabulary);
+  test_tmp_cleanup();
+  return test_summary();
+}
