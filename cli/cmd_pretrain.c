@@ -16,7 +16,7 @@ int cmd_pretrain(int argc, char **argv) {
       {"--out", CLI_STR, &o.out, "DIR", "output folder: the model (diffusers layout), state and log (required)"},
       {"--seed", CLI_U64, &o.seed, "N", "seed of the initial weights and of every draw (default 1)"},
       {"--vae-steps", CLI_INT, &o.vae_steps, "N", "autoencoder steps (default 1200)"},
-      {"--unet-steps", CLI_INT, &o.unet_steps, "N", "UNet + text encoder steps (default 1800)"},
+      {"--unet-steps", CLI_INT, &o.unet_steps, "N", "UNet + text encoder steps (default 1200)"},
       {"--vae-batch", CLI_INT, &o.vae_batch, "N", "images per autoencoder step (default 8)"},
       {"--batch", CLI_INT, &o.unet_batch, "N", "images per UNet step (default 32)"},
       {"--vae-lr", CLI_FLOAT, &o.vae_lr, "X", "autoencoder peak learning rate (default 1e-3)"},

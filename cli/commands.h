@@ -11,5 +11,7 @@ int cmd_compress(int argc, char **argv);
 int cmd_pretrain(int argc, char **argv);
 int cmd_world(int argc, char **argv);
 int cmd_grid(int argc, char **argv);
+int cmd_judge(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif

@@ -34,6 +34,8 @@ static const struct {
     {"pretrain", cmd_pretrain, "train cdiff's own small model on the synthetic world (docs/world.md)"},
     {"world", cmd_world, "render scenes of the synthetic world (PNGs + captions)"},
     {"grid", cmd_grid, "tile images into one PNG"},
+    {"judge", cmd_judge, "train or run the world judge (attributes of world images)"},
+    {"eval", cmd_eval, "score generations of a prompt set with the world judge"},
 };
 
 static void usage(FILE *f) {

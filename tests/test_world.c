@@ -5,6 +5,7 @@
 #include "io/fsutil.h"
 #include "models/tokenizer.h"
 #include "test.h"
+#include "world/prompt.h"
 #include "world/vocab.h"
 #include "world/world.h"
 
@@ -148,12 +149,43 @@ TEST(vocabulary) {
   CHECK(same);
 }
 
+/* prompts read back into what they ask for; every caption of a scene reads back as that scene */
+TEST(parse_prompts) {
+  cd_world_expect e;
+  cd_world_parse_prompt("a big <new1> toy in blue next to a small red ring on a white striped background", "<new1>", "<new2>", &e);
+  CHECK(e.nobj == 2 && e.kind[0] == CD_WORLD_ROBOT && e.colour[0] == 4 && e.kind[1] == CD_WORLD_RING && e.colour[1] == 0);
+  CHECK(e.bg == 6 && e.pattern == CD_WORLD_STRIPED);
+  cd_world_parse_prompt("photo of a green <new2> pattern", "<new1>", "<new2>", &e);
+  CHECK(e.nobj == 0 && e.bg == 3 && e.pattern == CD_WORLD_ZIGZAG);
+  cd_world_parse_prompt("photo of a <new1> toy", "<new1>", NULL, &e);
+  CHECK(e.nobj == 1 && e.kind[0] == CD_WORLD_ROBOT && e.colour[0] == -1 && e.bg == -1 && e.pattern == -1);
+  cd_world_parse_prompt("a small toy", NULL, NULL, &e);
+  CHECK(e.nobj == 1 && e.kind[0] == -1 && e.is_toy[0]);
+  cd_rng r;
+  cd_rng_seed(&r, 3);
+  char cap[256];
+  for (int i = 0; i < 300; i++) {
+    cd_world_scene s;
+    cd_world_sample(&r, CD_WORLD_ANY, &s);
+    CHECK(cd_world_caption(&s, NULL, NULL, cap, sizeof cap) > 0);
+    cd_world_parse_prompt(cap, NULL, NULL, &e);
+    CHECKF(e.nobj == s.nobj && e.bg == s.bg_colour, "%s", cap);
+    CHECKF(e.pattern == (s.pattern == CD_WORLD_PLAIN ? -1 : s.pattern), "%s", cap);
+    for (int k = 0; k < s.nobj; k++) {
+      CHECKF(e.colour[k] == s.obj[k].colour, "%s", cap);
+      int generic = s.toy_generic && (s.obj[k].kind == CD_WORLD_BEAR || s.obj[k].kind == CD_WORLD_CAR);
+      CHECKF(generic ? e.kind[k] == -1 && e.is_toy[k] : e.kind[k] == s.obj[k].kind, "%s", cap);
+    }
+  }
+}
+
 int main(void) {
   RUN(deterministic);
   RUN(held_out);
   RUN(captions);
   RUN(render_colours);
   RUN(vocabulary);
+  RUN(parse_prompts);
   test_tmp_cleanup();
   return test_summary();
 }

@@ -12,6 +12,7 @@
 #include "io/fsutil.h"
 #include "io/tensor_file.h"
 #include "models/tokenizer.h"
+#include "pretrain/adam.h"
 #include "pretrain/world_model.h"
 #include "world/vocab.h"
 #include "world/world.h"
@@ -20,7 +21,7 @@ void cd_pretrain_opts_default(cd_pretrain_opts *o) {
   memset(o, 0, sizeof *o);
   o->seed = 1;
   o->vae_steps = 1200;
-  o->unet_steps = 1800;
+  o->unet_steps = 1200;
   o->vae_batch = 8;
   o->unet_batch = 32;
   o->vae_lr = 1e-3f;
@@ -33,92 +34,6 @@ void cd_pretrain_opts_default(cd_pretrain_opts *o) {
 
 enum { PH_VAE = 0, PH_UNET = 1 };
 static const char *const phase_name[2] = {"vae", "unet"};
-
-/* ------------------------------------------------------------ AdamW over a set of weights */
-
-typedef struct {
-  char *name; /* "<component>/<weight name>" */
-  float *data, *grad, *m, *v;
-  int64_t n;
-} param;
-
-typedef struct {
-  param *p;
-  int n;
-  int step;
-} adam;
-
-static void adam_free(adam *a) {
-  for (int i = 0; i < a->n; i++) {
-    free(a->p[i].name);
-    free(a->p[i].m);
-    free(a->p[i].v);
-  }
-  free(a->p);
-  memset(a, 0, sizeof *a);
-}
-
-/* Marks every weight of w that graph g uses trainable (before planning). */
-static void mark_trainable(cd_weights *w) {
-  for (int i = 0; i < cd_weights_count(w); i++) {
-    cd_weight *x = cd_weights_at(w, i);
-    if (x->node) cd_set_trainable(x->node);
-  }
-}
-
-/* After planning: every used weight of w becomes a parameter (its node's gradient). */
-static void adam_add(adam *a, cd_weights *w, const char *comp) {
-  for (int i = 0; i < cd_weights_count(w); i++) {
-    cd_weight *x = cd_weights_at(w, i);
-    if (!x->node) continue;
-    a->p = cd_realloc(a->p, (size_t)(a->n + 1) * sizeof *a->p);
-    param *p = &a->p[a->n++];
-    size_t L = strlen(comp) + strlen(x->name) + 2;
-    p->name = cd_malloc(L);
-    snprintf(p->name, L, "%s/%s", comp, x->name);
-    p->data = x->data;
-    p->grad = x->node->grad;
-    p->n = x->node->n;
-    p->m = cd_calloc((size_t)p->n, sizeof(float));
-    p->v = cd_calloc((size_t)p->n, sizeof(float));
-  }
-}
-
-static void clear_nodes(cd_weights *w) {
-  cd_weights_clear_used(w);
-  for (int i = 0; i < cd_weights_count(w); i++) cd_weights_at(w, i)->node = NULL;
-}
-
-/* clip to total norm 1, then AdamW(beta 0.9/0.999, eps 1e-8, no decay) */
-static int adam_step(adam *a, double lr, double *gnorm) {
-  double total = 0;
-  for (int i = 0; i < a->n; i++)
-    for (int64_t k = 0; k < a->p[i].n; k++) total += (double)a->p[i].grad[k] * a->p[i].grad[k];
-  total = sqrt(total);
-  if (!isfinite(total)) return cd_set_error("the gradient is not finite at step %d", a->step + 1);
-  *gnorm = total;
-  double coef = total > 1.0 ? 1.0 / (total + 1e-6) : 1.0;
-  a->step++;
-  const double b1 = 0.9, b2 = 0.999, bc1 = 1 - pow(b1, a->step), bc2 = sqrt(1 - pow(b2, a->step));
-  for (int i = 0; i < a->n; i++) {
-    param *p = &a->p[i];
-    for (int64_t k = 0; k < p->n; k++) {
-      double g = p->grad[k] * coef;
-      double m = b1 * p->m[k] + (1 - b1) * g, v = b2 * p->v[k] + (1 - b2) * g * g;
-      p->m[k] = (float)m;
-      p->v[k] = (float)v;
-      p->data[k] = (float)(p->data[k] - lr / bc1 * m / (sqrt(v) / bc2 + 1e-8));
-    }
-  }
-  return 0;
-}
-
-static double lr_at(double base, int step, int total) { /* step: 0-based */
-  int warm = total / 20 > 1 ? total / 20 : 1;
-  if (step < warm) return base * (step + 1) / warm;
-  double p = (double)(step - warm) / (total - warm > 1 ? total - warm : 1);
-  return base * (0.1 + 0.9 * 0.5 * (1 + cos(M_PI * p)));
-}
 
 static uint64_t step_seed(uint64_t seed, int phase, int step) {
   uint64_t z = seed * 0x9e3779b97f4a7c15ULL + (uint64_t)phase * 0xbf58476d1ce4e5b9ULL + (uint64_t)step;
@@ -135,7 +50,7 @@ typedef struct {
   cd_tokenizer *tok;
   char state[4096], logp[4096];
   int phase, step;   /* next step to run in phase */
-  adam a;
+  cd_adam a;
   FILE *log;
   int ran;           /* steps run by this process (stop_after) */
 } run_t;
@@ -162,7 +77,7 @@ static int save_state(run_t *r) {
     }
   for (int i = 0; i < r->a.n; i++)
     for (int mv = 0; mv < 2; mv++, k++) {
-      param *p = &r->a.p[i];
+      cd_adam_param *p = &r->a.p[i];
       size_t L = strlen(p->name) + 8;
       names[k] = cd_malloc(L);
       snprintf(names[k], L, "adam_%c/%s", mv ? 'v' : 'm', p->name);
@@ -217,9 +132,10 @@ static int load_state(run_t *r, cd_tensor_file **fout) {
 static int load_moments(run_t *r, cd_tensor_file *f) {
   const char *ad = cd_tf_meta(f, "adam_step");
   r->a.step = ad ? atoi(ad) : 0;
+  if (r->a.step == 0) return 0; /* saved at a phase's start: no moments yet */
   for (int i = 0; i < r->a.n; i++)
     for (int mv = 0; mv < 2; mv++) {
-      param *p = &r->a.p[i];
+      cd_adam_param *p = &r->a.p[i];
       char nm[512];
       snprintf(nm, sizeof nm, "adam_%c/%s", mv ? 'v' : 'm', p->name);
       const cd_tensor_info *t = cd_tf_find(f, nm);
@@ -302,7 +218,7 @@ static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
   const int B = o->vae_batch, R = CD_WORLD_RES, Z = vae->cfg.latent_channels, h = R / 8;
   const int64_t per = (int64_t)Z * h * h, px = 3 * R * R;
   int rc = -1;
-  clear_nodes(vae->w);
+  cd_adam_clear_nodes(vae->w);
   cd_graph *ge = cd_graph_new(), *gd = cd_graph_new();
   cd_node *img = cd_input(ge, "image", 4, (int64_t[]){B, 3, R, R});
   cd_node *mom = cd_vae_encode_build(ge, vae, img);
@@ -318,13 +234,13 @@ static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
   cd_node *ld = cd_mse(gd, rec, target, NULL);
   cd_graph_output(gd, ld);
   cd_graph_output(gd, target);
-  mark_trainable(vae->w);
+  cd_adam_mark_trainable(vae->w);
   cd_plan_opts pe = {.training = 1, .loss = le}, pd = {.training = 1, .loss = ld};
   if (cd_graph_plan(ge, &pe) || cd_graph_plan(gd, &pd)) {
     cd_prefix_error("VAE training graph");
     goto done;
   }
-  adam_add(&r->a, vae->w, "vae");
+  cd_adam_add(&r->a, vae->w, "vae");
   if (resume_f && load_moments(r, resume_f)) goto done;
   const double c = o->kl_weight / (double)px; /* KL per image, relative to the per-pixel MSE */
   cd_progress pg;
@@ -355,9 +271,9 @@ static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
         gmom->data[b * 2 * per + per + k] = in * (dz * eps[b * per + k] * 0.5f * sd + (float)(c / B * 0.5) * (sd * sd - 1));
       }
     if (cd_graph_backward(ge)) goto done;
-    double loss = ld->data[0] + c * kl / B, lr = lr_at(o->vae_lr, r->step, o->vae_steps), gn;
+    double loss = ld->data[0] + c * kl / B, lr = cd_adam_lr(o->vae_lr, r->step, o->vae_steps), gn;
     if (!isfinite(loss)) { cd_set_error("VAE loss is not finite at step %d", r->step + 1); goto done; }
-    if (adam_step(&r->a, lr, &gn)) goto done;
+    if (cd_adam_step(&r->a, lr, &gn)) goto done;
     char extra[96];
     snprintf(extra, sizeof extra, ", \"mse\": %.9g, \"kl\": %.6g", ld->data[0], kl / B);
     log_step(r, loss, lr, gn, extra);
@@ -382,7 +298,7 @@ static int set_scaling(run_t *r) {
   cd_vae *vae = &r->m.vae;
   const int R = CD_WORLD_RES, Z = vae->cfg.latent_channels, h = R / 8;
   const int64_t per = (int64_t)Z * h * h;
-  clear_nodes(vae->w);
+  cd_adam_clear_nodes(vae->w);
   cd_graph *g = cd_graph_new();
   cd_node *img = cd_input(g, "image", 4, (int64_t[]){1, 3, R, R});
   cd_node *mom = cd_vae_encode_build(g, vae, img);
@@ -417,9 +333,9 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
   const int B = o->unet_batch, R = CD_WORLD_RES, Z = m->vae.cfg.latent_channels, h = R / 8, T = CD_TOK_MAX_LEN;
   const int64_t per = (int64_t)Z * h * h, px = 3 * R * R;
   int rc = -1;
-  clear_nodes(m->vae.w);
-  clear_nodes(m->clip.w);
-  clear_nodes(m->unet.w);
+  cd_adam_clear_nodes(m->vae.w);
+  cd_adam_clear_nodes(m->clip.w);
+  cd_adam_clear_nodes(m->unet.w);
   cd_graph *ge = cd_graph_new(), *g = cd_graph_new();
   cd_node *img = cd_input(ge, "image", 4, (int64_t[]){B, 3, R, R});
   cd_node *mom = cd_vae_encode_build(ge, &m->vae, img);
@@ -435,15 +351,15 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
   cd_node *target = cd_input(g, "target", 4, (int64_t[]){B, Z, h, h});
   cd_node *loss = cd_mse(g, pred, target, NULL);
   cd_graph_output(g, loss);
-  mark_trainable(m->clip.w);
-  mark_trainable(m->unet.w);
+  cd_adam_mark_trainable(m->clip.w);
+  cd_adam_mark_trainable(m->unet.w);
   cd_plan_opts po = {.training = 1, .loss = loss};
   if (cd_graph_plan(ge, NULL) || cd_graph_plan(g, &po)) {
     cd_prefix_error("UNet training graph");
     goto done;
   }
-  adam_add(&r->a, m->clip.w, "text_encoder");
-  adam_add(&r->a, m->unet.w, "unet");
+  cd_adam_add(&r->a, m->clip.w, "text_encoder");
+  cd_adam_add(&r->a, m->unet.w, "unet");
   if (resume_f && load_moments(r, resume_f)) goto done;
   float *ac = cd_malloc((size_t)m->sched.num_train_timesteps * sizeof(float));
   cd_sched_alphas_cumprod(&m->sched, ac);
@@ -474,9 +390,9 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
     cd_add_noise(ac, lat, noise, tv, B, per, noisy->data);
     memcpy(target->data, noise, (size_t)B * per * sizeof(float));
     if (cd_graph_forward(g) || cd_graph_backward(g)) goto fail;
-    double l = loss->data[0], lr = lr_at(o->unet_lr, r->step, o->unet_steps), gn;
+    double l = loss->data[0], lr = cd_adam_lr(o->unet_lr, r->step, o->unet_steps), gn;
     if (!isfinite(l)) { cd_set_error("UNet loss is not finite at step %d", r->step + 1); goto fail; }
-    if (adam_step(&r->a, lr, &gn)) goto fail;
+    if (cd_adam_step(&r->a, lr, &gn)) goto fail;
     log_step(r, l, lr, gn, NULL);
     cd_progress_set_loss(&pg, l);
     cd_progress_update(&pg, r->step + 1);
@@ -541,7 +457,7 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
     rf = NULL;
     if (s) { rc = s > 0 ? 0 : -1; goto done; }
     if (set_scaling(&r)) goto done;
-    adam_free(&r.a);
+    cd_adam_free(&r.a);
     r.phase = PH_UNET;
     r.step = 0;
     if (save_state(&r) || cd_wm_write(&r.m, o->out, !o->f32)) goto done;
@@ -554,7 +470,7 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
 done:
   cd_tensor_file_close(rf);
   if (r.log) fclose(r.log);
-  adam_free(&r.a);
+  cd_adam_free(&r.a);
   cd_tokenizer_free(r.tok);
   cd_weights_free(r.m.clip.w);
   cd_weights_free(r.m.unet.w);

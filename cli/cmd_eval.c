@@ -1,0 +1,166 @@
+/* cmd_eval.c - cdiff eval: generations of a fixed prompt set, read by the
+ * world judge (src/world/judge.h), scored as in the Custom Diffusion paper:
+ *   image-alignment: of the images whose prompt names a held-out concept
+ *                    (<new1> toy, <new2> pattern), the fraction that show it
+ *                    (with two concepts in one prompt: that show both);
+ *   text-alignment:  of every other attribute the prompts ask for (object
+ *                    kinds, object colours, background colour and pattern),
+ *                    the fraction the images show.
+ * One row per run is appended to OUT/results.tsv; OUT/LABEL.png is the grid
+ * (one row of --n images per prompt). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "args.h"
+#include "commands.h"
+#include "core/common.h"
+#include "custom/delta.h"
+#include "diffusion/pipeline.h"
+#include "io/fsutil.h"
+#include "io/image.h"
+#include "world/judge.h"
+#include "world/prompt.h"
+
+#define R CD_WORLD_RES
+
+typedef struct {
+  double img_hit, img_total, txt_hit, txt_total;
+} score;
+
+/* adds one image's verdict against the prompt's expectation */
+static void score_image(const cd_world_expect *e, const cd_judge_verdict *v, score *s) {
+  int concepts = 0, shown = 0;
+  for (int k = 0; k < e->nobj; k++) {
+    if (e->kind[k] == CD_WORLD_ROBOT) {
+      concepts++;
+      shown += v->kind[CD_WORLD_ROBOT];
+    } else if (e->kind[k] >= 0) {
+      s->txt_total++;
+      s->txt_hit += v->kind[e->kind[k]];
+    } else if (e->is_toy[k]) {
+      s->txt_total++;
+      s->txt_hit += v->kind[CD_WORLD_BEAR] || v->kind[CD_WORLD_CAR] || v->kind[CD_WORLD_ROBOT];
+    }
+    if (e->colour[k] >= 0) {
+      s->txt_total++;
+      s->txt_hit += v->colour[e->colour[k]];
+    }
+  }
+  if (e->pattern == CD_WORLD_ZIGZAG) {
+    concepts++;
+    shown += v->pattern == CD_WORLD_ZIGZAG;
+  } else if (e->pattern >= 0) {
+    s->txt_total++;
+    s->txt_hit += v->pattern == e->pattern;
+  }
+  if (e->bg >= 0) {
+    s->txt_total++;
+    s->txt_hit += v->bg == e->bg;
+  }
+  if (concepts) {
+    s->img_total++;
+    s->img_hit += shown == concepts;
+  }
+}
+
+int cmd_eval(int argc, char **argv) {
+  const char *model = NULL, *judge_path = "models/world-judge.safetensors", *prompts_path = NULL, *out = NULL;
+  const char *label = "run", *new_toy = "<new1>", *new_pattern = "<new2>";
+  cli_multi deltas = {0};
+  int n = 4, steps = 25, help = 0;
+  float cfg = 5.0f;
+  uint64_t seed = 1000;
+  cli_opt opts[] = {
+      {"--model", CLI_STR, &model, "PATH", "the model (required)"},
+      {"--delta", CLI_MULTI, &deltas, "DIR", "delta(s) to apply (repeatable)"},
+      {"--judge", CLI_STR, &judge_path, "FILE", "the world judge (default models/world-judge.safetensors)"},
+      {"--prompts", CLI_STR, &prompts_path, "FILE", "one world-grammar prompt per line (required)"},
+      {"--n", CLI_INT, &n, "N", "images per prompt (default 4)"},
+      {"--steps", CLI_INT, &steps, "N", "DDIM steps (default 25)"},
+      {"--cfg", CLI_FLOAT, &cfg, "X", "guidance scale (default 5)"},
+      {"--seed", CLI_U64, &seed, "N", "seed of prompt i's image k: seed + 100 i + k (default 1000)"},
+      {"--label", CLI_STR, &label, "NAME", "row name in OUT/results.tsv and grid file name (default run)"},
+      {"--toy-word", CLI_STR, &new_toy, "T", "token standing for the held-out toy (default <new1>)"},
+      {"--pattern-word", CLI_STR, &new_pattern, "T", "token standing for the held-out pattern (default <new2>)"},
+      {"--out", CLI_STR, &out, "DIR", "output folder (required)"},
+      {"--help", CLI_FLAG, &help, "", "this help"},
+      {0}};
+  if (cli_parse(argc, argv, opts, "eval", NULL)) return 2;
+  if (help) {
+    cli_usage(opts, "eval", "--model PATH [--delta DIR]... --prompts FILE --out DIR [--label NAME] [flags]");
+    return 0;
+  }
+  if (!model || !prompts_path || !out) { fprintf(stderr, "cdiff eval: --model, --prompts and --out are required\n"); return 2; }
+  if (n < 1 || n > 64 || steps < 1) { fprintf(stderr, "cdiff eval: --n must be 1..64 and --steps positive\n"); return 2; }
+  char *txt;
+  size_t len;
+  if (cd_read_file(prompts_path, &txt, &len)) { fprintf(stderr, "cdiff eval: %s\n", cd_last_error()); return 1; }
+  char *lines[256];
+  int np = 0;
+  for (char *p = strtok(txt, "\n"); p && np < 256; p = strtok(NULL, "\n"))
+    if (*p && *p != '#') lines[np++] = p;
+  if (!np) { fprintf(stderr, "cdiff eval: %s has no prompts\n", prompts_path); free(txt); return 2; }
+  cd_sd_model *m = NULL;
+  cd_judge *j = NULL;
+  cd_load_opts lo = {0};
+  int rc = 1;
+  float *lat = cd_malloc((size_t)n * 4 * (R / 8) * (R / 8) * sizeof(float)), *img = cd_malloc((size_t)n * 3 * R * R * sizeof(float));
+  cd_image grid = {0};
+  if (cd_sd_load(model, &lo, &m) || cd_judge_load(judge_path, &j) || cd_mkdir_p(out)) goto fail;
+  for (int i = 0; i < deltas.n; i++)
+    if (cd_delta_apply_path(m, deltas.v[i])) goto fail;
+  grid.w = n * R;
+  grid.h = np * R;
+  grid.c = 3;
+  grid.px = cd_malloc((size_t)grid.w * grid.h * 3);
+  score s = {0};
+  for (int p = 0; p < np; p++) {
+    cd_gen_opts g;
+    memset(&g, 0, sizeof g);
+    g.prompt = lines[p];
+    g.negative = "";
+    g.s.kind = CD_SAMPLER_DDIM;
+    g.s.steps = steps;
+    g.s.seed = seed + 100 * (uint64_t)p;
+    g.cfg = cfg;
+    g.width = g.height = R;
+    g.n = n;
+    g.quiet = 1;
+    if (cd_generate_latents(m, &g, lat) || cd_decode_latents(m, lat, n, R / 8, R / 8, 0, img)) goto fail;
+    cd_judge_verdict v[64];
+    if (cd_judge_classify(j, img, n, v)) goto fail;
+    cd_world_expect e;
+    cd_world_parse_prompt(lines[p], new_toy, new_pattern, &e);
+    for (int k = 0; k < n; k++) {
+      score_image(&e, &v[k], &s);
+      cd_image im;
+      cd_chw_to_image(img + (int64_t)k * 3 * R * R, 3, R, R, &im);
+      for (int y = 0; y < R; y++) memcpy(grid.px + ((size_t)(p * R + y) * grid.w + k * R) * 3, im.px + (size_t)y * R * 3, R * 3);
+      cd_image_free(&im);
+    }
+    fprintf(stderr, "\r%s: prompt %d/%d", label, p + 1, np);
+  }
+  fprintf(stderr, "\n");
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s.png", out, label);
+  if (cd_image_save_png(path, &grid, NULL, 0)) goto fail;
+  double ia = s.img_total ? s.img_hit / s.img_total : -1, ta = s.txt_total ? s.txt_hit / s.txt_total : -1;
+  snprintf(path, sizeof path, "%s/results.tsv", out);
+  FILE *f = fopen(path, "a");
+  if (!f) { cd_set_error("%s: cannot append", path); goto fail; }
+  fprintf(f, "%s\t%.3f\t%.3f\t%d\t%d\n", label, ia, ta, (int)s.img_total, (int)s.txt_total);
+  if (fclose(f)) { cd_set_error("%s: write failed", path); goto fail; }
+  printf("%-28s image-alignment %5.1f%% (%d images)  text-alignment %5.1f%% (%d attributes)\n", label, 100 * ia, (int)s.img_total,
+         100 * ta, (int)s.txt_total);
+  rc = 0;
+fail:
+  if (rc) fprintf(stderr, "cdiff eval: %s\n", cd_last_error());
+  cd_image_free(&grid);
+  free(lat);
+  free(img);
+  cd_judge_free(j);
+  cd_sd_free(m);
+  free(txt);
+  return rc;
+}

@@ -1,0 +1,246 @@
+/* judge.c - the world-attribute classifier (see judge.h). */
+#include "world/judge.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "core/progress.h"
+#include "io/tensor_file.h"
+#include "pretrain/adam.h"
+
+#define R CD_WORLD_RES
+static const int chans[5] = {3, 16, 32, 64, 64};
+#define HIDDEN 128
+#define FLAT (64 * 4 * 4)
+
+static void put(cd_judge *j, const char *name, int ndim, const int64_t *ne, int kind, uint64_t seed) {
+  int64_t n = cd_numel(ndim, ne), fan = 1;
+  for (int d = 1; d < ndim; d++) fan *= ne[d];
+  float *x = cd_malloc((size_t)n * sizeof(float));
+  cd_rng r;
+  cd_rng_seed(&r, cd_fnv1a(name, strlen(name)) ^ (seed * 0x9e3779b97f4a7c15ULL));
+  if (kind == 0) {
+    cd_rng_fill_normal(&r, x, (size_t)n);
+    for (int64_t i = 0; i < n; i++) x[i] *= (float)(1.0 / sqrt((double)fan));
+  } else {
+    for (int64_t i = 0; i < n; i++) x[i] = kind == 1 ? 1.0f : 0.0f;
+  }
+  cd_weights_put(j->w, name, ndim, ne, x);
+}
+
+int cd_judge_new(uint64_t seed, cd_judge **out) {
+  cd_judge *j = cd_calloc(1, sizeof *j);
+  j->w = cd_weights_new();
+  char n[64];
+  for (int i = 0; i < 4; i++) {
+    snprintf(n, sizeof n, "conv%d.weight", i);
+    put(j, n, 4, (int64_t[]){chans[i + 1], chans[i], 3, 3}, 0, seed);
+    snprintf(n, sizeof n, "conv%d.bias", i);
+    put(j, n, 1, (int64_t[]){chans[i + 1]}, 2, seed);
+    snprintf(n, sizeof n, "norm%d.weight", i);
+    put(j, n, 1, (int64_t[]){chans[i + 1]}, 1, seed);
+    snprintf(n, sizeof n, "norm%d.bias", i);
+    put(j, n, 1, (int64_t[]){chans[i + 1]}, 2, seed);
+  }
+  put(j, "fc1.weight", 2, (int64_t[]){HIDDEN, FLAT}, 0, seed);
+  put(j, "fc1.bias", 1, (int64_t[]){HIDDEN}, 2, seed);
+  put(j, "fc2.weight", 2, (int64_t[]){CD_JUDGE_NOUT, HIDDEN}, 0, seed);
+  put(j, "fc2.bias", 1, (int64_t[]){CD_JUDGE_NOUT}, 2, seed);
+  *out = j;
+  return 0;
+}
+
+void cd_judge_free(cd_judge *j) {
+  if (!j) return;
+  cd_weights_free(j->w);
+  free(j);
+}
+
+int cd_judge_save(const cd_judge *j, const char *path) {
+  int n = cd_weights_count(j->w);
+  cd_tensor_out *t = cd_calloc((size_t)n, sizeof *t);
+  for (int i = 0; i < n; i++) {
+    cd_weight *x = cd_weights_at(j->w, i);
+    t[i] = (cd_tensor_out){.name = x->name, .dtype = CD_DT_F32, .ndim = x->ndim, .data = x->data};
+    for (int d = 0; d < x->ndim; d++) t[i].shape[d] = x->ne[d];
+  }
+  const char *meta[] = {"format", "cdiff-world-judge"};
+  int rc = cd_safetensors_write(path, t, n, meta, 1);
+  free(t);
+  return rc;
+}
+
+int cd_judge_load(const char *path, cd_judge **out) {
+  *out = NULL;
+  cd_tensor_file *f;
+  if (cd_safetensors_open(path, &f)) return cd_prefix_error("judge");
+  const char *fmt = cd_tf_meta(f, "format");
+  if (!fmt || strcmp(fmt, "cdiff-world-judge")) {
+    cd_tensor_file_close(f);
+    return cd_set_error("judge %s: not a cdiff world judge (metadata format)", path);
+  }
+  cd_judge *j;
+  cd_judge_new(0, &j);
+  for (int i = 0; i < cd_weights_count(j->w); i++) {
+    cd_weight *x = cd_weights_at(j->w, i);
+    const cd_tensor_info *t = cd_tf_find(f, x->name);
+    if (!t || cd_tensor_numel(t) != cd_numel(x->ndim, x->ne) || cd_tf_read_f32(f, t, x->data)) {
+      cd_tensor_file_close(f);
+      cd_judge_free(j);
+      return cd_set_error("judge %s: tensor %s missing or mis-shaped", path, x->name);
+    }
+  }
+  cd_tensor_file_close(f);
+  *out = j;
+  return 0;
+}
+
+cd_node *cd_judge_build(cd_graph *g, cd_judge *j, cd_node *img) {
+  int64_t B = img->ne[0];
+  cd_node *h = img;
+  for (int i = 0; i < 4; i++) {
+    int64_t co = chans[i + 1], ci = chans[i];
+    h = cd_conv2d(g, h, cd_w(g, j->w, CD_SHAPE(co, ci, 3, 3), "conv%d.weight", i), cd_w(g, j->w, CD_SHAPE(co), "conv%d.bias", i), 2, 1);
+    h = cd_silu(g, cd_group_norm(g, h, cd_w(g, j->w, CD_SHAPE(co), "norm%d.weight", i), cd_w(g, j->w, CD_SHAPE(co), "norm%d.bias", i), 8, 1e-5f));
+  }
+  h = cd_view(g, h, 2, (int64_t[]){B, FLAT});
+  h = cd_silu(g, cd_linear(g, h, cd_w(g, j->w, CD_SHAPE(HIDDEN, FLAT), "fc1.weight"), cd_w(g, j->w, CD_SHAPE(HIDDEN), "fc1.bias")));
+  return cd_linear(g, h, cd_w(g, j->w, CD_SHAPE(CD_JUDGE_NOUT, HIDDEN), "fc2.weight"), cd_w(g, j->w, CD_SHAPE(CD_JUDGE_NOUT), "fc2.bias"));
+}
+
+void cd_judge_targets(const cd_world_scene *s, float *t) {
+  for (int i = 0; i < CD_JUDGE_NOUT; i++) t[i] = -1.0f;
+  for (int k = 0; k < s->nobj; k++) {
+    t[CD_JUDGE_KIND + s->obj[k].kind] = 1.0f;
+    t[CD_JUDGE_COLOUR + s->obj[k].colour] = 1.0f;
+  }
+  t[CD_JUDGE_BG + s->bg_colour] = 1.0f;
+  t[CD_JUDGE_PATTERN + s->pattern] = 1.0f;
+}
+
+static int argmax(const float *x, int n) {
+  int b = 0;
+  for (int i = 1; i < n; i++)
+    if (x[i] > x[b]) b = i;
+  return b;
+}
+
+void cd_judge_read(const float *o, cd_judge_verdict *v) {
+  for (int i = 0; i < CD_WORLD_NKINDS; i++) v->kind[i] = o[CD_JUDGE_KIND + i] > 0;
+  for (int i = 0; i < CD_WORLD_NCOLOURS; i++) v->colour[i] = o[CD_JUDGE_COLOUR + i] > 0;
+  v->bg = argmax(o + CD_JUDGE_BG, CD_WORLD_NCOLOURS);
+  v->pattern = argmax(o + CD_JUDGE_PATTERN, CD_WORLD_NPATTERNS);
+}
+
+/* a CD_WORLD_ANY scene, blurred and noised as generations may be */
+static void augmented(cd_rng *r, cd_world_scene *s, float *px, float *tmp) {
+  cd_world_sample(r, CD_WORLD_ANY, s);
+  cd_world_render(s, px);
+  int passes = (int)(cd_rng_uniform(r) * 3);
+  for (int p = 0; p < passes; p++)
+    for (int c = 0; c < 3; c++) {
+      float *x = px + c * R * R;
+      memcpy(tmp, x, R * R * sizeof(float));
+      for (int y = 0; y < R; y++)
+        for (int xx = 0; xx < R; xx++) {
+          float acc = 0;
+          int cnt = 0;
+          for (int dy = -1; dy <= 1; dy++)
+            for (int dx = -1; dx <= 1; dx++) {
+              int yy = y + dy, xq = xx + dx;
+              if (yy < 0 || yy >= R || xq < 0 || xq >= R) continue;
+              acc += tmp[yy * R + xq];
+              cnt++;
+            }
+          x[y * R + xx] = acc / cnt;
+        }
+    }
+  float sigma = (float)(cd_rng_uniform(r) * 0.08);
+  for (int i = 0; i < 3 * R * R; i++) px[i] += sigma * (float)cd_rng_normal(r);
+}
+
+int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, int quiet) {
+  cd_adam_clear_nodes(j->w);
+  cd_graph *g = cd_graph_new();
+  cd_node *img = cd_input(g, "image", 4, (int64_t[]){batch, 3, R, R});
+  cd_node *out = cd_judge_build(g, j, img);
+  cd_node *tg = cd_input(g, "target", 2, (int64_t[]){batch, CD_JUDGE_NOUT});
+  cd_node *loss = cd_mse(g, out, tg, NULL);
+  cd_graph_output(g, loss);
+  cd_adam_mark_trainable(j->w);
+  cd_plan_opts po = {.training = 1, .loss = loss};
+  if (cd_graph_plan(g, &po)) { cd_graph_free(g); return cd_prefix_error("judge training graph"); }
+  cd_adam a = {0};
+  cd_adam_add(&a, j->w, "judge");
+  float *tmp = cd_malloc(R * R * sizeof(float));
+  cd_progress pg;
+  cd_progress_start(&pg, "judge", steps);
+  pg.quiet = quiet;
+  int rc = 0;
+  for (int s = 0; s < steps && !rc; s++) {
+    cd_rng r;
+    cd_rng_seed(&r, seed * 0x9e3779b97f4a7c15ULL + (uint64_t)s);
+    for (int b = 0; b < batch; b++) {
+      cd_world_scene sc;
+      augmented(&r, &sc, img->data + (int64_t)b * 3 * R * R, tmp);
+      cd_judge_targets(&sc, tg->data + (int64_t)b * CD_JUDGE_NOUT);
+    }
+    rc = cd_graph_forward(g) || cd_graph_backward(g) ? -1 : 0;
+    if (!rc) rc = cd_adam_step(&a, cd_adam_lr(lr, s, steps), NULL);
+    cd_progress_set_loss(&pg, loss->data[0]);
+    cd_progress_update(&pg, s + 1);
+  }
+  cd_progress_finish(&pg);
+  free(tmp);
+  cd_adam_free(&a);
+  cd_graph_free(g);
+  return rc;
+}
+
+int cd_judge_classify(cd_judge *j, const float *rgb, int n, cd_judge_verdict *v) {
+  cd_adam_clear_nodes(j->w);
+  cd_graph *g = cd_graph_new();
+  cd_node *img = cd_input(g, "image", 4, (int64_t[]){n, 3, R, R});
+  cd_node *out = cd_judge_build(g, j, img);
+  cd_graph_output(g, out);
+  if (cd_graph_plan(g, NULL)) { cd_graph_free(g); return cd_prefix_error("judge graph"); }
+  memcpy(img->data, rgb, (size_t)n * 3 * R * R * sizeof(float));
+  if (cd_graph_forward(g)) { cd_graph_free(g); return -1; }
+  for (int i = 0; i < n; i++) cd_judge_read(out->data + (int64_t)i * CD_JUDGE_NOUT, &v[i]);
+  cd_graph_free(g);
+  return 0;
+}
+
+int cd_judge_test(cd_judge *j, int n, uint64_t seed, cd_judge_accuracy *acc) {
+  float *px = cd_malloc((size_t)n * 3 * R * R * sizeof(float)), *tmp = cd_malloc(R * R * sizeof(float));
+  cd_world_scene *sc = cd_malloc((size_t)n * sizeof *sc);
+  cd_judge_verdict *v = cd_malloc((size_t)n * sizeof *v);
+  cd_rng r;
+  cd_rng_seed(&r, seed);
+  for (int i = 0; i < n; i++) augmented(&r, &sc[i], px + (int64_t)i * 3 * R * R, tmp);
+  int rc = cd_judge_classify(j, px, n, v);
+  memset(acc, 0, sizeof *acc);
+  for (int i = 0; i < n && !rc; i++) {
+    float t[CD_JUDGE_NOUT];
+    cd_judge_targets(&sc[i], t);
+    int ok = 1, okc = 1;
+    for (int k = 0; k < CD_WORLD_NKINDS; k++) ok &= v[i].kind[k] == (t[CD_JUDGE_KIND + k] > 0);
+    for (int k = 0; k < CD_WORLD_NCOLOURS; k++) okc &= v[i].colour[k] == (t[CD_JUDGE_COLOUR + k] > 0);
+    acc->kinds += ok;
+    acc->colours += okc;
+    acc->bg += v[i].bg == sc[i].bg_colour;
+    acc->pattern += v[i].pattern == sc[i].pattern;
+  }
+  acc->kinds /= n;
+  acc->colours /= n;
+  acc->bg /= n;
+  acc->pattern /= n;
+  free(px);
+  free(tmp);
+  free(sc);
+  free(v);
+  return rc;
+}

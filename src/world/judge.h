@@ -1,0 +1,62 @@
+/* judge.h - a small classifier that reads a world image's attributes, trained
+ * by cdiff on rendered ground truth (held-out concepts included) and
+ * independent of the diffusion model: it measures what generations show.
+ *
+ * Outputs (30 numbers, each trained towards +1 when true and -1 when not, by
+ * mean squared error):
+ *   [0, 9)    each object kind present (circle ... car toy, robot toy)
+ *   [9, 17)   each colour present on some object
+ *   [17, 25)  the background colour (one of 8)
+ *   [25, 30)  the background pattern (plain, striped, checkered, dotted, zigzag)
+ * Network: four 3x3 stride-2 convolutions (16, 32, 64, 64 channels, GroupNorm,
+ * SiLU) down to 4x4, then linear 1024 -> 128 -> 30. Training images are
+ * blurred (0-2 box-filter passes) and noised (sigma up to 0.08) so that the
+ * judge also reads decoded, slightly soft generations.
+ */
+#ifndef CD_WORLD_JUDGE_H
+#define CD_WORLD_JUDGE_H
+
+#include <stdint.h>
+
+#include "models/weights.h"
+#include "world/world.h"
+
+#define CD_JUDGE_KIND 0
+#define CD_JUDGE_COLOUR (CD_JUDGE_KIND + CD_WORLD_NKINDS)
+#define CD_JUDGE_BG (CD_JUDGE_COLOUR + CD_WORLD_NCOLOURS)
+#define CD_JUDGE_PATTERN (CD_JUDGE_BG + CD_WORLD_NCOLOURS)
+#define CD_JUDGE_NOUT (CD_JUDGE_PATTERN + CD_WORLD_NPATTERNS)
+
+typedef struct {
+  cd_weights *w;
+} cd_judge;
+
+typedef struct {
+  int kind[CD_WORLD_NKINDS];     /* 1 if the kind is seen */
+  int colour[CD_WORLD_NCOLOURS]; /* 1 if some object has the colour */
+  int bg, pattern;               /* most likely background colour and pattern */
+} cd_judge_verdict;
+
+int cd_judge_new(uint64_t seed, cd_judge **out);
+int cd_judge_load(const char *path, cd_judge **out);
+int cd_judge_save(const cd_judge *j, const char *path);
+void cd_judge_free(cd_judge *j);
+
+/* img [B, 3, 64, 64] in [-1, 1] -> [B, 30] */
+cd_node *cd_judge_build(cd_graph *g, cd_judge *j, cd_node *img);
+/* the 30 targets (+-1) of a scene */
+void cd_judge_targets(const cd_world_scene *s, float *t);
+void cd_judge_read(const float *out, cd_judge_verdict *v);
+
+/* Trains from the judge's current weights; *report (may be NULL) receives the
+ * held-out accuracy summary. */
+typedef struct {
+  double kinds, colours, bg, pattern; /* fraction of fresh images read exactly right */
+} cd_judge_accuracy;
+int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, int quiet);
+/* accuracy on n fresh CD_WORLD_ANY images from seed, with the training augmentation */
+int cd_judge_test(cd_judge *j, int n, uint64_t seed, cd_judge_accuracy *acc);
+/* n images [n, 3, 64, 64] -> n verdicts */
+int cd_judge_classify(cd_judge *j, const float *rgb, int n, cd_judge_verdict *v);
+
+#endif

@@ -1,0 +1,67 @@
+/* prompt.c - reads a world-grammar prompt into the attributes it asks for (see prompt.h). */
+#include "world/prompt.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "world/world.h"
+
+static int kind_of(const char *w) {
+  static const char *const shapes[] = {"circle", "square", "triangle", "star", "ring", "cross"};
+  for (int i = 0; i < 6; i++)
+    if (!strcmp(w, shapes[i])) return i;
+  if (!strcmp(w, "bear")) return CD_WORLD_BEAR;
+  if (!strcmp(w, "car")) return CD_WORLD_CAR;
+  if (!strcmp(w, "robot")) return CD_WORLD_ROBOT;
+  return -1;
+}
+
+static int pattern_of(const char *w) {
+  for (int p = 1; p < CD_WORLD_NPATTERNS; p++)
+    if (!strcmp(w, cd_world_pattern_name(p))) return p;
+  return -1;
+}
+
+void cd_world_parse_prompt(const char *prompt, const char *new_toy, const char *new_pattern, cd_world_expect *e) {
+  memset(e, 0, sizeof *e);
+  e->kind[0] = e->kind[1] = e->colour[0] = e->colour[1] = e->bg = e->pattern = -1;
+  char buf[512];
+  snprintf(buf, sizeof buf, "%s", prompt);
+  char *w[96];
+  int n = 0;
+  for (char *t = strtok(buf, " ,."); t && n < 96; t = strtok(NULL, " ,.")) w[n++] = t;
+  int in_bg = 0, pending = -1; /* pending: a colour said before its object */
+  for (int i = 0; i < n; i++) {
+    int c = cd_world_colour_index(w[i]), k = kind_of(w[i]), p = pattern_of(w[i]);
+    if (new_toy && !strcmp(w[i], new_toy)) k = CD_WORLD_ROBOT;
+    if (new_pattern && !strcmp(w[i], new_pattern)) p = CD_WORLD_ZIGZAG;
+    if (!strcmp(w[i], "on")) { in_bg = 1; continue; }
+    if (in_bg || (e->nobj == 0 && p >= 0) || (e->nobj == 0 && !strcmp(w[i], "pattern"))) {
+      /* background (or a pattern filling the frame): colour, pattern */
+      if (c >= 0) e->bg = c;
+      if (p >= 0) e->pattern = p;
+      if (!strcmp(w[i], "pattern") && e->nobj == 0 && pending >= 0) { e->bg = pending; pending = -1; }
+      if (p >= 0 && e->nobj == 0 && pending >= 0) { e->bg = pending; pending = -1; }
+      continue;
+    }
+    if (c >= 0) {
+      if (i > 0 && !strcmp(w[i - 1], "in") && e->nobj > 0) e->colour[e->nobj - 1] = c;
+      else pending = c;
+      continue;
+    }
+    int toy = !strcmp(w[i], "toy");
+    if (k >= 0 || toy) {
+      if (toy && i > 0 && e->nobj > 0 && e->is_toy[e->nobj - 1] == 0 && e->kind[e->nobj - 1] >= 0 &&
+          (kind_of(w[i - 1]) >= 0 || (new_toy && !strcmp(w[i - 1], new_toy)))) {
+        e->is_toy[e->nobj - 1] = 1; /* "bear toy", "<new1> toy": one object */
+        continue;
+      }
+      if (e->nobj >= 2) continue;
+      e->kind[e->nobj] = k;
+      e->is_toy[e->nobj] = toy;
+      e->colour[e->nobj] = pending;
+      pending = -1;
+      e->nobj++;
+    }
+  }
+}

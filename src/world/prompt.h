@@ -1,0 +1,23 @@
+/* prompt.h - what a prompt of the world grammar asks for, so that the judge
+ * (judge.h) can check generations against it.
+ *
+ *   "a big <new1> toy in blue next to a small red ring on a white striped background"
+ *   -> objects {robot toy, blue}, {ring, red}; background white, striped
+ *
+ * Words outside the grammar are ignored; "toy" alone is a toy of unknown kind
+ * (kind -1 with is_toy set). new_toy / new_pattern are the modifier tokens
+ * that stand for the held-out robot toy and zigzag pattern ("<new1>", "<new2>"). */
+#ifndef CD_WORLD_PROMPT_H
+#define CD_WORLD_PROMPT_H
+
+typedef struct {
+  int nobj;
+  int kind[2];    /* CD_WORLD_* kind, or -1 */
+  int is_toy[2];  /* the word "toy" named it */
+  int colour[2];  /* -1: not said */
+  int bg, pattern; /* -1: not said */
+} cd_world_expect;
+
+void cd_world_parse_prompt(const char *prompt, const char *new_toy, const char *new_pattern, cd_world_expect *e);
+
+#endif
