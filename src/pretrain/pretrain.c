@@ -12,7 +12,7 @@
 #include "io/fsutil.h"
 #include "io/tensor_file.h"
 #include "models/tokenizer.h"
-#include "pretrain/adam.h"
+#include "pretrain/paramset.h"
 #include "pretrain/world_model.h"
 #include "world/vocab.h"
 #include "world/world.h"
@@ -50,47 +50,65 @@ typedef struct {
   cd_tokenizer *tok;
   char state[4096], logp[4096];
   int phase, step;   /* next step to run in phase */
-  cd_adam a;
+  cd_paramset ps[2]; /* the phase's parameters: VAE encoder + decoder, or text encoder + UNet */
+  int nps;
+  int opt_steps;     /* optimizer updates taken in this phase */
   FILE *log;
   int ran;           /* steps run by this process (stop_after) */
 } run_t;
 
 /* ---- state file: weights, Adam moments, phase, step, scaling factor ---- */
 
+static int sync_all(run_t *r) {
+  for (int i = 0; i < r->nps; i++)
+    if (cd_paramset_sync(&r->ps[i])) return -1;
+  return 0;
+}
+
 static int save_state(run_t *r) {
+  if (sync_all(r)) return -1;
   cd_weights *ws[3] = {r->m.clip.w, r->m.unet.w, r->m.vae.w};
   static const char *const comp[3] = {"text_encoder", "unet", "vae"};
-  int nt = 0;
+  int nt = 0, np = 0;
   for (int c = 0; c < 3; c++) nt += cd_weights_count(ws[c]);
-  nt += 2 * r->a.n;
+  for (int i = 0; i < r->nps; i++) np += r->ps[i].n;
+  nt += 2 * np;
   cd_tensor_out *t = cd_calloc((size_t)nt, sizeof *t);
   char **names = cd_calloc((size_t)nt, sizeof *names);
-  int k = 0;
+  float **mv = cd_calloc((size_t)(2 * np + 1), sizeof *mv);
+  int k = 0, rc = 0;
   for (int c = 0; c < 3; c++)
     for (int i = 0; i < cd_weights_count(ws[c]); i++, k++) {
       cd_weight *x = cd_weights_at(ws[c], i);
       size_t L = strlen(comp[c]) + strlen(x->name) + 2;
       names[k] = cd_malloc(L);
       snprintf(names[k], L, "%s/%s", comp[c], x->name);
-      t[k] = (cd_tensor_out){.name = names[k], .dtype = CD_DT_F32, .ndim = x->ndim, .data = x->data};
+      t[k] = (cd_tensor_out){.name = names[k], .dtype = CD_DT_F32, .ndim = x->ndim, .data = cd_weight_f32(x)};
       for (int d = 0; d < x->ndim; d++) t[k].shape[d] = x->ne[d];
     }
-  for (int i = 0; i < r->a.n; i++)
-    for (int mv = 0; mv < 2; mv++, k++) {
-      cd_adam_param *p = &r->a.p[i];
-      size_t L = strlen(p->name) + 8;
-      names[k] = cd_malloc(L);
-      snprintf(names[k], L, "adam_%c/%s", mv ? 'v' : 'm', p->name);
-      t[k] = (cd_tensor_out){.name = names[k], .dtype = CD_DT_F32, .ndim = 1, .shape = {p->n}, .data = mv ? p->v : p->m};
-    }
+  int q = 0;
+  for (int s = 0; s < r->nps; s++)
+    for (int i = 0; i < r->ps[s].n; i++)
+      for (int w = 0; w < 2; w++, k++, q++) {
+        const cd_weight *x = r->ps[s].w[i];
+        int64_t n = cd_numel(x->ndim, x->ne);
+        mv[q] = cd_malloc((size_t)n * sizeof(float));
+        if (!rc) rc = cd_optim_read(r->ps[s].o, i, w ? CD_OPTIM_V : CD_OPTIM_M, mv[q]);
+        size_t L = strlen(r->ps[s].name[i]) + 8;
+        names[k] = cd_malloc(L);
+        snprintf(names[k], L, "adam_%c/%s", w ? 'v' : 'm', r->ps[s].name[i]);
+        t[k] = (cd_tensor_out){.name = names[k], .dtype = CD_DT_F32, .ndim = 1, .shape = {n}, .data = mv[q]};
+      }
   char ph[8], st[32], sf[32], ad[32];
   snprintf(ph, sizeof ph, "%s", phase_name[r->phase]);
   snprintf(st, sizeof st, "%d", r->step);
   snprintf(sf, sizeof sf, "%.9g", r->m.vae.cfg.scaling_factor);
-  snprintf(ad, sizeof ad, "%d", r->a.step);
+  snprintf(ad, sizeof ad, "%d", r->opt_steps);
   const char *meta[] = {"format", "cdiff-pretrain-state", "phase", ph, "step", st, "scaling_factor", sf, "adam_step", ad};
-  int rc = cd_safetensors_write(r->state, t, nt, meta, 5);
+  if (!rc) rc = cd_safetensors_write(r->state, t, nt, meta, 5);
   for (int i = 0; i < nt; i++) free(names[i]);
+  for (int i = 0; i < q; i++) free(mv[i]);
+  free(mv);
   free(names);
   free(t);
   if (!rc && fflush(r->log)) rc = cd_set_error("%s: write failed", r->logp);
@@ -120,7 +138,7 @@ static int load_state(run_t *r, cd_tensor_file **fout) {
       char nm[512];
       snprintf(nm, sizeof nm, "%s/%s", comp[c], x->name);
       const cd_tensor_info *t = cd_tf_find(f, nm);
-      if (!t || cd_tensor_numel(t) != cd_numel(x->ndim, x->ne) || cd_tf_read_f32(f, t, x->data)) {
+      if (!t || cd_tensor_numel(t) != cd_numel(x->ndim, x->ne) || cd_tf_read_f32(f, t, cd_weight_f32(x))) {
         cd_tensor_file_close(f);
         return cd_set_error("--resume %s: tensor '%s' missing or mis-shaped (different model shapes?)", r->state, nm);
       }
@@ -131,17 +149,52 @@ static int load_state(run_t *r, cd_tensor_file **fout) {
 
 static int load_moments(run_t *r, cd_tensor_file *f) {
   const char *ad = cd_tf_meta(f, "adam_step");
-  r->a.step = ad ? atoi(ad) : 0;
-  if (r->a.step == 0) return 0; /* saved at a phase's start: no moments yet */
-  for (int i = 0; i < r->a.n; i++)
-    for (int mv = 0; mv < 2; mv++) {
-      cd_adam_param *p = &r->a.p[i];
-      char nm[512];
-      snprintf(nm, sizeof nm, "adam_%c/%s", mv ? 'v' : 'm', p->name);
-      const cd_tensor_info *t = cd_tf_find(f, nm);
-      if (!t || cd_tensor_numel(t) != p->n || cd_tf_read_f32(f, t, mv ? p->v : p->m))
-        return cd_set_error("--resume %s: tensor '%s' missing or mis-shaped", r->state, nm);
-    }
+  r->opt_steps = ad ? atoi(ad) : 0;
+  if (r->opt_steps == 0) return 0; /* saved at a phase's start: no moments yet */
+  for (int s = 0; s < r->nps; s++) {
+    cd_optim_set_steps(r->ps[s].o, r->opt_steps);
+    for (int i = 0; i < r->ps[s].n; i++)
+      for (int w = 0; w < 2; w++) {
+        char nm[512];
+        snprintf(nm, sizeof nm, "adam_%c/%s", w ? 'v' : 'm', r->ps[s].name[i]);
+        const cd_tensor_info *t = cd_tf_find(f, nm);
+        int64_t n = cd_numel(r->ps[s].w[i]->ndim, r->ps[s].w[i]->ne);
+        float *buf = t && cd_tensor_numel(t) == n ? cd_malloc((size_t)n * sizeof(float)) : NULL;
+        int rc = !buf || cd_tf_read_f32(f, t, buf) || cd_optim_write(r->ps[s].o, i, w ? CD_OPTIM_V : CD_OPTIM_M, buf);
+        free(buf);
+        if (rc) return cd_set_error("--resume %s: tensor '%s' missing or mis-shaped", r->state, nm);
+      }
+  }
+  return 0;
+}
+
+static void free_params(run_t *r) {
+  for (int i = 0; i < r->nps; i++) cd_paramset_free(&r->ps[i]);
+  r->nps = 0;
+  r->opt_steps = 0;
+}
+
+/* one AdamW update of every paramset at lr, all gradients clipped together to
+ * total norm 1; *gnorm gets the norm before clipping */
+static int update(run_t *r, double lr, double *gnorm) {
+  double n[2], total = 0;
+  for (int i = 0; i < r->nps; i++) {
+    n[i] = cd_optim_grad_norm(r->ps[i].o);
+    total += n[i] * n[i];
+  }
+  total = sqrt(total);
+  *gnorm = total;
+  if (!isfinite(total)) return cd_set_error("the gradient is not finite at %s step %d", phase_name[r->phase], r->step + 1);
+  double coef = total > 1.0 ? 1.0 / (total + 1e-6) : 1.0;
+  for (int i = 0; i < r->nps; i++) {
+    /* the optimizer clips by min(1, max / (its norm + 1e-6)): this max gives the joint coefficient */
+    cd_adamw_opts hp = {.lr = (float)lr, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0,
+                        .max_grad_norm = coef < 1.0 ? (float)(coef * (n[i] + 1e-6)) : 0.0f};
+    cd_optim_report rep;
+    if (cd_optim_adamw_step(r->ps[i].o, &hp, &rep)) return -1;
+    if (rep.nonfinite) return cd_set_error("the update made the parameters non-finite at %s step %d", phase_name[r->phase], r->step + 1);
+  }
+  r->opt_steps++;
   return 0;
 }
 
@@ -212,13 +265,17 @@ static void render_batch(cd_rng *rng, int B, float *px, char (*caps)[256]) {
 
 /* ---- phase 1 ---- */
 
+/* the VAE's weights by graph: encoder (and quant_conv), decoder (and post_quant_conv) */
+static int is_decoder(const char *name) { return !strncmp(name, "decoder.", 8) || !strncmp(name, "post_quant_conv.", 16); }
+static int is_encoder(const char *name) { return !is_decoder(name); }
+
 static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
   const cd_pretrain_opts *o = r->o;
   cd_vae *vae = &r->m.vae;
   const int B = o->vae_batch, R = CD_WORLD_RES, Z = vae->cfg.latent_channels, h = R / 8;
   const int64_t per = (int64_t)Z * h * h, px = 3 * R * R;
   int rc = -1;
-  cd_adam_clear_nodes(vae->w);
+  cd_paramset_clear_nodes(vae->w);
   cd_graph *ge = cd_graph_new(), *gd = cd_graph_new();
   cd_node *img = cd_input(ge, "image", 4, (int64_t[]){B, 3, R, R});
   cd_node *mom = cd_vae_encode_build(ge, vae, img);
@@ -227,20 +284,28 @@ static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
   cd_graph_output(ge, mom);
   cd_graph_output(ge, gmom);
   float *zbuf = cd_calloc((size_t)B * per, sizeof(float)), *eps = cd_malloc((size_t)B * per * sizeof(float));
+  float *pix = cd_malloc((size_t)B * px * sizeof(float)), *mh = cd_malloc((size_t)B * 2 * per * sizeof(float));
+  float *gm = cd_malloc((size_t)B * 2 * per * sizeof(float)), *dz = cd_malloc((size_t)B * per * sizeof(float));
   cd_node *z = cd_param(gd, "z", zbuf, 4, (int64_t[]){B, Z, h, h});
   cd_set_trainable(z);
   cd_node *rec = cd_vae_decode_build(gd, vae, z);
   cd_node *target = cd_input(gd, "target", 4, (int64_t[]){B, 3, R, R});
   cd_node *ld = cd_mse(gd, rec, target, NULL);
   cd_graph_output(gd, ld);
-  cd_graph_output(gd, target);
-  cd_adam_mark_trainable(vae->w);
+  cd_paramset_mark_trainable(vae->w);
   cd_plan_opts pe = {.training = 1, .loss = le}, pd = {.training = 1, .loss = ld};
+  cd_optim *zo = NULL; /* writes z's value (never steps) */
   if (cd_graph_plan(ge, &pe) || cd_graph_plan(gd, &pd)) {
     cd_prefix_error("VAE training graph");
     goto done;
   }
-  cd_adam_add(&r->a, vae->w, "vae");
+  zo = cd_optim_new(gd);
+  cd_paramset_init(&r->ps[0], ge);
+  cd_paramset_init(&r->ps[1], gd);
+  r->nps = 2;
+  if (cd_optim_add(zo, z) || cd_paramset_add(&r->ps[0], vae->w, "vae", is_encoder) ||
+      cd_paramset_add(&r->ps[1], vae->w, "vae", is_decoder))
+    goto done;
   if (resume_f && load_moments(r, resume_f)) goto done;
   const double c = o->kl_weight / (double)px; /* KL per image, relative to the per-pixel MSE */
   cd_progress pg;
@@ -250,44 +315,51 @@ static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
   while (r->step < o->vae_steps) {
     cd_rng rng;
     cd_rng_seed(&rng, step_seed(o->seed, PH_VAE, r->step));
-    render_batch(&rng, B, img->data, NULL);
+    render_batch(&rng, B, pix, NULL);
     cd_rng_fill_normal(&rng, eps, (size_t)B * per);
-    if (cd_graph_forward(ge)) goto done;
+    if (cd_graph_set_input(ge, img, pix) || cd_graph_forward(ge) || cd_graph_get(ge, mom, mh)) goto done;
     double kl = 0;
     for (int b = 0; b < B; b++)
       for (int64_t k = 0; k < per; k++) {
-        float mu = mom->data[b * 2 * per + k], lv = mom->data[b * 2 * per + per + k];
+        float mu = mh[b * 2 * per + k], lv = mh[b * 2 * per + per + k];
         float lvc = lv < -30 ? -30 : lv > 20 ? 20 : lv;
         zbuf[b * per + k] = mu + expf(0.5f * lvc) * eps[b * per + k];
         kl += 0.5 * ((double)mu * mu + exp(lvc) - 1 - lvc);
       }
-    memcpy(target->data, img->data, (size_t)B * px * sizeof(float));
-    if (cd_graph_forward(gd) || cd_graph_backward(gd)) goto done;
+    if (cd_optim_write(zo, 0, CD_OPTIM_VALUE, zbuf) || cd_graph_set_input(gd, target, pix) || cd_graph_forward(gd) ||
+        cd_graph_backward(gd) || cd_graph_get_grad(gd, z, dz))
+      goto done;
     for (int b = 0; b < B; b++)
       for (int64_t k = 0; k < per; k++) {
-        float lv = mom->data[b * 2 * per + per + k], in = lv >= -30 && lv <= 20;
-        float lvc = lv < -30 ? -30 : lv > 20 ? 20 : lv, sd = expf(0.5f * lvc), dz = z->grad[b * per + k];
-        gmom->data[b * 2 * per + k] = dz + (float)(c / B) * mom->data[b * 2 * per + k];
-        gmom->data[b * 2 * per + per + k] = in * (dz * eps[b * per + k] * 0.5f * sd + (float)(c / B * 0.5) * (sd * sd - 1));
+        float lv = mh[b * 2 * per + per + k], in = lv >= -30 && lv <= 20;
+        float lvc = lv < -30 ? -30 : lv > 20 ? 20 : lv, sd = expf(0.5f * lvc), d = dz[b * per + k];
+        gm[b * 2 * per + k] = d + (float)(c / B) * mh[b * 2 * per + k];
+        gm[b * 2 * per + per + k] = in * (d * eps[b * per + k] * 0.5f * sd + (float)(c / B * 0.5) * (sd * sd - 1));
       }
-    if (cd_graph_backward(ge)) goto done;
-    double loss = ld->data[0] + c * kl / B, lr = cd_adam_lr(o->vae_lr, r->step, o->vae_steps), gn;
+    if (cd_graph_set_input(ge, gmom, gm) || cd_graph_backward(ge)) goto done;
+    double mse = cd_graph_get_scalar(gd, ld), loss = mse + c * kl / B, lr = cd_pretrain_lr(o->vae_lr, r->step, o->vae_steps), gn;
     if (!isfinite(loss)) { cd_set_error("VAE loss is not finite at step %d", r->step + 1); goto done; }
-    if (cd_adam_step(&r->a, lr, &gn)) goto done;
+    if (update(r, lr, &gn)) goto done;
     char extra[96];
-    snprintf(extra, sizeof extra, ", \"mse\": %.9g, \"kl\": %.6g", ld->data[0], kl / B);
+    snprintf(extra, sizeof extra, ", \"mse\": %.9g, \"kl\": %.6g", mse, kl / B);
     log_step(r, loss, lr, gn, extra);
-    cd_progress_set_loss(&pg, ld->data[0]);
+    cd_progress_set_loss(&pg, mse);
     cd_progress_update(&pg, r->step + 1);
     int s = after_step(r, o->vae_steps);
     if (s < 0) goto done;
     if (s > 0) { rc = 1; cd_progress_finish(&pg); goto done; }
   }
   cd_progress_finish(&pg);
-  rc = 0;
+  rc = sync_all(r);
 done:
+  free_params(r);
+  cd_optim_free(zo);
   free(zbuf);
   free(eps);
+  free(pix);
+  free(mh);
+  free(gm);
+  free(dz);
   cd_graph_free(ge);
   cd_graph_free(gd);
   return rc;
@@ -298,7 +370,7 @@ static int set_scaling(run_t *r) {
   cd_vae *vae = &r->m.vae;
   const int R = CD_WORLD_RES, Z = vae->cfg.latent_channels, h = R / 8;
   const int64_t per = (int64_t)Z * h * h;
-  cd_adam_clear_nodes(vae->w);
+  cd_paramset_clear_nodes(vae->w);
   cd_graph *g = cd_graph_new();
   cd_node *img = cd_input(g, "image", 4, (int64_t[]){1, 3, R, R});
   cd_node *mom = cd_vae_encode_build(g, vae, img);
@@ -307,22 +379,28 @@ static int set_scaling(run_t *r) {
   cd_rng rng;
   cd_rng_seed(&rng, step_seed(r->o->seed, 2, 0));
   float *eps = cd_malloc((size_t)per * sizeof(float)), *zz = cd_malloc((size_t)per * sizeof(float));
+  float *pix = cd_malloc((size_t)3 * R * R * sizeof(float)), *mh = cd_malloc((size_t)2 * per * sizeof(float));
   double s1 = 0, s2 = 0;
-  for (int i = 0; i < r->o->scale_images; i++) {
-    render_batch(&rng, 1, img->data, NULL);
+  int rc = 0;
+  for (int i = 0; i < r->o->scale_images && !rc; i++) {
+    render_batch(&rng, 1, pix, NULL);
     cd_rng_fill_normal(&rng, eps, (size_t)per);
-    if (cd_graph_forward(g)) { free(eps); free(zz); cd_graph_free(g); return -1; }
-    cd_vae_latent_sample(mom->data, eps, 1.0f, per, zz);
+    rc = cd_graph_set_input(g, img, pix) || cd_graph_forward(g) || cd_graph_get(g, mom, mh) ? -1 : 0;
+    cd_vae_latent_sample(mh, eps, 1.0f, per, zz);
     for (int64_t k = 0; k < per; k++) { s1 += zz[k]; s2 += (double)zz[k] * zz[k]; }
   }
-  double n = (double)r->o->scale_images * per, var = s2 / n - (s1 / n) * (s1 / n);
-  vae->cfg.scaling_factor = (float)(1.0 / sqrt(var > 1e-12 ? var : 1e-12));
-  fprintf(r->log, "{\"phase\": \"vae\", \"latent_mean\": %.6g, \"latent_std\": %.6g, \"scaling_factor\": %.9g}\n", s1 / n,
-          sqrt(var), vae->cfg.scaling_factor);
+  if (!rc) {
+    double n = (double)r->o->scale_images * per, var = s2 / n - (s1 / n) * (s1 / n);
+    vae->cfg.scaling_factor = (float)(1.0 / sqrt(var > 1e-12 ? var : 1e-12));
+    fprintf(r->log, "{\"phase\": \"vae\", \"latent_mean\": %.6g, \"latent_std\": %.6g, \"scaling_factor\": %.9g}\n", s1 / n,
+            sqrt(var), vae->cfg.scaling_factor);
+  }
   free(eps);
   free(zz);
+  free(pix);
+  free(mh);
   cd_graph_free(g);
-  return 0;
+  return rc;
 }
 
 /* ---- phase 2 ---- */
@@ -333,14 +411,14 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
   const int B = o->unet_batch, R = CD_WORLD_RES, Z = m->vae.cfg.latent_channels, h = R / 8, T = CD_TOK_MAX_LEN;
   const int64_t per = (int64_t)Z * h * h, px = 3 * R * R;
   int rc = -1;
-  cd_adam_clear_nodes(m->vae.w);
-  cd_adam_clear_nodes(m->clip.w);
-  cd_adam_clear_nodes(m->unet.w);
+  cd_paramset_clear_nodes(m->vae.w);
+  cd_paramset_clear_nodes(m->clip.w);
+  cd_paramset_clear_nodes(m->unet.w);
   cd_graph *ge = cd_graph_new(), *g = cd_graph_new();
   cd_node *img = cd_input(ge, "image", 4, (int64_t[]){B, 3, R, R});
   cd_node *mom = cd_vae_encode_build(ge, &m->vae, img);
   cd_graph_output(ge, mom);
-  cd_node *ids = cd_input(g, "ids", 2, (int64_t[]){B, T});
+  cd_node *ids = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){B, T});
   cd_node *ctx = cd_clip_build(g, &m->clip, ids, NULL, NULL);
   cd_node *noisy = cd_input(g, "noisy", 4, (int64_t[]){B, Z, h, h});
   cd_node *tt = cd_input(g, "t", 1, (int64_t[]){B});
@@ -351,66 +429,75 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
   cd_node *target = cd_input(g, "target", 4, (int64_t[]){B, Z, h, h});
   cd_node *loss = cd_mse(g, pred, target, NULL);
   cd_graph_output(g, loss);
-  cd_adam_mark_trainable(m->clip.w);
-  cd_adam_mark_trainable(m->unet.w);
+  cd_paramset_mark_trainable(m->clip.w);
+  cd_paramset_mark_trainable(m->unet.w);
   cd_plan_opts po = {.training = 1, .loss = loss};
+  float *ac = cd_malloc((size_t)m->sched.num_train_timesteps * sizeof(float));
+  float *eps = cd_malloc((size_t)B * per * sizeof(float)), *lat = cd_malloc((size_t)B * per * sizeof(float));
+  float *noise = cd_malloc((size_t)B * per * sizeof(float)), *st = cd_malloc((size_t)B * per * sizeof(float));
+  float *pix = cd_malloc((size_t)B * px * sizeof(float)), *mh = cd_malloc((size_t)B * 2 * per * sizeof(float));
+  char(*caps)[256] = cd_malloc((size_t)B * sizeof *caps);
+  int *tv = cd_malloc((size_t)B * sizeof(int));
+  int32_t *idv = cd_malloc((size_t)B * T * sizeof(int32_t));
+  cd_progress pg;
+  memset(&pg, 0, sizeof pg);
   if (cd_graph_plan(ge, NULL) || cd_graph_plan(g, &po)) {
     cd_prefix_error("UNet training graph");
     goto done;
   }
-  cd_adam_add(&r->a, m->clip.w, "text_encoder");
-  cd_adam_add(&r->a, m->unet.w, "unet");
+  cd_paramset_init(&r->ps[0], g);
+  r->nps = 1;
+  if (cd_paramset_add(&r->ps[0], m->clip.w, "text_encoder", NULL) || cd_paramset_add(&r->ps[0], m->unet.w, "unet", NULL)) goto done;
   if (resume_f && load_moments(r, resume_f)) goto done;
-  float *ac = cd_malloc((size_t)m->sched.num_train_timesteps * sizeof(float));
   cd_sched_alphas_cumprod(&m->sched, ac);
-  float *eps = cd_malloc((size_t)B * per * sizeof(float)), *lat = cd_malloc((size_t)B * per * sizeof(float));
-  float *noise = cd_malloc((size_t)B * per * sizeof(float));
-  char(*caps)[256] = cd_malloc((size_t)B * sizeof *caps);
-  int *tv = cd_malloc((size_t)B * sizeof(int)), idv[CD_TOK_MAX_LEN];
-  cd_progress pg;
   cd_progress_start(&pg, "pretrain unet+text", o->unet_steps);
   pg.quiet = o->quiet;
   cd_progress_update(&pg, r->step);
   while (r->step < o->unet_steps) {
     cd_rng rng;
     cd_rng_seed(&rng, step_seed(o->seed, PH_UNET, r->step));
-    render_batch(&rng, B, img->data, caps);
+    render_batch(&rng, B, pix, caps);
     cd_rng_fill_normal(&rng, eps, (size_t)B * per);
     cd_rng_fill_normal(&rng, noise, (size_t)B * per);
     for (int b = 0; b < B; b++) {
       tv[b] = (int)(cd_rng_uniform(&rng) * m->sched.num_train_timesteps);
-      tt->data[b] = (float)tv[b];
+      st[b] = (float)tv[b];
       if (cd_rng_uniform(&rng) < o->uncond_prob) caps[b][0] = 0;
-      if (cd_tokenize_padded(r->tok, caps[b], idv, NULL)) goto fail;
-      for (int k = 0; k < T; k++) ids->data[b * T + k] = (float)idv[k];
+      int one[CD_TOK_MAX_LEN];
+      if (cd_tokenize_padded(r->tok, caps[b], one, NULL)) goto done;
+      for (int k = 0; k < T; k++) idv[b * T + k] = one[k];
     }
-    if (cd_graph_forward(ge)) goto fail;
+    if (cd_graph_set_input(g, tt, st) || cd_graph_set_input_i32(g, ids, idv)) goto done;
+    if (cd_graph_set_input(ge, img, pix) || cd_graph_forward(ge) || cd_graph_get(ge, mom, mh)) goto done;
     for (int b = 0; b < B; b++)
-      cd_vae_latent_sample(mom->data + b * 2 * per, eps + b * per, m->vae.cfg.scaling_factor, per, lat + b * per);
-    cd_add_noise(ac, lat, noise, tv, B, per, noisy->data);
-    memcpy(target->data, noise, (size_t)B * per * sizeof(float));
-    if (cd_graph_forward(g) || cd_graph_backward(g)) goto fail;
-    double l = loss->data[0], lr = cd_adam_lr(o->unet_lr, r->step, o->unet_steps), gn;
-    if (!isfinite(l)) { cd_set_error("UNet loss is not finite at step %d", r->step + 1); goto fail; }
-    if (cd_adam_step(&r->a, lr, &gn)) goto fail;
+      cd_vae_latent_sample(mh + b * 2 * per, eps + b * per, m->vae.cfg.scaling_factor, per, lat + b * per);
+    cd_add_noise(ac, lat, noise, tv, B, per, st);
+    if (cd_graph_set_input(g, noisy, st) || cd_graph_set_input(g, target, noise)) goto done;
+    if (cd_graph_forward(g) || cd_graph_backward(g)) goto done;
+    double l = cd_graph_get_scalar(g, loss), lr = cd_pretrain_lr(o->unet_lr, r->step, o->unet_steps), gn;
+    if (!isfinite(l)) { cd_set_error("UNet loss is not finite at step %d", r->step + 1); goto done; }
+    if (update(r, lr, &gn)) goto done;
     log_step(r, l, lr, gn, NULL);
     cd_progress_set_loss(&pg, l);
     cd_progress_update(&pg, r->step + 1);
     int s = after_step(r, o->unet_steps);
-    if (s < 0) goto fail;
+    if (s < 0) goto done;
     if (s > 0) { rc = 1; break; }
   }
-  if (rc != 1) rc = 0;
-fail:
-  cd_progress_finish(&pg);
+  if (rc != 1) rc = sync_all(r);
+done:
+  if (pg.label) cd_progress_finish(&pg);
+  free_params(r);
   free(ac);
   free(eps);
   free(lat);
   free(noise);
+  free(st);
+  free(pix);
+  free(mh);
   free(caps);
   free(tv);
-  (void)px;
-done:
+  free(idv);
   cd_graph_free(ge);
   cd_graph_free(g);
   return rc;
@@ -457,7 +544,6 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
     rf = NULL;
     if (s) { rc = s > 0 ? 0 : -1; goto done; }
     if (set_scaling(&r)) goto done;
-    cd_adam_free(&r.a);
     r.phase = PH_UNET;
     r.step = 0;
     if (save_state(&r) || cd_wm_write(&r.m, o->out, !o->f32)) goto done;
@@ -470,7 +556,7 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
 done:
   cd_tensor_file_close(rf);
   if (r.log) fclose(r.log);
-  cd_adam_free(&r.a);
+  free_params(&r);
   cd_tokenizer_free(r.tok);
   cd_weights_free(r.m.clip.w);
   cd_weights_free(r.m.unet.w);

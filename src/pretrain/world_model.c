@@ -239,7 +239,7 @@ static int check_builds(cd_sd_model *m) {
   cd_graph *g = cd_graph_new();
   cd_weights *ws[3] = {m->clip.w, m->unet.w, m->vae.w};
   for (int c = 0; c < 3; c++) cd_weights_clear_used(ws[c]);
-  cd_node *ids = cd_input(g, "ids", 2, (int64_t[]){1, m->clip.cfg.max_pos});
+  cd_node *ids = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){1, m->clip.cfg.max_pos});
   cd_node *ctx = cd_clip_build(g, &m->clip, ids, NULL, NULL);
   int64_t h = m->unet.cfg.sample_size;
   cd_node *x = cd_input(g, "x", 4, (int64_t[]){1, m->unet.cfg.in_channels, h, h});
@@ -317,19 +317,20 @@ static int write_weights(const cd_weights *w, const char *path, int f16) {
   cd_tensor_out *t = cd_calloc((size_t)n, sizeof *t);
   uint16_t **h = cd_calloc((size_t)n, sizeof *h);
   for (int i = 0; i < n; i++) {
-    const cd_weight *x = cd_weights_at(w, i);
+    cd_weight *x = cd_weights_at(w, i);
+    const float *v = cd_weight_f32(x);
     t[i].name = x->name;
     t[i].ndim = x->ndim;
     for (int d = 0; d < x->ndim; d++) t[i].shape[d] = x->ne[d];
     int64_t ne = cd_numel(x->ndim, x->ne);
     if (f16) {
       h[i] = cd_malloc((size_t)ne * sizeof(uint16_t));
-      for (int64_t k = 0; k < ne; k++) h[i][k] = cd_f32_to_f16(x->data[k]);
+      for (int64_t k = 0; k < ne; k++) h[i][k] = cd_f32_to_f16(v[k]);
       t[i].dtype = CD_DT_F16;
       t[i].data = h[i];
     } else {
       t[i].dtype = CD_DT_F32;
-      t[i].data = x->data;
+      t[i].data = v;
     }
   }
   const char *meta[] = {"format", "pt", "cdiff_generator", "cdiff pretrain (world model)"};

@@ -9,7 +9,7 @@
 #include "core/common.h"
 #include "core/progress.h"
 #include "io/tensor_file.h"
-#include "pretrain/adam.h"
+#include "pretrain/paramset.h"
 
 #define R CD_WORLD_RES
 static const int chans[5] = {3, 16, 32, 64, 64};
@@ -64,7 +64,7 @@ int cd_judge_save(const cd_judge *j, const char *path) {
   cd_tensor_out *t = cd_calloc((size_t)n, sizeof *t);
   for (int i = 0; i < n; i++) {
     cd_weight *x = cd_weights_at(j->w, i);
-    t[i] = (cd_tensor_out){.name = x->name, .dtype = CD_DT_F32, .ndim = x->ndim, .data = x->data};
+    t[i] = (cd_tensor_out){.name = x->name, .dtype = CD_DT_F32, .ndim = x->ndim, .data = cd_weight_f32(x)};
     for (int d = 0; d < x->ndim; d++) t[i].shape[d] = x->ne[d];
   }
   const char *meta[] = {"format", "cdiff-world-judge"};
@@ -87,7 +87,7 @@ int cd_judge_load(const char *path, cd_judge **out) {
   for (int i = 0; i < cd_weights_count(j->w); i++) {
     cd_weight *x = cd_weights_at(j->w, i);
     const cd_tensor_info *t = cd_tf_find(f, x->name);
-    if (!t || cd_tensor_numel(t) != cd_numel(x->ndim, x->ne) || cd_tf_read_f32(f, t, x->data)) {
+    if (!t || cd_tensor_numel(t) != cd_numel(x->ndim, x->ne) || cd_tf_read_f32(f, t, cd_weight_f32(x))) {
       cd_tensor_file_close(f);
       cd_judge_free(j);
       return cd_set_error("judge %s: tensor %s missing or mis-shaped", path, x->name);
@@ -163,55 +163,62 @@ static void augmented(cd_rng *r, cd_world_scene *s, float *px, float *tmp) {
 }
 
 int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, int quiet) {
-  cd_adam_clear_nodes(j->w);
+  cd_paramset_clear_nodes(j->w);
   cd_graph *g = cd_graph_new();
   cd_node *img = cd_input(g, "image", 4, (int64_t[]){batch, 3, R, R});
   cd_node *out = cd_judge_build(g, j, img);
   cd_node *tg = cd_input(g, "target", 2, (int64_t[]){batch, CD_JUDGE_NOUT});
   cd_node *loss = cd_mse(g, out, tg, NULL);
   cd_graph_output(g, loss);
-  cd_adam_mark_trainable(j->w);
+  cd_paramset_mark_trainable(j->w);
   cd_plan_opts po = {.training = 1, .loss = loss};
   if (cd_graph_plan(g, &po)) { cd_graph_free(g); return cd_prefix_error("judge training graph"); }
-  cd_adam a = {0};
-  cd_adam_add(&a, j->w, "judge");
-  float *tmp = cd_malloc(R * R * sizeof(float));
+  cd_paramset ps;
+  cd_paramset_init(&ps, g);
+  int rc = cd_paramset_add(&ps, j->w, "judge", NULL);
+  float *tmp = cd_malloc(R * R * sizeof(float)), *px = cd_malloc((size_t)batch * 3 * R * R * sizeof(float));
+  float *t = cd_malloc((size_t)batch * CD_JUDGE_NOUT * sizeof(float));
   cd_progress pg;
   cd_progress_start(&pg, "judge", steps);
   pg.quiet = quiet;
-  int rc = 0;
   for (int s = 0; s < steps && !rc; s++) {
     cd_rng r;
     cd_rng_seed(&r, seed * 0x9e3779b97f4a7c15ULL + (uint64_t)s);
     for (int b = 0; b < batch; b++) {
       cd_world_scene sc;
-      augmented(&r, &sc, img->data + (int64_t)b * 3 * R * R, tmp);
-      cd_judge_targets(&sc, tg->data + (int64_t)b * CD_JUDGE_NOUT);
+      augmented(&r, &sc, px + (int64_t)b * 3 * R * R, tmp);
+      cd_judge_targets(&sc, t + (int64_t)b * CD_JUDGE_NOUT);
     }
-    rc = cd_graph_forward(g) || cd_graph_backward(g) ? -1 : 0;
-    if (!rc) rc = cd_adam_step(&a, cd_adam_lr(lr, s, steps), NULL);
-    cd_progress_set_loss(&pg, loss->data[0]);
+    rc = cd_graph_set_input(g, img, px) || cd_graph_set_input(g, tg, t) || cd_graph_forward(g) || cd_graph_backward(g) ? -1 : 0;
+    cd_adamw_opts hp = {.lr = (float)cd_pretrain_lr(lr, s, steps), .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .max_grad_norm = 1.0f};
+    cd_optim_report rep;
+    if (!rc) rc = cd_optim_adamw_step(ps.o, &hp, &rep);
+    cd_progress_set_loss(&pg, cd_graph_get_scalar(g, loss));
     cd_progress_update(&pg, s + 1);
   }
   cd_progress_finish(&pg);
+  if (!rc) rc = cd_paramset_sync(&ps);
+  cd_paramset_free(&ps);
   free(tmp);
-  cd_adam_free(&a);
+  free(px);
+  free(t);
   cd_graph_free(g);
   return rc;
 }
 
 int cd_judge_classify(cd_judge *j, const float *rgb, int n, cd_judge_verdict *v) {
-  cd_adam_clear_nodes(j->w);
+  cd_paramset_clear_nodes(j->w);
   cd_graph *g = cd_graph_new();
   cd_node *img = cd_input(g, "image", 4, (int64_t[]){n, 3, R, R});
   cd_node *out = cd_judge_build(g, j, img);
   cd_graph_output(g, out);
-  if (cd_graph_plan(g, NULL)) { cd_graph_free(g); return cd_prefix_error("judge graph"); }
-  memcpy(img->data, rgb, (size_t)n * 3 * R * R * sizeof(float));
-  if (cd_graph_forward(g)) { cd_graph_free(g); return -1; }
-  for (int i = 0; i < n; i++) cd_judge_read(out->data + (int64_t)i * CD_JUDGE_NOUT, &v[i]);
+  float *o = cd_malloc((size_t)n * CD_JUDGE_NOUT * sizeof(float));
+  int rc = cd_graph_plan(g, NULL) ? cd_prefix_error("judge graph") : 0;
+  if (!rc) rc = cd_graph_set_input(g, img, rgb) || cd_graph_forward(g) || cd_graph_get(g, out, o) ? -1 : 0;
+  for (int i = 0; i < n && !rc; i++) cd_judge_read(o + (int64_t)i * CD_JUDGE_NOUT, &v[i]);
+  free(o);
   cd_graph_free(g);
-  return 0;
+  return rc;
 }
 
 int cd_judge_test(cd_judge *j, int n, uint64_t seed, cd_judge_accuracy *acc) {
