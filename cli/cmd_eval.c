@@ -68,7 +68,7 @@ int cmd_eval(int argc, char **argv) {
   const char *model = NULL, *judge_path = "models/world-judge.safetensors", *prompts_path = NULL, *out = NULL;
   const char *label = "run", *new_toy = "<new1>", *new_pattern = "<new2>";
   cli_multi deltas = {0};
-  int n = 4, steps = 25, help = 0;
+  int n = 4, steps = 25;
   float cfg = 5.0f;
   uint64_t seed = 1000;
   cli_opt opts[] = {
@@ -84,13 +84,10 @@ int cmd_eval(int argc, char **argv) {
       {"--toy-word", CLI_STR, &new_toy, "T", "token standing for the held-out toy (default <new1>)"},
       {"--pattern-word", CLI_STR, &new_pattern, "T", "token standing for the held-out pattern (default <new2>)"},
       {"--out", CLI_STR, &out, "DIR", "output folder (required)"},
-      {"--help", CLI_FLAG, &help, "", "this help"},
       {0}};
-  if (cli_parse(argc, argv, opts, "eval", NULL)) return 2;
-  if (help) {
-    cli_usage(opts, "eval", "--model PATH [--delta DIR]... --prompts FILE --out DIR [--label NAME] [flags]");
-    return 0;
-  }
+  static const cli_cmd cmd = {"eval", "--model PATH [--delta DIR]... --prompts FILE --out DIR [--label NAME] [flags]"};
+  int pr = cli_parse(argc, argv, opts, &cmd, NULL);
+  if (pr != CLI_GO) return pr;
   if (!model || !prompts_path || !out) { fprintf(stderr, "cdiff eval: --model, --prompts and --out are required\n"); return 2; }
   if (n < 1 || n > 64 || steps < 1) { fprintf(stderr, "cdiff eval: --n must be 1..64 and --steps positive\n"); return 2; }
   char *txt;

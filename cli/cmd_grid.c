@@ -13,12 +13,11 @@
 
 int cmd_grid(int argc, char **argv) {
   const char *out = NULL;
-  int cols = 0, help = 0;
+  int cols = 0;
   cli_multi files = {0};
   cli_opt opts[] = {
       {"--out", CLI_STR, &out, "FILE.png", "the grid (required)"},
       {"--cols", CLI_INT, &cols, "N", "images per row (default: all in one row)"},
-      {"--help", CLI_FLAG, &help, "", "this help"},
       {0}};
   /* the images are the positional arguments */
   const char **pos = cd_calloc((size_t)argc + 1, sizeof *pos);
@@ -33,12 +32,9 @@ int cmd_grid(int argc, char **argv) {
   }
   (void)files;
   int rc = 2;
-  if (cli_parse(nr, rest, opts, "grid", NULL)) goto done;
-  if (help) {
-    cli_usage(opts, "grid", "--out FILE.png [--cols N] IMAGE...");
-    rc = 0;
-    goto done;
-  }
+  static const cli_cmd cmd = {"grid", "--out FILE.png [--cols N] IMAGE..."};
+  int pr = cli_parse(nr, rest, opts, &cmd, NULL);
+  if (pr != CLI_GO) { rc = pr; goto done; }
   if (!out || np == 0) { fprintf(stderr, "cdiff grid: --out and at least one image are required\n"); goto done; }
   if (cols <= 0 || cols > np) cols = np;
   int rows = (np + cols - 1) / cols;

@@ -12,7 +12,7 @@
 
 int cmd_judge(int argc, char **argv) {
   const char *judge = "models/world-judge.safetensors", *out = NULL;
-  int train = 0, steps = 1500, batch = 32, help = 0;
+  int train = 0, steps = 1500, batch = 32;
   float lr = 2e-3f;
   uint64_t seed = 1;
   cli_opt opts[] = {
@@ -23,7 +23,6 @@ int cmd_judge(int argc, char **argv) {
       {"--lr", CLI_FLOAT, &lr, "X", "peak learning rate (default 2e-3)"},
       {"--seed", CLI_U64, &seed, "N", "seed of the weights and the images (default 1)"},
       {"--judge", CLI_STR, &judge, "FILE", "the judge that reads images (default models/world-judge.safetensors)"},
-      {"--help", CLI_FLAG, &help, "", "this help"},
       {0}};
   /* images are positional */
   const char **pos = cd_calloc((size_t)argc + 1, sizeof *pos);
@@ -36,12 +35,9 @@ int cmd_judge(int argc, char **argv) {
       if (!flag && !strchr(argv[i], '=') && i + 1 < argc) rest[nr++] = argv[++i];
     } else pos[np++] = argv[i];
   }
-  if (cli_parse(nr, rest, opts, "judge", NULL)) goto done;
-  if (help) {
-    cli_usage(opts, "judge", "--train --out FILE [--steps N] | [--judge FILE] IMAGE...");
-    rc = 0;
-    goto done;
-  }
+  static const cli_cmd cmd = {"judge", "--train --out FILE [--steps N] | [--judge FILE] IMAGE..."};
+  int pr = cli_parse(nr, rest, opts, &cmd, NULL);
+  if (pr != CLI_GO) { rc = pr; goto done; }
   if (train) {
     if (!out) { fprintf(stderr, "cdiff judge: --train needs --out FILE\n"); goto done; }
     if (steps < 1 || batch < 1 || !(lr > 0)) { fprintf(stderr, "cdiff judge: --steps, --batch and --lr must be positive\n"); goto done; }
@@ -49,14 +45,15 @@ int cmd_judge(int argc, char **argv) {
     cd_judge_new(seed, &j);
     cd_judge_accuracy acc;
     rc = 1;
-    if (cd_judge_train(j, steps, batch, lr, seed, getenv("CDIFF_QUIET") != NULL) || cd_judge_test(j, 500, seed + 1000003, &acc) ||
+    if (cd_judge_train(j, steps, batch, lr, seed, getenv("CDIFF_QUIET") != NULL) || cd_judge_test(j, 1000, seed + 1000003, &acc) ||
         cd_judge_save(j, out)) {
       fprintf(stderr, "cdiff judge: %s\n", cd_last_error());
       cd_judge_free(j);
       goto done;
     }
-    printf("judge %s: on 500 fresh images, kinds %.1f%%, object colours %.1f%%, background %.1f%%, pattern %.1f%% exactly right\n",
-           out, 100 * acc.kinds, 100 * acc.colours, 100 * acc.bg, 100 * acc.pattern);
+    printf("judge %s: on 1000 fresh images, kinds %.1f%%, object colours %.1f%%, background %.1f%%, pattern %.1f%% exactly right; "
+           "robot toy seen in %.1f%% of the images with one, %.1f%% of those without\n",
+           out, 100 * acc.kinds, 100 * acc.colours, 100 * acc.bg, 100 * acc.pattern, 100 * acc.robot_hit, 100 * acc.robot_false);
     cd_judge_free(j);
     rc = 0;
     goto done;

@@ -11,8 +11,7 @@
 int cmd_pretrain(int argc, char **argv) {
   cd_pretrain_opts o;
   cd_pretrain_opts_default(&o);
-  int help = 0;
-  cli_opt opts[] = {
+    cli_opt opts[] = {
       {"--out", CLI_STR, &o.out, "DIR", "output folder: the model (diffusers layout), state and log (required)"},
       {"--seed", CLI_U64, &o.seed, "N", "seed of the initial weights and of every draw (default 1)"},
       {"--vae-steps", CLI_INT, &o.vae_steps, "N", "autoencoder steps (default 1200)"},
@@ -27,13 +26,10 @@ int cmd_pretrain(int argc, char **argv) {
       {"--resume", CLI_FLAG, &o.resume, "", "continue from OUT/pretrain_state.safetensors"},
       {"--fp32", CLI_FLAG, &o.f32, "", "write the model in fp32 (default fp16)"},
       {"--stop-after", CLI_INT, &o.stop_after, "N", "stop (as if interrupted, state saved) after N steps of this run"},
-      {"--help", CLI_FLAG, &help, "", "this help"},
       {0}};
-  if (cli_parse(argc, argv, opts, "pretrain", NULL)) return 2;
-  if (help) {
-    cli_usage(opts, "pretrain", "--out DIR [--seed N] [--vae-steps N] [--unet-steps N] [--resume] [flags]");
-    return 0;
-  }
+  static const cli_cmd cmd = {"pretrain", "--out DIR [--seed N] [--vae-steps N] [--unet-steps N] [--resume] [flags]"};
+  int pr = cli_parse(argc, argv, opts, &cmd, NULL);
+  if (pr != CLI_GO) return pr;
   o.quiet = getenv("CDIFF_QUIET") != NULL;
   if (cd_pretrain_run(&o)) {
     fprintf(stderr, "cdiff pretrain: %s\n", cd_last_error());

@@ -14,7 +14,7 @@
 
 int cmd_world(int argc, char **argv) {
   const char *out = NULL, *mode_s = "pretrain", *new_toy = NULL, *new_pattern = NULL;
-  int n = 8, help = 0;
+  int n = 8;
   uint64_t seed = 1;
   cli_opt opts[] = {
       {"--out", CLI_STR, &out, "DIR", "output folder: 0000.png ... and captions.txt (required)"},
@@ -23,13 +23,10 @@ int cmd_world(int argc, char **argv) {
       {"--seed", CLI_U64, &seed, "N", "seed (default 1)"},
       {"--toy-word", CLI_STR, &new_toy, "W", "caption word of the held-out toy (default \"robot\", e.g. \"<new1>\")"},
       {"--pattern-word", CLI_STR, &new_pattern, "W", "caption word of the held-out pattern (default \"zigzag\", e.g. \"<new2>\")"},
-      {"--help", CLI_FLAG, &help, "", "this help"},
       {0}};
-  if (cli_parse(argc, argv, opts, "world", NULL)) return 2;
-  if (help) {
-    cli_usage(opts, "world", "--out DIR [--mode pretrain|toy|pattern|any] [--n N] [--seed N]");
-    return 0;
-  }
+  static const cli_cmd cmd = {"world", "--out DIR [--mode pretrain|toy|pattern|any] [--n N] [--seed N]"};
+  int pr = cli_parse(argc, argv, opts, &cmd, NULL);
+  if (pr != CLI_GO) return pr;
   if (!out) { fprintf(stderr, "cdiff world: --out is required\n"); return 2; }
   if (n < 1 || n > 100000) { fprintf(stderr, "cdiff world: --n %d: expected 1..100000\n", n); return 2; }
   cd_world_mode mode;

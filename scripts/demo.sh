@@ -32,19 +32,18 @@ rm -f "$D/photos/captions.txt"
 
 say "3/5 Custom Diffusion: K/V of the cross-attention layers + the <new1> token, prior preservation with 'toy'"
 ./build/cdiff train --model "$MODEL" --images "$D/photos" --prompt "photo of a <new1> toy" --class-prompt toy \
-  --num-class-images 32 --class-steps 20 --resolution "$RES" --steps "$STEPS" --lr 2e-4 --no-scale-lr \
+  --num-class-images 32 --class-steps 20 --resolution "$RES" --steps "$STEPS" --lr 1e-3 --no-scale-lr \
   --checkpoint-every "$STEPS" --seed 1 --out "$D/delta"
 
 say "4/5 before (base model) and after (with the delta), 4 seeds per prompt"
 i=0
 while IFS= read -r P; do
   i=$((i + 1))
-  for w in before after; do
-    if [ $w = after ]; then DELTA="--delta $D/delta"; else DELTA=""; fi
-    # shellcheck disable=SC2086
-    ./build/cdiff sample --model "$MODEL" $DELTA --prompt "$P" --sampler ddim --steps 25 --cfg 5 \
-      --width "$RES" --height "$RES" --seed 7 --n 4 --out "$D/$w/p$i.png"
-  done
+  # before: the base model, the prompt without the token it does not know; after: with the delta
+  ./build/cdiff sample --model "$MODEL" --prompt "$(echo "$P" | sed 's/<new1> //')" --sampler ddim --steps 25 --cfg 5 \
+    --width "$RES" --height "$RES" --seed 7 --n 4 --out "$D/before/p$i.png"
+  ./build/cdiff sample --model "$MODEL" --delta "$D/delta" --prompt "$P" --sampler ddim --steps 25 --cfg 5 \
+    --width "$RES" --height "$RES" --seed 7 --n 4 --out "$D/after/p$i.png"
   ./build/cdiff grid --cols 4 --out "$D/grid_p$i.png" "$D"/before/p${i}_*.png "$D"/after/p${i}_*.png
   echo "  $D/grid_p$i.png: \"$P\" (top row before, bottom row after)" >> "$D/grids.txt"
 done <<'EOF'

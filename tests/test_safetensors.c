@@ -368,7 +368,37 @@ TEST(fsutil_basics) {
   }
 }
 
+/* A safetensors file whose header length starts with the byte 0x80 (as 0x0c80 does) is
+ * still read as safetensors, not mistaken for a legacy torch pickle. */
+TEST(header_length_0x80) {
+  int found = 0;
+  for (int len = 1; len < 600 && !found; len++) {
+    char name[700];
+    memset(name, 'a', (size_t)len);
+    name[len] = 0;
+    float v = 1.5f;
+    cd_tensor_out t = {.name = name, .dtype = CD_DT_F32, .ndim = 1, .shape = {1}, .data = &v};
+    const char *path = test_tmpdir("hdr80.safetensors");
+    CHECK_OK(cd_safetensors_write(path, &t, 1, NULL, 0));
+    FILE *f = fopen(path, "rb");
+    unsigned char b = 0;
+    CHECK(f && fread(&b, 1, 1, f) == 1);
+    fclose(f);
+    if (b != 0x80) continue;
+    found = 1;
+    cd_tensor_file *tf;
+    CHECK_OK(cd_tensor_file_open(path, &tf));
+    const cd_tensor_info *ti = cd_tf_find(tf, name);
+    float r = 0;
+    int ok = ti && !cd_tf_read_f32(tf, ti, &r) && r == 1.5f;
+    cd_tensor_file_close(tf);
+    CHECK(ok);
+  }
+  CHECK(found);
+}
+
 int main(void) {
+  RUN(header_length_0x80);
   RUN(golden_tiny_sd1);
   RUN(golden_sd2_original_scalar);
   RUN(golden_sd1_original);

@@ -267,7 +267,9 @@ int cd_tensor_file_open(const char *path, cd_tensor_file **out) {
   size_t k = fread(m, 1, sizeof m, fp);
   fclose(fp);
   if (k >= 2 && m[0] == 'P' && m[1] == 'K') return cd_ckpt_open(path, out);
-  if (k >= 1 && m[0] == 0x80) return cd_ckpt_open(path, out); /* a bare pickle: legacy torch */
+  /* safetensors before the pickle test: a header length such as 0x0c80 starts with 0x80 too
+   * (a legacy torch pickle has its magic number's bytes at 8, never '{') */
   if (k == 9 && m[8] == '{') return cd_safetensors_open(path, out);
+  if (k >= 1 && m[0] == 0x80) return cd_ckpt_open(path, out); /* a bare pickle: legacy torch */
   return cd_set_error("%s: unknown tensor file format (neither safetensors nor a torch zip checkpoint)", path);
 }

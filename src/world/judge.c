@@ -113,9 +113,14 @@ cd_node *cd_judge_build(cd_graph *g, cd_judge *j, cd_node *img) {
 
 void cd_judge_targets(const cd_world_scene *s, float *t) {
   for (int i = 0; i < CD_JUDGE_NOUT; i++) t[i] = -1.0f;
-  for (int k = 0; k < s->nobj; k++) {
-    t[CD_JUDGE_KIND + s->obj[k].kind] = 1.0f;
-    t[CD_JUDGE_COLOUR + s->obj[k].colour] = 1.0f;
+  for (int k = 0; k < 2; k++) {
+    float *slot = t + k * CD_JUDGE_SLOT;
+    if (k < s->nobj) {
+      slot[s->obj[k].kind] = 1.0f;
+      slot[CD_WORLD_NKINDS + 1 + s->obj[k].colour] = 1.0f;
+    } else {
+      slot[CD_WORLD_NKINDS] = 1.0f; /* none */
+    }
   }
   t[CD_JUDGE_BG + s->bg_colour] = 1.0f;
   t[CD_JUDGE_PATTERN + s->pattern] = 1.0f;
@@ -129,8 +134,14 @@ static int argmax(const float *x, int n) {
 }
 
 void cd_judge_read(const float *o, cd_judge_verdict *v) {
-  for (int i = 0; i < CD_WORLD_NKINDS; i++) v->kind[i] = o[CD_JUDGE_KIND + i] > 0;
-  for (int i = 0; i < CD_WORLD_NCOLOURS; i++) v->colour[i] = o[CD_JUDGE_COLOUR + i] > 0;
+  memset(v, 0, sizeof *v);
+  for (int k = 0; k < 2; k++) {
+    const float *slot = o + k * CD_JUDGE_SLOT;
+    int kind = argmax(slot, CD_WORLD_NKINDS + 1);
+    if (kind == CD_WORLD_NKINDS) continue;
+    v->kind[kind] = 1;
+    v->colour[argmax(slot + CD_WORLD_NKINDS + 1, CD_WORLD_NCOLOURS)] = 1;
+  }
   v->bg = argmax(o + CD_JUDGE_BG, CD_WORLD_NCOLOURS);
   v->pattern = argmax(o + CD_JUDGE_PATTERN, CD_WORLD_NPATTERNS);
 }
@@ -230,17 +241,24 @@ int cd_judge_test(cd_judge *j, int n, uint64_t seed, cd_judge_accuracy *acc) {
   for (int i = 0; i < n; i++) augmented(&r, &sc[i], px + (int64_t)i * 3 * R * R, tmp);
   int rc = cd_judge_classify(j, px, n, v);
   memset(acc, 0, sizeof *acc);
+  int robots = 0;
   for (int i = 0; i < n && !rc; i++) {
-    float t[CD_JUDGE_NOUT];
-    cd_judge_targets(&sc[i], t);
-    int ok = 1, okc = 1;
-    for (int k = 0; k < CD_WORLD_NKINDS; k++) ok &= v[i].kind[k] == (t[CD_JUDGE_KIND + k] > 0);
-    for (int k = 0; k < CD_WORLD_NCOLOURS; k++) okc &= v[i].colour[k] == (t[CD_JUDGE_COLOUR + k] > 0);
+    int kind[CD_WORLD_NKINDS] = {0}, col[CD_WORLD_NCOLOURS] = {0}, ok = 1, okc = 1;
+    for (int k = 0; k < sc[i].nobj; k++) {
+      kind[sc[i].obj[k].kind] = 1;
+      col[sc[i].obj[k].colour] = 1;
+    }
+    for (int k = 0; k < CD_WORLD_NKINDS; k++) ok &= v[i].kind[k] == kind[k];
+    for (int k = 0; k < CD_WORLD_NCOLOURS; k++) okc &= v[i].colour[k] == col[k];
+    if (kind[CD_WORLD_ROBOT]) { robots++; acc->robot_hit += v[i].kind[CD_WORLD_ROBOT]; }
+    else acc->robot_false += v[i].kind[CD_WORLD_ROBOT];
     acc->kinds += ok;
     acc->colours += okc;
     acc->bg += v[i].bg == sc[i].bg_colour;
     acc->pattern += v[i].pattern == sc[i].pattern;
   }
+  acc->robot_hit /= robots > 0 ? robots : 1;
+  acc->robot_false /= n - robots > 0 ? n - robots : 1;
   acc->kinds /= n;
   acc->colours /= n;
   acc->bg /= n;

@@ -2,14 +2,13 @@
  * by cdiff on rendered ground truth (held-out concepts included) and
  * independent of the diffusion model: it measures what generations show.
  *
- * Outputs (30 numbers, each trained towards +1 when true and -1 when not, by
- * mean squared error):
- *   [0, 9)    each object kind present (circle ... car toy, robot toy)
- *   [9, 17)   each colour present on some object
- *   [17, 25)  the background colour (one of 8)
- *   [25, 30)  the background pattern (plain, striped, checkered, dotted, zigzag)
+ * Outputs (49 numbers, each trained towards +1 when true and -1 when not, by
+ * mean squared error, read by argmax within each group):
+ *   two object slots (left object, right object; a single object is the left
+ *   one), each: kind (9 kinds + "none") and colour (8);
+ *   the background colour (8) and pattern (plain, striped, checkered, dotted, zigzag).
  * Network: four 3x3 stride-2 convolutions (16, 32, 64, 64 channels, GroupNorm,
- * SiLU) down to 4x4, then linear 1024 -> 128 -> 30. Training images are
+ * SiLU) down to 4x4, then linear 1024 -> 128 -> 49. Training images are
  * blurred (0-2 box-filter passes) and noised (sigma up to 0.08) so that the
  * judge also reads decoded, slightly soft generations.
  */
@@ -21,9 +20,8 @@
 #include "models/weights.h"
 #include "world/world.h"
 
-#define CD_JUDGE_KIND 0
-#define CD_JUDGE_COLOUR (CD_JUDGE_KIND + CD_WORLD_NKINDS)
-#define CD_JUDGE_BG (CD_JUDGE_COLOUR + CD_WORLD_NCOLOURS)
+#define CD_JUDGE_SLOT (CD_WORLD_NKINDS + 1 + CD_WORLD_NCOLOURS) /* kind or none, colour */
+#define CD_JUDGE_BG (2 * CD_JUDGE_SLOT)
 #define CD_JUDGE_PATTERN (CD_JUDGE_BG + CD_WORLD_NCOLOURS)
 #define CD_JUDGE_NOUT (CD_JUDGE_PATTERN + CD_WORLD_NPATTERNS)
 
@@ -42,9 +40,9 @@ int cd_judge_load(const char *path, cd_judge **out);
 int cd_judge_save(const cd_judge *j, const char *path);
 void cd_judge_free(cd_judge *j);
 
-/* img [B, 3, 64, 64] in [-1, 1] -> [B, 30] */
+/* img [B, 3, 64, 64] in [-1, 1] -> [B, CD_JUDGE_NOUT] */
 cd_node *cd_judge_build(cd_graph *g, cd_judge *j, cd_node *img);
-/* the 30 targets (+-1) of a scene */
+/* the targets (+-1) of a scene */
 void cd_judge_targets(const cd_world_scene *s, float *t);
 void cd_judge_read(const float *out, cd_judge_verdict *v);
 
@@ -52,6 +50,7 @@ void cd_judge_read(const float *out, cd_judge_verdict *v);
  * held-out accuracy summary. */
 typedef struct {
   double kinds, colours, bg, pattern; /* fraction of fresh images read exactly right */
+  double robot_hit, robot_false;      /* robot toy seen when there / when not there */
 } cd_judge_accuracy;
 int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, int quiet);
 /* accuracy on n fresh CD_WORLD_ANY images from seed, with the training augmentation */
