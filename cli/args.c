@@ -271,6 +271,26 @@ static int unknown_flag(cli_opt *opts, const cli_cmd *cmd, const char *a, size_t
   return usage_fail(NULL, cmd, "unknown flag %s (cdiff %s --help lists them)", flag, cmd->name);
 }
 
+int cli_split_words(int argc, char **argv, cli_opt *opts, char **flags, const char **words, int *nwords) {
+  int nf = 0, nw = 0, done = 0;
+  for (int i = 0; i < argc; i++) {
+    const char *a = argv[i];
+    if (!done && !strcmp(a, "--")) {
+      done = 1;
+      continue;
+    }
+    if (done || a[0] != '-' || !a[1]) {
+      words[nw++] = a;
+      continue;
+    }
+    flags[nf++] = argv[i];
+    const cli_opt *o = strchr(a, '=') ? NULL : find(opts, a, strlen(a));
+    if (o && o->type != CLI_FLAG && i + 1 < argc) flags[nf++] = argv[++i];
+  }
+  *nwords = nw;
+  return nf;
+}
+
 int cli_parse(int argc, char **argv, cli_opt *opts, const cli_cmd *cmd, const char **positional) {
   if (check_table(opts, cmd)) return CLI_EXIT_USAGE;
   int flags_done = 0;

@@ -76,6 +76,13 @@ typedef struct {
  * On CLI_GO it has applied -v and -t and initialised the thread pools. */
 int cli_parse(int argc, char **argv, cli_opt *opts, const cli_cmd *cmd, const char **positional);
 
+/* For commands whose bare words are a list (images): copies argv's flags, with
+ * the values of those that take one (per opts and the common flags), into
+ * flags[] and the other words into words[] (both sized argc). Unknown flags go
+ * to flags[] so that cli_parse names them. Returns the number of flags; *nwords
+ * gets the number of words. After "--" everything is a word. */
+int cli_split_words(int argc, char **argv, cli_opt *opts, char **flags, const char **words, int *nwords);
+
 /* The help screen (usage line, then one line per flag). */
 void cli_help(FILE *f, const cli_opt *opts, const cli_cmd *cmd);
 

@@ -14,23 +14,14 @@
 int cmd_grid(int argc, char **argv) {
   const char *out = NULL;
   int cols = 0;
-  cli_multi files = {0};
   cli_opt opts[] = {
       {"--out", CLI_STR, &out, "FILE.png", "the grid (required)"},
       {"--cols", CLI_INT, &cols, "N", "images per row (default: all in one row)"},
       {0}};
-  /* the images are the positional arguments */
+  /* the images are the bare words */
   const char **pos = cd_calloc((size_t)argc + 1, sizeof *pos);
-  int np = 0;
   char **rest = cd_calloc((size_t)argc + 1, sizeof *rest);
-  int nr = 0;
-  for (int i = 0; i < argc; i++) {
-    if (argv[i][0] == '-' && argv[i][1] == '-') {
-      rest[nr++] = argv[i];
-      if (strcmp(argv[i], "--help") && i + 1 < argc && !strchr(argv[i], '=')) rest[nr++] = argv[++i];
-    } else pos[np++] = argv[i];
-  }
-  (void)files;
+  int np = 0, nr = cli_split_words(argc, argv, opts, rest, pos, &np);
   int rc = 2;
   static const cli_cmd cmd = {"grid", "--out FILE.png [--cols N] IMAGE..."};
   int pr = cli_parse(nr, rest, opts, &cmd, NULL);

@@ -24,17 +24,10 @@ int cmd_judge(int argc, char **argv) {
       {"--seed", CLI_U64, &seed, "N", "seed of the weights and the images (default 1)"},
       {"--judge", CLI_STR, &judge, "FILE", "the judge that reads images (default models/world-judge.safetensors)"},
       {0}};
-  /* images are positional */
+  /* images are the bare words */
   const char **pos = cd_calloc((size_t)argc + 1, sizeof *pos);
   char **rest = cd_calloc((size_t)argc + 1, sizeof *rest);
-  int np = 0, nr = 0, rc = 2;
-  for (int i = 0; i < argc; i++) {
-    if (!strncmp(argv[i], "--", 2)) {
-      rest[nr++] = argv[i];
-      int flag = !strcmp(argv[i], "--train") || !strcmp(argv[i], "--help");
-      if (!flag && !strchr(argv[i], '=') && i + 1 < argc) rest[nr++] = argv[++i];
-    } else pos[np++] = argv[i];
-  }
+  int np = 0, rc = 2, nr = cli_split_words(argc, argv, opts, rest, pos, &np);
   static const cli_cmd cmd = {"judge", "--train --out FILE [--steps N] | [--judge FILE] IMAGE..."};
   int pr = cli_parse(nr, rest, opts, &cmd, NULL);
   if (pr != CLI_GO) { rc = pr; goto done; }

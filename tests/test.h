@@ -81,6 +81,9 @@ const char *test_tmpdir(const char *sub);
 void test_tmp_cleanup(void);
 /* rm -rf dir; 0 ok, -1 (message on stderr) when that failed */
 int test_rmtree(const char *dir);
+/* n 64x64 RGB PNGs of uniform noise from seed (dir/img0.png ...), making dir;
+ * stand-in training photos for the CLI tests. 0 ok, -1 on a write error. */
+int test_write_noise_images(const char *dir, int n, uint64_t seed);
 /* returns from the test unless golden file rel is there (its path in buf) */
 #define NEED_GOLDEN(buf, rel) do { int g_ = test_golden_need(buf, sizeof buf, rel); \
     if (g_ > 0) { test_skipped_flag = 1; return; } if (g_ < 0) { test_failed_flag = 1; return; } } while (0)

@@ -353,6 +353,11 @@ TEST(odd_size_png) {
 
 static const char *const commands[] = {"sample", "train", "merge", "compress", "info", "tokenize"};
 #define NCMD (int)(sizeof commands / sizeof commands[0])
+/* every command, the synthetic world's too: their --help and docs are checked, but their flags are
+ * not fed junk values (world --out @x or pretrain --out @x would do real work) */
+static const char *const all_commands[] = {"sample", "train", "merge", "compress", "info", "tokenize",
+                                           "pretrain", "world", "grid", "judge", "eval"};
+#define NALL (int)(sizeof all_commands / sizeof all_commands[0])
 
 /* stdout only (stderr discarded) */
 static int cdiff_stdout(char *out, size_t cap, const char *args) {
@@ -433,20 +438,20 @@ static void doc_flags(const char *text, const char *title, flagset *s) {
 TEST(help_and_version_on_stdout) {
   NEED_CLI();
   char out[16384], args[128];
-  for (int i = 0; i < NCMD; i++) {
+  for (int i = 0; i < NALL; i++) {
     const char *forms[] = {"%s --help", "%s -h", "help %s", "%s --bogus-flag --help"};
     for (int f = 0; f < 3; f++) {
-      snprintf(args, sizeof args, forms[f], commands[i]);
+      snprintf(args, sizeof args, forms[f], all_commands[i]);
       int rc = cdiff_stdout(out, sizeof out, args);
       char want[64];
-      snprintf(want, sizeof want, "usage: cdiff %s ", commands[i]);
+      snprintf(want, sizeof want, "usage: cdiff %s ", all_commands[i]);
       CHECKF(rc == 0 && !strncmp(out, want, strlen(want)), "cdiff %s: exit %d, stdout: %.200s", args, rc, out);
       CHECKF(strstr(out, "-h, --help") && strstr(out, "exit status"), "cdiff %s: %.300s", args, out);
     }
   }
   int rc = cdiff_stdout(out, sizeof out, "--help");
   CHECKF(rc == 0, "cdiff --help exited %d", rc);
-  for (int i = 0; i < NCMD; i++) CHECKF(strstr(out, commands[i]), "cdiff --help lacks %s: %s", commands[i], out);
+  for (int i = 0; i < NALL; i++) CHECKF(strstr(out, all_commands[i]), "cdiff --help lacks %s: %s", all_commands[i], out);
   CHECK(cdiff_stdout(out, sizeof out, "help") == 0 && strstr(out, "usage: cdiff <command>"));
   /* no command at all is a usage error, on stderr */
   CHECK(cdiff_stdout(out, sizeof out, "") == 2 && out[0] == 0);
@@ -670,27 +675,27 @@ TEST(docs_match_help) {
   doc_flags(doc, "Every command", &every);
   int bad = 0;
   char why[1024] = "";
-  for (int i = 0; i < NCMD && !bad; i++) {
+  for (int i = 0; i < NALL && !bad; i++) {
     flagset h = {0}, d = every;
     char title[64];
-    snprintf(title, sizeof title, "cdiff %s", commands[i]);
+    snprintf(title, sizeof title, "cdiff %s", all_commands[i]);
     doc_flags(doc, title, &d);
-    if (help_flags(commands[i], &h, help, sizeof help)) { bad = 1; snprintf(why, sizeof why, "%s --help failed", commands[i]); }
+    if (help_flags(all_commands[i], &h, help, sizeof help)) { bad = 1; snprintf(why, sizeof why, "%s --help failed", all_commands[i]); }
     for (int k = 0; !bad && k < h.n; k++)
-      if (!fs_has(&d, h.v[k])) { bad = 1; snprintf(why, sizeof why, "cdiff %s --help has %s, docs/cli.md '## %s' lacks it", commands[i], h.v[k], title); }
+      if (!fs_has(&d, h.v[k])) { bad = 1; snprintf(why, sizeof why, "cdiff %s --help has %s, docs/cli.md '## %s' lacks it", all_commands[i], h.v[k], title); }
     for (int k = 0; !bad && k < d.n; k++)
-      if (!fs_has(&h, d.v[k])) { bad = 1; snprintf(why, sizeof why, "docs/cli.md '## %s' has %s, cdiff %s --help lacks it", title, d.v[k], commands[i]); }
+      if (!fs_has(&h, d.v[k])) { bad = 1; snprintf(why, sizeof why, "docs/cli.md '## %s' has %s, cdiff %s --help lacks it", title, d.v[k], all_commands[i]); }
     /* README: the row "| `cdiff CMD ..." names only flags of CMD */
     char row[64];
-    snprintf(row, sizeof row, "\n| `cdiff %s ", commands[i]);
+    snprintf(row, sizeof row, "\n| `cdiff %s ", all_commands[i]);
     const char *r = strstr(readme, row);
-    if (!bad && !r) { bad = 1; snprintf(why, sizeof why, "README.md has no command-table row for %s", commands[i]); }
+    if (!bad && !r) { bad = 1; snprintf(why, sizeof why, "README.md has no command-table row for %s", all_commands[i]); }
     for (const char *p = r ? r + 1 : NULL; !bad && p && *p && *p != '\n'; p++) {
       if (p[0] != '-' || p[1] != '-' || !strchr(" `/(", p[-1])) continue;
       size_t k = 2 + strspn(p + 2, "abcdefghijklmnopqrstuvwxyz0123456789-");
       char f[40];
       snprintf(f, sizeof f, "%.*s", (int)CD_MIN(k, sizeof f - 1), p);
-      if (!fs_has(&h, f)) { bad = 1; snprintf(why, sizeof why, "README.md's row for %s names %s, which cdiff %s --help lacks", commands[i], f, commands[i]); }
+      if (!fs_has(&h, f)) { bad = 1; snprintf(why, sizeof why, "README.md's row for %s names %s, which cdiff %s --help lacks", all_commands[i], f, all_commands[i]); }
     }
   }
   free(doc);

@@ -33,23 +33,6 @@
 
 static char root[512], model[1024], bin[PATH_MAX], lib[PATH_MAX];
 
-static int write_images(const char *dir, int n) {
-  if (cd_mkdir_p(dir)) return -1;
-  cd_rng r;
-  cd_rng_seed(&r, 3);
-  for (int i = 0; i < n; i++) {
-    cd_image im = {.w = 64, .h = 64, .c = 3};
-    im.px = cd_malloc(64 * 64 * 3);
-    for (int p = 0; p < 64 * 64 * 3; p++) im.px[p] = (uint8_t)(cd_rng_u64(&r) % 256);
-    char path[1024];
-    snprintf(path, sizeof path, "%s/img%d.png", dir, i);
-    int rc = cd_image_save_png(path, &im, NULL, 0);
-    cd_image_free(&im);
-    if (rc) return -1;
-  }
-  return 0;
-}
-
 /* runs `cdiff train` into root/out with env prefix; 0..255 exit status, -1 not run */
 static int train(const char *env, const char *out, int steps, const char *extra, char *log, size_t cap) {
   char cmd[8192];
@@ -188,7 +171,7 @@ TEST(full_disk_or_kill_at_every_checkpoint_write) {
   CHECK(mkdtemp(root) != NULL);
   char path[700], log[16384], cnt[700];
   snprintf(path, sizeof path, "%s/images", root);
-  CHECK_OK(write_images(path, 2));
+  CHECK_OK(test_write_noise_images(path, 2, 3));
   /* ASan reports the preloaded library as out of order unless told */
   const char *pre = SANITIZED ? "ASAN_OPTIONS=verify_asan_link_order=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" : "";
   int rc = train("", "ref", 2, "", log, sizeof log);

@@ -23,30 +23,13 @@
 
 static char model[1024], images[600], bin[PATH_MAX];
 
-static int write_images(const char *dir, int n) {
-  if (cd_mkdir_p(dir)) return -1;
-  cd_rng r;
-  cd_rng_seed(&r, 99);
-  for (int i = 0; i < n; i++) {
-    cd_image im = {.w = 64, .h = 64, .c = 3};
-    im.px = cd_malloc(64 * 64 * 3);
-    for (int p = 0; p < 64 * 64 * 3; p++) im.px[p] = (uint8_t)(cd_rng_u64(&r) % 256);
-    char path[1024];
-    snprintf(path, sizeof path, "%s/img%d.png", dir, i);
-    int rc = cd_image_save_png(path, &im, NULL, 0);
-    cd_image_free(&im);
-    if (rc) return -1;
-  }
-  return 0;
-}
-
 /* 0 ready; else test_golden_need's status (1 skip, -1 fail) */
 static int fixture(void) {
   static int state = 2;
   if (state != 2) return state;
   if ((state = test_golden_need(model, sizeof model, "tiny-sd1"))) return state;
   snprintf(images, sizeof images, "%s", test_tmpdir("images"));
-  if (write_images(images, 2)) {
+  if (test_write_noise_images(images, 2, 99)) {
     snprintf(test_msg, sizeof test_msg, "cannot write images: %s", cd_last_error());
     return state = -1;
   }

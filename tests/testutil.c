@@ -1,6 +1,9 @@
 /* testutil.c - the harness behind test.h. */
 #include "test.h"
 
+#include "io/fsutil.h"
+#include "io/image.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <unistd.h>
@@ -267,4 +270,21 @@ float *test_read_f32(const cd_tensor_file *f, const char *name, int64_t *n) {
   }
   if (n) *n = k;
   return x;
+}
+
+int test_write_noise_images(const char *dir, int n, uint64_t seed) {
+  if (cd_mkdir_p(dir)) return -1;
+  cd_rng r;
+  cd_rng_seed(&r, seed);
+  for (int i = 0; i < n; i++) {
+    cd_image im = {.w = 64, .h = 64, .c = 3};
+    im.px = cd_malloc(64 * 64 * 3);
+    for (int p = 0; p < 64 * 64 * 3; p++) im.px[p] = (uint8_t)(cd_rng_u64(&r) % 256);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/img%d.png", dir, i);
+    int rc = cd_image_save_png(path, &im, NULL, 0);
+    cd_image_free(&im);
+    if (rc) return -1;
+  }
+  return 0;
 }
