@@ -85,7 +85,7 @@ void cd_sampler_add_noise(const cd_sampler *s, int i, const float *x0, const flo
     a = sqrt(ac);
     b = sqrt(1.0 - ac);
   }
-  for (int64_t j = 0; j < s->n; j++) out[j] = (float)(a * x0[j] + b * noise[j]);
+  cd_noise_mix(a, x0, b, noise, s->n, out);
 }
 
 void cd_sampler_scale_input(const cd_sampler *s, int i, const float *x, float *x_in) {

@@ -523,22 +523,22 @@ int cd_schedule_make(const cd_sched_config *c, cd_sampler_kind k, int steps, int
 
 /* ---- training helpers ---- */
 
+void cd_noise_mix(double a, const float *x0, double b, const float *noise, int64_t n, float *out) {
+  for (int64_t i = 0; i < n; i++) out[i] = (float)(a * x0[i] + b * noise[i]);
+}
+
 void cd_add_noise(const float *ac, const float *x0, const float *noise, const int *t, int B,
                   int64_t per, float *out) {
   for (int b = 0; b < B; b++) {
-    double a = ac[t[b]], sa = sqrt(a), sb = sqrt(1.0 - a);
-    const float *x = x0 + b * per, *e = noise + b * per;
-    float *o = out + b * per;
-    for (int64_t i = 0; i < per; i++) o[i] = (float)(sa * x[i] + sb * e[i]);
+    double a = ac[t[b]];
+    cd_noise_mix(sqrt(a), x0 + b * per, sqrt(1.0 - a), noise + b * per, per, out + b * per);
   }
 }
 
 void cd_get_velocity(const float *ac, const float *x0, const float *noise, const int *t, int B,
                      int64_t per, float *out) {
   for (int b = 0; b < B; b++) {
-    double a = ac[t[b]], sa = sqrt(a), sb = sqrt(1.0 - a);
-    const float *x = x0 + b * per, *e = noise + b * per;
-    float *o = out + b * per;
-    for (int64_t i = 0; i < per; i++) o[i] = (float)(sa * e[i] - sb * x[i]);
+    double a = ac[t[b]];
+    cd_noise_mix(-sqrt(1.0 - a), x0 + b * per, sqrt(a), noise + b * per, per, out + b * per);
   }
 }

@@ -116,6 +116,12 @@ void cd_schedule_free(cd_schedule *s); /* zeroes *s; safe on a zeroed struct */
  * strength in [0, 1] (1 = from pure noise = index 0; 0 = no step at all = n). */
 int cd_schedule_begin_for_strength(const cd_schedule *s, double strength);
 
+/* The one noising rule: out = a·x0 + b·noise over n elements, evaluated in
+ * double. Forward noising (a = sqrt(ac), b = sqrt(1−ac)), the v-prediction
+ * target (a = −sqrt(1−ac), b = sqrt(ac)) and a sampler's img2img start (its
+ * own alpha/sigma scalings) are all this mix with different scalars. */
+void cd_noise_mix(double a, const float *x0, double b, const float *noise, int64_t n, float *out);
+
 /* ---- training helpers (DDPMScheduler.add_noise / get_velocity) ----
  * ac = alphas_cumprod; x0, noise, out: [B, per]; t[B] in [0, num_train). */
 void cd_add_noise(const float *ac, const float *x0, const float *noise, const int *t, int B,
