@@ -94,7 +94,7 @@ int main(int argc, char **argv) {
   cd_node *x = cd_input(g, "x", 4, (int64_t[]){B, m->unet.cfg.in_channels, h, h});
   cd_node *t = cd_input(g, "t", 1, (int64_t[]){B});
   cd_node *ctx = cd_input(g, "context", 3, (int64_t[]){B, 77, ctxd});
-  cd_node *y = cd_unet_build(g, &m->unet, x, t, ctx);
+  cd_node *y = cd_unet_build(g, &m->unet, NULL, x, t, ctx);
   cd_graph_output(g, y);
   if (cd_graph_plan(g, NULL)) {
     fprintf(stderr, "bench_unet: %s\n", cd_last_error());

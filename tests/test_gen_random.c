@@ -31,7 +31,7 @@ static void family_case(const char *family) {
     cd_graph *g = cd_graph_new();
     cd_node *x = cd_input(g, "x", 4, (int64_t[]){1, 4, 8, 8}), *t = cd_input(g, "t", 1, (int64_t[]){1});
     cd_node *c = cd_input(g, "c", 3, (int64_t[]){1, 77, b->unet.cfg.context_dim});
-    cd_node *y = cd_unet_build(g, &b->unet, x, t, c);
+    cd_node *y = cd_unet_build(g, &b->unet, NULL, x, t, c);
     cd_graph_output(g, y);
     if (!cd_graph_plan(g, NULL)) {
       test_fill_uniform(x->data, x->n, -1, 1, 1);

@@ -194,7 +194,7 @@ static int unet_case(run_case *r) {
   cd_node *x = cd_input(g, "sample", 4, (int64_t[]){2, 4, 8, 8});
   cd_node *t = cd_input(g, "t", 1, (int64_t[]){2});
   cd_node *ctx = cd_input(g, "ctx", 3, (int64_t[]){2, 77, ctxd});
-  cd_node *out = cd_unet_build(g, &r->m->unet, x, t, ctx);
+  cd_node *out = cd_unet_build(g, &r->m->unet, NULL, x, t, ctx);
   cd_graph_output(g, out);
   char nm[64];
   for (int i = 0; i < 5; i++) output_if_present(g, UNET_DBG[i]);

@@ -79,12 +79,8 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
         (o->train != CD_TRAIN_CROSSATTN && strstr(x->name, ".attn2.to_v.")))
       cd_weight_f32(x);
   }
-  int saved_train = m->unet.train, saved_detach = m->unet.detach_rows;
-  m->unet.train = o->train;
-  m->unet.detach_rows = 1;
-  t->pred = cd_unet_build(g, &m->unet, t->noisy, t->t, ctx);
-  m->unet.train = saved_train;
-  m->unet.detach_rows = saved_detach;
+  const cd_unet_mode mode = {.train = o->train, .detach_rows = 1};
+  t->pred = cd_unet_build(g, &m->unet, &mode, t->noisy, t->t, ctx);
   t->target = cd_input(g, "target", 4, (int64_t[]){B, C, h, w});
   t->mask_i = cd_input(g, "mask_instance", 4, (int64_t[]){B, 1, h, w});
   t->inst = cd_mse(g, t->pred, t->target, t->mask_i);

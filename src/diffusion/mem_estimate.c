@@ -16,7 +16,7 @@ int cd_unet_arena_bytes(cd_sd_model *m, int B, int64_t h, int64_t w, double *byt
   cd_node *t = cd_input(g, "t", 1, (int64_t[]){B});
   cd_node *c = cd_input(g, "ctx", 3, (int64_t[]){B, CD_TOK_MAX_LEN, m->unet.cfg.context_dim});
   cd_weights_clear_used(m->unet.w);
-  cd_graph_output(g, cd_unet_build(g, &m->unet, x, t, c));
+  cd_graph_output(g, cd_unet_build(g, &m->unet, NULL, x, t, c));
   int rc = cd_graph_plan(g, NULL);
   *bytes = rc ? 0 : (double)cd_graph_arena_bytes(g);
   cd_graph_free(g);

@@ -244,7 +244,7 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   d.t = cd_input(d.g, "t", 1, (int64_t[]){B});
   cd_node *c = cd_input(d.g, "ctx", 3, (int64_t[]){B, T, ctxd}); /* 77 per prompt chunk */
   cd_weights_clear_used(m->unet.w);
-  d.out = cd_unet_build(d.g, &m->unet, d.x, d.t, c);
+  d.out = cd_unet_build(d.g, &m->unet, NULL, d.x, d.t, c);
   cd_graph_output(d.g, d.out);
   rc = -1;
   if (cd_graph_plan(d.g, NULL) || cd_weights_check_unused(m->unet.w, "UNet", m->path)) goto done;

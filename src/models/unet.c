@@ -17,6 +17,7 @@
 typedef struct {
   cd_graph *g;
   cd_unet *m;
+  cd_unet_mode mode; /* inference: all zero */
   cd_node *emb_act; /* silu(emb), shared by every ResNet's time projection */
   cd_node *ctx;
 } unet_ctx;
@@ -57,7 +58,7 @@ static cd_node *attention(unet_ctx *u, cd_node *x, cd_node *ctx, int heads, cons
   cd_node *wv = cd_w(g, w, CD_SHAPE(C, Cc), "%s.to_v.weight", p);
   cd_node *wo = cd_w(g, w, CD_SHAPE(C, C), "%s.to_out.0.weight", p);
   cd_node *bo = cd_w(g, w, CD_SHAPE(C), "%s.to_out.0.bias", p);
-  int train = cross ? u->m->train : CD_TRAIN_NONE;
+  int train = cross ? u->mode.train : CD_TRAIN_NONE;
   if (train >= CD_TRAIN_KV) {
     cd_set_trainable(wk);
     cd_set_trainable(wv);
@@ -70,9 +71,9 @@ static cd_node *attention(unet_ctx *u, cd_node *x, cd_node *ctx, int heads, cons
   cd_node *q = cd_linear(g, x, wq, NULL);
   cd_node *k = cd_linear(g, ctx, wk, NULL);
   cd_node *v = cd_linear(g, ctx, wv, NULL);
-  if (train && u->m->detach_rows > 0) {
-    k = cd_detach_rows(g, k, u->m->detach_rows);
-    v = cd_detach_rows(g, v, u->m->detach_rows);
+  if (train && u->mode.detach_rows > 0) {
+    k = cd_detach_rows(g, k, u->mode.detach_rows);
+    v = cd_detach_rows(g, v, u->mode.detach_rows);
   }
   cd_node *a = cd_attention(g, q, k, v, heads, 0, 1.0f / sqrtf((float)(C / heads)));
   return cd_linear(g, a, wo, bo);
@@ -131,10 +132,11 @@ static cd_node *transformer2d(unet_ctx *u, cd_node *x, int heads, const char *p)
   return cd_add(g, h, x);
 }
 
-cd_node *cd_unet_build(cd_graph *g, cd_unet *m, cd_node *x, cd_node *t, cd_node *ctx) {
+cd_node *cd_unet_build(cd_graph *g, cd_unet *m, const cd_unet_mode *mode, cd_node *x, cd_node *t, cd_node *ctx) {
   const cd_unet_config *c = &m->cfg;
   cd_weights *w = m->w;
-  unet_ctx u = {g, m, NULL, ctx};
+  unet_ctx u = {g, m, {0}, NULL, ctx};
+  if (mode) u.mode = *mode;
   const int L = c->nlevels, C0 = c->block_out[0];
   char p[128];
   if (L < 1 || L > CD_UNET_MAX_LEVELS) return cd_graph_fail(g, "unet: %d levels", L);

@@ -43,14 +43,18 @@ enum { CD_TRAIN_NONE = 0, CD_TRAIN_KV = 1, CD_TRAIN_CROSSATTN = 2 };
 typedef struct {
   cd_unet_config cfg;
   cd_weights *w;
+} cd_unet;
+
+/* How one graph uses the UNet; NULL = inference. */
+typedef struct {
   int train;          /* CD_TRAIN_*: marks attn2 weights trainable and detaches the start token's k/v */
   int detach_rows;    /* rows of k/v detached in attn2 when training (1: the start token) */
-} cd_unet;
+} cd_unet_mode;
 
 /* x [B, in, h, w], t [B] (float timesteps), ctx [B, T, context_dim] -> [B, out, h, w].
  * Intermediate results are named for tests: "time_proj", "time_embedding", "conv_in",
  * "down_blocks.i", "mid_block", "up_blocks.i", "conv_norm_out". */
-cd_node *cd_unet_build(cd_graph *g, cd_unet *m, cd_node *x, cd_node *t, cd_node *ctx);
+cd_node *cd_unet_build(cd_graph *g, cd_unet *m, const cd_unet_mode *mode, cd_node *x, cd_node *t, cd_node *ctx);
 
 /* Names of the cross-attention layers in diffusers order (down, mid, up):
  * "down_blocks.0.attentions.0.transformer_blocks.0.attn2", ... Returns count. */

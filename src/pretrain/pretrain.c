@@ -422,10 +422,8 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
   cd_node *ctx = cd_clip_build(g, &m->clip, ids, NULL, NULL);
   cd_node *noisy = cd_input(g, "noisy", 4, (int64_t[]){B, Z, h, h});
   cd_node *tt = cd_input(g, "t", 1, (int64_t[]){B});
-  int saved = m->unet.train;
-  m->unet.train = CD_TRAIN_NONE; /* every weight trains here: marked below */
-  cd_node *pred = cd_unet_build(g, &m->unet, noisy, tt, ctx);
-  m->unet.train = saved;
+  /* inference mode: every weight trains here, marked below */
+  cd_node *pred = cd_unet_build(g, &m->unet, NULL, noisy, tt, ctx);
   cd_node *target = cd_input(g, "target", 4, (int64_t[]){B, Z, h, h});
   cd_node *loss = cd_mse(g, pred, target, NULL);
   cd_graph_output(g, loss);

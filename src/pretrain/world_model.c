@@ -244,7 +244,7 @@ static int check_builds(cd_sd_model *m) {
   int64_t h = m->unet.cfg.sample_size;
   cd_node *x = cd_input(g, "x", 4, (int64_t[]){1, m->unet.cfg.in_channels, h, h});
   cd_node *t = cd_input(g, "t", 1, (int64_t[]){1});
-  cd_graph_output(g, cd_unet_build(g, &m->unet, x, t, ctx));
+  cd_graph_output(g, cd_unet_build(g, &m->unet, NULL, x, t, ctx));
   cd_node *img = cd_input(g, "img", 4, (int64_t[]){1, 3, 8 * h, 8 * h});
   cd_graph_output(g, cd_vae_encode_build(g, &m->vae, img));
   cd_node *z = cd_input(g, "z", 4, (int64_t[]){1, m->vae.cfg.latent_channels, h, h});
