@@ -84,6 +84,10 @@ int test_rmtree(const char *dir);
 /* n 64x64 RGB PNGs of uniform noise from seed (dir/img0.png ...), making dir;
  * stand-in training photos for the CLI tests. 0 ok, -1 on a write error. */
 int test_write_noise_images(const char *dir, int n, uint64_t seed);
+/* "dir/name" in one of 8 rotating buffers (several may be used in one call) */
+const char *test_path_in(const char *dir, const char *name);
+/* 1 when both files exist with the same bytes */
+int test_same_file(const char *a, const char *b);
 /* returns from the test unless golden file rel is there (its path in buf) */
 #define NEED_GOLDEN(buf, rel) do { int g_ = test_golden_need(buf, sizeof buf, rel); \
     if (g_ > 0) { test_skipped_flag = 1; return; } if (g_ < 0) { test_failed_flag = 1; return; } } while (0)

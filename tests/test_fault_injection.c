@@ -49,15 +49,6 @@ static int sh(const char *fmt, const char *a, const char *b) {
   return test_run_cmd(cmd, out, sizeof out);
 }
 
-static int same_file(const char *a, const char *b) {
-  char *x = NULL, *y = NULL;
-  size_t nx = 0, ny = 0;
-  int ok = !cd_read_file(a, &x, &nx) && !cd_read_file(b, &y, &ny) && nx == ny && !memcmp(x, y, nx);
-  free(x);
-  free(y);
-  return ok;
-}
-
 /* every checkpoint-K folder of dir is complete (its state opens and holds
  * step K) and latest names one of them; else a message in why */
 static int checkpoints_sound(const char *dir, char *why, size_t cap) {
@@ -119,7 +110,7 @@ static int one_fault(long n, int kill_mode, const char *pre, int slot) {
     char a[1200], b[1200];
     snprintf(a, sizeof a, "%s/%s", work, delta_files[i]);
     snprintf(b, sizeof b, "%s/ref/%s", root, delta_files[i]);
-    if (!same_file(a, b))
+    if (!test_same_file(a, b))
       return snprintf(test_msg, sizeof test_msg, "event %ld (%s): %s differs from the uninterrupted run's", n, kill_mode ? "kill" : "ENOSPC",
                       delta_files[i]), -1;
   }
@@ -195,7 +186,7 @@ TEST(full_disk_or_kill_at_every_checkpoint_write) {
     char a[1200], b[1200];
     snprintf(a, sizeof a, "%s/counted/%s", root, delta_files[i]);
     snprintf(b, sizeof b, "%s/ref/%s", root, delta_files[i]);
-    CHECKF(same_file(a, b), "the resumed run's %s differs from the uninterrupted run's", delta_files[i]);
+    CHECKF(test_same_file(a, b), "the resumed run's %s differs from the uninterrupted run's", delta_files[i]);
   }
   const long stride = SANITIZED ? 5 : 1, kill_stride = SANITIZED ? 23 : 7;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);

@@ -59,28 +59,10 @@ static void cli_flags(char *buf, size_t cap, const char *out, int steps, const c
            "--seed 5 --steps %d --out '%s' %s", model, images, steps, out, extra);
 }
 
-static char *pin(const char *dir, const char *name) {
-  static char buf[8][1200];
-  static int k;
-  k = (k + 1) % 8;
-  snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-  return buf[k];
-}
-
-/* 1 when both files exist with the same bytes */
-static int same_file(const char *a, const char *b) {
-  char *x = NULL, *y = NULL;
-  size_t nx = 0, ny = 0;
-  int ok = !cd_read_file(a, &x, &nx) && !cd_read_file(b, &y, &ny) && nx == ny && !memcmp(x, y, nx);
-  free(x);
-  free(y);
-  return ok;
-}
-
 /* 1 when two deltas have identical files; else 0 with the first difference
  * (a tensor, or a metadata key and both values) in test_msg */
 static int same_delta(const char *a, const char *b) {
-  if (same_file(a, b)) return 1;
+  if (test_same_file(a, b)) return 1;
   cd_tensor_file *fa = NULL, *fb = NULL;
   if (cd_tensor_file_open(a, &fa) || cd_tensor_file_open(b, &fb)) {
     snprintf(test_msg, sizeof test_msg, "%s", cd_last_error());
@@ -145,8 +127,8 @@ TEST(train_out_with_a_run_needs_resume_or_overwrite) {
   cd_run_opts o;
   opts(&o, x, 2); /* default cadence: a checkpoint at the end */
   CHECK_OK(cd_train_run(&o));
-  CHECKF(cd_file_exists(pin(x, "checkpoint-2/state.safetensors")), "no checkpoint at the end of a run with default flags");
-  char *state = cd_strdup(pin(x, "checkpoint-2/state.safetensors")), *delta = cd_strdup(pin(x, CD_DELTA_FILE));
+  CHECKF(cd_file_exists(test_path_in(x, "checkpoint-2/state.safetensors")), "no checkpoint at the end of a run with default flags");
+  char *state = cd_strdup(test_path_in(x, "checkpoint-2/state.safetensors")), *delta = cd_strdup(test_path_in(x, CD_DELTA_FILE));
   char keep_state[1200], keep_delta[1200];
   snprintf(keep_state, sizeof keep_state, "%s", test_tmpdir("keep_state"));
   snprintf(keep_delta, sizeof keep_delta, "%s", test_tmpdir("keep_delta"));
@@ -158,7 +140,7 @@ TEST(train_out_with_a_run_needs_resume_or_overwrite) {
   int rc = cd_train_run(&o);
   char err[1024];
   snprintf(err, sizeof err, "%s", cd_last_error());
-  int untouched = same_file(state, keep_state) && same_file(delta, keep_delta) && count_lines(pin(x, "log.jsonl")) == 2;
+  int untouched = test_same_file(state, keep_state) && test_same_file(delta, keep_delta) && count_lines(test_path_in(x, "log.jsonl")) == 2;
   free(state);
   free(delta);
   CHECK(cp == 0);
@@ -174,14 +156,14 @@ TEST(train_out_with_a_run_needs_resume_or_overwrite) {
   opts(&o, x, 3);
   o.resume = "latest";
   CHECK_OK(cd_train_run(&o));
-  CHECKF(count_lines(pin(x, "log.jsonl")) == 3, "log has %d lines after resuming to 3", count_lines(pin(x, "log.jsonl")));
+  CHECKF(count_lines(test_path_in(x, "log.jsonl")) == 3, "log has %d lines after resuming to 3", count_lines(test_path_in(x, "log.jsonl")));
   /* --overwrite replaces it: one fresh step, the old checkpoints gone */
   opts(&o, x, 1);
   o.overwrite = 1;
   CHECK_OK(cd_train_run(&o));
   char names[2048];
-  CHECKF(count_lines(pin(x, "log.jsonl")) == 1, "log has %d lines after --overwrite", count_lines(pin(x, "log.jsonl")));
-  CHECKF(!cd_file_exists(pin(x, "checkpoint-2")) && !cd_file_exists(pin(x, "checkpoint-3")) && cd_file_exists(pin(x, "checkpoint-1")),
+  CHECKF(count_lines(test_path_in(x, "log.jsonl")) == 1, "log has %d lines after --overwrite", count_lines(test_path_in(x, "log.jsonl")));
+  CHECKF(!cd_file_exists(test_path_in(x, "checkpoint-2")) && !cd_file_exists(test_path_in(x, "checkpoint-3")) && cd_file_exists(test_path_in(x, "checkpoint-1")),
          "after --overwrite: %s", ls(x, names, sizeof names));
   /* and the binary says so, exit 1, before loading anything */
   NEED_BIN();
@@ -216,17 +198,17 @@ TEST(checkpoints_are_atomic_pruned_and_resumed_newest_complete) {
   CHECKF(!strcmp(ls(x, names, sizeof names), "<new1>.safetensors cdiff_delta.safetensors checkpoint-2 checkpoint-3 latest log.jsonl "
                                              "pytorch_custom_diffusion_weights.safetensors "),
          "run folder: %s", names);
-  CHECK_OK(cd_read_file(pin(x, "latest"), &latest, &n));
+  CHECK_OK(cd_read_file(test_path_in(x, "latest"), &latest, &n));
   int ok = !strcmp(latest, "checkpoint-3\n");
   free(latest);
   CHECK(ok);
-  CHECKF(!strcmp(ls(pin(x, "checkpoint-3"), names, sizeof names), "cdiff_delta.safetensors state.safetensors "), "checkpoint: %s", names);
+  CHECKF(!strcmp(ls(test_path_in(x, "checkpoint-3"), names, sizeof names), "cdiff_delta.safetensors state.safetensors "), "checkpoint: %s", names);
   /* --checkpoints-total-limit 0 keeps them all */
   opts(&o, all, 2);
   o.checkpoint_every = 1;
   o.checkpoints_total_limit = 0;
   CHECK_OK(cd_train_run(&o));
-  CHECK(cd_is_dir(pin(all, "checkpoint-1")) && cd_is_dir(pin(all, "checkpoint-2")));
+  CHECK(cd_is_dir(test_path_in(all, "checkpoint-1")) && cd_is_dir(test_path_in(all, "checkpoint-2")));
   /* what killed runs leave behind, and a damaged newer checkpoint */
   long dead = dead_pid();
   char p1[1300], p2[1300], p3[1300], live[1300], foreign[1300];
@@ -236,13 +218,13 @@ TEST(checkpoints_are_atomic_pruned_and_resumed_newest_complete) {
   snprintf(live, sizeof live, "%s/%s.tmp.1", x, CD_DELTA_FILE); /* pid 1 is alive: its writer may still be at work */
   snprintf(foreign, sizeof foreign, "%s/notes.txt.tmp.%ld", x, dead);      /* not a file a run writes */
   CHECK_OK(cd_mkdir_p(p1));
-  CHECK_OK(cd_write_file_atomic(pin(p1, "state.safetensors"), "garbage", 7));
+  CHECK_OK(cd_write_file_atomic(test_path_in(p1, "state.safetensors"), "garbage", 7));
   CHECK_OK(cd_write_file_atomic(p2, "half a file", 11));
   CHECK_OK(cd_write_file_atomic(p3, "half a file", 11));
   CHECK_OK(cd_write_file_atomic(live, "x", 1));
   CHECK_OK(cd_write_file_atomic(foreign, "x", 1));
-  CHECK_OK(cd_mkdir_p(pin(x, "checkpoint-4")));
-  CHECK_OK(cd_write_file_atomic(pin(x, "checkpoint-4/state.safetensors"), "\x10\0\0\0\0\0\0\0{\"a\":", 13));
+  CHECK_OK(cd_mkdir_p(test_path_in(x, "checkpoint-4")));
+  CHECK_OK(cd_write_file_atomic(test_path_in(x, "checkpoint-4/state.safetensors"), "\x10\0\0\0\0\0\0\0{\"a\":", 13));
   opts(&o, x, 5);
   o.checkpoint_every = 1;
   o.resume = "latest";
@@ -252,14 +234,14 @@ TEST(checkpoints_are_atomic_pruned_and_resumed_newest_complete) {
   remove(live);
   remove(foreign);
   CHECKF(!has_tmp_leftover(x), "temporary files remain in %s", x);
-  if (!same_delta(pin(x, CD_DELTA_FILE), pin(ref, CD_DELTA_FILE))) return; /* resumed past a damaged checkpoint-4 */
-  CHECKF(count_lines(pin(x, "log.jsonl")) == 5, "log has %d lines", count_lines(pin(x, "log.jsonl")));
+  if (!same_delta(test_path_in(x, CD_DELTA_FILE), test_path_in(ref, CD_DELTA_FILE))) return; /* resumed past a damaged checkpoint-4 */
+  CHECKF(count_lines(test_path_in(x, "log.jsonl")) == 5, "log has %d lines", count_lines(test_path_in(x, "log.jsonl")));
   CHECKF(!strcmp(ls(x, names, sizeof names), "<new1>.safetensors cdiff_delta.safetensors checkpoint-4 checkpoint-5 latest log.jsonl "
                                              "pytorch_custom_diffusion_weights.safetensors "),
          "run folder: %s", names);
   /* a resume from a folder with nothing complete names the problem */
   const char *bad = test_tmpdir("ckpt_bad");
-  CHECK_OK(cd_mkdir_p(pin(bad, "checkpoint-3")));
+  CHECK_OK(cd_mkdir_p(test_path_in(bad, "checkpoint-3")));
   opts(&o, test_tmpdir("ckpt_bad_out"), 4);
   o.resume = bad;
   CHECK(cd_train_run(&o) != 0);
@@ -281,12 +263,12 @@ TEST(stop_request_checkpoints_and_resume_is_bit_exact) {
   int rc = cd_train_run(&o);
   CHECKF(rc != 0 && sig == 0 && strstr(cd_last_error(), "--resume") && strstr(cd_last_error(), "checkpoint-3"), "rc %d sig %d: %s", rc, sig,
          cd_last_error());
-  CHECK(cd_is_dir(pin(x, "checkpoint-3")) && !cd_file_exists(pin(x, CD_DELTA_FILE)));
+  CHECK(cd_is_dir(test_path_in(x, "checkpoint-3")) && !cd_file_exists(test_path_in(x, CD_DELTA_FILE)));
   opts(&o, x, 5);
   o.resume = x;
   CHECK_OK(cd_train_run(&o));
-  if (!same_delta(pin(x, CD_DELTA_FILE), pin(ref, CD_DELTA_FILE))) return;
-  CHECK(same_file(pin(x, "log.jsonl"), pin(ref, "log.jsonl")));
+  if (!same_delta(test_path_in(x, CD_DELTA_FILE), test_path_in(ref, CD_DELTA_FILE))) return;
+  CHECK(test_same_file(test_path_in(x, "log.jsonl"), test_path_in(ref, "log.jsonl")));
 }
 
 /* Starts a long run of the binary, waits for its first logged steps, sends
@@ -303,7 +285,7 @@ static int interrupt_run(const char *out, int sig, int *steps) {
     _exit(127);
   }
   if (p < 0) return -1;
-  char *log = pin(out, "log.jsonl");
+  const char *log = test_path_in(out, "log.jsonl");
   for (int i = 0; i < 6000 && count_lines(log) < 2; i++) usleep(10000); /* up to a minute */
   kill(p, sig);
   int st;
@@ -322,7 +304,7 @@ TEST(sigint_and_sigterm_checkpoint_and_exit_130_143) {
   char want[64], *latest = NULL;
   size_t n;
   snprintf(want, sizeof want, "checkpoint-%d\n", kx);
-  CHECK_OK(cd_read_file(pin(x, "latest"), &latest, &n));
+  CHECK_OK(cd_read_file(test_path_in(x, "latest"), &latest, &n));
   int ok = !strcmp(latest, want);
   free(latest);
   CHECKF(ok && kx >= 2, "SIGINT after %d logged steps, latest is not %s", kx, want);
@@ -337,7 +319,7 @@ TEST(sigint_and_sigterm_checkpoint_and_exit_130_143) {
   cli_flags(args, sizeof args, ref, kx + 2, "");
   rc = run_bin(args, out, sizeof out);
   CHECKF(rc == 0, "reference: exit %d: %s", rc, out);
-  if (!same_delta(pin(x, CD_DELTA_FILE), pin(ref, CD_DELTA_FILE))) return;
+  if (!same_delta(test_path_in(x, CD_DELTA_FILE), test_path_in(ref, CD_DELTA_FILE))) return;
   CHECK(!has_tmp_leftover(x) && !has_tmp_leftover(y));
 }
 
@@ -361,7 +343,7 @@ TEST(compress_and_merge_never_write_over_an_input) {
     int rc = run_bin(args, out, sizeof out);
     CHECKF(rc == 2 && strstr(out, "--out") && strstr(out, "input"), "'%s': exit %d: %s", args, rc, out);
   }
-  CHECK(same_file(pin(d, CD_DELTA_FILE), keep));
+  CHECK(test_same_file(test_path_in(d, CD_DELTA_FILE), keep));
   /* an earlier full delta with two tokens in the output folder */
   cd_sd_model *m;
   cd_load_opts lo = {0};
@@ -381,8 +363,8 @@ TEST(compress_and_merge_never_write_over_an_input) {
     two->ntok = 1;
     rc = cd_delta_save(y, two);
   }
-  int stale = cd_file_exists(pin(y, "<new2>.safetensors"));
-  if (!rc) rc = cd_delta_load(pin(y, CD_DIFFUSERS_DELTA_FILE), m, &back);
+  int stale = cd_file_exists(test_path_in(y, "<new2>.safetensors"));
+  if (!rc) rc = cd_delta_load(test_path_in(y, CD_DIFFUSERS_DELTA_FILE), m, &back);
   int ntok = back ? back->ntok : -1;
   cd_delta_free(two);
   cd_delta_free(back);
@@ -421,7 +403,8 @@ TEST(sample_numbers_files_and_never_overwrites) {
   rc = run_bin(args, out, sizeof out);
   CHECKF(rc == 0 && !strcmp(ls(multi, names, sizeof names), "00000-42-x.png 00001-43-x.png "), "exit %d: %s / %s", rc, out, names);
   /* an existing file needs --overwrite, and that is known before the model loads */
-  char *png = pin(dir, "00001-7-a-dog.png"), keep[1300];
+  const char *png = test_path_in(dir, "00001-7-a-dog.png");
+  char keep[1300];
   snprintf(keep, sizeof keep, "%s", test_tmpdir("keep.png"));
   char cmd[4000];
   snprintf(cmd, sizeof cmd, "cp '%s' '%s'", png, keep);
@@ -429,10 +412,10 @@ TEST(sample_numbers_files_and_never_overwrites) {
   snprintf(args, sizeof args, "sample --model /nonexistent/model %s --prompt 'a dog' --out '%s'", common, png);
   rc = run_bin(args, out, sizeof out);
   CHECKF(rc == 1 && strstr(out, "--overwrite") && !strstr(out, "nonexistent"), "exit %d: %s", rc, out);
-  CHECK(same_file(png, keep));
+  CHECK(test_same_file(png, keep));
   snprintf(args, sizeof args, "sample --model '%s' %s --prompt 'a dog' --out '%s' --overwrite", model, common, png);
   rc = run_bin(args, out, sizeof out);
-  CHECKF(rc == 0 && !same_file(png, keep), "exit %d: %s", rc, out);
+  CHECKF(rc == 0 && !test_same_file(png, keep), "exit %d: %s", rc, out);
   /* an impossible folder fails before the model loads too */
   snprintf(args, sizeof args, "sample --model /nonexistent/model %s --prompt x --out /proc/cdiff_no/", common);
   rc = run_bin(args, out, sizeof out);

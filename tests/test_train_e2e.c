@@ -86,14 +86,6 @@ static void base_opts(cd_run_opts *o, const char *out) {
   o->out = out;
 }
 
-static char *path_in(const char *dir, const char *name) {
-  static char buf[4][1200];
-  static int k;
-  k = (k + 1) % 4;
-  snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
-  return buf[k];
-}
-
 /* every tensor of two safetensors files byte-identical, same names */
 static int same_tensors(const char *a, const char *b) {
   cd_tensor_file *fa = NULL, *fb = NULL;
@@ -182,17 +174,17 @@ TEST(class_images_generate_and_resume) {
   char *first = NULL, *again = NULL;
   size_t n1 = 0, n2 = 0;
   char prompt[64] = "";
-  if (!rc) rc = cd_read_file(path_in(classes, "class_00000.png"), &first, &n1);
+  if (!rc) rc = cd_read_file(test_path_in(classes, "class_00000.png"), &first, &n1);
   int made1 = made;
   /* an "interrupted" generation: 1 of 2 exist; only the missing one is made */
   g.n = 2;
   if (!rc) rc = cd_class_images_ensure(m, &g, &made);
   int made2 = made;
-  if (!rc) rc = cd_read_file(path_in(classes, "class_00000.png"), &again, &n2);
+  if (!rc) rc = cd_read_file(test_path_in(classes, "class_00000.png"), &again, &n2);
   if (!rc) rc = cd_class_images_ensure(m, &g, &made);
-  int text = rc ? -1 : cd_png_read_text(path_in(classes, "class_00001.png"), "prompt", prompt, sizeof prompt);
+  int text = rc ? -1 : cd_png_read_text(test_path_in(classes, "class_00001.png"), "prompt", prompt, sizeof prompt);
   cd_image im = {0};
-  if (!rc) rc = cd_image_load(path_in(classes, "class_00001.png"), &im);
+  if (!rc) rc = cd_image_load(test_path_in(classes, "class_00001.png"), &im);
   cd_sd_free(m);
   int same = first && again && n1 == n2 && !memcmp(first, again, n1);
   free(first);
@@ -228,31 +220,31 @@ TEST(resume_is_bit_exact) {
   base_opts(&o, b); /* 2 steps, then resume to 4 */
   o.steps = 2;
   CHECK_OK(cd_train_run(&o));
-  CHECKF(count_lines(path_in(b, "log.jsonl")) == 2, "log after 2 steps has %d lines", count_lines(path_in(b, "log.jsonl")));
+  CHECKF(count_lines(test_path_in(b, "log.jsonl")) == 2, "log after 2 steps has %d lines", count_lines(test_path_in(b, "log.jsonl")));
   /* resumed into another folder: only steps 3 and 4 run there */
   char c[600];
   snprintf(c, sizeof c, "%s/run_c", tmp);
   base_opts(&o, c);
-  o.resume = path_in(b, "checkpoint-2");
+  o.resume = test_path_in(b, "checkpoint-2");
   CHECK_OK(cd_train_run(&o));
-  if (same_tensors(path_in(a, CD_DELTA_FILE), path_in(c, CD_DELTA_FILE))) { test_failed_flag = 1; return; }
+  if (same_tensors(test_path_in(a, CD_DELTA_FILE), test_path_in(c, CD_DELTA_FILE))) { test_failed_flag = 1; return; }
   char *lc;
   size_t nc;
-  CHECK_OK(cd_read_file(path_in(c, "log.jsonl"), &lc, &nc));
-  int c_ok = !strncmp(lc, "{\"step\": 3,", 11) && strstr(lc, "\n{\"step\": 4,") && count_lines(path_in(c, "log.jsonl")) == 2;
+  CHECK_OK(cd_read_file(test_path_in(c, "log.jsonl"), &lc, &nc));
+  int c_ok = !strncmp(lc, "{\"step\": 3,", 11) && strstr(lc, "\n{\"step\": 4,") && count_lines(test_path_in(c, "log.jsonl")) == 2;
   free(lc);
   CHECKF(c_ok, "the run resumed into %s did not train exactly steps 3 and 4", c);
   /* resumed in place */
   base_opts(&o, b);
   o.resume = b;
   CHECK_OK(cd_train_run(&o));
-  if (same_tensors(path_in(a, CD_DELTA_FILE), path_in(b, CD_DELTA_FILE))) { test_failed_flag = 1; return; }
-  if (same_tensors(path_in(a, "checkpoint-4/state.safetensors"), path_in(b, "checkpoint-4/state.safetensors"))) { test_failed_flag = 1; return; }
+  if (same_tensors(test_path_in(a, CD_DELTA_FILE), test_path_in(b, CD_DELTA_FILE))) { test_failed_flag = 1; return; }
+  if (same_tensors(test_path_in(a, "checkpoint-4/state.safetensors"), test_path_in(b, "checkpoint-4/state.safetensors"))) { test_failed_flag = 1; return; }
   /* the logs agree line for line (so do the losses: same batches, same noise) */
   char *la, *lb;
   size_t na, nb;
-  CHECK_OK(cd_read_file(path_in(a, "log.jsonl"), &la, &na));
-  CHECK_OK(cd_read_file(path_in(b, "log.jsonl"), &lb, &nb));
+  CHECK_OK(cd_read_file(test_path_in(a, "log.jsonl"), &la, &na));
+  CHECK_OK(cd_read_file(test_path_in(b, "log.jsonl"), &lb, &nb));
   int same = na == nb && !memcmp(la, lb, na), lines = 0;
   for (size_t i = 0; i < na; i++) lines += la[i] == '\n';
   int keys = strstr(la, "\"step\": 4") && strstr(la, "\"loss_instance\"") && strstr(la, "\"loss_prior\"") && strstr(la, "\"grad_norm\"") &&
@@ -263,22 +255,22 @@ TEST(resume_is_bit_exact) {
   CHECKF(lines == 4 && keys, "log.jsonl: %d lines / keys missing", lines);
   /* checkpoint state: step and args */
   cd_tensor_file *f;
-  CHECK_OK(cd_safetensors_open(path_in(a, "checkpoint-4/state.safetensors"), &f));
+  CHECK_OK(cd_safetensors_open(test_path_in(a, "checkpoint-4/state.safetensors"), &f));
   const char *st = cd_tf_meta(f, "step"), *args = cd_tf_meta(f, "args");
   int ok = st && !strcmp(st, "4") && args && strstr(args, "\"initializer_token\":[\"ktn\"]") && cd_tf_find(f, "adam_m/token_embedding.extra");
   cd_tensor_file_close(f);
   CHECKF(ok, "checkpoint metadata/tensors wrong");
   /* the final delta carries the args; the validation grid exists */
-  CHECK_OK(cd_safetensors_open(path_in(a, CD_DELTA_FILE), &f));
+  CHECK_OK(cd_safetensors_open(test_path_in(a, CD_DELTA_FILE), &f));
   args = cd_tf_meta(f, "args");
   ok = args && strstr(args, "\"modifier_token\":[\"<new1>\"]") && strstr(args, "\"max_train_steps\":4");
   cd_tensor_file_close(f);
   CHECKF(ok, "delta args metadata missing");
   cd_image im;
-  CHECK_OK(cd_image_load(path_in(a, "validation/step_000002.png"), &im));
+  CHECK_OK(cd_image_load(test_path_in(a, "validation/step_000002.png"), &im));
   CHECKF(im.w == 128 && im.h == 64, "validation grid %dx%d", im.w, im.h);
   cd_image_free(&im);
-  CHECK(cd_file_exists(path_in(a, "<new1>.safetensors")) && cd_file_exists(path_in(a, CD_DIFFUSERS_DELTA_FILE)));
+  CHECK(cd_file_exists(test_path_in(a, "<new1>.safetensors")) && cd_file_exists(test_path_in(a, CD_DIFFUSERS_DELTA_FILE)));
   /* a resume with other settings is refused, naming the setting */
   base_opts(&o, b);
   o.resume = b;
@@ -300,7 +292,7 @@ TEST(delta_changes_samples_and_deltas_combine) {
   char a[600], d[600];
   snprintf(a, sizeof a, "%s/run_a", tmp);
   snprintf(d, sizeof d, "%s/run_d", tmp);
-  if (!cd_file_exists(path_in(a, CD_DELTA_FILE))) SKIP("run_a missing (resume_is_bit_exact failed)");
+  if (!cd_file_exists(test_path_in(a, CD_DELTA_FILE))) SKIP("run_a missing (resume_is_bit_exact failed)");
   cd_run_opts o;
   base_opts(&o, d); /* a second concept trained apart, with its own token */
   o.modifier_tokens = "<new2>";
@@ -311,8 +303,8 @@ TEST(delta_changes_samples_and_deltas_combine) {
   o.steps = 2;
   o.checkpoint_every = 0;
   CHECK_OK(cd_train_run(&o));
-  CHECK(cd_file_exists(path_in(d, "class_images/0/class_00001.png")));
-  CHECK(!cd_file_exists(path_in(d, "checkpoint-2")) && !cd_file_exists(path_in(d, "latest")));
+  CHECK(cd_file_exists(test_path_in(d, "class_images/0/class_00001.png")));
+  CHECK(!cd_file_exists(test_path_in(d, "checkpoint-2")) && !cd_file_exists(test_path_in(d, "latest")));
   cd_load_opts lo = {0};
   cd_sd_model *m = NULL;
   float base[256], tuned[256], both[256], tok[256];
@@ -360,7 +352,7 @@ TEST(training_descends) {
   NEED_FIXTURE();
   char a[600];
   snprintf(a, sizeof a, "%s/run_a", tmp);
-  if (!cd_file_exists(path_in(a, CD_DELTA_FILE))) FAILF("run_a missing (resume_is_bit_exact failed)");
+  if (!cd_file_exists(test_path_in(a, CD_DELTA_FILE))) FAILF("run_a missing (resume_is_bit_exact failed)");
   cd_load_opts lo = {0};
   cd_sd_model *m0 = NULL, *m1 = NULL;
   cd_delta *d = NULL;
@@ -451,14 +443,14 @@ TEST(nan_loss_stops_and_keeps_checkpoint) {
   CHECK(cd_train_run(&o) != 0);
   const char *e = cd_last_error();
   CHECKF(strstr(e, "loss") && strstr(e, "checkpoint"), "error: %s", e);
-  CHECK(!cd_file_exists(path_in(n, CD_DELTA_FILE)));
+  CHECK(!cd_file_exists(test_path_in(n, CD_DELTA_FILE)));
   char *latest = NULL, ck[700];
   size_t nl;
-  CHECK_OK(cd_read_file(path_in(n, "latest"), &latest, &nl));
+  CHECK_OK(cd_read_file(test_path_in(n, "latest"), &latest, &nl));
   snprintf(ck, sizeof ck, "%.*s/state.safetensors", (int)strcspn(latest, "\n"), latest);
   free(latest);
   cd_tensor_file *f;
-  CHECK_OK(cd_safetensors_open(path_in(n, ck), &f));
+  CHECK_OK(cd_safetensors_open(test_path_in(n, ck), &f));
   const char *st = cd_tf_meta(f, "step");
   int step = st ? atoi(st) : -1;
   /* the checkpoint holds finite values of the last good step */

@@ -288,3 +288,20 @@ int test_write_noise_images(const char *dir, int n, uint64_t seed) {
   }
   return 0;
 }
+
+const char *test_path_in(const char *dir, const char *name) {
+  static char buf[8][1200];
+  static int k;
+  k = (k + 1) % 8;
+  snprintf(buf[k], sizeof buf[k], "%s/%s", dir, name);
+  return buf[k];
+}
+
+int test_same_file(const char *a, const char *b) {
+  char *x = NULL, *y = NULL;
+  size_t nx = 0, ny = 0;
+  int ok = !cd_read_file(a, &x, &nx) && !cd_read_file(b, &y, &ny) && nx == ny && !memcmp(x, y, nx);
+  free(x);
+  free(y);
+  return ok;
+}
