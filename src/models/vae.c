@@ -5,65 +5,41 @@
  *          conv_out -> quant_conv                         => moments [B, 2z, H/8, W/8]
  * decoder: post_quant_conv -> conv_in -> mid -> per level (reversed channels):
  *          layers+1 x ResNet, then (not last) nearest 2x + conv -> GN, SiLU, conv_out
- * All GroupNorms eps 1e-6; ResNets have no time embedding.
+ * All GroupNorms eps 1e-6; ResNets have no time embedding. The ResNet and
+ * attention blocks are the shared builders of blocks.c.
  */
 #include "vae.h"
+
+#include "blocks.h"
 
 #include <math.h>
 #include <stdio.h>
 
 static cd_node *gn(cd_graph *g, cd_vae *m, cd_node *x, const char *p, const char *n) {
-  int64_t C = x->ne[1];
-  return cd_group_norm(g, x, cd_w(g, m->w, CD_SHAPE(C), "%s.%s.weight", p, n), cd_w(g, m->w, CD_SHAPE(C), "%s.%s.bias", p, n),
-                       m->cfg.norm_groups, 1e-6f);
+  const cd_blk b = {g, m->w, m->cfg.norm_groups};
+  return cd_blk_group_norm(&b, x, 1e-6f, p, n);
 }
 
 static cd_node *conv(cd_graph *g, cd_vae *m, cd_node *x, int64_t cout, int k, int stride, int pad, const char *p) {
-  int64_t cin = x->ne[1];
-  return cd_conv2d(g, x, cd_w(g, m->w, CD_SHAPE(cout, cin, k, k), "%s.weight", p), cd_w(g, m->w, CD_SHAPE(cout), "%s.bias", p),
-                   stride, pad);
+  const cd_blk b = {g, m->w, m->cfg.norm_groups};
+  return cd_blk_conv(&b, x, cout, k, stride, pad, p);
 }
 
 static cd_node *resnet(cd_graph *g, cd_vae *m, cd_node *x, int64_t cout, const char *p) {
-  char q[160];
-  cd_node *h = cd_silu(g, gn(g, m, x, p, "norm1"));
-  snprintf(q, sizeof q, "%.140s.conv1", p);
-  h = conv(g, m, h, cout, 3, 1, 1, q);
-  h = cd_silu(g, gn(g, m, h, p, "norm2"));
-  snprintf(q, sizeof q, "%.140s.conv2", p);
-  h = conv(g, m, h, cout, 3, 1, 1, q);
-  cd_node *skip = x;
-  if (x->ne[1] != cout) {
-    snprintf(q, sizeof q, "%.140s.conv_shortcut", p);
-    skip = conv(g, m, x, cout, 1, 1, 0, q);
-  }
-  return cd_add(g, skip, h);
-}
-
-/* single-head self-attention over the HW positions, residual */
-static cd_node *attention(cd_graph *g, cd_vae *m, cd_node *x, const char *p) {
-  int64_t B = x->ne[0], C = x->ne[1], H = x->ne[2], W = x->ne[3];
-  cd_node *h = gn(g, m, x, p, "group_norm");
-  h = cd_permute(g, cd_view(g, h, 3, (int64_t[]){B, C, H * W}), 0, 2, 1, 3); /* [B, HW, C] */
-  cd_node *qkv[3];
-  const char *nm[3] = {"to_q", "to_k", "to_v"};
-  for (int i = 0; i < 3; i++)
-    qkv[i] = cd_linear(g, h, cd_w(g, m->w, CD_SHAPE(C, C), "%s.%s.weight", p, nm[i]), cd_w(g, m->w, CD_SHAPE(C), "%s.%s.bias", p, nm[i]));
-  h = cd_attention(g, qkv[0], qkv[1], qkv[2], 1, 0, 1.0f / sqrtf((float)C));
-  h = cd_linear(g, h, cd_w(g, m->w, CD_SHAPE(C, C), "%s.to_out.0.weight", p), cd_w(g, m->w, CD_SHAPE(C), "%s.to_out.0.bias", p));
-  h = cd_view(g, cd_permute(g, h, 0, 2, 1, 3), 4, (int64_t[]){B, C, H, W});
-  return cd_add(g, h, x);
+  const cd_blk b = {g, m->w, m->cfg.norm_groups};
+  return cd_blk_resnet(&b, x, NULL, cout, 1e-6f, p);
 }
 
 static cd_node *mid(cd_graph *g, cd_vae *m, cd_node *h, const char *p) {
+  const cd_blk b = {g, m->w, m->cfg.norm_groups};
   char q[128];
   int64_t C = h->ne[1];
   snprintf(q, sizeof q, "%s.mid_block.resnets.0", p);
-  h = resnet(g, m, h, C, q);
+  h = cd_blk_resnet(&b, h, NULL, C, 1e-6f, q);
   snprintf(q, sizeof q, "%s.mid_block.attentions.0", p);
-  h = attention(g, m, h, q);
+  h = cd_blk_spatial_attention(&b, h, 1e-6f, q);
   snprintf(q, sizeof q, "%s.mid_block.resnets.1", p);
-  return resnet(g, m, h, C, q);
+  return cd_blk_resnet(&b, h, NULL, C, 1e-6f, q);
 }
 
 cd_node *cd_vae_encode_build(cd_graph *g, cd_vae *m, cd_node *img) {
