@@ -20,7 +20,8 @@ enum {
   SUB_LEAF,       /* the module itself is a conv/linear/norm: weight, bias */
   SUB_UNET_RES,   /* openaimodel ResBlock -> diffusers ResnetBlock2D */
   SUB_VAE_RES,    /* LDM ResnetBlock -> ResnetBlock2D */
-  SUB_XFORMER,    /* SpatialTransformer -> Transformer2DModel (depth 1, same names) */
+  SUB_XFORMER,    /* SpatialTransformer -> Transformer2DModel (same names): norm, proj_in/out */
+  SUB_XBLOCK,     /* its transformer_blocks.N (one rule per block: any depth) */
   SUB_VAE_ATTN,   /* AttnBlock (1x1 convs) -> Attention (linears) */
   SUB_HF_LAYER,   /* CLIPEncoderLayer: same names */
   SUB_OC_BLOCK,   /* OpenCLIP ResidualAttentionBlock -> CLIPEncoderLayer */
@@ -39,26 +40,27 @@ static const sub_row vae_res_rows[] = {
     {"norm2.", "norm2.", CD_KM_COPY}, {"conv2.", "conv2.", CD_KM_COPY},
     {"nin_shortcut.", "conv_shortcut.", CD_KM_COPY},
 };
-#define TB "transformer_blocks.0."
 static const sub_row xformer_rows[] = {
     {"norm.", "norm.", CD_KM_COPY},
     {"proj_in.", "proj_in.", CD_KM_COPY},
     {"proj_out.", "proj_out.", CD_KM_COPY},
-    {TB "norm1.", TB "norm1.", CD_KM_COPY},
-    {TB "norm2.", TB "norm2.", CD_KM_COPY},
-    {TB "norm3.", TB "norm3.", CD_KM_COPY},
-    {TB "attn1.to_q.", TB "attn1.to_q.", CD_KM_COPY},
-    {TB "attn1.to_k.", TB "attn1.to_k.", CD_KM_COPY},
-    {TB "attn1.to_v.", TB "attn1.to_v.", CD_KM_COPY},
-    {TB "attn1.to_out.0.", TB "attn1.to_out.0.", CD_KM_COPY},
-    {TB "attn2.to_q.", TB "attn2.to_q.", CD_KM_COPY},
-    {TB "attn2.to_k.", TB "attn2.to_k.", CD_KM_COPY},
-    {TB "attn2.to_v.", TB "attn2.to_v.", CD_KM_COPY},
-    {TB "attn2.to_out.0.", TB "attn2.to_out.0.", CD_KM_COPY},
-    {TB "ff.net.0.proj.", TB "ff.net.0.proj.", CD_KM_COPY},
-    {TB "ff.net.2.", TB "ff.net.2.", CD_KM_COPY},
 };
-#undef TB
+/* one BasicTransformerBlock (transformer_blocks.N.): same names in both layouts */
+static const sub_row xblock_rows[] = {
+    {"norm1.", "norm1.", CD_KM_COPY},
+    {"norm2.", "norm2.", CD_KM_COPY},
+    {"norm3.", "norm3.", CD_KM_COPY},
+    {"attn1.to_q.", "attn1.to_q.", CD_KM_COPY},
+    {"attn1.to_k.", "attn1.to_k.", CD_KM_COPY},
+    {"attn1.to_v.", "attn1.to_v.", CD_KM_COPY},
+    {"attn1.to_out.0.", "attn1.to_out.0.", CD_KM_COPY},
+    {"attn2.to_q.", "attn2.to_q.", CD_KM_COPY},
+    {"attn2.to_k.", "attn2.to_k.", CD_KM_COPY},
+    {"attn2.to_v.", "attn2.to_v.", CD_KM_COPY},
+    {"attn2.to_out.0.", "attn2.to_out.0.", CD_KM_COPY},
+    {"ff.net.0.proj.", "ff.net.0.proj.", CD_KM_COPY},
+    {"ff.net.2.", "ff.net.2.", CD_KM_COPY},
+};
 static const sub_row vae_attn_rows[] = {
     {"norm.", "group_norm.", CD_KM_COPY}, {"q.", "to_q.", CD_KM_SQUEEZE},
     {"k.", "to_k.", CD_KM_SQUEEZE},       {"v.", "to_v.", CD_KM_SQUEEZE},
@@ -93,6 +95,7 @@ static const struct {
     [SUB_UNET_RES] = {unet_res_rows, sizeof unet_res_rows / sizeof *unet_res_rows},
     [SUB_VAE_RES] = {vae_res_rows, sizeof vae_res_rows / sizeof *vae_res_rows},
     [SUB_XFORMER] = {xformer_rows, sizeof xformer_rows / sizeof *xformer_rows},
+    [SUB_XBLOCK] = {xblock_rows, sizeof xblock_rows / sizeof *xblock_rows},
     [SUB_VAE_ATTN] = {vae_attn_rows, sizeof vae_attn_rows / sizeof *vae_attn_rows},
     [SUB_HF_LAYER] = {hf_layer_rows, sizeof hf_layer_rows / sizeof *hf_layer_rows},
     [SUB_OC_BLOCK] = {oc_block_rows, sizeof oc_block_rows / sizeof *oc_block_rows},
@@ -126,6 +129,16 @@ void cd_keymap_free(cd_keymap *km) {
   km->n = km->cap = 0;
 }
 
+/* a SpatialTransformer at LDM prefix src ("input_blocks.4.1.") -> diffusers dst, with depth blocks */
+static void add_transformer(cd_keymap *km, const char *dst, const char *src, int depth) {
+  char d[128];
+  add_rule(km, SUB_XFORMER, 0, dst, "%s", src);
+  for (int b = 0; b < depth; b++) {
+    snprintf(d, sizeof d, "%stransformer_blocks.%d.", dst, b);
+    add_rule(km, SUB_XBLOCK, 0, d, "%stransformer_blocks.%d.", src, b);
+  }
+}
+
 int cd_keymap_unet(cd_keymap *km, const cd_unet_config *c) {
   memset(km, 0, sizeof *km);
   int n = c->nlevels, L = c->layers_per_block;
@@ -137,6 +150,11 @@ int cd_keymap_unet(cd_keymap *km, const cd_unet_config *c) {
   add_rule(km, SUB_LEAF, 0, "conv_in.", "input_blocks.0.0.");
   add_rule(km, SUB_LEAF, 0, "conv_norm_out.", "out.0.");
   add_rule(km, SUB_LEAF, 0, "conv_out.", "out.2.");
+  if (c->add_time_dim > 0) { /* SGM's label_emb.0 = Sequential(Linear, SiLU, Linear) */
+    add_rule(km, SUB_LEAF, 0, "add_embedding.linear_1.", "label_emb.0.0.");
+    add_rule(km, SUB_LEAF, 0, "add_embedding.linear_2.", "label_emb.0.2.");
+  }
+  char s[64];
   /* input_blocks.0 is conv_in; then per level L (resnet [+ transformer]) blocks and a downsampler */
   for (int i = 0; i < n; i++) {
     for (int j = 0; j < L; j++) {
@@ -145,7 +163,8 @@ int cd_keymap_unet(cd_keymap *km, const cd_unet_config *c) {
       add_rule(km, SUB_UNET_RES, 0, d, "input_blocks.%d.0.", k);
       if (c->down_attn[i]) {
         snprintf(d, sizeof d, "down_blocks.%d.attentions.%d.", i, j);
-        add_rule(km, SUB_XFORMER, 0, d, "input_blocks.%d.1.", k);
+        snprintf(s, sizeof s, "input_blocks.%d.1.", k);
+        add_transformer(km, d, s, cd_unet_depth(c, i));
       }
     }
     if (i < n - 1) {
@@ -155,7 +174,7 @@ int cd_keymap_unet(cd_keymap *km, const cd_unet_config *c) {
   }
   add_rule(km, SUB_UNET_RES, 0, "mid_block.resnets.0.", "middle_block.0.");
   if (c->mid_attn) {
-    add_rule(km, SUB_XFORMER, 0, "mid_block.attentions.0.", "middle_block.1.");
+    add_transformer(km, "mid_block.attentions.0.", "middle_block.1.", cd_unet_mid_depth(c));
     add_rule(km, SUB_UNET_RES, 0, "mid_block.resnets.1.", "middle_block.2.");
   } else {
     add_rule(km, SUB_UNET_RES, 0, "mid_block.resnets.1.", "middle_block.1.");
@@ -169,7 +188,8 @@ int cd_keymap_unet(cd_keymap *km, const cd_unet_config *c) {
       add_rule(km, SUB_UNET_RES, 0, d, "output_blocks.%d.0.", k);
       if (c->up_attn[u]) {
         snprintf(d, sizeof d, "up_blocks.%d.attentions.%d.", u, j);
-        add_rule(km, SUB_XFORMER, 0, d, "output_blocks.%d.1.", k);
+        snprintf(s, sizeof s, "output_blocks.%d.1.", k);
+        add_transformer(km, d, s, cd_unet_depth(c, n - 1 - u));
       }
       if (u < n - 1 && j == L) {
         snprintf(d, sizeof d, "up_blocks.%d.upsamplers.0.conv.", u);

@@ -52,8 +52,8 @@ typedef struct {
 } cd_keymap;
 
 /* UNet: keys relative to "model.diffusion_model." (input_blocks, middle_block,
- * output_blocks, time_embed, out). Uses nlevels, layers_per_block, down_attn,
- * up_attn, mid_attn. */
+ * output_blocks, time_embed, out; SGM's label_emb.0.{0,2} when add_time_dim > 0).
+ * Uses nlevels, layers_per_block, down_attn, up_attn, mid_attn, depth, mid_depth. */
 int cd_keymap_unet(cd_keymap *km, const cd_unet_config *c);
 /* VAE: keys relative to "first_stage_model." (encoder.down.i.block.j, decoder.up.i
  * numbered in reverse of diffusers, mid.block_1/2, mid.attn_1, quant convs). */
