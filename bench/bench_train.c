@@ -33,6 +33,7 @@
 #include "custom/train.h"
 #include "engine/graph.h"
 #include "models/sd_model.h"
+#include "models/token_table.h"
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
 #define BUDGET_GIB 24.0
@@ -150,12 +151,10 @@ int main(int argc, char **argv) {
   cd_train_opts o;
   cd_train_opts_default(&o);
   o.res = res;
-  o.ntok = 1;
-  o.tok_id[0] = m->clip.cfg.vocab; /* 49408: the new token */
-  o.init_id[0] = 42170;
+  o.ntok = 1; /* <new1>: 49408, from the row of "ktn" (42170) */
   cd_trainer t;
   t0 = cd_time();
-  if (cd_trainer_init(&t, m, &o)) {
+  if (cd_sd_add_tokens(m, 1, (const char *[]){"<new1>"}, (int[]){42170}, NULL, o.tok_id) || cd_trainer_init(&t, m, &o)) {
     fprintf(stderr, "bench_train: %s\n", cd_last_error());
     cd_trainer_free(&t);
     cd_sd_free(m);

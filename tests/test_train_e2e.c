@@ -16,6 +16,7 @@
 #include "io/image.h"
 #include "io/tensor_file.h"
 #include "models/sd_model.h"
+#include "models/token_table.h"
 #include "test.h"
 
 static char tmp[256], model[1024], images[512], classes[512], empty[512];
@@ -382,13 +383,13 @@ TEST(training_descends) {
   to.res = R;
   to.sample_latents = 0;
   to.ntok = 1;
-  to.tok_id[0] = m0->clip.cfg.vocab;
   if (!rc) { /* the row the run started from: its initializer, as the run looks it up */
     char wf[40];
     snprintf(wf, sizeof wf, "%s</w>", d->init[0]);
-    to.init_id[0] = cd_tokenizer_lookup(m0->tok, d->init[0]);
-    if (to.init_id[0] < 0) to.init_id[0] = cd_tokenizer_lookup(m0->tok, wf);
-    if (to.init_id[0] < 0) rc = cd_set_error("initializer %s not in the vocabulary", d->init[0]);
+    int init = cd_tokenizer_lookup(m0->tok, d->init[0]);
+    if (init < 0) init = cd_tokenizer_lookup(m0->tok, wf);
+    if (init < 0) rc = cd_set_error("initializer %s not in the vocabulary", d->init[0]);
+    else rc = cd_sd_add_tokens(m0, 1, (const char *[]){d->tok[0]}, &init, NULL, to.tok_id);
   }
   if (!rc) rc = cd_trainer_init(&t, m0, &to), inited = !rc;
   double l0 = 0, l1 = 0, dot = 0, gn = 0, dn = 0;

@@ -15,6 +15,7 @@
 #include "io/fsutil.h"
 #include "io/image.h"
 #include "models/sd_model.h"
+#include "models/token_table.h"
 #include "test.h"
 
 /* ---- learning-rate schedules ---- */
@@ -91,8 +92,7 @@ TEST(grad_accum_equals_big_batch) {
   o.res = 64;
   o.sample_latents = 0;
   o.ntok = 1;
-  o.tok_id[0] = 49408;
-  o.init_id[0] = 42170;
+  CHECK_OK(cd_sd_add_tokens(m, 1, (const char *[]){"<new1>"}, (int[]){42170}, NULL, o.tok_id));
   o.prior_weight = 0.7f;
   /* one batch of 2 */
   o.batch = 2;

@@ -8,6 +8,7 @@
 #include "custom/train.h"
 #include "engine/optim.h"
 #include "models/sd_model.h"
+#include "models/token_table.h"
 #include "test.h"
 
 /* The trainer's clipped AdamW as it ran on the host before it moved into the
@@ -118,10 +119,8 @@ static int fx_open(fixture *f, const char *model, const char *golden) {
   o.res = 64;
   o.lr = 1e-3f;
   o.sample_latents = 0;
-  o.ntok = 1;
-  o.tok_id[0] = 49408;
-  o.init_id[0] = 42170;
-  if (cd_trainer_init(&f->tr, f->m, &o)) {
+  o.ntok = 1; /* <new1> = id 49408, from the row of "ktn" (42170), as the golden run */
+  if (cd_sd_add_tokens(f->m, 1, (const char *[]){"<new1>"}, (int[]){42170}, NULL, o.tok_id) || cd_trainer_init(&f->tr, f->m, &o)) {
     snprintf(test_msg, sizeof test_msg, "%s: trainer: %s", model, cd_last_error());
     return -1;
   }

@@ -13,6 +13,7 @@
 #include "io/fsutil.h"
 #include "io/tensor_file.h"
 #include "models/keymap.h"
+#include "models/token_table.h"
 
 cd_delta *cd_delta_new(void) {
   cd_delta *d = cd_calloc(1, sizeof *d);
@@ -352,22 +353,9 @@ int cd_delta_apply(cd_sd_model *m, const cd_delta *d) {
     }
   }
   if (d->ntok) {
-    const char *tn = "text_model.embeddings.token_embedding.weight";
-    cd_weight *e = cd_weights_get(m->clip.w, tn);
-    if (!e) return cd_set_error("%s: text encoder has no token embedding", m->path);
-    int64_t V = e->ne[0], D = e->ne[1];
-    float *t = cd_malloc((V + d->ntok) * D * sizeof(float));
-    memcpy(t, cd_weight_f32(e), V * D * sizeof(float));
-    memcpy(t + V * D, d->embeds, (size_t)d->ntok * D * sizeof(float));
-    for (int i = 0; i < d->ntok; i++) {
-      int id = cd_tokenizer_add_token(m->tok, d->tok[i]);
-      if (id != V + i) {
-        free(t);
-        return cd_set_error("token %s got id %d, expected %ld (tokenizer and text encoder disagree)", d->tok[i], id, (long)(V + i));
-      }
-    }
-    if (cd_weights_put(m->clip.w, tn, 2, (int64_t[]){V + d->ntok, D}, t)) return -1;
-    m->clip.cfg.vocab = (int)(V + d->ntok);
+    const char *toks[CD_DELTA_MAX_TOKENS];
+    for (int i = 0; i < d->ntok; i++) toks[i] = d->tok[i];
+    if (cd_sd_add_tokens(m, d->ntok, toks, NULL, d->embeds, NULL)) return -1;
   }
   m->ndeltas++;
   return 0;

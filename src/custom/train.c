@@ -9,6 +9,7 @@
 #include "custom/delta.h"
 #include "diffusion/scheduler.h"
 #include "engine/optim.h"
+#include "models/token_table.h"
 
 void cd_train_opts_default(cd_train_opts *o) {
   memset(o, 0, sizeof *o);
@@ -36,21 +37,20 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
   t->B = o->batch * (o->prior ? 2 : 1);
   t->h = t->w = o->res / 8;
   const int B = t->B;
-  const int64_t h = t->h, w = t->w, d = m->clip.cfg.width, C = m->unet.cfg.in_channels;
+  const int64_t h = t->h, w = t->w, C = m->unet.cfg.in_channels;
 
   t->ac = cd_malloc(m->sched.num_train_timesteps * sizeof(float));
   cd_sched_alphas_cumprod(&m->sched, t->ac);
 
-  /* the new tokens' rows start as copies of their initializer rows */
-  cd_weight *table = cd_weights_get(m->clip.w, "text_model.embeddings.token_embedding.weight");
+  /* the modifier tokens are the table's last ntok rows (cd_sd_add_tokens put
+   * them there as copies of their initializers); the graph trains them in place */
+  cd_weight *table = cd_weights_get(m->clip.w, CD_TOKEN_TABLE);
   if (!table) return cd_set_error("%s: text encoder has no token embedding", m->path);
-  t->extra = cd_malloc((size_t)(o->ntok ? o->ntok : 1) * d * sizeof(float));
-  for (int i = 0; i < o->ntok; i++) {
-    if (o->init_id[i] < 0 || o->init_id[i] >= table->ne[0]) return cd_set_error("initializer token id %d out of range", o->init_id[i]);
-    if (o->tok_id[i] != m->clip.cfg.vocab + i)
-      return cd_set_error("modifier token %d has id %d, expected %d", i, o->tok_id[i], m->clip.cfg.vocab + i);
-    cd_weight_row_f32(table, o->init_id[i], t->extra + (size_t)i * d);
-  }
+  for (int i = 0; i < o->ntok; i++)
+    if (o->tok_id[i] != m->clip.cfg.vocab - o->ntok + i)
+      return cd_set_error("modifier token %d has id %d, expected %d (add the tokens with cd_sd_add_tokens first)", i, o->tok_id[i],
+                          m->clip.cfg.vocab - o->ntok + i);
+  if (o->ntok && table->type != CD_TYPE_F32) return cd_set_error("%s: the token table of the modifier tokens must be f32", m->path);
 
   /* VAE encoder, inference only */
   t->enc = cd_graph_new();
@@ -64,7 +64,7 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
   t->ids = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){B, CD_TOK_MAX_LEN});
   cd_node *extra = NULL;
   if (o->ntok) {
-    extra = cd_param(g, "token_embedding.extra", t->extra, 2, (int64_t[]){o->ntok, d});
+    extra = cd_w_rows(g, m->clip.w, m->clip.cfg.vocab - o->ntok, m->clip.cfg.vocab, CD_TOKEN_TABLE);
     cd_set_trainable(extra);
   }
   cd_node *ctx = cd_clip_build(g, &m->clip, t->ids, extra, NULL);
@@ -129,7 +129,6 @@ void cd_trainer_free(cd_trainer *t) {
   cd_optim_free(t->opt);
   cd_graph_free(t->g);
   free(t->p);
-  free(t->extra);
   free(t->ac);
   free(t->latents);
   free(t->stage);

@@ -28,8 +28,8 @@ typedef struct {
   float beta1, beta2, eps, weight_decay, max_grad_norm, prior_weight;
   int sample_latents; /* 1: latent_dist.sample() (training); 0: the posterior mean (golden tests) */
   int ntok;
-  int tok_id[16];     /* ids of the modifier tokens (vocab, vocab+1, ...) */
-  int init_id[16];    /* rows they start from */
+  int tok_id[16];     /* ids of the modifier tokens: the token table's last ntok rows, added by
+                         cd_sd_add_tokens (models/token_table.h) from their initializers */
 } cd_train_opts;
 
 void cd_train_opts_default(cd_train_opts *o);
@@ -47,7 +47,6 @@ typedef struct {
   cd_train_opts o;
   int B;              /* examples per step (batch, or 2 x batch with prior) */
   int64_t h, w;       /* latent size */
-  float *extra;       /* [ntok, d] trainable rows of the new tokens */
   cd_graph *enc;      /* VAE encoder graph for one image (no gradients) */
   cd_node *enc_in, *enc_out;
   float *moments;     /* [B, 2*4, h, w] posterior moments of the step's examples */

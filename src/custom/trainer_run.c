@@ -27,9 +27,9 @@
 #include "io/tensor_file.h"
 #include "io/writable.h"
 #include "models/sd_model.h"
+#include "models/token_table.h"
 #include "models/tokenizer.h"
 
-#define TOKEN_TABLE "text_model.embeddings.token_embedding.weight"
 #define MAX_TOK CD_DELTA_MAX_TOKENS
 
 static const char *const default_inits[] = {"ktn", "pll", "ucd"};
@@ -571,25 +571,12 @@ static FILE *open_log(const char *path, int keep) {
   return fp;
 }
 
-/* Samples the validation prompt with the current weights: the UNet is the
- * trainer's (updated in place); the token table is extended by the current
- * new rows for the duration, then restored (the training graph keeps
- * pointing at the original table). Writes OUT/validation/step_%06d.png, the
- * images side by side. */
+/* Samples the validation prompt with the current weights: the UNet's and the
+ * modifier tokens' rows of the token table, both trained in place. Writes
+ * OUT/validation/step_%06d.png, the images side by side. */
 static int validate(run_t *r, int step) {
   cd_sd_model *m = r->m;
   const int nimg = r->o.num_validation_images, res = r->o.res;
-  cd_weight *e = cd_weights_get(m->clip.w, TOKEN_TABLE);
-  if (!e) return cd_set_error("%s: text encoder has no token embedding", m->path);
-  const int64_t V = e->ne[0], D = e->ne[1];
-  float *tab = cd_malloc((size_t)(V + r->ntok) * D * sizeof(float));
-  memcpy(tab, cd_weight_f32(e), (size_t)V * D * sizeof(float));
-  memcpy(tab + (size_t)V * D, r->tr.extra, (size_t)r->ntok * D * sizeof(float));
-  float *saved = e->data;
-  int saved_vocab = m->clip.cfg.vocab;
-  e->data = tab;
-  e->ne[0] = V + r->ntok;
-  m->clip.cfg.vocab = (int)(V + r->ntok);
   const int64_t h = res / 8, w = res / 8;
   float *lat = cd_malloc((size_t)nimg * 4 * h * w * sizeof(float)), *img = cd_malloc((size_t)nimg * 3 * res * res * sizeof(float));
   cd_gen_opts g = {.prompt = r->o.validation_prompt, .negative = "", .cfg = 6.0f, .width = res, .height = res, .n = nimg, .quiet = 1};
@@ -597,10 +584,6 @@ static int validate(run_t *r, int step) {
   g.s.steps = 25;
   g.s.seed = r->o.seed;
   int rc = cd_generate_latents(m, &g, lat);
-  e->data = saved;
-  e->ne[0] = V;
-  m->clip.cfg.vocab = saved_vocab;
-  free(tab);
   if (!rc) rc = cd_decode_latents(m, lat, nimg, (int)h, (int)w, 0, img);
   if (!rc) {
     cd_image grid = {.w = nimg * res, .h = res, .c = 3};
@@ -908,12 +891,9 @@ static int setup_trainer(run_t *r) {
   cd_train_opts to;
   fill_train_opts(r, &to);
   to.ntok = r->ntok;
-  for (int i = 0; i < r->ntok; i++) {
-    int id = cd_tokenizer_add_token(m->tok, r->tok[i]);
-    if (id < 0) return cd_prefix_error("--modifier-token %s", r->tok[i]);
-    to.tok_id[i] = id;
-    to.init_id[i] = r->init_id[i];
-  }
+  const char *toks[MAX_TOK];
+  for (int i = 0; i < r->ntok; i++) toks[i] = r->tok[i];
+  if (cd_sd_add_tokens(m, r->ntok, toks, r->init_id, NULL, to.tok_id)) return cd_prefix_error("--modifier-token");
   if (cd_trainer_init(&r->tr, m, &to)) return -1;
   r->tr_ok = 1;
   return 0;

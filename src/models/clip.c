@@ -35,7 +35,12 @@ cd_node *cd_clip_build(cd_graph *g, cd_clip *m, cd_node *ids, cd_node *extra, cd
   const int64_t d = c->width, T = ids->ne[1];
   if (ids->ndim != 2 || T > c->max_pos) return cd_graph_fail(g, "clip: ids must be [B, <=%d]", c->max_pos);
   /* x = token_embedding[ids] + position_embedding[:T]            [B, T, d] */
-  cd_node *tok = cd_w(g, w, CD_SHAPE(c->vocab, d), P "embeddings.token_embedding.weight");
+  /* extra: the table's last E rows as their own node (the tokens a graph trains); the embedding reads ids >= vocab - E from it */
+  const int64_t E = extra ? extra->ne[0] : 0;
+  if (extra && (extra->ndim != 2 || extra->ne[1] != d || E >= c->vocab))
+    return cd_graph_fail(g, "clip: extra token rows must be [E < %d, %ld]", c->vocab, (long)d);
+  cd_node *tok = extra ? cd_w_rows(g, w, 0, c->vocab - E, P "embeddings.token_embedding.weight")
+                       : cd_w(g, w, CD_SHAPE(c->vocab, d), P "embeddings.token_embedding.weight");
   cd_node *pos = cd_w(g, w, CD_SHAPE(c->max_pos, d), P "embeddings.position_embedding.weight");
   if (T != c->max_pos) return cd_graph_fail(g, "clip: sequence length %ld, model has %d positions", (long)T, c->max_pos);
   cd_node *x = cd_add(g, cd_embedding(g, ids, tok, extra), pos);

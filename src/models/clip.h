@@ -44,8 +44,9 @@ typedef struct {
  * 1 <= N <= layers. */
 int cd_clip_set_skip(cd_clip *m, int clip_skip);
 
-/* ids: [B, 77] (float ids). extra: [E, d] rows for added tokens (ids vocab..vocab+E-1),
- * or NULL. hidden: if non-NULL, receives the per-layer outputs (hidden[0] = embeddings,
+/* ids: [B, 77] (i32 or float ids). extra: NULL, or the last E rows of the token table
+ * as a node of their own ([E, d], e.g. cd_w_rows, trainable: the modifier tokens a
+ * training graph learns); ids vocab-E..vocab-1 then read it, the rest the other rows. hidden: if non-NULL, receives the per-layer outputs (hidden[0] = embeddings,
  * hidden[i] = output of layer i, before the final LayerNorm), up to layers+1 entries.
  * Returns [B, 77, d]. */
 cd_node *cd_clip_build(cd_graph *g, cd_clip *m, cd_node *ids, cd_node *extra, cd_node **hidden);

@@ -182,6 +182,19 @@ static cd_node *wparam(cd_graph *g, cd_weights *w, int ndim, const int64_t *ne, 
   return x->node;
 }
 
+cd_node *cd_w_rows(cd_graph *g, cd_weights *w, int64_t r0, int64_t r1, const char *name) {
+  cd_weight *x = cd_weights_get(w, name);
+  if (!x) return cd_graph_fail(g, "missing weight '%s'", name);
+  if (x->ndim != 2 || r0 < 0 || r1 <= r0 || r1 > x->ne[0])
+    return cd_graph_fail(g, "weight '%s': rows [%ld, %ld) of a %d-D weight with %ld rows", name, (long)r0, (long)r1, x->ndim, (long)x->ne[0]);
+  x->used = 1;
+  const int64_t off = r0 * x->ne[1];
+  char nm[300];
+  snprintf(nm, sizeof nm, "%s[%ld:%ld]", name, (long)r0, (long)r1);
+  void *p = x->type == CD_TYPE_F32 ? (void *)(x->data + off) : (void *)(x->h16 + off);
+  return cd_param_typed(g, nm, p, x->type, 2, (int64_t[]){r1 - r0, x->ne[1]});
+}
+
 cd_node *cd_w(cd_graph *g, cd_weights *w, int ndim, const int64_t *ne, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);

@@ -1,0 +1,27 @@
+/* token_table.h - adding tokens to a model: the tokenizer and the text encoder's token embedding together.
+ *
+ * Every caller that gives a model new tokens (a delta's <new1>, the trainer's
+ * modifier tokens) goes through cd_sd_add_tokens, so the tokenizer's ids and
+ * the rows of text_model.embeddings.token_embedding.weight never disagree:
+ * token i of the call gets id V + i and row V + i, V being the table's rows
+ * before the call.
+ */
+#ifndef CD_TOKEN_TABLE_H
+#define CD_TOKEN_TABLE_H
+
+#include "models/sd_model.h"
+
+#define CD_TOKEN_TABLE "text_model.embeddings.token_embedding.weight"
+
+/* Adds n tokens. Row V + i of the table [V + n, d] is rows[i * d ...] when
+ * rows is given, else a copy of row init_id[i] (the initializer token's
+ * embedding, as Custom Diffusion starts a modifier token). The table becomes
+ * f32 (training updates the new rows in place; a 16-bit table is widened).
+ * tokens[i] are added to the tokenizer; a model without a tokenizer (tests
+ * that feed ids) gets the rows only, and tokens may be NULL then. ids (may be
+ * NULL) receives the n new ids. All or nothing: a token already defined or
+ * repeated, an initializer id out of range, or a tokenizer that disagrees
+ * with the table leaves the model unchanged. 0 or -1 + cd_last_error. */
+int cd_sd_add_tokens(cd_sd_model *m, int n, const char *const *tokens, const int *init_id, const float *rows, int *ids);
+
+#endif
