@@ -4,12 +4,14 @@
  *     block) against central finite differences of that reference;
  *   - the text_time added conditioning (add_time_proj of the six time ids,
  *     concat with the pooled text embedding, add_embedding MLP) the same way;
- *   - the cross-attention layer list of a depth > 1 configuration;
+ *   - the cross-attention layer list of a depth > 1 configuration, and the SGM
+ *     key map of the SDXL configuration (every depth, label_emb);
  *   - a model with added conditioning refuses to build without it.
  * Tolerances: the SD ones of the golden tests (forward 1e-4, gradients 1e-3
  * relative L2) unless a bound below says more (large time-id arguments). */
 #include <stdarg.h>
 
+#include "models/keymap.h"
 #include "models/unet.h"
 #include "test.h"
 
@@ -518,6 +520,52 @@ TEST(attn2_layers_follow_depth) {
   CHECK(cd_unet_attn2_layers(&d, names, 128) == 2 + 2 + 1 + 3 + 3);
 }
 
+TEST(sgm_keys_map_to_diffusers) {
+  cd_unet_config c;
+  sdxl_config(&c);
+  c.add_time_dim = 256;
+  c.add_text_dim = 1280;
+  c.add_time_ids = 6;
+  cd_keymap km;
+  CHECK_OK(cd_keymap_unet(&km, &c));
+  static const char *const ok[][2] = {
+      {"label_emb.0.0.weight", "add_embedding.linear_1.weight"},
+      {"label_emb.0.2.bias", "add_embedding.linear_2.bias"},
+      {"input_blocks.1.0.in_layers.0.weight", "down_blocks.0.resnets.0.norm1.weight"},
+      {"input_blocks.3.0.op.weight", "down_blocks.0.downsamplers.0.conv.weight"},
+      {"input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight",
+       "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k.weight"},
+      {"input_blocks.8.1.transformer_blocks.9.ff.net.0.proj.bias",
+       "down_blocks.2.attentions.1.transformer_blocks.9.ff.net.0.proj.bias"},
+      {"input_blocks.8.1.proj_out.weight", "down_blocks.2.attentions.1.proj_out.weight"},
+      {"middle_block.1.transformer_blocks.9.norm3.weight", "mid_block.attentions.0.transformer_blocks.9.norm3.weight"},
+      {"middle_block.2.out_layers.3.weight", "mid_block.resnets.1.conv2.weight"},
+      {"output_blocks.2.1.transformer_blocks.9.attn1.to_out.0.bias",
+       "up_blocks.0.attentions.2.transformer_blocks.9.attn1.to_out.0.bias"},
+      {"output_blocks.2.2.conv.weight", "up_blocks.0.upsamplers.0.conv.weight"},
+      {"output_blocks.5.1.transformer_blocks.1.attn2.to_v.weight",
+       "up_blocks.1.attentions.2.transformer_blocks.1.attn2.to_v.weight"},
+      {"output_blocks.8.0.skip_connection.weight", "up_blocks.2.resnets.2.conv_shortcut.weight"},
+  };
+  /* blocks past a level's depth, attention at the level without it */
+  static const char *const bad[] = {"input_blocks.8.1.transformer_blocks.10.norm1.weight",
+                                    "output_blocks.5.1.transformer_blocks.2.norm1.weight",
+                                    "input_blocks.1.1.proj_in.weight", "output_blocks.8.1.proj_in.weight",
+                                    "label_emb.0.1.weight"};
+  char msg[512] = "";
+  for (size_t i = 0; i < sizeof ok / sizeof *ok && !msg[0]; i++) {
+    cd_km_result r;
+    if (cd_keymap_map(&km, ok[i][0], &r) != CD_KM_COPY || strcmp(r.dst[0], ok[i][1]))
+      snprintf(msg, sizeof msg, "%s -> %s, expected %s", ok[i][0], r.n ? r.dst[0] : "(nothing)", ok[i][1]);
+  }
+  for (size_t i = 0; i < sizeof bad / sizeof *bad && !msg[0]; i++) {
+    cd_km_result r;
+    if (cd_keymap_map(&km, bad[i], &r) != CD_KM_UNKNOWN) snprintf(msg, sizeof msg, "%s was mapped to %s", bad[i], r.dst[0]);
+  }
+  cd_keymap_free(&km);
+  CHECKF(!msg[0], "%s", msg);
+}
+
 TEST(added_conditioning_required) {
   cd_unet m = {0};
   m.cfg.nlevels = 1;
@@ -550,6 +598,7 @@ int main(void) {
   RUN(transformer_depth2_matches_float64);
   RUN(text_time_embedding_matches_float64);
   RUN(attn2_layers_follow_depth);
+  RUN(sgm_keys_map_to_diffusers);
   RUN(added_conditioning_required);
   return test_summary();
 }

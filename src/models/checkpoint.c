@@ -10,7 +10,10 @@
  * Family rule: SD 2.x when the text encoder is OpenCLIP (exact GELU, the
  * cond_stage_model.model.* naming of single files / hidden_act "gelu" in a
  * folder); otherwise SD 1.x. Without a text encoder (no_text), linear
- * transformer projections mean SD 2.x.
+ * transformer projections mean SD 2.x. SDXL: a UNet with the text_time added
+ * conditioning (addition_embed_type in unet/config.json, SGM's label_emb.0.*
+ * in a single file), transformer depths per level read from the config or
+ * counted from the keys, VAE scaling factor 0.13025 unless a config says.
  *
  * The model hash is SHA-256 over the loaded fp32 weights: for every tensor in
  * sorted "component.name" order, its name, its shape "(a, b, ...)" and the
@@ -272,17 +275,13 @@ static int unet_config_from_json(const cJSON *j, const char *file, cd_unet_confi
       strcmp(it->valuestring, "UNet2DConditionModel"))
     return cd_set_error("%s: _class_name \"%s\" is not supported (expected UNet2DConditionModel)",
                         file, it->valuestring);
-  if (jget(j, "addition_embed_type"))
-    return cd_set_error("%s: addition_embed_type is set: SDXL is not supported (only SD 1.x/2.x)", file);
   static const char *const unsupported[] = {"class_embed_type", "time_cond_proj_dim",
-                                            "encoder_hid_dim", "num_class_embeds"};
+                                            "encoder_hid_dim", "num_class_embeds",
+                                            "reverse_transformer_layers_per_block", "time_embedding_dim",
+                                            "time_embedding_act_fn"};
   for (size_t i = 0; i < sizeof unsupported / sizeof *unsupported; i++)
     if (jget(j, unsupported[i]))
       return cd_set_error("%s: \"%s\" is set: this UNet variant is not supported", file, unsupported[i]);
-  int depth;
-  if (jint(j, "transformer_layers_per_block", 1, file, &depth)) return -1;
-  if (depth != 1)
-    return cd_set_error("%s: transformer_layers_per_block %d is not supported (only 1)", file, depth);
   if ((it = jget(j, "resnet_time_scale_shift")) && cJSON_IsString(it) &&
       strcmp(it->valuestring, "default"))
     return cd_set_error("%s: resnet_time_scale_shift \"%s\" is not supported", file, it->valuestring);
@@ -301,6 +300,33 @@ static int unet_config_from_json(const cJSON *j, const char *file, cd_unet_confi
   c->norm_eps = (float)eps;
   c->freq_shift = (float)shift;
   int n = c->nlevels, m;
+  /* transformer_layers_per_block: one int or one per level (SDXL [1, 2, 10]); the mid
+   * block takes the last level's, up level i the depth of down level n-1-i (diffusers) */
+  if (!jget(j, "transformer_layers_per_block")) {
+    for (int i = 0; i < n; i++) c->depth[i] = 1;
+  } else {
+    if (jints(j, "transformer_layers_per_block", file, c->depth, CD_UNET_MAX_LEVELS, &m, n)) return -1;
+    if (m != n) return cd_set_error("%s: \"transformer_layers_per_block\" has %d entries for %d levels", file, m, n);
+  }
+  c->mid_depth = c->depth[n - 1];
+  if ((it = jget(j, "addition_embed_type"))) {
+    /* SDXL's text_time: pooled text embedding + add_time_ids numbers, each Fourier-embedded
+     * addition_time_embed_dim wide; projection_class_embeddings_input_dim is their total */
+    if (!cJSON_IsString(it) || strcmp(it->valuestring, "text_time"))
+      return cd_set_error("%s: addition_embed_type %s%s%s is not supported (only \"text_time\", SDXL)", file,
+                          cJSON_IsString(it) ? "\"" : "", cJSON_IsString(it) ? it->valuestring : "(not a string)",
+                          cJSON_IsString(it) ? "\"" : "");
+    int in = 0;
+    if (jint(j, "addition_time_embed_dim", 0, file, &c->add_time_dim) ||
+        jint(j, "projection_class_embeddings_input_dim", 0, file, &in))
+      return -1;
+    c->add_time_ids = CD_SDXL_TIME_IDS;
+    c->add_text_dim = in - c->add_time_ids * c->add_time_dim;
+    if (c->add_time_dim < 2 || c->add_time_dim % 2 || c->add_text_dim < 1)
+      return cd_set_error("%s: addition_time_embed_dim %d (even, >= 2) and projection_class_embeddings_input_dim "
+                          "%d (pooled width + %d x that) do not describe SDXL's text_time conditioning",
+                          file, c->add_time_dim, in, CD_SDXL_TIME_IDS);
+  }
   /* attention_head_dim is the number of heads (diffusers' misnomer); num_attention_heads wins */
   const char *hk = jget(j, "num_attention_heads") ? "num_attention_heads" : "attention_head_dim";
   if (jints(j, hk, file, c->heads, CD_UNET_MAX_LEVELS, &m, n)) return -1;
@@ -490,6 +516,7 @@ static int load_folder(const char *dir, const cd_load_opts *o, cd_sd_model *m) {
   } else {
     m->family = m->unet.cfg.linear_proj ? CD_FAMILY_SD2 : CD_FAMILY_SD1;
   }
+  if (m->unet.cfg.add_time_dim > 0) m->family = CD_FAMILY_SDXL; /* unet: addition_embed_type text_time */
   m->clip.cfg.pad_id = m->family == CD_FAMILY_SD2 ? 0 : 49407;
 
   /* scheduler: missing config -> SD defaults */
@@ -634,6 +661,38 @@ static int detect_unet(const sfile *s, const char *yaml, cd_family fam, cd_unet_
     c->up_attn[i] = sf_find(s, UP, "output_blocks.%d.1.proj_in.weight", i * (L + 1)) != NULL;
   }
   c->mid_attn = sf_find(s, UP, "middle_block.1.proj_in.weight") != NULL;
+  /* transformer depth per level (SDXL 1/2/10): blocks transformer_blocks.0..N-1 of every
+   * SpatialTransformer of the level, down and up alike */
+  for (int i = 0; i < n; i++) {
+    c->depth[i] = 0;
+    for (int b = 0; b < 2 * L + 1; b++) {
+      int down = b < L, k = down ? 1 + i * (L + 1) + b : (n - 1 - i) * (L + 1) + (b - L);
+      char pre[96];
+      snprintf(pre, sizeof pre, UP "%s_blocks.%d.1.transformer_blocks.", down ? "input" : "output", k);
+      if (!(down ? c->down_attn[i] : c->up_attn[n - 1 - i])) continue;
+      int d = sf_max_index(s, pre) + 1;
+      if (d < 1) return cd_set_error("%s: %s%s0.* is missing", s->path, s->root, pre);
+      if (c->depth[i] && d != c->depth[i])
+        return cd_set_error("%s: level %d has transformers of depth %d and %d (%s%s*)", s->path, i, c->depth[i], d,
+                            s->root, pre);
+      c->depth[i] = d;
+    }
+    if (!c->depth[i]) c->depth[i] = 1;
+  }
+  c->mid_depth = c->mid_attn ? sf_max_index(s, UP "middle_block.1.transformer_blocks.") + 1 : 1;
+  if (c->mid_depth < 1) return cd_set_error("%s: middle_block.1 has no transformer_blocks", s->path);
+  /* SGM's label_emb.0 = Linear(adm_in, tdim), SiLU, Linear(tdim, tdim): SDXL's text_time
+   * conditioning, adm_in = pooled width + 6 x the embedders' outdim (256 unless the yaml says) */
+  if ((t = sf_find(s, UP, "label_emb.0.0.weight"))) {
+    if (t->ndim != 2) return cd_set_error("%s: " UP "label_emb.0.0.weight must be 2-D", s->path);
+    c->add_time_dim = 256;
+    yaml_int(yaml, NULL, "outdim", &c->add_time_dim);
+    c->add_time_ids = CD_SDXL_TIME_IDS;
+    c->add_text_dim = (int)t->shape[1] - c->add_time_ids * c->add_time_dim;
+    if (c->add_time_dim < 2 || c->add_time_dim % 2 || c->add_text_dim < 1)
+      return cd_set_error("%s: label_emb.0.0 takes %lld inputs: not a pooled text embedding plus %d time ids of "
+                          "width %d (SDXL)", s->path, (long long)t->shape[1], CD_SDXL_TIME_IDS, c->add_time_dim);
+  }
   if (sf_need(s, &t, 4, UP, "out.2.weight")) return -1;
   c->out_channels = (int)t->shape[0];
   if (t->shape[1] != c0)
@@ -674,10 +733,11 @@ static int detect_unet(const sfile *s, const char *yaml, cd_family fam, cd_unet_
   /* heads: num_head_channels (SD 2.x style) or num_heads (SD 1.x style) from the yaml,
    * else SD 2.x head width 64, SD 1.x 8 heads */
   int hc = 0, nh = 0;
-  yaml_int(yaml, "unet_config", "num_head_channels", &hc);
-  yaml_int(yaml, "unet_config", "num_heads", &nh);
+  /* LDM's unet_config, SGM's network_config */
+  if (!yaml_int(yaml, "unet_config", "num_head_channels", &hc)) yaml_int(yaml, "network_config", "num_head_channels", &hc);
+  if (!yaml_int(yaml, "unet_config", "num_heads", &nh)) yaml_int(yaml, "network_config", "num_heads", &nh);
   if (hc <= 0 && nh <= 0) {
-    if (fam == CD_FAMILY_SD2) hc = 64;
+    if (fam == CD_FAMILY_SD2 || fam == CD_FAMILY_SDXL || c->add_time_dim > 0) hc = 64;
     else nh = 8;
   }
   for (int i = 0; i < n; i++) {
@@ -931,10 +991,9 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
     const char *full = cd_tf_at(f, i)->name;
     if (strncmp(full, s.root, rl)) { unknown++; if (!first_unknown) first_unknown = full; continue; }
     const char *k = full + rl;
-    if (starts_with(k, "conditioner.") || starts_with(k, UP "label_emb.") ||
-        starts_with(k, "add_embedding.")) {
-      cd_set_error("%s: key %s belongs to an SDXL checkpoint: SDXL is not supported (only SD 1.x/2.x)",
-                   path, full);
+    if (starts_with(k, "conditioner.")) { /* SDXL's text encoders (SGM layout) */
+      if (o->no_text) continue;
+      cd_set_error("%s: key %s: SDXL's text encoders (conditioner.embedders.*) cannot be loaded yet", path, full);
       goto done;
     }
     if (starts_with(k, UP)) continue;
@@ -974,8 +1033,12 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
     const cd_tensor_info *p = sf_find(&s, UP, "input_blocks.1.1.proj_in.weight");
     m->family = p && p->ndim == 2 ? CD_FAMILY_SD2 : CD_FAMILY_SD1;
   }
+  if (sf_find(&s, UP, "label_emb.0.0.weight")) m->family = CD_FAMILY_SDXL; /* text_time conditioning */
   if (detect_unet(&s, yaml, m->family, &m->unet.cfg)) goto done;
   if (have_vae && !o->no_vae && detect_vae(&s, yaml, &m->vae.cfg)) goto done;
+  double sfv;
+  if (m->family == CD_FAMILY_SDXL && !yaml_double(yaml, NULL, "scale_factor", &sfv))
+    m->vae.cfg.scaling_factor = 0.13025f; /* SDXL's VAE (sd_xl_base.yaml scale_factor) */
   int stored = 0;
   if ((oc || hf) && detect_clip(&s, yaml, oc, &m->clip.cfg, &stored)) goto done;
   if (!oc && !hf) m->clip.cfg.pad_id = m->family == CD_FAMILY_SD2 ? 0 : 49407;
@@ -1001,7 +1064,9 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
    * latents (768 px) for SD 2.x v-prediction models and 64 (512 px) otherwise;
    * --prediction is applied later, so a v model without a yaml is adjusted in cd_sd_load */
   if (!yaml_int(yaml, NULL, "image_size", &m->unet.cfg.sample_size) || m->unet.cfg.sample_size <= 0)
-    m->unet.cfg.sample_size = m->family == CD_FAMILY_SD2 && m->sched.pred == CD_PRED_V ? 96 : 64;
+    m->unet.cfg.sample_size = m->family == CD_FAMILY_SDXL                            ? 128 /* 1024 px */
+                              : m->family == CD_FAMILY_SD2 && m->sched.pred == CD_PRED_V ? 96
+                                                                                         : 64;
 
   cd_weights **ws[3] = {&m->clip.w, &m->unet.w, &m->vae.w};
   static const char *const pre[3] = {TP, UP, VP};
@@ -1178,7 +1243,8 @@ int cd_sd_load(const char *path, const cd_load_opts *opts, cd_sd_model **out) {
   if (!rc) {
     if (m->tok) m->clip.cfg.pad_id = cd_tokenizer_pad(m->tok);
     compute_hash(m);
-    cd_log("loaded %s (%s, %s): hash %s\n", path, m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x",
+    cd_log("loaded %s (%s, %s): hash %s\n", path,
+           m->family == CD_FAMILY_SDXL ? "SDXL" : m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x",
            m->layout, m->hash);
     *out = m;
     return 0;

@@ -43,7 +43,8 @@ int cd_sd_info(const cd_sd_model *m, FILE *o) {
   const cd_vae_config *v = &m->vae.cfg;
   const cd_clip_config *t = &m->clip.cfg;
   fprintf(o, "model:        %s\n", m->path);
-  fprintf(o, "family:       %s\n", m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x");
+  fprintf(o, "family:       %s\n",
+          m->family == CD_FAMILY_SDXL ? "SDXL" : m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x");
   fprintf(o, "layout:       %s\n", m->layout);
   fprintf(o, "prediction:   %s\n", m->sched.pred == CD_PRED_V ? "v_prediction" : "epsilon");
   if (m->clip.w)
@@ -63,8 +64,21 @@ int cd_sd_info(const cd_sd_model *m, FILE *o) {
     ints(o, u->down_attn, u->nlevels);
     fprintf(o, " up ");
     ints(o, u->up_attn, u->nlevels);
-    fprintf(o, ", %d layers per block, context %d, %s projections, %d groups, default %d px\n",
+    int deep = u->mid_attn && cd_unet_mid_depth(u) > 1;
+    for (int i = 0; i < u->nlevels; i++) deep |= cd_unet_depth(u, i) > 1;
+    if (deep) { /* transformer_layers_per_block */
+      int d[CD_UNET_MAX_LEVELS];
+      for (int i = 0; i < u->nlevels; i++) d[i] = cd_unet_depth(u, i);
+      fprintf(o, ", transformer depth ");
+      ints(o, d, u->nlevels);
+      fprintf(o, " mid %d", cd_unet_mid_depth(u));
+    }
+    fprintf(o, ", %d layers per block, context %d, %s projections, %d groups, default %d px",
             u->layers_per_block, u->context_dim, u->linear_proj ? "linear" : "1x1-conv", u->norm_groups, 8 * u->sample_size);
+    if (u->add_time_dim > 0)
+      fprintf(o, ", added conditioning text_time (pooled %d + %d time ids x %d)", u->add_text_dim, u->add_time_ids,
+              u->add_time_dim);
+    fprintf(o, "\n");
   } else {
     fprintf(o, "unet:         not loaded\n");
   }

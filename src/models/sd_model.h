@@ -8,7 +8,7 @@
 #include "models/unet.h"
 #include "models/vae.h"
 
-typedef enum { CD_FAMILY_SD1 = 1, CD_FAMILY_SD2 = 2 } cd_family;
+typedef enum { CD_FAMILY_SD1 = 1, CD_FAMILY_SD2 = 2, CD_FAMILY_SDXL = 3 } cd_family;
 
 typedef struct {
   cd_family family;

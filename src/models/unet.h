@@ -28,6 +28,8 @@
 #include "models/weights.h"
 
 #define CD_UNET_MAX_LEVELS 6
+/* SDXL's micro-conditioning: original height, width, crop top, left, target height, width */
+#define CD_SDXL_TIME_IDS 6
 
 typedef struct {
   int in_channels, out_channels;
