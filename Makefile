@@ -1,5 +1,6 @@
 # cdiff build. `make` builds the library, the CLI, the tests and the benchmarks;
-# `make test` runs every test; `make SAN=1 test` does it under ASan/UBSan.
+# `make test` runs every test; `make SAN=1 test` does it under ASan/UBSan;
+# `make MPI=1` builds with mpicc for distributed runs (docs/distributed.md).
 CC      ?= gcc
 BUILD   ?= build
 OPT     ?= -O2
@@ -7,8 +8,15 @@ ifeq ($(SAN),1)
 BUILD   := build-san
 OPT     := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 endif
+# `make MPI=1`: the same program built with mpicc against MPI (src/dist/dist_mpi.c),
+# into its own folder (build-mpi, build-mpi-san) so both builds coexist.
+ifeq ($(MPI),1)
+CC      := mpicc
+BUILD   := $(BUILD:build%=build-mpi%)
+DIST_CFLAGS := -DCD_WITH_MPI
+endif
 CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -march=native -ffp-contract=fast -fvect-cost-model=dynamic -fopenmp -Wall -Wextra \
-           -Wno-unused-parameter -Wno-sign-compare -Wno-format-truncation -Wno-missing-field-initializers -Isrc $(EXTRA_CFLAGS)
+           -Wno-unused-parameter -Wno-sign-compare -Wno-format-truncation -Wno-missing-field-initializers -Isrc $(DIST_CFLAGS) $(EXTRA_CFLAGS)
 WHOLE    = -Wl,--whole-archive $(BUILD)/libcdiff.a -Wl,--no-whole-archive
 LDLIBS  := -llapacke -lopenblas -lcjson -lpng -ljpeg -lwebp -lz -lm
 SANFLAGS := -fsanitize=address,undefined
@@ -69,11 +77,18 @@ test: $(BUILD)/cdiff $(TEST_BIN) $(TOOL_BIN) $(FAULT_LIB)
 # check = the test suite twice: optimised, and under ASan/UBSan (one summary
 # line). Each test runs the tools of its own build, so the tests that spawn
 # cdiff or gen_sd_random run the sanitized ones in the second pass.
+# With OpenMPI installed (scripts/install-deps.sh) it also builds `make MPI=1`
+# (optimised and sanitized) and runs the distributed tests (tests/test_dist.c,
+# which start that build's cdiff under mpirun).
+MPI_CHECK := $(shell command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/null 2>&1 && echo 1)
+MPI_TESTS := $(if $(MPI_CHECK),build-mpi/tests/test_dist build-mpi-san/tests/test_dist)
 check:
 	@$(MAKE) --no-print-directory -s all >/dev/null
 	@$(MAKE) --no-print-directory -s SAN=1 build-san/cdiff build-san/tests/libfailwrite.so $(TEST_SRC:tests/%.c=build-san/tests/%) \
 	  $(TOOL_SRC:tools/%.c=build-san/tools/%) >/dev/null
-	@sh tests/run.sh $(TEST_BIN) $(TEST_SRC:tests/%.c=build-san/tests/%)
+	@$(if $(MPI_CHECK),$(MAKE) --no-print-directory -s MPI=1 build-mpi/cdiff build-mpi/tests/test_dist >/dev/null,true)
+	@$(if $(MPI_CHECK),$(MAKE) --no-print-directory -s MPI=1 SAN=1 build-mpi-san/cdiff build-mpi-san/tests/test_dist >/dev/null,true)
+	@sh tests/run.sh $(TEST_BIN) $(TEST_SRC:tests/%.c=build-san/tests/%) $(MPI_TESTS)
 
 # the README's main job: install, build, fine-tune the shipped model on a new concept, sample grids
 demo:
@@ -83,6 +98,6 @@ bench: $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do $$b || exit 1; done
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-mpi build-mpi-san
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "core/common.h"
+#include "dist/dist.h"
 
 /* The Makefile writes build/git_commit.h (CD_GIT_COMMIT) from `git rev-parse --short HEAD`. */
 #if defined(__has_include)
@@ -59,8 +60,22 @@ static int version(void) {
   return fflush(stdout) == 0 ? 0 : 1;
 }
 
+static int run(int argc, char **argv);
+
 int main(int argc, char **argv) {
   cd_env_tune(argc, argv);
+  /* under mpirun/srun every rank runs the same command (make MPI=1); alone it is rank 0 of 1 */
+  if (cd_dist_init(&argc, &argv)) {
+    fprintf(stderr, "cdiff: %s\n", cd_last_error());
+    return 1;
+  }
+  cd_silent = cd_dist_world_rank() != 0;
+  int rc = run(argc, argv);
+  cd_dist_finalize();
+  return rc;
+}
+
+static int run(int argc, char **argv) {
   if (argc < 2) {
     usage(stderr);
     return 2;

@@ -126,14 +126,17 @@ size_t cd_peak_rss_bytes(void) {
 }
 
 int cd_verbose = 0;
+int cd_silent;
+
 void cd_log(const char *fmt, ...) {
-  if (!cd_verbose) return;
+  if (!cd_verbose || cd_silent) return;
   va_list ap;
   va_start(ap, fmt);
   vfprintf(stderr, fmt, ap);
   va_end(ap);
 }
 void cd_warn(const char *fmt, ...) {
+  if (cd_silent) return;
   va_list ap;
   va_start(ap, fmt);
   fputs("warning: ", stderr);

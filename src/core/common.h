@@ -51,6 +51,9 @@ size_t cd_peak_rss_bytes(void); /* peak resident set size of the process */
 
 /* ---- logging ---- */
 extern int cd_verbose;
+/* 1 on the ranks of a distributed run that are not rank 0 (src/dist): they
+ * log, warn and draw nothing, so the job prints what one process would. */
+extern int cd_silent;
 void cd_log(const char *fmt, ...) CD_PRINTF(1, 2);  /* stderr, only if cd_verbose */
 void cd_warn(const char *fmt, ...) CD_PRINTF(1, 2); /* stderr, always, "warning: " */
 

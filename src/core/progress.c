@@ -14,7 +14,7 @@ void cd_progress_start(cd_progress *p, const char *label, int total) {
   p->t0 = cd_time();
   p->last_draw = 0;
   p->tty = isatty(2);
-  p->quiet = getenv("CDIFF_QUIET") != NULL;
+  p->quiet = getenv("CDIFF_QUIET") != NULL || cd_silent;
   p->has_loss = 0;
 }
 

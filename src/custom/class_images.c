@@ -9,6 +9,7 @@
 #include "core/progress.h"
 #include "custom/dataset.h"
 #include "diffusion/pipeline.h"
+#include "dist/dist.h"
 #include "io/fsutil.h"
 #include "io/image.h"
 
@@ -22,7 +23,8 @@ void cd_class_gen_opts_default(cd_class_gen_opts *o) {
   o->seed = 0;
 }
 
-static int generate_one(cd_sd_model *m, const cd_class_gen_opts *o, const char *path, uint64_t seed) {
+/* Image `seed` of the class prompt, as 8-bit RGB. */
+static int render_one(cd_sd_model *m, const cd_class_gen_opts *o, uint64_t seed, uint8_t *rgb) {
   const int res = o->res;
   const int64_t h = res / 8, w = res / 8;
   cd_gen_opts g = {.prompt = o->prompt, .negative = "", .cfg = o->cfg, .width = res, .height = res, .n = 1, .quiet = 1};
@@ -33,51 +35,105 @@ static int generate_one(cd_sd_model *m, const cd_class_gen_opts *o, const char *
   float *lat = cd_malloc(4 * h * w * sizeof(float)), *img = cd_malloc(3 * (size_t)res * res * sizeof(float));
   int rc = -1;
   if (!cd_generate_latents(m, &g, lat) && !cd_decode_latents(m, lat, 1, (int)h, (int)w, 0, img)) {
-    char sseed[32], ssteps[16], scfg[32], seta[32];
-    snprintf(sseed, sizeof sseed, "%llu", (unsigned long long)seed);
-    snprintf(ssteps, sizeof ssteps, "%d", o->steps);
-    snprintf(scfg, sizeof scfg, "%g", o->cfg);
-    snprintf(seta, sizeof seta, "%g", o->eta);
-    const char *kv[] = {"prompt", o->prompt, "negative_prompt", "", "seed", sseed, "sampler", "ddim", "steps", ssteps,
-                        "cfg_scale", scfg, "eta", seta, "model_hash", m->hash, "software", "cdiff (class image)"};
     cd_image im;
     cd_chw_to_image(img, 3, res, res, &im);
-    rc = cd_image_save_png(path, &im, kv, (int)(sizeof kv / sizeof kv[0]) / 2);
+    memcpy(rgb, im.px, (size_t)res * res * 3);
     cd_image_free(&im);
+    rc = 0;
   }
   free(lat);
   free(img);
   return rc;
 }
 
+/* path, written atomically, with the generation parameters as PNG text */
+static int save_one(cd_sd_model *m, const cd_class_gen_opts *o, const char *path, uint64_t seed, uint8_t *rgb) {
+  char sseed[32], ssteps[16], scfg[32], seta[32];
+  snprintf(sseed, sizeof sseed, "%llu", (unsigned long long)seed);
+  snprintf(ssteps, sizeof ssteps, "%d", o->steps);
+  snprintf(scfg, sizeof scfg, "%g", o->cfg);
+  snprintf(seta, sizeof seta, "%g", o->eta);
+  const char *kv[] = {"prompt", o->prompt, "negative_prompt", "", "seed", sseed, "sampler", "ddim", "steps", ssteps,
+                      "cfg_scale", scfg, "eta", seta, "model_hash", m->hash, "software", "cdiff (class image)"};
+  cd_image im = {.w = o->res, .h = o->res, .c = 3, .px = rgb};
+  return cd_image_save_png(path, &im, kv, (int)(sizeof kv / sizeof kv[0]) / 2);
+}
+
+/* Under MPI (src/dist) the missing images are shared by the ranks in rounds:
+ * in round k rank r renders missing image k*size + r, rank 0 gathers the
+ * pixels and writes the files. An image depends only on its index (seed + i),
+ * so the folder is byte for byte the one a single process makes; every rank
+ * returns the same status (the failures are agreed on). */
 int cd_class_images_ensure(cd_sd_model *m, const cd_class_gen_opts *o, int *generated) {
   if (generated) *generated = 0;
   if (!o->prompt || !*o->prompt) return cd_set_error("class images for %s: no class prompt to generate them from", o->dir);
   if (o->n < 0 || o->steps < 1 || o->res <= 0 || o->res % 8)
     return cd_set_error("class images: bad options (n %d, steps %d, resolution %d)", o->n, o->steps, o->res);
-  if (cd_mkdir_p(o->dir)) return -1;
-  int have;
-  if (cd_count_images(o->dir, &have)) return -1;
-  if (have >= o->n) return 0;
-  int need = o->n - have, made = 0;
-  cd_log("class images: %s has %d of %d, generating %d for \"%s\"\n", o->dir, have, o->n, need, o->prompt);
+  const int rank = cd_dist_rank(), size = cd_dist_size();
+  /* rank 0 finds the gaps (index i <-> class_%05d.png <-> seed + i; existing
+   * names are skipped, so a restarted generation fills exactly the gaps an
+   * interruption left) and tells the others */
+  int need = 0, have = 0;
+  int *todo = NULL;
+  int rc = 0;
+  if (rank == 0) {
+    rc = cd_mkdir_p(o->dir) || cd_count_images(o->dir, &have) ? -1 : 0;
+    if (!rc && have < o->n) {
+      need = o->n - have;
+      todo = cd_malloc((size_t)need * sizeof(int));
+      for (int i = 0, k = 0; k < need; i++) {
+        char path[2048];
+        snprintf(path, sizeof path, "%s/class_%05d.png", o->dir, i);
+        if (!cd_file_exists(path)) todo[k++] = i;
+      }
+    }
+  }
+  if (cd_dist_agree(rc == 0) || cd_dist_bcast(&need, sizeof need, 0)) {
+    free(todo);
+    return -1;
+  }
+  if (!need) return 0;
+  if (rank) todo = cd_malloc((size_t)need * sizeof(int));
+  if (cd_dist_bcast(todo, (size_t)need * sizeof(int), 0)) {
+    free(todo);
+    return -1;
+  }
+  cd_log("class images: %s has %d of %d, generating %d for \"%s\"%s\n", o->dir, o->n - need, o->n, need, o->prompt,
+         size > 1 ? " (shared by the ranks)" : "");
   cd_progress bar;
   cd_progress_start(&bar, "class images", need);
   if (o->quiet) bar.quiet = 1;
-  /* index i <-> class_%05d.png <-> seed + i; existing names are skipped, so a
-   * restarted generation fills exactly the gaps an interruption left */
-  for (int i = 0; made < need; i++) {
-    char path[2048];
-    snprintf(path, sizeof path, "%s/class_%05d.png", o->dir, i);
-    if (cd_file_exists(path)) continue;
-    if (generate_one(m, o, path, o->seed + (uint64_t)i)) {
-      cd_progress_finish(&bar);
-      return cd_prefix_error("generating class image %s", path);
+  const size_t px = (size_t)o->res * o->res * 3;
+  uint8_t *mine = cd_calloc(px, 1), *all = rank == 0 ? cd_malloc(px * size) : NULL;
+  int made = 0;
+  for (int base = 0; base < need && !rc; base += size) {
+    const int j = base + rank;
+    int ok = j >= need || !render_one(m, o, o->seed + (uint64_t)todo[j], mine);
+    if (!ok) cd_prefix_error("generating class image %s/class_%05d.png", o->dir, todo[j]);
+    if (cd_dist_agree(ok) || cd_dist_gather(mine, px, all)) {
+      rc = -1;
+      break;
     }
-    made++;
+    for (int q = 0; rank == 0 && q < size && base + q < need && !rc; q++) {
+      char path[2048];
+      snprintf(path, sizeof path, "%s/class_%05d.png", o->dir, todo[base + q]);
+      if (save_one(m, o, path, o->seed + (uint64_t)todo[base + q], all + q * px)) rc = cd_prefix_error("writing class image %s", path);
+      else made++;
+    }
+    if (cd_dist_agree(rc == 0)) rc = -1; /* rank 0's write failure stops every rank */
     if (generated) *generated = made;
-    cd_progress_update(&bar, made);
+    cd_progress_update(&bar, CD_MIN(base + size, need));
   }
   cd_progress_finish(&bar);
-  return 0;
+  /* rank 0 checks that the folder now holds the set */
+  if (!rc && rank == 0) {
+    int now = 0;
+    if (cd_count_images(o->dir, &now)) rc = -1;
+    else if (now < o->n) rc = cd_set_error("class images: %s holds %d images after generation, expected %d", o->dir, now, o->n);
+  }
+  if (cd_dist_agree(rc == 0)) rc = -1;
+  free(mine);
+  free(all);
+  free(todo);
+  return rc;
 }

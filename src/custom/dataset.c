@@ -215,6 +215,7 @@ void cd_item_list_free(cd_item_list *l) {
 }
 
 void cd_item_list_report(const cd_item_list *l, const char *what, const char *dir, int used) {
+  if (cd_silent) return;
   fprintf(stderr, "%s %s: %d of %d images used", what, dir, used, l->n);
   if (l->nskipped)
     fprintf(stderr, "; skipped %d file%s that %s not PNG, JPEG, WebP or BMP: %s%s", l->nskipped, l->nskipped > 1 ? "s" : "",

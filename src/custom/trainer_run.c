@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "core/common.h"
 #include "core/progress.h"
@@ -21,6 +22,7 @@
 #include "custom/train.h"
 #include "custom/train_mem.h"
 #include "diffusion/pipeline.h"
+#include "dist/dist.h"
 #include "engine/optim.h"
 #include "io/fsutil.h"
 #include "io/image.h"
@@ -90,6 +92,13 @@ typedef struct {
   char *args_txt;
   char ckpt_dir[2048];       /* the last checkpoint written or resumed from ("" none) */
   int last_ckpt;             /* its step, -1 none */
+  /* data parallelism (src/dist): this rank takes instance examples [lo, lo+nloc)
+   * of the global --batch (and their class examples); rank 0 writes every file */
+  int rank, size, lo, nloc;
+  float *bucket;             /* the gradients of one step, all-reduced in one piece */
+  int64_t nbucket;
+  int agreed_sig;            /* the stop signal the ranks agreed on after the last step */
+  double t_allreduce;        /* seconds spent in the gradient all-reduce (CDIFF_VERBOSE) */
 } run_t;
 
 /* ---- small helpers ---- */
@@ -628,43 +637,58 @@ static int pick(const run_t *r, int s, int i, int kind, int *perm, concept_t **c
   return perm[e % n];
 }
 
+/* The random draws of one example come from its own stream, seeded by
+ * (seed, step, kind, global example index): its augmentation, then its
+ * timestep, noise and posterior noise. So the examples of a step do not
+ * depend on how the global batch is split over ranks (src/dist). */
+static int draw_example_noise(run_t *r, cd_rng *rng, batch_buf *bb, int slot) {
+  const int T = r->m->sched.num_train_timesteps;
+  const int64_t per = 4 * (int64_t)(r->o.res / 8) * (r->o.res / 8);
+  int t = (int)(cd_rng_uniform(rng) * T);
+  bb->ts[slot] = t < T ? t : T - 1;
+  cd_rng_fill_normal(rng, bb->noise + slot * per, (size_t)per);
+  cd_rng_fill_normal(rng, bb->lnoise + slot * per, (size_t)per);
+  return 0;
+}
+
+/* This rank's examples of step s: instance examples lo..lo+nloc-1 of the
+ * global batch in slots 0..nloc-1, then their class examples. */
 static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
   const cd_run_opts *o = &r->o;
-  const int nb = o->batch, res = o->res, B = r->tr.B;
-  const int64_t px = 3 * (int64_t)res * res, hw = (int64_t)(res / 8) * (res / 8), per = 4 * hw;
-  cd_rng rng;
-  seed_rng(&rng, o->seed, 0x57e9ULL, (uint64_t)s, 0);
-  for (int i = 0; i < nb; i++) {
+  const int nl = r->nloc, res = o->res;
+  const int64_t px = 3 * (int64_t)res * res, hw = (int64_t)(res / 8) * (res / 8);
+  for (int j = 0; j < nl; j++) {
+    const int i = r->lo + j;
+    cd_rng rng;
+    seed_rng(&rng, o->seed, 0x57e9ULL, (uint64_t)s, (uint64_t)i);
     concept_t *c;
     int idx = pick(r, s, i, 0, bb->perm, &c);
     const cd_image *img;
     const char *prefix;
     if (cd_image_cache_get(&c->ic, &c->inst, idx, &img) ||
-        cd_instance_example(img, res, o->aug, o->hflip, &rng, bb->pixels + i * px, bb->mask + i * hw, &prefix))
+        cd_instance_example(img, res, o->aug, o->hflip, &rng, bb->pixels + j * px, bb->mask + j * hw, &prefix))
       return -1;
     const char *cap = c->inst.items[idx].caption ? c->inst.items[idx].caption : c->inst_prompt;
     char prompt[4096];
     snprintf(prompt, sizeof prompt, "%s%s", prefix ? prefix : "", cap);
-    if (cd_tokenize_padded(r->m->tok, prompt, bb->ids + i * CD_TOK_MAX_LEN, NULL)) return -1; /* long prompts warned once, up front */
+    if (cd_tokenize_padded(r->m->tok, prompt, bb->ids + j * CD_TOK_MAX_LEN, NULL)) return -1; /* long prompts warned once, up front */
+    draw_example_noise(r, &rng, bb, j);
   }
   if (o->prior)
-    for (int i = 0; i < nb; i++) {
+    for (int j = 0; j < nl; j++) {
+      const int i = r->lo + j;
+      cd_rng rng;
+      seed_rng(&rng, o->seed, 0x57eaULL, (uint64_t)s, (uint64_t)i);
       concept_t *c;
       int idx = pick(r, s, i, 1, bb->perm, &c);
       const cd_image *img;
       if (cd_image_cache_get(&c->cc, &c->cls, idx, &img) ||
-          cd_class_example(img, res, o->center_crop, o->hflip, &rng, bb->pixels + (nb + i) * px, bb->mask + (nb + i) * hw))
+          cd_class_example(img, res, o->center_crop, o->hflip, &rng, bb->pixels + (nl + j) * px, bb->mask + (nl + j) * hw))
         return -1;
       const char *cap = c->cls.items[idx].caption ? c->cls.items[idx].caption : c->class_prompt ? c->class_prompt : "";
-      if (cd_tokenize_padded(r->m->tok, cap, bb->ids + (nb + i) * CD_TOK_MAX_LEN, NULL)) return -1;
+      if (cd_tokenize_padded(r->m->tok, cap, bb->ids + (nl + j) * CD_TOK_MAX_LEN, NULL)) return -1;
+      draw_example_noise(r, &rng, bb, nl + j);
     }
-  const int T = r->m->sched.num_train_timesteps;
-  for (int i = 0; i < B; i++) {
-    int t = (int)(cd_rng_uniform(&rng) * T);
-    bb->ts[i] = t < T ? t : T - 1;
-  }
-  cd_rng_fill_normal(&rng, bb->noise, (size_t)B * per);
-  cd_rng_fill_normal(&rng, bb->lnoise, (size_t)B * per);
   *b = (cd_batch){.pixels = bb->pixels, .mask = bb->mask, .ids = bb->ids, .noise = bb->noise, .latent_noise = bb->lnoise, .timesteps = bb->ts};
   return 0;
 }
@@ -780,12 +804,12 @@ static int setup_class_images(run_t *r) {
       dir = c->class_dir_buf;
     }
     if (o->real_prior) { /* real photos with their captions: nothing to generate */
-      if (cd_list_file_images(dir, &c->cls)) return cd_prefix_error("class images of concept %d", k + 1);
+      if (cd_dist_agree(!cd_list_file_images(dir, &c->cls))) return cd_prefix_error("class images of concept %d", k + 1);
       c->ncls = CD_MIN(c->cls.n, o->num_class_images);
       char what[64];
       snprintf(what, sizeof what, "real class images of concept %d:", k + 1);
       cd_item_list_report(&c->cls, what, dir, c->ncls);
-      if (warn_long_captions(r, &c->cls, c->ncls, dir)) return -1;
+      if (cd_dist_agree(!warn_long_captions(r, &c->cls, c->ncls, dir))) return -1;
       continue;
     }
     cd_class_gen_opts g;
@@ -797,13 +821,14 @@ static int setup_class_images(run_t *r) {
     g.res = o->res;
     g.seed = o->seed;
     g.quiet = o->quiet;
+    /* generation is shared by the ranks (and agreed on inside); so is every failure after it */
     if (cd_class_images_ensure(r->m, &g, NULL)) return cd_prefix_error("class images of concept %d", k + 1);
-    if (cd_list_images(dir, &c->cls)) return cd_prefix_error("class images of concept %d", k + 1);
+    if (cd_dist_agree(!cd_list_images(dir, &c->cls))) return cd_prefix_error("class images of concept %d", k + 1);
     c->ncls = CD_MIN(c->cls.n, o->num_class_images);
     char what[64];
     snprintf(what, sizeof what, "class images of concept %d:", k + 1);
     cd_item_list_report(&c->cls, what, dir, c->ncls);
-    if (warn_long_captions(r, &c->cls, c->ncls, dir)) return -1;
+    if (cd_dist_agree(!warn_long_captions(r, &c->cls, c->ncls, dir))) return -1;
   }
   return 0;
 }
@@ -814,7 +839,7 @@ static int setup_class_images(run_t *r) {
  * corrupt file stops the run before hours of class-image generation. */
 static int verify_data(run_t *r) {
   const cd_run_opts *o = &r->o;
-  if (cd_check_writable_dir("--out", o->out)) return -1;
+  if (r->rank == 0 && cd_check_writable_dir("--out", o->out)) return -1;
   if (o->validation_prompt && cd_text_check_utf8("--validation-prompt", o->validation_prompt)) return -1;
   for (int k = 0; k < r->nc; k++) {
     concept_t *c = &r->c[k];
@@ -861,7 +886,7 @@ static void fill_train_opts(const run_t *r, cd_train_opts *to_) {
   const cd_run_opts *o = &r->o;
   cd_train_opts to;
   cd_train_opts_default(&to);
-  to.batch = o->batch;
+  to.batch = r->nloc; /* this rank's share of the global --batch */
   to.prior = o->prior;
   to.res = o->res;
   to.train = !strcmp(o->train, "crossattn") ? CD_TRAIN_CROSSATTN : CD_TRAIN_KV;
@@ -882,7 +907,7 @@ static int check_memory(run_t *r) {
   cd_train_opts to;
   fill_train_opts(r, &to);
   char what[160];
-  snprintf(what, sizeof what, "training at --resolution %d with --batch %d%s", r->o.res, r->o.batch, r->o.prior ? " (+ as many class images)" : "");
+  snprintf(what, sizeof what, "training at --resolution %d with --batch %d%s", r->o.res, r->nloc, r->o.prior ? " (+ as many class images)" : "");
   return cd_train_mem_check(r->m, &to, r->o.grad_accum, r->o.prior && !r->o.real_prior, what);
 }
 
@@ -924,31 +949,111 @@ static void run_free(run_t *r) {
   cd_sd_free(r->m);
   cJSON_Delete(r->args);
   free(r->args_txt);
+  free(r->bucket);
+}
+
+/* The signal that asked the run to stop (SIGINT, SIGTERM), 0 none. */
+static volatile sig_atomic_t stop_sig;
+/* Under MPI a rank that waits for the others when a signal comes cannot
+ * finish its step: the job is ending because a rank died (mpirun/srun then
+ * terminate the rest) or was cancelled. It prints the message prepared for
+ * this step (where the last complete checkpoint is) and exits at once. */
+static volatile sig_atomic_t dist_waiting;
+static char dist_msg[3000];
+static size_t dist_msg_len;
+static void on_stop_signal(int sig) {
+  if (dist_waiting) {
+    ssize_t w = write(2, dist_msg, dist_msg_len);
+    (void)w;
+    _exit(128 + sig);
+  }
+  stop_sig = sig;
+}
+
+/* Test hook of the dying-rank test: CDIFF_TEST_DIE_AT=RANK:STEP makes that
+ * world rank exit in the middle of that step (after its backward pass,
+ * before the all-reduce), as a crashed node would. */
+static void maybe_die(int s) {
+  const char *e = getenv("CDIFF_TEST_DIE_AT");
+  int rank, step;
+  if (e && sscanf(e, "%d:%d", &rank, &step) == 2 && rank == cd_dist_world_rank() && step == s + 1) {
+    fprintf(stderr, "cdiff: exiting in step %d as CDIFF_TEST_DIE_AT asks\n", step);
+    _exit(3);
+  }
+}
+
+/* Data parallelism: each rank holds the gradient of the mean loss over its
+ * own nloc examples. Every loss term is a mean over examples (train.h), so
+ * the gradient of the mean over the global batch is the sum over the ranks
+ * of nloc / batch times theirs (uneven splits included). One bucket, one
+ * in-place all-reduce; then every rank takes the same optimizer step. */
+static int reduce_grads(run_t *r) {
+  if (!r->bucket) {
+    r->nbucket = cd_optim_numel(r->tr.opt);
+    r->bucket = cd_malloc((size_t)r->nbucket * sizeof(float));
+  }
+  if (cd_optim_grads_get(r->tr.opt, r->bucket)) return -1;
+  const float w = (float)r->nloc / (float)r->o.batch;
+  for (int64_t i = 0; i < r->nbucket; i++) r->bucket[i] *= w;
+  double t0 = cd_time();
+  if (cd_dist_allreduce_sum_f32(r->bucket, r->nbucket)) return -1;
+  r->t_allreduce += cd_time() - t0;
+  return cd_optim_grads_set(r->tr.opt, r->bucket);
 }
 
 /* One optimizer step s: --gradient_accumulation_steps micro-batches of --batch
  * examples (micro-batch k is drawn as virtual step s*K + k, so K = 1 is the
  * plain run, and the images are those of one batch K times as large), their
- * mean gradient, and the update at the scheduled learning rate. Returns 0,
- * 1 when a batch could not be made, -1 when the step failed (message set). */
+ * mean gradient, and the update at the scheduled learning rate. Under MPI the
+ * ranks first agree that all of them got this far (else all stop with the
+ * failed rank's message), then sum the losses, the stop requests and the
+ * gradients. Returns 0, 1 when a batch could not be made, -1 when the step
+ * failed (message set). */
 static int run_step(run_t *r, int s, batch_buf *bb, cd_step_report *rep) {
   const int K = r->o.grad_accum;
   double loss = 0, li = 0, lp = 0;
-  for (int k = 0; k < K; k++) {
+  int rc = 0;
+  for (int k = 0; k < K && !rc; k++) {
     cd_batch b;
-    if (make_batch(r, s * K + k, bb, &b)) return 1;
-    if (cd_trainer_grad(&r->tr, &b, rep) || cd_trainer_accumulate(&r->tr, k, K)) return -1;
-    loss += rep->loss, li += rep->loss_inst, lp += rep->loss_prior;
+    if (make_batch(r, s * K + k, bb, &b)) rc = 1;
+    else if (cd_trainer_grad(&r->tr, &b, rep) || cd_trainer_accumulate(&r->tr, k, K)) rc = -1;
+    else loss += rep->loss, li += rep->loss_inst, lp += rep->loss_prior;
+  }
+  loss /= K, li /= K, lp /= K;
+  r->agreed_sig = stop_sig;
+  if (r->size > 1) {
+    maybe_die(s);
+    char where[2200];
+    if (r->last_ckpt >= 0) snprintf(where, sizeof where, "the last complete checkpoint is %s: continue with --resume %s", r->ckpt_dir, r->o.out);
+    else snprintf(where, sizeof where, "no checkpoint was written yet");
+    dist_msg_len = (size_t)snprintf(dist_msg, sizeof dist_msg,
+                                    "cdiff train: rank %d of %d: terminated in step %d while waiting for the other ranks: a rank died "
+                                    "(see the launcher's report) or the job was cancelled; %s\n", r->rank, r->size, s + 1, where);
+    if (dist_msg_len >= sizeof dist_msg) dist_msg_len = sizeof dist_msg - 1;
+    dist_waiting = 1;
+    if (cd_dist_agree(rc == 0)) {
+      dist_waiting = 0;
+      return rc ? rc : -1;
+    }
+    const double w = (double)r->nloc / r->o.batch;
+    double d[5] = {w * loss, w * li, w * lp, stop_sig != 0, stop_sig};
+    int bad = cd_dist_allreduce_sum_f64(d, 5) || reduce_grads(r);
+    dist_waiting = 0;
+    if (bad) return -1;
+    loss = d[0], li = d[1], lp = d[2];
+    r->agreed_sig = d[3] > 0 ? (stop_sig ? stop_sig : (int)lround(d[4] / d[3])) : 0;
+  } else if (rc) {
+    return rc;
   }
   r->tr.o.lr = (float)(r->lr * cd_lr_factor(r->lr_kind, r->o.lr_warmup_steps, r->steps, s));
   if (cd_trainer_update(&r->tr, rep)) return -1;
-  rep->loss = loss / K, rep->loss_inst = li / K, rep->loss_prior = lp / K;
+  rep->loss = loss, rep->loss_inst = li, rep->loss_prior = lp;
   return 0;
 }
 
-/* The signal that asked the run to stop (SIGINT, SIGTERM), 0 none. */
-static volatile sig_atomic_t stop_sig;
-static void on_stop_signal(int sig) { stop_sig = sig; }
+/* Rank 0 wrote (ok) or failed to write a file all ranks wait for: they agree,
+ * and a failure on rank 0 becomes every rank's error. */
+static int rank0_did(run_t *r, int rc) { return cd_dist_agree(rc == 0); }
 
 static int train_loop(run_t *r, FILE *log) {
   const cd_run_opts *o = &r->o;
@@ -976,18 +1081,24 @@ static int train_loop(run_t *r, FILE *log) {
       rc = cd_set_error("training stopped at step %d: %s; %s", s + 1, why, where);
       break;
     }
-    fprintf(log, "{\"step\": %d, \"loss\": %.9g, \"loss_instance\": %.9g, \"loss_prior\": %.9g, \"lr\": %.7g, \"grad_norm\": %.9g}\n", s + 1,
-            rep.loss, rep.loss_inst, rep.loss_prior, (double)r->tr.o.lr, rep.grad_norm);
-    fflush(log);
+    if (log) {
+      fprintf(log, "{\"step\": %d, \"loss\": %.9g, \"loss_instance\": %.9g, \"loss_prior\": %.9g, \"lr\": %.7g, \"grad_norm\": %.9g}\n", s + 1,
+              rep.loss, rep.loss_inst, rep.loss_prior, (double)r->tr.o.lr, rep.grad_norm);
+      fflush(log);
+    }
     cd_progress_set_loss(&bar, rep.loss);
     cd_progress_update(&bar, s + 1 - start);
     int last = s + 1 == r->steps;
     /* a stop request (signal, or stop_after in tests) ends the run after this
      * step with a checkpoint; at the last step the run simply completes */
-    int sig = stop_sig, stop = !last && (sig || s + 1 == o->stop_after);
-    if (((o->checkpoint_every > 0 && ((s + 1) % o->checkpoint_every == 0 || last)) || stop) && save_checkpoint(r)) {
-      rc = cd_prefix_error("checkpoint at step %d", s + 1);
-      break;
+    int sig = r->size > 1 ? r->agreed_sig : stop_sig, stop = !last && (sig || s + 1 == o->stop_after);
+    if ((o->checkpoint_every > 0 && ((s + 1) % o->checkpoint_every == 0 || last)) || stop) {
+      if (rank0_did(r, r->rank == 0 ? save_checkpoint(r) : 0)) {
+        rc = cd_prefix_error("checkpoint at step %d", s + 1);
+        break;
+      }
+      r->last_ckpt = r->tr.step; /* the other ranks know where rank 0 wrote it */
+      snprintf(r->ckpt_dir, sizeof r->ckpt_dir, "%s/%s%d", r->o.out, CD_RUN_CKPT_PREFIX, r->tr.step);
     }
     if (stop) {
       if (o->stopped_by) *o->stopped_by = sig;
@@ -995,7 +1106,7 @@ static int train_loop(run_t *r, FILE *log) {
                         sig == SIGTERM ? "terminated (SIGTERM)" : sig ? "stopped by a signal" : "stopped", s + 1, r->steps, r->ckpt_dir, o->out);
       break;
     }
-    if (o->validate_every > 0 && (s + 1) % o->validate_every == 0 && validate(r, s + 1)) {
+    if (o->validate_every > 0 && (s + 1) % o->validate_every == 0 && rank0_did(r, r->rank == 0 ? validate(r, s + 1) : 0)) {
       rc = -1;
       break;
     }
@@ -1022,6 +1133,14 @@ static int prepare_out(run_t *r, char *state_dir, size_t cap) {
   int in_place = res && path_within(res, o->out);
   char what[64];
   *state_dir = 0;
+  if (r->rank != 0) { /* rank 0 settled the folder already: only find the checkpoint */
+    int none;
+    if (res && find_state(res, state_dir, cap, &none)) {
+      if (!(none && (in_place || !strcmp(o->resume, "latest")))) return -1;
+      *state_dir = 0;
+    }
+    return 0;
+  }
   if (o->overwrite && in_place) return cd_set_error("--overwrite would remove the run in %s that --resume continues: give only one of them", o->out);
   if (!o->overwrite && !in_place && cd_run_dir_holds_run(o->out, what, sizeof what))
     return cd_set_error("--out %s already holds a training run (%s): continue it with --resume %s, replace it with --overwrite, "
@@ -1039,6 +1158,17 @@ static int prepare_out(run_t *r, char *state_dir, size_t cap) {
   return 0;
 }
 
+/* This rank's contiguous share [lo, lo+nloc) of the global --batch: balanced,
+ * the first ranks taking one more when the split is uneven. */
+static int split_batch(run_t *r) {
+  if (r->o.batch < r->size)
+    return cd_set_error("--batch %d is smaller than the %d ranks: every rank needs at least one example of the global batch", r->o.batch,
+                        r->size);
+  r->lo = (int)((int64_t)r->rank * r->o.batch / r->size);
+  r->nloc = (int)((int64_t)(r->rank + 1) * r->o.batch / r->size) - r->lo;
+  return 0;
+}
+
 int cd_train_run(const cd_run_opts *opts) {
   run_t r;
   memset(&r, 0, sizeof r);
@@ -1048,22 +1178,31 @@ int cd_train_run(const cd_run_opts *opts) {
   char resume_state[2300] = "", log_path[2200];
   if (opts->stopped_by) *opts->stopped_by = 0;
   int rc = -1;
-  if (cd_run_opts_check(&r.o) || cd_lr_parse(r.o.lr_scheduler, &r.lr_kind) || setup_concepts(&r) || verify_data(&r)) goto done;
+  /* Under MPI every phase ends with the ranks' agreement (cd_dist_agree), so
+   * that one rank's failure stops all of them, with its message. */
+  r.rank = cd_dist_rank();
+  r.size = cd_dist_size();
+  if (cd_dist_agree(!cd_run_opts_check(&r.o) && !split_batch(&r) && !cd_lr_parse(r.o.lr_scheduler, &r.lr_kind) &&
+                    !setup_concepts(&r) && !verify_data(&r)))
+    goto done;
   if (r.lr_kind == CD_LR_CONSTANT && r.o.lr_warmup_steps > 0)
     cd_warn("--lr_warmup_steps %d has no effect with --lr_scheduler constant (as in diffusers; use constant_with_warmup)", r.o.lr_warmup_steps);
   r.steps = r.o.steps > 0 ? r.o.steps : r.nc > 1 ? 500 : 250;
   /* --scale_lr as the script: × batch × accumulation steps (× 2 with prior preservation) */
   r.lr = r.o.lr * (r.o.scale_lr ? (float)(r.o.batch * r.o.grad_accum * (r.o.prior ? 2 : 1)) : 1.0f);
-  if (prepare_out(&r, resume_state, sizeof resume_state)) goto done;
-  if (setup_model(&r) || check_prompts(&r) || check_memory(&r) || setup_class_images(&r) || setup_trainer(&r)) goto done;
+  /* rank 0 settles --out first; then the others find the checkpoint in it */
+  if (rank0_did(&r, r.rank == 0 ? prepare_out(&r, resume_state, sizeof resume_state) : 0)) goto done;
+  if (cd_dist_agree(r.rank == 0 || !prepare_out(&r, resume_state, sizeof resume_state))) goto done;
+  if (cd_dist_agree(!setup_model(&r) && !check_prompts(&r) && !check_memory(&r))) goto done;
+  if (setup_class_images(&r) || cd_dist_agree(!setup_trainer(&r))) goto done; /* class images agree inside */
   r.args = make_args(&r);
   r.args_txt = cJSON_PrintUnformatted(r.args);
-  if (*resume_state && load_state(&r, resume_state)) goto done;
-  if (preload_images(&r)) goto done;
+  if (cd_dist_agree(!(*resume_state && load_state(&r, resume_state)) && !preload_images(&r))) goto done;
   snprintf(log_path, sizeof log_path, "%s/%s", r.o.out, CD_RUN_LOG_FILE);
-  if (!(log = open_log(log_path, r.tr.step))) goto done;
-  cd_log("training: %d concept(s), %d token(s), %d steps from step %d, batch %d+%d, lr %g\n", r.nc, r.ntok, r.steps, r.tr.step,
-         r.o.batch, r.o.prior ? r.o.batch : 0, r.lr);
+  if (rank0_did(&r, r.rank == 0 && !(log = open_log(log_path, r.tr.step)) ? -1 : 0)) goto done;
+  cd_log("training: %d concept(s), %d token(s), %d steps from step %d, batch %d+%d, lr %g%s\n", r.nc, r.ntok, r.steps, r.tr.step,
+         r.o.batch, r.o.prior ? r.o.batch : 0, r.lr, r.size > 1 ? " (data-parallel)" : "");
+  if (r.size > 1) cd_log("data-parallel: %d ranks, rank 0 takes instance examples %d..%d of %d\n", r.size, r.lo, r.lo + r.nloc - 1, r.o.batch);
   struct sigaction sa, old_int, old_term;
   if (r.o.handle_signals) { /* a second signal kills at once (SA_RESETHAND) */
     memset(&sa, 0, sizeof sa);
@@ -1080,8 +1219,10 @@ int cd_train_run(const cd_run_opts *opts) {
     sigaction(SIGTERM, &old_term, NULL);
   }
   if (trained) goto done;
-  rc = write_delta(&r, r.o.out);
-  if (!rc && !r.o.quiet) fprintf(stderr, "wrote %s/%s (%d steps)\n", r.o.out, CD_DELTA_FILE, r.tr.step);
+  if (r.size > 1 && r.tr.step > 0)
+    cd_log("data-parallel: gradient all-reduce %.3f s per step (%lld floats)\n", r.t_allreduce / r.steps, (long long)r.nbucket);
+  rc = rank0_did(&r, r.rank == 0 ? write_delta(&r, r.o.out) : 0);
+  if (!rc && !r.o.quiet && !cd_silent) fprintf(stderr, "wrote %s/%s (%d steps)\n", r.o.out, CD_DELTA_FILE, r.tr.step);
 done:
   if (log) fclose(log);
   run_free(&r);

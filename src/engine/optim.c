@@ -133,3 +133,27 @@ int cd_optim_write(cd_optim *o, int i, cd_optim_what what, const float *host) {
   o->be->upload(o->ctx, dst, host, cd_nbytes(o->s[i].p));
   return 0;
 }
+
+int64_t cd_optim_numel(const cd_optim *o) {
+  int64_t n = 0;
+  for (int i = 0; i < o->n; i++) n += o->s[i].p->n;
+  return n;
+}
+
+int cd_optim_grads_get(const cd_optim *o, float *bucket) {
+  for (int i = 0; i < o->n; i++) {
+    if (!o->s[i].p->grad) return cd_set_error("optimizer: parameter %s has no gradient buffer", o->s[i].p->name);
+    o->be->download(o->ctx, bucket, o->s[i].p->grad, cd_nbytes(o->s[i].p));
+    bucket += o->s[i].p->n;
+  }
+  return 0;
+}
+
+int cd_optim_grads_set(cd_optim *o, const float *bucket) {
+  for (int i = 0; i < o->n; i++) {
+    if (!o->s[i].p->grad) return cd_set_error("optimizer: parameter %s has no gradient buffer", o->s[i].p->name);
+    o->be->upload(o->ctx, o->s[i].p->grad, bucket, cd_nbytes(o->s[i].p));
+    bucket += o->s[i].p->n;
+  }
+  return 0;
+}

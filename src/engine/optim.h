@@ -64,6 +64,14 @@ double cd_optim_grad_norm(cd_optim *o);
 int cd_optim_steps(const cd_optim *o); /* updates taken */
 void cd_optim_set_steps(cd_optim *o, int steps); /* resume */
 
+/* Data-parallel training (src/dist): the gradients of all parameters as one
+ * host bucket of cd_optim_numel() floats, parameter 0 first, so that one
+ * in-place all-reduce sums them over the ranks. grads_set writes the bucket
+ * back into the backend's gradients (which cd_optim_adamw_step then uses). */
+int64_t cd_optim_numel(const cd_optim *o);
+int cd_optim_grads_get(const cd_optim *o, float *bucket);
+int cd_optim_grads_set(cd_optim *o, const float *bucket);
+
 /* Host copies of parameter i's state (n floats), for checkpoints and tests. */
 typedef enum { CD_OPTIM_VALUE, CD_OPTIM_GRAD, CD_OPTIM_M, CD_OPTIM_V } cd_optim_what;
 int cd_optim_read(const cd_optim *o, int i, cd_optim_what what, float *host);
