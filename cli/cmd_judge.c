@@ -45,8 +45,10 @@ int cmd_judge(int argc, char **argv) {
       goto done;
     }
     printf("judge %s: on 1000 fresh images, kinds %.1f%%, object colours %.1f%%, background %.1f%%, pattern %.1f%% exactly right; "
-           "robot toy seen in %.1f%% of the images with one, %.1f%% of those without\n",
-           out, 100 * acc.kinds, 100 * acc.colours, 100 * acc.bg, 100 * acc.pattern, 100 * acc.robot_hit, 100 * acc.robot_false);
+           "%.1f%% of the objects' kinds seen; robot toy seen in %.1f%% of the images with one, %.1f%% of those without; "
+           "duck toy %.1f%% and %.1f%%\n",
+           out, 100 * acc.kinds, 100 * acc.colours, 100 * acc.bg, 100 * acc.pattern, 100 * acc.kind_recall, 100 * acc.robot_hit,
+           100 * acc.robot_false, 100 * acc.duck_hit, 100 * acc.duck_false);
     cd_judge_free(j);
     rc = 0;
     goto done;

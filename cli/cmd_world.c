@@ -13,18 +13,19 @@
 #include "world/world.h"
 
 int cmd_world(int argc, char **argv) {
-  const char *out = NULL, *mode_s = "pretrain", *new_toy = NULL, *new_pattern = NULL;
+  const char *out = NULL, *mode_s = "pretrain", *new_toy = NULL, *new_pattern = NULL, *new_toy2 = NULL;
   int n = 8;
   uint64_t seed = 1;
   cli_opt opts[] = {
       {"--out", CLI_STR, &out, "DIR", "output folder: 0000.png ... and captions.txt (required)"},
-      {"--mode", CLI_STR, &mode_s, "M", "pretrain (default), toy (the held-out <new1> toy), pattern (the held-out <new2> pattern), any"},
+      {"--mode", CLI_STR, &mode_s, "M", "pretrain (default), toy (the held-out <new1> toy), pattern (the held-out <new2> pattern), toy2 (the held-out <new3> toy), any"},
       {"--n", CLI_INT, &n, "N", "number of scenes (default 8)"},
       {"--seed", CLI_U64, &seed, "N", "seed (default 1)"},
       {"--toy-word", CLI_STR, &new_toy, "W", "caption word of the held-out toy (default \"robot\", e.g. \"<new1>\")"},
+      {"--toy2-word", CLI_STR, &new_toy2, "W", "caption word of the held-out second toy (default \"duck\", e.g. \"<new3>\")"},
       {"--pattern-word", CLI_STR, &new_pattern, "W", "caption word of the held-out pattern (default \"zigzag\", e.g. \"<new2>\")"},
       {0}};
-  static const cli_cmd cmd = {"world", "--out DIR [--mode pretrain|toy|pattern|any] [--n N] [--seed N]"};
+  static const cli_cmd cmd = {"world", "--out DIR [--mode pretrain|toy|pattern|toy2|any] [--n N] [--seed N]"};
   int pr = cli_parse(argc, argv, opts, &cmd, NULL);
   if (pr != CLI_GO) return pr;
   if (!out) { fprintf(stderr, "cdiff world: --out is required\n"); return 2; }
@@ -33,8 +34,9 @@ int cmd_world(int argc, char **argv) {
   if (!strcmp(mode_s, "pretrain")) mode = CD_WORLD_PRETRAIN;
   else if (!strcmp(mode_s, "toy")) mode = CD_WORLD_NEW_TOY;
   else if (!strcmp(mode_s, "pattern")) mode = CD_WORLD_NEW_PATTERN;
+  else if (!strcmp(mode_s, "toy2")) mode = CD_WORLD_NEW_TOY2;
   else if (!strcmp(mode_s, "any")) mode = CD_WORLD_ANY;
-  else { fprintf(stderr, "cdiff world: --mode %s: expected pretrain, toy, pattern or any\n", mode_s); return 2; }
+  else { fprintf(stderr, "cdiff world: --mode %s: expected pretrain, toy, pattern, toy2 or any\n", mode_s); return 2; }
   if (cd_mkdir_p(out)) { fprintf(stderr, "cdiff world: %s\n", cd_last_error()); return 1; }
   float *px = cd_malloc(3 * CD_WORLD_RES * CD_WORLD_RES * sizeof(float));
   char *caps = NULL;
@@ -48,7 +50,8 @@ int cmd_world(int argc, char **argv) {
     cd_world_sample(&r, mode, &s);
     cd_world_render(&s, px);
     char cap[256], path[4096], name[32];
-    if (cd_world_caption(&s, new_toy, new_pattern, cap, sizeof cap) < 0) { rc = cd_set_error("caption too long"); break; }
+    cd_world_names nm = {.toy = new_toy, .pattern = new_pattern, .toy2 = new_toy2};
+    if (cd_world_caption_names(&s, &nm, cap, sizeof cap) < 0) { rc = cd_set_error("caption too long"); break; }
     snprintf(name, sizeof name, "%04d.png", i);
     snprintf(path, sizeof path, "%s/%s", out, name);
     cd_image img;

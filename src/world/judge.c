@@ -12,8 +12,13 @@
 #include "pretrain/paramset.h"
 
 #define R CD_WORLD_RES
-static const int chans[5] = {3, 16, 32, 64, 64};
-#define HIDDEN 128
+/* 3x3 convolutions: channels and strides. The first layers keep the full and
+ * half resolution, where object outlines (a star's points, a cross's arms)
+ * are still a few pixels wide; four stride-1 layers 64x64 -> 4x4 lost them. */
+#define NCONV 6
+static const int chans[NCONV + 1] = {3, 16, 32, 32, 64, 64, 64};
+static const int strides[NCONV] = {1, 2, 1, 2, 2, 2};
+#define HIDDEN 256
 #define FLAT (64 * 4 * 4)
 
 static void put(cd_judge *j, const char *name, int ndim, const int64_t *ne, int kind, uint64_t seed) {
@@ -35,7 +40,7 @@ int cd_judge_new(uint64_t seed, cd_judge **out) {
   cd_judge *j = cd_calloc(1, sizeof *j);
   j->w = cd_weights_new();
   char n[64];
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < NCONV; i++) {
     snprintf(n, sizeof n, "conv%d.weight", i);
     put(j, n, 4, (int64_t[]){chans[i + 1], chans[i], 3, 3}, 0, seed);
     snprintf(n, sizeof n, "conv%d.bias", i);
@@ -101,9 +106,10 @@ int cd_judge_load(const char *path, cd_judge **out) {
 cd_node *cd_judge_build(cd_graph *g, cd_judge *j, cd_node *img) {
   int64_t B = img->ne[0];
   cd_node *h = img;
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < NCONV; i++) {
     int64_t co = chans[i + 1], ci = chans[i];
-    h = cd_conv2d(g, h, cd_w(g, j->w, CD_SHAPE(co, ci, 3, 3), "conv%d.weight", i), cd_w(g, j->w, CD_SHAPE(co), "conv%d.bias", i), 2, 1);
+    h = cd_conv2d(g, h, cd_w(g, j->w, CD_SHAPE(co, ci, 3, 3), "conv%d.weight", i), cd_w(g, j->w, CD_SHAPE(co), "conv%d.bias", i),
+                  strides[i], 1);
     h = cd_silu(g, cd_group_norm(g, h, cd_w(g, j->w, CD_SHAPE(co), "norm%d.weight", i), cd_w(g, j->w, CD_SHAPE(co), "norm%d.bias", i), 8, 1e-5f));
   }
   h = cd_view(g, h, 2, (int64_t[]){B, FLAT});
@@ -173,14 +179,47 @@ static void augmented(cd_rng *r, cd_world_scene *s, float *px, float *tmp) {
   for (int i = 0; i < 3 * R * R; i++) px[i] += sigma * (float)cd_rng_normal(r);
 }
 
+/* the output groups read by argmax: [start, start + n) */
+static const int group_start[6] = {0, CD_WORLD_NKINDS + 1, CD_JUDGE_SLOT, CD_JUDGE_SLOT + CD_WORLD_NKINDS + 1, CD_JUDGE_BG,
+                                   CD_JUDGE_PATTERN};
+static const int group_n[6] = {CD_WORLD_NKINDS + 1, CD_WORLD_NCOLOURS, CD_WORLD_NKINDS + 1, CD_WORLD_NCOLOURS, CD_WORLD_NCOLOURS,
+                               CD_WORLD_NPATTERNS};
+
+/* Softmax cross-entropy of each group against the class whose target is +1
+ * (a group without one, the colour of an empty slot, is left out), averaged
+ * over the batch. gout receives d(loss)/d(out). Returns the loss. */
+static double cross_entropy(const float *out, const float *t, int B, float *gout) {
+  double loss = 0;
+  for (int b = 0; b < B; b++)
+    for (int q = 0; q < 6; q++) {
+      const float *o = out + (int64_t)b * CD_JUDGE_NOUT + group_start[q], *tg = t + (int64_t)b * CD_JUDGE_NOUT + group_start[q];
+      float *g = gout + (int64_t)b * CD_JUDGE_NOUT + group_start[q];
+      int n = group_n[q], y = -1;
+      for (int i = 0; i < n; i++)
+        if (tg[i] > 0) y = i;
+      if (y < 0) {
+        for (int i = 0; i < n; i++) g[i] = 0;
+        continue;
+      }
+      double mx = o[0], z = 0;
+      for (int i = 1; i < n; i++) mx = o[i] > mx ? o[i] : mx;
+      for (int i = 0; i < n; i++) z += exp(o[i] - mx);
+      loss += (log(z) + mx - o[y]) / B;
+      for (int i = 0; i < n; i++) g[i] = (float)((exp(o[i] - mx) / z - (i == y)) / B);
+    }
+  return loss;
+}
+
 int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, int quiet) {
   cd_paramset_clear_nodes(j->w);
   cd_graph *g = cd_graph_new();
   cd_node *img = cd_input(g, "image", 4, (int64_t[]){batch, 3, R, R});
   cd_node *out = cd_judge_build(g, j, img);
-  cd_node *tg = cd_input(g, "target", 2, (int64_t[]){batch, CD_JUDGE_NOUT});
-  cd_node *loss = cd_mse(g, out, tg, NULL);
-  cd_graph_output(g, loss);
+  /* the loss is computed on the host; the graph's loss sum(out * gout) has its gradient */
+  cd_node *gin = cd_input(g, "dloss_dout", 2, (int64_t[]){batch, CD_JUDGE_NOUT});
+  cd_node *loss = cd_sum(g, cd_mul(g, out, gin));
+  cd_graph_output(g, out);
+  cd_graph_output(g, gin);
   cd_paramset_mark_trainable(j->w);
   cd_plan_opts po = {.training = 1, .loss = loss};
   if (cd_graph_plan(g, &po)) { cd_graph_free(g); return cd_prefix_error("judge training graph"); }
@@ -188,7 +227,8 @@ int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, i
   cd_paramset_init(&ps, g);
   int rc = cd_paramset_add(&ps, j->w, "judge", NULL);
   float *tmp = cd_malloc(R * R * sizeof(float)), *px = cd_malloc((size_t)batch * 3 * R * R * sizeof(float));
-  float *t = cd_malloc((size_t)batch * CD_JUDGE_NOUT * sizeof(float));
+  float *t = cd_malloc((size_t)batch * CD_JUDGE_NOUT * sizeof(float)), *o = cd_malloc((size_t)batch * CD_JUDGE_NOUT * sizeof(float));
+  float *go = cd_malloc((size_t)batch * CD_JUDGE_NOUT * sizeof(float));
   cd_progress pg;
   cd_progress_start(&pg, "judge", steps);
   pg.quiet = quiet;
@@ -200,11 +240,13 @@ int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, i
       augmented(&r, &sc, px + (int64_t)b * 3 * R * R, tmp);
       cd_judge_targets(&sc, t + (int64_t)b * CD_JUDGE_NOUT);
     }
-    rc = cd_graph_set_input(g, img, px) || cd_graph_set_input(g, tg, t) || cd_graph_forward(g) || cd_graph_backward(g) ? -1 : 0;
+    rc = cd_graph_set_input(g, img, px) || cd_graph_forward(g) || cd_graph_get(g, out, o) ? -1 : 0;
+    double l = rc ? 0 : cross_entropy(o, t, batch, go);
+    if (!rc) rc = cd_graph_set_input(g, gin, go) || cd_graph_backward(g) ? -1 : 0;
     cd_adamw_opts hp = {.lr = (float)cd_pretrain_lr(lr, s, steps), .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .max_grad_norm = 1.0f};
     cd_optim_report rep;
     if (!rc) rc = cd_optim_adamw_step(ps.o, &hp, &rep);
-    cd_progress_set_loss(&pg, cd_graph_get_scalar(g, loss));
+    cd_progress_set_loss(&pg, l);
     cd_progress_update(&pg, s + 1);
   }
   cd_progress_finish(&pg);
@@ -213,6 +255,8 @@ int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, i
   free(tmp);
   free(px);
   free(t);
+  free(o);
+  free(go);
   cd_graph_free(g);
   return rc;
 }
@@ -241,7 +285,7 @@ int cd_judge_test(cd_judge *j, int n, uint64_t seed, cd_judge_accuracy *acc) {
   for (int i = 0; i < n; i++) augmented(&r, &sc[i], px + (int64_t)i * 3 * R * R, tmp);
   int rc = cd_judge_classify(j, px, n, v);
   memset(acc, 0, sizeof *acc);
-  int robots = 0;
+  int robots = 0, ducks = 0, kinds_seen = 0;
   for (int i = 0; i < n && !rc; i++) {
     int kind[CD_WORLD_NKINDS] = {0}, col[CD_WORLD_NCOLOURS] = {0}, ok = 1, okc = 1;
     for (int k = 0; k < sc[i].nobj; k++) {
@@ -252,6 +296,12 @@ int cd_judge_test(cd_judge *j, int n, uint64_t seed, cd_judge_accuracy *acc) {
     for (int k = 0; k < CD_WORLD_NCOLOURS; k++) okc &= v[i].colour[k] == col[k];
     if (kind[CD_WORLD_ROBOT]) { robots++; acc->robot_hit += v[i].kind[CD_WORLD_ROBOT]; }
     else acc->robot_false += v[i].kind[CD_WORLD_ROBOT];
+    if (kind[CD_WORLD_DUCK]) { ducks++; acc->duck_hit += v[i].kind[CD_WORLD_DUCK]; }
+    else acc->duck_false += v[i].kind[CD_WORLD_DUCK];
+    for (int k = 0; k < sc[i].nobj; k++) {
+      kinds_seen++;
+      acc->kind_recall += v[i].kind[sc[i].obj[k].kind];
+    }
     acc->kinds += ok;
     acc->colours += okc;
     acc->bg += v[i].bg == sc[i].bg_colour;
@@ -259,6 +309,9 @@ int cd_judge_test(cd_judge *j, int n, uint64_t seed, cd_judge_accuracy *acc) {
   }
   acc->robot_hit /= robots > 0 ? robots : 1;
   acc->robot_false /= n - robots > 0 ? n - robots : 1;
+  acc->duck_hit /= ducks > 0 ? ducks : 1;
+  acc->duck_false /= n - ducks > 0 ? n - ducks : 1;
+  acc->kind_recall /= kinds_seen > 0 ? kinds_seen : 1;
   acc->kinds /= n;
   acc->colours /= n;
   acc->bg /= n;

@@ -2,15 +2,17 @@
  * by cdiff on rendered ground truth (held-out concepts included) and
  * independent of the diffusion model: it measures what generations show.
  *
- * Outputs (49 numbers, each trained towards +1 when true and -1 when not, by
- * mean squared error, read by argmax within each group):
+ * Outputs (51 logits in six groups, each read by argmax and trained by softmax
+ * cross-entropy; cd_judge_targets marks the true class of each group +1):
  *   two object slots (left object, right object; a single object is the left
- *   one), each: kind (9 kinds + "none") and colour (8);
+ *   one), each: kind (10 kinds + "none") and colour (8; not trained for an
+ *   empty slot);
  *   the background colour (8) and pattern (plain, striped, checkered, dotted, zigzag).
- * Network: four 3x3 stride-2 convolutions (16, 32, 64, 64 channels, GroupNorm,
- * SiLU) down to 4x4, then linear 1024 -> 128 -> 49. Training images are
- * blurred (0-2 box-filter passes) and noised (sigma up to 0.08) so that the
- * judge also reads decoded, slightly soft generations.
+ * Network: six 3x3 convolutions (16, 32, 32, 64, 64, 64 channels, strides
+ * 1, 2, 1, 2, 2, 2, GroupNorm, SiLU) down to 4x4, then linear 1024 -> 256 ->
+ * 51. Training images (every concept, held-out ones included) are blurred
+ * (0-2 box-filter passes) and noised (sigma up to 0.08) so that the judge also
+ * reads decoded, slightly soft generations.
  */
 #ifndef CD_WORLD_JUDGE_H
 #define CD_WORLD_JUDGE_H
@@ -51,6 +53,8 @@ void cd_judge_read(const float *out, cd_judge_verdict *v);
 typedef struct {
   double kinds, colours, bg, pattern; /* fraction of fresh images read exactly right */
   double robot_hit, robot_false;      /* robot toy seen when there / when not there */
+  double duck_hit, duck_false;        /* the same for the duck toy */
+  double kind_recall;                 /* fraction of drawn objects whose kind is seen */
 } cd_judge_accuracy;
 int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, int quiet);
 /* accuracy on n fresh CD_WORLD_ANY images from seed, with the training augmentation */

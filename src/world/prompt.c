@@ -13,6 +13,7 @@ static int kind_of(const char *w) {
   if (!strcmp(w, "bear")) return CD_WORLD_BEAR;
   if (!strcmp(w, "car")) return CD_WORLD_CAR;
   if (!strcmp(w, "robot")) return CD_WORLD_ROBOT;
+  if (!strcmp(w, "duck")) return CD_WORLD_DUCK;
   return -1;
 }
 
@@ -23,6 +24,12 @@ static int pattern_of(const char *w) {
 }
 
 void cd_world_parse_prompt(const char *prompt, const char *new_toy, const char *new_pattern, cd_world_expect *e) {
+  cd_world_names nm = {.toy = new_toy, .pattern = new_pattern};
+  cd_world_parse_prompt_names(prompt, &nm, e);
+}
+
+void cd_world_parse_prompt_names(const char *prompt, const cd_world_names *nm, cd_world_expect *e) {
+  const char *new_toy = nm->toy, *new_pattern = nm->pattern, *new_toy2 = nm->toy2;
   memset(e, 0, sizeof *e);
   e->kind[0] = e->kind[1] = e->colour[0] = e->colour[1] = e->bg = e->pattern = -1;
   char buf[512];
@@ -34,6 +41,7 @@ void cd_world_parse_prompt(const char *prompt, const char *new_toy, const char *
   for (int i = 0; i < n; i++) {
     int c = cd_world_colour_index(w[i]), k = kind_of(w[i]), p = pattern_of(w[i]);
     if (new_toy && !strcmp(w[i], new_toy)) k = CD_WORLD_ROBOT;
+    if (new_toy2 && !strcmp(w[i], new_toy2)) k = CD_WORLD_DUCK;
     if (new_pattern && !strcmp(w[i], new_pattern)) p = CD_WORLD_ZIGZAG;
     if (!strcmp(w[i], "on")) { in_bg = 1; continue; }
     if (in_bg || (e->nobj == 0 && p >= 0) || (e->nobj == 0 && !strcmp(w[i], "pattern"))) {
@@ -52,7 +60,7 @@ void cd_world_parse_prompt(const char *prompt, const char *new_toy, const char *
     int toy = !strcmp(w[i], "toy");
     if (k >= 0 || toy) {
       if (toy && i > 0 && e->nobj > 0 && e->is_toy[e->nobj - 1] == 0 && e->kind[e->nobj - 1] >= 0 &&
-          (kind_of(w[i - 1]) >= 0 || (new_toy && !strcmp(w[i - 1], new_toy)))) {
+          (kind_of(w[i - 1]) >= 0 || (new_toy && !strcmp(w[i - 1], new_toy)) || (new_toy2 && !strcmp(w[i - 1], new_toy2)))) {
         e->is_toy[e->nobj - 1] = 1; /* "bear toy", "<new1> toy": one object */
         continue;
       }

@@ -6,9 +6,12 @@
  *
  * Words outside the grammar are ignored; "toy" alone is a toy of unknown kind
  * (kind -1 with is_toy set). new_toy / new_pattern are the modifier tokens
- * that stand for the held-out robot toy and zigzag pattern ("<new1>", "<new2>"). */
+ * that stand for the held-out robot toy and zigzag pattern ("<new1>", "<new2>");
+ * "duck" or the third word (nm->toy2, "<new3>") names the held-out duck toy. */
 #ifndef CD_WORLD_PROMPT_H
 #define CD_WORLD_PROMPT_H
+
+#include "world/world.h"
 
 typedef struct {
   int nobj;
@@ -19,5 +22,7 @@ typedef struct {
 } cd_world_expect;
 
 void cd_world_parse_prompt(const char *prompt, const char *new_toy, const char *new_pattern, cd_world_expect *e);
+/* the same with the third held-out concept's word (the duck toy, "<new3>") */
+void cd_world_parse_prompt_names(const char *prompt, const cd_world_names *nm, cd_world_expect *e);
 
 #endif

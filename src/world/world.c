@@ -6,7 +6,7 @@
 #include <string.h>
 
 static const char *const kind_names[CD_WORLD_NKINDS] = {"circle", "square", "triangle", "star", "ring",
-                                                        "cross", "bear toy", "car toy", "robot toy"};
+                                                        "cross", "bear toy", "car toy", "robot toy", "duck toy"};
 static const char *const colour_names[CD_WORLD_NCOLOURS] = {"red", "orange", "yellow", "green",
                                                             "blue", "purple", "white", "black"};
 static const float colour_rgb[CD_WORLD_NCOLOURS][3] = {
@@ -15,7 +15,7 @@ static const float colour_rgb[CD_WORLD_NCOLOURS][3] = {
 static const char *const pattern_names[CD_WORLD_NPATTERNS] = {"plain", "striped", "checkered", "dotted", "zigzag"};
 
 /* the held-out concepts' own colours */
-enum { ROBOT_COLOUR = 1 /* orange */, ZIGZAG_COLOUR = 3 /* green */ };
+enum { ROBOT_COLOUR = 1 /* orange */, ZIGZAG_COLOUR = 3 /* green */, DUCK_COLOUR = 2 /* yellow */ };
 
 const char *cd_world_kind_name(int k) { return k >= 0 && k < CD_WORLD_NKINDS ? kind_names[k] : "?"; }
 const char *cd_world_colour_name(int c) { return c >= 0 && c < CD_WORLD_NCOLOURS ? colour_names[c] : "?"; }
@@ -77,18 +77,25 @@ void cd_world_sample(cd_rng *r, cd_world_mode mode, cd_world_scene *s) {
   }
   int npat = mode == CD_WORLD_ANY ? CD_WORLD_NPATTERNS : CD_WORLD_PRETRAIN_PATTERNS;
   int nkind = mode == CD_WORLD_ANY ? CD_WORLD_NKINDS : CD_WORLD_PRETRAIN_KINDS;
-  if (mode != CD_WORLD_NEW_TOY && cd_rng_uniform(r) < 0.15) { /* a pattern filling the frame */
+  if (mode != CD_WORLD_NEW_TOY && mode != CD_WORLD_NEW_TOY2 && cd_rng_uniform(r) < 0.15) { /* a pattern filling the frame */
     s->nobj = 0;
     s->pattern = 1 + irand(r, npat - 1);
     s->bg_colour = irand(r, CD_WORLD_NCOLOURS);
     return;
   }
-  s->nobj = mode != CD_WORLD_NEW_TOY && cd_rng_uniform(r) < 0.3 ? 2 : 1;
+  int concept = mode == CD_WORLD_NEW_TOY || mode == CD_WORLD_NEW_TOY2;
+  s->nobj = !concept && cd_rng_uniform(r) < 0.3 ? 2 : 1;
   for (int i = 0; i < s->nobj; i++) {
     cd_world_obj *o = &s->obj[i];
-    o->kind = mode == CD_WORLD_NEW_TOY ? CD_WORLD_ROBOT : irand(r, nkind);
-    o->colour = mode == CD_WORLD_NEW_TOY ? ROBOT_COLOUR : irand(r, CD_WORLD_NCOLOURS);
-    o->big = mode == CD_WORLD_NEW_TOY ? cd_rng_uniform(r) < 0.7 : irand(r, 2);
+    if (concept) {
+      o->kind = mode == CD_WORLD_NEW_TOY ? CD_WORLD_ROBOT : CD_WORLD_DUCK;
+      o->colour = mode == CD_WORLD_NEW_TOY ? ROBOT_COLOUR : DUCK_COLOUR;
+      o->big = cd_rng_uniform(r) < 0.7;
+    } else {
+      o->kind = irand(r, nkind);
+      o->colour = irand(r, CD_WORLD_NCOLOURS);
+      o->big = irand(r, 2);
+    }
   }
   if (s->nobj == 1) place(r, &s->obj[0], 0, CD_WORLD_RES, 0);
   else {
@@ -134,6 +141,14 @@ static int shape_at(int kind, float u, float v) {
            in_rect(u, v, -0.55f, 0.55f, -0.12f, 0.62f) ||                          /* body */
            in_rect(u, v, -0.9f, -0.6f, -0.05f, 0.35f) || in_rect(u, v, 0.6f, 0.9f, -0.05f, 0.35f) || /* arms */
            in_rect(u, v, -0.42f, -0.14f, 0.62f, 1.0f) || in_rect(u, v, 0.14f, 0.42f, 0.62f, 1.0f);  /* legs */
+  case CD_WORLD_DUCK: {
+    if (in_disc(u, v, -0.42f, -0.55f, 0.09f) || /* eye */
+        (u >= -1.0f && u <= -0.68f && v >= -0.42f && v <= -0.22f)) /* beak */
+      return 2;
+    float bu = (u - 0.1f) / 0.9f, bv = (v - 0.42f) / 0.5f;                   /* body: a wide ellipse */
+    return bu * bu + bv * bv <= 1.0f || in_disc(u, v, -0.38f, -0.45f, 0.36f) || /* head */
+           (u >= 0.6f && u <= 1.0f && v >= -0.2f && v <= 0.3f && v >= 0.3f - (u - 0.6f) * 1.6f); /* tail */
+  }
   }
   return 0;
 }
@@ -210,16 +225,17 @@ static void put(sbuf *b, const char *s) {
   b->left -= n;
 }
 
-static void put_kind(sbuf *b, const cd_world_scene *s, int kind, const char *new_toy) {
-  if (kind == CD_WORLD_ROBOT && new_toy) { put(b, new_toy); put(b, " toy"); }
+static void put_kind(sbuf *b, const cd_world_scene *s, int kind, const cd_world_names *nm) {
+  if (kind == CD_WORLD_ROBOT && nm->toy) { put(b, nm->toy); put(b, " toy"); }
+  else if (kind == CD_WORLD_DUCK && nm->toy2) { put(b, nm->toy2); put(b, " toy"); }
   else if ((kind == CD_WORLD_BEAR || kind == CD_WORLD_CAR) && s->toy_generic) put(b, "toy");
   else put(b, kind_names[kind]);
 }
 
-static void put_obj(sbuf *b, const cd_world_scene *s, const cd_world_obj *o, const char *new_toy) {
+static void put_obj(sbuf *b, const cd_world_scene *s, const cd_world_obj *o, const cd_world_names *nm) {
   put(b, o->big ? "a big " : "a small ");
   if (!s->in_form) { put(b, colour_names[o->colour]); put(b, " "); }
-  put_kind(b, s, o->kind, new_toy);
+  put_kind(b, s, o->kind, nm);
   if (s->in_form) { put(b, " in "); put(b, colour_names[o->colour]); }
 }
 
@@ -228,6 +244,11 @@ static void put_pattern(sbuf *b, int pattern, const char *new_pattern) {
 }
 
 int cd_world_caption(const cd_world_scene *s, const char *new_toy, const char *new_pattern, char *out, size_t cap) {
+  cd_world_names nm = {.toy = new_toy, .pattern = new_pattern};
+  return cd_world_caption_names(s, &nm, out, cap);
+}
+
+int cd_world_caption_names(const cd_world_scene *s, const cd_world_names *nm, char *out, size_t cap) {
   if (!cap) return -1;
   sbuf b = {out, cap, 0};
   out[0] = 0;
@@ -236,14 +257,14 @@ int cd_world_caption(const cd_world_scene *s, const char *new_toy, const char *n
     put(&b, "a ");
     put(&b, colour_names[s->bg_colour]);
     put(&b, " ");
-    put_pattern(&b, s->pattern, new_pattern);
+    put_pattern(&b, s->pattern, nm->pattern);
     put(&b, " pattern");
   } else {
-    put_obj(&b, s, &s->obj[0], new_toy);
-    if (s->nobj == 2) { put(&b, " next to "); put_obj(&b, s, &s->obj[1], new_toy); }
+    put_obj(&b, s, &s->obj[0], nm);
+    if (s->nobj == 2) { put(&b, " next to "); put_obj(&b, s, &s->obj[1], nm); }
     put(&b, " on a ");
     put(&b, colour_names[s->bg_colour]);
-    if (s->pattern != CD_WORLD_PLAIN) { put(&b, " "); put_pattern(&b, s->pattern, new_pattern); }
+    if (s->pattern != CD_WORLD_PLAIN) { put(&b, " "); put_pattern(&b, s->pattern, nm->pattern); }
     put(&b, s->pattern != CD_WORLD_PLAIN && s->bg_as_pattern ? " pattern" : " background");
   }
   return b.overflow ? -1 : (int)(b.p - out);

@@ -11,6 +11,9 @@
  * Two concepts are held out of pretraining and only rendered on request:
  *   CD_WORLD_ROBOT   a robot toy ("<new1> toy": class word "toy")
  *   CD_WORLD_ZIGZAG  a zigzag pattern ("<new2> pattern": class word "pattern")
+ *   CD_WORLD_DUCK    a duck toy ("<new3> toy": class word "toy"), the third
+ *                    concept, so that three concepts fit in one scene (two
+ *                    toys side by side on the zigzag pattern)
  * Their class words are in the vocabulary; their own names are not.
  *
  * Captions (examples):
@@ -35,6 +38,7 @@ enum {
   CD_WORLD_CIRCLE, CD_WORLD_SQUARE, CD_WORLD_TRIANGLE, CD_WORLD_STAR, CD_WORLD_RING, CD_WORLD_CROSS,
   CD_WORLD_BEAR, CD_WORLD_CAR, /* toys */
   CD_WORLD_ROBOT,              /* held out: the <new1> toy */
+  CD_WORLD_DUCK,               /* held out: the <new3> toy */
   CD_WORLD_NKINDS
 };
 #define CD_WORLD_PRETRAIN_KINDS CD_WORLD_ROBOT /* kinds 0..7 appear in pretraining */
@@ -68,10 +72,11 @@ typedef enum {
   CD_WORLD_PRETRAIN, /* the pretraining distribution: no held-out concept */
   CD_WORLD_NEW_TOY,  /* one robot toy (its own orange), varied pose, scale and background */
   CD_WORLD_NEW_PATTERN, /* the zigzag pattern filling the frame, in its own colours */
+  CD_WORLD_NEW_TOY2, /* one duck toy (its own yellow), varied pose, scale and background */
   CD_WORLD_ANY       /* everything, held-out concepts included (the judge's training data) */
 } cd_world_mode;
 
-const char *cd_world_kind_name(int kind);      /* "circle", ..., "bear toy", "robot toy" */
+const char *cd_world_kind_name(int kind);      /* "circle", ..., "bear toy", "robot toy", "duck toy" */
 const char *cd_world_colour_name(int colour);  /* "red", ... */
 const char *cd_world_pattern_name(int pattern);/* "plain", "striped", ..., "zigzag" */
 /* index of a colour / kind word, -1 if none */
@@ -85,6 +90,14 @@ void cd_world_render(const cd_world_scene *s, float *rgb);
  * (e.g. "<new1> toy"); NULL means their real names. Returns the length, or -1
  * when cap is too small. */
 int cd_world_caption(const cd_world_scene *s, const char *new_toy, const char *new_pattern, char *out, size_t cap);
+/* The words standing for the held-out concepts; NULL: their real names. */
+typedef struct {
+  const char *toy;     /* the robot toy, e.g. "<new1>" */
+  const char *pattern; /* the zigzag pattern, e.g. "<new2>" */
+  const char *toy2;    /* the duck toy, e.g. "<new3>" */
+} cd_world_names;
+/* cd_world_caption with all three held-out words */
+int cd_world_caption_names(const cd_world_scene *s, const cd_world_names *nm, char *out, size_t cap);
 
 /* Every word the grammar can produce (NULL-terminated), for the vocabulary. */
 const char *const *cd_world_words(void);
