@@ -15,8 +15,13 @@ int cd_unet_arena_bytes(cd_sd_model *m, int B, int64_t h, int64_t w, double *byt
   cd_node *x = cd_input(g, "x", 4, (int64_t[]){B, m->unet.cfg.in_channels, h, w});
   cd_node *t = cd_input(g, "t", 1, (int64_t[]){B});
   cd_node *c = cd_input(g, "ctx", 3, (int64_t[]){B, CD_TOK_MAX_LEN, m->unet.cfg.context_dim});
+  cd_unet_added add = {NULL, NULL}; /* SDXL's added conditioning, when the model has it */
+  if (m->unet.cfg.add_time_dim > 0) {
+    add.text_embeds = cd_input(g, "text_embeds", 2, (int64_t[]){B, m->unet.cfg.add_text_dim});
+    add.time_ids = cd_input(g, "time_ids", 2, (int64_t[]){B, m->unet.cfg.add_time_ids});
+  }
   cd_weights_clear_used(m->unet.w);
-  cd_graph_output(g, cd_unet_build(g, &m->unet, NULL, x, t, c));
+  cd_graph_output(g, cd_unet_build_cond(g, &m->unet, NULL, x, t, c, &add));
   int rc = cd_graph_plan(g, NULL);
   *bytes = rc ? 0 : (double)cd_graph_arena_bytes(g);
   cd_graph_free(g);
