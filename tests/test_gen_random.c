@@ -4,6 +4,7 @@
  * structure.) The real shapes' parameter counts are the published ones. */
 #include <sys/wait.h>
 
+#include "diffusion/mem_estimate.h"
 #include "io/fsutil.h"
 #include "models/sd_model.h"
 #include "test.h"
@@ -105,8 +106,10 @@ TEST(sdxl_both_layouts) {
   int ok = st == 0 && !cd_sd_load(folder, &lo, &a) && !cd_sd_load(single, &lo, &b);
   char err[512];
   snprintf(err, sizeof err, "%s", ok ? "" : cd_last_error());
-  int same = 0, cfg = 0, det = 0, finite = 0, reads_ids = 0;
+  int same = 0, cfg = 0, det = 0, finite = 0, reads_ids = 0, mem = 0;
   if (ok) {
+    cd_mem_plan mp; /* the sampling memory estimate plans the UNet with its added inputs */
+    mem = !cd_sample_mem_plan(a, 1, 1, 128, 128, 0, 0, &mp) && mp.unet > 0;
     same = !strcmp(a->hash, b->hash) && a->family == CD_FAMILY_SDXL && b->family == CD_FAMILY_SDXL;
     const cd_unet_config *u = &a->unet.cfg, *v = &b->unet.cfg;
     cfg = u->nlevels == 3 && !u->down_attn[0] && u->down_attn[1] && u->down_attn[2] && u->up_attn[0] &&
@@ -145,6 +148,7 @@ TEST(sdxl_both_layouts) {
   CHECKF(finite, "unet: %s", err);
   CHECK(det);
   CHECK(reads_ids);
+  CHECK(mem);
 }
 
 /* a wrong SDXL unet/config.json is refused with an error naming the file and the field */
