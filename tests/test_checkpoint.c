@@ -423,6 +423,25 @@ TEST(error_vae_only_and_sdxl) {
   CHECK(r2 != 0 && e2);
 }
 
+/* label_emb beside an SD 2.x OpenCLIP encoder is SD 2.x unCLIP, not SDXL: refused by name */
+TEST(error_unclip_is_not_sdxl) {
+  char tmp[64], a[1200];
+  CHECK(mktmp(tmp, sizeof tmp));
+  snprintf(a, sizeof a, "%s/unclip.safetensors", tmp);
+  static const char *const k[] = {"model.diffusion_model.input_blocks.0.0.weight",
+                                  "model.diffusion_model.label_emb.0.0.weight",
+                                  "cond_stage_model.model.transformer.resblocks.0.ln_1.weight",
+                                  "first_stage_model.encoder.conv_in.weight"};
+  int w = write_small(a, k, 4);
+  cd_sd_model *m = NULL;
+  int r = w ? 0 : cd_sd_load(a, NULL, &m);
+  int e = err_has("unCLIP") && err_has("unclip.safetensors");
+  cd_sd_free(m);
+  test_rmtree(tmp);
+  CHECK(w == 0);
+  CHECK(r != 0 && e);
+}
+
 TEST(error_folder_and_random_ckpt) {
   char tmp[64], f[1200];
   CHECK(mktmp(tmp, sizeof tmp));
@@ -665,6 +684,7 @@ int main(void) {
   RUN(single_file_without_vocab);
   RUN(error_truncated);
   RUN(error_vae_only_and_sdxl);
+  RUN(error_unclip_is_not_sdxl);
   RUN(error_folder_and_random_ckpt);
   RUN(error_unknown_key_and_bad_shapes);
   RUN(fp16_unet_folder);

@@ -1033,7 +1033,16 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
     const cd_tensor_info *p = sf_find(&s, UP, "input_blocks.1.1.proj_in.weight");
     m->family = p && p->ndim == 2 ? CD_FAMILY_SD2 : CD_FAMILY_SD1;
   }
-  if (sf_find(&s, UP, "label_emb.0.0.weight")) m->family = CD_FAMILY_SDXL; /* text_time conditioning */
+  if (sf_find(&s, UP, "label_emb.0.0.weight")) { /* SGM's text_time conditioning: SDXL */
+    if (sf_max_index(&s, TP "model.transformer.resblocks.") >= 0 ||
+        sf_max_index(&s, TP "transformer.text_model.encoder.layers.") >= 0 ||
+        sf_max_index(&s, TP "transformer.encoder.layers.") >= 0) {
+      cd_set_error("%s: " UP "label_emb.* beside a cond_stage_model.* text encoder (an unCLIP or class-conditioned "
+                   "SD 2.x model) is not supported; SDXL files have conditioner.embedders.*", path);
+      goto done;
+    }
+    m->family = CD_FAMILY_SDXL;
+  }
   if (detect_unet(&s, yaml, m->family, &m->unet.cfg)) goto done;
   if (have_vae && !o->no_vae && detect_vae(&s, yaml, &m->vae.cfg)) goto done;
   double sfv;
