@@ -99,7 +99,10 @@ static int print_delta(const char *path, const char *model, const char *vocab) {
       nfull++;
     }
   }
-  printf("layers       %d cross-attention layers, %d weights, %lld parameters\n", nlayers, nfull + nlow, (long long)params);
+  if (!strcmp(d->train, "full")) /* a full fine-tune holds the whole UNet, not layers of cross-attention */
+    printf("layers       the whole UNet, %d weights, %lld parameters\n", nfull + nlow, (long long)params);
+  else
+    printf("layers       %d cross-attention layers, %d weights, %lld parameters\n", nlayers, nfull + nlow, (long long)params);
   if (d->lowrank || nlow) {
     printf("low-rank     %d weights as factors, rank %d..%d; %d full", nlow, rmin, rmax, nfull);
     if (d->ratio > 0) printf("; ratio %g", d->ratio);

@@ -28,7 +28,7 @@ int cmd_train(int argc, char **argv) {
       {"--class-steps", CLI_INT, &o.class_steps, "N", "DDIM steps (eta 1, guidance 6) of generated class images (default 50)", NULL, CLI_RANGE(1, 1000)},
       {"--no-prior", CLI_FLAG, &no_prior, "", "no prior preservation (no class images)"},
       {"--prior-loss-weight", CLI_FLOAT, &o.prior_weight, "X", "weight of the class-image loss (default 1)", "--prior_loss_weight", CLI_ABOVE(0)},
-      {"--train", CLI_STR, &o.train, "WHAT", "crossattn_kv (default: K/V of cross-attention) or crossattn (all of it)", "--freeze_model", CLI_CHOICES("crossattn_kv|crossattn")},
+      {"--train", CLI_STR, &o.train, "WHAT", "crossattn_kv (default: K/V of cross-attention), crossattn (all of it); baselines: token (only the new token, like Textual Inversion), full (every UNet weight, like DreamBooth)", "--freeze_model", CLI_CHOICES("crossattn_kv|crossattn|token|full")},
       {"--modifier-token", CLI_STR, &o.modifier_tokens, "T", "new token(s), comma-separated (default <new1>, <new2>, ... one per concept)", "--modifier_token"},
       {"--initializer-token", CLI_STR, &o.initializers, "W", "vocabulary token(s) the new rows start from (default ktn, pll, ucd)", "--initializer_token"},
       {"--steps", CLI_INT, &o.steps, "N", "optimisation steps (default 250; 500 with several concepts)", "--max_train_steps", CLI_MIN(1)},

@@ -103,7 +103,9 @@ static int load_cdiff(const cd_tensor_file *f, cd_delta *d) {
   for (int i = 0; i < cd_tf_count(f); i++) {
     const cd_tensor_info *t = cd_tf_at(f, i);
     if (!strcmp(t->name, "modifier_tokens")) continue;
-    if (!strstr(t->name, ".attn2.")) return cd_set_error("%s: unexpected tensor '%s' (only attn2 weights and modifier_tokens)", path, t->name);
+    /* a full fine-tune (train = full) holds every UNet weight; Custom Diffusion only attn2 */
+    if (!strstr(t->name, ".attn2.") && strcmp(d->train, "full"))
+      return cd_set_error("%s: unexpected tensor '%s' (only attn2 weights and modifier_tokens, unless train = full)", path, t->name);
     if (put_tensor(d, f, t, t->name)) return -1;
   }
   return 0;
@@ -416,8 +418,33 @@ static int save_cdiff(const char *path, const cd_delta *d) {
   return rc;
 }
 
+/* A full fine-tune's UNet as diffusers keeps it: DIR/unet/diffusion_pytorch_model.safetensors
+ * (our names are diffusers' state-dict keys), for pipe.unet.load_state_dict. */
+#define DIFFUSERS_UNET_FILE "unet/diffusion_pytorch_model.safetensors"
+
+static int is_full(const cd_delta *d) { return !strcmp(d->train, "full"); }
+
+static int save_diffusers_unet(const char *dir, const cd_delta *d) {
+  int n = cd_weights_count(d->w);
+  cd_tensor_out *t = cd_calloc(n ? n : 1, sizeof *t);
+  for (int i = 0; i < n; i++) {
+    cd_weight *x = cd_weights_at(d->w, i);
+    t[i] = (cd_tensor_out){.name = x->name, .dtype = CD_DT_F32, .ndim = x->ndim, .data = x->data};
+    for (int j = 0; j < x->ndim; j++) t[i].shape[j] = x->ne[j];
+  }
+  char *sub = cd_path_join(dir, "unet"), *path = cd_path_join(dir, DIFFUSERS_UNET_FILE);
+  const char *meta[] = {"format", "pt"};
+  int rc = cd_mkdir_p(sub) || cd_safetensors_write(path, t, n, meta, 1) ? -1 : 0;
+  free(sub);
+  free(path);
+  free(t);
+  return rc;
+}
+
 static int save_diffusers(const char *dir, const cd_delta *d) {
   int n = cd_weights_count(d->w);
+  if (is_full(d) && save_diffusers_unet(dir, d)) return -1;
+  if (is_full(d) || !n) n = 0; /* no Custom Diffusion weights file: only the token files (Textual Inversion's format) */
   cd_tensor_out *t = cd_calloc(n ? n : 1, sizeof *t);
   char (*names)[256] = cd_calloc(n ? n : 1, 256);
   int k = 0, rc = 0;
@@ -437,7 +464,7 @@ static int save_diffusers(const char *dir, const cd_delta *d) {
   }
   char path[2048];
   const char *meta[] = {"format", "pt"};
-  if (!rc) {
+  if (!rc && k) {
     snprintf(path, sizeof path, "%s/%s", dir, CD_DIFFUSERS_DELTA_FILE);
     rc = cd_safetensors_write(path, t, k, meta, 1);
   }
@@ -495,8 +522,10 @@ static int remove_file(const char *dir, const char *name) {
  * file. */
 static int remove_stale(const char *dir, const cd_delta *d) {
   if (!d && remove_file(dir, CD_DELTA_FILE)) return -1;
-  if (((!d || d->lowrank) && remove_file(dir, CD_DIFFUSERS_DELTA_FILE)) || remove_file(dir, DIFFUSERS_BIN) || remove_file(dir, "delta.ckpt"))
+  const int cd_file = d && !d->lowrank && !is_full(d) && cd_weights_count(d->w) > 0; /* save_diffusers wrote it */
+  if ((!cd_file && remove_file(dir, CD_DIFFUSERS_DELTA_FILE)) || remove_file(dir, DIFFUSERS_BIN) || remove_file(dir, "delta.ckpt"))
     return -1;
+  if ((!d || d->lowrank || !is_full(d)) && remove_file(dir, DIFFUSERS_UNET_FILE)) return -1;
   DIR *dp = opendir(dir);
   if (!dp) return cd_set_error("cannot read folder %s: %s", dir, strerror(errno));
   int rc = 0;

@@ -12,7 +12,10 @@
  *             lowrank (0|1), ratio, args (JSON of the training arguments)
  * diffusers' (DIR/pytorch_custom_diffusion_weights.safetensors or .bin):
  *   "<layer>.processor.to_k_custom_diffusion.weight" (to_v, to_q, to_out_custom_diffusion.0.{weight,bias})
- *   plus DIR/<newN>.safetensors (or .bin) = {"<newN>": [d]}
+ *   plus DIR/<newN>.safetensors (or .bin) = {"<newN>": [d]} (Textual Inversion's format too)
+ *   A token-only delta (--train token) writes only the token files; a full
+ *   fine-tune (--train full) writes DIR/unet/diffusion_pytorch_model.safetensors
+ *   (every UNet weight, diffusers' keys) instead of the Custom Diffusion file.
  * the original repository's delta.ckpt:
  *   {'state_dict': {'model.diffusion_model.<...>.attn2.to_k.weight': ..., 'embed': [E, d]}}
  */
@@ -36,7 +39,7 @@ typedef struct cd_delta {
   int ctx;         /* context width of the K/V weights (0 unknown) */
   int family;      /* CD_FAMILY_SD1/SD2, 0 unknown */
   char base_hash[17];
-  char train[32];  /* "crossattn_kv" | "crossattn" */
+  char train[32];  /* "crossattn_kv" | "crossattn" | "token" | "full" (what trained) */
   char *args;      /* JSON text of the training arguments, or NULL */
   int lowrank;
   double ratio;

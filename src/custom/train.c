@@ -27,6 +27,28 @@ void cd_train_opts_default(cd_train_opts *o) {
   o->sample_latents = 1;
 }
 
+static const char *const mode_names[] = {[CD_TRAIN_NONE] = "token", [CD_TRAIN_KV] = "crossattn_kv",
+                                         [CD_TRAIN_CROSSATTN] = "crossattn", [CD_TRAIN_FULL] = "full"};
+
+int cd_train_mode_parse(const char *name) {
+  for (int i = 0; name && i < (int)(sizeof mode_names / sizeof mode_names[0]); i++)
+    if (!strcmp(name, mode_names[i])) return i;
+  return -1;
+}
+
+const char *cd_train_mode_name(int train) {
+  return train >= 0 && train < (int)(sizeof mode_names / sizeof mode_names[0]) ? mode_names[train] : NULL;
+}
+
+int cd_train_mode_trains(int train, const char *name) {
+  switch (train) {
+  case CD_TRAIN_FULL: return 1;
+  case CD_TRAIN_CROSSATTN: return strstr(name, ".attn2.to_") != NULL;
+  case CD_TRAIN_KV: return strstr(name, ".attn2.to_k.") || strstr(name, ".attn2.to_v.");
+  default: return 0;
+  }
+}
+
 int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
   memset(t, 0, sizeof *t);
   t->m = m;
@@ -34,6 +56,8 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
   if (o->res <= 0 || o->res % 64) return cd_set_error("--resolution must be a positive multiple of 64 (got %d)", o->res);
   if (o->batch < 1) return cd_set_error("--batch must be at least 1");
   if (o->ntok < 0 || o->ntok > 16) return cd_set_error("between 0 and 16 modifier tokens are supported");
+  if (!cd_train_mode_name(o->train)) return cd_set_error("unknown training mode %d", o->train);
+  if (o->train == CD_TRAIN_NONE && !o->ntok) return cd_set_error("--train token needs a modifier token: it trains only the new token's embedding");
   t->B = o->batch * (o->prior ? 2 : 1);
   t->h = t->w = o->res / 8;
   const int B = t->B;
@@ -75,12 +99,17 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
     cd_weight *x = cd_weights_at(m->unet.w, i);
     x->node = NULL;
     /* trainable weights are the optimizer's f32 master weights, whatever the storage of the rest */
-    if (strstr(x->name, o->train == CD_TRAIN_CROSSATTN ? ".attn2.to_" : ".attn2.to_k.") ||
-        (o->train != CD_TRAIN_CROSSATTN && strstr(x->name, ".attn2.to_v.")))
-      cd_weight_f32(x);
+    if (cd_train_mode_trains(o->train, x->name)) cd_weight_f32(x);
   }
-  const cd_unet_mode mode = {.train = o->train, .detach_rows = 1};
+  /* Custom Diffusion detaches the start token's k/v (it is the same for every
+   * prompt); the full fine-tuning baseline trains as DreamBooth does, without */
+  const cd_unet_mode mode = {.train = o->train, .detach_rows = o->train == CD_TRAIN_FULL ? 0 : 1};
   t->pred = cd_unet_build(g, &m->unet, &mode, t->noisy, t->t, ctx);
+  if (o->train == CD_TRAIN_FULL) /* the builder marks attn2; every other weight the graph uses trains too */
+    for (int i = 0; i < cd_weights_count(m->unet.w); i++) {
+      cd_weight *x = cd_weights_at(m->unet.w, i);
+      if (x->node) cd_set_trainable(x->node);
+    }
   t->target = cd_input(g, "target", 4, (int64_t[]){B, C, h, w});
   t->mask_i = cd_input(g, "mask_instance", 4, (int64_t[]){B, 1, h, w});
   t->inst = cd_mse(g, t->pred, t->target, t->mask_i);
@@ -116,7 +145,7 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
   if (extra) t->p[t->np++] = (cd_train_param){.name = "token_embedding.extra", .node = extra, .n = extra->n};
   for (int i = 0; i < t->np; i++)
     if (cd_optim_add(t->opt, t->p[i].node)) return -1;
-  if (!t->np) return cd_set_error("nothing to train: the UNet has no cross-attention layers");
+  if (o->train != CD_TRAIN_NONE && t->np == (extra != NULL)) return cd_set_error("nothing to train: the UNet has no cross-attention layers");
   return 0;
 }
 
@@ -284,7 +313,7 @@ int cd_trainer_to_delta(const cd_trainer *t, const char (*tokens)[32], const cha
     snprintf(d->init[i], sizeof d->init[i], "%s", inits ? inits[i] : "");
   }
   snprintf(d->base_hash, sizeof d->base_hash, "%s", m->hash);
-  snprintf(d->train, sizeof d->train, t->o.train == CD_TRAIN_CROSSATTN ? "crossattn" : "crossattn_kv");
+  snprintf(d->train, sizeof d->train, "%s", cd_train_mode_name(t->o.train));
   *out = d;
   return 0;
 }

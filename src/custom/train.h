@@ -13,6 +13,11 @@
  * Deliberate differences from the references: only the new-token rows are
  * parameters (diffusers decays all 49408 rows; here the base rows stay exact),
  * and every modifier token trains (the original never trains the last one).
+ *
+ * Two baselines of the paper's comparison train other sets with the same step:
+ *   token (CD_TRAIN_NONE): only the new-token rows (Textual-Inversion-like);
+ *   full  (CD_TRAIN_FULL): every UNet weight and the new-token rows
+ *                          (DreamBooth-like; no start-token detaching).
  */
 #ifndef CD_TRAIN_H
 #define CD_TRAIN_H
@@ -23,7 +28,7 @@ typedef struct {
   int batch;          /* instance examples per step */
   int prior;          /* 1: as many class examples follow the instance ones */
   int res;            /* pixels */
-  int train;          /* CD_TRAIN_KV | CD_TRAIN_CROSSATTN */
+  int train;          /* what of the UNet trains: CD_TRAIN_KV | CROSSATTN | FULL | NONE (token only) */
   float lr;           /* already scaled (--scale-lr) */
   float beta1, beta2, eps, weight_decay, max_grad_norm, prior_weight;
   int sample_latents; /* 1: latent_dist.sample() (training); 0: the posterior mean (golden tests) */
@@ -33,6 +38,12 @@ typedef struct {
 } cd_train_opts;
 
 void cd_train_opts_default(cd_train_opts *o);
+
+/* --train names: "crossattn_kv", "crossattn", "token", "full" <-> CD_TRAIN_*; -1 / NULL if unknown */
+int cd_train_mode_parse(const char *name);
+const char *cd_train_mode_name(int train);
+/* 1 if UNet weight `name` is a parameter under mode `train` */
+int cd_train_mode_trains(int train, const char *name);
 
 /* Trainable tensor i is the optimizer's parameter i: its value, gradient and
  * AdamW moments live in the backend (cd_optim_read/cd_optim_write). */

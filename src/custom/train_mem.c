@@ -15,6 +15,9 @@
 static int trainer_parts(cd_sd_model *m, const cd_train_opts *o, int grad_accum, double *per_ex, double *enc, double *params) {
   cd_train_opts c = *o;
   c.ntok = 0; /* a new token's row is a few KiB: not worth adding it to the tokenizer here */
+  /* token-only training backpropagates through the same UNet to the row: planned as crossattn_kv,
+   * whose K/V gradients and moments make it a slight over-estimate */
+  if (c.train == CD_TRAIN_NONE) c.train = CD_TRAIN_KV;
   cd_trainer t;
   int rc = cd_trainer_init(&t, m, &c);
   *per_ex = *enc = *params = 0;

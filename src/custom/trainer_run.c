@@ -14,6 +14,7 @@
 
 #include "core/common.h"
 #include "core/progress.h"
+#include "core/sysmem.h"
 #include "custom/class_images.h"
 #include "custom/dataset.h"
 #include "custom/delta.h"
@@ -184,8 +185,8 @@ int cd_run_opts_check(const cd_run_opts *o) {
   if (o->num_validation_images < 1 || o->num_validation_images > 16)
     return cd_set_error("--num_validation_images must be in 1..16 (got %d)", o->num_validation_images);
   if (o->real_prior && !o->prior) return cd_set_error("--real_prior needs prior preservation (it conflicts with --no-prior)");
-  if (!o->train || (strcmp(o->train, "crossattn_kv") && strcmp(o->train, "crossattn")))
-    return cd_set_error("--train must be crossattn_kv or crossattn (got '%s')", o->train ? o->train : "");
+  if (cd_train_mode_parse(o->train) < 0)
+    return cd_set_error("--train must be crossattn_kv, crossattn, token or full (got '%s')", o->train ? o->train : "");
   return 0;
 }
 
@@ -889,7 +890,7 @@ static void fill_train_opts(const run_t *r, cd_train_opts *to_) {
   to.batch = r->nloc; /* this rank's share of the global --batch */
   to.prior = o->prior;
   to.res = o->res;
-  to.train = !strcmp(o->train, "crossattn") ? CD_TRAIN_CROSSATTN : CD_TRAIN_KV;
+  to.train = cd_train_mode_parse(o->train);
   to.lr = r->lr;
   to.beta1 = o->adam_beta1;
   to.beta2 = o->adam_beta2;
@@ -908,6 +909,19 @@ static int check_memory(run_t *r) {
   fill_train_opts(r, &to);
   char what[160];
   snprintf(what, sizeof what, "training at --resolution %d with --batch %d%s", r->o.res, r->nloc, r->o.prior ? " (+ as many class images)" : "");
+  if (to.train == CD_TRAIN_FULL) {
+    /* every UNet parameter needs an f32 value, a gradient and two AdamW moments */
+    double n = 0, nkv = 0;
+    for (int i = 0; i < cd_weights_count(r->m->unet.w); i++) {
+      const cd_weight *x = cd_weights_at(r->m->unet.w, i);
+      n += (double)cd_numel(x->ndim, x->ne);
+      if (cd_train_mode_trains(CD_TRAIN_KV, x->name)) nkv += (double)cd_numel(x->ndim, x->ne);
+    }
+    char a[32], b[32];
+    cd_warn("--train full trains all %.1f M UNet parameters: their f32 values, gradients and AdamW moments alone take %s "
+            "(SD 1.5: about 14 GB), besides the activations; Custom Diffusion (crossattn_kv) trains %.1f M of them (%s)",
+            n / 1e6, cd_mem_fmt(16 * n, a, sizeof a), nkv / 1e6, cd_mem_fmt(16 * nkv, b, sizeof b));
+  }
   return cd_train_mem_check(r->m, &to, r->o.grad_accum, r->o.prior && !r->o.real_prior, what);
 }
 

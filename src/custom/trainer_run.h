@@ -31,7 +31,7 @@ typedef struct {
   int prior;                  /* prior preservation (default 1) */
   int num_class_images;       /* per concept (default 200) */
   int class_steps;            /* sampler steps of generated class images (default 50) */
-  const char *train;          /* "crossattn_kv" (default) | "crossattn" */
+  const char *train;          /* "crossattn_kv" (default) | "crossattn" | "token" | "full" (train.h) */
   const char *modifier_tokens;/* "<new1>,<new2>" ('+' also separates); NULL: <new1>..<newN>, one per concept */
   const char *initializers;   /* comma-separated vocabulary tokens; NULL: ktn, pll, ucd */
   int steps;                  /* 0: 250 for one concept, 500 for more */

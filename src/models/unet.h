@@ -61,7 +61,9 @@ int cd_unet_mid_depth(const cd_unet_config *c);
 int cd_unet_add_in_dim(const cd_unet_config *c);
 
 /* What a training graph needs from the UNet builder. */
-enum { CD_TRAIN_NONE = 0, CD_TRAIN_KV = 1, CD_TRAIN_CROSSATTN = 2 };
+/* NONE: the UNet is frozen (inference, or token-only training); KV: attn2 to_k/to_v;
+ * CROSSATTN: all of attn2; FULL: attn2 here, and the trainer marks every other weight. */
+enum { CD_TRAIN_NONE = 0, CD_TRAIN_KV = 1, CD_TRAIN_CROSSATTN = 2, CD_TRAIN_FULL = 3 };
 
 typedef struct {
   cd_unet_config cfg;
