@@ -1,11 +1,9 @@
 /* cmd_eval.c - cdiff eval: generations of a fixed prompt set, read by the
- * world judge (src/world/judge.h), scored as in the Custom Diffusion paper:
- *   image-alignment: of the images whose prompt names a held-out concept
- *                    (<new1> toy, <new2> pattern), the fraction that show it
- *                    (with two concepts in one prompt: that show both);
- *   text-alignment:  of every other attribute the prompts ask for (object
- *                    kinds, object colours, background colour and pattern),
- *                    the fraction the images show.
+ * world judge (src/world/judge.h), scored as in the Custom Diffusion paper
+ * (src/eval/score.h): image-alignment, the fraction of images for prompts
+ * naming held-out concepts (<new1> toy, <new2> pattern, <new3> toy) that show
+ * all of them; text-alignment, the fraction of the prompts' other attributes
+ * the images show.
  * One row per run is appended to OUT/results.tsv; OUT/LABEL.png is the grid
  * (one row of --n images per prompt). */
 #include <stdio.h>
@@ -19,54 +17,15 @@
 #include "diffusion/pipeline.h"
 #include "io/fsutil.h"
 #include "io/image.h"
+#include "eval/score.h"
 #include "world/judge.h"
 #include "world/prompt.h"
 
 #define R CD_WORLD_RES
 
-typedef struct {
-  double img_hit, img_total, txt_hit, txt_total;
-} score;
-
-/* adds one image's verdict against the prompt's expectation */
-static void score_image(const cd_world_expect *e, const cd_judge_verdict *v, score *s) {
-  int concepts = 0, shown = 0;
-  for (int k = 0; k < e->nobj; k++) {
-    if (e->kind[k] == CD_WORLD_ROBOT) {
-      concepts++;
-      shown += v->kind[CD_WORLD_ROBOT];
-    } else if (e->kind[k] >= 0) {
-      s->txt_total++;
-      s->txt_hit += v->kind[e->kind[k]];
-    } else if (e->is_toy[k]) {
-      s->txt_total++;
-      s->txt_hit += v->kind[CD_WORLD_BEAR] || v->kind[CD_WORLD_CAR] || v->kind[CD_WORLD_ROBOT];
-    }
-    if (e->colour[k] >= 0) {
-      s->txt_total++;
-      s->txt_hit += v->colour[e->colour[k]];
-    }
-  }
-  if (e->pattern == CD_WORLD_ZIGZAG) {
-    concepts++;
-    shown += v->pattern == CD_WORLD_ZIGZAG;
-  } else if (e->pattern >= 0) {
-    s->txt_total++;
-    s->txt_hit += v->pattern == e->pattern;
-  }
-  if (e->bg >= 0) {
-    s->txt_total++;
-    s->txt_hit += v->bg == e->bg;
-  }
-  if (concepts) {
-    s->img_total++;
-    s->img_hit += shown == concepts;
-  }
-}
-
 int cmd_eval(int argc, char **argv) {
   const char *model = NULL, *judge_path = "models/world-judge.safetensors", *prompts_path = NULL, *out = NULL;
-  const char *label = "run", *new_toy = "<new1>", *new_pattern = "<new2>";
+  const char *label = "run", *new_toy = "<new1>", *new_pattern = "<new2>", *new_toy2 = "<new3>";
   cli_multi deltas = {0};
   int n = 4, steps = 25;
   float cfg = 5.0f;
@@ -83,6 +42,7 @@ int cmd_eval(int argc, char **argv) {
       {"--label", CLI_STR, &label, "NAME", "row name in OUT/results.tsv and grid file name (default run)"},
       {"--toy-word", CLI_STR, &new_toy, "T", "token standing for the held-out toy (default <new1>)"},
       {"--pattern-word", CLI_STR, &new_pattern, "T", "token standing for the held-out pattern (default <new2>)"},
+      {"--toy2-word", CLI_STR, &new_toy2, "T", "token standing for the held-out duck toy (default <new3>)"},
       {"--out", CLI_STR, &out, "DIR", "output folder (required)"},
       {0}};
   static const cli_cmd cmd = {"eval", "--model PATH [--delta DIR]... --prompts FILE --out DIR [--label NAME] [flags]"};
@@ -111,7 +71,7 @@ int cmd_eval(int argc, char **argv) {
   grid.h = np * R;
   grid.c = 3;
   grid.px = cd_malloc((size_t)grid.w * grid.h * 3);
-  score s = {0};
+  cd_eval_score s = {0};
   for (int p = 0; p < np; p++) {
     cd_gen_opts g;
     memset(&g, 0, sizeof g);
@@ -128,9 +88,10 @@ int cmd_eval(int argc, char **argv) {
     cd_judge_verdict v[64];
     if (cd_judge_classify(j, img, n, v)) goto fail;
     cd_world_expect e;
-    cd_world_parse_prompt(lines[p], new_toy, new_pattern, &e);
+    const cd_world_names nm = {.toy = new_toy, .pattern = new_pattern, .toy2 = new_toy2};
+    cd_world_parse_prompt_names(lines[p], &nm, &e);
     for (int k = 0; k < n; k++) {
-      score_image(&e, &v[k], &s);
+      cd_eval_score_image(&e, &v[k], &s);
       cd_image im;
       cd_chw_to_image(img + (int64_t)k * 3 * R * R, 3, R, R, &im);
       for (int y = 0; y < R; y++) memcpy(grid.px + ((size_t)(p * R + y) * grid.w + k * R) * 3, im.px + (size_t)y * R * 3, R * 3);

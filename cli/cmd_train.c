@@ -18,6 +18,7 @@ int cmd_train(int argc, char **argv) {
   cli_opt opts[] = {
       {"--model", CLI_STR, &o.model, "PATH", "base model: diffusers folder or single-file .safetensors/.ckpt (required)", "-m --pretrained_model_name_or_path", CLI_REQUIRED},
       {"--vocab", CLI_STR, &o.vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
+      {"--delta", CLI_STR, &o.init_delta, "DIR", "start from this trained delta (sequential training: the result holds its tokens and weights too)"},
       {"--weights-dtype", CLI_STR, &o.weights_dtype, "f32|f16|bf16", "storage of the frozen weights (default: the checkpoint's own)", NULL, CLI_CHOICES("f32|f16|bf16")},
       {"--concepts", CLI_STR, &o.concepts, "FILE.json", "list of {instance_prompt, class_prompt, instance_data_dir, class_data_dir}", "--concepts_list"},
       {"--images", CLI_STR, &o.images, "DIR", "instance images of the one concept", "--instance_data_dir"},

@@ -10,6 +10,7 @@
  *     full: diffusers' unet/diffusion_pytorch_model.safetensors as well). */
 #include "custom/delta.h"
 #include "custom/train.h"
+
 #include "engine/optim.h"
 #include "io/fsutil.h"
 #include "io/tensor_file.h"
@@ -365,6 +366,60 @@ TEST(token_delta_files) { save_check(CD_TRAIN_NONE); }
 TEST(full_delta_files) { save_check(CD_TRAIN_FULL); }
 TEST(kv_delta_files) { save_check(CD_TRAIN_KV); }
 
+/* Sequential training through the CLI: concept 1 (crossattn), then concept 2
+ * (crossattn_kv) from its delta. The result alone holds both tokens (the
+ * first one's row as the first delta left it), the second run's K/V and the
+ * first run's to_q/to_out, which the second did not train; a second <new1>
+ * is refused by name. */
+TEST(sequential_training_from_a_delta) {
+  char mp[1024], cmd[4096], out[8192];
+  NEED_GOLDEN(mp, "tiny-sd1");
+  const char *bin = test_cdiff_bin(), *dir = test_tmpdir("seq");
+  const char *img = test_path_in(dir, "img");
+  CHECK(test_write_noise_images(img, 2, 5) == 0);
+  const char *common = "--num-class-images 2 --class-steps 2 --resolution 64 --steps 2 --lr 1e-3 --no-scale-lr --no-aug";
+  snprintf(cmd, sizeof cmd,
+           "CDIFF_QUIET=1 '%s' train --model '%s' --images '%s' --prompt 'photo of a <new1> cat' --class-prompt cat "
+           "--class-images '%s/c1' --train crossattn %s --out '%s/a' 2>&1",
+           bin, mp, img, dir, common, dir);
+  CHECKF(test_run_cmd(cmd, out, sizeof out) == 0, "first run: %s", out);
+  snprintf(cmd, sizeof cmd,
+           "CDIFF_QUIET=1 '%s' train --model '%s' --delta '%s/a' --images '%s' --prompt 'photo of a <new2> dog' "
+           "--modifier-token '<new2>' --initializer-token pll --class-prompt dog --class-images '%s/c2' %s --out '%s/b' 2>&1",
+           bin, mp, dir, img, dir, common, dir);
+  CHECKF(test_run_cmd(cmd, out, sizeof out) == 0, "second run: %s", out);
+  snprintf(cmd, sizeof cmd,
+           "CDIFF_QUIET=1 '%s' train --model '%s' --delta '%s/a' --images '%s' --prompt 'photo of a <new1> dog' "
+           "--class-prompt dog --class-images '%s/c2' %s --out '%s/c' 2>&1",
+           bin, mp, dir, img, dir, common, dir);
+  CHECKF(test_run_cmd(cmd, out, sizeof out) != 0 && strstr(out, "<new1>") && strstr(out, "--delta"), "a repeated token: %s", out);
+  cd_sd_model *m = NULL;
+  cd_load_opts lo = {0};
+  CHECK_OK(cd_sd_load(mp, &lo, &m));
+  cd_delta *a = NULL, *b = NULL;
+  int rc = cd_delta_load(test_path_in(dir, "a"), m, &a) || cd_delta_load(test_path_in(dir, "b"), m, &b);
+  int ok_tok = 0, ok_q = 1, ok_kv = 1, nq = 0;
+  if (!rc) {
+    ok_tok = b->ntok == 2 && !strcmp(b->tok[0], "<new1>") && !strcmp(b->tok[1], "<new2>") &&
+             !memcmp(b->embeds, a->embeds, (size_t)a->d * sizeof(float));
+    for (int i = 0; i < cd_weights_count(a->w); i++) {
+      const cd_weight *x = cd_weights_at(a->w, i), *y = cd_weights_get(b->w, x->name);
+      const size_t n = (size_t)cd_numel(x->ndim, x->ne) * sizeof(float);
+      if (!y) { ok_q = 0; continue; }
+      if (cd_train_mode_trains(CD_TRAIN_KV, x->name)) ok_kv &= memcmp(x->data, y->data, n) != 0; /* trained on */
+      else ok_q &= !memcmp(x->data, y->data, n), nq++;                                           /* kept */
+    }
+    ok_q &= cd_weights_count(b->w) == cd_weights_count(a->w);
+  }
+  cd_delta_free(a);
+  cd_delta_free(b);
+  cd_sd_free(m);
+  CHECKF(rc == 0, "%s", cd_last_error());
+  CHECK(ok_tok);
+  CHECK(ok_q && nq > 0);
+  CHECK(ok_kv);
+}
+
 int main(void) {
   RUN(mode_names);
   RUN(token_mode_needs_a_token);
@@ -377,6 +432,7 @@ int main(void) {
   RUN(token_delta_files);
   RUN(full_delta_files);
   RUN(kv_delta_files);
+  RUN(sequential_training_from_a_delta);
   test_tmp_cleanup();
   return test_summary();
 }

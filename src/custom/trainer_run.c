@@ -100,6 +100,7 @@ typedef struct {
   int64_t nbucket;
   int agreed_sig;            /* the stop signal the ranks agreed on after the last step */
   double t_allreduce;        /* seconds spent in the gradient all-reduce (CDIFF_VERBOSE) */
+  cd_delta *init_delta;      /* --delta: the delta this run starts from (sequential training), or NULL */
 } run_t;
 
 /* ---- small helpers ---- */
@@ -288,6 +289,7 @@ static cJSON *make_args(const run_t *r) {
   cJSON *a = cJSON_CreateObject();
   cJSON_AddStringToObject(a, "model", o->model);
   cJSON_AddStringToObject(a, "model_hash", r->m ? r->m->hash : "");
+  if (o->init_delta) cJSON_AddStringToObject(a, "init_delta", o->init_delta);
   if (o->vocab) cJSON_AddStringToObject(a, "vocab", o->vocab);
   if (o->weights_dtype) cJSON_AddStringToObject(a, "weights_dtype", o->weights_dtype);
   if (o->concepts) cJSON_AddStringToObject(a, "concepts_list", o->concepts);
@@ -489,10 +491,48 @@ done:
   return rc;
 }
 
+/* Sequential training (--delta): the result holds the starting delta's
+ * tokens first (their rows did not train: the run trains only its own, the
+ * table's last rows) and every weight it changed that this run did not train,
+ * so that applying the result alone gives the model the run ended with. */
+static int fold_init_delta(const run_t *r, cd_delta *d) {
+  const cd_delta *s = r->init_delta;
+  if (!s) return 0;
+  for (int i = 0; i < cd_weights_count(s->w); i++) {
+    const cd_weight *x = cd_weights_at(s->w, i);
+    if (cd_weights_get(d->w, x->name)) continue;
+    const int64_t n = cd_numel(x->ndim, x->ne);
+    float *c = cd_malloc((size_t)n * sizeof(float));
+    memcpy(c, x->data, (size_t)n * sizeof(float));
+    if (cd_weights_put(d->w, x->name, x->ndim, x->ne, c)) return -1;
+  }
+  if (!s->ntok) return 0;
+  if (s->ntok + d->ntok > CD_DELTA_MAX_TOKENS) return cd_set_error("--delta: more than %d tokens in all", CD_DELTA_MAX_TOKENS);
+  float *e = cd_malloc((size_t)(s->ntok + d->ntok) * d->d * sizeof(float));
+  memcpy(e, s->embeds, (size_t)s->ntok * d->d * sizeof(float));
+  if (d->ntok) memcpy(e + (size_t)s->ntok * d->d, d->embeds, (size_t)d->ntok * d->d * sizeof(float));
+  free(d->embeds);
+  d->embeds = e;
+  for (int i = d->ntok - 1; i >= 0; i--) {
+    memcpy(d->tok[i + s->ntok], d->tok[i], sizeof d->tok[i]);
+    memcpy(d->init[i + s->ntok], d->init[i], sizeof d->init[i]);
+  }
+  for (int i = 0; i < s->ntok; i++) {
+    memcpy(d->tok[i], s->tok[i], sizeof d->tok[i]);
+    memcpy(d->init[i], s->init[i], sizeof d->init[i]);
+  }
+  d->ntok += s->ntok;
+  return 0;
+}
+
 /* The current weights as a delta with the run's arguments, saved to dir. */
 static int write_delta(const run_t *r, const char *dir) {
   cd_delta *d;
   if (cd_trainer_to_delta(&r->tr, (const char(*)[32])r->tok, (const char(*)[32])r->init, &d)) return -1;
+  if (fold_init_delta(r, d)) {
+    cd_delta_free(d);
+    return -1;
+  }
   d->args = cd_strdup(r->args_txt);
   int rc = cd_delta_save(dir, d);
   cd_delta_free(d);
@@ -505,8 +545,9 @@ static int save_checkpoint(run_t *r) {
   const cd_trainer *t = &r->tr;
   char tmp[2300];
   if (cd_ckpt_begin(r->o.out, t->step, tmp, sizeof tmp)) return -1;
-  cd_delta *d;
-  if (cd_trainer_to_delta(t, (const char(*)[32])r->tok, (const char(*)[32])r->init, &d)) {
+  cd_delta *d = NULL;
+  if (cd_trainer_to_delta(t, (const char(*)[32])r->tok, (const char(*)[32])r->init, &d) || fold_init_delta(r, d)) {
+    if (d) cd_delta_free(d);
     cd_ckpt_abort(tmp);
     return -1;
   }
@@ -705,9 +746,17 @@ static int setup_model(run_t *r) {
   if (!m->tok) return cd_set_error("--model %s: no tokenizer vocabulary found: pass --vocab (a tokenizer/ folder or bpe_simple_vocab_16e6.txt.gz)", o->model);
   if (cd_tokenizer_vocab_size(m->tok) != m->clip.cfg.vocab)
     return cd_set_error("--model %s: tokenizer has %d tokens but the text encoder %d rows", o->model, cd_tokenizer_vocab_size(m->tok), m->clip.cfg.vocab);
+  if (o->init_delta) { /* sequential training: start from a trained delta (its tokens become vocabulary) */
+    if (cd_delta_load(o->init_delta, m, &r->init_delta)) return cd_prefix_error("--delta");
+    char what[1100];
+    snprintf(what, sizeof what, "--delta %s", o->init_delta);
+    cd_delta_check_base(r->init_delta, m, what);
+    if (cd_delta_resolve(r->init_delta, m) || cd_delta_apply(m, r->init_delta)) return cd_prefix_error("--delta %s", o->init_delta);
+  }
   for (int i = 0; i < r->ntok; i++) /* checked now, added after the class images are made */
     if (cd_tokenizer_lookup(m->tok, r->tok[i]) >= 0)
-      return cd_set_error("--modifier-token: '%s' is already a token of the vocabulary; choose a new string such as <new%d>", r->tok[i], i + 1);
+      return cd_set_error("--modifier-token: '%s' is already a token of the vocabulary%s; choose a new string such as <new%d>", r->tok[i],
+                          o->init_delta ? " or of the --delta" : "", i + 1 + (r->init_delta ? r->init_delta->ntok : 0));
   /* initializers: the token STRING looked up in the vocabulary (transformers 4's
    * tokenizer.encode([word]) does this), then the word-final form "<w></w>" */
   for (int i = 0; i < r->ntok; i++) {
@@ -952,6 +1001,7 @@ static int preload_images(run_t *r) {
 
 static void run_free(run_t *r) {
   if (r->tr_ok) cd_trainer_free(&r->tr);
+  cd_delta_free(r->init_delta);
   for (int k = 0; k < r->nc && r->c; k++) {
     cd_image_cache_free(&r->c[k].ic);
     cd_image_cache_free(&r->c[k].cc);

@@ -25,6 +25,7 @@ typedef struct {
   const char *model;          /* diffusers folder or single-file checkpoint (required) */
   const char *vocab;          /* tokenizer override for single-file checkpoints, or NULL */
   const char *weights_dtype;  /* storage of the frozen weights: f32|f16|bf16, NULL: the checkpoint's own */
+  const char *init_delta;     /* --delta: start from this trained delta (sequential training), or NULL */
   /* data: a concepts JSON file, or one concept from the four fields below */
   const char *concepts;
   const char *images, *prompt, *class_prompt, *class_images;

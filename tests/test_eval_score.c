@@ -1,0 +1,78 @@
+/* test_eval_score.c - image-/text-alignment scoring of judge verdicts against
+ * parsed prompts (src/eval/score.c), and the binomial statistics the CI
+ * concept test takes its margin from (against exact sums and known values). */
+#include "eval/score.h"
+#include "test.h"
+
+static cd_judge_verdict verdict(int kind1, int kind2, int colour, int bg, int pattern) {
+  cd_judge_verdict v;
+  memset(&v, 0, sizeof v);
+  if (kind1 >= 0) v.kind[kind1] = 1;
+  if (kind2 >= 0) v.kind[kind2] = 1;
+  if (colour >= 0) v.colour[colour] = 1;
+  v.bg = bg;
+  v.pattern = pattern;
+  return v;
+}
+
+TEST(scores_concepts_and_attributes) {
+  const cd_world_names nm = {.toy = "<new1>", .pattern = "<new2>", .toy2 = "<new3>"};
+  const int blue = cd_world_colour_index("blue"), white = cd_world_colour_index("white"), red = cd_world_colour_index("red");
+  CHECK(blue >= 0 && white >= 0 && red >= 0);
+  cd_world_expect e;
+  cd_eval_score s = {0};
+  /* "<new1> toy in blue on white": concept shown, colour and background right -> 1/1, 2/2 */
+  cd_world_parse_prompt_names("a big <new1> toy in blue on a white background", &nm, &e);
+  cd_judge_verdict v = verdict(CD_WORLD_ROBOT, -1, blue, white, CD_WORLD_PLAIN);
+  cd_eval_score_image(&e, &v, &s);
+  CHECKF(s.img_hit == 1 && s.img_total == 1 && s.txt_hit == 2 && s.txt_total == 2, "%g/%g %g/%g", s.img_hit, s.img_total, s.txt_hit, s.txt_total);
+  /* the same prompt, a bear instead of the robot, red: concept missed, colour missed, background right */
+  v = verdict(CD_WORLD_BEAR, -1, red, white, CD_WORLD_PLAIN);
+  cd_eval_score_image(&e, &v, &s);
+  CHECK(s.img_hit == 1 && s.img_total == 2 && s.txt_hit == 3 && s.txt_total == 4);
+  /* two concepts: both needed for a hit */
+  memset(&s, 0, sizeof s);
+  cd_world_parse_prompt_names("a big <new1> toy on a green <new2> background", &nm, &e);
+  v = verdict(CD_WORLD_ROBOT, -1, -1, cd_world_colour_index("green"), CD_WORLD_STRIPED);
+  cd_eval_score_image(&e, &v, &s);
+  v = verdict(CD_WORLD_ROBOT, -1, -1, cd_world_colour_index("green"), CD_WORLD_ZIGZAG);
+  cd_eval_score_image(&e, &v, &s);
+  CHECKF(s.img_hit == 1 && s.img_total == 2 && s.txt_hit == 2 && s.txt_total == 2, "%g/%g %g/%g", s.img_hit, s.img_total, s.txt_hit, s.txt_total);
+  /* three concepts: the duck as <new3> */
+  memset(&s, 0, sizeof s);
+  cd_world_parse_prompt_names("a small <new1> toy next to a small <new3> toy on a green <new2> background", &nm, &e);
+  CHECK(e.nobj == 2 && e.kind[0] == CD_WORLD_ROBOT && e.kind[1] == CD_WORLD_DUCK && e.pattern == CD_WORLD_ZIGZAG);
+  v = verdict(CD_WORLD_ROBOT, CD_WORLD_DUCK, -1, cd_world_colour_index("green"), CD_WORLD_ZIGZAG);
+  cd_eval_score_image(&e, &v, &s);
+  v = verdict(CD_WORLD_ROBOT, -1, -1, cd_world_colour_index("green"), CD_WORLD_ZIGZAG);
+  cd_eval_score_image(&e, &v, &s);
+  CHECK(s.img_hit == 1 && s.img_total == 2);
+  /* no concept named: text-alignment only */
+  memset(&s, 0, sizeof s);
+  cd_world_parse_prompt_names("a small red star next to a big toy on a blue striped background", &nm, &e);
+  v = verdict(3, CD_WORLD_CAR, red, blue, CD_WORLD_STRIPED);
+  cd_eval_score_image(&e, &v, &s);
+  CHECKF(s.img_total == 0 && s.txt_hit == 5 && s.txt_total == 5, "%g/%g %g/%g", s.img_hit, s.img_total, s.txt_hit, s.txt_total);
+}
+
+TEST(binomial_tail_and_margin) {
+  /* exact small cases: P(X >= 3) for Bin(4, 1/2) = 5/16; Bin(10, 0.3) >= 0 is 1 */
+  CHECK(fabs(cd_binom_tail(4, 3, 0.5) - 5.0 / 16) < 1e-12);
+  CHECK(cd_binom_tail(10, 0, 0.3) == 1 && cd_binom_tail(10, 11, 0.3) == 0);
+  CHECK(fabs(cd_binom_tail(10, 10, 0.3) - pow(0.3, 10)) < 1e-15);
+  /* a sum over the pmf: tails of k and k+1 differ by the pmf at k */
+  double d = cd_binom_tail(40, 12, 0.25) - cd_binom_tail(40, 13, 0.25);
+  double pmf = exp(lgamma(41) - lgamma(13) - lgamma(29) + 12 * log(0.25) + 28 * log(0.75));
+  CHECK(fabs(d - pmf) < 1e-12);
+  /* margin: z(1e-3) = 3.0902; n = 40, p = 0.5: 3.0902 * sqrt(0.5/40) + 1/40 = 0.3705 */
+  CHECKF(fabs(cd_binom_margin(40, 0.5, 1e-3) - 0.3705) < 1e-3, "%g", cd_binom_margin(40, 0.5, 1e-3));
+  /* the margin shrinks with n and with p away from 1/2 */
+  CHECK(cd_binom_margin(160, 0.5, 1e-3) < cd_binom_margin(40, 0.5, 1e-3));
+  CHECK(cd_binom_margin(40, 0.1, 1e-3) < cd_binom_margin(40, 0.5, 1e-3));
+}
+
+int main(void) {
+  RUN(scores_concepts_and_attributes);
+  RUN(binomial_tail_and_margin);
+  return test_summary();
+}
