@@ -17,11 +17,41 @@
 #include "diffusion/pipeline.h"
 #include "io/fsutil.h"
 #include "io/image.h"
+#include "models/tokenizer.h"
 #include "eval/score.h"
 #include "world/judge.h"
 #include "world/prompt.h"
 
 #define R CD_WORLD_RES
+
+/* The prompt the model is given: a modifier token that no loaded delta
+ * defines ("<new2>" for the base model, or for a delta of another concept)
+ * is left out with its space, so that the model sees the class word alone
+ * ("photo of a toy"), as the paper's base-model row does; the judge still
+ * expects the concept the full prompt names. Returns 1 if a token was cut. */
+static int known_tokens_only(const cd_sd_model *m, const char *prompt, char *out, size_t cap) {
+  size_t o = 0;
+  int cut = 0;
+  for (const char *p = prompt; *p && o + 1 < cap;) {
+    const char *q = p + 4;
+    if (!strncmp(p, "<new", 4)) {
+      while (*q >= '0' && *q <= '9') q++;
+      if (q > p + 4 && *q == '>') {
+        char tok[32];
+        snprintf(tok, sizeof tok, "%.*s", (int)(q - p + 1), p);
+        if (cd_tokenizer_lookup(m->tok, tok) < 0) {
+          p = q + 1;
+          while (*p == ' ') p++;
+          cut = 1;
+          continue;
+        }
+      }
+    }
+    out[o++] = *p++;
+  }
+  out[o] = 0;
+  return cut;
+}
 
 int cmd_eval(int argc, char **argv) {
   const char *model = NULL, *judge_path = "models/world-judge.safetensors", *prompts_path = NULL, *out = NULL;
@@ -72,10 +102,14 @@ int cmd_eval(int argc, char **argv) {
   grid.c = 3;
   grid.px = cd_malloc((size_t)grid.w * grid.h * 3);
   cd_eval_score s = {0};
+  int warned_cut = 0;
   for (int p = 0; p < np; p++) {
     cd_gen_opts g;
     memset(&g, 0, sizeof g);
-    g.prompt = lines[p];
+    char given[512];
+    if (known_tokens_only(m, lines[p], given, sizeof given) && !warned_cut++)
+      fprintf(stderr, "%s: modifier tokens that no --delta defines are left out of the prompts (\"%s\")\n", label, given);
+    g.prompt = given;
     g.negative = "";
     g.s.kind = CD_SAMPLER_DDIM;
     g.s.steps = steps;

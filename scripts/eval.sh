@@ -1,57 +1,140 @@
 #!/bin/sh
-# Measures, on the shipped world model, that Custom Diffusion learns the two
-# held-out concepts and composes them: fine-tunes each concept (crossattn_kv,
-# crossattn), both jointly, merges the two single-concept deltas, and scores
-# generations of the fixed prompt sets in eval/ with the world judge
-# (cdiff eval). Writes out/eval/ (deltas, grids, results.tsv) and
-# out/eval/results.md (the table docs/results.md quotes).
-#   STEPS=N   fine-tuning steps per concept (default 150; joint training 2N)
+# The paper's comparison (Kumari et al. 2023, Table 1 / Fig. 7) on the world
+# model, where the judge knows the truth of every picture (docs/results.md):
+#   one concept at a time (<new1> robot toy, <new2> zigzag pattern, <new3> duck
+#   toy): the base model; token only (Textual-Inversion-like); Custom Diffusion
+#   crossattn_kv and crossattn; full UNet fine-tuning (DreamBooth-like);
+#   two concepts (<new1> + <new2>): joint training, cdiff merge of the two
+#   crossattn_kv deltas, sequential training (<new2> from the <new1> delta);
+#   three concepts: joint training and the merge of three deltas.
+# Each row: 20 prompts (eval/prompts_*.txt) x N images with fixed seeds, read
+# by the judge (cdiff eval): image-alignment and text-alignment, a grid PNG.
+#
+#   sh scripts/eval.sh [--quick]
+#   --quick      N=1 image per prompt, 60 steps: the whole pipeline in minutes
+#   MODEL=DIR    the model (default models/cdiff-world)
+#   JUDGE=FILE   the judge (default models/world-judge.safetensors)
+#   STEPS=K      fine-tuning steps per concept (default 150; joint training K x concepts)
+#   N=K          images per prompt (default 4)
+#   OUT=DIR      output folder (default out/eval)
+# Writes OUT/results.tsv, OUT/results.md (the table) and OUT/<row>.png, and
+# prints an estimate of the remaining time after the first training and the
+# first evaluation. Every command it runs is echoed, so the table's exact
+# commands are in its output.
 set -e
 cd "$(dirname "$0")/.."
-make -j"$(nproc)" build/cdiff >/dev/null
-M=models/cdiff-world
-STEPS="${STEPS:-150}"
-E=out/eval
-rm -rf "$E" && mkdir -p "$E"
-C=./build/cdiff
-$C world --mode toy --n 6 --seed 1 --out "$E/toy" >/dev/null && rm "$E/toy/captions.txt"
-$C world --mode pattern --n 6 --seed 1 --out "$E/pattern" >/dev/null && rm "$E/pattern/captions.txt"
-$C world --mode pretrain --n 200 --seed 99 --out "$E/reg" >/dev/null
-cut -f2 "$E/reg/captions.txt" > "$E/reg_captions.txt"
-COMMON="--model $M --resolution 64 --steps $STEPS --lr 2e-4 --no-scale-lr --num-class-images 32 --class-steps 20 --seed 1"
-for how in crossattn_kv crossattn; do
-  $C train $COMMON --train $how --images "$E/toy" --prompt "photo of a <new1> toy" --class-prompt toy \
-    --class-images "$E/class_toy" --out "$E/toy_$how"
-  $C train $COMMON --train $how --images "$E/pattern" --prompt "photo of a <new2> pattern" --class-prompt pattern \
-    --modifier-token "<new2>" --initializer-token pll --class-images "$E/class_pattern" --out "$E/pattern_$how"
+QUICK=0
+for a in "$@"; do
+  case "$a" in
+    --quick) QUICK=1 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) echo "eval.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
+  esac
 done
-cat > "$E/concepts.json" <<EOF
-[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/toy", "class_data_dir": "$E/class_toy"},
- {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/pattern", "class_data_dir": "$E/class_pattern"}]
-EOF
-$C train --model $M --resolution 64 --steps $((2 * STEPS)) --lr 2e-4 --no-scale-lr --num-class-images 32 --class-steps 20 --seed 1 \
-  --concepts "$E/concepts.json" --out "$E/joint"
-$C merge --model $M --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
-  --reg-prompts "$E/reg_captions.txt" --out "$E/merged"
+if [ $QUICK = 1 ]; then STEPS="${STEPS:-60}"; N="${N:-1}"; fi
+M="${MODEL:-models/cdiff-world}"
+J="${JUDGE:-models/world-judge.safetensors}"
+STEPS="${STEPS:-150}"
+N="${N:-4}"
+E="${OUT:-out/eval}"
+C=./build/cdiff
+for f in "$M" "$J"; do
+  [ -e "$f" ] || { echo "eval.sh: $f is missing (MODEL=, JUDGE=; the judge: cdiff judge --train, docs/world.md)" >&2; exit 1; }
+done
+make -j2 build/cdiff >/dev/null
+rm -rf "$E" && mkdir -p "$E"
+run() { echo "+ $*" >&2; "$@"; }
+T0=$(date +%s)
+now() { date +%s; }
 
-EV="$C eval --model $M --n 4 --out $E"
-$EV --prompts eval/prompts_toy.txt --label toy_base
-$EV --prompts eval/prompts_toy.txt --label toy_crossattn_kv --delta "$E/toy_crossattn_kv"
-$EV --prompts eval/prompts_toy.txt --label toy_crossattn --delta "$E/toy_crossattn"
-$EV --prompts eval/prompts_pattern.txt --label pattern_base
-$EV --prompts eval/prompts_pattern.txt --label pattern_crossattn_kv --delta "$E/pattern_crossattn_kv"
-$EV --prompts eval/prompts_pattern.txt --label pattern_crossattn --delta "$E/pattern_crossattn"
-$EV --prompts eval/prompts_both.txt --label both_base
-$EV --prompts eval/prompts_both.txt --label both_joint --delta "$E/joint"
-$EV --prompts eval/prompts_both.txt --label both_merged --delta "$E/merged"
-$EV --prompts eval/prompts_toy.txt --label toy_joint --delta "$E/joint"
-$EV --prompts eval/prompts_toy.txt --label toy_merged --delta "$E/merged"
-$EV --prompts eval/prompts_pattern.txt --label pattern_joint --delta "$E/joint"
-$EV --prompts eval/prompts_pattern.txt --label pattern_merged --delta "$E/merged"
+# learning rates per mode: Custom Diffusion's (as make demo); the token row
+# moves further (Textual Inversion uses ~5x); full fine-tuning moves every
+# weight and needs a smaller rate (DreamBooth: ~1/100 of the CD rate on SD)
+LR_KV=1e-3; LR_CA=1e-3; LR_TOKEN=5e-3; LR_FULL=1e-4
+CLS="--num-class-images 32 --class-steps 20"
+COMMON="--model $M --resolution 64 --no-scale-lr --seed 1 --checkpoint-every 0"
+export CDIFF_QUIET=1
+
+# data: 6 instance images per concept (fixed seed), 200 pretraining captions for the merge
+run $C world --mode toy --n 6 --seed 1 --out "$E/data/toy" >/dev/null
+run $C world --mode pattern --n 6 --seed 1 --out "$E/data/pattern" >/dev/null
+run $C world --mode toy2 --n 6 --seed 1 --out "$E/data/duck" >/dev/null
+rm -f "$E"/data/*/captions.txt
+run $C world --mode pretrain --n 200 --seed 99 --out "$E/data/reg" >/dev/null
+cut -f2 "$E/data/reg/captions.txt" > "$E/data/reg_captions.txt"
+
+# concept name -> prompt, class, token, initializer
+prompt_of() { case $1 in toy) echo "photo of a <new1> toy" ;; pattern) echo "photo of a <new2> pattern" ;; duck) echo "photo of a <new3> toy" ;; esac; }
+class_of() { case $1 in pattern) echo pattern ;; *) echo toy ;; esac; }
+tok_of() { case $1 in toy) echo "<new1>" ;; pattern) echo "<new2>" ;; duck) echo "<new3>" ;; esac; }
+init_of() { case $1 in toy) echo ktn ;; pattern) echo pll ;; duck) echo ucd ;; esac; }
+lr_of() { case $1 in crossattn_kv) echo $LR_KV ;; crossattn) echo $LR_CA ;; token) echo $LR_TOKEN ;; full) echo $LR_FULL ;; esac; }
+
+train1() { # out concept mode [extra flags]
+  o=$1; c=$2; how=$3; shift 3
+  run $C train $COMMON $CLS --steps "$STEPS" --lr "$(lr_of "$how")" --train "$how" --images "$E/data/$c" \
+    --prompt "$(prompt_of "$c")" --class-prompt "$(class_of "$c")" --modifier-token "$(tok_of "$c")" \
+    --initializer-token "$(init_of "$c")" --class-images "$E/class_$(class_of "$c")" --out "$E/$o" "$@"
+}
+EV="$C eval --model $M --judge $J --n $N --out $E"
+ev() { # label prompts [deltas...]
+  l=$1; p=$2; shift 2
+  d=""
+  for x in "$@"; do d="$d --delta $x"; done
+  # shellcheck disable=SC2086
+  run $EV --prompts "eval/prompts_$p.txt" --label "$l" $d
+}
+
+ROWS=22; TRAINS=18
+t=$(now); train1 toy_crossattn_kv toy crossattn_kv; T_TRAIN=$(( $(now) - t ))
+t=$(now); ev toy_base toy; T_EV=$(( $(now) - t ))
+# the first training also generated the toy class images: the later ones are faster
+echo "eval.sh: first training ${T_TRAIN}s (with class images), first evaluation ${T_EV}s; the rest takes about" \
+  "$(( (T_TRAIN * (TRAINS - 1) / 2 + T_EV * (ROWS - 1)) / 60 )) more minutes on this machine" >&2
+
+for c in toy pattern duck; do
+  for how in token crossattn_kv crossattn full; do
+    [ -e "$E/${c}_$how" ] || train1 "${c}_$how" $c $how
+  done
+done
+for c in pattern duck; do ev "${c}_base" $c; done
+for c in toy pattern duck; do
+  for how in token crossattn_kv crossattn full; do ev "${c}_$how" $c "$E/${c}_$how"; done
+done
+
+# two concepts: joint, merged, sequential
+cat > "$E/concepts2.json" <<EOF
+[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/data/toy", "class_data_dir": "$E/class_toy"},
+ {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/data/pattern", "class_data_dir": "$E/class_pattern"}]
+EOF
+run $C train $COMMON $CLS --steps $((2 * STEPS)) --lr $LR_KV --concepts "$E/concepts2.json" --out "$E/joint2"
+run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
+  --reg-prompts "$E/data/reg_captions.txt" --out "$E/merged2"
+train1 sequential2 pattern crossattn_kv --delta "$E/toy_crossattn_kv"
+ev both_base both
+ev both_joint both "$E/joint2"
+ev both_merged both "$E/merged2"
+ev both_sequential both "$E/sequential2"
+
+# three concepts
+cat > "$E/concepts3.json" <<EOF
+[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/data/toy", "class_data_dir": "$E/class_toy"},
+ {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/data/pattern", "class_data_dir": "$E/class_pattern"},
+ {"instance_prompt": "photo of a <new3> toy", "class_prompt": "toy", "instance_data_dir": "$E/data/duck", "class_data_dir": "$E/class_toy"}]
+EOF
+run $C train $COMMON $CLS --steps $((3 * STEPS)) --lr $LR_KV --concepts "$E/concepts3.json" --out "$E/joint3"
+run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
+  --delta "$E/duck_crossattn_kv:toy" --reg-prompts "$E/data/reg_captions.txt" --out "$E/merged3"
+ev three_base three
+ev three_joint three "$E/joint3"
+ev three_merged three "$E/merged3"
+
+# the table: one row per (prompt set, method)
 {
-  echo "| run | image-alignment | text-alignment | concept images | attributes |"
-  echo "| --- | --- | --- | --- | --- |"
-  awk -F'\t' '{ printf "| %s | %.1f%% | %.1f%% | %d | %d |\n", $1, 100*$2, 100*$3, $4, $5 }' "$E/results.tsv"
+  echo "| prompts | method | image-alignment | text-alignment | concept images | attributes |"
+  echo "| --- | --- | --- | --- | --- | --- |"
+  awk -F'\t' '{ i = index($1, "_"); set = substr($1, 1, i - 1); how = substr($1, i + 1);
+    printf "| %s | %s | %s | %.1f%% | %d | %d |\n", set, how, ($2 < 0 ? "n/a" : sprintf("%.1f%%", 100 * $2)), 100 * $3, $4, $5 }' "$E/results.tsv"
 } > "$E/results.md"
 cat "$E/results.md"
-echo "eval: grids in $E/*.png, table in $E/results.md"
+echo "eval.sh: $(( ($(now) - T0) / 60 )) minutes; grids in $E/*.png (one row of $N images per prompt), table in $E/results.md" >&2
