@@ -8,11 +8,20 @@
 #include "commands.h"
 #include "core/common.h"
 #include "io/image.h"
+#include "models/sd_model.h"
 #include "world/judge.h"
 
+static void print_acc(const char *out, const char *what, const cd_judge_accuracy *a) {
+  printf("judge %s: on 1000 %s, kinds %.1f%%, object colours %.1f%%, background %.1f%%, pattern %.1f%% exactly right; "
+         "%.1f%% of the objects' kinds seen; robot toy seen in %.1f%% of the images with one, %.1f%% of those without; "
+         "duck toy %.1f%% and %.1f%%\n",
+         out, what, 100 * a->kinds, 100 * a->colours, 100 * a->bg, 100 * a->pattern, 100 * a->kind_recall, 100 * a->robot_hit,
+         100 * a->robot_false, 100 * a->duck_hit, 100 * a->duck_false);
+}
+
 int cmd_judge(int argc, char **argv) {
-  const char *judge = "models/world-judge.safetensors", *out = NULL;
-  int train = 0, steps = 1500, batch = 32;
+  const char *judge = "models/world-judge.safetensors", *out = NULL, *vae_model = NULL, *init = NULL;
+  int train = 0, steps = 1500, batch = 32, vae_images = -1;
   float lr = 2e-3f;
   uint64_t seed = 1;
   cli_opt opts[] = {
@@ -22,6 +31,9 @@ int cmd_judge(int argc, char **argv) {
       {"--batch", CLI_INT, &batch, "N", "images per step (default 32)"},
       {"--lr", CLI_FLOAT, &lr, "X", "peak learning rate (default 2e-3)"},
       {"--seed", CLI_U64, &seed, "N", "seed of the weights and the images (default 1)"},
+      {"--init", CLI_STR, &init, "FILE", "--train: start from this judge instead of new weights"},
+      {"--vae", CLI_STR, &vae_model, "MODEL", "--train: pass some training images through this model's autoencoder, and report the accuracy on such images too"},
+      {"--vae-images", CLI_INT, &vae_images, "N", "--train --vae: images per step passed through the autoencoder (default half the batch)"},
       {"--judge", CLI_STR, &judge, "FILE", "the judge that reads images (default models/world-judge.safetensors)"},
       {0}};
   /* images are the bare words */
@@ -34,21 +46,29 @@ int cmd_judge(int argc, char **argv) {
   if (train) {
     if (!out) { fprintf(stderr, "cdiff judge: --train needs --out FILE\n"); goto done; }
     if (steps < 1 || batch < 1 || !(lr > 0)) { fprintf(stderr, "cdiff judge: --steps, --batch and --lr must be positive\n"); goto done; }
-    cd_judge *j;
-    cd_judge_new(seed, &j);
-    cd_judge_accuracy acc;
+    cd_judge *j = NULL;
+    cd_sd_model *m = NULL;
+    cd_load_opts lo = {.no_unet = 1, .no_text = 1};
+    cd_judge_accuracy acc, av;
     rc = 1;
-    if (cd_judge_train(j, steps, batch, lr, seed, getenv("CDIFF_QUIET") != NULL) || cd_judge_test(j, 1000, seed + 1000003, &acc) ||
-        cd_judge_save(j, out)) {
-      fprintf(stderr, "cdiff judge: %s\n", cd_last_error());
+    if (init ? cd_judge_load(init, &j) : cd_judge_new(seed, &j)) { fprintf(stderr, "cdiff judge: %s\n", cd_last_error()); goto done; }
+    if (vae_model && cd_sd_load(vae_model, &lo, &m)) {
+      fprintf(stderr, "cdiff judge: --vae %s\n", cd_last_error());
       cd_judge_free(j);
       goto done;
     }
-    printf("judge %s: on 1000 fresh images, kinds %.1f%%, object colours %.1f%%, background %.1f%%, pattern %.1f%% exactly right; "
-           "%.1f%% of the objects' kinds seen; robot toy seen in %.1f%% of the images with one, %.1f%% of those without; "
-           "duck toy %.1f%% and %.1f%%\n",
-           out, 100 * acc.kinds, 100 * acc.colours, 100 * acc.bg, 100 * acc.pattern, 100 * acc.kind_recall, 100 * acc.robot_hit,
-           100 * acc.robot_false, 100 * acc.duck_hit, 100 * acc.duck_false);
+    cd_judge_train_opts to = {.steps = steps, .batch = batch, .lr = lr, .seed = seed, .quiet = getenv("CDIFF_QUIET") != NULL,
+                              .vae = m ? &m->vae : NULL, .vae_images = vae_images >= 0 ? vae_images : batch / 2};
+    if (cd_judge_train_ex(j, &to) || cd_judge_test(j, 1000, seed + 1000003, &acc) ||
+        (m && cd_judge_test_vae(j, 1000, seed + 2000003, &m->vae, &av)) || cd_judge_save(j, out)) {
+      fprintf(stderr, "cdiff judge: %s\n", cd_last_error());
+      cd_judge_free(j);
+      cd_sd_free(m);
+      goto done;
+    }
+    print_acc(out, "fresh images", &acc);
+    if (m) print_acc(out, "fresh images through the autoencoder", &av);
+    cd_sd_free(m);
     cd_judge_free(j);
     rc = 0;
     goto done;

@@ -10,6 +10,7 @@
 #include "core/progress.h"
 #include "io/tensor_file.h"
 #include "pretrain/paramset.h"
+#include "models/vae.h"
 
 #define R CD_WORLD_RES
 /* 3x3 convolutions: channels and strides. The first layers keep the full and
@@ -152,10 +153,17 @@ void cd_judge_read(const float *o, cd_judge_verdict *v) {
   v->pattern = argmax(o + CD_JUDGE_PATTERN, CD_WORLD_NPATTERNS);
 }
 
+static void augment(cd_rng *r, float *px, float *tmp);
+
 /* a CD_WORLD_ANY scene, blurred and noised as generations may be */
 static void augmented(cd_rng *r, cd_world_scene *s, float *px, float *tmp) {
   cd_world_sample(r, CD_WORLD_ANY, s);
   cd_world_render(s, px);
+  augment(r, px, tmp);
+}
+
+/* 0-2 box-filter passes and Gaussian noise of sigma up to 0.08, in place */
+static void augment(cd_rng *r, float *px, float *tmp) {
   int passes = (int)(cd_rng_uniform(r) * 3);
   for (int p = 0; p < passes; p++)
     for (int c = 0; c < 3; c++) {
@@ -177,6 +185,61 @@ static void augmented(cd_rng *r, cd_world_scene *s, float *px, float *tmp) {
     }
   float sigma = (float)(cd_rng_uniform(r) * 0.08);
   for (int i = 0; i < 3 * R * R; i++) px[i] += sigma * (float)cd_rng_normal(r);
+}
+
+
+/* ---- the autoencoder round trip: what generations look like after decoding ---- */
+
+typedef struct {
+  cd_vae *vae;
+  int n;
+  cd_graph *ge, *gd;
+  cd_node *img, *mom, *z, *rec;
+  float *mh, *eps, *zb;
+} roundtrip;
+
+static void rt_free(roundtrip *t) {
+  cd_graph_free(t->ge);
+  cd_graph_free(t->gd);
+  free(t->mh);
+  free(t->eps);
+  free(t->zb);
+  memset(t, 0, sizeof *t);
+}
+
+static int rt_init(roundtrip *t, cd_vae *vae, int n) {
+  memset(t, 0, sizeof *t);
+  t->vae = vae;
+  t->n = n;
+  const int Z = vae->cfg.latent_channels, h = R / 8;
+  cd_paramset_clear_nodes(vae->w);
+  t->ge = cd_graph_new();
+  t->gd = cd_graph_new();
+  t->img = cd_input(t->ge, "image", 4, (int64_t[]){n, 3, R, R});
+  t->mom = cd_vae_encode_build(t->ge, vae, t->img);
+  cd_graph_output(t->ge, t->mom);
+  t->z = cd_input(t->gd, "z", 4, (int64_t[]){n, Z, h, h});
+  t->rec = cd_vae_decode_build(t->gd, vae, t->z);
+  cd_graph_output(t->gd, t->rec);
+  t->mh = cd_malloc((size_t)n * 2 * Z * h * h * sizeof(float));
+  t->eps = cd_malloc((size_t)n * Z * h * h * sizeof(float));
+  t->zb = cd_malloc((size_t)n * Z * h * h * sizeof(float));
+  if (cd_graph_plan(t->ge, NULL) || cd_graph_plan(t->gd, NULL)) {
+    rt_free(t);
+    return cd_prefix_error("judge: autoencoder round trip");
+  }
+  return 0;
+}
+
+/* px [n, 3, R, R]: encoded, a posterior sample decoded, clamped to [-1, 1], in place */
+static int rt_run(roundtrip *t, cd_rng *r, float *px) {
+  const int64_t per = (int64_t)t->vae->cfg.latent_channels * (R / 8) * (R / 8);
+  if (cd_graph_set_input(t->ge, t->img, px) || cd_graph_forward(t->ge) || cd_graph_get(t->ge, t->mom, t->mh)) return -1;
+  cd_rng_fill_normal(r, t->eps, (size_t)(t->n * per));
+  for (int b = 0; b < t->n; b++) cd_vae_latent_sample(t->mh + b * 2 * per, t->eps + b * per, 1.0f, per, t->zb + b * per);
+  if (cd_graph_set_input(t->gd, t->z, t->zb) || cd_graph_forward(t->gd) || cd_graph_get(t->gd, t->rec, px)) return -1;
+  for (int64_t i = 0; i < (int64_t)t->n * 3 * R * R; i++) px[i] = px[i] < -1 ? -1 : px[i] > 1 ? 1 : px[i];
+  return 0;
 }
 
 /* the output groups read by argmax: [start, start + n) */
@@ -211,6 +274,17 @@ static double cross_entropy(const float *out, const float *t, int B, float *gout
 }
 
 int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, int quiet) {
+  cd_judge_train_opts o = {.steps = steps, .batch = batch, .lr = lr, .seed = seed, .quiet = quiet};
+  return cd_judge_train_ex(j, &o);
+}
+
+int cd_judge_train_ex(cd_judge *j, const cd_judge_train_opts *op) {
+  const int steps = op->steps, batch = op->batch, quiet = op->quiet, nv = op->vae ? op->vae_images : 0;
+  const float lr = op->lr;
+  const uint64_t seed = op->seed;
+  if (nv < 0 || nv > batch) return cd_set_error("judge: %d autoencoder images of a batch of %d", nv, batch);
+  roundtrip rt = {0};
+  if (nv && rt_init(&rt, op->vae, nv)) return -1;
   cd_paramset_clear_nodes(j->w);
   cd_graph *g = cd_graph_new();
   cd_node *img = cd_input(g, "image", 4, (int64_t[]){batch, 3, R, R});
@@ -237,9 +311,15 @@ int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, i
     cd_rng_seed(&r, seed * 0x9e3779b97f4a7c15ULL + (uint64_t)s);
     for (int b = 0; b < batch; b++) {
       cd_world_scene sc;
-      augmented(&r, &sc, px + (int64_t)b * 3 * R * R, tmp);
+      if (b < nv) { /* clean renders, through the autoencoder below */
+        cd_world_sample(&r, CD_WORLD_ANY, &sc);
+        cd_world_render(&sc, px + (int64_t)b * 3 * R * R);
+      } else {
+        augmented(&r, &sc, px + (int64_t)b * 3 * R * R, tmp);
+      }
       cd_judge_targets(&sc, t + (int64_t)b * CD_JUDGE_NOUT);
     }
+    if (nv && rt_run(&rt, &r, px)) { rc = -1; break; }
     rc = cd_graph_set_input(g, img, px) || cd_graph_forward(g) || cd_graph_get(g, out, o) ? -1 : 0;
     double l = rc ? 0 : cross_entropy(o, t, batch, go);
     if (!rc) rc = cd_graph_set_input(g, gin, go) || cd_graph_backward(g) ? -1 : 0;
@@ -258,6 +338,7 @@ int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, i
   free(o);
   free(go);
   cd_graph_free(g);
+  rt_free(&rt);
   return rc;
 }
 
@@ -276,14 +357,35 @@ int cd_judge_classify(cd_judge *j, const float *rgb, int n, cd_judge_verdict *v)
   return rc;
 }
 
-int cd_judge_test(cd_judge *j, int n, uint64_t seed, cd_judge_accuracy *acc) {
+int cd_judge_test(cd_judge *j, int n, uint64_t seed, cd_judge_accuracy *acc) { return cd_judge_test_vae(j, n, seed, NULL, acc); }
+
+int cd_judge_test_vae(cd_judge *j, int n, uint64_t seed, cd_vae *vae, cd_judge_accuracy *acc) {
   float *px = cd_malloc((size_t)n * 3 * R * R * sizeof(float)), *tmp = cd_malloc(R * R * sizeof(float));
   cd_world_scene *sc = cd_malloc((size_t)n * sizeof *sc);
   cd_judge_verdict *v = cd_malloc((size_t)n * sizeof *v);
   cd_rng r;
   cd_rng_seed(&r, seed);
-  for (int i = 0; i < n; i++) augmented(&r, &sc[i], px + (int64_t)i * 3 * R * R, tmp);
-  int rc = cd_judge_classify(j, px, n, v);
+  int rc = 0;
+  for (int i = 0; i < n; i++) {
+    if (vae) { /* clean renders through the autoencoder, as generations are decoded */
+      cd_world_sample(&r, CD_WORLD_ANY, &sc[i]);
+      cd_world_render(&sc[i], px + (int64_t)i * 3 * R * R);
+    } else {
+      augmented(&r, &sc[i], px + (int64_t)i * 3 * R * R, tmp);
+    }
+  }
+  if (vae) { /* in chunks of 50: the autoencoder's activations at 64x64 are large */
+    roundtrip rt;
+    for (int i = 0; i < n && !rc; i += 50) {
+      int k = n - i < 50 ? n - i : 50;
+      rc = rt_init(&rt, vae, k);
+      if (!rc) {
+        rc = rt_run(&rt, &r, px + (int64_t)i * 3 * R * R);
+        rt_free(&rt);
+      }
+    }
+  }
+  if (!rc) rc = cd_judge_classify(j, px, n, v);
   memset(acc, 0, sizeof *acc);
   int robots = 0, ducks = 0, kinds_seen = 0;
   for (int i = 0; i < n && !rc; i++) {

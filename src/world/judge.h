@@ -19,6 +19,7 @@
 
 #include <stdint.h>
 
+#include "models/vae.h"
 #include "models/weights.h"
 #include "world/world.h"
 
@@ -57,8 +58,23 @@ typedef struct {
   double kind_recall;                 /* fraction of drawn objects whose kind is seen */
 } cd_judge_accuracy;
 int cd_judge_train(cd_judge *j, int steps, int batch, float lr, uint64_t seed, int quiet);
+/* The same, and vae_images of each batch's images (when vae is given) are
+ * clean renders passed through that autoencoder (encoded, a posterior sample
+ * decoded): generations are decoded by it, and it blurs small shapes more than
+ * the box-filter augmentation does. */
+typedef struct {
+  int steps, batch;
+  float lr;
+  uint64_t seed;
+  int quiet;
+  cd_vae *vae;
+  int vae_images;
+} cd_judge_train_opts;
+int cd_judge_train_ex(cd_judge *j, const cd_judge_train_opts *o);
 /* accuracy on n fresh CD_WORLD_ANY images from seed, with the training augmentation */
 int cd_judge_test(cd_judge *j, int n, uint64_t seed, cd_judge_accuracy *acc);
+/* the same on clean renders passed through the autoencoder vae (NULL: cd_judge_test) */
+int cd_judge_test_vae(cd_judge *j, int n, uint64_t seed, cd_vae *vae, cd_judge_accuracy *acc);
 /* n images [n, 3, 64, 64] -> n verdicts */
 int cd_judge_classify(cd_judge *j, const float *rgb, int n, cd_judge_verdict *v);
 
