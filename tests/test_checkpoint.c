@@ -416,7 +416,7 @@ TEST(error_vae_only_and_sdxl) {
   int r1 = w1 ? 0 : cd_sd_load(a, NULL, &m);
   int e1 = err_has("does not look like a Stable Diffusion checkpoint") && err_has("vae.safetensors");
   int r2 = w2 ? 0 : cd_sd_load(b, NULL, &m);
-  int e2 = err_has("SDXL");
+  int e2 = err_has("SDXL needs both text encoders");
   test_rmtree(tmp);
   CHECK(w1 == 0 && w2 == 0);
   CHECK(r1 != 0 && e1);

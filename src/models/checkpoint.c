@@ -38,7 +38,7 @@
 #include "models/keymap.h"
 #include "models/sd_info.h"
 
-enum { C_TEXT = 0, C_UNET = 1, C_VAE = 2 };
+enum { C_TEXT = 0, C_UNET = 1, C_VAE = 2, C_TEXT2 = 3 }; /* indexes of m->dtype */
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -392,6 +392,11 @@ static int clip_config_from_json(const cJSON *j, const char *file, cd_clip_confi
   if (c->width < 1 || c->layers < 1 || c->heads < 1 || c->width % c->heads)
     return cd_set_error("%s: bad text encoder shape (hidden_size %d, %d layers, %d heads)", file,
                         c->width, c->layers, c->heads);
+  /* transformers pools at ids.argmax() for the legacy eos_token_id 2 (SDXL's configs), else
+   * at the first eos_token_id */
+  int eos;
+  if (jint(j, "eos_token_id", 2, file, &eos)) return -1;
+  c->pool_id = eos == 2 ? 0 : eos;
   return 0;
 }
 
@@ -441,11 +446,13 @@ static int load_folder_weights(const char *file, int comp, cd_weights *w, char d
     int ndim = t->ndim;
     int64_t ne[CD_TF_MAX_DIMS];
     memcpy(ne, t->shape, sizeof ne);
-    if (comp == C_TEXT) {
-      if (cd_ends_with(name, "position_ids") || starts_with(name, "text_projection.") ||
-          !strcmp(name, "logit_scale"))
-        continue; /* buffers / CLIPTextModelWithProjection extras */
-      if (!starts_with(name, "text_model.")) { /* transformers 5 saves without the prefix */
+    if (comp == C_TEXT || comp == C_TEXT2) {
+      /* buffers / CLIPTextModelWithProjection extras; SDXL's second encoder keeps its projection */
+      if (cd_ends_with(name, "position_ids") || !strcmp(name, "logit_scale") ||
+          (comp == C_TEXT && starts_with(name, "text_projection.")))
+        continue;
+      if (!starts_with(name, "text_model.") && !starts_with(name, "text_projection.")) {
+        /* transformers 5 saves without the prefix */
         snprintf(buf, sizeof buf, "text_model.%s", name);
         name = buf;
       }
@@ -464,6 +471,47 @@ static int load_folder_weights(const char *file, int comp, cd_weights *w, char d
   cd_tensor_file_close(f);
   dtally_label(&tally, dtype);
   if (!rc && cd_weights_count(w) == 0) rc = cd_set_error("%s: no tensors", file);
+  return rc;
+}
+
+/* The projection of SDXL's second encoder is a [proj, width] Linear without bias. */
+static int check_projection(cd_clip *t, const char *where) {
+  const cd_weight *x = cd_weights_get(t->w, "text_projection.weight");
+  if (!x) return cd_set_error("%s: SDXL's second text encoder has no text_projection.weight", where);
+  if (x->ndim != 2 || x->ne[1] != t->cfg.width)
+    return cd_set_error("%s: text_projection.weight must be [proj, %d]", where, t->cfg.width);
+  t->cfg.proj = (int)x->ne[0];
+  return 0;
+}
+
+/* SDXL: text_encoder_2/ (CLIPTextModelWithProjection). Its presence in model_index.json
+ * or on disk makes the family SDXL; its weights load unless no_text. */
+static int load_folder_text2(const char *dir, const cJSON *idx, const cd_load_opts *o, cd_sd_model *m) {
+  char *cf = cd_path_join(dir, "text_encoder_2/config.json"), *sd = cd_path_join(dir, "text_encoder_2");
+  char *file = NULL;
+  cJSON *j = NULL;
+  int rc = -1;
+  /* listed as ["transformers", "CLIPTextModelWithProjection"]; [null, null] means none */
+  const cJSON *e = jget(idx, "text_encoder_2");
+  int listed = e && (!cJSON_IsArray(e) || cJSON_IsString(cJSON_GetArrayItem(e, 0)));
+  if (!listed && !cd_file_exists(cf)) { rc = 0; goto done; }
+  m->family = CD_FAMILY_SDXL;
+  m->clip.cfg.pad_id = 49407;
+  if (o->no_text) { rc = 0; goto done; }
+  if (!cd_file_exists(cf)) { cd_set_error("%s: missing text_encoder_2/config.json (SDXL)", dir); goto done; }
+  if (json_load(cf, &j) || clip_config_from_json(j, cf, &m->clip2.cfg)) goto done;
+  m->clip2.cfg.pad_id = 0;
+  if (find_weights(sd, &file)) goto done;
+  m->clip2.w = cd_weights_new();
+  if (load_folder_weights(file, C_TEXT2, m->clip2.w, m->dtype[C_TEXT2], o) ||
+      check_projection(&m->clip2, file))
+    goto done;
+  rc = 0;
+done:
+  cJSON_Delete(j);
+  free(cf);
+  free(sd);
+  free(file);
   return rc;
 }
 
@@ -545,6 +593,7 @@ static int load_folder(const char *dir, const cd_load_opts *o, cd_sd_model *m) {
     *ws[c] = cd_weights_new();
     if (load_folder_weights(files[c], c, *ws[c], m->dtype[c], o)) goto done;
   }
+  if (load_folder_text2(dir, idx, o, m)) goto done;
   rc = 0;
 done:
   free(p);
@@ -621,6 +670,8 @@ static int sf_max_index(const sfile *s, const char *pre) {
 #define UP "model.diffusion_model."
 #define VP "first_stage_model."
 #define TP "cond_stage_model."
+#define XP0 "conditioner.embedders.0." /* SDXL text encoders */
+#define XP1 "conditioner.embedders.1."
 
 static int detect_unet(const sfile *s, const char *yaml, cd_family fam, cd_unet_config *c) {
   memset(c, 0, sizeof *c);
@@ -804,30 +855,43 @@ static int detect_vae(const sfile *s, const char *yaml, cd_vae_config *c) {
   return 0;
 }
 
-/* openclip: 1 for cond_stage_model.model.* (SD 2.x). *stored: blocks in the file. */
-static int detect_clip(const sfile *s, const char *yaml, int openclip, cd_clip_config *c, int *stored) {
+/* openclip: 1 for cond_stage_model.model.* (SD 2.x). *stored: blocks in the file.
+ * tp: the encoder's key prefix (TP, or SDXL's conditioner.embedders.N.). sdxl: every
+ * block is kept (cd_clip_build_sdxl takes the penultimate one) and an OpenCLIP
+ * encoder's model.text_projection [width, proj] is its pooled projection. */
+static int detect_clip(const sfile *s, const char *yaml, int openclip, const char *tp, int sdxl,
+                       cd_clip_config *c, int *stored) {
   memset(c, 0, sizeof *c);
   const cd_tensor_info *te, *pe, *fc;
+  char k[160];
   if (openclip) {
-    if (sf_need(s, &te, 2, TP, "model.token_embedding.weight") ||
-        sf_need(s, &pe, 2, TP, "model.positional_embedding") ||
-        sf_need(s, &fc, 2, TP, "model.transformer.resblocks.0.mlp.c_fc.weight"))
+    if (sf_need(s, &te, 2, tp, "model.token_embedding.weight") ||
+        sf_need(s, &pe, 2, tp, "model.positional_embedding") ||
+        sf_need(s, &fc, 2, tp, "model.transformer.resblocks.0.mlp.c_fc.weight"))
       return -1;
-    *stored = sf_max_index(s, TP "model.transformer.resblocks.") + 1;
+    snprintf(k, sizeof k, "%smodel.transformer.resblocks.", tp);
+    *stored = sf_max_index(s, k) + 1;
     /* SD 2.x conditions on the penultimate block ("layer: penultimate" in its yaml) */
     char layer[32] = "penultimate";
-    yaml_get(yaml, "cond_stage_config", "layer", layer, sizeof layer);
-    c->layers = !strcmp(layer, "last") ? *stored : *stored - 1;
+    if (!sdxl) yaml_get(yaml, "cond_stage_config", "layer", layer, sizeof layer);
+    c->layers = sdxl || !strcmp(layer, "last") ? *stored : *stored - 1;
     c->quick_gelu = 0;
     c->pad_id = 0;
+    if (sdxl) {
+      const cd_tensor_info *pr;
+      if (sf_need(s, &pr, 2, tp, "model.text_projection")) return -1;
+      if (pr->shape[0] != te->shape[1])
+        return cd_set_error("%s: %smodel.text_projection must be [%lld, proj]", s->path, tp,
+                            (long long)te->shape[1]);
+      c->proj = (int)pr->shape[1];
+    }
   } else {
-    const char *pre = sf_find(s, TP, "transformer.text_model.embeddings.token_embedding.weight")
+    const char *pre = sf_find(s, tp, "transformer.text_model.embeddings.token_embedding.weight")
                           ? "transformer.text_model." : "transformer.";
-    char k[128];
-    snprintf(k, sizeof k, TP "%sencoder.layers.", pre);
-    if (sf_need(s, &te, 2, TP, "%sembeddings.token_embedding.weight", pre) ||
-        sf_need(s, &pe, 2, TP, "%sembeddings.position_embedding.weight", pre) ||
-        sf_need(s, &fc, 2, TP, "%sencoder.layers.0.mlp.fc1.weight", pre))
+    snprintf(k, sizeof k, "%s%sencoder.layers.", tp, pre);
+    if (sf_need(s, &te, 2, tp, "%sembeddings.token_embedding.weight", pre) ||
+        sf_need(s, &pe, 2, tp, "%sembeddings.position_embedding.weight", pre) ||
+        sf_need(s, &fc, 2, tp, "%sencoder.layers.0.mlp.fc1.weight", pre))
       return -1;
     *stored = c->layers = sf_max_index(s, k) + 1;
     c->quick_gelu = 1;
@@ -935,6 +999,25 @@ static int load_component(const sfile *s, const char *pre, const cd_keymap *km, 
       tally.n[t->dtype]++;
       break;
     }
+    case CD_KM_TRANSPOSE: {
+      if (t->ndim != 2 || !is_float(t->dtype)) {
+        shape_str(t->shape, t->ndim, sh, sizeof sh);
+        return cd_set_error("%s: %s has shape %s, expected a 2-D float matrix", s->path, t->name, sh);
+      }
+      if (cd_weights_get(w, r.dst[0])) return cd_set_error("%s: two keys map to the weight %s", s->path, r.dst[0]);
+      const int64_t a = t->shape[0], b = t->shape[1], ab = a * b > 0 ? a * b : 1;
+      float *in = cd_malloc((size_t)ab * sizeof(float));
+      if (cd_tf_read_f32(s->f, t, in)) { free(in); return -1; }
+      release_pages(s->f, t);
+      float *d = cd_malloc((size_t)ab * sizeof(float));
+      for (int64_t i = 0; i < a; i++)
+        for (int64_t j = 0; j < b; j++) d[j * a + i] = in[i * b + j];
+      free(in);
+      if (cd_weights_put(w, r.dst[0], 2, (int64_t[]){b, a}, d)) return -1;
+      tally.n[t->dtype]++;
+      settle(w, r.dst[0], t->dtype, &tally);
+      break;
+    }
     }
     count++;
   }
@@ -977,7 +1060,7 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
            cd_ends_with(path, ".safetensors") ? "single-file safetensors" : "single-file ckpt");
   sfile s = {f, path, ""};
   /* root: whatever precedes the UNet prefix (e.g. "state_dict." of nested checkpoints) */
-  int have_unet = 0, have_vae = 0, oc = 0, hf = 0, unknown = 0;
+  int have_unet = 0, have_vae = 0, oc = 0, hf = 0, unknown = 0, xl = 0;
   const char *first_unknown = NULL;
   for (int i = 0; i < cd_tf_count(f) && !have_unet; i++) {
     const char *k = cd_tf_at(f, i)->name, *p = strstr(k, UP);
@@ -991,9 +1074,12 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
     const char *full = cd_tf_at(f, i)->name;
     if (strncmp(full, s.root, rl)) { unknown++; if (!first_unknown) first_unknown = full; continue; }
     const char *k = full + rl;
-    if (starts_with(k, "conditioner.")) { /* SDXL's text encoders (SGM layout) */
-      if (o->no_text) continue;
-      cd_set_error("%s: key %s: SDXL's text encoders (conditioner.embedders.*) cannot be loaded yet", path, full);
+    /* SDXL (SGM): CLIP ViT-L in HF layout and OpenCLIP ViT-bigG */
+    if (starts_with(k, XP0 "transformer.")) { hf = xl = 1; continue; }
+    if (starts_with(k, XP1 "model.")) { oc = xl = 1; continue; }
+    if (starts_with(k, "conditioner.")) {
+      cd_set_error("%s: unexpected conditioner key %s (SDXL has conditioner.embedders.0.transformer.* "
+                   "and conditioner.embedders.1.model.*)", path, full);
       goto done;
     }
     if (starts_with(k, UP)) continue;
@@ -1014,7 +1100,11 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
     goto done;
   }
   if (unknown) cd_warn("%s: ignoring %d keys outside the model (first: %s)", path, unknown, first_unknown);
-  if (oc && hf) {
+  if (xl && (!oc || !hf) && !o->no_text) {
+    cd_set_error("%s: SDXL needs both text encoders (%s*)", path, oc ? XP0 "transformer." : XP1 "model.");
+    goto done;
+  }
+  if (oc && hf && !xl) {
     cd_set_error("%s: both OpenCLIP (cond_stage_model.model.*) and CLIP (cond_stage_model.transformer.*) "
                  "text-encoder keys", path);
     goto done;
@@ -1028,7 +1118,7 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
     goto done;
   }
   read_yaml_beside(path, &yaml);
-  m->family = oc ? CD_FAMILY_SD2 : CD_FAMILY_SD1;
+  m->family = xl ? CD_FAMILY_SDXL : oc ? CD_FAMILY_SD2 : CD_FAMILY_SD1;
   if (!oc && !hf) { /* text encoder absent and not asked for: guess from the projections */
     const cd_tensor_info *p = sf_find(&s, UP, "input_blocks.1.1.proj_in.weight");
     m->family = p && p->ndim == 2 ? CD_FAMILY_SD2 : CD_FAMILY_SD1;
@@ -1048,8 +1138,14 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
   double sfv;
   if (m->family == CD_FAMILY_SDXL && !yaml_double(yaml, NULL, "scale_factor", &sfv))
     m->vae.cfg.scaling_factor = 0.13025f; /* SDXL's VAE (sd_xl_base.yaml scale_factor) */
-  int stored = 0;
-  if ((oc || hf) && detect_clip(&s, yaml, oc, &m->clip.cfg, &stored)) goto done;
+  int stored = 0, stored2 = 0;
+  if (xl) {
+    if (detect_clip(&s, yaml, 0, XP0, 1, &m->clip.cfg, &stored) ||
+        detect_clip(&s, yaml, 1, XP1, 1, &m->clip2.cfg, &stored2))
+      goto done;
+  } else if ((oc || hf) && detect_clip(&s, yaml, oc, TP, 0, &m->clip.cfg, &stored)) {
+    goto done;
+  }
   if (!oc && !hf) m->clip.cfg.pad_id = m->family == CD_FAMILY_SD2 ? 0 : 49407;
 
   /* scheduler: SD defaults, betas and parameterization from the yaml */
@@ -1077,13 +1173,14 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
                               : m->family == CD_FAMILY_SD2 && m->sched.pred == CD_PRED_V ? 96
                                                                                          : 64;
 
-  cd_weights **ws[3] = {&m->clip.w, &m->unet.w, &m->vae.w};
-  static const char *const pre[3] = {TP, UP, VP};
-  for (int c = 0; c < 3; c++) {
+  cd_weights **ws[4] = {&m->clip.w, &m->unet.w, &m->vae.w, &m->clip2.w};
+  const char *const pre[4] = {xl ? XP0 : TP, UP, VP, XP1};
+  for (int c = 0; c < 4; c++) {
     if ((c == C_TEXT && (o->no_text || (!oc && !hf))) || (c == C_UNET && o->no_unet) ||
-        (c == C_VAE && (o->no_vae || !have_vae)))
+        (c == C_VAE && (o->no_vae || !have_vae)) || (c == C_TEXT2 && (o->no_text || !xl)))
       continue;
-    int e = c == C_TEXT ? cd_keymap_clip(&km, &m->clip.cfg, oc, stored)
+    int e = c == C_TEXT ? cd_keymap_clip(&km, &m->clip.cfg, oc && !xl, stored)
+            : c == C_TEXT2 ? cd_keymap_clip(&km, &m->clip2.cfg, 1, stored2)
             : c == C_UNET ? cd_keymap_unet(&km, &m->unet.cfg)
                           : cd_keymap_vae(&km, &m->vae.cfg);
     if (e) goto done;
@@ -1102,6 +1199,39 @@ done:
 }
 
 /* ------------------------------------------------------------ tokenizer */
+
+/* SDXL's second tokenizer: a tokenizer_2/ folder (in the diffusers folder, or beside a
+ * single file) with its own config (pad_token "!", id 0); otherwise the first
+ * tokenizer's vocabulary padded with 0 as SGM's OpenCLIP tokenizer pads. */
+static int load_tokenizer_2(const char *path, int folder, const char *src1, cd_sd_model *m) {
+  char *dir = NULL;
+  if (folder) {
+    dir = cd_path_join(path, "tokenizer_2");
+  } else {
+    char *base = cd_strdup(path);
+    char *sl = strrchr(base, '/');
+    if (sl) *sl = 0;
+    else snprintf(base, strlen(base) + 1, ".");
+    dir = cd_path_join(base, "tokenizer_2");
+    free(base);
+  }
+  int own = cd_is_dir(dir);
+  const char *src = own ? dir : src1;
+  int rc = cd_tokenizer_load(src, &m->tok2);
+  if (!rc) {
+    char *cfg = own ? cd_path_join(dir, "tokenizer_config.json") : NULL;
+    char *map = own ? cd_path_join(dir, "special_tokens_map.json") : NULL;
+    if (own && (cd_file_exists(cfg) || cd_file_exists(map)))
+      rc = cd_tokenizer_configure_from_dir(m->tok2, dir);
+    else
+      cd_tokenizer_set_pad(m->tok2, 0);
+    free(cfg);
+    free(map);
+  }
+  if (rc) cd_prefix_error("tokenizer_2 %s", src);
+  free(dir);
+  return rc;
+}
 
 static int load_tokenizer(const char *path, int folder, const cd_load_opts *o, cd_sd_model *m) {
   const char *src = o->vocab ? o->vocab : NULL;
@@ -1145,6 +1275,7 @@ static int load_tokenizer(const char *path, int folder, const cd_load_opts *o, c
     free(map);
   }
   if (rc) cd_prefix_error("tokenizer %s", src);
+  if (!rc && m->family == CD_FAMILY_SDXL) rc = load_tokenizer_2(path, folder, src, m);
   free(beside);
   return rc;
 }
@@ -1167,13 +1298,13 @@ static int hitem_cmp(const void *a, const void *b) {
  * that it does not change with the components a command loads (merge skips
  * the VAE). */
 static void compute_hash(cd_sd_model *m) {
-  const char *names[2] = {"text_encoder", "unet"};
-  cd_weights *ws[2] = {m->clip.w, m->unet.w};
+  const char *names[3] = {"text_encoder", "unet", "text_encoder_2"};
+  cd_weights *ws[3] = {m->clip.w, m->unet.w, m->clip2.w};
   int n = 0;
-  for (int c = 0; c < 2; c++) n += ws[c] ? cd_weights_count(ws[c]) : 0;
+  for (int c = 0; c < 3; c++) n += ws[c] ? cd_weights_count(ws[c]) : 0;
   hitem *it = cd_calloc((size_t)(n ? n : 1), sizeof *it);
   int k = 0;
-  for (int c = 0; c < 2; c++)
+  for (int c = 0; c < 3; c++)
     for (int i = 0; ws[c] && i < cd_weights_count(ws[c]); i++) {
       it[k].comp = names[c];
       it[k++].w = cd_weights_at(ws[c], i);
@@ -1231,7 +1362,7 @@ int cd_sd_load(const char *path, const cd_load_opts *opts, cd_sd_model **out) {
     return cd_set_error("--weights-dtype must be f32, f16 or bf16 (got '%s')", o->weights_dtype);
   cd_sd_model *m = cd_calloc(1, sizeof *m);
   snprintf(m->path, sizeof m->path, "%s", path);
-  for (int c = 0; c < 3; c++) snprintf(m->dtype[c], sizeof m->dtype[c], "none");
+  for (int c = 0; c < 4; c++) snprintf(m->dtype[c], sizeof m->dtype[c], "none");
   int folder = cd_is_dir(path);
   int rc;
   if (folder) {
@@ -1251,10 +1382,9 @@ int cd_sd_load(const char *path, const cd_load_opts *opts, cd_sd_model **out) {
   if (!rc) rc = load_tokenizer(path, folder, o, m);
   if (!rc) {
     if (m->tok) m->clip.cfg.pad_id = cd_tokenizer_pad(m->tok);
+    if (m->tok2) m->clip2.cfg.pad_id = cd_tokenizer_pad(m->tok2);
     compute_hash(m);
-    cd_log("loaded %s (%s, %s): hash %s\n", path,
-           m->family == CD_FAMILY_SDXL ? "SDXL" : m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x",
-           m->layout, m->hash);
+    cd_log("loaded %s (%s, %s): hash %s\n", path, cd_family_name(m->family), m->layout, m->hash);
     *out = m;
     return 0;
   }
@@ -1265,9 +1395,15 @@ int cd_sd_load(const char *path, const cd_load_opts *opts, cd_sd_model **out) {
 void cd_sd_free(cd_sd_model *m) {
   if (!m) return;
   cd_weights_free(m->clip.w);
+  cd_weights_free(m->clip2.w);
   cd_weights_free(m->unet.w);
   cd_weights_free(m->vae.w);
   cd_weights_free(m->unet_orig);
   cd_tokenizer_free(m->tok);
+  cd_tokenizer_free(m->tok2);
   free(m);
+}
+
+const char *cd_family_name(cd_family f) {
+  return f == CD_FAMILY_SDXL ? "SDXL" : f == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x";
 }

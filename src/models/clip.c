@@ -29,7 +29,8 @@ static void mark_skipped_layers(cd_weights *w, int from, int to) {
   }
 }
 
-cd_node *cd_clip_build(cd_graph *g, cd_clip *m, cd_node *ids, cd_node *extra, cd_node **hidden) {
+/* The embeddings and layers [0, run): x after layer run-1 (hidden[i] as cd_clip_build). */
+static cd_node *encoder(cd_graph *g, cd_clip *m, cd_node *ids, cd_node *extra, int run, cd_node **hidden) {
   const cd_clip_config *c = &m->cfg;
   cd_weights *w = m->w;
   const int64_t d = c->width, T = ids->ne[1];
@@ -46,8 +47,6 @@ cd_node *cd_clip_build(cd_graph *g, cd_clip *m, cd_node *ids, cd_node *extra, cd
   cd_node *x = cd_add(g, cd_embedding(g, ids, tok, extra), pos);
   if (hidden) hidden[0] = x;
   const int64_t hd = d / c->heads;
-  const int run = c->layers - c->skip;
-  if (c->skip < 0 || run < 1) return cd_graph_fail(g, "clip: clip skip %d leaves no layer of %d", c->skip + 1, c->layers);
   mark_skipped_layers(w, run, c->layers);
   for (int l = 0; l < run; l++) {
     char p[96];
@@ -76,8 +75,70 @@ cd_node *cd_clip_build(cd_graph *g, cd_clip *m, cd_node *ids, cd_node *extra, cd
     x = cd_add(g, x, h);
     if (hidden) hidden[l + 1] = x;
   }
-  x = cd_layer_norm(g, x, cd_w(g, w, CD_SHAPE(d), P "final_layer_norm.weight"),
-                    cd_w(g, w, CD_SHAPE(d), P "final_layer_norm.bias"), 1e-5f);
+  return x;
+}
+
+static cd_node *final_norm(cd_graph *g, cd_clip *m, cd_node *x) {
+  const int64_t d = m->cfg.width;
+  return cd_layer_norm(g, x, cd_w(g, m->w, CD_SHAPE(d), P "final_layer_norm.weight"),
+                       cd_w(g, m->w, CD_SHAPE(d), P "final_layer_norm.bias"), 1e-5f);
+}
+
+cd_node *cd_clip_build(cd_graph *g, cd_clip *m, cd_node *ids, cd_node *extra, cd_node **hidden) {
+  const cd_clip_config *c = &m->cfg;
+  const int run = c->layers - c->skip;
+  if (c->skip < 0 || run < 1) return cd_graph_fail(g, "clip: clip skip %d leaves no layer of %d", c->skip + 1, c->layers);
+  cd_node *x = final_norm(g, m, encoder(g, m, ids, extra, run, hidden));
   cd_node_set_name(x, "text.last_hidden_state");
   return x;
+}
+
+/* Marks the final LayerNorm and the projection known when no graph reads them. */
+static void mark_used(cd_weights *w, const char *name) {
+  cd_weight *x = cd_weights_get(w, name);
+  if (x) x->used = 1;
+}
+
+cd_node *cd_clip_build_sdxl(cd_graph *g, cd_clip *m, cd_node *ids, cd_node *extra, cd_node *sel,
+                            cd_node **pooled) {
+  const cd_clip_config *c = &m->cfg;
+  const int64_t d = c->width, B = ids->ne[0];
+  /* hidden_states[-2-skip] is the output of layer L-1-skip */
+  const int out = c->layers - 1 - c->skip;
+  if (c->skip < 0 || out < 0)
+    return cd_graph_fail(g, "clip: clip skip %d leaves no penultimate layer of %d", c->skip + 1, c->layers);
+  if (pooled && (c->proj < 1 || !sel))
+    return cd_graph_fail(g, "clip: a pooled output needs a text_projection and a pooled position");
+  cd_node *hs[CD_CLIP_MAX_LAYERS + 1];
+  if (c->layers > CD_CLIP_MAX_LAYERS) return cd_graph_fail(g, "clip: %d layers (at most %d)", c->layers, CD_CLIP_MAX_LAYERS);
+  cd_node *last = encoder(g, m, ids, extra, pooled ? c->layers : out, hs);
+  cd_node *ctx = hs[out];
+  cd_node_set_name(ctx, "text.penultimate_hidden_state");
+  if (!pooled) {
+    mark_used(m->w, P "final_layer_norm.weight");
+    mark_used(m->w, P "final_layer_norm.bias");
+    mark_used(m->w, "text_projection.weight");
+    return ctx;
+  }
+  if (sel->ndim != 3 || sel->ne[0] != B || sel->ne[1] != 1 || sel->ne[2] != ids->ne[1])
+    return cd_graph_fail(g, "clip: pooled position must be [B, 1, T]");
+  /* the LayerNorm is per row, so gathering the pooled row first gives the same values */
+  cd_node *p = final_norm(g, m, cd_bmm(g, sel, last, 0, 0)); /* [B, 1, d] */
+  p = cd_view(g, p, CD_SHAPE(B, d));
+  *pooled = cd_linear(g, p, cd_w(g, m->w, CD_SHAPE(c->proj, d), "text_projection.weight"), NULL);
+  cd_node_set_name(*pooled, "text.text_embeds");
+  return ctx;
+}
+
+void cd_clip_pool_select(const cd_clip_config *c, const int *ids, int B, int T, float *sel) {
+  for (int b = 0; b < B; b++) {
+    const int *r = ids + (size_t)b * T;
+    int at = -1;
+    for (int t = 0; t < T; t++) {
+      if (c->pool_id ? r[t] == c->pool_id : (at < 0 || r[t] > r[at])) at = t;
+      if (c->pool_id && at >= 0) break;
+    }
+    if (at < 0) at = T - 1;
+    for (int t = 0; t < T; t++) sel[(size_t)b * T + t] = t == at ? 1.0f : 0.0f;
+  }
 }

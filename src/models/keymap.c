@@ -26,6 +26,7 @@ enum {
   SUB_HF_LAYER,   /* CLIPEncoderLayer: same names */
   SUB_OC_BLOCK,   /* OpenCLIP ResidualAttentionBlock -> CLIPEncoderLayer */
   SUB_IGNORE_ALL, /* every key below the prefix is known and unused */
+  SUB_TRANSPOSE,  /* an exact key whose [a, b] value is stored transposed */
   SUB_COUNT
 };
 
@@ -100,6 +101,7 @@ static const struct {
     [SUB_HF_LAYER] = {hf_layer_rows, sizeof hf_layer_rows / sizeof *hf_layer_rows},
     [SUB_OC_BLOCK] = {oc_block_rows, sizeof oc_block_rows / sizeof *oc_block_rows},
     [SUB_IGNORE_ALL] = {NULL, 0},
+    [SUB_TRANSPOSE] = {NULL, 0},
 };
 
 /* ---- rule tables ---- */
@@ -276,7 +278,10 @@ int cd_keymap_clip(cd_keymap *km, const cd_clip_config *c, int openclip, int sto
   add_rule(km, SUB_LEAF, 1, "text_model.embeddings.position_embedding.weight",
            "model.positional_embedding");
   add_rule(km, SUB_LEAF, 0, "text_model.final_layer_norm.", "model.ln_final.");
-  add_rule(km, SUB_IGNORE_ALL, 1, "", "model.text_projection");
+  if (c->proj > 0)
+    add_rule(km, SUB_TRANSPOSE, 1, "text_projection.weight", "model.text_projection");
+  else
+    add_rule(km, SUB_IGNORE_ALL, 1, "", "model.text_projection");
   add_rule(km, SUB_IGNORE_ALL, 1, "", "model.logit_scale");
   add_rule(km, SUB_IGNORE_ALL, 1, "", "model.attn_mask");
   for (int l = 0; l < stored_blocks; l++) {
@@ -309,7 +314,7 @@ cd_km_op cd_keymap_map(const cd_keymap *km, const char *key, cd_km_result *r) {
   if (best->exact) {
     snprintf(r->dst[0], CD_KM_NAME, "%s", best->dst);
     r->n = 1;
-    return r->op = CD_KM_COPY;
+    return r->op = best->sub == SUB_TRANSPOSE ? CD_KM_TRANSPOSE : CD_KM_COPY;
   }
   const char *rest = key + strlen(best->src);
   const sub_row *rows = subs[best->sub].rows;

@@ -30,6 +30,7 @@ typedef enum {
   CD_KM_COPY,        /* same values and shape, new name dst[0] */
   CD_KM_SQUEEZE,     /* 1x1 conv [C, C', 1, 1] -> linear [C, C'] (VAE mid attention) */
   CD_KM_SPLIT3,      /* [3d, ...] -> three [d, ...] along dim 0: dst[0..2] = q, k, v */
+  CD_KM_TRANSPOSE,   /* [a, b] -> [b, a]: OpenCLIP's text_projection (x @ P) as a Linear weight */
   CD_KM_IGNORE       /* known but unused (position_ids, text_projection, last OpenCLIP block) */
 } cd_km_op;
 
@@ -58,10 +59,12 @@ int cd_keymap_unet(cd_keymap *km, const cd_unet_config *c);
 /* VAE: keys relative to "first_stage_model." (encoder.down.i.block.j, decoder.up.i
  * numbered in reverse of diffusers, mid.block_1/2, mid.attn_1, quant convs). */
 int cd_keymap_vae(cd_keymap *km, const cd_vae_config *c);
-/* Text encoder: keys relative to "cond_stage_model.". openclip = 0: Hugging Face
- * CLIP names under "transformer.text_model." (or "transformer." of old checkpoints);
- * openclip = 1: OpenCLIP names under "model.", of which blocks 0..c->layers-1 are
- * used and blocks c->layers..stored_blocks-1 ignored (the SD 2.x penultimate rule). */
+/* Text encoder: keys relative to "cond_stage_model." (SDXL: "conditioner.embedders.N.").
+ * openclip = 0: Hugging Face CLIP names under "transformer.text_model." (or "transformer."
+ * of old checkpoints); openclip = 1: OpenCLIP names under "model.", of which blocks
+ * 0..c->layers-1 are used and blocks c->layers..stored_blocks-1 ignored (the SD 2.x
+ * penultimate rule). With c->proj > 0 (SDXL's second encoder) model.text_projection
+ * becomes text_projection.weight, transposed; otherwise it is ignored. */
 int cd_keymap_clip(cd_keymap *km, const cd_clip_config *c, int openclip, int stored_blocks);
 void cd_keymap_free(cd_keymap *km);
 

@@ -43,8 +43,7 @@ int cd_sd_info(const cd_sd_model *m, FILE *o) {
   const cd_vae_config *v = &m->vae.cfg;
   const cd_clip_config *t = &m->clip.cfg;
   fprintf(o, "model:        %s\n", m->path);
-  fprintf(o, "family:       %s\n",
-          m->family == CD_FAMILY_SDXL ? "SDXL" : m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x");
+  fprintf(o, "family:       %s\n", cd_family_name(m->family));
   fprintf(o, "layout:       %s\n", m->layout);
   fprintf(o, "prediction:   %s\n", m->sched.pred == CD_PRED_V ? "v_prediction" : "epsilon");
   if (m->clip.w)

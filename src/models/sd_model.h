@@ -10,16 +10,23 @@
 
 typedef enum { CD_FAMILY_SD1 = 1, CD_FAMILY_SD2 = 2, CD_FAMILY_SDXL = 3 } cd_family;
 
+#define CD_SD_MAX_TEXT 2 /* text encoders of one model: SD 1.x/2.x 1, SDXL 2 */
+
 typedef struct {
   cd_family family;
   char path[1024];
   char layout[32];        /* "diffusers", "single-file safetensors", "single-file ckpt" */
-  char dtype[3][16];      /* stored dtype of text encoder, unet, vae ("float16", ...) */
-  char hash[17];          /* first 16 hex digits of sha256 over the text encoder's and UNet's names, shapes and bytes */
-  cd_clip clip;
+  char dtype[4][16];      /* stored dtype of text encoder, unet, vae, text encoder 2 ("float16", ...) */
+  char hash[17];          /* first 16 hex digits of sha256 over the text encoders' and UNet's names, shapes and bytes */
+  cd_clip clip;           /* text_encoder (SDXL: CLIP ViT-L) */
   cd_unet unet;
   cd_vae vae;
   cd_tokenizer *tok;      /* NULL if no vocabulary was found */
+  /* SDXL's second text encoder and tokenizer (text_encoder_2/, tokenizer_2/; SGM
+   * conditioner.embedders.1): OpenCLIP ViT-bigG with text_projection; its tokenizer pads
+   * with 0. clip2.w is NULL and tok2 NULL for the families with one encoder. */
+  cd_clip clip2;
+  cd_tokenizer *tok2;
   cd_sched_config sched;
   cd_weights *unet_orig;  /* base values of UNet weights replaced by deltas (src/custom/delta.c), or NULL */
   int ndeltas;
@@ -37,5 +44,13 @@ typedef struct {
  * (.safetensors or .ckpt, original LDM layout). Errors name the file and key. */
 int cd_sd_load(const char *path, const cd_load_opts *opts, cd_sd_model **out);
 void cd_sd_free(cd_sd_model *m);
+
+/* The model's text encoders in conditioning order (SDXL: the 768 then the 1280 wide
+ * one, whose features are concatenated): cd_sd_text(m, i) for 0 <= i < cd_sd_ntext(m). */
+static inline int cd_sd_ntext(const cd_sd_model *m) { return m->family == CD_FAMILY_SDXL ? 2 : 1; }
+static inline cd_clip *cd_sd_text(cd_sd_model *m, int i) { return i ? &m->clip2 : &m->clip; }
+static inline cd_tokenizer *cd_sd_tok(cd_sd_model *m, int i) { return i ? m->tok2 : m->tok; }
+/* "SD 1.x", "SD 2.x", "SDXL" */
+const char *cd_family_name(cd_family f);
 
 #endif

@@ -1,0 +1,546 @@
+/* test_sdxl_text.c - SDXL's two text encoders: the pooled position, the penultimate
+ * hidden states of both concatenated to one context, the pooled projected output of
+ * the second (forward and the gradient of both encoders' added-token rows against
+ * central finite differences of a double-precision reference), and loading both
+ * encoders and tokenizers from a diffusers folder and from an SGM single file. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/fsutil.h"
+#include "io/tensor_file.h"
+#include "models/clip.h"
+#include "models/sd_model.h"
+#include "models/tokenizer.h"
+#include "test.h"
+
+#define T CD_TOK_MAX_LEN
+
+/* ------------------------------------------------------------ pooled position */
+
+TEST(pool_select_rules) {
+  cd_clip_config c = {0};
+  int ids[2 * T] = {0};
+  /* row 0: SOS a b EOS pad(0)...; row 1: SOS <new1> b EOS pad */
+  ids[0] = 49406, ids[1] = 320, ids[2] = 321, ids[3] = 49407;
+  ids[T + 0] = 49406, ids[T + 1] = 49408, ids[T + 2] = 321, ids[T + 3] = 49407;
+  for (int j = 4; j < T; j++) ids[T + j] = 49407; /* EOS padding: argmax is the first EOS */
+  float sel[2 * T];
+  cd_clip_pool_select(&c, ids, 2, T, sel);
+  for (int j = 0; j < T; j++) {
+    CHECKF(sel[j] == (j == 3), "row 0 position %d: %g", j, sel[j]);
+    /* argmax finds the added token, as transformers (eos_token_id 2) and SGM do */
+    CHECKF(sel[T + j] == (j == 1), "row 1 position %d: %g", j, sel[T + j]);
+  }
+  c.pool_id = 49407; /* configs with a real eos_token_id: its first position */
+  cd_clip_pool_select(&c, ids, 2, T, sel);
+  for (int j = 0; j < T; j++) CHECKF(sel[T + j] == (j == 3), "eos rule, position %d", j);
+}
+
+/* ------------------------------------------------------------ tiny encoders */
+
+typedef struct {
+  cd_clip m;
+  int vocab;
+} tiny_enc;
+
+static float *rnd(int64_t n, float scale, uint64_t seed) {
+  float *x = cd_malloc((size_t)n * sizeof(float));
+  test_fill_uniform(x, (size_t)n, -scale, scale, seed);
+  return x;
+}
+
+static void put(cd_weights *w, const char *name, int ndim, const int64_t *ne, float scale, uint64_t seed) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= ne[i];
+  cd_weights_put(w, name, ndim, ne, rnd(n, scale, seed));
+}
+
+/* LayerNorm gammas near 1, everything else small and random */
+static void make_enc(tiny_enc *e, int vocab, int d, int heads, int layers, int mlp, int quick, int proj,
+                     uint64_t seed) {
+  memset(e, 0, sizeof *e);
+  cd_clip_config *c = &e->m.cfg;
+  c->vocab = vocab, c->width = d, c->layers = layers, c->heads = heads, c->mlp = mlp;
+  c->max_pos = T, c->quick_gelu = quick, c->proj = proj;
+  e->vocab = vocab;
+  cd_weights *w = e->m.w = cd_weights_new();
+  char k[128];
+  put(w, "text_model.embeddings.token_embedding.weight", 2, (int64_t[]){vocab, d}, 1.0f, seed++);
+  put(w, "text_model.embeddings.position_embedding.weight", 2, (int64_t[]){T, d}, 0.5f, seed++);
+  for (int l = 0; l < layers; l++) {
+    static const char *const lin[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+    for (int i = 0; i < 4; i++) {
+      snprintf(k, sizeof k, "text_model.encoder.layers.%d.self_attn.%s.weight", l, lin[i]);
+      put(w, k, 2, (int64_t[]){d, d}, 0.6f, seed++);
+      snprintf(k, sizeof k, "text_model.encoder.layers.%d.self_attn.%s.bias", l, lin[i]);
+      put(w, k, 1, (int64_t[]){d}, 0.1f, seed++);
+    }
+    for (int i = 1; i <= 2; i++) {
+      float *g = rnd(d, 0.2f, seed++);
+      for (int j = 0; j < d; j++) g[j] += 1.0f;
+      snprintf(k, sizeof k, "text_model.encoder.layers.%d.layer_norm%d.weight", l, i);
+      cd_weights_put(w, k, 1, (int64_t[]){d}, g);
+      snprintf(k, sizeof k, "text_model.encoder.layers.%d.layer_norm%d.bias", l, i);
+      put(w, k, 1, (int64_t[]){d}, 0.1f, seed++);
+    }
+    snprintf(k, sizeof k, "text_model.encoder.layers.%d.mlp.fc1.weight", l);
+    put(w, k, 2, (int64_t[]){mlp, d}, 0.5f, seed++);
+    snprintf(k, sizeof k, "text_model.encoder.layers.%d.mlp.fc1.bias", l);
+    put(w, k, 1, (int64_t[]){mlp}, 0.1f, seed++);
+    snprintf(k, sizeof k, "text_model.encoder.layers.%d.mlp.fc2.weight", l);
+    put(w, k, 2, (int64_t[]){d, mlp}, 0.4f, seed++);
+    snprintf(k, sizeof k, "text_model.encoder.layers.%d.mlp.fc2.bias", l);
+    put(w, k, 1, (int64_t[]){d}, 0.1f, seed++);
+  }
+  float *g = rnd(d, 0.2f, seed++);
+  for (int j = 0; j < d; j++) g[j] += 1.0f;
+  cd_weights_put(w, "text_model.final_layer_norm.weight", 1, (int64_t[]){d}, g);
+  put(w, "text_model.final_layer_norm.bias", 1, (int64_t[]){d}, 0.1f, seed++);
+  if (proj) put(w, "text_projection.weight", 2, (int64_t[]){proj, d}, 0.5f, seed++);
+}
+
+/* ------------------------------------------------------------ double reference */
+
+static const float *wf(const tiny_enc *e, const char *fmt, int l) {
+  char k[128];
+  snprintf(k, sizeof k, fmt, l);
+  cd_weight *x = cd_weights_get(e->m.w, k);
+  return x ? cd_weight_f32(x) : NULL;
+}
+
+static void ln_d(const double *x, double *y, int n, const float *g, const float *b) {
+  double mu = 0, var = 0;
+  for (int i = 0; i < n; i++) mu += x[i];
+  mu /= n;
+  for (int i = 0; i < n; i++) var += (x[i] - mu) * (x[i] - mu);
+  var /= n;
+  double r = 1 / sqrt(var + 1e-5);
+  for (int i = 0; i < n; i++) y[i] = (x[i] - mu) * r * g[i] + b[i];
+}
+
+static void lin_d(const double *x, double *y, int in, int out, const float *W, const float *b) {
+  for (int o = 0; o < out; o++) {
+    double s = b ? b[o] : 0;
+    for (int i = 0; i < in; i++) s += W[(size_t)o * in + i] * x[i];
+    y[o] = s;
+  }
+}
+
+/* one prompt: pen [T, d] = hidden_states[-2]; pooled [proj] when e has a projection */
+static void enc_ref(const tiny_enc *e, const int *ids, const double *extra, double *pen, double *pooled) {
+  const cd_clip_config *c = &e->m.cfg;
+  const int d = c->width, H = c->heads, hd = d / H, F = c->mlp;
+  double *x = calloc((size_t)T * d, sizeof *x), *h = calloc((size_t)T * d, sizeof *h);
+  double *q = calloc((size_t)T * d, sizeof *q), *k = calloc((size_t)T * d, sizeof *k);
+  double *v = calloc((size_t)T * d, sizeof *v), *a = calloc((size_t)T * d, sizeof *a);
+  double *f = calloc((size_t)F, sizeof *f), *s = calloc((size_t)T, sizeof *s), *o = calloc((size_t)d, sizeof *o);
+  const float *tok = wf(e, "text_model.embeddings.token_embedding.weight", 0);
+  const float *pos = wf(e, "text_model.embeddings.position_embedding.weight", 0);
+  for (int t = 0; t < T; t++)
+    for (int j = 0; j < d; j++)
+      x[t * d + j] = (ids[t] < e->vocab ? tok[(size_t)ids[t] * d + j] : extra[(size_t)(ids[t] - e->vocab) * d + j]) +
+                     pos[t * d + j];
+  for (int l = 0; l < c->layers; l++) {
+    for (int t = 0; t < T; t++) {
+      ln_d(x + t * d, h + t * d, d, wf(e, "text_model.encoder.layers.%d.layer_norm1.weight", l),
+           wf(e, "text_model.encoder.layers.%d.layer_norm1.bias", l));
+      lin_d(h + t * d, q + t * d, d, d, wf(e, "text_model.encoder.layers.%d.self_attn.q_proj.weight", l),
+            wf(e, "text_model.encoder.layers.%d.self_attn.q_proj.bias", l));
+      lin_d(h + t * d, k + t * d, d, d, wf(e, "text_model.encoder.layers.%d.self_attn.k_proj.weight", l),
+            wf(e, "text_model.encoder.layers.%d.self_attn.k_proj.bias", l));
+      lin_d(h + t * d, v + t * d, d, d, wf(e, "text_model.encoder.layers.%d.self_attn.v_proj.weight", l),
+            wf(e, "text_model.encoder.layers.%d.self_attn.v_proj.bias", l));
+    }
+    for (int hh = 0; hh < H; hh++)
+      for (int t = 0; t < T; t++) {
+        double mx = -1e300, z = 0;
+        for (int u = 0; u <= t; u++) { /* causal */
+          double dot = 0;
+          for (int j = 0; j < hd; j++) dot += q[t * d + hh * hd + j] * k[u * d + hh * hd + j];
+          s[u] = dot / sqrt((double)hd);
+          if (s[u] > mx) mx = s[u];
+        }
+        for (int u = 0; u <= t; u++) z += s[u] = exp(s[u] - mx);
+        for (int j = 0; j < hd; j++) {
+          double acc = 0;
+          for (int u = 0; u <= t; u++) acc += s[u] / z * v[u * d + hh * hd + j];
+          a[t * d + hh * hd + j] = acc;
+        }
+      }
+    for (int t = 0; t < T; t++) {
+      lin_d(a + t * d, o, d, d, wf(e, "text_model.encoder.layers.%d.self_attn.out_proj.weight", l),
+            wf(e, "text_model.encoder.layers.%d.self_attn.out_proj.bias", l));
+      for (int j = 0; j < d; j++) x[t * d + j] += o[j];
+      ln_d(x + t * d, h + t * d, d, wf(e, "text_model.encoder.layers.%d.layer_norm2.weight", l),
+           wf(e, "text_model.encoder.layers.%d.layer_norm2.bias", l));
+      lin_d(h + t * d, f, d, F, wf(e, "text_model.encoder.layers.%d.mlp.fc1.weight", l),
+            wf(e, "text_model.encoder.layers.%d.mlp.fc1.bias", l));
+      for (int j = 0; j < F; j++)
+        f[j] = c->quick_gelu ? f[j] / (1 + exp(-1.702 * f[j])) : 0.5 * f[j] * (1 + erf(f[j] / sqrt(2.0)));
+      lin_d(f, o, F, d, wf(e, "text_model.encoder.layers.%d.mlp.fc2.weight", l),
+            wf(e, "text_model.encoder.layers.%d.mlp.fc2.bias", l));
+      for (int j = 0; j < d; j++) x[t * d + j] += o[j];
+    }
+    if (l == c->layers - 2) memcpy(pen, x, (size_t)T * d * sizeof *x);
+  }
+  if (pooled) {
+    int at = 0;
+    for (int t = 1; t < T; t++)
+      if (ids[t] > ids[at]) at = t;
+    ln_d(x + at * d, o, d, wf(e, "text_model.final_layer_norm.weight", 0), wf(e, "text_model.final_layer_norm.bias", 0));
+    lin_d(o, pooled, d, c->proj, wf(e, "text_projection.weight", 0), NULL);
+  }
+  free(x), free(h), free(q), free(k), free(v), free(a), free(f), free(s), free(o);
+}
+
+/* ------------------------------------------------------------ forward and gradient */
+
+enum { V = 60, D1 = 8, D2 = 12, P2 = 6, NB = 2 };
+
+/* two prompts: one with the added token (id V, which the pooled output then reads), one without */
+static void prompt_ids(int *ids) {
+  for (int b = 0; b < NB; b++) {
+    int *r = ids + b * T;
+    r[0] = V - 2; /* SOS */
+    r[1] = 5 + b;
+    r[2] = b == 0 ? V : 7; /* <new1> */
+    r[3] = 11;
+    r[4] = V - 1; /* EOS */
+    for (int j = 5; j < T; j++) r[j] = 0; /* tokenizer_2's pad; encoder 1 sees the same ids here */
+  }
+}
+
+/* loss = sum(r1 * concat(pen1, pen2)) + sum(r2 * pooled) in double */
+static double loss_ref(const tiny_enc *e1, const tiny_enc *e2, const int *ids, const double *x1,
+                       const double *x2, const float *r1, const float *r2, double *ctx, double *pooled) {
+  double *p1 = malloc(T * D1 * sizeof *p1), *p2 = malloc(T * D2 * sizeof *p2);
+  double L = 0;
+  for (int b = 0; b < NB; b++) {
+    enc_ref(e1, ids + b * T, x1, p1, NULL);
+    enc_ref(e2, ids + b * T, x2, p2, pooled + b * P2);
+    for (int t = 0; t < T; t++) {
+      for (int j = 0; j < D1; j++) ctx[((size_t)b * T + t) * (D1 + D2) + j] = p1[t * D1 + j];
+      for (int j = 0; j < D2; j++) ctx[((size_t)b * T + t) * (D1 + D2) + D1 + j] = p2[t * D2 + j];
+    }
+  }
+  for (int i = 0; i < NB * T * (D1 + D2); i++) L += r1[i] * ctx[i];
+  for (int i = 0; i < NB * P2; i++) L += r2[i] * pooled[i];
+  free(p1), free(p2);
+  return L;
+}
+
+TEST(two_encoder_concat_and_pooled_gradient) {
+  tiny_enc e1, e2;
+  make_enc(&e1, V, D1, 2, 3, 16, 1, 0, 100);  /* CLIP-L-like: quick_gelu, no projection */
+  make_enc(&e2, V, D2, 3, 3, 24, 0, P2, 200); /* bigG-like: gelu, projection */
+  int ids[NB * T];
+  prompt_ids(ids);
+  float *x1 = rnd(D1, 1.0f, 7), *x2 = rnd(D2, 1.0f, 8); /* the added token's row in each table */
+  const int64_t nc = (int64_t)NB * T * (D1 + D2);
+  float *r1 = rnd(nc, 1.0f, 9), *r2 = rnd(NB * P2, 1.0f, 10);
+  float *ctx = malloc((size_t)nc * sizeof *ctx), pooled[NB * P2], g1[D1], g2[D2];
+
+  cd_graph *g = cd_graph_new();
+  cd_node *in = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){NB, T});
+  cd_node *sel = cd_input(g, "sel", 3, (int64_t[]){NB, 1, T});
+  cd_node *n1 = cd_param(g, "x1", x1, 2, (int64_t[]){1, D1}), *n2 = cd_param(g, "x2", x2, 2, (int64_t[]){1, D2});
+  cd_set_trainable(n1);
+  cd_set_trainable(n2);
+  cd_node *pool = NULL;
+  cd_node *h1 = cd_clip_build_sdxl(g, &e1.m, in, n1, NULL, NULL);
+  cd_node *h2 = cd_clip_build_sdxl(g, &e2.m, in, n2, sel, &pool);
+  cd_node *c = cd_concat(g, h1, h2, 2);
+  cd_node *loss = cd_add(g, cd_sum(g, cd_mul(g, c, cd_param(g, "r1", r1, 3, (int64_t[]){NB, T, D1 + D2}))),
+                         cd_sum(g, cd_mul(g, pool, cd_param(g, "r2", r2, 2, (int64_t[]){NB, P2}))));
+  cd_graph_output(g, c);
+  cd_graph_output(g, pool);
+  float selv[NB * T];
+  cd_clip_pool_select(&e2.m.cfg, ids, NB, T, selv);
+  cd_plan_opts po = {.training = 1, .loss = loss};
+  int ok = !cd_graph_plan(g, &po) && !cd_graph_set_input_i32(g, in, ids) && !cd_graph_set_input(g, sel, selv) &&
+           !cd_graph_forward(g) && !cd_graph_backward(g) && !cd_graph_get(g, c, ctx) && !cd_graph_get(g, pool, pooled) &&
+           !cd_graph_get_grad(g, n1, g1) && !cd_graph_get_grad(g, n2, g2);
+  if (!ok) fprintf(stderr, "graph: %s\n", cd_last_error());
+
+  double *xd1 = malloc(D1 * sizeof *xd1), *xd2 = malloc(D2 * sizeof *xd2);
+  for (int j = 0; j < D1; j++) xd1[j] = x1[j];
+  for (int j = 0; j < D2; j++) xd2[j] = x2[j];
+  double *cref = malloc((size_t)nc * sizeof *cref), pref[NB * P2];
+  loss_ref(&e1, &e2, ids, xd1, xd2, r1, r2, cref, pref);
+  /* forward: each value is a chain of three float32 layers of at most 24-term dot
+   * products, LayerNorms and softmaxes over <= 77 terms: test.h's gamma(77) covers the
+   * rounding of the longest sum with a wide margin per layer */
+  double ec = 0, nrm = 0, ep = 0, np = 0;
+  for (int64_t i = 0; i < nc; i++) ec += (ctx[i] - cref[i]) * (ctx[i] - cref[i]), nrm += cref[i] * cref[i];
+  for (int i = 0; i < NB * P2; i++) ep += (pooled[i] - pref[i]) * (pooled[i] - pref[i]), np += pref[i] * pref[i];
+  double ftol = 10 * test_gamma(77);
+  /* central differences of the double reference (h = 1e-5: truncation O(h^2) and
+   * cancellation O(1e-16/h) both far below the float32 gradient's own error) */
+  double fd1[D1], fd2[D2], h = 1e-5, gn = 0, gd = 0, *tc = malloc((size_t)nc * sizeof *tc), tp[NB * P2];
+  for (int j = 0; j < D1 + D2; j++) {
+    double *x = j < D1 ? xd1 + j : xd2 + (j - D1), x0 = *x;
+    *x = x0 + h;
+    double lp = loss_ref(&e1, &e2, ids, xd1, xd2, r1, r2, tc, tp);
+    *x = x0 - h;
+    double lm = loss_ref(&e1, &e2, ids, xd1, xd2, r1, r2, tc, tp);
+    *x = x0;
+    double fd = (lp - lm) / (2 * h), an = j < D1 ? g1[j] : g2[j - D1];
+    if (j < D1) fd1[j] = fd;
+    else fd2[j - D1] = fd;
+    gn += (an - fd) * (an - fd), gd += fd * fd;
+  }
+  double n1g = 0, n2g = 0;
+  for (int j = 0; j < D1; j++) n1g += fd1[j] * fd1[j];
+  for (int j = 0; j < D2; j++) n2g += fd2[j] * fd2[j];
+  cd_graph_free(g);
+  cd_weights_free(e1.m.w), cd_weights_free(e2.m.w);
+  free(x1), free(x2), free(r1), free(r2), free(ctx), free(xd1), free(xd2), free(cref), free(tc);
+  CHECK(ok);
+  CHECKF(sqrt(ec / nrm) <= ftol, "context rel err %.3g > %.3g", sqrt(ec / nrm), ftol);
+  CHECKF(sqrt(ep / np) <= ftol, "pooled rel err %.3g > %.3g", sqrt(ep / np), ftol);
+  /* both tables' added rows get a gradient: encoder 1 through the context only,
+   * encoder 2 through the context and the pooled output that reads the added token */
+  CHECK(n1g > 0 && n2g > 0);
+  /* test.h's op-check bound for gradients through a few float32 layers (1e-3 relative L2) */
+  CHECKF(sqrt(gn / gd) <= 1e-3, "gradient rel err %.3g vs central differences", sqrt(gn / gd));
+}
+
+/* the penultimate output without a pooled one leaves the last layer and the final LayerNorm
+ * unread but known (no unknown-key error), and needs no projection */
+TEST(penultimate_marks_unread_weights) {
+  tiny_enc e;
+  make_enc(&e, V, D1, 2, 2, 16, 1, 4, 300);
+  cd_graph *g = cd_graph_new();
+  cd_node *in = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){1, T});
+  cd_weights_clear_used(e.m.w);
+  cd_node *y = cd_clip_build_sdxl(g, &e.m, in, NULL, NULL, NULL);
+  cd_graph_output(g, y);
+  int rc = cd_graph_plan(g, NULL);
+  int unused = cd_weights_check_unused(e.m.w, "text encoder", "test");
+  const char *err = cd_last_error();
+  int shape_ok = y->ndim == 3 && y->ne[2] == D1;
+  /* clip skip 2 (diffusers' SDXL clip_skip 1) reads hidden_states[-3] */
+  CHECK_OK(cd_clip_set_skip(&e.m, 2));
+  cd_graph *g2 = cd_graph_new();
+  cd_node *in2 = cd_input_typed(g2, "ids", CD_TYPE_I32, 2, (int64_t[]){1, T});
+  cd_node *y2 = cd_clip_build_sdxl(g2, &e.m, in2, NULL, NULL, NULL);
+  int rc2 = cd_graph_plan(g2, NULL);
+  const char *err2 = rc2 ? cd_last_error() : "";
+  /* clip skip 2 of 2 layers reads the embeddings (hidden_states[0]); 3 is out of range */
+  int y2_ok = y2->ndim == 3 && y2->ne[2] == D1;
+  int bad3 = cd_clip_set_skip(&e.m, 3) != 0 && strstr(cd_last_error(), "--clip-skip") != NULL;
+  cd_graph_free(g), cd_graph_free(g2);
+  cd_weights_free(e.m.w);
+  CHECKF(rc == 0, "plan: %s", err);
+  CHECKF(unused == 0, "unused: %s", err);
+  CHECK(shape_ok);
+  CHECKF(rc2 == 0 && y2, "skip 2: %s", err2);
+  CHECK(y2_ok);
+  CHECK(bad3);
+}
+
+/* ------------------------------------------------------------ loading both layouts */
+
+static int copy_file(const char *src, const char *dst) {
+  char *d;
+  size_t n;
+  if (cd_read_file(src, &d, &n)) return -1;
+  int rc = cd_write_file_atomic(dst, d, n);
+  free(d);
+  return rc;
+}
+
+static int write_text(const char *path, const char *s) { return cd_write_file_atomic(path, s, strlen(s)); }
+
+/* An SDXL folder of text parts: text_encoder = tiny-sd1's (quick_gelu, EOS padding),
+ * text_encoder_2 = tiny-sd2's encoder plus a random text_projection (gelu, "!" padding). */
+static int make_folder(const char *dir, const char *g1, const char *g2) {
+  char a[1200], b[1200];
+  static const char *const sub[] = {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"};
+  for (int i = 0; i < 4; i++) {
+    snprintf(a, sizeof a, "%s/%s", dir, sub[i]);
+    if (cd_mkdir_p(a)) return -1;
+  }
+  if (write_text(test_path_in(dir, "model_index.json"),
+                 "{\"_class_name\": \"StableDiffusionXLPipeline\", \"text_encoder\": [\"transformers\", "
+                 "\"CLIPTextModel\"], \"text_encoder_2\": [\"transformers\", \"CLIPTextModelWithProjection\"]}"))
+    return -1;
+  static const char *const tokf[] = {"vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"};
+  for (int i = 0; i < 4; i++) {
+    snprintf(a, sizeof a, "%s/tokenizer/%s", g1, tokf[i]);
+    snprintf(b, sizeof b, "%s/tokenizer/%s", dir, tokf[i]);
+    if (cd_file_exists(a) && copy_file(a, b)) return -1;
+    snprintf(a, sizeof a, "%s/tokenizer/%s", g2, tokf[i]);
+    snprintf(b, sizeof b, "%s/tokenizer_2/%s", dir, tokf[i]);
+    if (cd_file_exists(a) && copy_file(a, b)) return -1;
+  }
+  snprintf(a, sizeof a, "%s/text_encoder/config.json", g1);
+  snprintf(b, sizeof b, "%s/text_encoder/config.json", dir);
+  if (copy_file(a, b)) return -1;
+  snprintf(a, sizeof a, "%s/text_encoder/model.safetensors", g1);
+  snprintf(b, sizeof b, "%s/text_encoder/model.safetensors", dir);
+  if (copy_file(a, b)) return -1;
+  snprintf(a, sizeof a, "%s/text_encoder/config.json", g2);
+  snprintf(b, sizeof b, "%s/text_encoder_2/config.json", dir);
+  if (copy_file(a, b)) return -1;
+  /* text_encoder_2 weights: tiny-sd2's plus text_projection.weight [8, width] */
+  cd_tensor_file *f;
+  snprintf(a, sizeof a, "%s/text_encoder/model.safetensors", g2);
+  if (cd_tensor_file_open(a, &f)) return -1;
+  int n = cd_tf_count(f), w = 0;
+  cd_tensor_out *o = cd_calloc((size_t)n + 1, sizeof *o);
+  for (int i = 0; i < n; i++) {
+    const cd_tensor_info *t = cd_tf_at(f, i);
+    o[i] = (cd_tensor_out){.name = t->name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
+    memcpy(o[i].shape, t->shape, sizeof o[i].shape);
+    if (strstr(t->name, "token_embedding")) w = (int)t->shape[1];
+  }
+  float *pj = rnd((int64_t)8 * w, 0.3f, 77);
+  o[n] = (cd_tensor_out){.name = "text_projection.weight", .dtype = CD_DT_F32, .ndim = 2, .shape = {8, w}, .data = pj};
+  snprintf(b, sizeof b, "%s/text_encoder_2/model.safetensors", dir);
+  int rc = w > 0 ? cd_safetensors_write(b, o, n + 1, NULL, 0) : -1;
+  cd_tensor_file_close(f);
+  free(o), free(pj);
+  return rc;
+}
+
+/* The same weights in SGM's single-file layout: conditioner.embedders.0.transformer.text_model.*
+ * (HF names) and conditioner.embedders.1.model.* (OpenCLIP: fused in_proj, ln_1/ln_2,
+ * mlp.c_fc/c_proj, text_projection as [width, proj] used as x @ P), plus tiny-sd1's UNet
+ * (a single file needs one to be recognised; it is not loaded). */
+static int make_single(const char *file, const cd_sd_model *m, const char *unet_file) {
+  int cap = 4096, n = 0, rc = -1;
+  cd_tensor_out *o = cd_calloc((size_t)cap, sizeof *o);
+  char **names = cd_calloc((size_t)cap, sizeof *names);
+  float **own = cd_calloc((size_t)cap, sizeof *own);
+  int nown = 0;
+  cd_tensor_file *uf = NULL;
+#define ADD(nm, nd, sh, dp) do { names[n] = cd_strdup(nm); o[n] = (cd_tensor_out){.name = names[n], .dtype = CD_DT_F32, .ndim = (nd), .data = (dp)}; \
+    memcpy(o[n].shape, (sh), (size_t)(nd) * sizeof(int64_t)); n++; } while (0)
+  for (int i = 0; i < cd_weights_count(m->clip.w); i++) {
+    cd_weight *x = cd_weights_at(m->clip.w, i);
+    char k[256];
+    snprintf(k, sizeof k, "conditioner.embedders.0.transformer.%s", x->name);
+    ADD(k, x->ndim, x->ne, cd_weight_f32(x));
+  }
+  const cd_clip_config *c = &m->clip2.cfg;
+  const int64_t d = c->width;
+  cd_weights *w = m->clip2.w;
+  char k[256], s[256];
+  static const char *const ren[][2] = {{"layer_norm1.", "ln_1."}, {"layer_norm2.", "ln_2."},
+                                       {"self_attn.out_proj.", "attn.out_proj."}, {"mlp.fc1.", "mlp.c_fc."},
+                                       {"mlp.fc2.", "mlp.c_proj."}};
+  for (int l = 0; l < c->layers; l++) {
+    for (int r = 0; r < 5; r++)
+      for (int wb = 0; wb < 2; wb++) {
+        snprintf(s, sizeof s, "text_model.encoder.layers.%d.%s%s", l, ren[r][0], wb ? "bias" : "weight");
+        snprintf(k, sizeof k, "conditioner.embedders.1.model.transformer.resblocks.%d.%s%s", l, ren[r][1], wb ? "bias" : "weight");
+        cd_weight *x = cd_weights_get(w, s);
+        if (!x) goto done;
+        ADD(k, x->ndim, x->ne, cd_weight_f32(x));
+      }
+    for (int wb = 0; wb < 2; wb++) { /* in_proj = [q; k; v] */
+      int64_t per = wb ? d : d * d;
+      float *cat = own[nown++] = cd_malloc((size_t)(3 * per) * sizeof(float));
+      static const char qkv[3] = {'q', 'k', 'v'};
+      for (int p = 0; p < 3; p++) {
+        snprintf(s, sizeof s, "text_model.encoder.layers.%d.self_attn.%c_proj.%s", l, qkv[p], wb ? "bias" : "weight");
+        cd_weight *x = cd_weights_get(w, s);
+        if (!x) goto done;
+        memcpy(cat + p * per, cd_weight_f32(x), (size_t)per * sizeof(float));
+      }
+      snprintf(k, sizeof k, "conditioner.embedders.1.model.transformer.resblocks.%d.attn.in_proj_%s", l, wb ? "bias" : "weight");
+      if (wb) ADD(k, 1, ((int64_t[]){3 * d}), cat);
+      else ADD(k, 2, ((int64_t[]){3 * d, d}), cat);
+    }
+  }
+  cd_weight *x = cd_weights_get(w, "text_model.embeddings.token_embedding.weight");
+  ADD("conditioner.embedders.1.model.token_embedding.weight", 2, x->ne, cd_weight_f32(x));
+  x = cd_weights_get(w, "text_model.embeddings.position_embedding.weight");
+  ADD("conditioner.embedders.1.model.positional_embedding", 2, x->ne, cd_weight_f32(x));
+  x = cd_weights_get(w, "text_model.final_layer_norm.weight");
+  ADD("conditioner.embedders.1.model.ln_final.weight", 1, x->ne, cd_weight_f32(x));
+  x = cd_weights_get(w, "text_model.final_layer_norm.bias");
+  ADD("conditioner.embedders.1.model.ln_final.bias", 1, x->ne, cd_weight_f32(x));
+  x = cd_weights_get(w, "text_projection.weight");
+  float *pt = own[nown++] = cd_malloc((size_t)(x->ne[0] * x->ne[1]) * sizeof(float));
+  for (int64_t i = 0; i < x->ne[0]; i++)
+    for (int64_t j = 0; j < x->ne[1]; j++) pt[j * x->ne[0] + i] = cd_weight_f32(x)[i * x->ne[1] + j];
+  ADD("conditioner.embedders.1.model.text_projection", 2, ((int64_t[]){x->ne[1], x->ne[0]}), pt);
+  if (cd_tensor_file_open(unet_file, &uf)) goto done;
+  for (int i = 0; i < cd_tf_count(uf); i++) {
+    const cd_tensor_info *t = cd_tf_at(uf, i);
+    if (strncmp(t->name, "model.diffusion_model.", 22)) continue;
+    names[n] = cd_strdup(t->name);
+    o[n] = (cd_tensor_out){.name = names[n], .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
+    memcpy(o[n].shape, t->shape, sizeof o[n].shape);
+    n++;
+  }
+#undef ADD
+  rc = cd_safetensors_write(file, o, n, NULL, 0);
+done:
+  if (uf) cd_tensor_file_close(uf);
+  for (int i = 0; i < n; i++) free(names[i]);
+  for (int i = 0; i < nown; i++) free(own[i]);
+  free(names), free(own), free(o);
+  return rc;
+}
+
+static int same(const cd_weights *a, const cd_weights *b) {
+  if (!a || !b || cd_weights_count(a) != cd_weights_count(b)) return 0;
+  for (int i = 0; i < cd_weights_count(a); i++) {
+    cd_weight *x = cd_weights_at(a, i), *y = cd_weights_get(b, x->name);
+    if (!y || x->ndim != y->ndim || memcmp(x->ne, y->ne, sizeof x->ne)) return 0;
+    if (memcmp(cd_weight_f32(x), cd_weight_f32(y), (size_t)cd_numel(x->ndim, x->ne) * sizeof(float))) return 0;
+  }
+  return 1;
+}
+
+TEST(load_folder_and_single_file) {
+  char g1[1024], g2[1024], uf[1024];
+  NEED_GOLDEN(g1, "tiny-sd1");
+  NEED_GOLDEN(g2, "tiny-sd2");
+  NEED_GOLDEN(uf, "tiny-sd1_original.safetensors");
+  char dir[1200], file[1200];
+  snprintf(dir, sizeof dir, "%s", test_tmpdir("xl"));
+  CHECK(cd_mkdir_p(dir) == 0);
+  CHECK_OK(make_folder(dir, g1, g2));
+  cd_load_opts opt = {.no_unet = 1, .no_vae = 1};
+  cd_sd_model *m = NULL, *s = NULL;
+  CHECK_OK(cd_sd_load(dir, &opt, &m));
+  int fam = m->family == CD_FAMILY_SDXL && cd_sd_ntext(m) == 2 && !strcmp(cd_family_name(m->family), "SDXL");
+  int cfg = m->clip2.cfg.proj == 8 && m->clip2.cfg.width == 24 && !m->clip2.cfg.quick_gelu && m->clip.cfg.quick_gelu &&
+            m->clip2.cfg.pool_id == 0;
+  /* tokenizer pads with EOS, tokenizer_2 with "!" (id 0) from its own files */
+  int pads = m->tok && m->tok2 && cd_tokenizer_pad(m->tok) == 49407 && cd_tokenizer_pad(m->tok2) == 0 &&
+             m->clip.cfg.pad_id == 49407 && m->clip2.cfg.pad_id == 0;
+  snprintf(file, sizeof file, "%s/xl.safetensors", test_tmpdir("xl1"));
+  CHECK(cd_mkdir_p(test_tmpdir("xl1")) == 0);
+  int wr = make_single(file, m, uf);
+  int ld = wr ? -1 : cd_sd_load(file, &opt, &s);
+  const char *err = ld ? cd_last_error() : "";
+  int fams = s && s->family == CD_FAMILY_SDXL && s->clip2.cfg.proj == 8 && s->clip2.cfg.layers == m->clip2.cfg.layers &&
+             s->clip.cfg.layers == m->clip.cfg.layers;
+  int eq1 = s && same(m->clip.w, s->clip.w), eq2 = s && same(m->clip2.w, s->clip2.w);
+  int hash = s && !strcmp(m->hash, s->hash);
+  cd_sd_free(m);
+  cd_sd_free(s);
+  CHECK(fam);
+  CHECK(cfg);
+  CHECK(pads);
+  CHECKF(wr == 0 && ld == 0, "single file: %s", err);
+  CHECK(fams);
+  CHECK(eq1);
+  CHECK(eq2);
+  CHECK(hash);
+}
+
+int main(void) {
+  RUN(pool_select_rules);
+  RUN(two_encoder_concat_and_pooled_gradient);
+  RUN(penultimate_marks_unread_weights);
+  RUN(load_folder_and_single_file);
+  return test_summary();
+}
