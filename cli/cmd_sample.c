@@ -120,8 +120,37 @@ static int save_image(const char *path, const cd_image *im, const sample_meta *s
 
 static const cli_cmd spec = {"sample", "--model PATH --prompt TEXT --out FILE.png|FILE.jpg|DIR [flags]"};
 
+/* The sampler's fit with the sigma schedule and the step count (usage errors). */
+static int check_sampler(cli_opt *opts, cd_sampler_kind kind, cd_sigma_sched sigsched, int steps) {
+  if (sigsched != CD_SIGMAS_DISCRETE && !cd_sampler_sigma_based(kind)) {
+    cli_error(opts, &spec, "--scheduler",
+              "%s needs a sigma sampler (euler, euler_a, dpmpp_2m, heun, dpm2, dpmpp_2s_a, dpmpp_sde), not %s",
+              cd_sigma_sched_name(sigsched), cd_sampler_name(kind));
+    return -1;
+  }
+  if (kind == CD_SAMPLER_LCM && steps > 50) {
+    cli_error(opts, &spec, "--steps", "must be in 1..50 for lcm (its original_inference_steps; got %d)", steps);
+    return -1;
+  }
+  return 0;
+}
+
+/* "A,B": two integers, positive (or >= 0 when !positive) */
+static int parse_pair(const char *s, int positive, int *a, int *b) {
+  char *e1, *e2 = NULL;
+  long x = strtol(s, &e1, 10);
+  long y = e1 != s && *e1 == ',' ? strtol(e1 + 1, &e2, 10) : 0;
+  if (e1 == s || *e1 != ',' || e2 == e1 + 1 || *e2 || x < !!positive || y < !!positive || x > 1 << 20 || y > 1 << 20)
+    return cd_set_error("expects two %s integers A,B (got '%s')", positive ? "positive" : "non-negative", s);
+  *a = (int)x;
+  *b = (int)y;
+  return 0;
+}
+
+
 int cmd_sample(int argc, char **argv) {
-  const char *model = NULL, *prompt = NULL, *negative = "", *sampler = "ddim", *out = NULL, *init = NULL, *save = NULL;
+  const char *model = NULL, *prompt = NULL, *negative = "", *sampler = NULL, *out = NULL, *init = NULL, *save = NULL;
+  const char *orig_size = NULL, *crop = NULL, *target_size = NULL;
   const char *prediction = NULL, *vocab = NULL, *init_image = NULL, *scheduler = NULL, *weights_dtype = NULL;
   float strength = 0.75f;
   int steps = 30, width = 0, height = 0, n = 0, karras = 0, tile = 0, clip_skip = 1, overwrite = 0;
@@ -133,7 +162,7 @@ int cmd_sample(int argc, char **argv) {
       {"--prompt", CLI_STR, &prompt, "TEXT", "the prompt (required)", "-p", CLI_REQUIRED},
       {"--negative", CLI_STR, &negative, "TEXT", "negative prompt (default empty)", "-n --negative-prompt"},
       {"--sampler", CLI_STR, &sampler, "NAME",
-       "ddim|ddpm|pndm|euler|euler_a|dpmpp_2m|heun|dpm2|dpmpp_2s_a|dpmpp_sde|lcm (default ddim; aliases plms, dpm++2m, dpm++2s_a, dpm++sde)",
+       "ddim|ddpm|pndm|euler|euler_a|dpmpp_2m|heun|dpm2|dpmpp_2s_a|dpmpp_sde|lcm (default ddim; SDXL: euler, its scheduler; aliases plms, dpm++2m, dpm++2s_a, dpm++sde)",
        "--sampling-method"},
       {"--steps", CLI_INT, &steps, "N", "sampling steps (default 30)", NULL, CLI_RANGE(1, 1000)},
       {"--cfg", CLI_FLOAT, &cfg, "S", "classifier-free guidance scale (default 7.5; <= 1 disables)", "--cfg-scale", CLI_MIN(0)},
@@ -142,9 +171,12 @@ int cmd_sample(int argc, char **argv) {
       {"--karras", CLI_FLAG, &karras, "", "same as --scheduler karras"},
       {"--clip-skip", CLI_INT, &clip_skip, "N", "text-encoder layer: 1 = the model's default (SD 1.x last, SD 2.x penultimate), 2 = one before, ... (default 1)", NULL, CLI_MIN(1)},
       {"--seed", CLI_SEED, &seed, "N", "seed of the initial noise; image i uses seed+i (default 42; -1: random)", "-s"},
-      {"--width", CLI_INT, &width, "W", "image width in pixels (default: the model's resolution, 512 for SD 1.x)", "-W", CLI_MIN(8)},
+      {"--width", CLI_INT, &width, "W", "image width in pixels (default: the model's resolution, 512 for SD 1.x, 1024 for SDXL)", "-W", CLI_MIN(8)},
       {"--height", CLI_INT, &height, "H", "image height in pixels (default: --width)", "-H", CLI_MIN(8)},
       {"--n", CLI_INT, &n, "N", "number of images (default 1)", "-b --batch-count", CLI_RANGE(1, 64)},
+      {"--original-size", CLI_STR, &orig_size, "W,H", "SDXL micro-conditioning: the original image size (default: the image size)"},
+      {"--crop", CLI_STR, &crop, "T,L", "SDXL micro-conditioning: crop top-left (default 0,0)"},
+      {"--target-size", CLI_STR, &target_size, "W,H", "SDXL micro-conditioning: the target size (default: the image size)"},
       {"--init-latents", CLI_STR, &init, "F", "safetensors with 'latents' [N,4,H/8,W/8] replacing the seeded noise"},
       {"--init-image", CLI_STR, &init_image, "F", "img2img: start from this PNG/JPEG (resized to --width x --height)", "-i --init-img"},
       {"--strength", CLI_FLOAT, &strength, "S", "img2img: 1 = ignore the image, 0 = keep it (default 0.75)", NULL, CLI_RANGE(0, 1)},
@@ -160,18 +192,18 @@ int cmd_sample(int argc, char **argv) {
   int r = cli_parse(argc, argv, opts, &spec, NULL);
   if (r != CLI_GO) return r;
   cd_gen_opts go = {.prompt = prompt, .negative = negative, .cfg = cfg};
-  if (cd_sampler_parse(sampler, &go.s.kind)) return cli_error(opts, &spec, "--sampler", "%s", cd_last_error());
+  if (cd_sampler_parse(sampler ? sampler : "ddim", &go.s.kind)) return cli_error(opts, &spec, "--sampler", "%s", cd_last_error());
+  if (orig_size && parse_pair(orig_size, 1, &go.micro.orig_w, &go.micro.orig_h))
+    return cli_error(opts, &spec, "--original-size", "%s", cd_last_error());
+  if (crop && parse_pair(crop, 0, &go.micro.crop_top, &go.micro.crop_left))
+    return cli_error(opts, &spec, "--crop", "%s", cd_last_error());
+  if (target_size && parse_pair(target_size, 1, &go.micro.target_w, &go.micro.target_h))
+    return cli_error(opts, &spec, "--target-size", "%s", cd_last_error());
   cd_sigma_sched sigsched = karras ? CD_SIGMAS_KARRAS : CD_SIGMAS_DISCRETE;
   if (scheduler && cd_sigma_sched_parse(scheduler, &sigsched)) return cli_error(opts, &spec, "--scheduler", "%s", cd_last_error());
   if (karras && sigsched != CD_SIGMAS_KARRAS) return cli_error(opts, &spec, "--karras", "contradicts --scheduler %s", scheduler);
-  if (sigsched != CD_SIGMAS_DISCRETE && !cd_sampler_sigma_based(go.s.kind))
-    return cli_error(opts, &spec, "--scheduler",
-                     "%s needs a sigma sampler (euler, euler_a, dpmpp_2m, heun, dpm2, dpmpp_2s_a, dpmpp_sde), not %s",
-                     cd_sigma_sched_name(sigsched), cd_sampler_name(go.s.kind));
-  if (go.s.kind == CD_SAMPLER_LCM && steps > 50)
-    return cli_error(opts, &spec, "--steps", "must be in 1..50 for lcm (its original_inference_steps; got %d)", steps);
-  int eta_used = go.s.kind == CD_SAMPLER_DDIM; /* the only sampler with a free eta (DDPM's is 1) */
-  if (!eta_used) cli_warn_unused(opts, "--eta", "with this sampler (only ddim takes an eta); not recorded");
+  /* without --sampler the model's own scheduler decides (SDXL: euler), checked after loading */
+  if (sampler && check_sampler(opts, go.s.kind, sigsched, steps)) return CLI_EXIT_USAGE;
   if (!init_image) cli_warn_unused(opts, "--strength", "without --init-image; not recorded");
   go.s.steps = steps;
   go.s.eta = eta;
@@ -202,6 +234,24 @@ int cmd_sample(int argc, char **argv) {
     fprintf(stderr, "cdiff sample: %s\n", cd_last_error());
     cd_image_free(&src);
     return 1;
+  }
+  if (!sampler && m->family == CD_FAMILY_SDXL) go.s.kind = CD_SAMPLER_EULER; /* SDXL base's scheduler */
+  if (!sampler && check_sampler(opts, go.s.kind, sigsched, steps)) {
+    cd_image_free(&src);
+    cd_sd_free(m);
+    return CLI_EXIT_USAGE;
+  }
+  int eta_used = go.s.kind == CD_SAMPLER_DDIM; /* the only sampler with a free eta (DDPM's is 1) */
+  if (!eta_used) cli_warn_unused(opts, "--eta", "with this sampler (only ddim takes an eta); not recorded");
+  if (m->family != CD_FAMILY_SDXL) {
+    static const char *const mc[3] = {"--original-size", "--crop", "--target-size"};
+    for (int i = 0; i < 3; i++) cli_warn_unused(opts, mc[i], "on SD 1.x/2.x (no micro-conditioning): no effect");
+  }
+  /* SDXL: both encoders take the same clip skip (diffusers' clip_skip applies to both) */
+  if (m->family == CD_FAMILY_SDXL && cd_clip_set_skip(&m->clip2, clip_skip)) {
+    cd_image_free(&src);
+    cd_sd_free(m);
+    return cli_error_msg(opts, &spec, cd_last_error());
   }
   if (cd_clip_set_skip(&m->clip, clip_skip)) { /* the range depends on the model's text encoder */
     cd_image_free(&src);

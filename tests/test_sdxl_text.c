@@ -8,10 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "custom/delta.h"
+#include "custom/merge.h"
+#include "diffusion/sdxl_cond.h"
 #include "io/fsutil.h"
 #include "io/tensor_file.h"
 #include "models/clip.h"
 #include "models/sd_model.h"
+#include "models/token_table.h"
 #include "models/tokenizer.h"
 #include "test.h"
 
@@ -99,6 +103,17 @@ static void make_enc(tiny_enc *e, int vocab, int d, int heads, int layers, int m
   cd_weights_put(w, "text_model.final_layer_norm.weight", 1, (int64_t[]){d}, g);
   put(w, "text_model.final_layer_norm.bias", 1, (int64_t[]){d}, 0.1f, seed++);
   if (proj) put(w, "text_projection.weight", 2, (int64_t[]){proj, d}, 0.5f, seed++);
+}
+
+/* appends one row (the added token) to the token table; the config counts it */
+static void add_row(tiny_enc *e, const float *row) {
+  cd_weight *t = cd_weights_get(e->m.w, "text_model.embeddings.token_embedding.weight");
+  const int64_t V0 = t->ne[0], d = t->ne[1];
+  float *n = cd_malloc(sizeof(float) * (size_t)(V0 + 1) * d);
+  memcpy(n, cd_weight_f32(t), sizeof(float) * (size_t)V0 * d);
+  memcpy(n + V0 * d, row, sizeof(float) * (size_t)d);
+  cd_weights_put(e->m.w, "text_model.embeddings.token_embedding.weight", 2, (int64_t[]){V0 + 1, d}, n);
+  e->m.cfg.vocab = (int)(V0 + 1);
 }
 
 /* ------------------------------------------------------------ double reference */
@@ -242,10 +257,15 @@ TEST(two_encoder_concat_and_pooled_gradient) {
   float *r1 = rnd(nc, 1.0f, 9), *r2 = rnd(NB * P2, 1.0f, 10);
   float *ctx = malloc((size_t)nc * sizeof *ctx), pooled[NB * P2], g1[D1], g2[D2];
 
+  /* the added token is the tables' last row (id V), as cd_sd_add_tokens leaves it; the
+   * graph trains it as its own node (cd_w_rows), the reference reads x1/x2 for id V */
+  add_row(&e1, x1);
+  add_row(&e2, x2);
   cd_graph *g = cd_graph_new();
   cd_node *in = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){NB, T});
   cd_node *sel = cd_input(g, "sel", 3, (int64_t[]){NB, 1, T});
-  cd_node *n1 = cd_param(g, "x1", x1, 2, (int64_t[]){1, D1}), *n2 = cd_param(g, "x2", x2, 2, (int64_t[]){1, D2});
+  cd_node *n1 = cd_w_rows(g, e1.m.w, V, V + 1, "text_model.embeddings.token_embedding.weight");
+  cd_node *n2 = cd_w_rows(g, e2.m.w, V, V + 1, "text_model.embeddings.token_embedding.weight");
   cd_set_trainable(n1);
   cd_set_trainable(n2);
   cd_node *pool = NULL;
@@ -537,10 +557,151 @@ TEST(load_folder_and_single_file) {
   CHECK(hash);
 }
 
+/* the text parts of a tiny SDXL: 0, or GOLDEN_STATUS's 1 (skip) / -1 (fail) with test_msg set */
+static int load_text_folder(cd_sd_model **out) {
+  char g1[1024], g2[1024];
+  int st = test_golden_need(g1, sizeof g1, "tiny-sd1");
+  if (!st) st = test_golden_need(g2, sizeof g2, "tiny-sd2");
+  if (st) return st;
+  static int k;
+  char sub[16], dir[1200];
+  snprintf(sub, sizeof sub, "xlt%d", k++);
+  snprintf(dir, sizeof dir, "%s", test_tmpdir(sub));
+  cd_load_opts opt = {.no_unet = 1, .no_vae = 1};
+  cd_sd_model *m = NULL;
+  if (cd_mkdir_p(dir) || make_folder(dir, g1, g2) || cd_sd_load(dir, &opt, &m)) {
+    snprintf(test_msg, sizeof test_msg, "tiny SDXL text folder: %s", cd_last_error());
+    return -1;
+  }
+  *out = m;
+  return 0;
+}
+
+static int rows_equal(const cd_clip *c, int64_t a, const float *row) {
+  cd_weight *t = cd_weights_get(c->w, CD_TOKEN_TABLE);
+  return t && t->ne[0] > a && !memcmp(cd_weight_f32(t) + a * t->ne[1], row, sizeof(float) * (size_t)t->ne[1]);
+}
+
+/* a modifier token goes to both tokenizers and both tables, each row from its own table's
+ * initializer row (diffusers_training_sdxl.py), with one id */
+TEST(tokens_go_to_both_encoders) {
+  cd_sd_model *m = NULL;
+  GOLDEN_STATUS(load_text_folder(&m));
+  const char *tok[1] = {"<new1>"};
+  int init[1] = {cd_tokenizer_lookup(m->tok, "ktn")}, ids[1] = {-1};
+  float r1[16], r2[24];
+  cd_weight_row_f32(cd_weights_get(m->clip.w, CD_TOKEN_TABLE), init[0], r1);
+  cd_weight_row_f32(cd_weights_get(m->clip2.w, CD_TOKEN_TABLE), init[0], r2);
+  int rc = cd_sd_add_tokens(m, 1, tok, init, NULL, ids);
+  char err[512];
+  snprintf(err, sizeof err, "%s", rc ? cd_last_error() : "");
+  int same_id = ids[0] == 49408 && cd_tokenizer_lookup(m->tok, "<new1>") == 49408 && cd_tokenizer_lookup(m->tok2, "<new1>") == 49408;
+  int grown = m->clip.cfg.vocab == 49409 && m->clip2.cfg.vocab == 49409;
+  int rows = rows_equal(&m->clip, 49408, r1) && rows_equal(&m->clip2, 49408, r2);
+  /* rows for one table only cannot describe an SDXL token */
+  const char *tok2[1] = {"<new2>"};
+  int one_table = cd_sd_add_tokens(m, 1, tok2, NULL, r1, NULL) != 0 && strstr(cd_last_error(), "both text encoders") != NULL;
+  int unchanged = m->clip.cfg.vocab == 49409 && m->clip2.cfg.vocab == 49409 && cd_tokenizer_lookup(m->tok2, "<new2>") < 0;
+  cd_sd_free(m);
+  CHECKF(rc == 0, "%s", err);
+  CHECK(init[0] >= 0);
+  CHECK(same_id);
+  CHECK(grown);
+  CHECK(rows);
+  CHECK(one_table);
+  CHECK(unchanged);
+}
+
+/* an SDXL delta carries each token's row for both encoders in both layouts written
+ * (cdiff's modifier_tokens_2; diffusers' <tok>.safetensors {clip_l, clip_g}), SDXL's
+ * attention processor names (a second transformer block), and applies to both tables */
+TEST(delta_both_rows_roundtrip) {
+  cd_sd_model *m = NULL;
+  GOLDEN_STATUS(load_text_folder(&m));
+  cd_delta *d = cd_delta_new();
+  d->family = CD_FAMILY_SDXL;
+  d->ntok = 1;
+  snprintf(d->tok[0], sizeof d->tok[0], "<new1>");
+  d->d = 16, d->d2 = 24;
+  d->embeds = rnd(16, 1.0f, 41), d->embeds2 = rnd(24, 1.0f, 42);
+  const char *kn = "down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_k.weight";
+  cd_weights_put(d->w, kn, 2, (int64_t[]){8, 40}, rnd(8 * 40, 1.0f, 43));
+  cd_weights_put(d->w, "down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_v.weight", 2, (int64_t[]){8, 40},
+                 rnd(8 * 40, 1.0f, 44));
+  char dir[1200];
+  snprintf(dir, sizeof dir, "%s", test_tmpdir("xldelta"));
+  int sv = cd_delta_save(dir, d);
+  cd_delta *a = NULL, *b = NULL;
+  int la = sv ? -1 : cd_delta_load(dir, m, &a);
+  char cf[1300], tf[1300];
+  snprintf(cf, sizeof cf, "%s/%s", dir, CD_DELTA_FILE);
+  snprintf(tf, sizeof tf, "%s/%s", dir, CD_DIFFUSERS_DELTA_FILE);
+  int lb = la || remove(cf) ? -1 : cd_delta_load(tf, m, &b); /* diffusers' layout and its token file */
+  char err[512];
+  snprintf(err, sizeof err, "%s", lb ? cd_last_error() : "");
+  int ok_a = a && a->family == CD_FAMILY_SDXL && a->ntok == 1 && a->d2 == 24 && !memcmp(a->embeds, d->embeds, 16 * 4) &&
+             !memcmp(a->embeds2, d->embeds2, 24 * 4);
+  int ok_b = b && b->ntok == 1 && !strcmp(b->tok[0], "<new1>") && b->d == 16 && b->d2 == 24 &&
+             !memcmp(b->embeds, d->embeds, 16 * 4) && !memcmp(b->embeds2, d->embeds2, 24 * 4) && cd_weights_get(b->w, kn) &&
+             !memcmp(cd_weights_get(b->w, kn)->data, cd_weights_get(d->w, kn)->data, 8 * 40 * 4);
+  /* tokens only (this model has no UNet): applied to both tables */
+  cd_delta *t = cd_delta_new();
+  t->family = CD_FAMILY_SDXL, t->ntok = 1, t->d = 16, t->d2 = 24;
+  snprintf(t->tok[0], sizeof t->tok[0], "<new1>");
+  t->embeds = rnd(16, 1.0f, 45), t->embeds2 = rnd(24, 1.0f, 46);
+  int ap = cd_delta_resolve(t, m) || cd_delta_apply(m, t);
+  char aerr[512];
+  snprintf(aerr, sizeof aerr, "%s", ap ? cd_last_error() : "");
+  int applied = !ap && rows_equal(&m->clip, 49408, t->embeds) && rows_equal(&m->clip2, 49408, t->embeds2) &&
+                cd_tokenizer_lookup(m->tok2, "<new1>") == 49408;
+  /* a delta without the second rows does not fit SDXL */
+  cd_delta *one = cd_delta_new();
+  one->ntok = 1, one->d = 16;
+  snprintf(one->tok[0], sizeof one->tok[0], "<new2>");
+  one->embeds = rnd(16, 1.0f, 47);
+  int refused = cd_delta_resolve(one, m) != 0 && strstr(cd_last_error(), "text_encoder_2") != NULL;
+  cd_delta_free(d), cd_delta_free(a), cd_delta_free(b), cd_delta_free(t), cd_delta_free(one);
+  cd_sd_free(m);
+  CHECKF(sv == 0 && la == 0, "save/load: %s", cd_last_error());
+  CHECKF(lb == 0, "diffusers layout: %s", err);
+  CHECK(ok_a);
+  CHECK(ok_b);
+  CHECKF(applied, "apply: %s", aerr);
+  CHECK(refused);
+}
+
+/* merge features of an SDXL model are rows of the concatenated context: width w1 + w2,
+ * rows 1..EOS, "photo of a" left out */
+TEST(merge_features_concat) {
+  cd_sd_model *m = NULL;
+  GOLDEN_STATUS(load_text_folder(&m));
+  const char *pr[2] = {"a red cat", "photo of a red cat"};
+  double *F = NULL;
+  int rows = 0, per[2] = {0};
+  int rc = cd_merge_features(m, pr, 2, &F, &rows, per);
+  float *ctx = cd_malloc(sizeof(float) * 2 * T * 40);
+  int rc2 = cd_sdxl_encode_literal(m, pr, 2, ctx, NULL);
+  /* "a red cat": 3 tokens + EOS; "photo of a red cat": the same rows after "photo of a" */
+  int shape = rc == 0 && per[0] == 4 && per[1] == 3 && rows == 7 && cd_sd_context_dim(m) == 40;
+  int same = shape && rc2 == 0;
+  for (int r = 0; same && r < 4; r++)
+    for (int j = 0; j < 40; j++) same &= F[r * 40 + j] == (double)ctx[(1 + r) * 40 + j];
+  for (int r = 0; same && r < 3; r++)
+    for (int j = 0; j < 40; j++) same &= F[(4 + r) * 40 + j] == (double)ctx[(T + 4 + r) * 40 + j];
+  free(F);
+  free(ctx);
+  cd_sd_free(m);
+  CHECK(shape);
+  CHECK(same);
+}
+
 int main(void) {
   RUN(pool_select_rules);
   RUN(two_encoder_concat_and_pooled_gradient);
   RUN(penultimate_marks_unread_weights);
   RUN(load_folder_and_single_file);
+  RUN(tokens_go_to_both_encoders);
+  RUN(delta_both_rows_roundtrip);
+  RUN(merge_features_concat);
   return test_summary();
 }

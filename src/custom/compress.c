@@ -32,7 +32,9 @@ int cd_delta_compress(const cd_delta *d, const cd_sd_model *m, double ratio, int
   memcpy(c->tok, d->tok, sizeof c->tok);
   memcpy(c->init, d->init, sizeof c->init);
   c->d = d->d;
+  c->d2 = d->d2;
   if (d->ntok) c->embeds = copy_f32(d->embeds, (int64_t)d->ntok * d->d);
+  if (d->ntok && d->embeds2) c->embeds2 = copy_f32(d->embeds2, (int64_t)d->ntok * d->d2);
   c->ctx = d->ctx;
   c->family = d->family ? d->family : (int)m->family;
   snprintf(c->base_hash, sizeof c->base_hash, "%s", d->base_hash[0] ? d->base_hash : m->hash);

@@ -25,6 +25,7 @@ void cd_delta_free(cd_delta *d) {
   if (!d) return;
   cd_weights_free(d->w);
   free(d->embeds);
+  free(d->embeds2);
   free(d->args);
   free(d);
 }
@@ -40,17 +41,31 @@ static int put_tensor(cd_delta *d, const cd_tensor_file *f, const cd_tensor_info
   return cd_weights_put(d->w, name, t->ndim, t->shape, x);
 }
 
-static int add_token(cd_delta *d, const char *tok, const char *init, const float *e, int width, const char *src) {
+/* e2/width2: the token's row in SDXL's second table (NULL/0 for one encoder); every token
+ * of a delta has one or none */
+static int add_token2(cd_delta *d, const char *tok, const char *init, const float *e, int width, const float *e2,
+                      int width2, const char *src) {
   if (d->ntok >= CD_DELTA_MAX_TOKENS) return cd_set_error("%s: more than %d modifier tokens", src, CD_DELTA_MAX_TOKENS);
   if (d->d && d->d != width) return cd_set_error("%s: token %s has width %d, others %d", src, tok, width, d->d);
+  if (d->ntok && (d->d2 != (e2 ? width2 : 0)))
+    return cd_set_error("%s: token %s has a second-encoder row of width %d, others %d", src, tok, e2 ? width2 : 0, d->d2);
   if (strlen(tok) >= sizeof d->tok[0]) return cd_set_error("%s: token name too long", src);
   d->d = width;
   d->embeds = cd_realloc(d->embeds, (size_t)(d->ntok + 1) * width * sizeof(float));
   memcpy(d->embeds + (size_t)d->ntok * width, e, width * sizeof(float));
+  if (e2) {
+    d->d2 = width2;
+    d->embeds2 = cd_realloc(d->embeds2, (size_t)(d->ntok + 1) * width2 * sizeof(float));
+    memcpy(d->embeds2 + (size_t)d->ntok * width2, e2, width2 * sizeof(float));
+  }
   snprintf(d->tok[d->ntok], sizeof d->tok[0], "%s", tok);
   snprintf(d->init[d->ntok], sizeof d->init[0], "%s", init ? init : "");
   d->ntok++;
   return 0;
+}
+
+static int add_token(cd_delta *d, const char *tok, const char *init, const float *e, int width, const char *src) {
+  return add_token2(d, tok, init, e, width, NULL, 0, src);
 }
 
 /* ---- cdiff's own file ---- */
@@ -77,7 +92,8 @@ static int json_list(const char *txt, char out[][32], int cap, const char *what,
 static int load_cdiff(const cd_tensor_file *f, cd_delta *d) {
   const char *path = cd_tf_path(f), *v;
   snprintf(d->layout, sizeof d->layout, "cdiff");
-  if ((v = cd_tf_meta(f, "family"))) d->family = !strcmp(v, "sd2") ? CD_FAMILY_SD2 : !strcmp(v, "sd1") ? CD_FAMILY_SD1 : 0;
+  if ((v = cd_tf_meta(f, "family")))
+    d->family = !strcmp(v, "sdxl") ? CD_FAMILY_SDXL : !strcmp(v, "sd2") ? CD_FAMILY_SD2 : !strcmp(v, "sd1") ? CD_FAMILY_SD1 : 0;
   if ((v = cd_tf_meta(f, "context_dim"))) d->ctx = atoi(v);
   if ((v = cd_tf_meta(f, "base_hash"))) snprintf(d->base_hash, sizeof d->base_hash, "%s", v);
   if ((v = cd_tf_meta(f, "train"))) snprintf(d->train, sizeof d->train, "%s", v);
@@ -92,17 +108,25 @@ static int load_cdiff(const cd_tensor_file *f, cd_delta *d) {
   const cd_tensor_info *emb = cd_tf_find(f, "modifier_tokens");
   if (nt && (!emb || emb->ndim != 2 || emb->shape[0] != nt))
     return cd_set_error("%s: 'modifier_tokens' missing or not [%d, d] for the %d tokens in the metadata", path, nt, nt);
+  const cd_tensor_info *emb2 = cd_tf_find(f, "modifier_tokens_2");
+  if (emb2 && (emb2->ndim != 2 || emb2->shape[0] != nt))
+    return cd_set_error("%s: 'modifier_tokens_2' is not [%d, d2] for the %d tokens in the metadata", path, nt, nt);
+  if (d->family == CD_FAMILY_SDXL && nt && !emb2)
+    return cd_set_error("%s: an SDXL delta with tokens needs 'modifier_tokens_2' (their text_encoder_2 rows)", path);
   if (nt) {
-    int width = (int)emb->shape[1];
-    float *e = cd_malloc((size_t)nt * width * sizeof(float));
-    if (cd_tf_read_f32(f, emb, e)) { free(e); return -1; }
-    for (int i = 0; i < nt; i++)
-      if (add_token(d, toks[i], i < ni ? inits[i] : "", e + (size_t)i * width, width, path)) { free(e); return -1; }
+    int width = (int)emb->shape[1], width2 = emb2 ? (int)emb2->shape[1] : 0;
+    float *e = cd_malloc((size_t)nt * width * sizeof(float)), *e2 = emb2 ? cd_malloc((size_t)nt * width2 * sizeof(float)) : NULL;
+    int rc = cd_tf_read_f32(f, emb, e) || (emb2 && cd_tf_read_f32(f, emb2, e2)) ? -1 : 0;
+    for (int i = 0; i < nt && !rc; i++)
+      rc = add_token2(d, toks[i], i < ni ? inits[i] : "", e + (size_t)i * width, width,
+                      e2 ? e2 + (size_t)i * width2 : NULL, width2, path);
     free(e);
+    free(e2);
+    if (rc) return -1;
   }
   for (int i = 0; i < cd_tf_count(f); i++) {
     const cd_tensor_info *t = cd_tf_at(f, i);
-    if (!strcmp(t->name, "modifier_tokens")) continue;
+    if (!strcmp(t->name, "modifier_tokens") || !strcmp(t->name, "modifier_tokens_2")) continue;
     /* a full fine-tune (train = full) holds every UNet weight; Custom Diffusion only attn2 */
     if (!strstr(t->name, ".attn2.") && strcmp(d->train, "full"))
       return cd_set_error("%s: unexpected tensor '%s' (only attn2 weights and modifier_tokens, unless train = full)", path, t->name);
@@ -150,7 +174,9 @@ static int load_diffusers_weights(const cd_tensor_file *f, cd_delta *d) {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* <newN>.safetensors / .bin files beside the weights: {"<newN>": [d]} */
+static int one_row(const cd_tensor_info *t) { return t->ndim == 1 || (t->ndim == 2 && t->shape[0] == 1); }
+
+/* <newN>.safetensors / .bin files beside the weights: {"<newN>": [d]}, SDXL {"clip_l", "clip_g"} */
 static int load_token_files(const char *dir, cd_delta *d) {
   DIR *dp = opendir(dir);
   if (!dp) return cd_set_error("cannot read folder %s", dir);
@@ -172,11 +198,21 @@ static int load_token_files(const char *dir, cd_delta *d) {
     cd_tensor_file *f;
     if (cd_tensor_file_open(path, &f)) { rc = -1; break; }
     const cd_tensor_info *t = cd_tf_count(f) == 1 ? cd_tf_at(f, 0) : NULL;
-    if (t && (t->ndim == 1 || (t->ndim == 2 && t->shape[0] == 1))) {
+    const cd_tensor_info *tl = cd_tf_find(f, "clip_l"), *tg = cd_tf_find(f, "clip_g");
+    if (t && one_row(t)) {
       int width = (int)t->shape[t->ndim - 1];
       float *x = cd_malloc(width * sizeof(float));
       rc = cd_tf_read_f32(f, t, x) || add_token(d, t->name, "", x, width, path) ? -1 : 0;
       free(x);
+    } else if (cd_tf_count(f) == 2 && tl && tg && one_row(tl) && one_row(tg)) { /* SDXL: the stem is the token */
+      char tok[32];
+      size_t L = strlen(names[i]), stem = cd_ends_with(names[i], ".safetensors") ? L - 12 : L - 4;
+      snprintf(tok, sizeof tok, "%.*s", (int)stem, names[i]);
+      int w1 = (int)tl->shape[tl->ndim - 1], w2 = (int)tg->shape[tg->ndim - 1];
+      float *x = cd_malloc(w1 * sizeof(float)), *y = cd_malloc(w2 * sizeof(float));
+      rc = cd_tf_read_f32(f, tl, x) || cd_tf_read_f32(f, tg, y) || add_token2(d, tok, "", x, w1, y, w2, path) ? -1 : 0;
+      free(x);
+      free(y);
     }
     cd_tensor_file_close(f);
   }
@@ -273,10 +309,17 @@ int cd_delta_load(const char *path, const cd_sd_model *m, cd_delta **out) {
 
 int cd_delta_resolve(cd_delta *d, const cd_sd_model *m) {
   if (d->family && d->family != m->family)
-    return cd_set_error("delta was trained on an SD %d.x model but %s is SD %d.x", d->family, m->path, m->family);
+    return cd_set_error("delta was trained on an %s model but %s is %s", cd_family_name((cd_family)d->family), m->path,
+                        cd_family_name(m->family));
   if (d->ntok && d->d != m->clip.cfg.width)
     return cd_set_error("delta token embeddings have width %d but the text encoder of %s has width %d (a delta for another model family)",
                         d->d, m->path, m->clip.cfg.width);
+  if (d->ntok && m->family == CD_FAMILY_SDXL && d->d2 != m->clip2.cfg.width)
+    return cd_set_error("delta token embeddings have %s width %d but text_encoder_2 of %s has width %d (SDXL deltas carry "
+                        "each token's row for both encoders)", d->d2 ? "second-encoder" : "no second-encoder row, ", d->d2,
+                        m->path, m->clip2.cfg.width);
+  if (d->ntok && m->family != CD_FAMILY_SDXL && d->d2)
+    return cd_set_error("delta has second-encoder token rows (SDXL) but %s is %s", m->path, cd_family_name(m->family));
   int n = cd_weights_count(d->w);
   for (int i = 0; i < n; i++) {
     cd_weight *x = cd_weights_at(d->w, i);
@@ -357,7 +400,8 @@ int cd_delta_apply(cd_sd_model *m, const cd_delta *d) {
   if (d->ntok) {
     const char *toks[CD_DELTA_MAX_TOKENS];
     for (int i = 0; i < d->ntok; i++) toks[i] = d->tok[i];
-    if (cd_sd_add_tokens(m, d->ntok, toks, NULL, d->embeds, NULL)) return -1;
+    const float *rows[CD_SD_MAX_TEXT] = {d->embeds, d->embeds2}; /* SDXL: both tables */
+    if (cd_sd_add_tokens_rows(m, d->ntok, toks, NULL, rows, NULL)) return -1;
   }
   m->ndeltas++;
   return 0;
@@ -392,7 +436,7 @@ static char *json_of(const char (*v)[32], int n) {
 
 static int save_cdiff(const char *path, const cd_delta *d) {
   int n = cd_weights_count(d->w);
-  cd_tensor_out *t = cd_calloc(n + 1, sizeof *t);
+  cd_tensor_out *t = cd_calloc(n + 2, sizeof *t);
   int k = 0;
   for (int i = 0; i < n; i++) {
     cd_weight *x = cd_weights_at(d->w, i);
@@ -401,14 +445,18 @@ static int save_cdiff(const char *path, const cd_delta *d) {
     k++;
   }
   if (d->ntok) t[k++] = (cd_tensor_out){.name = "modifier_tokens", .dtype = CD_DT_F32, .ndim = 2, .shape = {d->ntok, d->d}, .data = d->embeds};
+  if (d->ntok && d->embeds2)
+    t[k++] = (cd_tensor_out){.name = "modifier_tokens_2", .dtype = CD_DT_F32, .ndim = 2, .shape = {d->ntok, d->d2}, .data = d->embeds2};
   char *toks = json_of(d->tok, d->ntok), *inits = json_of(d->init, d->ntok);
-  char ctx[16], width[16], lr[4], ratio[32];
+  char ctx[16], width[16], width2[16], lr[4], ratio[32];
   snprintf(ctx, sizeof ctx, "%d", d->ctx);
   snprintf(width, sizeof width, "%d", d->d);
+  snprintf(width2, sizeof width2, "%d", d->d2);
   snprintf(lr, sizeof lr, "%d", d->lowrank);
   snprintf(ratio, sizeof ratio, "%g", d->ratio);
-  const char *meta[] = {"format", "cdiff-delta", "version", "1", "family", d->family == CD_FAMILY_SD2 ? "sd2" : d->family == CD_FAMILY_SD1 ? "sd1" : "",
-                        "context_dim", ctx, "text_width", width, "tokens", toks, "initializers", inits,
+  const char *fam = d->family == CD_FAMILY_SDXL ? "sdxl" : d->family == CD_FAMILY_SD2 ? "sd2" : d->family == CD_FAMILY_SD1 ? "sd1" : "";
+  const char *meta[] = {"format", "cdiff-delta", "version", "1", "family", fam,
+                        "context_dim", ctx, "text_width", width, "text_width_2", width2, "tokens", toks, "initializers", inits,
                         "train", d->train[0] ? d->train : "crossattn_kv", "base_hash", d->base_hash, "lowrank", lr, "ratio", ratio,
                         "args", d->args ? d->args : "{}"};
   int rc = cd_safetensors_write(path, t, k, meta, (int)(sizeof meta / sizeof meta[0]) / 2);
@@ -469,9 +517,15 @@ static int save_diffusers(const char *dir, const cd_delta *d) {
     rc = cd_safetensors_write(path, t, k, meta, 1);
   }
   for (int i = 0; i < d->ntok && !rc; i++) {
-    cd_tensor_out e = {.name = d->tok[i], .dtype = CD_DT_F32, .ndim = 1, .shape = {d->d}, .data = d->embeds + (size_t)i * d->d};
+    cd_tensor_out e[2] = {{.name = d->tok[i], .dtype = CD_DT_F32, .ndim = 1, .shape = {d->d}, .data = d->embeds + (size_t)i * d->d}};
+    int ne = 1;
+    if (d->embeds2) { /* SDXL: one row per encoder, under the names SDXL embedding files use */
+      e[0] = (cd_tensor_out){.name = "clip_l", .dtype = CD_DT_F32, .ndim = 2, .shape = {1, d->d}, .data = d->embeds + (size_t)i * d->d};
+      e[1] = (cd_tensor_out){.name = "clip_g", .dtype = CD_DT_F32, .ndim = 2, .shape = {1, d->d2}, .data = d->embeds2 + (size_t)i * d->d2};
+      ne = 2;
+    }
     snprintf(path, sizeof path, "%s/%s.safetensors", dir, d->tok[i]);
-    rc = cd_safetensors_write(path, &e, 1, meta, 1);
+    rc = cd_safetensors_write(path, e, ne, meta, 1);
   }
   free(t);
   free(names);
@@ -494,7 +548,8 @@ int cd_delta_dir_has_delta(const char *dir) {
 }
 
 /* A token file of diffusers' layout: NAME.safetensors or NAME.bin holding one
- * 1-D (or [1, d]) tensor named NAME. Only such files are ever removed. */
+ * 1-D (or [1, d]) tensor named NAME, or (SDXL) a <NAME>.safetensors holding exactly
+ * clip_l and clip_g rows. Only such files are ever removed. */
 static int is_token_file(const char *path, const char *fname) {
   size_t L = strlen(fname), stem = cd_ends_with(fname, ".safetensors") ? L - 12 : cd_ends_with(fname, ".bin") ? L - 4 : 0;
   if (!stem) return 0;
@@ -504,7 +559,9 @@ static int is_token_file(const char *path, const char *fname) {
     return 0;
   }
   const cd_tensor_info *t = cd_tf_count(f) == 1 ? cd_tf_at(f, 0) : NULL;
-  int yes = t && (t->ndim == 1 || (t->ndim == 2 && t->shape[0] == 1)) && strlen(t->name) == stem && !strncmp(t->name, fname, stem);
+  const cd_tensor_info *tl = cd_tf_find(f, "clip_l"), *tg = cd_tf_find(f, "clip_g");
+  int yes = (t && one_row(t) && strlen(t->name) == stem && !strncmp(t->name, fname, stem)) ||
+            (cd_tf_count(f) == 2 && tl && tg && one_row(tl) && one_row(tg) && !strncmp(fname, "<", 1));
   cd_tensor_file_close(f);
   return yes;
 }
@@ -557,7 +614,7 @@ int cd_delta_save(const char *dir, const cd_delta *d) {
 }
 
 size_t cd_delta_bytes(const cd_delta *d) {
-  size_t b = (size_t)d->ntok * d->d * 4;
+  size_t b = (size_t)d->ntok * (d->d + d->d2) * 4;
   for (int i = 0; i < cd_weights_count(d->w); i++) {
     cd_weight *x = cd_weights_at(d->w, i);
     b += cd_numel(x->ndim, x->ne) * 4;

@@ -7,12 +7,15 @@
  *                             down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight
  *   "<unet param>.lr_us"/".lr_vt"  low-rank form: W = W0 + lr_us · lr_vt (cdiff compress)
  *   "modifier_tokens"         [E, d] embeddings of the added tokens
- *   metadata: format, version, family (sd1|sd2), context_dim, text_width,
+ *   "modifier_tokens_2"       [E, d2] SDXL: their rows in text_encoder_2's table
+ *   metadata: format, version, family (sd1|sd2|sdxl), context_dim, text_width, text_width_2,
  *             tokens and initializers (JSON lists), train, base_hash,
  *             lowrank (0|1), ratio, args (JSON of the training arguments)
  * diffusers' (DIR/pytorch_custom_diffusion_weights.safetensors or .bin):
  *   "<layer>.processor.to_k_custom_diffusion.weight" (to_v, to_q, to_out_custom_diffusion.0.{weight,bias})
- *   plus DIR/<newN>.safetensors (or .bin) = {"<newN>": [d]} (Textual Inversion's format too)
+ *   plus DIR/<newN>.safetensors (or .bin) = {"<newN>": [d]} (Textual Inversion's format too);
+ *   SDXL: {"clip_l": [1, d], "clip_g": [1, d2]} (the two-encoder embedding layout SDXL
+ *   embedding files use, one row per encoder; the layer names are SDXL's, every transformer block's attn2)
  *   A token-only delta (--train token) writes only the token files; a full
  *   fine-tune (--train full) writes DIR/unet/diffusion_pytorch_model.safetensors
  *   (every UNet weight, diffusers' keys) instead of the Custom Diffusion file.
@@ -36,8 +39,10 @@ typedef struct cd_delta {
   char init[CD_DELTA_MAX_TOKENS][32];
   float *embeds;   /* [ntok, d] */
   int d;           /* text-encoder width of the embeddings */
+  float *embeds2;  /* SDXL: [ntok, d2], the same tokens' rows in text_encoder_2; NULL otherwise */
+  int d2;
   int ctx;         /* context width of the K/V weights (0 unknown) */
-  int family;      /* CD_FAMILY_SD1/SD2, 0 unknown */
+  int family;      /* CD_FAMILY_SD1/SD2/SDXL, 0 unknown */
   char base_hash[17];
   char train[32];  /* "crossattn_kv" | "crossattn" | "token" | "full" (what trained) */
   char *args;      /* JSON text of the training arguments, or NULL */
@@ -53,7 +58,8 @@ int cd_delta_load(const char *path, const cd_sd_model *m, cd_delta **out);
 /* Checks the delta against the model (family, widths, shapes) and turns low-rank factors into full weights. */
 int cd_delta_resolve(cd_delta *d, const cd_sd_model *m);
 /* Applies a resolved delta: K/V weights become W0 + sum of (W_delta - W0) over the deltas applied so far
- * (one delta: exactly its weights), tokens are added to the tokenizer and the embedding table. */
+ * (one delta: exactly its weights), tokens are added to the tokenizer and the embedding table
+ * (SDXL: to both tokenizers and both tables). */
 int cd_delta_apply(cd_sd_model *m, const cd_delta *d);
 int cd_delta_apply_path(cd_sd_model *m, const char *path);
 /* Warns (stderr) when the delta records the hash of the model it was trained

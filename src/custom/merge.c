@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/common.h"
+#include "diffusion/sdxl_cond.h"
 #include "diffusion/pipeline.h"
 #include "io/fsutil.h"
 
@@ -23,7 +24,7 @@ int cd_merge_features(cd_sd_model *m, const char *const *prompts, int n, double 
   *rows = 0;
   if (!m->tok) return cd_set_error("no tokenizer vocabulary for %s: pass --vocab", m->path);
   if (n <= 0) return cd_set_error("merge: no prompts to encode");
-  const int D = m->clip.cfg.width;
+  const int D = cd_sd_context_dim(m); /* SDXL: both encoders' penultimate states side by side */
   /* "photo of a" prefix as token ids (any missing: the rule never fires) */
   int photo = cd_tokenizer_lookup(m->tok, "photo</w>"), of = cd_tokenizer_lookup(m->tok, "of</w>"),
       a = cd_tokenizer_lookup(m->tok, "a</w>");
@@ -42,7 +43,8 @@ int cd_merge_features(cd_sd_model *m, const char *const *prompts, int n, double 
   int row = 0;
   for (int b0 = 0; b0 < n; b0 += ENCODE_BATCH) {
     int nb = CD_MIN(ENCODE_BATCH, n - b0);
-    if (cd_encode_prompts(m, prompts + b0, nb, buf)) {
+    if (m->family == CD_FAMILY_SDXL ? cd_sdxl_encode_literal(m, prompts + b0, nb, buf, NULL)
+                                    : cd_encode_prompts(m, prompts + b0, nb, buf)) {
       free(out);
       free(buf);
       goto fail;
@@ -212,7 +214,9 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
   cd_delta *res = cd_delta_new();
   int *first_tok = cd_malloc(sizeof(int) * n); /* index into res->tok of concept i's first token, -1 none */
   res->d = m->clip.cfg.width;
+  res->d2 = m->family == CD_FAMILY_SDXL ? m->clip2.cfg.width : 0;
   if (ntok) res->embeds = cd_malloc(sizeof(float) * (size_t)ntok * res->d);
+  if (ntok && res->d2) res->embeds2 = cd_malloc(sizeof(float) * (size_t)ntok * res->d2);
   if (log && ntok) fprintf(log, "modifier tokens:\n");
   for (int i = 0; i < n; i++) {
     first_tok[i] = deltas[i]->ntok ? res->ntok : -1;
@@ -221,6 +225,8 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
       snprintf(res->tok[t], sizeof res->tok[t], "<new%d>", t + 1);
       snprintf(res->init[t], sizeof res->init[t], "%s", deltas[i]->init[k]);
       memcpy(res->embeds + (size_t)t * res->d, deltas[i]->embeds + (size_t)k * res->d, sizeof(float) * res->d);
+      if (res->d2) /* resolve checked that SDXL deltas carry the second encoder's rows */
+        memcpy(res->embeds2 + (size_t)t * res->d2, deltas[i]->embeds2 + (size_t)k * res->d2, sizeof(float) * res->d2);
       if (log) fprintf(log, "  concept %d (%s): %s -> %s\n", i + 1, categories[i], deltas[i]->tok[k], res->tok[t]);
     }
   }
@@ -244,7 +250,7 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
   }
   if (log)
     fprintf(log, "regularisation: %d captions, %d feature rows; constraints: %d rows, context dim %d\n", o->nreg,
-            nreg_rows, m_total, m->clip.cfg.width);
+            nreg_rows, m_total, cd_sd_context_dim(m));
 
   /* 4. every weight any delta changes */
   nnames = collect_names(deltas, n, &names);
@@ -272,9 +278,9 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
       navg++;
     } else {
       int rows = (int)b->ne[0], d = (int)b->ne[1];
-      if (d != m->clip.cfg.width) {
+      if (d != cd_sd_context_dim(m)) {
         free(Wout);
-        cd_set_error("merge: '%s' has context dim %d but the text encoder width is %d", name, d, m->clip.cfg.width);
+        cd_set_error("merge: '%s' has context dim %d but the text conditioning width is %d", name, d, cd_sd_context_dim(m));
         goto done;
       }
       double *W0 = to_f64(b->data, ne), *Wh = cd_malloc(sizeof(double) * ne);

@@ -11,7 +11,7 @@
 
 /* "<newN>" that no delta added would be split into "<", "new", "N", ">" and
  * silently mean something else: refuse it, naming the token. */
-static int check_modifier_tokens(cd_sd_model *m, const char *prompt) {
+int cd_prompt_check_tokens(cd_sd_model *m, const char *prompt) {
   for (const char *p = prompt; (p = strstr(p, "<new")) != NULL; p++) {
     const char *q = p + 4;
     while (*q >= '0' && *q <= '9') q++;
@@ -26,7 +26,7 @@ static int check_modifier_tokens(cd_sd_model *m, const char *prompt) {
 
 int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[CD_TOK_MAX_LEN]) {
   if (!m->tok) return cd_set_error("no tokenizer vocabulary for %s: pass --vocab (a tokenizer/ folder or bpe_simple_vocab_16e6.txt.gz)", m->path);
-  if (prompt && check_modifier_tokens(m, prompt)) return -1;
+  if (prompt && cd_prompt_check_tokens(m, prompt)) return -1;
   int trunc = 0;
   if (cd_tokenize_padded(m->tok, prompt ? prompt : "", ids, &trunc)) return -1;
   if (trunc) cd_warn("prompt longer than 75 tokens was truncated: \"%.60s...\"", prompt);
@@ -76,7 +76,7 @@ int cd_encode_prompts_weighted(cd_sd_model *m, const char *const *prompts, int n
   cd_graph *g = NULL;
   for (int i = 0; i < n; i++) {
     const char *p = prompts[i] ? prompts[i] : "";
-    if (check_modifier_tokens(m, p) || cd_prompt_chunks(m->tok, p, &ids[i], &wt[i], &nch[i])) goto done;
+    if (cd_prompt_check_tokens(m, p) || cd_prompt_chunks(m->tok, p, &ids[i], &wt[i], &nch[i])) goto done;
     for (int j = 0; j < nch[i] * CD_TOK_MAX_LEN; j++)
       if (ids[i][j] >= m->clip.cfg.vocab) {
         cd_set_error("prompt \"%s\" uses token id %d but the text encoder has %d rows (load the delta that defines it)", p, ids[i][j], m->clip.cfg.vocab);
@@ -145,6 +145,7 @@ void cd_seed_noise(uint64_t seed, int i, float *x, int64_t n) {
 typedef struct {
   cd_graph *g;
   cd_node *x, *t, *out;
+  cd_node *text_embeds, *time_ids; /* SDXL's added conditioning, or NULL */
   float *tbuf, *obuf; /* host copies of t and of the UNet output */
   int n, guided;   /* images; 1 if the batch holds uncond then cond */
   int64_t per;     /* elements per image latent */
@@ -224,19 +225,36 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   int guided = o->cfg > 1.0f;
   int B = guided ? 2 * n : n;
   int64_t ctxd = uc->context_dim;
-  float *ctx = NULL;
+  const int xl = m->family == CD_FAMILY_SDXL;
+  float *ctx = NULL, *pooled = NULL, tid[6];
   int T = 0;
   const char **pr = cd_malloc(B * sizeof(char *));
   for (int i = 0; i < n; i++) {
     if (guided) pr[i] = o->negative ? o->negative : "";
     pr[guided ? n + i : i] = o->prompt ? o->prompt : "";
   }
-  int rc = cd_encode_prompts_weighted(m, pr, B, &ctx, &T);
+  int rc;
+  if (xl) {
+    /* diffusers' SDXL: an empty negative prompt is zeros when the model forces it */
+    unsigned char *zero = cd_calloc((size_t)B, 1);
+    if (guided && !(o->negative && *o->negative) && m->force_zeros_empty) memset(zero, 1, (size_t)n);
+    pooled = cd_malloc(sizeof(float) * (size_t)B * (m->clip2.cfg.proj > 0 ? m->clip2.cfg.proj : 1));
+    rc = cd_sdxl_encode(m, pr, B, zero, &ctx, &T, pooled) || cd_sdxl_time_ids(&o->micro, o->width, o->height, tid);
+    free(zero);
+  } else {
+    rc = cd_encode_prompts_weighted(m, pr, B, &ctx, &T);
+  }
   free(pr);
-  if (rc) return -1;
-  if (ctxd != m->clip.cfg.width) {
+  if (rc) {
     free(ctx);
-    return cd_set_error("%s: text encoder width %d, UNet cross-attention %ld", m->path, m->clip.cfg.width, (long)ctxd);
+    free(pooled);
+    return -1;
+  }
+  if (ctxd != cd_sd_context_dim(m)) {
+    free(ctx);
+    free(pooled);
+    return cd_set_error("%s: text conditioning width %d, UNet cross-attention %ld", m->path, cd_sd_context_dim(m),
+                        (long)ctxd);
   }
   denoiser d = {.n = n, .guided = guided, .per = per, .cfg = o->cfg, .quiet = o->quiet};
   d.g = cd_graph_new();
@@ -244,13 +262,25 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   d.t = cd_input(d.g, "t", 1, (int64_t[]){B});
   cd_node *c = cd_input(d.g, "ctx", 3, (int64_t[]){B, T, ctxd}); /* 77 per prompt chunk */
   cd_weights_clear_used(m->unet.w);
-  d.out = cd_unet_build(d.g, &m->unet, NULL, d.x, d.t, c);
+  cd_unet_added added = {0};
+  if (xl) {
+    d.text_embeds = added.text_embeds = cd_input(d.g, "text_embeds", 2, (int64_t[]){B, m->clip2.cfg.proj});
+    d.time_ids = added.time_ids = cd_input(d.g, "time_ids", 2, (int64_t[]){B, 6});
+  }
+  d.out = cd_unet_build_cond(d.g, &m->unet, NULL, d.x, d.t, c, xl ? &added : NULL);
   cd_graph_output(d.g, d.out);
   rc = -1;
   if (cd_graph_plan(d.g, NULL) || cd_weights_check_unused(m->unet.w, "UNet", m->path)) goto done;
   d.tbuf = cd_malloc(cd_nbytes(d.t));
   d.obuf = cd_malloc(cd_nbytes(d.out));
   if (cd_graph_set_input(d.g, c, ctx)) goto done;
+  if (xl) { /* constant over the steps: set once */
+    float *tb = cd_malloc(sizeof(float) * 6 * (size_t)B);
+    for (int i = 0; i < B; i++) memcpy(tb + 6 * i, tid, sizeof tid);
+    int e = cd_graph_set_input(d.g, d.text_embeds, pooled) || cd_graph_set_input(d.g, d.time_ids, tb);
+    free(tb);
+    if (e) goto done;
+  }
   cd_sample_opts so = o->s;
   so.begin = 0;
   for (int i = 0; i < n; i++) {
@@ -271,6 +301,7 @@ done:
   free(d.tbuf);
   free(d.obuf);
   free(ctx);
+  free(pooled);
   return rc;
 }
 

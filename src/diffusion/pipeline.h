@@ -5,6 +5,7 @@
 #define CD_PIPELINE_H
 
 #include "diffusion/sampler.h"
+#include "diffusion/sdxl_cond.h"
 #include "models/sd_model.h"
 
 typedef struct {
@@ -17,9 +18,13 @@ typedef struct {
   const float *init_latents; /* [n,4,h,w] N(0,1) noise instead of the seeded noise, or NULL */
   const float *init_image;   /* img2img: [3, height, width] in [-1, 1] for every image, or NULL */
   float strength;            /* img2img: 1 = start from noise, 0 = return the image (diffusers' meaning) */
+  cd_sdxl_micro micro;       /* SDXL: original size, crop, target size (0: the image size, crop 0,0) */
   int quiet;            /* no progress bar */
 } cd_gen_opts;
 
+/* A prompt's "<newN>" that no loaded delta added would be split into "<", "new", "N", ">"
+ * and silently mean something else: -1 with an error naming the token. */
+int cd_prompt_check_tokens(cd_sd_model *m, const char *prompt);
 /* Token ids of one prompt, padded to 77 (warns when truncated; errors if no tokenizer). */
 int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[CD_TOK_MAX_LEN]);
 /* Text-encoder outputs of n prompts taken literally (no weighting syntax,

@@ -494,9 +494,17 @@ static int load_folder_text2(const char *dir, const cJSON *idx, const cd_load_op
   /* listed as ["transformers", "CLIPTextModelWithProjection"]; [null, null] means none */
   const cJSON *e = jget(idx, "text_encoder_2");
   int listed = e && (!cJSON_IsArray(e) || cJSON_IsString(cJSON_GetArrayItem(e, 0)));
-  if (!listed && !cd_file_exists(cf)) { rc = 0; goto done; }
+  if (!listed && !cd_file_exists(cf)) {
+    rc = m->family == CD_FAMILY_SDXL && !o->no_text
+             ? cd_set_error("%s: an SDXL UNet (text_time conditioning) needs text_encoder_2/ beside text_encoder/", dir)
+             : 0;
+    if (m->family == CD_FAMILY_SDXL) m->force_zeros_empty = 1;
+    goto done;
+  }
   m->family = CD_FAMILY_SDXL;
   m->clip.cfg.pad_id = 49407;
+  const cJSON *fz = jget(idx, "force_zeros_for_empty_prompt");
+  m->force_zeros_empty = fz ? cJSON_IsTrue(fz) : 1;
   if (o->no_text) { rc = 0; goto done; }
   if (!cd_file_exists(cf)) { cd_set_error("%s: missing text_encoder_2/config.json (SDXL)", dir); goto done; }
   if (json_load(cf, &j) || clip_config_from_json(j, cf, &m->clip2.cfg)) goto done;
@@ -1119,6 +1127,7 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
   }
   read_yaml_beside(path, &yaml);
   m->family = xl ? CD_FAMILY_SDXL : oc ? CD_FAMILY_SD2 : CD_FAMILY_SD1;
+
   if (!oc && !hf) { /* text encoder absent and not asked for: guess from the projections */
     const cd_tensor_info *p = sf_find(&s, UP, "input_blocks.1.1.proj_in.weight");
     m->family = p && p->ndim == 2 ? CD_FAMILY_SD2 : CD_FAMILY_SD1;
@@ -1133,6 +1142,7 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
     }
     m->family = CD_FAMILY_SDXL;
   }
+  m->force_zeros_empty = m->family == CD_FAMILY_SDXL; /* as diffusers' SDXL pipelines made from a single file */
   if (detect_unet(&s, yaml, m->family, &m->unet.cfg)) goto done;
   if (have_vae && !o->no_vae && detect_vae(&s, yaml, &m->vae.cfg)) goto done;
   double sfv;
@@ -1172,6 +1182,8 @@ static int load_single(const char *path, const cd_load_opts *o, cd_sd_model *m, 
     m->unet.cfg.sample_size = m->family == CD_FAMILY_SDXL                            ? 128 /* 1024 px */
                               : m->family == CD_FAMILY_SD2 && m->sched.pred == CD_PRED_V ? 96
                                                                                          : 64;
+  /* SDXL base's scheduler_config.json: Euler discrete, leading spacing, steps_offset 1 */
+  if (m->family == CD_FAMILY_SDXL) m->sched.spacing = CD_SPACING_LEADING;
 
   cd_weights **ws[4] = {&m->clip.w, &m->unet.w, &m->vae.w, &m->clip2.w};
   const char *const pre[4] = {xl ? XP0 : TP, UP, VP, XP1};

@@ -27,6 +27,8 @@ typedef struct {
    * with 0. clip2.w is NULL and tok2 NULL for the families with one encoder. */
   cd_clip clip2;
   cd_tokenizer *tok2;
+  int force_zeros_empty;  /* SDXL: an empty negative prompt conditions on zeros (model_index.json's
+                             force_zeros_for_empty_prompt; default 1, as SDXL base) */
   cd_sched_config sched;
   cd_weights *unet_orig;  /* base values of UNet weights replaced by deltas (src/custom/delta.c), or NULL */
   int ndeltas;

@@ -4,7 +4,10 @@
  * modifier tokens) goes through cd_sd_add_tokens, so the tokenizer's ids and
  * the rows of text_model.embeddings.token_embedding.weight never disagree:
  * token i of the call gets id V + i and row V + i, V being the table's rows
- * before the call.
+ * before the call. A model with two text encoders (SDXL) gets the tokens in
+ * both tokenizers and both tables (text_encoder_2's row of token i from its
+ * own initializer row, or from its own rows), as Custom Diffusion's SDXL
+ * training adds a modifier token to both.
  */
 #ifndef CD_TOKEN_TABLE_H
 #define CD_TOKEN_TABLE_H
@@ -23,5 +26,10 @@
  * repeated, an initializer id out of range, or a tokenizer that disagrees
  * with the table leaves the model unchanged. 0 or -1 + cd_last_error. */
 int cd_sd_add_tokens(cd_sd_model *m, int n, const char *const *tokens, const int *init_id, const float *rows, int *ids);
+/* The same with rows per text encoder: rows[k] (NULL: each token's init_id row of table k)
+ * for encoder k < cd_sd_ntext(m). cd_sd_add_tokens(..., rows, ...) is this with rows[0] =
+ * rows and, for SDXL, rows[1] = NULL only when rows is NULL (given rows must name both). */
+int cd_sd_add_tokens_rows(cd_sd_model *m, int n, const char *const *tokens, const int *init_id,
+                          const float *const *rows, int *ids);
 
 #endif
