@@ -10,6 +10,7 @@
 
 #include "custom/delta.h"
 #include "custom/merge.h"
+#include "diffusion/pipeline.h"
 #include "diffusion/sdxl_cond.h"
 #include "io/fsutil.h"
 #include "io/tensor_file.h"
@@ -428,8 +429,8 @@ static int make_folder(const char *dir, const char *g1, const char *g2) {
 
 /* The same weights in SGM's single-file layout: conditioner.embedders.0.transformer.text_model.*
  * (HF names) and conditioner.embedders.1.model.* (OpenCLIP: fused in_proj, ln_1/ln_2,
- * mlp.c_fc/c_proj, text_projection as [width, proj] used as x @ P), plus tiny-sd1's UNet
- * (a single file needs one to be recognised; it is not loaded). */
+ * mlp.c_fc/c_proj, text_projection as [width, proj] used as x @ P), plus the UNet keys of
+ * unet_file (a single file needs one to be recognised; it is not loaded). */
 static int make_single(const char *file, const cd_sd_model *m, const char *unet_file) {
   int cap = 4096, n = 0, rc = -1;
   cd_tensor_out *o = cd_calloc((size_t)cap, sizeof *o);
@@ -518,43 +519,162 @@ static int same(const cd_weights *a, const cd_weights *b) {
   return 1;
 }
 
+/* tokenizer/ (EOS padding) and tokenizer_2/ ("!" padding) into dir, from the SD goldens */
+static int copy_tokenizers(const char *dir, const char *g1, const char *g2) {
+  static const char *const f[] = {"vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"};
+  char a[1300], b[1300];
+  for (int t = 0; t < 2; t++) {
+    snprintf(b, sizeof b, "%s/tokenizer%s", dir, t ? "_2" : "");
+    if (cd_mkdir_p(b)) return -1;
+    for (int i = 0; i < 4; i++) {
+      snprintf(a, sizeof a, "%s/tokenizer/%s", t ? g2 : g1, f[i]);
+      snprintf(b, sizeof b, "%s/tokenizer%s/%s", dir, t ? "_2" : "", f[i]);
+      if (copy_file(a, b)) return -1;
+    }
+  }
+  return 0;
+}
+
+/* tools/gen_sd_random's tiny SDXL as DIR/xl (folder) and DIR/xl.safetensors (SGM), with
+ * tokenizers beside both: 0, or GOLDEN_STATUS's 1 / -1 with test_msg set */
+static int make_tiny(const char *dir) {
+  char g1[1024], g2[1024], cmd[2048], fold[1200];
+  int st = test_golden_need(g1, sizeof g1, "tiny-sd1");
+  if (!st) st = test_golden_need(g2, sizeof g2, "tiny-sd2");
+  if (st) return st;
+  const char *gen = test_build_path("tools/gen_sd_random");
+  snprintf(fold, sizeof fold, "%s/xl", dir);
+  snprintf(cmd, sizeof cmd, "'%s' --tiny --family sdxl --seed 5 --out '%s' --single-file '%s/xl.safetensors' >/dev/null 2>&1",
+           gen, fold, dir);
+  if (cd_mkdir_p(dir) || system(cmd) != 0 || copy_tokenizers(fold, g1, g2) || copy_tokenizers(dir, g1, g2)) {
+    snprintf(test_msg, sizeof test_msg, "making the tiny SDXL with %s failed (%s)", gen, cd_last_error());
+    return -1;
+  }
+  return 0;
+}
+
 TEST(load_folder_and_single_file) {
-  char g1[1024], g2[1024], uf[1024];
+  char dir[1200], g1[1024], g2[1024], p[1300];
+  snprintf(dir, sizeof dir, "%s", test_tmpdir("xlgen"));
+  GOLDEN_STATUS(make_tiny(dir));
   NEED_GOLDEN(g1, "tiny-sd1");
   NEED_GOLDEN(g2, "tiny-sd2");
-  NEED_GOLDEN(uf, "tiny-sd1_original.safetensors");
-  char dir[1200], file[1200];
-  snprintf(dir, sizeof dir, "%s", test_tmpdir("xl"));
-  CHECK(cd_mkdir_p(dir) == 0);
-  CHECK_OK(make_folder(dir, g1, g2));
+  cd_sd_model *m = NULL, *s = NULL, *t = NULL, *u = NULL;
+  snprintf(p, sizeof p, "%s/xl", dir);
+  int la = cd_sd_load(p, NULL, &m);
+  char err[512];
+  snprintf(err, sizeof err, "%s", la ? cd_last_error() : "");
+  snprintf(p, sizeof p, "%s/xl.safetensors", dir);
+  int lb = la ? -1 : cd_sd_load(p, NULL, &s);
+  if (lb && !la) snprintf(err, sizeof err, "%s", cd_last_error());
+  int fam = !la && m->family == CD_FAMILY_SDXL && cd_sd_ntext(m) == 2 && !strcmp(cd_family_name(m->family), "SDXL") &&
+            m->force_zeros_empty;
+  int cfg = !la && m->clip2.cfg.proj == 48 && m->clip2.cfg.width == 128 && !m->clip2.cfg.quick_gelu &&
+            m->clip.cfg.quick_gelu && m->clip2.cfg.pool_id == 0 && m->unet.cfg.context_dim == cd_sd_context_dim(m) &&
+            m->unet.cfg.add_text_dim == m->clip2.cfg.proj;
+  /* tokenizer pads with EOS, tokenizer_2 with "!" (id 0), from their own files */
+  int pads = !la && m->tok && m->tok2 && cd_tokenizer_pad(m->tok) == 49407 && cd_tokenizer_pad(m->tok2) == 0 &&
+             m->clip.cfg.pad_id == 49407 && m->clip2.cfg.pad_id == 0 && !lb && cd_tokenizer_pad(s->tok2) == 0;
+  int eq = !lb && same(m->clip.w, s->clip.w) && same(m->clip2.w, s->clip2.w) && !strcmp(m->hash, s->hash) &&
+           s->clip2.cfg.proj == 48 && s->clip2.cfg.layers == m->clip2.cfg.layers && s->clip.cfg.layers == m->clip.cfg.layers;
+  /* an SGM file written here (independently of the generator) from other encoders maps the same way */
+  snprintf(p, sizeof p, "%s/mine", dir);
+  int wr = cd_mkdir_p(p) || make_folder(p, g1, g2);
   cd_load_opts opt = {.no_unet = 1, .no_vae = 1};
-  cd_sd_model *m = NULL, *s = NULL;
-  CHECK_OK(cd_sd_load(dir, &opt, &m));
-  int fam = m->family == CD_FAMILY_SDXL && cd_sd_ntext(m) == 2 && !strcmp(cd_family_name(m->family), "SDXL");
-  int cfg = m->clip2.cfg.proj == 8 && m->clip2.cfg.width == 24 && !m->clip2.cfg.quick_gelu && m->clip.cfg.quick_gelu &&
-            m->clip2.cfg.pool_id == 0;
-  /* tokenizer pads with EOS, tokenizer_2 with "!" (id 0) from its own files */
-  int pads = m->tok && m->tok2 && cd_tokenizer_pad(m->tok) == 49407 && cd_tokenizer_pad(m->tok2) == 0 &&
-             m->clip.cfg.pad_id == 49407 && m->clip2.cfg.pad_id == 0;
-  snprintf(file, sizeof file, "%s/xl.safetensors", test_tmpdir("xl1"));
-  CHECK(cd_mkdir_p(test_tmpdir("xl1")) == 0);
-  int wr = make_single(file, m, uf);
-  int ld = wr ? -1 : cd_sd_load(file, &opt, &s);
-  const char *err = ld ? cd_last_error() : "";
-  int fams = s && s->family == CD_FAMILY_SDXL && s->clip2.cfg.proj == 8 && s->clip2.cfg.layers == m->clip2.cfg.layers &&
-             s->clip.cfg.layers == m->clip.cfg.layers;
-  int eq1 = s && same(m->clip.w, s->clip.w), eq2 = s && same(m->clip2.w, s->clip2.w);
-  int hash = s && !strcmp(m->hash, s->hash);
-  cd_sd_free(m);
-  cd_sd_free(s);
+  int lc = wr ? -1 : cd_sd_load(p, &opt, &t);
+  snprintf(p, sizeof p, "%s/mine.safetensors", dir);
+  char xf[1300];
+  snprintf(xf, sizeof xf, "%s/xl.safetensors", dir);
+  char ya[1300], yb[1300]; /* the generator's yaml states the tiny time-embedding width */
+  snprintf(ya, sizeof ya, "%s/xl.yaml", dir);
+  snprintf(yb, sizeof yb, "%s/mine.yaml", dir);
+  int ld = lc || make_single(p, t, xf) || copy_file(ya, yb) ? -1 : cd_sd_load(p, &opt, &u);
+  if (ld && !la && !lb) snprintf(err, sizeof err, "%s", cd_last_error());
+  int eq2 = !ld && same(t->clip.w, u->clip.w) && same(t->clip2.w, u->clip2.w) && u->clip2.cfg.proj == 8;
+  cd_sd_free(m), cd_sd_free(s), cd_sd_free(t), cd_sd_free(u);
+  CHECKF(la == 0 && lb == 0, "%s", err);
   CHECK(fam);
   CHECK(cfg);
   CHECK(pads);
-  CHECKF(wr == 0 && ld == 0, "single file: %s", err);
-  CHECK(fams);
-  CHECK(eq1);
+  CHECK(eq);
+  CHECKF(ld == 0, "%s", err);
   CHECK(eq2);
-  CHECK(hash);
+}
+
+static int run(cd_sd_model *m, const cd_sdxl_micro *mc, float cfg, float *lat) {
+  cd_gen_opts go = {.prompt = "a photo of a cat", .cfg = cfg, .width = 64, .height = 64, .n = 1, .quiet = 1};
+  go.s.kind = CD_SAMPLER_EULER;
+  go.s.steps = 2;
+  go.s.seed = 7;
+  if (mc) go.micro = *mc;
+  return cd_generate_latents(m, &go, lat);
+}
+
+static double maxdiff(const float *a, const float *b, int n) {
+  double d = 0;
+  for (int i = 0; i < n; i++) d = fmax(d, fabs((double)a[i] - b[i]));
+  return d;
+}
+
+/* two Euler steps with guidance on the tiny SDXL: finite; the defaults of the
+ * micro-conditioning are the image size and crop 0,0 (the same bits when given
+ * explicitly); other numbers, or encoding "" instead of zeros for the empty negative
+ * prompt, change the result */
+TEST(sample_two_steps_micro) {
+  char dir[1200], p[1300];
+  snprintf(dir, sizeof dir, "%s", test_tmpdir("xlsample"));
+  GOLDEN_STATUS(make_tiny(dir));
+  cd_sd_model *m = NULL;
+  snprintf(p, sizeof p, "%s/xl", dir);
+  CHECK_OK(cd_sd_load(p, NULL, &m));
+  enum { N = 4 * 8 * 8 };
+  float a[N], b[N], c[N], d[N], e[N];
+  cd_sdxl_micro same_as_default = {.orig_w = 64, .orig_h = 64, .target_w = 64, .target_h = 64};
+  cd_sdxl_micro other = {.orig_w = 80, .orig_h = 96, .crop_top = 8, .crop_left = 4};
+  int rc = run(m, NULL, 5.0f, a) || run(m, &same_as_default, 5.0f, b) || run(m, &other, 5.0f, c);
+  char err[512];
+  snprintf(err, sizeof err, "%s", rc ? cd_last_error() : "");
+  m->force_zeros_empty = 0;
+  int rc2 = rc || run(m, NULL, 5.0f, d);
+  int rc3 = rc || run(m, NULL, 1.0f, e); /* no guidance: no negative prompt at all */
+  float tid[6];
+  int bad = cd_sdxl_time_ids(&(cd_sdxl_micro){.crop_top = -1}, 64, 64, tid) != 0 && strstr(cd_last_error(), "--crop");
+  cd_sd_free(m);
+  CHECKF(rc == 0 && rc2 == 0 && rc3 == 0, "%s", err);
+  int finite = 1;
+  for (int i = 0; i < N; i++) finite &= isfinite(a[i]) && isfinite(c[i]) && isfinite(e[i]);
+  CHECK(finite);
+  CHECKF(maxdiff(a, b, N) == 0, "explicit defaults differ by %g", maxdiff(a, b, N));
+  CHECKF(maxdiff(a, c, N) > 0, "micro-conditioning had no effect");
+  CHECKF(maxdiff(a, d, N) > 0, "zeros vs encoded empty negative prompt: no difference");
+  CHECKF(maxdiff(a, e, N) > 0, "guidance had no effect");
+  CHECK(bad);
+}
+
+/* cdiff sample takes the micro-conditioning flags on SDXL, refuses malformed ones naming
+ * the flag, and warns that they do nothing on SD 1.x */
+TEST(cli_micro_flags) {
+  char dir[1200], g1[1024], cmd[4096], out[8192];
+  snprintf(dir, sizeof dir, "%s", test_tmpdir("xlcli"));
+  GOLDEN_STATUS(make_tiny(dir));
+  NEED_GOLDEN(g1, "tiny-sd1");
+  const char *bin = test_cdiff_bin();
+  snprintf(cmd, sizeof cmd,
+           "'%s' sample --model '%s/xl' --prompt 'a cat' --steps 1 --width 64 --original-size 80,96 --crop 8,4 "
+           "--target-size 64,64 --out '%s/a.png' 2>&1", bin, dir, dir);
+  int ok = test_run_cmd(cmd, out, sizeof out);
+  char o1[600];
+  snprintf(o1, sizeof o1, "%.590s", out);
+  snprintf(cmd, sizeof cmd, "'%s' sample --model '%s/xl' --prompt 'a cat' --crop 8 --out '%s/b.png' 2>&1", bin, dir, dir);
+  int bad = test_run_cmd(cmd, out, sizeof out);
+  int named = strstr(out, "--crop") != NULL;
+  snprintf(cmd, sizeof cmd, "'%s' sample --model '%s' --prompt 'a cat' --steps 1 --width 64 --crop 8,4 --out '%s/c.png' 2>&1",
+           bin, g1, dir);
+  int sd1 = test_run_cmd(cmd, out, sizeof out);
+  int warned = strstr(out, "--crop") && strstr(out, "no effect");
+  CHECKF(ok == 0, "sdxl sample: %s", o1);
+  CHECK(bad == 2 && named);
+  CHECKF(sd1 == 0 && warned, "sd1 sample: %.500s", out);
 }
 
 /* the text parts of a tiny SDXL: 0, or GOLDEN_STATUS's 1 (skip) / -1 (fail) with test_msg set */
@@ -700,6 +820,8 @@ int main(void) {
   RUN(two_encoder_concat_and_pooled_gradient);
   RUN(penultimate_marks_unread_weights);
   RUN(load_folder_and_single_file);
+  RUN(sample_two_steps_micro);
+  RUN(cli_micro_flags);
   RUN(tokens_go_to_both_encoders);
   RUN(delta_both_rows_roundtrip);
   RUN(merge_features_concat);
