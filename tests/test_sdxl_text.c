@@ -9,7 +9,9 @@
 #include <string.h>
 
 #include "custom/delta.h"
+#include "custom/compress.h"
 #include "custom/merge.h"
+#include "custom/train.h"
 #include "diffusion/pipeline.h"
 #include "diffusion/sdxl_cond.h"
 #include "io/fsutil.h"
@@ -677,6 +679,177 @@ TEST(cli_micro_flags) {
   CHECKF(sd1 == 0 && warned, "sd1 sample: %.500s", out);
 }
 
+/* cdiff train runs on SDXL (two steps, the instance augmentation's crops in the time ids),
+ * writes a delta with both rows, and cdiff sample applies it */
+TEST(cli_train_then_sample) {
+  char dir[1200], cmd[4096], out[8192], imgs[1300];
+  snprintf(dir, sizeof dir, "%s", test_tmpdir("xlclitrain"));
+  GOLDEN_STATUS(make_tiny(dir));
+  snprintf(imgs, sizeof imgs, "%s/imgs", dir);
+  CHECK(cd_mkdir_p(imgs) == 0 && test_write_noise_images(imgs, 2, 3) == 0);
+  const char *bin = test_cdiff_bin();
+  snprintf(cmd, sizeof cmd,
+           "'%s' train --model '%s/xl' --images '%s' --prompt 'photo of a <new1> cat' --no-prior --steps 2 --resolution 64 "
+           "--out '%s/run' 2>&1", bin, dir, imgs, dir);
+  int tr = test_run_cmd(cmd, out, sizeof out);
+  char o1[700];
+  snprintf(o1, sizeof o1, "%.690s", out);
+  cd_delta *d = NULL;
+  char run[1300];
+  snprintf(run, sizeof run, "%s/run", dir);
+  int ld = tr ? -1 : cd_delta_load(run, NULL, &d);
+  int both = !ld && d->ntok == 1 && d->d == 64 && d->d2 == 128 && d->family == CD_FAMILY_SDXL;
+  cd_delta_free(d);
+  snprintf(cmd, sizeof cmd, "'%s' sample --model '%s/xl' --delta '%s/run' --prompt '<new1> cat' --steps 1 --width 64 --out '%s/s.png' 2>&1",
+           bin, dir, dir, dir);
+  int sm = tr ? -1 : test_run_cmd(cmd, out, sizeof out);
+  CHECKF(tr == 0, "train: %s", o1);
+  CHECK(both);
+  CHECKF(sm == 0, "sample: %.600s", out);
+}
+
+/* one tiny-SDXL training step's inputs: an instance example with a zoom-in crop's time ids,
+ * and a class example */
+typedef struct {
+  float pix[2 * 3 * 64 * 64], mask[2 * 64], noise[2 * 4 * 64], tid[12];
+  int ids[2 * T], ids2[2 * T], ts[2];
+} xl_batch;
+
+static int fill_batch(cd_sd_model *m, const char *tok, uint64_t seed, xl_batch *x, cd_batch *b) {
+  char p[64];
+  snprintf(p, sizeof p, "photo of a %s cat", tok);
+  const char *pr[2] = {p, "photo of a cat"};
+  for (int i = 0; i < 2; i++)
+    if (cd_tokenize_padded(m->tok, pr[i], x->ids + i * T, NULL) || cd_tokenize_padded(m->tok2, pr[i], x->ids2 + i * T, NULL))
+      return -1;
+  test_fill_uniform(x->pix, sizeof x->pix / sizeof *x->pix, -1, 1, seed);
+  test_fill_uniform(x->noise, sizeof x->noise / sizeof *x->noise, -2, 2, seed + 1);
+  for (int i = 0; i < 128; i++) x->mask[i] = 1;
+  static const float tid[12] = {64, 64, 8, 16, 64, 64, 64, 64, 0, 0, 64, 64};
+  memcpy(x->tid, tid, sizeof tid);
+  x->ts[0] = 321, x->ts[1] = 777;
+  *b = (cd_batch){.pixels = x->pix, .mask = x->mask, .ids = x->ids, .ids2 = x->ids2, .noise = x->noise, .timesteps = x->ts,
+                  .time_ids = x->tid};
+  return 0;
+}
+
+/* Trains one concept on the tiny SDXL for two steps and returns its delta (NULL on error). */
+static cd_delta *train_two(cd_sd_model *m, const char *tok, uint64_t seed, int check_grads, char *why, size_t cap) {
+  int init = cd_tokenizer_lookup(m->tok, "ktn"), id = -1;
+  const char *toks[1] = {tok};
+  cd_trainer t;
+  memset(&t, 0, sizeof t);
+  cd_delta *d = NULL;
+  if (cd_sd_add_tokens(m, 1, toks, &init, NULL, &id)) { snprintf(why, cap, "add: %s", cd_last_error()); return NULL; }
+  cd_train_opts o;
+  cd_train_opts_default(&o);
+  o.res = 64, o.ntok = 1, o.tok_id[0] = id, o.lr = 1e-3f, o.sample_latents = 0;
+  xl_batch x;
+  cd_batch b;
+  cd_step_report r1 = {0}, r2 = {0};
+  if (cd_trainer_init(&t, m, &o) || fill_batch(m, tok, seed, &x, &b) || cd_trainer_grad(&t, &b, &r1)) {
+    snprintf(why, cap, "step 1: %s", cd_last_error());
+    goto done;
+  }
+  if (check_grads) {
+    /* both tables' rows and the K/V of a second transformer block (depth 2) get gradients */
+    const char *kv = "down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_k.weight";
+    int found = 0;
+    for (int i = 0; i < t.np; i++) {
+      int want = i == t.p_rows || i == t.p_rows2 || !strcmp(t.p[i].name, kv);
+      if (!want) continue;
+      found++;
+      float *gr = cd_malloc(sizeof(float) * (size_t)t.p[i].n);
+      double s = 0;
+      int fin = 1;
+      if (cd_graph_get_grad(t.g, t.p[i].node, gr)) { free(gr); snprintf(why, cap, "grad: %s", cd_last_error()); goto done; }
+      for (int64_t k = 0; k < t.p[i].n; k++) s += (double)gr[k] * gr[k], fin &= isfinite(gr[k]);
+      free(gr);
+      if (!(s > 0) || !fin) { snprintf(why, cap, "%s: gradient norm^2 %g", t.p[i].name, s); goto done; }
+    }
+    if (found != 3 || t.p_rows < 0 || t.p_rows2 < 0) { snprintf(why, cap, "%d of the 3 parameters checked found", found); goto done; }
+  }
+  if (cd_trainer_update(&t, &r1) || cd_trainer_step(&t, &b, &r2)) { snprintf(why, cap, "steps: %s", cd_last_error()); goto done; }
+  if (!isfinite(r1.loss) || !isfinite(r2.loss)) { snprintf(why, cap, "loss %g, %g", r1.loss, r2.loss); goto done; }
+  char tks[1][32];
+  snprintf(tks[0], sizeof tks[0], "%s", tok);
+  if (cd_trainer_to_delta(&t, (const char(*)[32])tks, NULL, &d)) { snprintf(why, cap, "delta: %s", cd_last_error()); d = NULL; }
+done:
+  cd_trainer_free(&t);
+  return d;
+}
+
+/* Custom Diffusion on the tiny SDXL: two steps train both rows of the token and the K/V of
+ * every transformer block; the delta carries both rows, applies to a fresh model, compresses
+ * and round-trips; two concepts merge with constraint residuals at float64 rounding */
+TEST(train_merge_compress) {
+  char dir[1200], p[1300], why[512] = "";
+  snprintf(dir, sizeof dir, "%s", test_tmpdir("xltrain"));
+  GOLDEN_STATUS(make_tiny(dir));
+  snprintf(p, sizeof p, "%s/xl", dir);
+  cd_sd_model *m1 = NULL, *m2 = NULL, *base = NULL;
+  CHECK_OK(cd_sd_load(p, NULL, &m1));
+  cd_delta *d1 = train_two(m1, "<new1>", 11, 1, why, sizeof why);
+  int ok1 = d1 && d1->ntok == 1 && d1->d == 64 && d1->d2 == 128 && d1->family == CD_FAMILY_SDXL &&
+            cd_weights_get(d1->w, "down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_v.weight") &&
+            cd_weights_get(d1->w, "mid_block.attentions.0.transformer_blocks.1.attn2.to_k.weight");
+  char why2[512] = "";
+  int l2 = cd_sd_load(p, NULL, &m2);
+  cd_delta *d2 = l2 ? NULL : train_two(m2, "<new1>", 12, 0, why2, sizeof why2);
+  /* the delta applies to a fresh model: both tables get the trained rows */
+  int lb = cd_sd_load(p, NULL, &base);
+  char sd[1300];
+  snprintf(sd, sizeof sd, "%s/d1", dir);
+  cd_delta *rd = NULL;
+  int rt = !d1 || lb || cd_delta_save(sd, d1) || cd_delta_load(sd, base, &rd) || cd_delta_resolve(rd, base) ||
+           cd_delta_apply(base, rd);
+  char rterr[512];
+  snprintf(rterr, sizeof rterr, "%s", rt ? cd_last_error() : "");
+  int rows = !rt && !memcmp(cd_weight_f32(cd_weights_get(base->clip.w, CD_TOKEN_TABLE)) + 49408 * 64, d1->embeds, 64 * 4) &&
+             !memcmp(cd_weight_f32(cd_weights_get(base->clip2.w, CD_TOKEN_TABLE)) + 49408 * 128, d1->embeds2, 128 * 4);
+  cd_sd_free(base);
+  base = NULL;
+  /* compress: low-rank factors of every K/V change, both rows kept, written and read back */
+  cd_sd_model *b2 = NULL;
+  cd_delta *c = NULL, *cr = NULL;
+  snprintf(sd, sizeof sd, "%s/c1", dir);
+  int cp = !d1 || cd_sd_load(p, NULL, &b2) || cd_delta_compress(d1, b2, 0.6, 1, &c, NULL, NULL) || cd_delta_save(sd, c) ||
+           cd_delta_load(sd, b2, &cr) || cd_delta_resolve(cr, b2);
+  char cperr[512];
+  snprintf(cperr, sizeof cperr, "%s", cp ? cd_last_error() : "");
+  int cok = !cp && cr->lowrank == 0 && cr->d2 == 128 && !memcmp(cr->embeds2, d1->embeds2, 128 * 4) &&
+            cd_weights_count(cr->w) == cd_weights_count(d1->w);
+  /* merge: a fresh base, both concepts */
+  cd_sd_model *mb = NULL;
+  cd_delta *merged = NULL;
+  cd_merge_info info;
+  memset(&info, 0, sizeof info);
+  char **reg = NULL; /* the project's captions (tests run from the repository root) */
+  int nreg = 0;
+  int mg = !d1 || !d2 || cd_merge_read_lines("data/" CD_MERGE_REG_FILE, 200, &reg, &nreg) ||
+           cd_sd_load(p, NULL, &mb);
+  if (!mg) {
+    cd_delta *ds[2] = {d1, d2};
+    const char *cats[2] = {"cat", "dog"};
+    cd_merge_opts mo = {.reg = (const char *const *)reg, .nreg = nreg};
+    mg = cd_merge_deltas(mb, ds, cats, 2, &mo, &merged, &info);
+  }
+  char mgerr[512];
+  snprintf(mgerr, sizeof mgerr, "%s", mg ? cd_last_error() : "");
+  int mok = !mg && merged->ntok == 2 && merged->d2 == 128 && info.nlayers > 0 && info.max_rel_residual < 1e-10 &&
+            !memcmp(merged->embeds2 + 128, d2->embeds2, 128 * 4);
+  double mres = mg ? -1 : info.max_rel_residual;
+  cd_merge_info_free(&info);
+  cd_merge_free_lines(reg, nreg);
+  cd_delta_free(d1), cd_delta_free(d2), cd_delta_free(rd), cd_delta_free(c), cd_delta_free(cr), cd_delta_free(merged);
+  cd_sd_free(m1), cd_sd_free(m2), cd_sd_free(b2), cd_sd_free(mb);
+  CHECKF(ok1, "concept 1: %s", why);
+  CHECKF(!l2 && d2, "concept 2: %s", why2);
+  CHECKF(!rt && rows, "delta round trip: %s", rterr);
+  CHECKF(cok, "compress: %s", cperr);
+  CHECKF(mok, "merge: %s (max rel residual %g)", mgerr, mres);
+}
+
 /* the text parts of a tiny SDXL: 0, or GOLDEN_STATUS's 1 (skip) / -1 (fail) with test_msg set */
 static int load_text_folder(cd_sd_model **out) {
   char g1[1024], g2[1024];
@@ -822,6 +995,8 @@ int main(void) {
   RUN(load_folder_and_single_file);
   RUN(sample_two_steps_micro);
   RUN(cli_micro_flags);
+  RUN(train_merge_compress);
+  RUN(cli_train_then_sample);
   RUN(tokens_go_to_both_encoders);
   RUN(delta_both_rows_roundtrip);
   RUN(merge_features_concat);

@@ -68,13 +68,18 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
 
   /* the modifier tokens are the table's last ntok rows (cd_sd_add_tokens put
    * them there as copies of their initializers); the graph trains them in place */
-  cd_weight *table = cd_weights_get(m->clip.w, CD_TOKEN_TABLE);
-  if (!table) return cd_set_error("%s: text encoder has no token embedding", m->path);
-  for (int i = 0; i < o->ntok; i++)
-    if (o->tok_id[i] != m->clip.cfg.vocab - o->ntok + i)
-      return cd_set_error("modifier token %d has id %d, expected %d (add the tokens with cd_sd_add_tokens first)", i, o->tok_id[i],
-                          m->clip.cfg.vocab - o->ntok + i);
-  if (o->ntok && table->type != CD_TYPE_F32) return cd_set_error("%s: the token table of the modifier tokens must be f32", m->path);
+  const int xl = m->family == CD_FAMILY_SDXL;
+  t->p_rows = t->p_rows2 = -1;
+  for (int k = 0; k < cd_sd_ntext(m); k++) {
+    const cd_clip *c = cd_sd_text(m, k);
+    cd_weight *table = c->w ? cd_weights_get(c->w, CD_TOKEN_TABLE) : NULL;
+    if (!table) return cd_set_error("%s: %s has no token embedding", m->path, k ? "text_encoder_2" : "the text encoder");
+    for (int i = 0; i < o->ntok; i++)
+      if (o->tok_id[i] != c->cfg.vocab - o->ntok + i)
+        return cd_set_error("modifier token %d has id %d, expected %d (add the tokens with cd_sd_add_tokens first)", i,
+                            o->tok_id[i], c->cfg.vocab - o->ntok + i);
+    if (o->ntok && table->type != CD_TYPE_F32) return cd_set_error("%s: the token table of the modifier tokens must be f32", m->path);
+  }
 
   /* VAE encoder, inference only */
   t->enc = cd_graph_new();
@@ -91,7 +96,22 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
     extra = cd_w_rows(g, m->clip.w, m->clip.cfg.vocab - o->ntok, m->clip.cfg.vocab, CD_TOKEN_TABLE);
     cd_set_trainable(extra);
   }
-  cd_node *ctx = cd_clip_build(g, &m->clip, t->ids, extra, NULL);
+  cd_node *ctx, *extra2 = NULL, *pooled = NULL;
+  if (xl) {
+    /* SDXL: [penultimate(text_encoder) | penultimate(text_encoder_2)], and the second's pooled output */
+    t->ids2 = cd_input_typed(g, "ids_2", CD_TYPE_I32, 2, (int64_t[]){B, CD_TOK_MAX_LEN});
+    t->pool_sel = cd_input(g, "pooled_position", 3, (int64_t[]){B, 1, CD_TOK_MAX_LEN});
+    t->time_ids = cd_input(g, "time_ids", 2, (int64_t[]){B, 6});
+    if (o->ntok) {
+      extra2 = cd_w_rows(g, m->clip2.w, m->clip2.cfg.vocab - o->ntok, m->clip2.cfg.vocab, CD_TOKEN_TABLE);
+      cd_set_trainable(extra2);
+    }
+    cd_node *h1 = cd_clip_build_sdxl(g, &m->clip, t->ids, extra, NULL, NULL);
+    cd_node *h2 = cd_clip_build_sdxl(g, &m->clip2, t->ids2, extra2, t->pool_sel, &pooled);
+    ctx = cd_concat(g, h1, h2, 2);
+  } else {
+    ctx = cd_clip_build(g, &m->clip, t->ids, extra, NULL);
+  }
   t->noisy = cd_input(g, "noisy", 4, (int64_t[]){B, C, h, w});
   t->t = cd_input(g, "t", 1, (int64_t[]){B});
   cd_weights_clear_used(m->unet.w);
@@ -104,7 +124,8 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
   /* Custom Diffusion detaches the start token's k/v (it is the same for every
    * prompt); the full fine-tuning baseline trains as DreamBooth does, without */
   const cd_unet_mode mode = {.train = o->train, .detach_rows = o->train == CD_TRAIN_FULL ? 0 : 1};
-  t->pred = cd_unet_build(g, &m->unet, &mode, t->noisy, t->t, ctx);
+  const cd_unet_added added = {.text_embeds = pooled, .time_ids = t->time_ids};
+  t->pred = cd_unet_build_cond(g, &m->unet, &mode, t->noisy, t->t, ctx, xl ? &added : NULL);
   if (o->train == CD_TRAIN_FULL) /* the builder marks attn2; every other weight the graph uses trains too */
     for (int i = 0; i < cd_weights_count(m->unet.w); i++) {
       cd_weight *x = cd_weights_at(m->unet.w, i);
@@ -135,17 +156,24 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
 
   /* parameters: the trainable UNet weights in diffusers order, then the new rows */
   int nw = cd_weights_count(m->unet.w);
-  t->p = cd_calloc(nw + 1, sizeof *t->p);
+  t->p = cd_calloc(nw + 2, sizeof *t->p);
   t->opt = cd_optim_new(g);
   for (int i = 0; i < nw; i++) {
     cd_weight *x = cd_weights_at(m->unet.w, i);
     if (!x->node || !(x->node->flags & CD_FLAG_TRAINABLE)) continue;
     t->p[t->np++] = (cd_train_param){.name = x->name, .node = x->node, .n = x->node->n};
   }
-  if (extra) t->p[t->np++] = (cd_train_param){.name = "token_embedding.extra", .node = extra, .n = extra->n};
+  if (extra) {
+    t->p_rows = t->np;
+    t->p[t->np++] = (cd_train_param){.name = "token_embedding.extra", .node = extra, .n = extra->n};
+  }
+  if (extra2) {
+    t->p_rows2 = t->np;
+    t->p[t->np++] = (cd_train_param){.name = "token_embedding_2.extra", .node = extra2, .n = extra2->n};
+  }
   for (int i = 0; i < t->np; i++)
     if (cd_optim_add(t->opt, t->p[i].node)) return -1;
-  if (o->train != CD_TRAIN_NONE && t->np == (extra != NULL)) return cd_set_error("nothing to train: the UNet has no cross-attention layers");
+  if (o->train != CD_TRAIN_NONE && t->np == (extra != NULL) + (extra2 != NULL)) return cd_set_error("nothing to train: the UNet has no cross-attention layers");
   return 0;
 }
 
@@ -239,6 +267,15 @@ int cd_trainer_grad(cd_trainer *t, const cd_batch *b, cd_step_report *r) {
     if (cd_graph_set_input(g, t->mask_c, st)) return -1;
   }
   if (cd_graph_set_input_i32(g, t->ids, b->ids)) return -1; /* ids stay integers (49408 is not a bf16) */
+  if (t->ids2) {
+    if (!b->ids2 || !b->time_ids) return cd_set_error("an SDXL training batch needs tokenizer_2's ids and the time ids");
+    float *sel = cd_malloc(sizeof(float) * (size_t)B * CD_TOK_MAX_LEN);
+    cd_clip_pool_select(&t->m->clip2.cfg, b->ids2, B, CD_TOK_MAX_LEN, sel);
+    int e = cd_graph_set_input_i32(g, t->ids2, b->ids2) || cd_graph_set_input(g, t->pool_sel, sel) ||
+            cd_graph_set_input(g, t->time_ids, b->time_ids);
+    free(sel);
+    if (e) return -1;
+  }
   if (cd_graph_forward(g)) return -1;
   double loss = cd_graph_get_scalar(g, t->loss);
   if (r) {
@@ -284,7 +321,7 @@ int cd_trainer_to_delta(const cd_trainer *t, const char (*tokens)[32], const cha
   const cd_sd_model *m = t->m;
   for (int i = 0; i < t->np; i++) {
     const cd_train_param *p = &t->p[i];
-    if (!strcmp(p->name, "token_embedding.extra")) continue;
+    if (i == t->p_rows || i == t->p_rows2) continue;
     cd_weight *x = cd_weights_get(m->unet.w, p->name);
     float *c = cd_malloc(p->n * sizeof(float));
     if (cd_optim_read(t->opt, i, CD_OPTIM_VALUE, c)) {
@@ -303,7 +340,15 @@ int cd_trainer_to_delta(const cd_trainer *t, const char (*tokens)[32], const cha
   d->ntok = t->o.ntok;
   if (d->ntok) {
     d->embeds = cd_malloc((size_t)d->ntok * d->d * sizeof(float));
-    if (cd_optim_read(t->opt, t->np - 1, CD_OPTIM_VALUE, d->embeds)) {
+    if (cd_optim_read(t->opt, t->p_rows, CD_OPTIM_VALUE, d->embeds)) {
+      cd_delta_free(d);
+      return -1;
+    }
+  }
+  if (d->ntok && t->p_rows2 >= 0) { /* SDXL: the same tokens' rows in text_encoder_2 */
+    d->d2 = m->clip2.cfg.width;
+    d->embeds2 = cd_malloc((size_t)d->ntok * d->d2 * sizeof(float));
+    if (cd_optim_read(t->opt, t->p_rows2, CD_OPTIM_VALUE, d->embeds2)) {
       cd_delta_free(d);
       return -1;
     }

@@ -10,6 +10,11 @@
  *           + prior_weight * mean over class samples' elements of (pred-target)^2
  *   grads clipped to total norm max_grad_norm over K/V and the new rows, then AdamW.
  *
+ * SDXL (the original repository's diffusers_training_sdxl.py): the context is
+ * both encoders' penultimate states concatenated, text_embeds the second one's
+ * pooled output, time_ids per example; the modifier tokens' rows train in both
+ * tables.
+ *
  * Deliberate differences from the references: only the new-token rows are
  * parameters (diffusers decays all 49408 rows; here the base rows stay exact),
  * and every modifier token trains (the original never trains the last one).
@@ -34,7 +39,8 @@ typedef struct {
   int sample_latents; /* 1: latent_dist.sample() (training); 0: the posterior mean (golden tests) */
   int ntok;
   int tok_id[16];     /* ids of the modifier tokens: the token table's last ntok rows, added by
-                         cd_sd_add_tokens (models/token_table.h) from their initializers */
+                         cd_sd_add_tokens (models/token_table.h) from their initializers; SDXL:
+                         the same ids and rows in text_encoder_2's table */
 } cd_train_opts;
 
 void cd_train_opts_default(cd_train_opts *o);
@@ -69,6 +75,8 @@ typedef struct {
   int mcount, mcap;
   cd_graph *g;        /* text encoder + UNet + loss, training plan */
   cd_node *ids, *noisy, *t, *target, *mask_i, *mask_c, *loss, *inst, *prior_loss, *pred;
+  cd_node *ids2, *pool_sel, *time_ids; /* SDXL: tokenizer_2's ids, the pooled position, the micro-conditioning */
+  int p_rows, p_rows2;                 /* parameter indexes of the token rows of each table (-1: none) */
   cd_train_param *p;
   int np;
   float *stage;       /* host staging for the graph's inputs: max(B*C*h*w, B*77) floats */
@@ -83,6 +91,8 @@ typedef struct {
   const float *pixels; /* [B, 3, res, res] in [-1, 1] */
   const float *mask;   /* [B, 1, res/8, res/8] (class examples: ones) */
   const int *ids;      /* [B, 77] */
+  const int *ids2;     /* SDXL: [B, 77] of tokenizer_2 (pads with 0) */
+  const float *time_ids; /* SDXL: [B, 6] original h, w, crop top, left, target h, w */
   const float *noise;  /* [B, 4, res/8, res/8] */
   const float *latent_noise; /* [B, 4, res/8, res/8] for the posterior sample, or NULL */
   const int *timesteps;/* [B] */

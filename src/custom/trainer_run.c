@@ -15,6 +15,7 @@
 #include "core/common.h"
 #include "core/progress.h"
 #include "core/sysmem.h"
+#include "diffusion/sdxl_cond.h"
 #include "custom/class_images.h"
 #include "custom/dataset.h"
 #include "custom/delta.h"
@@ -663,6 +664,8 @@ static int validate(run_t *r, int step) {
 typedef struct {
   float *pixels, *mask, *noise, *lnoise;
   int *ids, *ts, *perm;
+  int *ids2;   /* SDXL: tokenizer_2's ids */
+  float *tids; /* SDXL: [B, 6] time ids */
 } batch_buf;
 
 /* Balanced batches: example i of step s is the (s*batch + i)-th example
@@ -693,6 +696,13 @@ static int draw_example_noise(run_t *r, cd_rng *rng, batch_buf *bb, int slot) {
   return 0;
 }
 
+/* SDXL's time ids of a training example: the training resolution as original and target
+ * size (as the original repository's SDXL script), the crop given */
+static int sdxl_time_ids(int res, int top, int left, float *out) {
+  const cd_sdxl_micro mc = {.orig_w = res, .orig_h = res, .crop_top = top, .crop_left = left, .target_w = res, .target_h = res};
+  return cd_sdxl_time_ids(&mc, res, res, out);
+}
+
 /* This rank's examples of step s: instance examples lo..lo+nloc-1 of the
  * global batch in slots 0..nloc-1, then their class examples. */
 static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
@@ -706,14 +716,18 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
     concept_t *c;
     int idx = pick(r, s, i, 0, bb->perm, &c);
     const cd_image *img;
-    const char *prefix;
-    if (cd_image_cache_get(&c->ic, &c->inst, idx, &img) ||
-        cd_instance_example(img, res, o->aug, o->hflip, &rng, bb->pixels + j * px, bb->mask + j * hw, &prefix))
+    cd_instance_aug a;
+    if (cd_image_cache_get(&c->ic, &c->inst, idx, &img) || cd_instance_draw(res, o->aug, o->hflip, &rng, &a) ||
+        cd_instance_render(img, res, &a, bb->pixels + j * px, bb->mask + j * hw))
       return -1;
     const char *cap = c->inst.items[idx].caption ? c->inst.items[idx].caption : c->inst_prompt;
     char prompt[4096];
-    snprintf(prompt, sizeof prompt, "%s%s", prefix ? prefix : "", cap);
+    snprintf(prompt, sizeof prompt, "%s%s", a.prefix ? a.prefix : "", cap);
     if (cd_tokenize_padded(r->m->tok, prompt, bb->ids + j * CD_TOK_MAX_LEN, NULL)) return -1; /* long prompts warned once, up front */
+    /* SDXL: the crop of a zoom-in (scale > res) is the micro-conditioning's crop */
+    if (bb->ids2 && (cd_tokenize_padded(r->m->tok2, prompt, bb->ids2 + j * CD_TOK_MAX_LEN, NULL) ||
+                     sdxl_time_ids(res, a.scale > res ? a.top : 0, a.scale > res ? a.left : 0, bb->tids + 6 * j)))
+      return -1;
     draw_example_noise(r, &rng, bb, j);
   }
   if (o->prior)
@@ -729,9 +743,13 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
         return -1;
       const char *cap = c->cls.items[idx].caption ? c->cls.items[idx].caption : c->class_prompt ? c->class_prompt : "";
       if (cd_tokenize_padded(r->m->tok, cap, bb->ids + (nl + j) * CD_TOK_MAX_LEN, NULL)) return -1;
+      if (bb->ids2 && (cd_tokenize_padded(r->m->tok2, cap, bb->ids2 + (nl + j) * CD_TOK_MAX_LEN, NULL) ||
+                       sdxl_time_ids(res, 0, 0, bb->tids + 6 * (nl + j))))
+        return -1;
       draw_example_noise(r, &rng, bb, nl + j);
     }
-  *b = (cd_batch){.pixels = bb->pixels, .mask = bb->mask, .ids = bb->ids, .noise = bb->noise, .latent_noise = bb->lnoise, .timesteps = bb->ts};
+  *b = (cd_batch){.pixels = bb->pixels, .mask = bb->mask, .ids = bb->ids, .noise = bb->noise, .latent_noise = bb->lnoise, .timesteps = bb->ts,
+                  .ids2 = bb->ids2, .time_ids = bb->tids};
   return 0;
 }
 
@@ -742,7 +760,8 @@ static int setup_model(run_t *r) {
   cd_load_opts lo = {.vocab = o->vocab, .weights_dtype = o->weights_dtype};
   if (cd_sd_load(o->model, &lo, &r->m)) return cd_prefix_error("--model");
   cd_sd_model *m = r->m;
-  if (cd_clip_set_skip(&m->clip, o->clip_skip)) return -1;
+  for (int k = 0; k < cd_sd_ntext(m); k++) /* SDXL: one clip skip for both encoders, as diffusers' clip_skip */
+    if (cd_clip_set_skip(cd_sd_text(m, k), o->clip_skip)) return -1;
   if (!m->tok) return cd_set_error("--model %s: no tokenizer vocabulary found: pass --vocab (a tokenizer/ folder or bpe_simple_vocab_16e6.txt.gz)", o->model);
   if (cd_tokenizer_vocab_size(m->tok) != m->clip.cfg.vocab)
     return cd_set_error("--model %s: tokenizer has %d tokens but the text encoder %d rows", o->model, cd_tokenizer_vocab_size(m->tok), m->clip.cfg.vocab);
@@ -1128,6 +1147,10 @@ static int train_loop(run_t *r, FILE *log) {
   batch_buf bb = {.pixels = cd_malloc(B * px * sizeof(float)), .mask = cd_malloc(B * hw * sizeof(float)),
                   .noise = cd_malloc(B * 4 * hw * sizeof(float)), .lnoise = cd_malloc(B * 4 * hw * sizeof(float)),
                   .ids = cd_malloc(B * CD_TOK_MAX_LEN * sizeof(int)), .ts = cd_malloc(B * sizeof(int)), .perm = cd_malloc(maxn * sizeof(int))};
+  if (r->m->family == CD_FAMILY_SDXL) {
+    bb.ids2 = cd_malloc(B * CD_TOK_MAX_LEN * sizeof(int));
+    bb.tids = cd_malloc(B * 6 * sizeof(float));
+  }
   cd_progress bar;
   cd_progress_start(&bar, start ? "training (resumed)" : "training", r->steps - start);
   if (o->quiet) bar.quiet = 1;
@@ -1177,6 +1200,7 @@ static int train_loop(run_t *r, FILE *log) {
   }
   cd_progress_finish(&bar);
   free(bb.pixels); free(bb.mask); free(bb.noise); free(bb.lnoise); free(bb.ids); free(bb.ts); free(bb.perm);
+  free(bb.ids2); free(bb.tids);
   return rc;
 }
 
