@@ -258,6 +258,37 @@ TEST(lightning_structure) {
   free(b.p);
 }
 
+/* The custom-diffusion repository's SDXL delta.bin: {'unet': {'x.attn2.to_k.weight': t},
+ * 'modifier_token': {'<new1>': [row_1, row_2]}, 'n': [1, 2]}: a list of tensors flattens to
+ * ".0", ".1"; a list of numbers is ignored */
+TEST(list_of_tensors) {
+  int64_t s23[2] = {2, 3}, st23[2] = {3, 1}, s4[1] = {4}, st4[1] = {1};
+  buf b = {0};
+  u8(&b, 0x80); u8(&b, 2);
+  u8(&b, '}'); u8(&b, '(');
+  p_str(&b, "unet"); u8(&b, '}'); p_str(&b, "x.attn2.to_k.weight"); p_tensor(&b, "FloatStorage", "0", 24, 0, 2, s23, st23); u8(&b, 's');
+  p_str(&b, "modifier_token"); u8(&b, '}'); p_str(&b, "<new1>");
+  u8(&b, ']'); u8(&b, '(');
+  p_tensor(&b, "FloatStorage", "0", 24, 8, 1, s4, st4);
+  p_tensor(&b, "FloatStorage", "0", 24, 16, 1, s4, st4);
+  u8(&b, 'e'); u8(&b, 's');
+  p_str(&b, "n"); u8(&b, ']'); u8(&b, '('); p_int(&b, 1); p_int(&b, 2); u8(&b, 'e');
+  u8(&b, 'u'); u8(&b, '.');
+  const char *path = test_tmpdir("delta_xl.bin");
+  write_ckpt_pkl(path, &b, 0);
+  free(b.p);
+  cd_tensor_file *f;
+  CHECK_OK(cd_ckpt_open(path, &f));
+  const cd_tensor_info *k = cd_tf_find(f, "unet.x.attn2.to_k.weight"), *r0 = cd_tf_find(f, "modifier_token.<new1>.0"),
+                       *r1 = cd_tf_find(f, "modifier_token.<new1>.1");
+  float v0[4], v1[4];
+  int ok = cd_tf_count(f) == 3 && k && r0 && r1 && !cd_tf_read_f32(f, r0, v0) && !cd_tf_read_f32(f, r1, v1) &&
+           v0[0] == S0[8] && v0[3] == S0[11] && v1[0] == S0[16] && v1[3] == S0[19];
+  int n = cd_tf_count(f);
+  cd_tensor_file_close(f);
+  CHECKF(ok, "%d tensors", n);
+}
+
 TEST(protocol4_frame_memoize) {
   /* what protocol 4 looks like: FRAME, SHORT_BINUNICODE, MEMOIZE, STACK_GLOBAL */
   buf b = {0};
@@ -494,6 +525,7 @@ TEST(writer_rejects_bad_input) {
 int main(void) {
   RUN(write_roundtrip);
   RUN(lightning_structure);
+  RUN(list_of_tensors);
   RUN(protocol4_frame_memoize);
   RUN(forbidden_globals);
   RUN(bad_tensors);

@@ -674,7 +674,14 @@ TEST(cli_micro_flags) {
            bin, g1, dir);
   int sd1 = test_run_cmd(cmd, out, sizeof out);
   int warned = strstr(out, "--crop") && strstr(out, "no effect");
+  snprintf(cmd, sizeof cmd, "'%s' info '%s/xl' 2>&1", bin, dir);
+  int inf = test_run_cmd(cmd, out, sizeof out);
+  int shows2 = inf == 0 && strstr(out, "family:       SDXL") && strstr(out, "text encoder 2: 6,737,920 parameters") &&
+               strstr(out, "projection 48") && strstr(out, "tokenizer 2:  loaded");
+  char o2[700];
+  snprintf(o2, sizeof o2, "%.690s", out);
   CHECKF(ok == 0, "sdxl sample: %s", o1);
+  CHECKF(shows2, "info: %s", o2);
   CHECK(bad == 2 && named);
   CHECKF(sd1 == 0 && warned, "sd1 sample: %.500s", out);
 }
@@ -706,6 +713,63 @@ TEST(cli_train_then_sample) {
   CHECKF(tr == 0, "train: %s", o1);
   CHECK(both);
   CHECKF(sm == 0, "sample: %.600s", out);
+}
+
+/* the original repository's SDXL delta.bin ({'unet': ..., 'modifier_token': {tok: [row, row_2]}},
+ * as the reader flattens it), in full and in its compress.py form (W = W0 + U V) */
+TEST(repo_delta_bin) {
+  char dir[1200], p[1300];
+  snprintf(dir, sizeof dir, "%s", test_tmpdir("xlbin"));
+  GOLDEN_STATUS(make_tiny(dir));
+  snprintf(p, sizeof p, "%s/xl", dir);
+  cd_sd_model *m = NULL;
+  CHECK_OK(cd_sd_load(p, NULL, &m));
+  const char *kn = "down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_k.weight";
+  cd_weight *w0 = cd_weights_get(m->unet.w, kn);
+  CHECK(w0 && w0->ndim == 2);
+  const int R = (int)w0->ne[0], Cc = (int)w0->ne[1], K = 3;
+  float *W = rnd((int64_t)R * Cc, 1.0f, 51), *U = rnd((int64_t)R * K, 1.0f, 52), *V = rnd((int64_t)K * Cc, 1.0f, 53);
+  float *e1 = rnd(64, 1.0f, 54), *e2 = rnd(128, 1.0f, 55);
+  char n1[200], n2[200], n3[200];
+  snprintf(n1, sizeof n1, "unet.%s", kn);
+  snprintf(n2, sizeof n2, "unet.%s.u", kn);
+  snprintf(n3, sizeof n3, "unet.%s.v", kn);
+  cd_tensor_out full[3] = {{n1, CD_DT_F32, 2, {R, Cc}, W}, {"modifier_token.<new1>.0", CD_DT_F32, 1, {64}, e1},
+                           {"modifier_token.<new1>.1", CD_DT_F32, 1, {128}, e2}};
+  cd_tensor_out low[4] = {{n2, CD_DT_F32, 2, {R, K}, U}, {n3, CD_DT_F32, 2, {K, Cc}, V},
+                          {"modifier_token.<new1>.0", CD_DT_F32, 1, {64}, e1}, {"modifier_token.<new1>.1", CD_DT_F32, 1, {128}, e2}};
+  char d1[1300], d2[1300], f1[1400], f2[1400];
+  snprintf(d1, sizeof d1, "%s/full", dir);
+  snprintf(d2, sizeof d2, "%s/low", dir);
+  snprintf(f1, sizeof f1, "%s/delta.bin", d1);
+  snprintf(f2, sizeof f2, "%s/delta.bin", d2);
+  cd_delta *a = NULL, *b = NULL;
+  int rc = cd_mkdir_p(d1) || cd_mkdir_p(d2) || cd_safetensors_write(f1, full, 3, NULL, 0) || cd_safetensors_write(f2, low, 4, NULL, 0) ||
+           cd_delta_load(d1, m, &a) || cd_delta_load(d2, m, &b) || cd_delta_resolve(a, m) || cd_delta_resolve(b, m);
+  char err[512];
+  snprintf(err, sizeof err, "%s", rc ? cd_last_error() : "");
+  int toks = !rc && a->ntok == 1 && !strcmp(a->tok[0], "<new1>") && a->d2 == 128 && !memcmp(a->embeds, e1, 64 * 4) &&
+             !memcmp(a->embeds2, e2, 128 * 4) && b->d2 == 128;
+  int wa = !rc && cd_weights_get(a->w, kn) && !memcmp(cd_weights_get(a->w, kn)->data, W, sizeof(float) * R * Cc);
+  /* the compressed form resolves to W0 + U V (the float32 dot of K = 3 terms: within 3 ulp) */
+  double md = -1;
+  if (!rc && cd_weights_get(b->w, kn)) {
+    const float *x = cd_weights_get(b->w, kn)->data, *b0 = cd_weight_f32(w0);
+    md = 0;
+    for (int i = 0; i < R; i++)
+      for (int j = 0; j < Cc; j++) {
+        double ref = b0[i * Cc + j];
+        for (int k = 0; k < K; k++) ref += (double)U[i * K + k] * V[k * Cc + j];
+        md = fmax(md, fabs(x[i * Cc + j] - ref) / (fabs(ref) + 1));
+      }
+  }
+  free(W), free(U), free(V), free(e1), free(e2);
+  cd_delta_free(a), cd_delta_free(b);
+  cd_sd_free(m);
+  CHECKF(rc == 0, "%s", err);
+  CHECK(toks);
+  CHECK(wa);
+  CHECKF(md >= 0 && md <= 8 * TEST_U32, "low-rank resolve error %g", md);
 }
 
 /* one tiny-SDXL training step's inputs: an instance example with a zoom-in crop's time ids,
@@ -997,6 +1061,7 @@ int main(void) {
   RUN(cli_micro_flags);
   RUN(train_merge_compress);
   RUN(cli_train_then_sample);
+  RUN(repo_delta_bin);
   RUN(tokens_go_to_both_encoders);
   RUN(delta_both_rows_roundtrip);
   RUN(merge_features_concat);

@@ -256,6 +256,70 @@ static int load_original(const cd_tensor_file *f, const cd_sd_model *m, cd_delta
   return rc;
 }
 
+/* ---- the original repository's diffusers-based delta.bin (its SD and SDXL scripts) ----
+ * {'unet': {<diffusers parameter>: W, or {'u': U, 'v': V} after its compress.py (W = W0 + U V)},
+ *  'modifier_token': {<tok>: row} (SD) or {<tok>: [row, row_2]} (SDXL: one per encoder)},
+ * flattened by the reader to unet.<param>[.u|.v] and modifier_token.<tok>[.0|.1]. */
+static int any_prefix(const cd_tensor_file *f, const char *pre) {
+  for (int i = 0; i < cd_tf_count(f); i++)
+    if (!strncmp(cd_tf_at(f, i)->name, pre, strlen(pre))) return 1;
+  return 0;
+}
+
+static int load_repo_bin(const cd_tensor_file *f, cd_delta *d) {
+  const char *path = cd_tf_path(f);
+  snprintf(d->layout, sizeof d->layout, "original");
+  struct { char tok[32]; const cd_tensor_info *row[2]; } tk[CD_DELTA_MAX_TOKENS];
+  int nt = 0, kv = 0, pair = -1, rc = 0;
+  for (int i = 0; i < cd_tf_count(f) && !rc; i++) {
+    const cd_tensor_info *t = cd_tf_at(f, i);
+    const char *k = t->name;
+    if (!strncmp(k, "unet.", 5)) {
+      char name[300];
+      size_t L = strlen(k + 5);
+      int lr = cd_ends_with(k, ".u") ? 1 : cd_ends_with(k, ".v") ? 2 : 0;
+      snprintf(name, sizeof name, "%.*s%s", (int)(lr ? L - 2 : L), k + 5, lr == 1 ? ".lr_us" : lr == 2 ? ".lr_vt" : "");
+      if (!strstr(name, ".attn2.")) { rc = cd_set_error("%s: '%s' is not a cross-attention weight", path, k); break; }
+      if (lr) d->lowrank = 1;
+      rc = put_tensor(d, f, t, name);
+      if (strstr(name, ".to_k.weight")) kv++;
+    } else if (!strncmp(k, "modifier_token.", 15)) {
+      const char *r = k + 15;
+      size_t L = strlen(r);
+      int part = L > 2 && (cd_ends_with(r, ".0") || cd_ends_with(r, ".1")) ? r[L - 1] - '0' : -1;
+      char tok[32];
+      if (L - (part >= 0 ? 2 : 0) >= sizeof tok) { rc = cd_set_error("%s: token name too long in '%s'", path, k); break; }
+      snprintf(tok, sizeof tok, "%.*s", (int)(L - (part >= 0 ? 2 : 0)), r);
+      int j = 0;
+      while (j < nt && strcmp(tk[j].tok, tok)) j++;
+      if (j == nt) {
+        if (nt == CD_DELTA_MAX_TOKENS) { rc = cd_set_error("%s: more than %d modifier tokens", path, CD_DELTA_MAX_TOKENS); break; }
+        memset(&tk[nt], 0, sizeof tk[nt]);
+        snprintf(tk[nt++].tok, sizeof tk[0].tok, "%s", tok);
+      }
+      if (pair >= 0 && pair != (part >= 0)) { rc = cd_set_error("%s: tokens with one and with two rows mixed", path); break; }
+      pair = part >= 0;
+      if (!one_row(t)) { rc = cd_set_error("%s: '%s' is not one embedding row", path, k); break; }
+      tk[j].row[part > 0 ? 1 : 0] = t;
+    } else {
+      rc = cd_set_error("%s: unexpected key '%s' in a Custom Diffusion delta.bin (a fine-tuned text encoder is not "
+                        "supported; expected unet.* and modifier_token.*)", path, k);
+    }
+  }
+  for (int j = 0; j < nt && !rc; j++) {
+    const cd_tensor_info *a = tk[j].row[0], *b = tk[j].row[1];
+    if (!a || (pair && !b)) { rc = cd_set_error("%s: token %s lacks a row", path, tk[j].tok); break; }
+    int w1 = (int)a->shape[a->ndim - 1], w2 = b ? (int)b->shape[b->ndim - 1] : 0;
+    float *x = cd_malloc(sizeof(float) * w1), *y = b ? cd_malloc(sizeof(float) * w2) : NULL;
+    rc = cd_tf_read_f32(f, a, x) || (b && cd_tf_read_f32(f, b, y)) || add_token2(d, tk[j].tok, "", x, w1, y, w2, path) ? -1 : 0;
+    free(x);
+    free(y);
+  }
+  if (!rc && !kv) rc = cd_set_error("%s: no cross-attention weights in this delta", path);
+  if (!rc) snprintf(d->train, sizeof d->train, cd_weights_count(d->w) > 2 * kv ? "crossattn" : "crossattn_kv");
+  return rc;
+}
+
 static int load_file(const char *path, const cd_sd_model *m, cd_delta *d) {
   cd_tensor_file *f;
   if (cd_tensor_file_open(path, &f)) return -1;
@@ -264,6 +328,8 @@ static int load_file(const char *path, const cd_sd_model *m, cd_delta *d) {
   if (fmt && !strcmp(fmt, "cdiff-delta")) rc = load_cdiff(f, d);
   else if (cd_tf_find(f, "embed") || (cd_tf_count(f) > 0 && !strncmp(cd_tf_at(f, 0)->name, "model.diffusion_model.", 22)))
     rc = load_original(f, m, d);
+  else if (any_prefix(f, "unet.") || any_prefix(f, "modifier_token."))
+    rc = load_repo_bin(f, d);
   else if (cd_tf_count(f) > 0 && strstr(cd_tf_at(f, 0)->name, "_custom_diffusion")) {
     rc = load_diffusers_weights(f, d);
     if (!rc) { /* token files live beside the weights */
@@ -284,8 +350,8 @@ int cd_delta_load(const char *path, const cd_sd_model *m, cd_delta **out) {
   char p[2048];
   int rc;
   if (cd_is_dir(path)) {
-    static const char *cands[] = {CD_DELTA_FILE, CD_DIFFUSERS_DELTA_FILE, "pytorch_custom_diffusion_weights.bin", "delta.ckpt"};
-    rc = cd_set_error("%s: no %s, %s or delta.ckpt in this folder", path, CD_DELTA_FILE, CD_DIFFUSERS_DELTA_FILE);
+    static const char *cands[] = {CD_DELTA_FILE, CD_DIFFUSERS_DELTA_FILE, "pytorch_custom_diffusion_weights.bin", "delta.ckpt", "delta.bin"};
+    rc = cd_set_error("%s: no %s, %s, delta.ckpt or delta.bin in this folder", path, CD_DELTA_FILE, CD_DIFFUSERS_DELTA_FILE);
     for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++) {
       snprintf(p, sizeof p, "%s/%s", path, cands[i]);
       if (cd_file_exists(p)) {

@@ -21,6 +21,8 @@
  *   (every UNet weight, diffusers' keys) instead of the Custom Diffusion file.
  * the original repository's delta.ckpt:
  *   {'state_dict': {'model.diffusion_model.<...>.attn2.to_k.weight': ..., 'embed': [E, d]}}
+ * and its diffusers-based scripts' delta.bin (SD and SDXL; compress.py's low-rank form too):
+ *   {'unet': {'<diffusers param>': W | {'u': U, 'v': V}}, 'modifier_token': {'<tok>': row | [row, row_2]}}
  */
 #ifndef CD_DELTA_H
 #define CD_DELTA_H

@@ -658,7 +658,17 @@ static int add_tensor(cd_tensor_file *f, const char *name, const val *t) {
   return 0;
 }
 
-/* Adds every tensor reachable through nested dicts as "prefix.key.key". */
+/* A list or tuple of tensors only (the custom-diffusion repository's SDXL delta.bin keeps each
+ * modifier token's two rows as [row_1, row_2]); other lists hold no model tensors. */
+static int tensor_list(const val *v) {
+  if ((v->type != V_LIST && v->type != V_TUPLE) || v->n < 1) return 0;
+  for (int i = 0; i < v->n; i++)
+    if (v->items[i]->type != V_TENSOR) return 0;
+  return 1;
+}
+
+/* Adds every tensor reachable through nested dicts as "prefix.key.key" (the items of a
+ * list of tensors as "prefix.key.0", "prefix.key.1", ...). */
 static int flatten(cd_tensor_file *f, const val *d, const char *prefix, int depth, const char *skip_key) {
   if (depth > PKL_MAX_DEPTH) return cd_set_error("ckpt %s: dicts nested deeper than %d (cyclic?)", f->path, PKL_MAX_DEPTH);
   for (int i = 0; i + 1 < d->n; i += 2) {
@@ -671,12 +681,19 @@ static int flatten(cd_tensor_file *f, const val *d, const char *prefix, int dept
       ks = kbuf;
     } else continue;
     if (skip_key && strcmp(ks, skip_key) == 0) continue;
-    if (v->type != V_TENSOR && v->type != V_DICT) continue; /* non-tensor values are ignored */
-    size_t n = strlen(prefix) + strlen(ks) + 2;
+    if (v->type != V_TENSOR && v->type != V_DICT && !tensor_list(v)) continue; /* non-tensor values are ignored */
+    size_t n = strlen(prefix) + strlen(ks) + 24;
     if (n > 4096) return cd_set_error("ckpt %s: tensor name longer than 4096 bytes", f->path);
     char *name = cd_malloc(n);
-    snprintf(name, n, "%s%s%s", prefix, *prefix ? "." : "", ks);
-    int rc = v->type == V_TENSOR ? add_tensor(f, name, v) : flatten(f, v, name, depth + 1, NULL);
+    int nl = snprintf(name, n, "%s%s%s", prefix, *prefix ? "." : "", ks);
+    int rc = 0;
+    if (v->type == V_TENSOR) rc = add_tensor(f, name, v);
+    else if (v->type == V_DICT) rc = flatten(f, v, name, depth + 1, NULL);
+    else
+      for (int j = 0; j < v->n && !rc; j++) {
+        snprintf(name + nl, n - (size_t)nl, ".%d", j);
+        rc = add_tensor(f, name, v->items[j]);
+      }
     free(name);
     if (rc) return -1;
   }

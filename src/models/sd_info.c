@@ -24,8 +24,8 @@ static void ints(FILE *o, const int *v, int n) {
 /* storage types of the weights with 2+ dims, e.g. "f16" or "f16+f32" */
 static const char *resident_types(const cd_sd_model *m, char buf[32]) {
   int seen[4] = {0};
-  const cd_weights *cw[3] = {m->clip.w, m->unet.w, m->vae.w};
-  for (int c = 0; c < 3; c++)
+  const cd_weights *cw[4] = {m->clip.w, m->unet.w, m->vae.w, m->clip2.w};
+  for (int c = 0; c < 4; c++)
     for (int i = 0; cw[c] && i < cd_weights_count(cw[c]); i++) {
       const cd_weight *x = cd_weights_at(cw[c], i);
       if (x->ndim >= 2) seen[x->type] = 1;
@@ -53,6 +53,16 @@ int cd_sd_info(const cd_sd_model *m, FILE *o) {
             t->quick_gelu ? "quick_gelu" : "gelu", t->vocab, t->max_pos, t->pad_id);
   else
     fprintf(o, "text encoder: not loaded\n");
+  if (m->family == CD_FAMILY_SDXL) { /* SDXL's second encoder, with its pooled projection */
+    const cd_clip_config *t2 = &m->clip2.cfg;
+    if (m->clip2.w)
+      fprintf(o, "text encoder 2: %s parameters (%s); width %d, %d layers, %d heads, MLP %d, %s, "
+                 "projection %d, vocab %d, %d positions, pad %d\n",
+              grouped(cd_sd_params(m->clip2.w), b), m->dtype[3], t2->width, t2->layers, t2->heads, t2->mlp,
+              t2->quick_gelu ? "quick_gelu" : "gelu", t2->proj, t2->vocab, t2->max_pos, t2->pad_id);
+    else
+      fprintf(o, "text encoder 2: not loaded\n");
+  }
   if (m->unet.w) {
     fprintf(o, "unet:         %s parameters (%s); %d levels, channels ",
             grouped(cd_sd_params(m->unet.w), b), m->dtype[1], u->nlevels);
@@ -90,13 +100,16 @@ int cd_sd_info(const cd_sd_model *m, FILE *o) {
   } else {
     fprintf(o, "vae:          not loaded\n");
   }
-  const cd_weights *cw[3] = {m->clip.w, m->unet.w, m->vae.w};
-  size_t res[3], tot = 0;
+  const cd_weights *cw[4] = {m->clip.w, m->unet.w, m->vae.w, m->clip2.w};
+  size_t res[4], tot = 0;
   char types[32];
-  for (int c = 0; c < 3; c++) tot += res[c] = cw[c] ? cd_weights_bytes(cw[c]) : 0;
-  fprintf(o, "resident:     %.1f MiB of weights in memory (text encoder %.1f, unet %.1f, vae %.1f; 2+-dim weights in %s)\n",
-          tot / 1048576.0, res[0] / 1048576.0, res[1] / 1048576.0, res[2] / 1048576.0, resident_types(m, types));
+  for (int c = 0; c < 4; c++) tot += res[c] = cw[c] ? cd_weights_bytes(cw[c]) : 0;
+  fprintf(o, "resident:     %.1f MiB of weights in memory (text encoder %.1f, unet %.1f, vae %.1f", tot / 1048576.0,
+          (res[0] + res[3]) / 1048576.0, res[1] / 1048576.0, res[2] / 1048576.0);
+  fprintf(o, "; 2+-dim weights in %s)\n", resident_types(m, types));
   fprintf(o, "tokenizer:    %s\n", m->tok ? "loaded" : "none (pass --vocab)");
+  if (m->family == CD_FAMILY_SDXL)
+    fprintf(o, "tokenizer 2:  %s\n", m->tok2 ? "loaded" : "none (pass --vocab)");
   fprintf(o, "hash:         %s\n", m->hash);
   return ferror(o) ? cd_set_error("cannot write the model summary") : 0;
 }

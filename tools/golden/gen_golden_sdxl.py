@@ -536,7 +536,7 @@ def sec_pipeline_check(M):
     for sname, kw in (("euler", {}), ("euler_mc", dict(original_size=(96, 80), crops_coords_top_left=(8, 4),
                                                         target_size=(64, 64)))):
         out = pipe(prompt=SAMPLER_COND, num_inference_steps=10, guidance_scale=GS, height=64, width=64,
-                   latents=M["sampler_noise"].double() * pipe.scheduler.init_noise_sigma, output_type="latent",
+                   latents=M["sampler_noise"].double(), output_type="latent",  # prepare_latents scales it
                    **kw).images
         ref = M["final"][sname]
         REPORT["checks"][f"pipeline_vs_manual_{sname}_rel"] = ((out - ref).norm() / ref.norm()).item()
@@ -618,6 +618,8 @@ def sec_single_file(M):
     sd.update({"first_stage_model." + k: x for k, x in conv.convert_vae_state_dict(v).items()})
     sd.update({"conditioner.embedders.0.transformer." + k: x for k, x in t1.items()})
     oc = conv.convert_openclip_text_enc_state_dict(t2)
+    # OpenCLIP applies text_projection as x @ P: the Linear weight transposed (as the script's main does)
+    oc["text_projection"] = oc.pop("text_projection.weight").T.contiguous()
     sd.update({"conditioner.embedders.1.model." + k: x for k, x in oc.items()})
     h = hashlib.sha256()
     for k in sorted(sd):
