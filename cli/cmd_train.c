@@ -21,6 +21,8 @@ int cmd_train(int argc, char **argv) {
       {"--delta", CLI_STR, &o.init_delta, "DIR", "start from this trained delta (sequential training: the result holds its tokens and weights too)"},
       {"--weights-dtype", CLI_STR, &o.weights_dtype, "f32|f16|bf16", "storage of the frozen weights (default: the checkpoint's own)", NULL, CLI_CHOICES("f32|f16|bf16")},
       {"--concepts", CLI_STR, &o.concepts, "FILE.json", "list of {instance_prompt, class_prompt, instance_data_dir, class_data_dir}", "--concepts_list"},
+      {"--each", CLI_FLAG, &o.each, "", "train each concept of --concepts apart: one delta per concept in OUT/concept-K (under MPI, one rank group per concept)"},
+      {"--each-index", CLI_INT, &o.each_index, "K", "with --each: train only concept K of the list (1-based; e.g. $SLURM_ARRAY_TASK_ID)", NULL, CLI_MIN(1)},
       {"--images", CLI_STR, &o.images, "DIR", "instance images of the one concept", "--instance_data_dir"},
       {"--prompt", CLI_STR, &o.prompt, "TEXT", "instance prompt, containing the modifier token (e.g. \"photo of a <new1> dog\")", "-p --instance_prompt"},
       {"--class-prompt", CLI_STR, &o.class_prompt, "TEXT", "class prompt (e.g. \"dog\"), also used to generate class images", "--class_prompt"},

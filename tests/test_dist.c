@@ -247,6 +247,44 @@ TEST(a_dying_rank_fails_the_job) {
   TRAIN_OK(0, "rdie", "cls1", "--resume latest");
   CHECK_CLOSE("rdie", "r1");
 }
+
+/* --each over 2 ranks: one concept per rank (a group of one), each into its
+ * own folder, equal bit for bit to the same concept trained alone */
+TEST(each_concept_on_its_own_rank_group) {
+  NEED_REF();
+  char imgs2[700], json[700], cmd[4096];
+  snprintf(imgs2, sizeof imgs2, "%s/images2", root);
+  snprintf(json, sizeof json, "%s/concepts.json", root);
+  CHECK_OK(test_write_noise_images(imgs2, 2, 5));
+  FILE *f = fopen(json, "w");
+  CHECK(f);
+  fprintf(f, "[{\"instance_prompt\": \"photo of a <new1> cat\", \"class_prompt\": \"cat\", \"instance_data_dir\": \"%s\", "
+             "\"class_data_dir\": \"%s/cls1\"},\n {\"instance_prompt\": \"photo of a <new2> dog\", \"class_prompt\": \"cat\", "
+             "\"instance_data_dir\": \"%s\", \"class_data_dir\": \"%s/cls1\"}]\n", images, root, imgs2, root);
+  CHECK(fclose(f) == 0);
+  const char *common = "--num-class-images 3 --steps 2 --batch 1 --lr 1e-3 --resolution 64 --seed 3 --checkpoint-every 0";
+  for (int pass = 0; pass < 2; pass++) {
+    if (pass == 0)
+      snprintf(cmd, sizeof cmd, "mpirun --oversubscribe -np 2 '%s' train --model '%s' --concepts '%s' --each %s --out '%s/each' 2>&1",
+               test_cdiff_bin(), model, json, common, root);
+    else /* concept 2 alone, as a Slurm array task would train it */
+      snprintf(cmd, sizeof cmd, "'%s' train --model '%s' --concepts '%s' --each --each-index 2 %s --out '%s/each1' 2>&1",
+               test_cdiff_bin(), model, json, common, root);
+    int rc = test_run_cmd(cmd, outbuf, sizeof outbuf);
+    CHECKF(rc == 0, "%s\nexited %d:\n%.1500s", cmd, rc, outbuf);
+  }
+  char p[1200];
+  snprintf(p, sizeof p, "%s/each/concept-1/cdiff_delta.safetensors", root);
+  CHECKF(cd_file_exists(p), "%s missing", p);
+  snprintf(p, sizeof p, "%s/each1/concept-1", root);
+  CHECKF(!cd_file_exists(p), "--each-index 2 trained concept 1 too");
+  double rel = 1;
+  if (delta_rel("each/concept-2", "each1/concept-2", &rel)) {
+    test_failed_flag = 1;
+    return;
+  }
+  CHECKF(rel == 0, "concept 2 trained by rank 1 of an --each job differs from it trained alone (%.3g)", rel);
+}
 #endif
 
 int main(void) {
@@ -257,6 +295,7 @@ int main(void) {
   RUN(three_ranks_uneven_split);
   RUN(resume_across_rank_counts);
   RUN(a_dying_rank_fails_the_job);
+  RUN(each_concept_on_its_own_rank_group);
   test_tmp_cleanup();
 #endif
   return test_summary();

@@ -156,6 +156,9 @@ static void epoch_perm(int *perm, int n, uint64_t seed, int concept, int kind, i
 int cd_run_opts_check(const cd_run_opts *o) {
   if (!o->model) return cd_set_error("--model is required");
   if (!o->out) return cd_set_error("--out is required");
+  if (o->each && !o->concepts) return cd_set_error("--each needs --concepts FILE.json (it trains each concept of the list apart)");
+  if (o->each_index && !o->each) return cd_set_error("--each-index needs --each");
+  if (o->each_index < 0) return cd_set_error("--each-index must be positive (got %d)", o->each_index);
   if (o->concepts && (o->images || o->prompt || o->class_prompt || o->class_images))
     return cd_set_error("--concepts cannot be combined with --images/--prompt/--class-prompt/--class-images");
   if (!o->concepts && (!o->images || !o->prompt))
@@ -1257,7 +1260,67 @@ static int split_batch(run_t *r) {
   return 0;
 }
 
+/* --each: the concepts of the file as independent runs. The ranks form
+ * min(ranks, concepts) groups (MPI_Comm_split; rank w joins group w % groups),
+ * and group g trains concepts g, g + groups, ... one after the other, each
+ * data-parallel over the group's ranks into OUT/concept-K with its own
+ * modifier token (<newK> by default) so that the deltas combine later. */
+static int train_each(const cd_run_opts *o) {
+  cd_concept *cs = NULL;
+  int n = 0;
+  if (cd_concepts_load(o->concepts, &cs, &n)) return cd_prefix_error("--concepts");
+  if (o->each_index > n) {
+    cd_concepts_free(cs, n);
+    return cd_set_error("--each-index %d: %s lists only %d concept(s)", o->each_index, o->concepts, n);
+  }
+  char toks[MAX_TOK][32], inits[MAX_TOK][32];
+  int ntok = 0, ninit = 0, rc = 0;
+  if (o->modifier_tokens && (ntok = split_list(o->modifier_tokens, toks, MAX_TOK, "--modifier-token")) < 0) rc = -1;
+  if (!rc && o->initializers && (ninit = split_list(o->initializers, inits, MAX_TOK, "--initializer-token")) < 0) rc = -1;
+  if (!rc && ntok > 1 && ntok != n) rc = cd_set_error("--modifier-token: with --each give one token, or one per concept (%d)", n);
+  if (!rc && ninit > 1 && ninit != n) rc = cd_set_error("--initializer-token: with --each give one token, or one per concept (%d)", n);
+  if (rc) {
+    cd_concepts_free(cs, n);
+    return -1;
+  }
+  const int first = o->each_index ? o->each_index - 1 : 0, count = o->each_index ? 1 : n;
+  const int size = cd_dist_size(), groups = CD_MIN(size, count), g = cd_dist_rank() % groups;
+  if (cd_dist_split(g)) {
+    cd_concepts_free(cs, n);
+    return -1;
+  }
+  if (!cd_silent && groups > 1) fprintf(stderr, "--each: %d concepts over %d rank groups\n", count, groups);
+  for (int j = g; j < count && !rc; j += groups) {
+    const int k = first + j;
+    cd_run_opts c = *o;
+    char out[2200], tok[40], init[40];
+    snprintf(out, sizeof out, "%s/concept-%d", o->out, k + 1);
+    snprintf(tok, sizeof tok, "%s", ntok > 1 ? toks[k] : ntok == 1 ? toks[0] : "");
+    if (!ntok) snprintf(tok, sizeof tok, "<new%d>", k + 1);
+    snprintf(init, sizeof init, "%s", ninit > 1 ? inits[k] : ninit == 1 ? inits[0] : default_inits[k % 3]);
+    c.each = 0, c.each_index = 0, c.concepts = NULL;
+    c.images = cs[k].instance_data_dir;
+    c.prompt = cs[k].instance_prompt;
+    c.class_prompt = cs[k].class_prompt;
+    c.class_images = cs[k].class_data_dir;
+    c.modifier_tokens = tok;
+    c.initializers = init;
+    c.out = out;
+    /* each group's rank 0 names its concept; the rest of the output is the world rank 0's */
+    if (cd_dist_rank() == 0) fprintf(stderr, "--each: concept %d (%s) on %d rank(s) -> %s\n", k + 1, c.prompt, cd_dist_size(), out);
+    rc = cd_train_run(&c);
+    if (rc) cd_prefix_error("--each: concept %d (%s)", k + 1, out);
+  }
+  cd_dist_unsplit();
+  cd_concepts_free(cs, n);
+  return cd_dist_agree(rc == 0); /* every group's outcome, for every rank */
+}
+
 int cd_train_run(const cd_run_opts *opts) {
+  if (opts->each) {
+    if (cd_run_opts_check(opts)) return -1;
+    return train_each(opts);
+  }
   run_t r;
   memset(&r, 0, sizeof r);
   r.o = *opts;

@@ -8,13 +8,20 @@
  *   o.class_prompt = "dog"; o.out = "out/";
  *   if (cd_train_run(&o)) fprintf(stderr, "%s\n", cd_last_error());
  *
- * Determinism: every random draw of step s (which images, augmentation,
- * timesteps, noise, the VAE posterior sample) comes from a cd_rng seeded from
- * (seed, s); image order is a per-epoch permutation seeded from (seed,
+ * Determinism: every random draw of example i of step s (augmentation,
+ * timestep, noise, the VAE posterior sample) comes from a cd_rng seeded from
+ * (seed, s, i); image order is a per-epoch permutation seeded from (seed,
  * concept, epoch); class images are listed sorted by name. A run resumed
- * from a checkpoint therefore continues bit for bit as if uninterrupted.
+ * from a checkpoint therefore continues bit for bit as if uninterrupted, and
+ * the examples of a step do not depend on the number of processes.
  *
- * Multi-concept: step s trains concept s % n (batches never mix concepts).
+ * Multi-concept: example s*batch + i comes from concept (s*batch + i) % n.
+ *
+ * Distributed (make MPI=1, under mpirun/srun; docs/distributed.md): the ranks
+ * split the global --batch, all-reduce the gradients once per step and take
+ * the same optimizer step; rank 0 writes every file. With `each`, the
+ * concepts of the --concepts file are trained apart instead, one rank group
+ * per concept, each into OUT/concept-K.
  */
 #ifndef CD_TRAINER_RUN_H
 #define CD_TRAINER_RUN_H
@@ -64,6 +71,8 @@ typedef struct {
   int quiet;                  /* no progress bars */
   int stop_after;             /* tests: stop as on a signal after this step (checkpoint, return -1), 0 = off */
   int clip_skip;              /* A1111's CLIP skip (cd_clip_set_skip); default 1 = the model's default layer */
+  int each;                   /* with concepts: one independent delta per concept, OUT/concept-K (K from 1) */
+  int each_index;             /* with each: train only concept K (1-based; a Slurm array task), 0 = all */
 } cd_run_opts;
 
 void cd_run_opts_default(cd_run_opts *o);
