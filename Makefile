@@ -14,11 +14,18 @@ ifeq ($(MPI),1)
 CC      := mpicc
 BUILD   := $(BUILD:build%=build-mpi%)
 DIST_CFLAGS := -DCD_WITH_MPI
+# MPI=1 CUDA=1: the gradients are all-reduced device to device by NCCL (src/dist/nccl.c)
+ifeq ($(CUDA),1)
+NCCL_HOME ?= $(or $(CUDA_HOME),/usr/local/cuda)
+DIST_CFLAGS += -DCD_WITH_NCCL -I$(NCCL_HOME)/include
+NCCL_LIBS := -L$(NCCL_HOME)/lib64 -Wl,-rpath,$(NCCL_HOME)/lib64 -lnccl -lcudart
+endif
 endif
 CFLAGS  := -std=c11 -D_GNU_SOURCE -g $(OPT) -march=native -ffp-contract=fast -fvect-cost-model=dynamic -fopenmp -Wall -Wextra \
            -Wno-unused-parameter -Wno-sign-compare -Wno-format-truncation -Wno-missing-field-initializers -Isrc $(DIST_CFLAGS) $(EXTRA_CFLAGS)
 WHOLE    = -Wl,--whole-archive $(BUILD)/libcdiff.a -Wl,--no-whole-archive
 LDLIBS  := -llapacke -lopenblas -lcjson -lpng -ljpeg -lwebp -lz -lm
+LDLIBS  += $(NCCL_LIBS)
 SANFLAGS := -fsanitize=address,undefined
 LDFLAGS := -fopenmp $(if $(filter 1,$(SAN)),$(SANFLAGS))
 
@@ -82,12 +89,20 @@ test: $(BUILD)/cdiff $(TEST_BIN) $(TOOL_BIN) $(FAULT_LIB)
 # which start that build's cdiff under mpirun).
 MPI_CHECK := $(shell command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/null 2>&1 && echo 1)
 MPI_TESTS := $(if $(MPI_CHECK),build-mpi/tests/test_dist build-mpi-san/tests/test_dist)
+# where NCCL's header is installed (a CUDA toolkit), src/dist/nccl.c is compiled
+# with NCCL on (never run: CI has no GPU), so that it cannot rot
+NCCL_CHECK := $(wildcard $(or $(CUDA_HOME),/usr/local/cuda)/include/nccl.h)
+.PHONY: nccl-compile
+nccl-compile:
+	@mkdir -p build-mpi
+	mpicc $(CFLAGS) -DCD_WITH_MPI -DCD_WITH_NCCL -I$(dir $(NCCL_CHECK)) -c src/dist/nccl.c -o build-mpi/nccl-check.o
 check:
 	@$(MAKE) --no-print-directory -s all >/dev/null
 	@$(MAKE) --no-print-directory -s SAN=1 build-san/cdiff build-san/tests/libfailwrite.so $(TEST_SRC:tests/%.c=build-san/tests/%) \
 	  $(TOOL_SRC:tools/%.c=build-san/tools/%) >/dev/null
 	@$(if $(MPI_CHECK),$(MAKE) --no-print-directory -s MPI=1 build-mpi/cdiff build-mpi/tests/test_dist >/dev/null,true)
 	@$(if $(MPI_CHECK),$(MAKE) --no-print-directory -s MPI=1 SAN=1 build-mpi-san/cdiff build-mpi-san/tests/test_dist >/dev/null,true)
+	@$(if $(and $(MPI_CHECK),$(NCCL_CHECK)),$(MAKE) --no-print-directory -s nccl-compile,true)
 	@sh tests/run.sh $(TEST_BIN) $(TEST_SRC:tests/%.c=build-san/tests/%) $(MPI_TESTS)
 
 # the README's main job: install, build, fine-tune the shipped model on a new concept, sample grids

@@ -9,6 +9,9 @@
  * DIR/class_%05d.png (first free indices), each written atomically with the
  * prompt, seed and sampler in its PNG text metadata. Image i uses seed + i,
  * so an interrupted generation resumes with the same images it would have made.
+ * Under MPI (src/dist) the ranks of the current group share the missing
+ * images and rank 0 writes them: the same bytes as one process; collective
+ * (every rank calls it, and every rank gets the same result).
  */
 #ifndef CD_CLASS_IMAGES_H
 #define CD_CLASS_IMAGES_H

@@ -25,6 +25,7 @@
 #include "custom/train_mem.h"
 #include "diffusion/pipeline.h"
 #include "dist/dist.h"
+#include "dist/nccl.h"
 #include "engine/optim.h"
 #include "io/fsutil.h"
 #include "io/image.h"
@@ -1074,12 +1075,18 @@ static void maybe_die(int s) {
  * of nloc / batch times theirs (uneven splits included). One bucket, one
  * in-place all-reduce; then every rank takes the same optimizer step. */
 static int reduce_grads(run_t *r) {
+  const float w = (float)r->nloc / (float)r->o.batch;
+  if (cd_nccl_usable(r->tr.opt)) { /* GPUs: device to device, on the backend's stream (the time is the enqueueing) */
+    double t0 = cd_time();
+    int rc = cd_nccl_allreduce_grads(r->tr.opt, w);
+    r->t_allreduce += cd_time() - t0;
+    return rc;
+  }
   if (!r->bucket) {
     r->nbucket = cd_optim_numel(r->tr.opt);
     r->bucket = cd_malloc((size_t)r->nbucket * sizeof(float));
   }
   if (cd_optim_grads_get(r->tr.opt, r->bucket)) return -1;
-  const float w = (float)r->nloc / (float)r->o.batch;
   for (int64_t i = 0; i < r->nbucket; i++) r->bucket[i] *= w;
   double t0 = cd_time();
   if (cd_dist_allreduce_sum_f32(r->bucket, r->nbucket)) return -1;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dist/dist.h"
+#include "dist/nccl.h"
 
 static int inited, we_init; /* MPI running; we started it (and so finalize it) */
 static MPI_Comm group = MPI_COMM_NULL;
@@ -41,6 +42,7 @@ int cd_dist_init(int *argc, char ***argv) {
 void cd_dist_finalize(void) {
   if (!inited) return;
   cd_dist_unsplit();
+  cd_nccl_close();
   int fin = 0;
   MPI_Finalized(&fin);
   if (we_init && !fin) MPI_Finalize();
@@ -99,6 +101,7 @@ int cd_dist_gather(const void *send, size_t bytes, void *recv) {
 
 int cd_dist_split(int color) {
   if (!inited) return 0;
+  cd_nccl_close(); /* its communicator belongs to the old group */
   MPI_Comm c;
   int rc = MPI_Comm_split(group, color, g_rank, &c);
   if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Comm_split");
@@ -112,6 +115,7 @@ int cd_dist_split(int color) {
 
 void cd_dist_unsplit(void) {
   if (!inited || group == MPI_COMM_WORLD) return;
+  cd_nccl_close();
   MPI_Comm_free(&group);
   group = MPI_COMM_WORLD;
   g_rank = w_rank, g_size = w_size;

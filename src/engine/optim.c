@@ -140,6 +140,10 @@ int64_t cd_optim_numel(const cd_optim *o) {
   return n;
 }
 
+float *cd_optim_grad_buffer(const cd_optim *o, int i) { return i >= 0 && i < o->n ? o->s[i].p->grad : NULL; }
+const char *cd_optim_backend_name(const cd_optim *o) { return o->be ? o->be->name : ""; }
+void *cd_optim_stream(const cd_optim *o) { return o->ctx ? o->ctx->stream : NULL; }
+
 int cd_optim_grads_get(const cd_optim *o, float *bucket) {
   for (int i = 0; i < o->n; i++) {
     if (!o->s[i].p->grad) return cd_set_error("optimizer: parameter %s has no gradient buffer", o->s[i].p->name);

@@ -69,6 +69,15 @@ void cd_optim_set_steps(cd_optim *o, int steps); /* resume */
  * in-place all-reduce sums them over the ranks. grads_set writes the bucket
  * back into the backend's gradients (which cd_optim_adamw_step then uses). */
 int64_t cd_optim_numel(const cd_optim *o);
+/* Parameter i's gradient buffer in the backend's memory (a device pointer on
+ * a GPU), for a collective library that reduces it in place (src/dist/nccl.c);
+ * NULL when i is out of range. */
+float *cd_optim_grad_buffer(const cd_optim *o, int i);
+/* The backend o's graph runs on ("cpu", "cuda") and its queue (the CUDA
+ * stream the kernels and the optimizer step run on; NULL on the CPU), so
+ * that such a collective is ordered before the optimizer step. */
+const char *cd_optim_backend_name(const cd_optim *o);
+void *cd_optim_stream(const cd_optim *o);
 int cd_optim_grads_get(const cd_optim *o, float *bucket);
 int cd_optim_grads_set(cd_optim *o, const float *bucket);
 
