@@ -91,11 +91,12 @@ typedef struct {
   const float *pixels; /* [B, 3, res, res] in [-1, 1] */
   const float *mask;   /* [B, 1, res/8, res/8] (class examples: ones) */
   const int *ids;      /* [B, 77] */
-  const int *ids2;     /* SDXL: [B, 77] of tokenizer_2 (pads with 0) */
-  const float *time_ids; /* SDXL: [B, 6] original h, w, crop top, left, target h, w */
   const float *noise;  /* [B, 4, res/8, res/8] */
   const float *latent_noise; /* [B, 4, res/8, res/8] for the posterior sample, or NULL */
   const int *timesteps;/* [B] */
+  /* SDXL only (last, so positional initializers of the fields above stay valid) */
+  const int *ids2;       /* [B, 77] of tokenizer_2 (pads with 0) */
+  const float *time_ids; /* [B, 6] original h, w, crop top, left, target h, w */
 } cd_batch;
 
 typedef struct {
