@@ -28,13 +28,14 @@ static int read_losses(const char *path, const char *phase, double *loss, int ca
   return k;
 }
 
-/* The shipped weights' log starts with the losses that the documented command
- * (docs/world.md: cdiff pretrain --out DIR --seed 1, all else default) computes.
+/* The shipped weights' log starts with the losses that the documented commands
+ * (docs/world.md: cdiff pretrain --out DIR --seed 1 --vae-steps 3000, stopped
+ * after 500 steps and resumed with the defaults) compute.
  * The first steps start from the same seeded weights on the same rendered images,
  * so they differ between machines only by float32 summation order (SIMD width,
  * threads, BLAS kernels): about 1e-6 relative per reduction, a few hundred
  * reductions deep, plus AdamW's first updates, whose size is the learning rate
- * (1/60 of 1e-3 in warm-up) whatever the gradient's magnitude. 1e-3 relative
+ * (1/150 of 1e-3 in warm-up) whatever the gradient's magnitude. 1e-3 relative
  * bounds that with a wide margin, while a changed renderer, initialisation,
  * objective or schedule moves the losses by far more (step 1 to 2 alone
  * changes the loss by more than 20%). */
@@ -48,6 +49,7 @@ TEST(reproduces_shipped_log) {
   cd_pretrain_opts_default(&o);
   o.out = test_tmpdir("documented");
   o.seed = 1;
+  o.vae_steps = 3000; /* the first command's schedule: its warm-up sets the first steps' learning rate */
   o.stop_after = 3;
   o.quiet = 1;
   CHECK_OK(cd_pretrain_run(&o));
@@ -68,6 +70,7 @@ static void small_opts(cd_pretrain_opts *o, const char *out) {
   o->unet_batch = 2;
   o->checkpoint_every = 0;
   o->scale_images = 4;
+  o->offset_noise = 0.3f; /* the shipped run's last part: resuming must reproduce its draws too */
   o->quiet = 1;
 }
 
@@ -136,6 +139,29 @@ TEST(bad_options) {
   small_opts(&o, test_tmpdir("bad2"));
   o.resume = 1;
   CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--resume"));
+  small_opts(&o, test_tmpdir("bad3"));
+  o.offset_noise = 2;
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--offset-noise"));
+}
+
+/* offset noise changes the UNet phase's noise (so its losses), nothing of the VAE phase */
+TEST(offset_noise) {
+  char a[512], b[512];
+  double va[3], vb[3], ua[3], ub[3];
+  snprintf(a, sizeof a, "%s", test_tmpdir("off0"));
+  snprintf(b, sizeof b, "%s", test_tmpdir("off3"));
+  cd_pretrain_opts o;
+  small_opts(&o, a);
+  o.offset_noise = 0;
+  CHECK_OK(cd_pretrain_run(&o));
+  small_opts(&o, b);
+  CHECK_OK(cd_pretrain_run(&o));
+  snprintf(a + strlen(a), sizeof a - strlen(a), "/%s", CD_PRETRAIN_LOG);
+  snprintf(b + strlen(b), sizeof b - strlen(b), "/%s", CD_PRETRAIN_LOG);
+  CHECK(read_losses(a, "vae", va, 3) == 3 && read_losses(b, "vae", vb, 3) == 3);
+  CHECK(read_losses(a, "unet", ua, 3) == 3 && read_losses(b, "unet", ub, 3) == 3);
+  for (int i = 0; i < 3; i++) CHECK(va[i] == vb[i]);
+  CHECK(ua[0] != ub[0]);
 }
 
 int main(void) {
@@ -143,6 +169,7 @@ int main(void) {
   RUN(reproduces_shipped_log);
   RUN(resume_bit_exact);
   RUN(bad_options);
+  RUN(offset_noise);
   test_tmp_cleanup();
   return test_summary();
 }

@@ -40,6 +40,7 @@ typedef struct {
   float vae_lr, unet_lr;
   float kl_weight;      /* default 1e-4 */
   float uncond_prob;    /* default 0.1 */
+  float offset_noise;   /* std of a per-image, per-channel constant added to the noise (default 0) */
   int checkpoint_every; /* default 100; 0: only at phase ends */
   int resume;           /* continue from OUT/pretrain_state.safetensors */
   int f32;              /* write the model in fp32 (default fp16) */

@@ -55,8 +55,11 @@ static void pattern_geometry(cd_rng *r, cd_world_scene *s) {
   s->vertical = irand(r, 2);
 }
 
+/* Half-sizes in pixels. The smallest object spans about 2.5 latent cells (the
+ * VAE downsamples 8x): smaller ones came back from the autoencoder as blobs of
+ * the right colour whose shape no model could read. */
 static void place(cd_rng *r, cd_world_obj *o, float xlo, float xhi, int two) {
-  o->r = o->big ? (two ? frand(r, 10.0f, 13.0f) : frand(r, 13.0f, 19.0f)) : (two ? frand(r, 6.0f, 8.5f) : frand(r, 7.0f, 10.0f));
+  o->r = o->big ? (two ? frand(r, 12.0f, 15.0f) : frand(r, 16.0f, 22.0f)) : (two ? frand(r, 9.0f, 11.0f) : frand(r, 10.0f, 13.0f));
   float lo = xlo + o->r + 1, hi = xhi - o->r - 1;
   o->cx = hi > lo ? frand(r, lo, hi) : 0.5f * (xlo + xhi);
   o->cy = frand(r, o->r + 1, CD_WORLD_RES - o->r - 1);
