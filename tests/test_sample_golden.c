@@ -2,7 +2,11 @@
  * StableDiffusionPipeline loop (golden README section 5): tokenizer, text
  * encoder, UNet with classifier-free guidance 6 (uncond first), and the DDIM,
  * PNDM, Euler and DPM++ 2M samplers over 10 steps, from the golden noise.
- * Tolerances: 1e-3 on the final latents, 1e-4 on the text conditioning. */
+ * Tolerances: the golden README's, 1e-3 on the final latents (sampler
+ * outputs after 10 steps with guidance 6), 1e-4 on the text conditioning (a
+ * forward pass); both are relative L2 errors over the whole tensor. */
+#define TOL_FORWARD 1e-4 /* golden README: forward passes */
+#define TOL_FINAL 1e-3   /* golden README: sampler outputs after 10 steps */
 #include "diffusion/pipeline.h"
 #include "test.h"
 
@@ -39,10 +43,10 @@ static void run_model(int mi) {
   ctx = cd_malloc(2 * per * sizeof(float));
   if (cd_encode_prompts(m, prompts, 2, ctx)) { snprintf(test_msg, sizeof test_msg, "%s", cd_last_error()); goto fail; }
   ref = test_read_f32(gf, "sampler.uncond", &n);
-  if (!ref || test_rel_err(ctx, ref, per) > 1e-4) { snprintf(test_msg, sizeof test_msg, "%s uncond context differs", models[mi].model); goto fail; }
+  if (!ref || test_rel_err(ctx, ref, per) > TOL_FORWARD) { snprintf(test_msg, sizeof test_msg, "%s uncond context differs", models[mi].model); goto fail; }
   free(ref);
   ref = test_read_f32(gf, "sampler.cond", &n);
-  if (!ref || test_rel_err(ctx + per, ref, per) > 1e-4) { snprintf(test_msg, sizeof test_msg, "%s cond context differs", models[mi].model); goto fail; }
+  if (!ref || test_rel_err(ctx + per, ref, per) > TOL_FORWARD) { snprintf(test_msg, sizeof test_msg, "%s cond context differs", models[mi].model); goto fail; }
   free(ref);
   ref = NULL;
   noise = test_read_f32(gf, "sampler.noise", &n);
@@ -62,7 +66,7 @@ static void run_model(int mi) {
     double e = test_rel_err(lat, ref, n);
     free(ref);
     ref = NULL;
-    if (e > 1e-3) { snprintf(test_msg, sizeof test_msg, "%s %s final latents: rel err %.3g > 1e-3", models[mi].model, nm, e); goto fail; }
+    if (e > TOL_FINAL) { snprintf(test_msg, sizeof test_msg, "%s %s final latents: rel err %.3g > %g", models[mi].model, nm, e, TOL_FINAL); goto fail; }
   }
   goto done;
 fail:

@@ -144,26 +144,35 @@ TEST(text_encoder_reads_new_rows) {
   int rc = cd_sd_add_tokens(m, 2, (const char *[]){"<new1>", "<new2>"}, (int[]){42170, 320}, NULL, ids);
   int p_new[CD_TOK_MAX_LEN], p_init[CD_TOK_MAX_LEN];
   if (!rc) rc = cd_prompt_ids(m, "photo of a <new2> cat", p_new) || cd_prompt_ids(m, "photo of a a cat", p_init);
-  int32_t in[2 * CD_TOK_MAX_LEN];
-  for (int k = 0; k < CD_TOK_MAX_LEN; k++) in[k] = p_new[k], in[CD_TOK_MAX_LEN + k] = p_init[k];
-  const int64_t D = m->clip.cfg.width, n = 2 * CD_TOK_MAX_LEN * D;
-  float *out[2] = {cd_malloc(n * sizeof(float)), cd_malloc(n * sizeof(float))};
+  /* one prompt per forward, in a graph of each kind */
+  const int64_t D = m->clip.cfg.width, n = CD_TOK_MAX_LEN * D;
+  float *out[4];
+  for (int k = 0; k < 4; k++) out[k] = cd_malloc(n * sizeof(float));
   for (int split = 0; split < 2 && !rc; split++) {
     cd_graph *g = cd_graph_new();
-    cd_node *x = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){2, CD_TOK_MAX_LEN});
+    cd_node *x = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){1, CD_TOK_MAX_LEN});
     cd_node *extra = split ? cd_w_rows(g, m->clip.w, m->clip.cfg.vocab - 2, m->clip.cfg.vocab, CD_TOKEN_TABLE) : NULL;
     cd_node *y = cd_clip_build(g, &m->clip, x, extra, NULL);
     cd_graph_output(g, y);
-    rc = cd_graph_plan(g, NULL) || cd_graph_set_input_i32(g, x, in) || cd_graph_forward(g) || cd_graph_get(g, y, out[split]);
+    rc = cd_graph_plan(g, NULL);
+    for (int pr = 0; pr < 2 && !rc; pr++) {
+      int32_t in[CD_TOK_MAX_LEN];
+      for (int k = 0; k < CD_TOK_MAX_LEN; k++) in[k] = pr ? p_init[k] : p_new[k];
+      rc = cd_graph_set_input_i32(g, x, in) || cd_graph_forward(g) || cd_graph_get(g, y, out[2 * split + pr]);
+    }
     cd_graph_free(g);
   }
-  /* "a" is token 320: the two prompts differ only in that id, with the same row */
-  int same_tok = !rc && !memcmp(out[0], out[0] + n / 2, (n / 2) * sizeof(float));
-  int same_split = !rc && !memcmp(out[0], out[1], n * sizeof(float));
+  /* "a" is token 320: the two prompts differ only in that id, with the same
+   * row. Two float32 evaluations of the same values agree within the sum of
+   * their errors, each within the golden README's 1e-4 of the exact result
+   * (a thread split can change the reduction order); a wrong row moves every
+   * later position by O(1). */
+  const double tol = 2e-4;
+  int same_tok = !rc && test_rel_err(out[1], out[0], n) <= tol && test_rel_err(out[3], out[2], n) <= tol;
+  int same_split = !rc && test_rel_err(out[2], out[0], n) <= tol;
   int differs = 0;
   for (int k = 0; k < CD_TOK_MAX_LEN; k++) differs += p_new[k] != p_init[k];
-  free(out[0]);
-  free(out[1]);
+  for (int k = 0; k < 4; k++) free(out[k]);
   cd_sd_free(m);
   CHECK_OK(rc);
   CHECKF(differs == 1, "prompts differ in %d ids", differs);

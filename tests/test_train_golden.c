@@ -70,7 +70,7 @@ typedef struct {
   char layers[32][128];
   int nl;
   char model[64];
-  double grad_tol; /* 1e-3 (README); small4 1e-2, see golden_case */
+  double grad_tol; /* grad_tol_for: the README's 1e-3, or more where GroupNorm is ill-conditioned */
   host_param *hp;  /* the host reference's state, one per trainer parameter */
   int hstep;
 } fixture;
@@ -221,13 +221,19 @@ static int check_update(fixture *f, const char *after_name, const char *grad_nam
           *c2 = test_read_f32(f->gf, "cd.step2.clip_coef", &k);
     gb = test_read_f32(f->gf, a1n, &k);
     if (!g1 || !c1 || !c2 || !gb) { free(ga); free(gg); free(g1); free(c1); free(c2); free(gb); return -1; }
-    double r1 = 0, r2 = 0;
+    double r1 = 0, r2 = 0, ra = 0;
     for (int64_t i = 0; i < n; i++) r1 += (double)g1[i] * g1[i];
     r1 = sqrt(r1 / n);
     for (int64_t i = 0; i < n; i++) {
+      double a = fabs(0.9 * c1[0] * g1[i]) + fabs((double)c2[0] * gg[i]);
+      ra += a * a;
       gg[i] = 0.9f * c1[0] * g1[i] + c2[0] * gg[i];
       r2 += (double)gg[i] * gg[i];
     }
+    /* the moment is a sum of the two steps' gradients, each within tol: where
+     * they cancel, its relative error grows by sum|terms| / |sum| (in L2) */
+    tol *= sqrt(ra / r2);
+    if (getenv("CDIFF_TEST_VERBOSE")) printf("  %s: step-2 moment cancellation %.3g\n", after_name, sqrt(ra / r2));
     r2 = sqrt(r2 / n);
     for (int64_t i = 0; i < n; i++) /* mark step-1-tiny elements as tiny */
       if (fabs(g1[i]) < tiny_frac * r1) gg[i] = 0;
@@ -253,6 +259,7 @@ static int check_update(fixture *f, const char *after_name, const char *grad_nam
   free(gg);
   free(gb);
   double e = sqrt(num / (den > 0 ? den : 1));
+  if (getenv("CDIFF_TEST_VERBOSE")) printf("  %s %s: update rel err %.3g of tol %.3g, %ld bad, %ld tiny of %ld\n", f->model, after_name, e, tol, (long)bad, (long)tiny, (long)n);
   if (e > tol || bad * 200 > n || tiny * 100 > n) {
     snprintf(test_msg, sizeof test_msg, "%s %s: update rel err %.3g, %ld of %ld elements off by > 5 tol lr, %ld tiny-gradient elements",
              f->model, after_name, e, (long)bad, (long)n, (long)tiny);
@@ -266,7 +273,7 @@ static int run_step(fixture *f, const char *pre) {
   cd_step_report r;
   char nm[256];
   if (cd_trainer_grad(&f->tr, &b, &r)) { snprintf(test_msg, sizeof test_msg, "%s", cd_last_error()); return -1; }
-  if (!*pre) {
+  if (!*pre) { /* forward values: the golden README's 1e-4 */
     if (near_array(f, "cd.latents", f->tr.latents, f->tr.noisy->n, 1e-4) ||
         near_array(f, "cd.noisy_latents", f->tr.noisy->data, f->tr.noisy->n, 1e-4) ||
         near_array(f, "cd.target", f->tr.target->data, f->tr.target->n, 1e-4) ||
@@ -327,7 +334,7 @@ static int run_step(fixture *f, const char *pre) {
   int rc = cd_trainer_update(&f->tr, &r);
   if (!rc) rc = check_bitwise(f, r.grad_norm, r.clip_coef);
   snprintf(nm, sizeof nm, "cd.%sgrad_norm_total", pre);
-  if (!rc) rc = near_scalar(f, nm, r.grad_norm, 1e-3);
+  if (!rc) rc = near_scalar(f, nm, r.grad_norm, 1e-3); /* of the gradients: the README's 1e-3 */
   snprintf(nm, sizeof nm, "cd.%sclip_coef", pre);
   if (!rc) rc = near_scalar(f, nm, r.clip_coef, 1e-3);
   for (int i = 0; i < f->tr.np && !rc; i++) {
@@ -340,10 +347,9 @@ static int run_step(fixture *f, const char *pre) {
       snprintf(an, sizeof an, "cd.%safter.%s", pre, p->name);
       snprintf(gn, sizeof gn, "cd.%sgrad.%s", pre, p->name);
     }
-    /* step 2 divides sums of two steps' moments: gradient differences grow where g1 ~ -g2 */
+    /* step 2: check_update widens tol by the cancellation of the two steps' moments */
     float *now = pstate(f, i, CD_OPTIM_VALUE);
-    double tol = f->grad_tol;
-    rc = !now ? -1 : wdtype ? 0 : check_update(f, an, gn, before[i], now, p->n, 1e-3, *pre ? 3 * tol : tol);
+    rc = !now ? -1 : wdtype ? 0 : check_update(f, an, gn, before[i], now, p->n, 1e-3, f->grad_tol);
     free(now);
   }
   for (int i = 0; i < f->tr.np; i++) free(before[i]);
@@ -351,23 +357,79 @@ static int run_step(fixture *f, const char *pre) {
   return rc;
 }
 
-/* grad_tol: the README's 1e-3 for float32 gradients: a K/V gradient passes
- * ~100 reductions forward and backward (conv K <= 64*9, attention <= 77),
- * typical sqrt(K) u ~ 1e-6 each, ~1e-4 in all, amplified by the condition of
- * the problem. small4-sd1 runs its lowest levels at 2x2 and 1x1 px with 32
- * groups of 2 channels: GroupNorm divides by the spread of 2-8 values, whose
- * relative condition |x| / sigma is unbounded. For 2 values P(sigma < t
- * sigma_typ) ~ t, so among the ~10^3 groups of a step the smallest spread is
- * ~10^-3 of the typical one: a few entries get ~10^3 x the typical error, and
- * which ones and how much depends on every reduction order before them. The
- * deepest K/V gradients inherit that: 1e-2 (observed between 5e-4 and 3e-3
- * across OpenBLAS Haswell/SkylakeX kernels, AVX2/AVX-512 builds, 1-2 threads
- * and the sanitizer build). A wrong gradient is off by O(0.1-1). */
-static void golden_case(const char *model, const char *golden, double grad_tol) {
+/* Gradient tolerance: the golden README's 1e-3 for float32 gradients, unless
+ * the step is worse conditioned than that covers. A gradient entry carries
+ * the rounding of ~100 reductions forward and backward, each ~sqrt(K) u
+ * relative (K <= K_max, the longest dot product of the graph; test.h's
+ * typical bound). GroupNorm divides by its group's spread: an input error
+ * e |x| leaves it as e |x| / sigma, so a group amplifies the error by kappa =
+ * rms(x) / sqrt(var + eps). Groups of 2-8 values (small4's 32 groups of 2
+ * channels at 2x2 and 1x1 px) have spreads down to ~1e-3 of the typical one,
+ * and what they amplify reaches the K/V gradients through every later layer.
+ * Counting each GroupNorm as an independent source (errors add in quadrature
+ * over the N of them) gives
+ *   grad_tol = max(1e-3, sqrt(N) kappa_max sqrt(K_max) u),
+ * kappa_max and K_max read off the forward graph of the step's own inputs
+ * (they describe the data, not a CPU: every machine computes them to ~1e-6).
+ * The tiny models (groups of 4-8 channels x 16-64 px) stay at 1e-3; small4
+ * gets ~1e-2. A wrong gradient is off by O(0.1-1). */
+static double grad_tol_for(fixture *f) {
+  cd_sd_model *m = f->m;
+  const int64_t B = 4, h = m->unet.cfg.sample_size, C = m->unet.cfg.in_channels;
+  int64_t n;
+  float *noisy = test_read_f32(f->gf, "cd.noisy_latents", &n);
+  if (!noisy || n != B * C * 8 * 8) { free(noisy); snprintf(test_msg, sizeof test_msg, "%s: cd.noisy_latents", f->model); return -1; }
+  (void)h;
+  cd_graph *g = cd_graph_new();
+  cd_node *ids = cd_input_typed(g, "ids", CD_TYPE_I32, 2, (int64_t[]){B, 77});
+  cd_node *x = cd_input(g, "noisy", 4, (int64_t[]){B, C, 8, 8}), *t = cd_input(g, "t", 1, (int64_t[]){B});
+  cd_node *y = cd_unet_build(g, &m->unet, NULL, x, t, cd_clip_build(g, &m->clip, ids, NULL, NULL));
+  cd_graph_output(g, y);
+  int64_t kmax = 1;
+  int ngn = 0;
+  for (int i = 0; i < cd_graph_nnodes(g); i++) {
+    const cd_node *nd = cd_graph_node(g, i);
+    if (nd->op == CD_OP_GROUP_NORM) cd_graph_output(g, nd->src[0]), ngn++;
+    if (nd->op == CD_OP_CONV2D) kmax = CD_MAX(kmax, nd->src[1]->ne[1] * nd->src[1]->ne[2] * nd->src[1]->ne[3]);
+    if (nd->op == CD_OP_LINEAR) kmax = CD_MAX(kmax, nd->src[1]->ne[1]);
+  }
+  int32_t id32[4 * 77];
+  float tf[4];
+  for (int i = 0; i < 4 * 77; i++) id32[i] = f->ids[i];
+  for (int i = 0; i < 4; i++) tf[i] = (float)f->ts[i];
+  double kappa = 0;
+  int rc = cd_graph_plan(g, NULL) || cd_graph_set_input_i32(g, ids, id32) || cd_graph_set_input(g, x, noisy) ||
+           cd_graph_set_input(g, t, tf) || cd_graph_forward(g);
+  for (int i = 0; !rc && i < cd_graph_nnodes(g); i++) {
+    const cd_node *nd = cd_graph_node(g, i);
+    if (nd->op != CD_OP_GROUP_NORM) continue;
+    const cd_node *in = nd->src[0];
+    float *v = cd_malloc(in->n * sizeof(float));
+    if ((rc = cd_graph_get(g, in, v))) { free(v); break; }
+    const int G = nd->ip[0];
+    const int64_t per = in->n / (in->ne[0] * G); /* a group: C/G channels x spatial */
+    for (int64_t k = 0; k < in->ne[0] * G; k++) {
+      double s = 0, s2 = 0;
+      for (int64_t j = 0; j < per; j++) s += v[k * per + j], s2 += (double)v[k * per + j] * v[k * per + j];
+      double mean = s / per, var = fmax(s2 / per - mean * mean, 0);
+      kappa = fmax(kappa, sqrt(s2 / per) / sqrt(var + nd->fp[0]));
+    }
+    free(v);
+  }
+  cd_graph_free(g);
+  free(noisy);
+  if (rc) { snprintf(test_msg, sizeof test_msg, "%s: conditioning graph: %s", f->model, cd_last_error()); return -1; }
+  double tol = fmax(1e-3, sqrt((double)ngn) * kappa * test_typical((double)kmax));
+  if (getenv("CDIFF_TEST_VERBOSE"))
+    printf("  %s: %d GroupNorms, kappa_max %.3g, K_max %ld: grad_tol %.3g\n", f->model, ngn, kappa, (long)kmax, tol);
+  return tol;
+}
+
+static void golden_case(const char *model, const char *golden) {
   fixture f;
   int r = fx_open(&f, model, golden);
-  f.grad_tol = grad_tol;
   if (r > 0) { fx_free(&f); GOLDEN_STATUS(r); }
+  if (r == 0 && (f.grad_tol = grad_tol_for(&f)) < 0) r = -1;
   xtol = 0;
   if (r == 0 && wdtype) {
     const double u = !strcmp(wdtype, "f16") ? 0x1p-11 : 0x1p-8;
@@ -425,13 +487,13 @@ static void golden_case(const char *model, const char *golden, double grad_tol) 
   if (r) test_failed_flag = 1;
 }
 
-TEST(train_step_tiny_sd1) { golden_case("tiny-sd1", "golden_tiny-sd1.safetensors", 1e-3); }
-TEST(train_step_small4_sd1) { golden_case("small4-sd1", "golden_small4-sd1.safetensors", 1e-2); }
-TEST(train_step_tiny_sd2_vpred) { golden_case("tiny-sd2", "golden_tiny-sd2.safetensors", 1e-3); }
+TEST(train_step_tiny_sd1) { golden_case("tiny-sd1", "golden_tiny-sd1.safetensors"); }
+TEST(train_step_small4_sd1) { golden_case("small4-sd1", "golden_small4-sd1.safetensors"); }
+TEST(train_step_tiny_sd2_vpred) { golden_case("tiny-sd2", "golden_tiny-sd2.safetensors"); }
 TEST(train_step_f16_weights) {
   wdtype = "f16";
-  golden_case("tiny-sd1", "golden_tiny-sd1.safetensors", 1e-3);
-  if (!test_failed_flag) golden_case("tiny-sd2", "golden_tiny-sd2.safetensors", 1e-3);
+  golden_case("tiny-sd1", "golden_tiny-sd1.safetensors");
+  if (!test_failed_flag) golden_case("tiny-sd2", "golden_tiny-sd2.safetensors");
   wdtype = NULL;
 }
 /* tiny models only: small4-sd1's GroupNorms over 2 channels at 1x1-2x2 pixels
@@ -439,8 +501,8 @@ TEST(train_step_f16_weights) {
  * needs 10x the README's tolerance), and bf16's rounding is 8x f16's */
 TEST(train_step_bf16_weights) {
   wdtype = "bf16";
-  golden_case("tiny-sd1", "golden_tiny-sd1.safetensors", 1e-3);
-  if (!test_failed_flag) golden_case("tiny-sd2", "golden_tiny-sd2.safetensors", 1e-3);
+  golden_case("tiny-sd1", "golden_tiny-sd1.safetensors");
+  if (!test_failed_flag) golden_case("tiny-sd2", "golden_tiny-sd2.safetensors");
   wdtype = NULL;
 }
 
