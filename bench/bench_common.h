@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "core/common.h"
+#include "engine/device.h"
 #include "io/fsutil.h"
 #include "models/sd_model.h"
 
@@ -68,11 +69,35 @@ typedef struct {
   int given;        /* MODEL was on the command line */
   int res;          /* image size in pixels: 512, --quick 256, --res PX */
   const char *wdtype; /* --weights-dtype f32|f16|bf16, NULL: the checkpoint's own */
+  const char *device; /* --device cpu|cuda (NULL: cpu) */
 } bench_model_args;
+
+/* the CUDA backend's reports (engine/cuda/cuda.h), in a CUDA=1 build only */
+extern const char *cd_backend_cuda_describe(void) __attribute__((weak));
+extern size_t cd_backend_cuda_peak_bytes(void) __attribute__((weak));
+/* dense bf16 tensor-core rate of an H100/H200 SXM measured on this project's
+ * device machines (KINDS.md: 769-798 TFLOP/s on random data): the MFU reference */
+#define BENCH_GPU_PEAK_TFLOPS 790.0
+
+/* 1 when the benches run on the GPU (--device cuda opened) */
+static inline int bench_on_gpu(const bench_model_args *a) { return a->device && strcmp(a->device, "cpu"); }
+
+/* makes --device the backend of every graph; 0, or -1 with the error printed */
+static inline int bench_open_device(const char *prog, const bench_model_args *a) {
+  const cd_backend *be;
+  if (!bench_on_gpu(a)) return 0;
+  if (cd_backend_open(a->device, &be)) {
+    fprintf(stderr, "%s: %s\n", prog, cd_last_error());
+    return -1;
+  }
+  cd_backend_set_default(be);
+  printf("%s: device %s: %s\n", prog, a->device, cd_backend_cuda_describe ? cd_backend_cuda_describe() : "");
+  return 0;
+}
 
 /* the usage line of a model bench; own_flags: its flags after --res PX */
 static inline void bench_model_usage(const char *prog, const char *own_flags) {
-  fprintf(stderr, "usage: %s [MODEL] [--quick] [--res PX] [--weights-dtype f32|f16|bf16] %s\n"
+  fprintf(stderr, "usage: %s [MODEL] [--quick] [--res PX] [--weights-dtype f32|f16|bf16] [--device cpu|cuda] %s\n"
                   "  MODEL: diffusers folder or single file (default " BENCH_DEFAULT_MODEL ";\n"
                   "         make one with build/tools/gen_sd_random --out " BENCH_DEFAULT_MODEL ")\n", prog, own_flags);
 }
@@ -82,6 +107,7 @@ static inline void bench_model_args_default(bench_model_args *a) {
   a->given = 0;
   a->res = 512;
   a->wdtype = NULL;
+  a->device = NULL;
 }
 
 /* takes argv[*i] if it is MODEL, --quick, --res PX or -h/--help (advancing *i
@@ -94,6 +120,7 @@ static inline int bench_model_arg(const char *prog, const char *own_flags, int a
   if (!strcmp(s, "--quick")) a->res = 256;
   else if (!strcmp(s, "--res") && *i + 1 < argc) a->res = atoi(argv[++*i]);
   else if (!strcmp(s, "--weights-dtype") && *i + 1 < argc) a->wdtype = argv[++*i];
+  else if (!strcmp(s, "--device") && *i + 1 < argc) a->device = argv[++*i];
   else if (!strcmp(s, "-h") || !strcmp(s, "--help")) { bench_model_usage(prog, own_flags); return 1; }
   else if (s[0] == '-') {
     fprintf(stderr, "%s: unknown flag %s\n", prog, s);

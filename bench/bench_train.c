@@ -123,23 +123,26 @@ int main(int argc, char **argv) {
   cd_threads_init();
   bench_model_args a;
   bench_model_args_default(&a);
-  int steps = 2, force = 0;
+  int steps = 2, force = 0, batch = 1;
   double limit = 20;
   for (int i = 1; i < argc; i++) {
     int rc = 0;
     if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--limit-gib") && i + 1 < argc) limit = atof(argv[++i]);
     else if (!strcmp(argv[i], "--force")) force = 1;
-    else if ((rc = bench_model_arg("bench_train", "[--steps N] [--limit-gib G] [--force]", argc, argv, &i, &a))) return rc == 1 ? 0 : 2;
+    else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
+    else if ((rc = bench_model_arg("bench_train", "[--steps N] [--limit-gib G] [--force] [--batch N]", argc, argv, &i, &a))) return rc == 1 ? 0 : 2;
   }
   const char *path = a.path;
   int res = a.res;
-  if (res < 64 || res % 64 || steps < 0 || steps > 100 || !(limit > 0)) {
-    fprintf(stderr, "bench_train: --res must be a positive multiple of 64, --steps 0..100, --limit-gib > 0\n");
+  if (res < 64 || res % 64 || steps < 0 || steps > 100 || !(limit > 0) || batch < 1 || batch > 32) {
+    fprintf(stderr, "bench_train: --res must be a positive multiple of 64, --steps 0..100, --limit-gib > 0, --batch 1..32\n");
     return 2;
   }
   bench_print_env("bench_train");
   if (bench_model_missing("bench_train", &a)) return a.given ? 2 : 0;
+  const int gpu = bench_on_gpu(&a);
+  if (bench_open_device("bench_train", &a)) return 1;
   double t0 = cd_time();
   cd_load_opts lo = {.weights_dtype = a.wdtype};
   cd_sd_model *m = bench_load_model("bench_train", path, &lo);
@@ -151,6 +154,7 @@ int main(int argc, char **argv) {
   cd_train_opts o;
   cd_train_opts_default(&o);
   o.res = res;
+  o.batch = batch; /* instance examples; prior preservation adds as many class examples */
   o.ntok = 1; /* <new1>: 49408, from the row of "ktn" (42170) */
   cd_trainer t;
   t0 = cd_time();
@@ -239,6 +243,20 @@ int main(int argc, char **argv) {
       printf("  training arena        %.2f GiB planned\n", arena / GIB);
       printf("  peak RSS              %.2f GiB  -> %s (budget %.0f GiB)\n", peak, peak <= BUDGET_GIB ? "PASS" : "MISS",
              BUDGET_GIB);
+      if (gpu) {
+        /* issue 9's count for diffusers' step at 512 px and batch 8 (VAE encode, text encoder, UNet
+         * forward and backward), scaled by the batch; other sizes: no nominal count */
+        const double tflop = res == 512 ? 22.95 * t.B / 8.0 : 0;
+        printf("  GPU                   %.1f ms per step at batch %d", best * 1e3, t.B);
+        if (tflop > 0)
+          printf(", %.1f TFLOP/s, MFU %.1f%% of %.0f TFLOP/s bf16 dense (nominal %.2f TFLOP per step)", tflop / best,
+                 100 * tflop / best / BENCH_GPU_PEAK_TFLOPS, BENCH_GPU_PEAK_TFLOPS, tflop);
+        printf("\n");
+        if (cd_backend_cuda_peak_bytes) printf("  GPU peak memory       %.2f GiB (device-wide)\n", cd_backend_cuda_peak_bytes() / GIB);
+        printf("BENCH train_step res=%d batch=%d ms=%.3f tflops=%.2f mfu=%.4f gpu_peak_gib=%.2f\n", res, t.B, best * 1e3,
+               tflop > 0 ? tflop / best : 0, tflop > 0 ? tflop / best / BENCH_GPU_PEAK_TFLOPS : 0,
+               cd_backend_cuda_peak_bytes ? cd_backend_cuda_peak_bytes() / GIB : 0);
+      }
     }
   }
   cd_trainer_free(&t);

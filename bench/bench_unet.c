@@ -18,6 +18,12 @@
  *    its ratio to the sgemm peak and PASS (>= 50%) or MISS;
  *  - the process's peak resident memory.
  *
+ * --device cuda (a CUDA=1 build): the UNet runs on the GPU; no sgemm probes,
+ * each evaluation is timed to its end (the output is read back), and the
+ * result adds milliseconds, TFLOP/s and MFU against BENCH_GPU_PEAK_TFLOPS
+ * (bf16 dense; CDIFF_CUDA_MATH chooses fp32, tf32 or bf16 products), and the
+ * device's peak memory.
+ *
  * Set OPENBLAS_CORETYPE (SkylakeX / Haswell) and OMP_WAIT_POLICY=passive before
  * the process starts: cd_env_tune() does it by re-executing the program unless
  * CDIFF_NO_REEXEC is set; the bench warns when they are not in effect.
@@ -76,8 +82,10 @@ int main(int argc, char **argv) {
   }
   bench_print_env("bench_unet");
   if (bench_model_missing("bench_unet", &a)) return a.given ? 2 : 0;
+  const int gpu = bench_on_gpu(&a);
+  if (bench_open_device("bench_unet", &a)) return 1;
 
-  double peak0 = bench_sgemm_gflops(2048, 6);
+  double peak0 = gpu ? 0 : bench_sgemm_gflops(2048, 6);
   printf("sgemm 2048^3 (best of 6, start): %.1f GFLOP/s\n", peak0);
 
   double t0 = cd_time();
@@ -121,12 +129,14 @@ int main(int argc, char **argv) {
   double *ts = cd_malloc((size_t)(reps + 1) * sizeof(double));
   for (int i = 0; i <= reps; i++) {
     double a = cd_time();
-    if (cd_graph_forward(g)) {
+    /* reading an element back waits for the GPU to finish the evaluation */
+    float first;
+    if (cd_graph_forward(g) || (gpu && cd_graph_read(g, y, 0, 1, &first))) {
       fprintf(stderr, "bench_unet: %s\n", cd_last_error());
       return 1;
     }
     ts[i] = cd_time() - a;
-    double probe = bench_sgemm_gflops(2048, 2); /* the peak of this moment: noise comes in bursts */
+    double probe = gpu ? 0 : bench_sgemm_gflops(2048, 2); /* the peak of this moment: noise comes in bursts */
     if (probe > peak_mid) peak_mid = probe;
     printf("  eval %d%s: %.2f s   (sgemm probe %.1f GFLOP/s)\n", i, i ? "" : " (warm-up)", ts[i], probe);
     fflush(stdout);
@@ -147,7 +157,7 @@ int main(int argc, char **argv) {
   double best = ts[1], med = ts[1 + reps / 2];
   if (reps % 2 == 0) med = 0.5 * (ts[reps / 2] + ts[1 + reps / 2]);
 
-  double peak1 = bench_sgemm_gflops(2048, 6);
+  double peak1 = gpu ? 1 : bench_sgemm_gflops(2048, 6);
   printf("sgemm 2048^3 (best of 6, end):   %.1f GFLOP/s\n", peak1);
   double peak = CD_MAX(CD_MAX(peak0, peak1), peak_mid); /* the highest seen: a conservative reference */
   int nominal = res == 512 && ctxd == 768;
@@ -164,6 +174,13 @@ int main(int argc, char **argv) {
          nominal ? "" : "; the target is set at 512x512");
   printf("  arena                    %.1f MiB planned\n", cd_graph_arena_bytes(g) / 1048576.0);
   printf("  peak RSS                 %.2f GiB\n", cd_peak_rss_bytes() / 1073741824.0);
+  if (gpu) {
+    const double tfs = work / best * 1e-12;
+    printf("  GPU                      %.2f ms per eval (median %.2f), %.1f TFLOP/s, MFU %.1f%% of %.0f TFLOP/s bf16 dense\n",
+           best * 1e3, med * 1e3, tfs, 100 * tfs / BENCH_GPU_PEAK_TFLOPS, BENCH_GPU_PEAK_TFLOPS);
+    if (cd_backend_cuda_peak_bytes) printf("  GPU peak memory          %.2f GiB (device-wide)\n", cd_backend_cuda_peak_bytes() / 1073741824.0);
+    printf("BENCH unet_cfg_eval res=%d batch=%d ms=%.3f tflops=%.2f mfu=%.4f\n", res, B, best * 1e3, tfs, tfs / BENCH_GPU_PEAK_TFLOPS);
+  }
   free(ts);
   cd_graph_free(g);
   cd_sd_free(m);

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "args.h"
+#include "cli_device.h"
 #include "commands.h"
 #include "core/common.h"
 #include "custom/compress.h"
@@ -64,6 +65,7 @@ int cmd_merge(int argc, char **argv) {
   int reg_count = CD_MERGE_REG_COUNT, overwrite = 0;
   float ridge = 0;
   cli_multi deltas = {0};
+  const char *device = NULL;
   cli_opt opts[] = {
       {"--model", CLI_STR, &model, "PATH", "the base model all deltas were trained on (required)", "-m", CLI_REQUIRED},
       {"--delta", CLI_MULTI, &deltas, "DIR:CAT", "a concept's delta and its category, e.g. out/cat:cat (repeatable, >= 1)", NULL, CLI_REQUIRED},
@@ -72,10 +74,12 @@ int cmd_merge(int argc, char **argv) {
       {"--ridge", CLI_FLOAT, &ridge, "X", "regularise the constraint system by X*mean(diag) (default 0: exact)", NULL, CLI_MIN(0)},
       {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
       {"--out", CLI_STR, &out, "DIR", "output delta folder (required; never one of the inputs)", "-o --output", CLI_REQUIRED},
+      CLI_DEVICE_OPT(&device),
       {"--overwrite", CLI_FLAG, &overwrite, "", "replace a delta already in --out"},
       {0}};
   int r = cli_parse(argc, argv, opts, &merge_spec, NULL);
   if (r != CLI_GO) return r;
+  if ((r = cli_device(opts, &merge_spec, device)) != CLI_GO) return r;
   /* DIR:category, split at the last ':' (categories have none, paths rarely do) */
   char dirs[CLI_MAX_MULTI][1024];
   const char *cats[CLI_MAX_MULTI];

@@ -5,6 +5,7 @@
 #include <strings.h>
 
 #include "args.h"
+#include "cli_device.h"
 #include "infotext.h"
 #include "commands.h"
 #include "core/common.h"
@@ -157,6 +158,7 @@ int cmd_sample(int argc, char **argv) {
   float cfg = 7.5f, eta = 0.0f;
   uint64_t seed = 42;
   cli_multi deltas = {0};
+  const char *device = NULL;
   cli_opt opts[] = {
       {"--model", CLI_STR, &model, "PATH", "diffusers folder or single-file .safetensors/.ckpt (required)", "-m", CLI_REQUIRED},
       {"--prompt", CLI_STR, &prompt, "TEXT", "the prompt (required)", "-p", CLI_REQUIRED},
@@ -185,12 +187,14 @@ int cmd_sample(int argc, char **argv) {
       {"--prediction", CLI_STR, &prediction, "eps|v", "override the model's prediction type", NULL, CLI_CHOICES("eps|v|epsilon|v_prediction")},
       {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
       {"--weights-dtype", CLI_STR, &weights_dtype, "f32|f16|bf16", "storage of the weights in memory (default: the checkpoint's own)", NULL, CLI_CHOICES("f32|f16|bf16")},
+      CLI_DEVICE_OPT(&device),
       {"--tile", CLI_INT, &tile, "N", "VAE-decode in latent tiles of N (large images)", NULL, CLI_MIN(4)},
       {"--out", CLI_STR, &out, "FILE.png|FILE.jpg|DIR/", "output image (PNG; JPEG for .jpg/.jpeg), or folder (made if missing) of NNNNN-SEED-prompt.png files (required)", "-o --output", CLI_REQUIRED},
       {"--overwrite", CLI_FLAG, &overwrite, "", "replace an existing --out FILE"},
       {0}};
   int r = cli_parse(argc, argv, opts, &spec, NULL);
   if (r != CLI_GO) return r;
+  if ((r = cli_device(opts, &spec, device)) != CLI_GO) return r;
   cd_gen_opts go = {.prompt = prompt, .negative = negative, .cfg = cfg};
   if (cd_sampler_parse(sampler ? sampler : "ddim", &go.s.kind)) return cli_error(opts, &spec, "--sampler", "%s", cd_last_error());
   if (orig_size && parse_pair(orig_size, 1, &go.micro.orig_w, &go.micro.orig_h))

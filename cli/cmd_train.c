@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "args.h"
+#include "cli_device.h"
 #include "commands.h"
 #include "core/common.h"
 #include "custom/lr_schedule.h"
@@ -15,11 +16,13 @@ int cmd_train(int argc, char **argv) {
   cd_run_opts o;
   cd_run_opts_default(&o);
   int no_prior = 0, no_scale_lr = 0, no_aug = 0, with_prior = 0, scale_lr = 0;
+  const char *device = NULL;
   cli_opt opts[] = {
       {"--model", CLI_STR, &o.model, "PATH", "base model: diffusers folder or single-file .safetensors/.ckpt (required)", "-m --pretrained_model_name_or_path", CLI_REQUIRED},
       {"--vocab", CLI_STR, &o.vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
       {"--delta", CLI_STR, &o.init_delta, "DIR", "start from this trained delta (sequential training: the result holds its tokens and weights too)"},
       {"--weights-dtype", CLI_STR, &o.weights_dtype, "f32|f16|bf16", "storage of the frozen weights (default: the checkpoint's own)", NULL, CLI_CHOICES("f32|f16|bf16")},
+      CLI_DEVICE_OPT(&device),
       {"--concepts", CLI_STR, &o.concepts, "FILE.json", "list of {instance_prompt, class_prompt, instance_data_dir, class_data_dir}", "--concepts_list"},
       {"--each", CLI_FLAG, &o.each, "", "train each concept of --concepts apart: one delta per concept in OUT/concept-K (under MPI, one rank group per concept)"},
       {"--each-index", CLI_INT, &o.each_index, "K", "with --each: train only concept K of the list (1-based; e.g. $SLURM_ARRAY_TASK_ID)", NULL, CLI_MIN(1)},
@@ -67,6 +70,7 @@ int cmd_train(int argc, char **argv) {
       {0}};
   int r = cli_parse(argc, argv, opts, &spec, NULL);
   if (r != CLI_GO) return r;
+  if ((r = cli_device(opts, &spec, device)) != CLI_GO) return r;
   if (no_prior && with_prior) return cli_error(opts, &spec, "--with_prior_preservation", "contradicts --no-prior");
   if (no_scale_lr && scale_lr) return cli_error(opts, &spec, "--scale_lr", "contradicts --no-scale-lr");
   o.prior = !no_prior;

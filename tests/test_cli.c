@@ -517,6 +517,11 @@ TEST(usage_errors_print_the_flag_line) {
       {"info --prediction", "--prediction", "needs a value"},
       {"info M --prediction=x", "--prediction", "--prediction must be one of eps|v|epsilon|v_prediction (got 'x')"},
       {"sample -m M -p cat -o x.png --weights-dtype f64", "--weights-dtype", "must be one of f32|f16|bf16 (got 'f64')"},
+      /* this test's build is never a CUDA one (CUDA=1 builds only test_cuda, which checks the no-GPU error) */
+      {"sample -m M -p cat -o x.png --device cuda", "--device", "--device cuda: built without CUDA (make CUDA=1)"},
+      {"train -m M --images I -p 'a <new1> cat' -o O --no-prior --device cuda", "--device", "built without CUDA (make CUDA=1)"},
+      {"merge -m M --delta d:cat -o O --device cuda", "--device", "built without CUDA (make CUDA=1)"},
+      {"sample -m M -p cat -o x.png --device tpu", "--device", "must be one of cpu|cuda (got 'tpu')"},
       {"train -m M --images I -p 'a <new1> cat' -o O --no-prior --freeze_model all", "--train", "--freeze_model must be one of"},
       {"train -m M --images I -p 'a <new1> cat' -o O --no-prior --lr_scheduler cosine_with_restarts", "--lr_scheduler", "cosine_with_restarts"},
   };

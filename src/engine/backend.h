@@ -82,9 +82,21 @@ struct cd_backend {
   /* accumulate: micro-batch k of K: acc = g (k = 0), acc += g (k > 0), and
    * at k = K-1 also g = acc / K (cd_optim_accumulate) */
   void (*accumulate)(const cd_kernel_ctx *ctx, float *acc, float *g, int64_t n, int k, int K);
+  /* Optional (NULL on the CPU). reachable: 1 when the kernels can read p
+   * (CUDA: device memory); cd_graph_plan rejects a parameter whose data is
+   * not, naming it, instead of letting a kernel fault on a host pointer.
+   * finish: called at the end of every forward and backward; nonzero after
+   * recording cd_last_error when a kernel failed (CUDA: a launch or device
+   * error), which the pass then returns. */
+  int (*reachable)(const void *p);
+  int (*finish)(const cd_kernel_ctx *ctx);
 };
 
 const cd_backend *cd_backend_cpu(void);
+/* The backend cd_graph_new() (and code that makes graphs without naming one)
+ * uses: the CPU unless cd_backend_set_default chose another (--device). */
+const cd_backend *cd_backend_default(void);
+void cd_backend_set_default(const cd_backend *be); /* NULL: the CPU */
 /* the backend a graph runs on and its kernel context (its backend fields are
  * set by cd_graph_plan): for the engine (optim.c) and a backend's own extras
  * (cpu.h), never for model code */

@@ -39,6 +39,8 @@ struct cd_graph {
   long prof_n[2][CD_OP_COUNT];
   struct cd_wstore **stores; /* weight stores its parameters come from: synced before each forward */
   int nstores;
+  struct cd_wstore **own; /* stores the plan made for parameters in host memory (adopt_params) */
+  int nown;
 };
 
 static const char *type_names[] = {"f32", "f16", "bf16", "i32"};
@@ -66,7 +68,10 @@ cd_graph *cd_graph_new_on(const cd_backend *be) {
   g->profile = getenv("CDIFF_PROFILE") != NULL;
   return g;
 }
-cd_graph *cd_graph_new(void) { return cd_graph_new_on(cd_backend_cpu()); }
+static const cd_backend *default_be;
+const cd_backend *cd_backend_default(void) { return default_be ? default_be : cd_backend_cpu(); }
+void cd_backend_set_default(const cd_backend *be) { default_be = be; }
+cd_graph *cd_graph_new(void) { return cd_graph_new_on(cd_backend_default()); }
 
 const cd_backend *cd_graph_backend(const cd_graph *g) { return g->be; }
 const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g) { return &g->ctx; }
@@ -106,6 +111,8 @@ void cd_graph_free(cd_graph *g) {
   free(g->zero_start);
   free(g->zero_list);
   free(g->stores);
+  for (int i = 0; i < g->nown; i++) cd_wstore_free(g->own[i]);
+  free(g->own);
   free(g);
 }
 
@@ -498,6 +505,52 @@ static cd_node *root_of(cd_node *x) {
 }
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* A device backend cannot read host memory. Parameters that still point at
+ * the caller's host values (models whose loader has not registered its
+ * weights in a weight store on this backend) are copied into a store the
+ * graph owns, one upload for all of them, and the nodes point at the copies.
+ * The copy is the graph's: host values changed later are not seen unless the
+ * store is touched, so code that changes weights between runs should keep
+ * them in its own store (wstore.h). */
+static int adopt_params(cd_graph *g) {
+  if (!g->be->reachable) return 0;
+  cd_wstore *s = NULL;
+  int *idx = NULL, count = 0, failed = 0;
+  size_t bytes = 0;
+  for (int i = 0; i < g->n; i++) {
+    cd_node *x = g->nodes[i];
+    if (!(x->flags & CD_FLAG_PARAM) || !x->n || g->be->reachable(x->data)) continue;
+    if (!x->data) return cd_set_error("graph: parameter %s has no values", x->name);
+    if (!s) {
+      s = cd_wstore_new(g->be);
+      idx = cd_malloc((size_t)g->n * sizeof *idx);
+      for (int k = 0; k < g->n; k++) idx[k] = -1;
+    }
+    char nm[128];
+    snprintf(nm, sizeof nm, "%d:%.100s", i, x->name); /* unique even if two nodes share a name */
+    if ((idx[i] = cd_wstore_add(s, nm, x->type, x->ndim, x->ne, x->data)) < 0) {
+      failed = 1;
+      break;
+    }
+    count++;
+    bytes += cd_nbytes(x);
+  }
+  if (!s) return 0;
+  if (failed || cd_wstore_commit(s)) {
+    free(idx);
+    cd_wstore_free(s);
+    return cd_prefix_error("graph: copying host parameters to %s", g->be->name);
+  }
+  for (int i = 0; i < g->n; i++)
+    if (idx[i] >= 0) g->nodes[i]->data = cd_wstore_data(s, idx[i]);
+  free(idx);
+  g->own = cd_realloc(g->own, (g->nown + 1) * sizeof *g->own);
+  g->own[g->nown++] = s;
+  cd_graph_use_store(g, s);
+  cd_log("graph: %d host parameters (%.1f MiB) copied to %s", count, bytes / 1048576.0, g->be->name);
+  return 0;
+}
 static size_t grad_bytes(const cd_node *x) { return (size_t)x->n * sizeof(float); } /* gradients are f32 */
 
 int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
@@ -516,6 +569,7 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
   g->loss = opts->loss;
   if (g->training && (!g->loss || g->loss->n != 1)) return cd_set_error("graph: training plan needs a scalar loss node");
 
+  if (adopt_params(g)) return -1;
   for (int i = 0; i < N; i++)
     if ((g->nodes[i]->flags & CD_FLAG_TRAINABLE) && g->nodes[i]->type != CD_TYPE_F32)
       return cd_set_error("graph: trainable parameter %s is %s; gradients and AdamW need f32", g->nodes[i]->name,
@@ -699,6 +753,7 @@ int cd_graph_forward(cd_graph *g) {
     run_kernel(g, 0, x);
   }
   if (g->profile) g->be->timer_flush(&g->ctx);
+  if (g->be->finish && g->be->finish(&g->ctx)) return cd_prefix_error("graph: forward");
   return 0;
 }
 
@@ -720,6 +775,7 @@ int cd_graph_backward(cd_graph *g) {
     run_kernel(g, 1, x);
   }
   if (g->profile) g->be->timer_flush(&g->ctx);
+  if (g->be->finish && g->be->finish(&g->ctx)) return cd_prefix_error("graph: backward");
   return 0;
 }
 

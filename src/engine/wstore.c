@@ -71,6 +71,7 @@ int cd_wstore_find(const cd_wstore *s, const char *name) {
 }
 int cd_wstore_count(const cd_wstore *s) { return s->n; }
 size_t cd_wstore_bytes(const cd_wstore *s) { return s->total; }
+void *cd_wstore_data(const cd_wstore *s, int i) { return i >= 0 && i < s->n && s->block ? (char *)s->block + s->e[i].off : NULL; }
 
 int cd_wstore_commit(cd_wstore *s) {
   if (s->block) return 0;

@@ -54,5 +54,7 @@ cd_node *cd_wstore_param(cd_graph *g, cd_wstore *s, int i);
 int cd_wstore_sync(cd_wstore *s);
 
 size_t cd_wstore_bytes(const cd_wstore *s); /* the backend allocation */
+/* backend address of committed weight i (NULL if none): for the engine */
+void *cd_wstore_data(const cd_wstore *s, int i);
 
 #endif
