@@ -27,6 +27,7 @@
 #include "engine/backend.h"
 #include "engine/device.h"
 #include "engine/ops.h"
+#include "engine/optim.h"
 #include "engine/wstore.h"
 #include "models/sd_model.h"
 #include "test.h"
@@ -76,6 +77,79 @@ TEST(cuda_table_is_complete) {
     if (cd_op_has((cd_op)o, CD_OPF_BWD)) CHECKF(t->backward[o], "no CUDA backward kernel for %s", cd_op_name((cd_op)o));
   }
   CHECK(t->sumsq && t->adamw && t->nonfinite && t->accumulate && t->reachable && t->finish);
+}
+
+/* The plan's copy of host parameters (graph.c, adopt_params) and the
+ * optimizer's write-back, without a GPU: a backend that wraps the CPU and
+ * calls only its own allocations reachable, as a device backend would. */
+#define FAKE_MAX 256
+static void *fake_ptr[FAKE_MAX];
+static size_t fake_len[FAKE_MAX];
+static void *fake_alloc(size_t n) {
+  void *p = cd_backend_cpu()->alloc(n);
+  for (int i = 0; p && i < FAKE_MAX; i++)
+    if (!fake_ptr[i]) {
+      fake_ptr[i] = p, fake_len[i] = n;
+      break;
+    }
+  return p;
+}
+static void fake_free(void *p) {
+  for (int i = 0; i < FAKE_MAX; i++)
+    if (fake_ptr[i] == p) fake_ptr[i] = NULL;
+  cd_backend_cpu()->free(p);
+}
+static int fake_reachable(const void *p) {
+  for (int i = 0; i < FAKE_MAX; i++)
+    if (fake_ptr[i] && (const char *)p >= (const char *)fake_ptr[i] && (const char *)p < (const char *)fake_ptr[i] + fake_len[i])
+      return 1;
+  return 0;
+}
+
+TEST(host_parameters_copied_and_written_back) {
+  cd_backend fake = *cd_backend_cpu();
+  fake.name = "fake-device";
+  fake.alloc = fake_alloc;
+  fake.free = fake_free;
+  fake.reachable = fake_reachable;
+  float w[12], b[3], x[8], w0[12];
+  test_fill_uniform(w, 12, -1, 1, 5);
+  test_fill_uniform(b, 3, -1, 1, 6);
+  test_fill_uniform(x, 8, -1, 1, 7);
+  memcpy(w0, w, sizeof w);
+  float y_dev[6], y_cpu[6], wv[12];
+  for (int pass = 0; pass < 2; pass++) {
+    cd_graph *g = cd_graph_new_on(pass ? cd_backend_cpu() : &fake);
+    cd_node *xi = cd_input(g, "x", 2, (int64_t[]){2, 4});
+    cd_node *wp = cd_param(g, "w", pass ? w0 : w, 2, (int64_t[]){3, 4});
+    cd_node *bp = cd_param(g, "b", b, 1, (int64_t[]){3});
+    cd_set_trainable(wp);
+    cd_node *y = cd_linear(g, xi, wp, bp);
+    cd_graph_output(g, y);
+    cd_plan_opts po = {.training = 1, .loss = cd_sum(g, y)};
+    CHECK_OK(cd_graph_plan(g, &po));
+    if (!pass) { /* the device graph reads copies; the host arrays are only mirrors */
+      CHECK(fake_reachable(wp->data) && fake_reachable(bp->data));
+      CHECK(cd_graph_host_mirror(g, wp) == (void *)w && cd_graph_host_mirror(g, bp) == (void *)b);
+    } else
+      CHECK(cd_graph_host_mirror(g, wp) == NULL);
+    CHECK_OK(cd_graph_set_input(g, xi, x));
+    CHECK_OK(cd_graph_forward(g));
+    CHECK_OK(cd_graph_get(g, y, pass ? y_cpu : y_dev));
+    CHECK_OK(cd_graph_backward(g));
+    cd_optim *o = cd_optim_new(g);
+    CHECK_OK(cd_optim_add(o, wp));
+    cd_adamw_opts hp = {.lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f, .max_grad_norm = 1};
+    CHECK_OK(cd_optim_adamw_step(o, &hp, NULL));
+    CHECK_OK(cd_optim_read(o, 0, CD_OPTIM_VALUE, wv));
+    /* the device graph's host array follows the update, as the CPU graph's own array does */
+    CHECK(!memcmp(wv, pass ? w0 : w, sizeof wv));
+    cd_optim_free(o);
+    cd_graph_free(g);
+  }
+  CHECK(!memcmp(y_dev, y_cpu, sizeof y_dev));
+  CHECK(!memcmp(w, w0, sizeof w)); /* both took the same step */
+  for (int i = 0; i < FAKE_MAX; i++) CHECK(!fake_ptr[i]); /* everything the graph allocated was freed */
 }
 
 /* ---------------------------------------------------------------- parity harness */
@@ -678,6 +752,7 @@ int main(void) {
   }
   RUN(device_flag_errors_are_clear);
   RUN(cuda_table_is_complete);
+  RUN(host_parameters_copied_and_written_back);
   RUN(conv2d);
   RUN(conv2d_16bit_weights);
   RUN(conv2d_bands);

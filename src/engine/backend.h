@@ -102,6 +102,11 @@ void cd_backend_set_default(const cd_backend *be); /* NULL: the CPU */
  * (cpu.h), never for model code */
 const cd_backend *cd_graph_backend(const cd_graph *g);
 const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g);
+/* the caller's host values of parameter n when the plan copied it to a device
+ * backend (graph.c, adopt_params), else NULL: the optimizer writes updated
+ * values back there, so code that reads trained weights in place (the
+ * trainer's validation) sees them as on the CPU */
+void *cd_graph_host_mirror(const cd_graph *g, const cd_node *n);
 /* a weight store g's parameters come from (wstore.c): synced before each forward */
 struct cd_wstore;
 void cd_graph_use_store(cd_graph *g, struct cd_wstore *s);

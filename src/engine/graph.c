@@ -41,6 +41,8 @@ struct cd_graph {
   int nstores;
   struct cd_wstore **own; /* stores the plan made for parameters in host memory (adopt_params) */
   int nown;
+  void **host_of; /* per node: the host values an adopted parameter was copied from, else NULL */
+  int nhost;
 };
 
 static const char *type_names[] = {"f32", "f16", "bf16", "i32"};
@@ -74,6 +76,9 @@ void cd_backend_set_default(const cd_backend *be) { default_be = be; }
 cd_graph *cd_graph_new(void) { return cd_graph_new_on(cd_backend_default()); }
 
 const cd_backend *cd_graph_backend(const cd_graph *g) { return g->be; }
+void *cd_graph_host_mirror(const cd_graph *g, const cd_node *n) {
+  return n && n->id >= 0 && n->id < g->nhost && g->nodes[n->id] == n ? g->host_of[n->id] : NULL;
+}
 const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g) { return &g->ctx; }
 
 void cd_graph_use_store(cd_graph *g, struct cd_wstore *s) {
@@ -113,6 +118,7 @@ void cd_graph_free(cd_graph *g) {
   free(g->stores);
   for (int i = 0; i < g->nown; i++) cd_wstore_free(g->own[i]);
   free(g->own);
+  free(g->host_of);
   free(g);
 }
 
@@ -542,8 +548,16 @@ static int adopt_params(cd_graph *g) {
     cd_wstore_free(s);
     return cd_prefix_error("graph: copying host parameters to %s", g->be->name);
   }
+  if (g->nhost < g->n) {
+    g->host_of = cd_realloc(g->host_of, (size_t)g->n * sizeof *g->host_of);
+    for (int i = g->nhost; i < g->n; i++) g->host_of[i] = NULL;
+    g->nhost = g->n;
+  }
   for (int i = 0; i < g->n; i++)
-    if (idx[i] >= 0) g->nodes[i]->data = cd_wstore_data(s, idx[i]);
+    if (idx[i] >= 0) {
+      g->host_of[i] = g->nodes[i]->data;
+      g->nodes[i]->data = cd_wstore_data(s, idx[i]);
+    }
   free(idx);
   g->own = cd_realloc(g->own, (g->nown + 1) * sizeof *g->own);
   g->own[g->nown++] = s;

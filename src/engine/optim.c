@@ -104,6 +104,9 @@ int cd_optim_adamw_step(cd_optim *o, const cd_adamw_opts *hp, cd_optim_report *r
     slot *s = &o->s[i];
     o->be->adamw(o->ctx, &a, s->p->data, s->p->grad, s->m, s->v, s->p->n);
     bad += o->be->nonfinite(o->ctx, s->p->data, s->p->n);
+    /* a parameter the plan copied to a device keeps its host values current */
+    void *host = cd_graph_host_mirror(o->g, s->p);
+    if (host) o->be->download(o->ctx, host, s->p->data, cd_nbytes(s->p));
   }
   if (r) r->nonfinite = bad;
   return 0;
@@ -131,6 +134,8 @@ int cd_optim_write(cd_optim *o, int i, cd_optim_what what, const float *host) {
   float *dst = i >= 0 && i < o->n ? state(o, i, what) : NULL;
   if (!dst) return cd_set_error("optimizer: no state %d of parameter %d", (int)what, i);
   o->be->upload(o->ctx, dst, host, cd_nbytes(o->s[i].p));
+  void *mirror = what == CD_OPTIM_VALUE ? cd_graph_host_mirror(o->g, o->s[i].p) : NULL;
+  if (mirror && mirror != (const void *)host) memcpy(mirror, host, cd_nbytes(o->s[i].p));
   return 0;
 }
 

@@ -173,8 +173,8 @@ void cu_attention_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
     cu_ok(cudaMemsetAsync(n->data, 0, cd_nbytes(n), cu_stream(ctx)), "attention");
     return;
   }
-  if (s.D > DMAX) {
-    cu_fail("attention", "head width above 256 is not supported by the CUDA kernel");
+  if (s.D > DMAX || s.B * s.H > 65535) {
+    cu_fail("attention", "head width above 256 or batch x heads above 65535: not supported by the CUDA kernel");
     return;
   }
   const size_t sm = fwd_smem(s);
@@ -189,16 +189,17 @@ void cu_attention_fwd(const cd_kernel_ctx *ctx, cd_node *n) {
 
 /* Di[bh, i] = sum_d dO * O over row i of head h: one warp per row */
 __global__ void k_attn_di(const float *o, const float *dO, float *Di, attn_shape s) {
-  const int64_t rows = s.B * s.H * s.Tq;
-  const int64_t w = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5;
+  const int64_t rows = s.B * s.H * s.Tq, nwarps = (int64_t)gridDim.x * blockDim.x >> 5;
   const int lane = threadIdx.x & 31;
-  if (w >= rows) return;
-  const int64_t i = w % s.Tq, bh = w / s.Tq, b = bh / s.H, h = bh % s.H;
-  const int64_t off = (b * s.Tq + i) * s.C + h * s.D;
-  float acc = 0;
-  for (int64_t d = lane; d < s.D; d += 32) acc += dO[off + d] * o[off + d];
-  for (int x = 16; x; x >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, x);
-  if (lane == 0) Di[w] = acc;
+  /* whole warps step together (the loop bound is the same for the 32 lanes) */
+  for (int64_t w = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5; w < rows; w += nwarps) {
+    const int64_t i = w % s.Tq, bh = w / s.Tq, b = bh / s.H, h = bh % s.H;
+    const int64_t off = (b * s.Tq + i) * s.C + h * s.D;
+    float acc = 0;
+    for (int64_t d = lane; d < s.D; d += 32) acc += dO[off + d] * o[off + d];
+    for (int x = 16; x; x >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, x);
+    if (lane == 0) Di[w] = acc;
+  }
 }
 
 /* P and dS of query tile q0 x key tile k0 into Ps, dSs (threads: row i = t/8,
@@ -343,8 +344,8 @@ void cu_attention_bwd(const cd_kernel_ctx *ctx, cd_node *n) {
   cd_node *qn = n->src[0], *kn = n->src[1], *vn = n->src[2];
   float *dq = qn->grad, *dk = kn->grad, *dv = vn->grad;
   if (!dq && !dk && !dv) return;
-  if (s.D > DMAX) {
-    cu_fail("attention backward", "head width above 256 is not supported by the CUDA kernel");
+  if (s.D > DMAX || s.B * s.H > 65535) {
+    cu_fail("attention backward", "head width above 256 or batch x heads above 65535: not supported by the CUDA kernel");
     return;
   }
   if (!n->aux || n->naux < s.B * s.H * s.Tq) {
