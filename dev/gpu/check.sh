@@ -25,18 +25,25 @@ T0=$(date +%s)
 : > "$LOG"
 say() { echo "[$(($(date +%s) - T0))s] $*" | tee -a "$LOG"; }
 skip() { case " ${CHECK_SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
+# every stage's timeout is cut to what is left of CHECK_BUDGET (default 500 s,
+# inside the call's 540), so the table is always printed
+DEADLINE=$((T0 + ${CHECK_BUDGET:-500}))
+tmo() { local l=$((DEADLINE - $(date +%s) - 10)); [ "$l" -lt "$1" ] && echo $((l > 0 ? l : 1)) || echo "$1"; }
+late() { [ $((DEADLINE - $(date +%s))) -lt "$1" ]; }
 declare -a ROWS
 row() { ROWS+=("$1"); }
 
 say "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
 say "nvcc: $(nvcc --version 2>/dev/null | tail -1) | gcc: $(gcc --version | head -1) | cores: $(nproc)"
 export PATH=$PATH:/usr/local/cuda/bin
+export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")")}
 
 # ---- 1. the C dependencies carried from the build machine ----
 SYS=/tmp/cdiff-sys
 if [ -f dev/gpu/carry/sys.tar.xz ]; then
   rm -rf $SYS && mkdir -p $SYS && tar -C $SYS --strip-components=1 -xJf dev/gpu/carry/sys.tar.xz
   for f in $SYS/lib/*.so.*; do b=${f%%.so.*}; ln -sf "$(basename "$f")" "$b.so"; done
+  ln -sf libpng16.so.16 $SYS/lib/libpng.so # -lpng
   export CPATH=$SYS/include${CPATH:+:$CPATH}
   export LIBRARY_PATH=$SYS/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
   export LD_LIBRARY_PATH=$SYS/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -48,7 +55,7 @@ export CDIFF_NO_REEXEC=1 OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=${OPENBLAS_CO
 
 # ---- 2. build ----
 say "build: make CUDA=1"
-if timeout 240 make -j"$(nproc)" CUDA=1 build-cuda/cdiff build-cuda/tests/test_cuda build-cuda/tools/gen_sd_random \
+if timeout "$(tmo 240)" make -j"$(nproc)" CUDA=1 CUDA_HOME="$CUDA_HOME" build-cuda/cdiff build-cuda/tests/test_cuda build-cuda/tools/gen_sd_random \
     build-cuda/bench/bench_unet build-cuda/bench/bench_train > "$OUT/build.log" 2>&1; then
   row "build              ok ($(($(date +%s) - T0)) s)"
 else
@@ -66,13 +73,13 @@ if ! skip parity; then
     export CDIFF_GOLDEN=$GOLD
   fi
   say "test_cuda (CDIFF_CUDA_SYNC=1: every kernel checked as it runs)"
-  CDIFF_CUDA_SYNC=1 CDIFF_TEST_VERBOSE=1 timeout 180 build-cuda/tests/test_cuda > "$OUT/test_cuda.log" 2>&1
+  CDIFF_CUDA_SYNC=1 CDIFF_TEST_VERBOSE=1 timeout "$(tmo 180)" build-cuda/tests/test_cuda > "$OUT/test_cuda.log" 2>&1
   rc=$?
   grep -E '^(PASS|FAIL|SKIP)|^cuda:' "$OUT/test_cuda.log" | tee -a "$LOG"
   np=$(grep -c '^PASS' "$OUT/test_cuda.log"); nf=$(grep -c '^FAIL' "$OUT/test_cuda.log"); ns=$(grep -c '^SKIP' "$OUT/test_cuda.log")
   row "test_cuda          $np passed, $nf failed, $ns skipped (exit $rc)"
   # the same ops once more without the per-kernel synchronisation: a race shows as a difference here
-  timeout 60 build-cuda/tests/test_cuda > "$OUT/test_cuda_async.log" 2>&1
+  late 300 || timeout "$(tmo 60)" build-cuda/tests/test_cuda > "$OUT/test_cuda_async.log" 2>&1
   row "test_cuda, async   $(grep -c '^PASS' "$OUT/test_cuda_async.log") passed, $(grep -c '^FAIL' "$OUT/test_cuda_async.log") failed"
 fi
 
@@ -80,19 +87,21 @@ fi
 if ! skip bench; then
   say "gen_sd_random: random SD 1.5 (fp16) in /tmp/sd15-random"
   if [ ! -d /tmp/sd15-random ]; then
-    timeout 120 build-cuda/tools/gen_sd_random --out /tmp/sd15-random >> "$OUT/bench.log" 2>&1 || { tail -5 "$OUT/bench.log"; row "gen_sd_random      FAILED"; }
+    timeout "$(tmo 120)" build-cuda/tools/gen_sd_random --out /tmp/sd15-random >> "$OUT/bench.log" 2>&1 || { tail -5 "$OUT/bench.log"; row "gen_sd_random      FAILED"; }
   fi
   for math in bf16 fp32; do
+    late 40 && { row "unet CFG 512 $math  not run: out of time"; continue; }
     say "bench_unet, CDIFF_CUDA_MATH=$math"
-    CDIFF_CUDA_MATH=$math timeout 90 build-cuda/bench/bench_unet /tmp/sd15-random --device cuda --reps 10 > /tmp/cdiff-b.log 2>&1
+    CDIFF_CUDA_MATH=$math timeout "$(tmo 90)" build-cuda/bench/bench_unet /tmp/sd15-random --device cuda --reps 10 > /tmp/cdiff-b.log 2>&1
     cat /tmp/cdiff-b.log >> "$OUT/bench.log"
     l=$(grep '^BENCH' /tmp/cdiff-b.log)
     row "unet CFG 512 $math  ${l:-FAILED: $(tail -1 /tmp/cdiff-b.log)}"
   done
   if ! skip train; then
     for b in 4 1; do
+      late 60 && { row "train step b=$((2 * b))     not run: out of time"; continue; }
       say "bench_train --batch $b (with prior: $((2 * b)) examples), bf16"
-      CDIFF_CUDA_MATH=bf16 timeout 120 build-cuda/bench/bench_train /tmp/sd15-random --device cuda --batch $b --steps 3 \
+      CDIFF_CUDA_MATH=bf16 timeout "$(tmo 120)" build-cuda/bench/bench_train /tmp/sd15-random --device cuda --batch $b --steps 3 \
         --limit-gib 130 > /tmp/cdiff-b.log 2>&1
       cat /tmp/cdiff-b.log >> "$OUT/bench.log"
       l=$(grep '^BENCH' /tmp/cdiff-b.log)
@@ -100,7 +109,7 @@ if ! skip bench; then
     done
   fi
   # where the time goes, per op kind (CDIFF_PROFILE times every kernel with events)
-  CDIFF_PROFILE=1 CDIFF_CUDA_MATH=bf16 timeout 60 build-cuda/bench/bench_unet /tmp/sd15-random --device cuda --reps 2 \
+  late 40 || CDIFF_PROFILE=1 CDIFF_CUDA_MATH=bf16 timeout "$(tmo 60)" build-cuda/bench/bench_unet /tmp/sd15-random --device cuda --reps 2 \
     > "$OUT/profile.log" 2>&1
 fi
 
