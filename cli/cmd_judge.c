@@ -25,7 +25,7 @@ int cmd_judge(int argc, char **argv) {
   float lr = 2e-3f;
   uint64_t seed = 1;
   cli_opt opts[] = {
-      {"--train", CLI_FLAG, &train, "", "train a judge from scratch into --out"},
+      {"--train", CLI_FLAG, &train, "", "train a judge (new, or from --init) into --out"},
       {"--out", CLI_STR, &out, "FILE", "where --train writes the judge (.safetensors)"},
       {"--steps", CLI_INT, &steps, "N", "training steps (default 1500)"},
       {"--batch", CLI_INT, &batch, "N", "images per step (default 32)"},
