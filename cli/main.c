@@ -1,7 +1,9 @@
 /* main.c - cdiff: Custom Diffusion in C. Dispatches to the subcommands. */
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "commands.h"
 #include "core/common.h"
@@ -70,7 +72,26 @@ int main(int argc, char **argv) {
     return 1;
   }
   cd_silent = cd_dist_world_rank() != 0;
-  int rc = run(argc, argv);
+  /* the ranks on a node share its cores unless CDIFF_THREADS (or --threads) says otherwise */
+  if (cd_dist_local_size() > 1 && !getenv("CDIFF_THREADS")) {
+    cpu_set_t set;
+    long online = sysconf(_SC_NPROCESSORS_ONLN), mine = sched_getaffinity(0, sizeof set, &set) ? online : CPU_COUNT(&set);
+    long n = online / cd_dist_local_size();
+    char buf[32];
+    snprintf(buf, sizeof buf, "%ld", n < 1 ? 1 : n > mine ? mine : n);
+    setenv("CDIFF_THREADS", buf, 1);
+  }
+  /* only `train` shares its work over ranks; any other command runs on rank 0
+   * alone (the others would repeat it and write the same files) */
+  int rc = 0;
+  if (cd_dist_world_size() > 1 && (argc < 2 || strcmp(argv[1], "train"))) {
+    if (cd_dist_world_rank() == 0) {
+      cd_warn("only `cdiff train` is distributed: this command runs on rank 0, the other %d rank(s) wait", cd_dist_world_size() - 1);
+      rc = run(argc, argv);
+    }
+  } else {
+    rc = run(argc, argv);
+  }
   cd_dist_finalize();
   return rc;
 }

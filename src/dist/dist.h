@@ -29,6 +29,10 @@ int cd_dist_rank(void);
 int cd_dist_size(void);
 int cd_dist_world_rank(void);
 int cd_dist_world_size(void);
+/* The ranks of the world on this node (MPI_COMM_TYPE_SHARED), and this
+ * one's index among them: to share the node's cores, or choose a GPU. */
+int cd_dist_local_rank(void);
+int cd_dist_local_size(void);
 /* Sums x[0..n) over the current group, in place (one MPI_Allreduce, split
  * into pieces of 2^30 elements only beyond that). */
 int cd_dist_allreduce_sum_f32(float *x, int64_t n);

@@ -11,7 +11,7 @@
 
 static int inited, we_init; /* MPI running; we started it (and so finalize it) */
 static MPI_Comm group = MPI_COMM_NULL;
-static int g_rank, g_size = 1, w_rank, w_size = 1;
+static int g_rank, g_size = 1, w_rank, w_size = 1, l_rank, l_size = 1;
 
 static int mpi_fail(int rc, const char *what) {
   char msg[MPI_MAX_ERROR_STRING];
@@ -35,6 +35,12 @@ int cd_dist_init(int *argc, char ***argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &w_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &w_size);
   g_rank = w_rank, g_size = w_size;
+  MPI_Comm node;
+  if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w_rank, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+    MPI_Comm_rank(node, &l_rank);
+    MPI_Comm_size(node, &l_size);
+    MPI_Comm_free(&node);
+  }
   inited = 1;
   return 0;
 }
@@ -54,6 +60,8 @@ int cd_dist_rank(void) { return g_rank; }
 int cd_dist_size(void) { return g_size; }
 int cd_dist_world_rank(void) { return w_rank; }
 int cd_dist_world_size(void) { return w_size; }
+int cd_dist_local_rank(void) { return l_rank; }
+int cd_dist_local_size(void) { return l_size; }
 
 #define PIECE ((int64_t)1 << 30) /* MPI counts are int */
 

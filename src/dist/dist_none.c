@@ -14,6 +14,8 @@ int cd_dist_rank(void) { return 0; }
 int cd_dist_size(void) { return 1; }
 int cd_dist_world_rank(void) { return 0; }
 int cd_dist_world_size(void) { return 1; }
+int cd_dist_local_rank(void) { return 0; }
+int cd_dist_local_size(void) { return 1; }
 int cd_dist_allreduce_sum_f32(float *x, int64_t n) { return 0; }
 int cd_dist_allreduce_sum_f64(double *x, int n) { return 0; }
 int cd_dist_barrier(void) { return 0; }
