@@ -111,7 +111,7 @@ int main(int argc, char **argv) {
     cd_rng_fill_normal(&r, noise, (size_t)lat);
     cd_rng_fill_normal(&r, lnoise, (size_t)lat);
     for (int b = 0; b < B; b++) ts[b] = (int)(cd_rng_uniform(&r) * 1000) % 1000;
-    cd_batch bt = {pix, mask, ids, noise, lnoise, ts};
+    cd_batch bt = {.pixels = pix, .mask = mask, .ids = ids, .noise = noise, .latent_noise = lnoise, .timesteps = ts};
     cd_step_report rep;
     cd_dist_barrier();
     double a = cd_time();
