@@ -101,8 +101,7 @@ TEST(sdxl_both_layouts) {
            folder, single);
   int st = system(cmd);
   cd_sd_model *a = NULL, *b = NULL;
-  /* the text encoders are the second part of the SDXL work (text_encoder_2, conditioner.embedders) */
-  cd_load_opts lo = {.no_text = 1};
+  cd_load_opts lo = {0}; /* everything: the hash covers both text encoders and the UNet */
   int ok = st == 0 && !cd_sd_load(folder, &lo, &a) && !cd_sd_load(single, &lo, &b);
   char err[512];
   snprintf(err, sizeof err, "%s", ok ? "" : cd_last_error());
@@ -110,7 +109,9 @@ TEST(sdxl_both_layouts) {
   if (ok) {
     cd_mem_plan mp; /* the sampling memory estimate plans the UNet with its added inputs */
     mem = !cd_sample_mem_plan(a, 1, 1, 128, 128, 0, 0, &mp) && mp.unet > 0;
-    same = !strcmp(a->hash, b->hash) && a->family == CD_FAMILY_SDXL && b->family == CD_FAMILY_SDXL;
+    same = !strcmp(a->hash, b->hash) && a->family == CD_FAMILY_SDXL && b->family == CD_FAMILY_SDXL && a->clip.w &&
+           a->clip2.w && b->clip2.w && cd_weights_numel(a->clip2.w) == cd_weights_numel(b->clip2.w) &&
+           cd_weights_numel(a->unet.w) == cd_weights_numel(b->unet.w) && cd_weights_numel(a->vae.w) == cd_weights_numel(b->vae.w);
     const cd_unet_config *u = &a->unet.cfg, *v = &b->unet.cfg;
     cfg = u->nlevels == 3 && !u->down_attn[0] && u->down_attn[1] && u->down_attn[2] && u->up_attn[0] &&
           u->up_attn[1] && !u->up_attn[2] && cd_unet_depth(u, 1) == 1 && cd_unet_depth(u, 2) == 2 &&
