@@ -1,6 +1,8 @@
 /* bench_train.c - memory and time of one Custom Diffusion training step at
  * SD 1.5 shapes: batch 1 instance + 1 class (prior preservation) image, K/V of
  * the cross-attention layers and one new token trainable, as `cdiff train`.
+ * An SDXL model (gen_sd_random --family sdxl; --res 1024) trains the token in
+ * both encoders, with time ids of the uncropped image.
  *
  *   build/tools/gen_sd_random --out /tmp/sd15-random      (once: a random SD 1.5)
  *   build/bench/bench_train [MODEL] [--quick] [--res PX] [--weights-dtype f32|f16|bf16] [--steps N] [--limit-gib G] [--force]
@@ -147,8 +149,9 @@ int main(int argc, char **argv) {
   cd_load_opts lo = {.weights_dtype = a.wdtype};
   cd_sd_model *m = bench_load_model("bench_train", path, &lo);
   if (!m) return 1;
-  double wbytes = (double)(cd_weights_bytes(m->unet.w) + cd_weights_bytes(m->vae.w) + cd_weights_bytes(m->clip.w));
-  printf("loaded %s (%s) in %.1fs: %.2f GiB of weights (%s)\n", path, m->family == CD_FAMILY_SD2 ? "SD 2.x" : "SD 1.x",
+  double wbytes = (double)(cd_weights_bytes(m->unet.w) + cd_weights_bytes(m->vae.w) + cd_weights_bytes(m->clip.w) +
+                           (m->clip2.w ? cd_weights_bytes(m->clip2.w) : 0));
+  printf("loaded %s (%s) in %.1fs: %.2f GiB of weights (%s)\n", path, cd_family_name(m->family),
          cd_time() - t0, wbytes / GIB, a.wdtype ? a.wdtype : "as stored");
 
   cd_train_opts o;
@@ -194,7 +197,10 @@ int main(int argc, char **argv) {
     float *pix = cd_malloc((size_t)B * 3 * res * res * sizeof(float));
     float *mask = cd_malloc((size_t)B * hw * sizeof(float));
     float *noise = cd_malloc((size_t)lat * sizeof(float)), *lnoise = cd_malloc((size_t)lat * sizeof(float));
-    int *ids = cd_malloc((size_t)B * 77 * sizeof(int)), ts[64];
+    int *ids = cd_malloc((size_t)B * 77 * sizeof(int)), *ids2 = cd_malloc((size_t)B * 77 * sizeof(int)), ts[64];
+    float *tids = cd_malloc((size_t)B * 6 * sizeof(float)); /* SDXL: the full image, uncropped */
+    for (int b = 0; b < B; b++)
+      for (int k = 0; k < 6; k++) tids[b * 6 + k] = k == 2 || k == 3 ? 0.0f : (float)res;
     cd_rng r;
     cd_rng_seed(&r, 3);
     for (int64_t k = 0; k < (int64_t)B * 3 * res * res; k++) pix[k] = (float)(2 * cd_rng_uniform(&r) - 1);
@@ -205,6 +211,7 @@ int main(int argc, char **argv) {
       for (int k = 0; k < 77; k++) {
         int ninst = b < B / 2;
         ids[b * 77 + k] = ninst ? (k < 5 ? inst[k] : pad) : (k < 4 ? cls[k] : pad);
+        ids2[b * 77 + k] = ninst ? (k < 5 ? inst[k] : m->clip2.cfg.pad_id) : (k < 4 ? cls[k] : m->clip2.cfg.pad_id);
       }
     printf("\nsteps\n");
     double best = 1e30, sum = 0;
@@ -213,7 +220,9 @@ int main(int argc, char **argv) {
       cd_rng_fill_normal(&r, noise, (size_t)lat);
       cd_rng_fill_normal(&r, lnoise, (size_t)lat);
       for (int b = 0; b < B; b++) ts[b] = (int)(cd_rng_uniform(&r) * 1000);
-      cd_batch bt = {.pixels = pix, .mask = mask, .ids = ids, .noise = noise, .latent_noise = lnoise, .timesteps = ts};
+      const int xl = m->family == CD_FAMILY_SDXL;
+      cd_batch bt = {.pixels = pix, .mask = mask, .ids = ids, .ids2 = xl ? ids2 : NULL, .time_ids = xl ? tids : NULL,
+                     .noise = noise, .latent_noise = lnoise, .timesteps = ts};
       cd_step_report rep;
       double a = cd_time();
       if (cd_trainer_grad(&t, &bt, &rep)) { rc = 1; break; }
@@ -235,6 +244,8 @@ int main(int argc, char **argv) {
     free(noise);
     free(lnoise);
     free(ids);
+    free(ids2);
+    free(tids);
     if (!rc) {
       double peak = cd_peak_rss_bytes() / GIB;
       printf("\nresult (%s, %dx%d, %d threads)\n", path, res, res, cd_threads());
