@@ -462,6 +462,7 @@ int cd_delta_apply(cd_sd_model *m, const cd_delta *d) {
     } else { /* later deltas add their change relative to the base */
       for (int64_t k = 0; k < n; k++) b->data[k] += x->data[k] - o->data[k];
     }
+    if (cd_weight_changed(b)) return -1; /* the backend copies re-upload this weight only */
   }
   if (d->ntok) {
     const char *toks[CD_DELTA_MAX_TOKENS];

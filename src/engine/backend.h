@@ -51,6 +51,7 @@ typedef size_t (*cd_scratch_fn)(const cd_kernel_ctx *ctx, const cd_node *n, int 
 
 struct cd_backend {
   const char *name;
+  int host_memory; /* its memory is host memory (the CPU): a weight store uses the host values in place */
   void *(*alloc)(size_t bytes); /* 64-byte aligned backend memory, NULL on failure */
   void (*free)(void *p);
   void (*zero)(const cd_kernel_ctx *ctx, void *p, size_t bytes);
@@ -102,14 +103,13 @@ void cd_backend_set_default(const cd_backend *be); /* NULL: the CPU */
  * (cpu.h), never for model code */
 const cd_backend *cd_graph_backend(const cd_graph *g);
 const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g);
-/* the caller's host values of parameter n when the plan copied it to a device
- * backend (graph.c, adopt_params), else NULL: the optimizer writes updated
- * values back there, so code that reads trained weights in place (the
- * trainer's validation) sees them as on the CPU */
-void *cd_graph_host_mirror(const cd_graph *g, const cd_node *n);
-/* a weight store g's parameters come from (wstore.c): synced before each forward */
+/* a parameter node of g whose value is entry i of weight store s (wstore.c):
+ * g syncs s before each forward and follows the entry's backend copy */
 struct cd_wstore;
-void cd_graph_use_store(cd_graph *g, struct cd_wstore *s);
+cd_node *cd_graph_param_from(cd_graph *g, const char *name, cd_type type, int ndim, const int64_t *ne, struct cd_wstore *s,
+                             int i);
+/* a store for a graph's own parameters (cd_param), names need not be unique */
+struct cd_wstore *cd_wstore_new_private(const cd_backend *be);
 
 /* For scratch functions, which run before buffers are placed: whether source
  * s will have a gradient buffer when the kernels run (s->grad != NULL then). */

@@ -39,10 +39,9 @@ struct cd_graph {
   long prof_n[2][CD_OP_COUNT];
   struct cd_wstore **stores; /* weight stores its parameters come from: synced before each forward */
   int nstores;
-  struct cd_wstore **own; /* stores the plan made for parameters in host memory (adopt_params) */
-  int nown;
-  void **host_of; /* per node: the host values an adopted parameter was copied from, else NULL */
-  int nhost;
+  struct cd_wstore *own;     /* the graph's own parameters (cd_param) */
+  cd_node **params;          /* parameter nodes, whose value pointers follow their store entries */
+  int nparams, params_cap;
 };
 
 static const char *type_names[] = {"f32", "f16", "bf16", "i32"};
@@ -76,16 +75,36 @@ void cd_backend_set_default(const cd_backend *be) { default_be = be; }
 cd_graph *cd_graph_new(void) { return cd_graph_new_on(cd_backend_default()); }
 
 const cd_backend *cd_graph_backend(const cd_graph *g) { return g->be; }
-void *cd_graph_host_mirror(const cd_graph *g, const cd_node *n) {
-  return n && n->id >= 0 && n->id < g->nhost && g->nodes[n->id] == n ? g->host_of[n->id] : NULL;
-}
 const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g) { return &g->ctx; }
 
-void cd_graph_use_store(cd_graph *g, struct cd_wstore *s) {
+static void use_store(cd_graph *g, struct cd_wstore *s) {
   for (int i = 0; i < g->nstores; i++)
     if (g->stores[i] == s) return;
   g->stores = cd_realloc(g->stores, (g->nstores + 1) * sizeof *g->stores);
   g->stores[g->nstores++] = s;
+}
+
+/* Syncs the stores (uploads what changed) and points every parameter at its
+ * entry's backend copy, which moves when a weight outgrew its place; views of
+ * a parameter follow. A weight whose type or shape changed since the graph was
+ * built is an error: the graph must be built again. */
+static int bind_params(cd_graph *g) {
+  for (int i = 0; i < g->nstores; i++)
+    if (cd_wstore_sync(g->stores[i]) < 0) return -1;
+  int moved = 0;
+  for (int i = 0; i < g->nparams; i++) {
+    cd_node *x = g->params[i];
+    if (!cd_wstore_matches(x->wstore, x->widx, x))
+      return cd_set_error("graph: weight %s changed type or shape since the graph was built (build it again)", x->name);
+    float *p = cd_wstore_ptr(x->wstore, x->widx);
+    if (p != x->data) x->data = p, moved = 1;
+  }
+  if (moved)
+    for (int i = 0; i < g->n; i++) {
+      cd_node *x = g->nodes[i];
+      if (cd_op_has(x->op, CD_OPF_ALIAS) && x->src[0]) x->data = x->src[0]->data; /* in order: chains resolve */
+    }
+  return 0;
 }
 
 /* CDIFF_PROFILE: seconds per op kind, forward and backward, over the graph's
@@ -116,9 +135,8 @@ void cd_graph_free(cd_graph *g) {
   free(g->zero_start);
   free(g->zero_list);
   free(g->stores);
-  for (int i = 0; i < g->nown; i++) cd_wstore_free(g->own[i]);
-  free(g->own);
-  free(g->host_of);
+  free(g->params);
+  cd_wstore_free(g->own);
   free(g);
 }
 
@@ -210,13 +228,36 @@ cd_node *cd_param(cd_graph *g, const char *name, float *data, int ndim, const in
   return cd_param_typed(g, name, data, CD_TYPE_F32, ndim, ne);
 }
 
-cd_node *cd_param_typed(cd_graph *g, const char *name, void *data, cd_type type, int ndim, const int64_t *ne) {
+cd_node *cd_graph_param_from(cd_graph *g, const char *name, cd_type type, int ndim, const int64_t *ne, struct cd_wstore *s,
+                             int i) {
   cd_node *x = new_node(g, CD_OP_NONE, ndim, ne);
   x->flags = CD_FLAG_PARAM;
   x->type = type;
-  x->data = data;
+  x->wstore = s;
+  x->widx = i;
+  x->data = cd_wstore_ptr(s, i);
   snprintf(x->name, sizeof x->name, "%s", name);
+  use_store(g, s);
+  if (g->nparams == g->params_cap) {
+    g->params_cap = g->params_cap ? 2 * g->params_cap : 256;
+    g->params = cd_realloc(g->params, (size_t)g->params_cap * sizeof *g->params);
+  }
+  g->params[g->nparams++] = x;
   return x;
+}
+
+cd_node *cd_param_typed(cd_graph *g, const char *name, void *data, cd_type type, int ndim, const int64_t *ne) {
+  if (!g->own) g->own = cd_wstore_new_private(g->be);
+  int i = cd_wstore_add(g->own, name, type, ndim, ne, data);
+  if (i < 0) return cd_graph_fail(g, "parameter %s: %s", name, cd_last_error());
+  return cd_graph_param_from(g, name, type, ndim, ne, g->own, i);
+}
+
+int cd_graph_touch_param(cd_graph *g, cd_node *p) {
+  if (!p || !(p->flags & CD_FLAG_PARAM) || p->wstore != g->own || !g->own)
+    return cd_set_error("graph: '%s' is not a parameter of this graph made by cd_param", p ? p->name : "(null)");
+  cd_wstore_touch(g->own, p->widx, NULL);
+  return 0;
 }
 
 cd_node *cd_input_typed(cd_graph *g, const char *name, cd_type type, int ndim, const int64_t *ne) {
@@ -512,59 +553,6 @@ static cd_node *root_of(cd_node *x) {
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
-/* A device backend cannot read host memory. Parameters that still point at
- * the caller's host values (models whose loader has not registered its
- * weights in a weight store on this backend) are copied into a store the
- * graph owns, one upload for all of them, and the nodes point at the copies.
- * The copy is the graph's: host values changed later are not seen unless the
- * store is touched, so code that changes weights between runs should keep
- * them in its own store (wstore.h). */
-static int adopt_params(cd_graph *g) {
-  if (!g->be->reachable) return 0;
-  cd_wstore *s = NULL;
-  int *idx = NULL, count = 0, failed = 0;
-  size_t bytes = 0;
-  for (int i = 0; i < g->n; i++) {
-    cd_node *x = g->nodes[i];
-    if (!(x->flags & CD_FLAG_PARAM) || !x->n || g->be->reachable(x->data)) continue;
-    if (!x->data) return cd_set_error("graph: parameter %s has no values", x->name);
-    if (!s) {
-      s = cd_wstore_new(g->be);
-      idx = cd_malloc((size_t)g->n * sizeof *idx);
-      for (int k = 0; k < g->n; k++) idx[k] = -1;
-    }
-    char nm[128];
-    snprintf(nm, sizeof nm, "%d:%.100s", i, x->name); /* unique even if two nodes share a name */
-    if ((idx[i] = cd_wstore_add(s, nm, x->type, x->ndim, x->ne, x->data)) < 0) {
-      failed = 1;
-      break;
-    }
-    count++;
-    bytes += cd_nbytes(x);
-  }
-  if (!s) return 0;
-  if (failed || cd_wstore_commit(s)) {
-    free(idx);
-    cd_wstore_free(s);
-    return cd_prefix_error("graph: copying host parameters to %s", g->be->name);
-  }
-  if (g->nhost < g->n) {
-    g->host_of = cd_realloc(g->host_of, (size_t)g->n * sizeof *g->host_of);
-    for (int i = g->nhost; i < g->n; i++) g->host_of[i] = NULL;
-    g->nhost = g->n;
-  }
-  for (int i = 0; i < g->n; i++)
-    if (idx[i] >= 0) {
-      g->host_of[i] = g->nodes[i]->data;
-      g->nodes[i]->data = cd_wstore_data(s, idx[i]);
-    }
-  free(idx);
-  g->own = cd_realloc(g->own, (g->nown + 1) * sizeof *g->own);
-  g->own[g->nown++] = s;
-  cd_graph_use_store(g, s);
-  cd_log("graph: %d host parameters (%.1f MiB) copied to %s", count, bytes / 1048576.0, g->be->name);
-  return 0;
-}
 static size_t grad_bytes(const cd_node *x) { return (size_t)x->n * sizeof(float); } /* gradients are f32 */
 
 int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
@@ -582,8 +570,8 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
   g->training = opts->training;
   g->loss = opts->loss;
   if (g->training && (!g->loss || g->loss->n != 1)) return cd_set_error("graph: training plan needs a scalar loss node");
+  if (bind_params(g)) return -1; /* parameters' values: their stores' backend copies */
 
-  if (adopt_params(g)) return -1;
   for (int i = 0; i < N; i++)
     if ((g->nodes[i]->flags & CD_FLAG_TRAINABLE) && g->nodes[i]->type != CD_TYPE_F32)
       return cd_set_error("graph: trainable parameter %s is %s; gradients and AdamW need f32", g->nodes[i]->name,
@@ -759,8 +747,7 @@ static void run_kernel(cd_graph *g, int bwd, cd_node *x) {
 
 int cd_graph_forward(cd_graph *g) {
   if (!g->planned) return cd_set_error("graph: forward before cd_graph_plan");
-  for (int i = 0; i < g->nstores; i++) /* weights whose host values changed since they were uploaded */
-    if (cd_wstore_sync(g->stores[i]) < 0) return -1;
+  if (bind_params(g)) return -1; /* uploads weights whose host values changed since */
   for (int i = 0; i < g->n; i++) {
     cd_node *x = g->nodes[i];
     if (!cd_op_has(x->op, CD_OPF_KERNEL)) continue;

@@ -17,12 +17,15 @@
  * images NCHW, sequences [B, T, C], weights as PyTorch stores them
  * (linear [out, in], conv [out, in, kh, kw]).
  *
- * Memory: parameters point at memory owned by the caller (fp32, converted on
- * load). Everything else a kernel touches (values, saved state, gradients,
- * kernel scratch) lives in one arena of backend memory that the planner sizes
- * from the buffers' lifetimes, reusing dead ones. A trainable parameter's
- * gradient is zeroed at the start of each backward and readable
- * (cd_graph_get_grad) until the next forward.
+ * Memory: a parameter's value is a weight store's backend copy (wstore.h):
+ * model weights come from their component's store, cd_param registers the
+ * caller's array in the graph's own store (on the CPU both read the host
+ * array in place; elsewhere it is uploaded at plan time and again after
+ * cd_graph_touch_param). Everything else a kernel touches (values, saved
+ * state, gradients, kernel scratch) lives in one arena of backend memory that
+ * the planner sizes from the buffers' lifetimes, reusing dead ones. A
+ * trainable parameter's gradient is zeroed at the start of each backward and
+ * readable (cd_graph_get_grad) until the next forward.
  *
  * Gradients: a node "needs grad" when it is a trainable parameter or depends
  * on one. Backward runs only those nodes, and each op computes only the input
@@ -64,7 +67,7 @@ int cd_type_parse(const char *s, cd_type *out); /* "f32"|"f16"|"bf16" -> 0, else
 
 enum {
   CD_FLAG_INPUT = 1,      /* leaf whose data the caller writes after planning */
-  CD_FLAG_PARAM = 2,      /* leaf pointing at caller-owned memory */
+  CD_FLAG_PARAM = 2,      /* leaf whose value is a weight store's copy (cd_param, cd_wstore_param) */
   CD_FLAG_TRAINABLE = 4,  /* parameter whose gradient is wanted */
   CD_FLAG_OUTPUT = 8,     /* value kept alive to the end of forward */
   CD_FLAG_NEEDS_GRAD = 16, /* derived: trainable or depends on a trainable node */
@@ -96,7 +99,7 @@ struct cd_node {
 #else
 #define CD_NODE_PRIV(f) f
 #endif
-  float *CD_NODE_PRIV(data); /* value: arena, or caller memory for parameters; for a
+  float *CD_NODE_PRIV(data); /* value: arena, or the weight store's copy for parameters; for a
                                  non-f32 type the memory holds that type (cast the pointer) */
   float *CD_NODE_PRIV(grad); /* gradient of the final scalar w.r.t. this node, when needed */
   float *CD_NODE_PRIV(aux);  /* op-private saved state (e.g. attention log-sum-exp, norm stats) */
@@ -107,6 +110,8 @@ struct cd_node {
   int64_t scratch_off[2];              /* forward / backward kernel scratch, -1 if none */
   size_t scratch_bytes[2];
   int last_use;                        /* last forward step that reads the value */
+  struct cd_wstore *wstore;            /* parameters: the store and entry the value comes from */
+  int widx;
 };
 
 typedef struct cd_graph cd_graph;
@@ -116,12 +121,19 @@ typedef struct cd_backend cd_backend; /* backend.h */
 cd_graph *cd_graph_new(void); /* on the CPU backend */
 cd_graph *cd_graph_new_on(const cd_backend *be);
 void cd_graph_free(cd_graph *g);
+/* the backend g runs on: which of a component's weight stores it reads (models/weights.c) */
+const cd_backend *cd_graph_backend(const cd_graph *g);
 
 cd_node *cd_input(cd_graph *g, const char *name, int ndim, const int64_t *ne);
-/* data: caller-owned fp32 memory, must outlive the graph */
+/* data: caller-owned fp32 memory, must outlive the graph; registered in the
+ * graph's own weight store (model weights come from cd_wstore_param). An
+ * optimizer updates the store's copy, which on the CPU is data itself. */
 cd_node *cd_param(cd_graph *g, const char *name, float *data, int ndim, const int64_t *ne);
 /* same with a storage type: data holds n values of that type */
 cd_node *cd_param_typed(cd_graph *g, const char *name, void *data, cd_type type, int ndim, const int64_t *ne);
+/* the caller changed the values behind a cd_param node after planning: the
+ * next forward uploads them (a no-op on the CPU, which reads them in place) */
+int cd_graph_touch_param(cd_graph *g, cd_node *param);
 cd_node *cd_input_typed(cd_graph *g, const char *name, cd_type type, int ndim, const int64_t *ne);
 void cd_set_trainable(cd_node *param);
 void cd_graph_output(cd_graph *g, cd_node *n); /* keep value alive after forward */

@@ -8,6 +8,7 @@
 
 #include "backend.h"
 #include "core/common.h"
+#include "wstore.h"
 
 typedef struct {
   cd_node *p;
@@ -46,7 +47,8 @@ void cd_optim_free(cd_optim *o) {
 int cd_optim_add(cd_optim *o, cd_node *p) {
   if (!p || p->op != CD_OP_NONE || !(p->flags & CD_FLAG_TRAINABLE))
     return cd_set_error("optimizer: %s is not a trainable parameter", p ? p->name : "(null)");
-  if (!p->data || !p->grad) return cd_set_error("optimizer: %s has no value or gradient (plan the graph for training first)", p->name);
+  if (!p->data || !p->grad || !p->wstore)
+    return cd_set_error("optimizer: %s has no value or gradient (plan the graph for training first)", p->name);
   if (o->n == o->cap) {
     o->cap = o->cap ? 2 * o->cap : 64;
     o->s = cd_realloc(o->s, o->cap * sizeof *o->s);
@@ -104,9 +106,7 @@ int cd_optim_adamw_step(cd_optim *o, const cd_adamw_opts *hp, cd_optim_report *r
     slot *s = &o->s[i];
     o->be->adamw(o->ctx, &a, s->p->data, s->p->grad, s->m, s->v, s->p->n);
     bad += o->be->nonfinite(o->ctx, s->p->data, s->p->n);
-    /* a parameter the plan copied to a device keeps its host values current */
-    void *host = cd_graph_host_mirror(o->g, s->p);
-    if (host) o->be->download(o->ctx, host, s->p->data, cd_nbytes(s->p));
+    cd_wstore_touch_backend(s->p->wstore, s->p->widx); /* the master weights are the store's copy */
   }
   if (r) r->nonfinite = bad;
   return 0;
@@ -134,8 +134,7 @@ int cd_optim_write(cd_optim *o, int i, cd_optim_what what, const float *host) {
   float *dst = i >= 0 && i < o->n ? state(o, i, what) : NULL;
   if (!dst) return cd_set_error("optimizer: no state %d of parameter %d", (int)what, i);
   o->be->upload(o->ctx, dst, host, cd_nbytes(o->s[i].p));
-  void *mirror = what == CD_OPTIM_VALUE ? cd_graph_host_mirror(o->g, o->s[i].p) : NULL;
-  if (mirror && mirror != (const void *)host) memcpy(mirror, host, cd_nbytes(o->s[i].p));
+  if (what == CD_OPTIM_VALUE) cd_wstore_touch_backend(o->s[i].p->wstore, o->s[i].p->widx);
   return 0;
 }
 

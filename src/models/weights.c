@@ -7,18 +7,78 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "engine/wstore.h"
+
+#define MAX_STORES 4 /* backends one collection is used on at once */
 
 struct cd_weights {
   cd_weight *v;
   int n, cap;
   int *idx; /* hash slots: index into v, -1 empty */
   int nslots;
+  cd_wstore *st[MAX_STORES]; /* one per backend a graph used them on; entry i is weight i */
+  int nst;
 };
+
+static void *host_of(const cd_weight *x) { return x->type == CD_TYPE_F32 ? (void *)x->data : (void *)x->h16; }
+
+/* A backend copy newer than the host values (an optimizer step) is
+ * downloaded, and the other stores take the new values at their next sync. */
+static void pull(const cd_weight *cx) {
+  cd_weight *x = (cd_weight *)cx; /* the values stay the same: they only become current */
+  cd_weights *w = x->owner;
+  for (int k = 0; w && k < w->nst; k++) {
+    if (!cd_wstore_host_stale(w->st[k], x->index)) continue;
+    if (cd_wstore_download(w->st[k], x->index, host_of(x))) {
+      cd_warn("%s", cd_last_error());
+      continue;
+    }
+    for (int j = 0; j < w->nst; j++)
+      if (j != k) cd_wstore_touch(w->st[j], x->index, NULL);
+  }
+}
+
+int cd_weight_changed(cd_weight *x) {
+  cd_weights *w = x->owner;
+  for (int k = 0; w && k < w->nst; k++)
+    if (cd_wstore_set(w->st[k], x->index, x->type, x->ndim, x->ne, host_of(x))) return -1;
+  return 0;
+}
+
+void *cd_weight_host(const cd_weight *x) {
+  pull(x);
+  return host_of(x);
+}
+
+cd_wstore *cd_weights_store(cd_weights *w, const cd_backend *be) {
+  for (int k = 0; k < w->nst; k++)
+    if (cd_wstore_backend(w->st[k]) == be) return w->st[k];
+  if (w->nst == MAX_STORES) {
+    cd_set_error("weights used on more than %d backends", MAX_STORES);
+    return NULL;
+  }
+  for (int i = 0; i < w->n; i++) pull(&w->v[i]); /* the host values are what the new store copies */
+  cd_wstore *s = cd_wstore_new(be);
+  for (int i = 0; i < w->n; i++) {
+    const cd_weight *x = &w->v[i];
+    if (cd_wstore_add(s, x->name, x->type, x->ndim, x->ne, host_of(x)) != i) {
+      cd_wstore_free(s);
+      return NULL;
+    }
+  }
+  if (cd_wstore_commit(s)) {
+    cd_wstore_free(s);
+    return NULL;
+  }
+  w->st[w->nst++] = s;
+  return s;
+}
 
 cd_weights *cd_weights_new(void) { return cd_calloc(1, sizeof(cd_weights)); }
 
 void cd_weights_free(cd_weights *w) {
   if (!w) return;
+  for (int k = 0; k < w->nst; k++) cd_wstore_free(w->st[k]);
   for (int i = 0; i < w->n; i++) {
     free(w->v[i].name);
     free(w->v[i].data);
@@ -87,15 +147,22 @@ int cd_weights_put_typed(cd_weights *w, const char *name, int ndim, const int64_
     }
   }
   cd_weight *x = &w->v[i];
+  const int added = !x->owner;
+  x->owner = w;
+  x->index = i;
   x->ndim = ndim;
   for (int d = 0; d < 4; d++) x->ne[d] = d < ndim ? ne[d] : 1;
   x->type = type;
   if (type == CD_TYPE_F32) x->data = data;
   else x->h16 = data;
+  if (!added) return cd_weight_changed(x);
+  for (int k = 0; k < w->nst; k++) /* a weight new to stores made already */
+    if (cd_wstore_add(w->st[k], name, type, ndim, x->ne, host_of(x)) != i) return -1;
   return 0;
 }
 
 float *cd_weight_f32(cd_weight *x) {
+  pull(x);
   if (x->type == CD_TYPE_F32) return x->data;
   int64_t n = cd_numel(x->ndim, x->ne);
   float *d = cd_malloc((size_t)(n ? n : 1) * sizeof(float));
@@ -104,6 +171,7 @@ float *cd_weight_f32(cd_weight *x) {
   x->h16 = NULL;
   x->data = d;
   x->type = CD_TYPE_F32;
+  if (cd_weight_changed(x)) cd_warn("%s", cd_last_error()); /* only fails for an unknown type */
   return d;
 }
 
@@ -118,9 +186,11 @@ void cd_weight_narrow(cd_weight *x, cd_type type) {
   x->data = NULL;
   x->h16 = h;
   x->type = type;
+  if (cd_weight_changed(x)) cd_warn("%s", cd_last_error());
 }
 
 void cd_weight_row_f32(const cd_weight *x, int64_t r, float *dst) {
+  pull(x);
   const int64_t D = x->ndim > 1 ? x->ne[1] : 1;
   for (int64_t k = 0; k < D; k++)
     dst[k] = x->type == CD_TYPE_F32 ? x->data[r * D + k] : x->type == CD_TYPE_F16 ? cd_f16_to_f32(x->h16[r * D + k]) : cd_bf16_to_f32(x->h16[r * D + k]);
@@ -178,7 +248,9 @@ static cd_node *wparam(cd_graph *g, cd_weights *w, int ndim, const int64_t *ne, 
     }
   }
   x->used = 1;
-  x->node = cd_param_typed(g, name, x->type == CD_TYPE_F32 ? (void *)x->data : (void *)x->h16, x->type, x->ndim, x->ne);
+  cd_wstore *st = cd_weights_store(w, cd_graph_backend(g));
+  if (!st) return cd_graph_fail(g, "weight '%s': %s", name, cd_last_error());
+  x->node = cd_wstore_param(g, st, x->index);
   return x->node;
 }
 

@@ -6,6 +6,17 @@
  * a weight's values on the host as floats (deltas, merge, training's master
  * weights) calls cd_weight_f32(), which widens that one weight in place.
  *
+ * Backend copies: a component's weights are registered in one weight store
+ * per backend (engine/wstore.h), made when the first graph on that backend
+ * asks for one of them (cd_w), so every graph on it (prompt encoding, the
+ * UNet, each decode tile, training) reads the same copy, uploaded once. On the
+ * CPU the store's copy is the host array itself. Code that changes a weight's
+ * host values says so with cd_weight_changed() (cd_weights_put, cd_weight_f32
+ * and cd_weight_narrow do it themselves), and the next graph run re-uploads
+ * that weight only. A weight an optimizer changed in the backend is copied
+ * back to the host when host code asks for it (cd_weight_f32, cd_weight_row_f32,
+ * cd_weight_host).
+ *
  * Names are the diffusers module paths (e.g. "down_blocks.0.attentions.0.
  * transformer_blocks.0.attn2.to_k.weight"); loaders of other layouts map
  * their keys to these names once (src/models/checkpoint.c). Model code asks
@@ -30,9 +41,12 @@ typedef struct {
   uint64_t digest[4];
   int used;    /* set when a graph asked for it: unused keys are unknown keys */
   cd_node *node; /* scratch: last param node made for it */
+  struct cd_weights *owner; /* the collection, and its index there (its stores' entry) */
+  int index;
 } cd_weight;
 
 typedef struct cd_weights cd_weights;
+struct cd_wstore;
 
 cd_weights *cd_weights_new(void);
 void cd_weights_free(cd_weights *w);
@@ -47,6 +61,16 @@ float *cd_weight_f32(cd_weight *x);
 void cd_weight_narrow(cd_weight *x, cd_type type);
 /* row r of a 2-D weight (ne[1] values) as f32, without widening the rest */
 void cd_weight_row_f32(const cd_weight *x, int64_t r, float *dst);
+/* the host values in their storage type (data or h16), current: an
+ * optimizer's change in a backend copy is downloaded first */
+void *cd_weight_host(const cd_weight *x);
+/* The host values of x changed (in place, or its data/h16/type/ne were
+ * replaced): every store re-uploads it before its next graph run. */
+int cd_weight_changed(cd_weight *x);
+/* The component's store on backend be, made on first use: every weight
+ * registered in order and committed (one allocation, one upload per
+ * contiguous host block). NULL + error when out of memory. */
+struct cd_wstore *cd_weights_store(cd_weights *w, const cd_backend *be);
 /* resident bytes of the values */
 size_t cd_weight_bytes(const cd_weight *x);
 size_t cd_weights_bytes(const cd_weights *w);

@@ -52,6 +52,7 @@ static void cpu_timer_flush(const cd_kernel_ctx *ctx) {}
 
 static const cd_backend cpu = {
     .name = "cpu",
+    .host_memory = 1,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .zero = cpu_zero,
