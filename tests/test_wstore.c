@@ -233,16 +233,38 @@ static int uploads_are(cd_weights *w, const char *what, int want, int (*except)(
   return 0;
 }
 
-static int load_tiny(cd_sd_model **m) {
+static int load_as(cd_sd_model **m, const char *name, const char *dtype) {
   char mp[1024];
-  int g = test_golden_need(mp, sizeof mp, "tiny-sd1");
+  int g = test_golden_need(mp, sizeof mp, name);
   if (g) return g;
-  cd_load_opts lo = {0};
+  cd_load_opts lo = {.weights_dtype = dtype};
   if (cd_sd_load(mp, &lo, m)) {
-    snprintf(test_msg, sizeof test_msg, "tiny-sd1: %s", cd_last_error());
+    snprintf(test_msg, sizeof test_msg, "%s: %s", name, cd_last_error());
     return -1;
   }
   return 0;
+}
+static int load_tiny(cd_sd_model **m) { return load_as(m, "tiny-sd1", NULL); }
+
+/* the loader keeps each component in one host block at the store's layout,
+ * in every storage type and both layouts: a device store is one copy */
+TEST(loaded_component_is_one_upload) {
+  const char *names[2] = {"tiny-sd1", "tiny-sd1_original.safetensors"}, *dt[3] = {NULL, "f16", "bf16"};
+  for (int f = 0; f < 2; f++)
+    for (int k = 0; k < 3; k++) {
+      cd_sd_model *m = NULL;
+      GOLDEN_STATUS(load_as(&m, names[f], dt[k]));
+      cd_weights *ws[3] = {m->clip.w, m->unet.w, m->vae.w};
+      for (int c = 0; c < 3; c++) {
+        nlog = 0;
+        cd_wstore *s = cd_weights_store(ws[c], test_backend());
+        CHECKF(s && nlog == 1 && uplog[0].n == cd_weights_block_bytes(ws[c]) && uplog[0].n >= cd_weights_bytes(ws[c]) &&
+                   uplog[0].n < cd_weights_bytes(ws[c]) + 64 * (size_t)cd_weights_count(ws[c]),
+               "%s %s component %d: %ld uploads, first %zu bytes, weights %zu bytes", names[f], dt[k] ? dt[k] : "own", c, nlog,
+               nlog ? uplog[0].n : 0, cd_weights_bytes(ws[c]));
+      }
+      cd_sd_free(m);
+    }
 }
 
 static int sample(cd_sd_model *m, float *lat) {
@@ -394,6 +416,7 @@ int main(void) {
   RUN(uploads_only_changed_weights);
   RUN(cpu_store_is_the_host_values);
   RUN(grown_weight_moves);
+  RUN(loaded_component_is_one_upload);
   RUN(model_weights_upload_once);
   RUN(training_uploads_nothing_after_the_first_step);
   free(uplog);

@@ -70,16 +70,39 @@ static int want_type(const cd_load_opts *o) {
   return o->weights_dtype && !cd_type_parse(o->weights_dtype, &t) ? (int)t : -1;
 }
 
-/* A weight just stored as f32 from a tensor of dtype dt: narrowed to the
- * storage type asked for. The model hash covers the values as loaded, so the
- * digest is taken before narrowing (the hash does not depend on the flag). */
-static void settle(cd_weights *w, const char *name, cd_dtype dt, const dtally *tally) {
-  cd_weight *x = cd_weights_get(w, name);
+/* Storage of a tensor of dtype dt: the type asked for, else the checkpoint's
+ * own 16-bit type, else f32; 1-D weights (biases, norms) are always f32. */
+static cd_type storage_type(cd_dtype dt, int ndim, const dtally *tally) {
   cd_type t = tally->want >= 0 ? (cd_type)tally->want : dt == CD_DT_F16 ? CD_TYPE_F16 : dt == CD_DT_BF16 ? CD_TYPE_BF16 : CD_TYPE_F32;
-  if (!x || t == CD_TYPE_F32 || x->ndim < 2) return;
-  x->digest[0] = cd_hash64(x->data, (size_t)cd_numel(x->ndim, x->ne) * sizeof(float), x->digest + 1);
-  x->has_digest = 1;
-  cd_weight_narrow(x, t);
+  return ndim < 2 ? CD_TYPE_F32 : t;
+}
+
+/* Stores f32 values as `name` in the storage type, at the next place of the
+ * component's host block. The model hash covers the values as loaded, so a
+ * narrowed weight keeps the digest of its f32 values (the hash does not
+ * depend on --weights-dtype). */
+static int store_values(cd_weights *w, const char *name, int ndim, const int64_t *ne, cd_type t, const float *src) {
+  uint64_t dg[4];
+  if (t != CD_TYPE_F32) dg[0] = cd_hash64(src, (size_t)cd_numel(ndim, ne) * sizeof(float), dg + 1);
+  if (cd_weights_put_f32_as(w, name, ndim, ne, t, src)) return -1;
+  cd_weight *x = cd_weights_get(w, name);
+  if (t != CD_TYPE_F32 && x->type != CD_TYPE_F32) {
+    memcpy(x->digest, dg, sizeof dg);
+    x->has_digest = 1;
+  }
+  return 0;
+}
+
+/* Host address space for a component's weights, at most their f32 size (+
+ * alignment): only the pages written become resident, the rest is released
+ * when the component is loaded (cd_weights_seal). */
+static void reserve_for(cd_weights *w, const cd_tensor_file *f, const char *prefix) {
+  size_t bytes = 0, pl = strlen(prefix);
+  for (int i = 0; i < cd_tf_count(f); i++) {
+    const cd_tensor_info *t = cd_tf_at(f, i);
+    if (!strncmp(t->name, prefix, pl)) bytes += (size_t)cd_tensor_numel(t) * sizeof(float) + 3 * 64;
+  }
+  cd_weights_reserve(w, bytes);
 }
 
 static void dtally_label(const dtally *t, char out[16]) {
@@ -124,10 +147,10 @@ static int put_f32(cd_weights *w, const cd_tensor_file *f, const cd_tensor_info 
     return -1;
   }
   release_pages(f, t);
-  if (tally) tally->n[t->dtype]++;
-  if (cd_weights_put(w, name, ndim, ne, d)) return -1;
-  if (tally) settle(w, name, t->dtype, tally);
-  return 0;
+  tally->n[t->dtype]++;
+  int rc = store_values(w, name, ndim, ne, storage_type(t->dtype, ndim, tally), d);
+  free(d);
+  return rc;
 }
 
 /* ------------------------------------------------------------- tiny YAML reader */
@@ -439,6 +462,7 @@ static int load_folder_weights(const char *file, int comp, cd_weights *w, char d
   if (cd_tensor_file_open(file, &f)) return -1;
   dtally tally = {{0}, want_type(o)};
   int rc = 0;
+  reserve_for(w, f, "");
   for (int i = 0; i < cd_tf_count(f) && !rc; i++) {
     const cd_tensor_info *t = cd_tf_at(f, i);
     const char *name = t->name;
@@ -468,6 +492,7 @@ static int load_folder_weights(const char *file, int comp, cd_weights *w, char d
     }
     rc = put_f32(w, f, t, name, ndim, ne, &tally);
   }
+  cd_weights_seal(w);
   cd_tensor_file_close(f);
   dtally_label(&tally, dtype);
   if (!rc && cd_weights_count(w) == 0) rc = cd_set_error("%s: no tensors", file);
@@ -950,6 +975,9 @@ static int load_component(const sfile *s, const char *pre, const cd_keymap *km, 
   dtally tally = {{0}, want_type(o)};
   size_t rl = strlen(s->root), pl = strlen(pre);
   int count = 0;
+  char full[256];
+  snprintf(full, sizeof full, "%s%s", s->root, pre);
+  reserve_for(w, s->f, full);
   for (int i = 0; i < cd_tf_count(s->f); i++) {
     const cd_tensor_info *t = cd_tf_at(s->f, i);
     if (strncmp(t->name, s->root, rl) || strncmp(t->name + rl, pre, pl)) continue;
@@ -998,10 +1026,10 @@ static int load_component(const sfile *s, const char *pre, const cd_keymap *km, 
           free(all);
           return cd_set_error("%s: two keys map to the weight %s", s->path, r.dst[q]);
         }
-        float *d = cd_malloc((size_t)part * sizeof(float));
-        memcpy(d, all + q * part, (size_t)part * sizeof(float));
-        if (cd_weights_put(w, r.dst[q], t->ndim, ne, d)) { free(all); return -1; }
-        settle(w, r.dst[q], t->dtype, &tally);
+        if (store_values(w, r.dst[q], t->ndim, ne, storage_type(t->dtype, t->ndim, &tally), all + q * part)) {
+          free(all);
+          return -1;
+        }
       }
       free(all);
       tally.n[t->dtype]++;
@@ -1029,6 +1057,7 @@ static int load_component(const sfile *s, const char *pre, const cd_keymap *km, 
     }
     count++;
   }
+  cd_weights_seal(w);
   dtally_label(&tally, dtype);
   if (!count) return cd_set_error("%s: no %s* weights", s->path, pre);
   return 0;

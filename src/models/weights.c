@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "core/common.h"
 #include "engine/wstore.h"
@@ -18,7 +20,17 @@ struct cd_weights {
   int nslots;
   cd_wstore *st[MAX_STORES]; /* one per backend a graph used them on; entry i is weight i */
   int nst;
+  char *block; /* the loader's host block (cd_weights_reserve): mapped, cap bytes, used so far */
+  size_t block_cap, block_used;
 };
+
+static int in_block(const cd_weights *w, const void *p) {
+  return w && w->block && (const char *)p >= w->block && (const char *)p < w->block + w->block_cap;
+}
+/* frees values unless they live in the block (which is unmapped as a whole) */
+static void release(const cd_weights *w, void *p) {
+  if (!in_block(w, p)) free(p);
+}
 
 static void *host_of(const cd_weight *x) { return x->type == CD_TYPE_F32 ? (void *)x->data : (void *)x->h16; }
 
@@ -81,9 +93,10 @@ void cd_weights_free(cd_weights *w) {
   for (int k = 0; k < w->nst; k++) cd_wstore_free(w->st[k]);
   for (int i = 0; i < w->n; i++) {
     free(w->v[i].name);
-    free(w->v[i].data);
-    free(w->v[i].h16);
+    release(w, w->v[i].data);
+    release(w, w->v[i].h16);
   }
+  if (w->block) munmap(w->block, w->block_cap);
   free(w->v);
   free(w->idx);
   free(w);
@@ -117,17 +130,17 @@ int cd_weights_put(cd_weights *w, const char *name, int ndim, const int64_t *ne,
 
 int cd_weights_put_typed(cd_weights *w, const char *name, int ndim, const int64_t *ne, cd_type type, void *data) {
   if (ndim < 0 || ndim > 4) {
-    free(data);
+    release(w, data);
     return cd_set_error("weight %s: %d dimensions (at most 4 supported)", name, ndim);
   }
   if (type != CD_TYPE_F32 && type != CD_TYPE_F16 && type != CD_TYPE_BF16) {
-    free(data);
+    release(w, data);
     return cd_set_error("weight %s: storage type %s is not a float type", name, cd_type_name(type));
   }
   int i = find(w, name);
   if (i >= 0) { /* replace */
-    free(w->v[i].data);
-    free(w->v[i].h16);
+    release(w, w->v[i].data);
+    release(w, w->v[i].h16);
     w->v[i].data = NULL;
     w->v[i].h16 = NULL;
     w->v[i].has_digest = 0;
@@ -167,7 +180,7 @@ float *cd_weight_f32(cd_weight *x) {
   int64_t n = cd_numel(x->ndim, x->ne);
   float *d = cd_malloc((size_t)(n ? n : 1) * sizeof(float));
   for (int64_t k = 0; k < n; k++) d[k] = x->type == CD_TYPE_F16 ? cd_f16_to_f32(x->h16[k]) : cd_bf16_to_f32(x->h16[k]);
-  free(x->h16);
+  release(x->owner, x->h16);
   x->h16 = NULL;
   x->data = d;
   x->type = CD_TYPE_F32;
@@ -175,14 +188,62 @@ float *cd_weight_f32(cd_weight *x) {
   return d;
 }
 
+static void narrow_into(const float *f, int64_t n, cd_type type, uint16_t *h) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t k = 0; k < n; k++) h[k] = type == CD_TYPE_F16 ? cd_f32_to_f16(f[k]) : cd_f32_to_bf16(f[k]);
+}
+
+int cd_weights_reserve(cd_weights *w, size_t bytes) {
+  if (w->block || !bytes) return 0;
+  void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return 0; /* not fatal: the weights get allocations of their own */
+  w->block = p;
+  w->block_cap = bytes;
+  w->block_used = 0;
+  return 0;
+}
+
+void *cd_weights_alloc(cd_weights *w, size_t bytes) {
+  const size_t off = (w->block_used + 63) & ~(size_t)63;
+  if (w->block && off + bytes <= w->block_cap) {
+    w->block_used = off + bytes;
+    return w->block + off;
+  }
+  return cd_malloc(bytes ? bytes : 1);
+}
+
+void cd_weights_seal(cd_weights *w) {
+  if (!w->block) return;
+  const size_t pg = (size_t)sysconf(_SC_PAGESIZE), keep = (w->block_used + pg - 1) / pg * pg;
+  if (keep < w->block_cap && !munmap(w->block + keep, w->block_cap - keep)) w->block_cap = keep;
+  if (!keep) { /* nothing was put there */
+    munmap(w->block, w->block_cap);
+    w->block = NULL;
+    w->block_cap = 0;
+  }
+}
+
+size_t cd_weights_block_bytes(const cd_weights *w) { return w->block ? w->block_used : 0; }
+
+int cd_weights_put_f32_as(cd_weights *w, const char *name, int ndim, const int64_t *ne, cd_type type, const float *src) {
+  const int64_t n = cd_numel(ndim, ne);
+  if (type == CD_TYPE_F32 || ndim < 2) {
+    float *d = cd_weights_alloc(w, (size_t)n * sizeof(float));
+    memcpy(d, src, (size_t)n * sizeof(float));
+    return cd_weights_put(w, name, ndim, ne, d);
+  }
+  uint16_t *h = cd_weights_alloc(w, (size_t)n * sizeof(uint16_t));
+  narrow_into(src, n, type, h);
+  return cd_weights_put_typed(w, name, ndim, ne, type, h);
+}
+
 void cd_weight_narrow(cd_weight *x, cd_type type) {
   if (type == CD_TYPE_F32 || type == x->type || x->ndim < 2) return;
   float *f = cd_weight_f32(x);
   int64_t n = cd_numel(x->ndim, x->ne);
   uint16_t *h = cd_malloc((size_t)(n ? n : 1) * sizeof(uint16_t));
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t k = 0; k < n; k++) h[k] = type == CD_TYPE_F16 ? cd_f32_to_f16(f[k]) : cd_f32_to_bf16(f[k]);
-  free(f);
+  narrow_into(f, n, type, h);
+  release(x->owner, f);
   x->data = NULL;
   x->h16 = h;
   x->type = type;

@@ -50,7 +50,23 @@ struct cd_wstore;
 
 cd_weights *cd_weights_new(void);
 void cd_weights_free(cd_weights *w);
-/* takes ownership of data (allocated with cd_malloc/cd_aligned_alloc... freed with free()) */
+/* Loaders: a component's weights in one host block, each at a 64-byte
+ * aligned offset in the order they are put (a weight store's layout), so
+ * that the store's first upload to a device is one copy. cd_weights_reserve
+ * maps address space for at most `bytes` (pages become resident only as
+ * values are written); cd_weights_alloc hands out the next place in it (or an
+ * allocation of its own when there is no block or no room left), to be passed
+ * to cd_weights_put/_put_typed; cd_weights_seal releases the unused tail. A
+ * weight later replaced or widened leaves its place (the block is freed as a
+ * whole). */
+int cd_weights_reserve(cd_weights *w, size_t bytes);
+void *cd_weights_alloc(cd_weights *w, size_t bytes);
+void cd_weights_seal(cd_weights *w);
+size_t cd_weights_block_bytes(const cd_weights *w); /* used bytes of the block (0: none) */
+/* src (f32) stored as `type` (narrowed, round to nearest even; 1-D weights
+ * stay f32) in a place from cd_weights_alloc */
+int cd_weights_put_f32_as(cd_weights *w, const char *name, int ndim, const int64_t *ne, cd_type type, const float *src);
+/* takes ownership of data (from cd_weights_alloc, or cd_malloc'd: freed with free()) */
 int cd_weights_put(cd_weights *w, const char *name, int ndim, const int64_t *ne, float *data);
 /* same for 16-bit values (type CD_TYPE_F16/BF16; data: n uint16_t, owned) */
 int cd_weights_put_typed(cd_weights *w, const char *name, int ndim, const int64_t *ne, cd_type type, void *data);
