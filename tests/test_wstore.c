@@ -9,6 +9,7 @@
 #include "engine/backend.h"
 #include "engine/wstore.h"
 #include "models/sd_model.h"
+#include "models/token_table.h"
 #include "test.h"
 
 static cd_backend counting;
@@ -349,14 +350,15 @@ static int train2(cd_sd_model *m, float *kv, int64_t *nkv, long *later_uploads) 
   o.prior = 0;
   o.res = 64;
   o.lr = 1e-3f;
-  cd_trainer t;
-  if (cd_trainer_init(&t, m, &o)) return -1;
+  o.ntok = 1; /* its row is a part of the token table's store entry, trained in place */
+  cd_trainer t = {0};
+  if (cd_sd_add_tokens(m, 1, (const char *[]){"<new1>"}, (int[]){42170}, NULL, o.tok_id) || cd_trainer_init(&t, m, &o)) return -1;
   float *px = cd_malloc(3 * 64 * 64 * sizeof(float)), mask[64], noise[4 * 64];
   int ids[77], ts[1] = {500};
   test_fill_uniform(px, 3 * 64 * 64, -1, 1, 11);
   test_fill_uniform(noise, 4 * 64, -1, 1, 12);
   for (int i = 0; i < 64; i++) mask[i] = 1;
-  int rc = cd_prompt_ids(m, "a red square", ids);
+  int rc = cd_prompt_ids(m, "a <new1> square", ids);
   cd_batch b = {.pixels = px, .mask = mask, .ids = ids, .noise = noise, .timesteps = ts};
   cd_step_report r;
   for (int s = 0; s < 2 && !rc; s++) {
@@ -368,6 +370,11 @@ static int train2(cd_sd_model *m, float *kv, int64_t *nkv, long *later_uploads) 
   for (int c = 0; c < 3; c++)
     for (int i = 0; cd_backend_default() == &counting && i < cd_weights_count(ws[c]); i++) *later_uploads += weight_uploads(ws[c], i);
   *nkv = 0;
+  if (!rc) { /* the trained row, read on the host: downloaded from the store's copy */
+    cd_weight *e = cd_weights_get(m->clip.w, CD_TOKEN_TABLE);
+    cd_weight_row_f32(e, e->ne[0] - 1, kv);
+    *nkv = e->ne[1];
+  }
   for (int i = 0; i < cd_weights_count(m->unet.w) && !rc; i++) { /* after the trainer: host reads pull */
     cd_weight *x = cd_weights_at(m->unet.w, i);
     if (!strstr(x->name, ".attn2.to_k.")) continue;
@@ -383,7 +390,7 @@ static int train2(cd_sd_model *m, float *kv, int64_t *nkv, long *later_uploads) 
 TEST(training_uploads_nothing_after_the_first_step) {
   cd_sd_model *m = NULL, *m2 = NULL;
   GOLDEN_STATUS(load_tiny(&m));
-  int64_t total = cd_weights_numel(m->unet.w), n1 = 0, n2 = 0;
+  int64_t total = cd_weights_numel(m->unet.w) + 4096, n1 = 0, n2 = 0;
   float *kv = cd_malloc((size_t)total * sizeof(float)), *kv2 = cd_malloc((size_t)total * sizeof(float));
   long later = -1, later2;
   cd_backend_set_default(test_backend());
@@ -396,7 +403,13 @@ TEST(training_uploads_nothing_after_the_first_step) {
   /* training moved them: compare with the base model's */
   cd_sd_model *m3 = NULL;
   CHECK(load_tiny(&m3) == 0);
-  int64_t off = 0, moved = 0;
+  cd_weight *e3 = cd_weights_get(m3->clip.w, CD_TOKEN_TABLE);
+  float init[1024];
+  CHECK(e3->ne[1] <= 1024);
+  cd_weight_row_f32(e3, 42170, init);
+  int64_t off = e3->ne[1], moved = 0, rmoved = 0;
+  for (int64_t k = 0; k < off; k++) rmoved += init[k] != kv[k];
+  CHECKF(rmoved > off / 2, "%ld of %ld values of the new token's row moved", (long)rmoved, (long)off);
   for (int i = 0; i < cd_weights_count(m3->unet.w); i++) {
     cd_weight *x = cd_weights_at(m3->unet.w, i);
     if (!strstr(x->name, ".attn2.to_k.")) continue;

@@ -103,11 +103,12 @@ void cd_backend_set_default(const cd_backend *be); /* NULL: the CPU */
  * (cpu.h), never for model code */
 const cd_backend *cd_graph_backend(const cd_graph *g);
 const cd_kernel_ctx *cd_graph_ctx(const cd_graph *g);
-/* a parameter node of g whose value is entry i of weight store s (wstore.c):
- * g syncs s before each forward and follows the entry's backend copy */
+/* a parameter node of g whose value is entry i of weight store s (part:
+ * from element off on; wstore.c): g syncs s before each forward and follows
+ * the entry's backend copy */
 struct cd_wstore;
 cd_node *cd_graph_param_from(cd_graph *g, const char *name, cd_type type, int ndim, const int64_t *ne, struct cd_wstore *s,
-                             int i);
+                             int i, int part, int64_t off);
 /* a store for a graph's own parameters (cd_param), names need not be unique */
 struct cd_wstore *cd_wstore_new_private(const cd_backend *be);
 

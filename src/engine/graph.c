@@ -96,7 +96,7 @@ static int bind_params(cd_graph *g) {
     cd_node *x = g->params[i];
     if (!cd_wstore_matches(x->wstore, x->widx, x))
       return cd_set_error("graph: weight %s changed type or shape since the graph was built (build it again)", x->name);
-    float *p = cd_wstore_ptr(x->wstore, x->widx);
+    float *p = (float *)((char *)cd_wstore_ptr(x->wstore, x->widx) + (size_t)x->woff * cd_type_size(x->type));
     if (p != x->data) x->data = p, moved = 1;
   }
   if (moved)
@@ -229,13 +229,15 @@ cd_node *cd_param(cd_graph *g, const char *name, float *data, int ndim, const in
 }
 
 cd_node *cd_graph_param_from(cd_graph *g, const char *name, cd_type type, int ndim, const int64_t *ne, struct cd_wstore *s,
-                             int i) {
+                             int i, int part, int64_t off) {
   cd_node *x = new_node(g, CD_OP_NONE, ndim, ne);
   x->flags = CD_FLAG_PARAM;
   x->type = type;
   x->wstore = s;
   x->widx = i;
-  x->data = cd_wstore_ptr(s, i);
+  x->woff = off;
+  x->wpart = part;
+  x->data = cd_wstore_ptr(s, i) ? (float *)((char *)cd_wstore_ptr(s, i) + (size_t)off * cd_type_size(type)) : NULL;
   snprintf(x->name, sizeof x->name, "%s", name);
   use_store(g, s);
   if (g->nparams == g->params_cap) {
@@ -250,7 +252,7 @@ cd_node *cd_param_typed(cd_graph *g, const char *name, void *data, cd_type type,
   if (!g->own) g->own = cd_wstore_new_private(g->be);
   int i = cd_wstore_add(g->own, name, type, ndim, ne, data);
   if (i < 0) return cd_graph_fail(g, "parameter %s: %s", name, cd_last_error());
-  return cd_graph_param_from(g, name, type, ndim, ne, g->own, i);
+  return cd_graph_param_from(g, name, type, ndim, ne, g->own, i, 0, 0);
 }
 
 int cd_graph_touch_param(cd_graph *g, cd_node *p) {

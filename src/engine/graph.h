@@ -110,8 +110,10 @@ struct cd_node {
   int64_t scratch_off[2];              /* forward / backward kernel scratch, -1 if none */
   size_t scratch_bytes[2];
   int last_use;                        /* last forward step that reads the value */
-  struct cd_wstore *wstore;            /* parameters: the store and entry the value comes from */
+  struct cd_wstore *wstore;            /* parameters: the store and entry the value comes from, */
   int widx;
+  int64_t woff;                        /* from this element on, */
+  int wpart;                           /* 1: a part of it (rows of a table), 0: all of it */
 };
 
 typedef struct cd_graph cd_graph;

@@ -117,10 +117,19 @@ void *cd_wstore_ptr(const cd_wstore *s, int i) {
   return s->block && w->cap ? (char *)s->block + w->off : NULL;
 }
 
+static int part_fits(const wentry *w, int64_t off, int ndim, const int64_t *ne) {
+  if (w->ndim != ndim || off < 0) return 0;
+  for (int d = 1; d < ndim; d++)
+    if (w->ne[d] != ne[d]) return 0;
+  return off + cd_numel(ndim, ne) <= cd_numel(w->ndim, w->ne);
+}
+
 int cd_wstore_matches(const cd_wstore *s, int i, const cd_node *n) {
   if (i < 0 || i >= s->n) return 0;
   const wentry *w = &s->e[i];
-  if (w->type != n->type || w->ndim != n->ndim) return 0;
+  if (w->type != n->type) return 0;
+  if (n->wpart) return part_fits(w, n->woff, n->ndim, n->ne);
+  if (w->ndim != n->ndim) return 0;
   for (int d = 0; d < w->ndim; d++)
     if (w->ne[d] != n->ne[d]) return 0;
   return 1;
@@ -232,7 +241,15 @@ int cd_wstore_sync(cd_wstore *s) {
 
 cd_node *cd_wstore_param(cd_graph *g, cd_wstore *s, int i) {
   if (i < 0 || i >= s->n) return cd_graph_fail(g, "weight store: no weight %d", i);
-  if (cd_graph_backend(g) != s->be) return cd_graph_fail(g, "weight store: %s lives on another backend", s->e[i].name);
   const wentry *w = &s->e[i];
-  return cd_graph_param_from(g, w->name, w->type, w->ndim, w->ne, s, i);
+  if (cd_graph_backend(g) != s->be) return cd_graph_fail(g, "weight store: %s lives on another backend", w->name);
+  return cd_graph_param_from(g, w->name, w->type, w->ndim, w->ne, s, i, 0, 0);
+}
+
+cd_node *cd_wstore_param_part(cd_graph *g, cd_wstore *s, int i, int64_t off, int ndim, const int64_t *ne, const char *name) {
+  if (i < 0 || i >= s->n) return cd_graph_fail(g, "weight store: no weight %d", i);
+  const wentry *w = &s->e[i];
+  if (cd_graph_backend(g) != s->be) return cd_graph_fail(g, "weight store: %s lives on another backend", w->name);
+  if (!part_fits(w, off, ndim, ne)) return cd_graph_fail(g, "weight store: %s: part from element %ld outside the weight", name, (long)off);
+  return cd_graph_param_from(g, name, w->type, ndim, ne, s, i, 1, off);
 }

@@ -71,6 +71,10 @@ int cd_wstore_download(cd_wstore *s, int i, void *host);
 /* Parameter node of weight i in g, reading the store's backend copy; g must
  * run on the store's backend and syncs the store before every forward. */
 cd_node *cd_wstore_param(cd_graph *g, cd_wstore *s, int i);
+/* Parameter node over a contiguous part of weight i: n = numel(ne) values
+ * from element off on (rows of a table: the frozen ones and those a training
+ * graph updates), named `name`. An optimizer step on it changes weight i. */
+cd_node *cd_wstore_param_part(cd_graph *g, cd_wstore *s, int i, int64_t off, int ndim, const int64_t *ne, const char *name);
 /* Commits if needed and uploads the weights whose host version is newer than
  * the backend copy; returns how many (or -1 + error). */
 int cd_wstore_sync(cd_wstore *s);
@@ -78,6 +82,8 @@ int cd_wstore_sync(cd_wstore *s);
 /* For the engine: where weight i's value is now (backend memory), and its
  * type and shape, to check a parameter node against. */
 void *cd_wstore_ptr(const cd_wstore *s, int i);
+/* n can read weight i: its type, its whole shape (off 0), or for a part the
+ * same row width and a range inside (rows appended keep the part valid) */
 int cd_wstore_matches(const cd_wstore *s, int i, const cd_node *n);
 
 /* Backend bytes the store allocated (the block and weights moved out of it;

@@ -324,8 +324,9 @@ cd_node *cd_w_rows(cd_graph *g, cd_weights *w, int64_t r0, int64_t r1, const cha
   const int64_t off = r0 * x->ne[1];
   char nm[300];
   snprintf(nm, sizeof nm, "%s[%ld:%ld]", name, (long)r0, (long)r1);
-  void *p = x->type == CD_TYPE_F32 ? (void *)(x->data + off) : (void *)(x->h16 + off);
-  return cd_param_typed(g, nm, p, x->type, 2, (int64_t[]){r1 - r0, x->ne[1]});
+  cd_wstore *st = cd_weights_store(w, cd_graph_backend(g));
+  if (!st) return cd_graph_fail(g, "weight '%s': %s", name, cd_last_error());
+  return cd_wstore_param_part(g, st, x->index, off, 2, (int64_t[]){r1 - r0, x->ne[1]}, nm);
 }
 
 cd_node *cd_w(cd_graph *g, cd_weights *w, int ndim, const int64_t *ne, const char *fmt, ...) {
