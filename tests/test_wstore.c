@@ -205,6 +205,36 @@ TEST(grown_weight_moves) {
   cd_wstore_free(s);
 }
 
+/* cd_param's array lives in the graph's own store: uploaded at plan time, and
+ * again only after cd_graph_touch_param */
+TEST(graph_own_params_upload_on_touch) {
+  const cd_backend *be = test_backend();
+  float w[4] = {1, 2, 3, 4}, x[2] = {1, 1}, y[2];
+  cd_graph *g = cd_graph_new_on(be);
+  cd_node *xi = cd_input(g, "x", 2, (int64_t[]){1, 2});
+  cd_node *wp = cd_param(g, "w", w, 2, (int64_t[]){2, 2});
+  cd_node *yy = cd_linear(g, xi, wp, NULL);
+  cd_graph_output(g, yy);
+  uploads = 0;
+  CHECK_OK(cd_graph_plan(g, NULL));
+  CHECK(uploads == 1);
+  CHECK_OK(cd_graph_set_input(g, xi, x));
+  uploads = 0;
+  CHECK_OK(cd_graph_forward(g));
+  CHECK_OK(cd_graph_get(g, yy, y));
+  CHECK(uploads == 0 && y[0] == 3 && y[1] == 7);
+  w[0] = 11; /* the backend has its own copy: not seen until touched */
+  CHECK_OK(cd_graph_forward(g));
+  CHECK_OK(cd_graph_get(g, yy, y));
+  CHECK(y[0] == 3);
+  CHECK_OK(cd_graph_touch_param(g, wp));
+  CHECK(cd_graph_touch_param(g, xi) == -1);
+  CHECK_OK(cd_graph_forward(g));
+  CHECK_OK(cd_graph_get(g, yy, y));
+  CHECK(uploads == 1 && y[0] == 13);
+  cd_graph_free(g);
+}
+
 /* ---- a whole model on the counting backend ---- */
 
 /* uploads since the last reset that covered weight i of w's store on the test backend */
@@ -429,6 +459,7 @@ int main(void) {
   RUN(uploads_only_changed_weights);
   RUN(cpu_store_is_the_host_values);
   RUN(grown_weight_moves);
+  RUN(graph_own_params_upload_on_touch);
   RUN(loaded_component_is_one_upload);
   RUN(model_weights_upload_once);
   RUN(training_uploads_nothing_after_the_first_step);

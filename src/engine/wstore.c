@@ -103,11 +103,6 @@ size_t cd_wstore_bytes(const cd_wstore *s) {
   for (int i = 0; i < s->n; i++) b += s->e[i].own ? s->e[i].own_cap : 0;
   return b;
 }
-size_t cd_wstore_weight_bytes(const cd_wstore *s) {
-  size_t b = 0;
-  for (int i = 0; i < s->n; i++) b += s->e[i].bytes;
-  return b;
-}
 
 void *cd_wstore_ptr(const cd_wstore *s, int i) {
   if (i < 0 || i >= s->n) return NULL;

@@ -89,6 +89,5 @@ int cd_wstore_matches(const cd_wstore *s, int i, const cd_node *n);
 /* Backend bytes the store allocated (the block and weights moved out of it;
  * 0 on host memory, where the weights are the host values). */
 size_t cd_wstore_bytes(const cd_wstore *s);
-size_t cd_wstore_weight_bytes(const cd_wstore *s); /* the registered weights' current bytes */
 
 #endif

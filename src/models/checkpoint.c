@@ -63,7 +63,19 @@ static int is_float(cd_dtype d) {
 typedef struct {
   int64_t n[CD_DT_COUNT];
   int want; /* storage type asked for (cd_type), or -1: each tensor's own (f16/bf16 stay, others f32) */
+  float *scratch; /* one f32 buffer for the tensors being converted, as large as the largest */
+  size_t scap;
 } dtally;
+
+static float *scratch_f32(dtally *t, int64_t n) {
+  const size_t b = (size_t)(n ? n : 1) * sizeof(float);
+  if (b > t->scap) {
+    free(t->scratch);
+    t->scratch = cd_malloc(b);
+    t->scap = b;
+  }
+  return t->scratch;
+}
 
 static int want_type(const cd_load_opts *o) {
   cd_type t;
@@ -131,7 +143,10 @@ static void release_pages(const cd_tensor_file *f, const cd_tensor_info *t) {
   if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
-/* Reads tensor t as fp32 and stores it as `name` with the given shape (same numel). */
+/* Reads tensor t as fp32 and stores it as `name` with the given shape (same
+ * numel): straight into the component's block when it stays f32, else
+ * through the component's scratch (freed once, after the component: no
+ * freed buffers left resident between the weights). */
 static int put_f32(cd_weights *w, const cd_tensor_file *f, const cd_tensor_info *t, const char *name,
                    int ndim, const int64_t *ne, dtally *tally) {
   if (!is_float(t->dtype))
@@ -141,16 +156,16 @@ static int put_f32(cd_weights *w, const cd_tensor_file *f, const cd_tensor_info 
     return cd_set_error("%s: two keys map to the weight %s (the second is %s)", cd_tf_path(f), name,
                         t->name);
   int64_t n = cd_tensor_numel(t);
-  float *d = cd_malloc((size_t)(n ? n : 1) * sizeof(float));
-  if (cd_tf_read_f32(f, t, d)) {
-    free(d);
-    return -1;
-  }
+  const cd_type st = storage_type(t->dtype, ndim, tally);
+  float *d = st == CD_TYPE_F32 ? cd_weights_alloc(w, (size_t)n * sizeof(float)) : scratch_f32(tally, n);
+  int rc = cd_tf_read_f32(f, t, d);
   release_pages(f, t);
   tally->n[t->dtype]++;
-  int rc = store_values(w, name, ndim, ne, storage_type(t->dtype, ndim, tally), d);
-  free(d);
-  return rc;
+  if (st == CD_TYPE_F32) { /* the weight takes d (a read error frees it with the component) */
+    if (cd_weights_put(w, name, ndim, ne, d)) return -1;
+    return rc;
+  }
+  return rc ? -1 : store_values(w, name, ndim, ne, st, d);
 }
 
 /* ------------------------------------------------------------- tiny YAML reader */
@@ -492,6 +507,7 @@ static int load_folder_weights(const char *file, int comp, cd_weights *w, char d
     }
     rc = put_f32(w, f, t, name, ndim, ne, &tally);
   }
+  free(tally.scratch);
   cd_weights_seal(w);
   cd_tensor_file_close(f);
   dtally_label(&tally, dtype);
@@ -970,9 +986,8 @@ static int is_schedule_buffer(const char *k) {
 }
 
 /* maps and stores every key of one component (keys root+pre*) */
-static int load_component(const sfile *s, const char *pre, const cd_keymap *km, cd_weights *w,
-                          char dtype[16], const cd_load_opts *o) {
-  dtally tally = {{0}, want_type(o)};
+static int load_component_with(const sfile *s, const char *pre, const cd_keymap *km, cd_weights *w,
+                               char dtype[16], dtally *tally) {
   size_t rl = strlen(s->root), pl = strlen(pre);
   int count = 0;
   char full[256];
@@ -995,7 +1010,7 @@ static int load_component(const sfile *s, const char *pre, const cd_keymap *km, 
         shape_str(t->shape, t->ndim, sh, sizeof sh);
         return cd_set_error("%s: %s has shape %s", s->path, t->name, sh);
       }
-      if (put_f32(w, s->f, t, r.dst[0], t->ndim, t->shape, &tally)) return -1;
+      if (put_f32(w, s->f, t, r.dst[0], t->ndim, t->shape, tally)) return -1;
       break;
     case CD_KM_SQUEEZE: {
       int ok = (t->ndim == 4 && t->shape[2] == 1 && t->shape[3] == 1) || t->ndim == 2;
@@ -1004,7 +1019,7 @@ static int load_component(const sfile *s, const char *pre, const cd_keymap *km, 
         return cd_set_error("%s: %s has shape %s, expected a 1x1 convolution [C, C, 1, 1]", s->path,
                             t->name, sh);
       }
-      if (put_f32(w, s->f, t, r.dst[0], 2, t->shape, &tally)) return -1;
+      if (put_f32(w, s->f, t, r.dst[0], 2, t->shape, tally)) return -1;
       break;
     }
     case CD_KM_SPLIT3: {
@@ -1017,22 +1032,16 @@ static int load_component(const sfile *s, const char *pre, const cd_keymap *km, 
                             t->name, sh);
       }
       int64_t n = cd_tensor_numel(t), part = n / 3;
-      float *all = cd_malloc((size_t)n * sizeof(float));
-      if (cd_tf_read_f32(s->f, t, all)) { free(all); return -1; }
+      float *all = scratch_f32(tally, n);
+      if (cd_tf_read_f32(s->f, t, all)) return -1;
       release_pages(s->f, t);
       int64_t ne[2] = {t->shape[0] / 3, t->ndim == 2 ? t->shape[1] : 0};
       for (int q = 0; q < 3; q++) {
-        if (cd_weights_get(w, r.dst[q])) {
-          free(all);
-          return cd_set_error("%s: two keys map to the weight %s", s->path, r.dst[q]);
-        }
-        if (store_values(w, r.dst[q], t->ndim, ne, storage_type(t->dtype, t->ndim, &tally), all + q * part)) {
-          free(all);
-          return -1;
-        }
+        if (cd_weights_get(w, r.dst[q])) return cd_set_error("%s: two keys map to the weight %s", s->path, r.dst[q]);
+        if (store_values(w, r.dst[q], t->ndim, ne, storage_type(t->dtype, t->ndim, tally), all + q * part)) return -1;
       }
       free(all);
-      tally.n[t->dtype]++;
+      tally->n[t->dtype]++;
       break;
     }
     case CD_KM_TRANSPOSE: {
@@ -1058,9 +1067,17 @@ static int load_component(const sfile *s, const char *pre, const cd_keymap *km, 
     count++;
   }
   cd_weights_seal(w);
-  dtally_label(&tally, dtype);
+  dtally_label(tally, dtype);
   if (!count) return cd_set_error("%s: no %s* weights", s->path, pre);
   return 0;
+}
+
+static int load_component(const sfile *s, const char *pre, const cd_keymap *km, cd_weights *w,
+                          char dtype[16], const cd_load_opts *o) {
+  dtally tally = {{0}, want_type(o), NULL, 0};
+  int rc = load_component_with(s, pre, km, w, dtype, &tally);
+  free(tally.scratch);
+  return rc;
 }
 
 /* the yaml beside a checkpoint: same name with .yaml; *out NULL if none or unreadable */

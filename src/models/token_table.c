@@ -43,7 +43,7 @@ static int grow(cd_sd_model *m, int k, int n, const char *const *tokens, const i
   cd_weight *e = cd_weights_get(c->w, CD_TOKEN_TABLE);
   const int64_t V = e->ne[0], D = e->ne[1];
   float *t = cd_malloc((size_t)(V + n) * D * sizeof(float));
-  if (e->type == CD_TYPE_F32) memcpy(t, e->data, (size_t)V * D * sizeof(float));
+  if (e->type == CD_TYPE_F32) memcpy(t, cd_weight_host(e), (size_t)V * D * sizeof(float)); /* current: after training in a backend too */
   else
     for (int64_t r = 0; r < V; r++) cd_weight_row_f32(e, r, t + r * D);
   for (int i = 0; i < n; i++) {

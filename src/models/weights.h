@@ -104,8 +104,8 @@ int cd_weights_check_unused(const cd_weights *w, const char *component, const ch
  * or mis-shaped, and returns a placeholder then. */
 cd_node *cd_w(cd_graph *g, cd_weights *w, int ndim, const int64_t *ne, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-/* Parameter node over rows [r0, r1) of the 2-D weight `name` (its storage, no
- * copy), named "name[r0:r1]": the text encoder's token table split into the
+/* Parameter node over rows [r0, r1) of the 2-D weight `name` (a part of its
+ * store copy, cd_wstore_param_part), named "name[r0:r1]": the text encoder's token table split into the
  * frozen rows and the rows a training graph updates. Records a build error
  * on g when the weight is missing, not 2-D or the range is out of bounds. */
 cd_node *cd_w_rows(cd_graph *g, cd_weights *w, int64_t r0, int64_t r1, const char *name);
