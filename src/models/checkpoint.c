@@ -1040,7 +1040,6 @@ static int load_component_with(const sfile *s, const char *pre, const cd_keymap 
         if (cd_weights_get(w, r.dst[q])) return cd_set_error("%s: two keys map to the weight %s", s->path, r.dst[q]);
         if (store_values(w, r.dst[q], t->ndim, ne, storage_type(t->dtype, t->ndim, tally), all + q * part)) return -1;
       }
-      free(all);
       tally->n[t->dtype]++;
       break;
     }
