@@ -1050,16 +1050,16 @@ static int load_component_with(const sfile *s, const char *pre, const cd_keymap 
       }
       if (cd_weights_get(w, r.dst[0])) return cd_set_error("%s: two keys map to the weight %s", s->path, r.dst[0]);
       const int64_t a = t->shape[0], b = t->shape[1], ab = a * b > 0 ? a * b : 1;
-      float *in = cd_malloc((size_t)ab * sizeof(float));
-      if (cd_tf_read_f32(s->f, t, in)) { free(in); return -1; }
+      float *in = scratch_f32(tally, ab);
+      if (cd_tf_read_f32(s->f, t, in)) return -1;
       release_pages(s->f, t);
       float *d = cd_malloc((size_t)ab * sizeof(float));
       for (int64_t i = 0; i < a; i++)
         for (int64_t j = 0; j < b; j++) d[j * a + i] = in[i * b + j];
-      free(in);
-      if (cd_weights_put(w, r.dst[0], 2, (int64_t[]){b, a}, d)) return -1;
-      tally.n[t->dtype]++;
-      settle(w, r.dst[0], t->dtype, &tally);
+      int rc = store_values(w, r.dst[0], 2, (int64_t[]){b, a}, storage_type(t->dtype, 2, tally), d);
+      free(d);
+      if (rc) return -1;
+      tally->n[t->dtype]++;
       break;
     }
     }
