@@ -751,7 +751,7 @@ int main(void) {
   }
   RUN(device_flag_errors_are_clear);
   RUN(cuda_table_is_complete);
-  RUN(host_parameters_copied_and_written_back);
+  RUN(host_parameters_uploaded_and_trained_on_device);
   RUN(conv2d);
   RUN(conv2d_16bit_weights);
   RUN(conv2d_bands);
