@@ -203,6 +203,33 @@ TEST(weight_store_narrow_widen) {
   cd_weights_free(ws);
 }
 
+/* Widening is exact whatever the path: a region past the streaming size
+ * (non-temporal stores, 26 MB here), with a tail that is not a multiple of
+ * the vector width, at an aligned and an unaligned destination and a source
+ * offset, holds the scalar conversion of every bit pattern (NaN for NaN). */
+TEST(widen_large_streams) {
+  const int64_t n = ((int64_t)26 << 20) / 4 + 5, off = 3;
+  uint16_t *h = cd_malloc((n + off) * sizeof(uint16_t));
+  for (int64_t i = 0; i < n + off; i++) h[i] = (uint16_t)(i * 40503u >> 3); /* every 16-bit pattern, infinities and NaNs included */
+  float *buf = cd_aligned_alloc((n + 8) * sizeof(float)), *want = cd_malloc(n * sizeof(float));
+  int bad = 0;
+  const cd_type ts[2] = {CD_TYPE_F16, CD_TYPE_BF16};
+  for (int k = 0; k < 2 && !bad; k++) {
+    for (int64_t i = 0; i < n; i++) want[i] = widen1(h[off + i], ts[k]);
+    for (int shift = 0; shift < 2 && !bad; shift++) { /* dst aligned (streams), then one float off (normal stores) */
+      memset(buf, 0, (n + 8) * sizeof(float));
+      cd_cpu_to_f32(h, ts[k], off, n, buf + shift);
+      for (int64_t i = 0; i < n && !bad; i++) /* NaN payloads may differ between the scalar and F16C conversions */
+        bad = isnan(want[i]) ? !isnan(buf[shift + i]) : memcmp(buf + shift + i, want + i, sizeof(float)) != 0;
+      if (bad) snprintf(test_msg, sizeof test_msg, "%s widening of %ld values (dst offset %d) differs from the scalar one", cd_type_name(ts[k]), (long)n, shift);
+    }
+  }
+  free(h);
+  cd_aligned_free(buf);
+  free(want);
+  if (bad) test_failed_flag = 1;
+}
+
 int main(void) {
   RUN(linear_16bit_weights);
   RUN(conv2d_16bit_weights);
@@ -210,5 +237,6 @@ int main(void) {
   RUN(cast_inserted_for_other_ops);
   RUN(trainable_must_be_f32);
   RUN(weight_store_narrow_widen);
+  RUN(widen_large_streams);
   return test_summary();
 }
