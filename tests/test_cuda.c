@@ -134,8 +134,6 @@ TEST(host_parameters_uploaded_and_trained_on_device) {
     CHECK_OK(cd_graph_set_input(g, xi, x));
     CHECK_OK(cd_graph_forward(g)); /* the first forward uploads the graph's store */
     if (!pass) CHECK(fake_reachable(wp->data) && fake_reachable(bp->data)); /* the device graph reads copies */
-    CHECK_OK(cd_graph_set_input(g, xi, x));
-    CHECK_OK(cd_graph_forward(g));
     CHECK_OK(cd_graph_get(g, y, pass ? y_cpu : y_dev));
     CHECK_OK(cd_graph_backward(g));
     cd_optim *o = cd_optim_new(g);
