@@ -164,22 +164,28 @@ TEST(bad_input_is_reported) {
   char m[1024], v[1024], out[8192], args[4096];
   HAVE("tiny-sd1_original.safetensors", m);
   struct { const char *args, *expect; } cases[] = {
-      {"sample --model %s --prompt cat --out /tmp/x.png --sampler foo", "foo"},
-      {"sample --model %s --prompt cat --out /tmp/x.png --steps abc", "--steps"},
-      {"sample --model %s --prompt cat --out /tmp/x.png --width 100 --height 64", "--width"},
-      {"sample --model %s --prompt cat --out /tmp/x.png --bogus 1", "--bogus"},
-      {"sample --model %s.missing --prompt cat --out /tmp/x.png", ".missing"},
-      {"sample --model %s --prompt cat --out /tmp/x.png --delta /nonexistent", "/nonexistent"},
+      {"sample --model %s --prompt cat --out %s/x.png --sampler foo", "foo"},
+      {"sample --model %s --prompt cat --out %s/x.png --steps abc", "--steps"},
+      {"sample --model %s --prompt cat --out %s/x.png --width 100 --height 64", "--width"},
+      {"sample --model %s --prompt cat --out %s/x.png --bogus 1", "--bogus"},
+      {"sample --model %s.missing --prompt cat --out %s/x.png", ".missing"},
+      {"sample --model %s --prompt cat --out %s/x.png --delta /nonexistent", "/nonexistent"},
       {"frobnicate %s", "unknown command"},
-      {"sample --model %s --prompt cat --out /tmp/x.png --init-image /nonexistent.png", "/nonexistent.png"},
-      {"sample --model %s --prompt 'photo of a <new1> cat' --out /tmp/x.png", "<new1>"}, /* no delta defines it */
+      {"sample --model %s --prompt cat --out %s/x.png --init-image /nonexistent.png", "/nonexistent.png"},
+      {"sample --model %s --prompt 'photo of a <new1> cat' --out %s/x.png", "<new1>"}, /* no delta defines it */
   };
+  /* the output goes into this run's own folder: a fixed path such as
+   * /tmp/x.png collides with another run on the machine (an existing --out
+   * is refused, which would hide the error each case is about) */
+  char xpng[512];
+  snprintf(xpng, sizeof xpng, "%s/x.png", tmpdir);
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    snprintf(args, sizeof args, cases[i].args, m);
+    snprintf(args, sizeof args, cases[i].args, m, tmpdir);
     int rc = cdiff(out, sizeof out, args);
     CHECKF(rc != 0 && rc != -1, "'%s' exited %d", args, rc);
     CHECKF(strstr(out, cases[i].expect), "'%s': message lacks '%s': %s", args, cases[i].expect, out);
     CHECKF(!strstr(out, "AddressSanitizer") && !strstr(out, "Segmentation"), "%s", out);
+    CHECKF(access(xpng, F_OK) != 0, "'%s' failed but left %s behind", args, xpng);
   }
   /* a single file with no tokenizer beside it (the golden folder has one) */
   char lone[512];

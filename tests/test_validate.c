@@ -133,11 +133,15 @@ TEST(sample_unwritable_out_first) {
   struct { const char *fmt, *want; } cases[] = {
       {"--out '%s/x.png'", "--out"},
       {"--out '%s/newdir/'", "--out"},
-      {"--out /tmp/x.png --save-latents '%s/l.safetensors'", "--save-latents"},
-      {"--out /tmp/x.png --init-image '%s'", "--init-image"}};
+      {"--save-latents '%s/l.safetensors'", "--save-latents"},
+      {"--init-image '%s'", "--init-image"}};
+  /* where an --out is needed besides the bad flag: this run's own folder (a
+   * fixed /tmp/x.png would collide with other runs on the machine) */
+  char xpng[1024];
+  snprintf(xpng, sizeof xpng, "%s", test_tmpdir("x.png"));
   /* merge and compress: --out and --delta before the model */
   char merge_cmd[2048];
-  snprintf(merge_cmd, sizeof merge_cmd, "%s merge --model /nonexistent/model --delta /tmp:cat --out '%s/sub' 2>&1", bin(), file);
+  snprintf(merge_cmd, sizeof merge_cmd, "%s merge --model /nonexistent/model --delta '%s':cat --out '%s/sub' 2>&1", bin(), test_tmpdir(""), file);
   int mst = test_run_cmd(merge_cmd, out, sizeof out);
   CHECKF(mst == 1 && strstr(out, "--out") && !strstr(out, "/nonexistent/model"), "merge: exit %d: %s", mst, out);
   snprintf(merge_cmd, sizeof merge_cmd, "%s compress --model /nonexistent/model --delta /nonexistent/delta --out '%s' 2>&1", bin(),
@@ -145,15 +149,17 @@ TEST(sample_unwritable_out_first) {
   mst = test_run_cmd(merge_cmd, out, sizeof out);
   CHECKF(mst == 1 && strstr(out, "--delta /nonexistent/delta") && !strstr(out, "/nonexistent/model"), "compress: exit %d: %s", mst, out);
   /* a prompt that is not UTF-8 (it would go into the PNG's iTXt metadata) */
-  snprintf(merge_cmd, sizeof merge_cmd, "%s sample --model /nonexistent/model --prompt ok --negative \"$(printf 'caf\\351')\" --out /tmp/x.png 2>&1", bin());
+  snprintf(merge_cmd, sizeof merge_cmd, "%s sample --model /nonexistent/model --prompt ok --negative \"$(printf 'caf\\351')\" --out '%s' 2>&1", bin(), xpng);
   mst = test_run_cmd(merge_cmd, out, sizeof out);
   CHECKF(mst == 2 && strstr(out, "--negative value is not valid UTF-8 (byte 3: 0xe9)"), "exit %d: %s", mst, out);
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    char flags[1024];
-    snprintf(flags, sizeof flags, cases[i].fmt, file);
+    char flags[2200];
+    int k = snprintf(flags, sizeof flags, cases[i].fmt, file);
+    if (i >= 2) snprintf(flags + k, sizeof flags - k, " --out '%s'", xpng);
     snprintf(args, sizeof args, "CDIFF_QUIET=1 %s sample --model /nonexistent/model --prompt x %s 2>&1", bin(), flags);
     int st = test_run_cmd(args, out, sizeof out);
     CHECKF(st == 1 && strstr(out, cases[i].want) && !strstr(out, "/nonexistent/model"), "%s: exit %d: %s", flags, st, out);
+    CHECKF(access(xpng, F_OK) != 0, "%s: failed but left %s behind", flags, xpng);
   }
 }
 
