@@ -10,7 +10,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/utf8.h"
 
 /* ---- the flags every command takes ---- */
 static int g_help, g_verbose, g_threads;
@@ -103,11 +102,6 @@ int cli_error_msg(const cli_opt *opts, const cli_cmd *cmd, const char *msg) {
   for (const char *p = strstr(msg, "--"); p && !o; p = strstr(p + 2, "--"))
     o = find((cli_opt *)opts, p, strspn(p, "-abcdefghijklmnopqrstuvwxyz0123456789_"));
   return usage_fail(o, cmd, "%s", msg);
-}
-
-int cli_check_utf8(const cli_opt *opts, const cli_cmd *cmd, const char *flag, const char *text) {
-  if (!text || !cd_text_check_utf8(flag, text)) return 0;
-  return cli_error_msg(opts, cmd, cd_last_error());
 }
 
 int cli_given(const cli_opt *opts, const char *flag) {

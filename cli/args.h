@@ -95,10 +95,6 @@ int cli_error(const cli_opt *opts, const cli_cmd *cmd, const char *flag, const c
  * mentions. Returns 2. */
 int cli_error_msg(const cli_opt *opts, const cli_cmd *cmd, const char *msg);
 
-/* A text value that must be valid UTF-8 (NULL passes): 0, or 2 after a usage
- * error naming the flag and the first invalid byte. */
-int cli_check_utf8(const cli_opt *opts, const cli_cmd *cmd, const char *flag, const char *text);
-
 /* 1 if the flag (any spelling) was given on the command line. */
 int cli_given(const cli_opt *opts, const char *flag);
 

@@ -76,11 +76,7 @@ int cmd_train(int argc, char **argv) {
   o.prior = !no_prior;
   o.scale_lr = !no_scale_lr;
   o.aug = !no_aug;
-  /* prompts go into PNG text and JSON, which are UTF-8 */
-  if (cli_check_utf8(opts, &spec, "--prompt", o.prompt) || cli_check_utf8(opts, &spec, "--class-prompt", o.class_prompt) ||
-      cli_check_utf8(opts, &spec, "--validation-prompt", o.validation_prompt))
-    return CLI_EXIT_USAGE;
-  /* the run's option checks are usage errors: exit 2 with the flag's line, before anything is read */
+  /* the run's option checks (the prompts' UTF-8 among them) are usage errors: exit 2 with the flag's line, before anything is read */
   cd_lr_kind lr_kind;
   if (cd_run_opts_check(&o) || cd_lr_parse(o.lr_scheduler, &lr_kind)) return cli_error_msg(opts, &spec, cd_last_error());
   if (no_prior) {

@@ -97,6 +97,29 @@ TEST(train_caption_not_utf8_first) {
   o.prompt = "photo of a <new1> \xff";
   rc = cd_train_run(&o);
   CHECKF(rc == -1 && strstr(cd_last_error(), "--prompt is not valid UTF-8"), "rc %d: %s", rc, cd_last_error());
+  /* the flags' prompts are checked once, with the options (the CLI's exit 2 comes from there) */
+  const char **field[3] = {&o.prompt, &o.class_prompt, &o.validation_prompt};
+  static const char *const flag[3] = {"--prompt", "--class-prompt", "--validation-prompt"};
+  for (int i = 0; i < 3; i++) {
+    o.prompt = "photo of a <new1> cat";
+    o.class_prompt = o.validation_prompt = NULL;
+    *field[i] = "caf\xe9";
+    rc = cd_run_opts_check(&o);
+    CHECKF(rc == -1 && !strncmp(cd_last_error(), flag[i], strlen(flag[i])) && strstr(cd_last_error(), "is not valid UTF-8 (byte 3: 0xe9)"),
+           "%s: rc %d: %s", flag[i], rc, rc ? cd_last_error() : "");
+  }  /* a --concepts file's prompts are checked by the run, before the model */
+  char json[1200];
+  snprintf(json, sizeof json, "[{\"instance_prompt\": \"photo of a <new1> caf\xe9\", \"instance_data_dir\": \"%s\"}]", inst);
+  const char *cj = test_tmpdir("concepts7.json");
+  CHECK(write_text(cj, json) == 0);
+  cd_run_opts_default(&o);
+  o.model = "/nonexistent/model";
+  o.concepts = cj;
+  o.prior = 0;
+  o.out = test_tmpdir("out7c");
+  o.quiet = 1;
+  rc = cd_train_run(&o);
+  CHECKF(rc == -1 && strstr(cd_last_error(), "concept 1: instance_prompt is not valid UTF-8 (byte 21: 0xe9)"), "rc %d: %s", rc, cd_last_error());
 }
 
 /* An --out that cannot be written is an error before the model is loaded. */

@@ -15,6 +15,7 @@
 #include "core/common.h"
 #include "core/progress.h"
 #include "core/sysmem.h"
+#include "core/utf8.h"
 #include "diffusion/sdxl_cond.h"
 #include "custom/class_images.h"
 #include "custom/dataset.h"
@@ -166,6 +167,12 @@ int cd_run_opts_check(const cd_run_opts *o) {
     return cd_set_error("give either --concepts FILE.json or --images DIR with --prompt TEXT");
   if (!o->concepts && o->prior && !o->real_prior && !o->class_prompt)
     return cd_set_error("--class-prompt is required with prior preservation (or pass --no-prior)");
+  /* prompts go into PNG text and the delta's JSON, which are UTF-8; checked
+   * here only (a --concepts file's prompts and captions: verify_data) */
+  static const char *const pflag[3] = {"--prompt", "--class-prompt", "--validation-prompt"};
+  const char *const ptext[3] = {o->prompt, o->class_prompt, o->validation_prompt};
+  for (int i = 0; i < 3; i++)
+    if (ptext[i] && cd_text_check_utf8(pflag[i], ptext[i])) return -1;
   if (o->res <= 0 || o->res % 64) return cd_set_error("--resolution must be a positive multiple of 64 (got %d)", o->res);
   if (o->batch < 1 || o->batch > 64) return cd_set_error("--batch must be in 1..64 (got %d)", o->batch);
   if (o->clip_skip < 1) return cd_set_error("--clip-skip must be >= 1 (got %d; 1 = the text encoder's default layer)", o->clip_skip);
@@ -913,7 +920,6 @@ static int setup_class_images(run_t *r) {
 static int verify_data(run_t *r) {
   const cd_run_opts *o = &r->o;
   if (r->rank == 0 && cd_check_writable_dir("--out", o->out)) return -1;
-  if (o->validation_prompt && cd_text_check_utf8("--validation-prompt", o->validation_prompt)) return -1;
   for (int k = 0; k < r->nc; k++) {
     concept_t *c = &r->c[k];
     const cd_image *img;
@@ -923,10 +929,12 @@ static int verify_data(run_t *r) {
         return cd_prefix_error("--images");
       }
     char what[2200];
-    snprintf(what, sizeof what, o->concepts ? "concept %d: instance_prompt" : "--prompt", k + 1);
-    if (cd_text_check_utf8(what, c->inst_prompt)) return -1;
-    snprintf(what, sizeof what, o->concepts ? "concept %d: class_prompt" : "--class-prompt", k + 1);
-    if (c->class_prompt && cd_text_check_utf8(what, c->class_prompt)) return -1;
+    if (o->concepts) { /* the flags' prompts were checked with the options (cd_run_opts_check) */
+      snprintf(what, sizeof what, "concept %d: instance_prompt", k + 1);
+      if (cd_text_check_utf8(what, c->inst_prompt)) return -1;
+      snprintf(what, sizeof what, "concept %d: class_prompt", k + 1);
+      if (c->class_prompt && cd_text_check_utf8(what, c->class_prompt)) return -1;
+    }
     for (int i = 0; i < c->inst.n; i++) {
       snprintf(what, sizeof what, "caption of %s", c->inst.items[i].path);
       if (c->inst.items[i].caption && cd_text_check_utf8(what, c->inst.items[i].caption)) return -1;
