@@ -3,6 +3,7 @@
  * the uninterrupted one and writes a model the loader reads; bad options
  * are refused naming the flag. */
 #include "io/fsutil.h"
+#include "io/tensor_file.h"
 #include "models/sd_model.h"
 #include "pretrain/pretrain.h"
 #include "test.h"
@@ -164,12 +165,113 @@ TEST(offset_noise) {
   CHECK(ua[0] != ub[0]);
 }
 
+/* values of tensor `name` of a safetensors file into a new array (NULL when absent) */
+static float *read_tensor(const char *path, const char *name, int64_t *n) {
+  cd_tensor_file *f;
+  if (cd_safetensors_open(path, &f)) return NULL;
+  const cd_tensor_info *t = cd_tf_find(f, name);
+  float *v = t ? malloc((size_t)cd_tensor_numel(t) * sizeof(float)) : NULL;
+  if (v && cd_tf_read_f32(f, t, v)) {
+    free(v);
+    v = NULL;
+  }
+  if (v) *n = cd_tensor_numel(t);
+  cd_tensor_file_close(f);
+  return v;
+}
+
+/* --init continues a model written earlier (VAE kept, no VAE steps) and --ema
+ * keeps ema = d ema + (1 - d) w with d = min(D, (1+n)/(10+n)) after update n
+ * (0-based), starting from the shipped model: checked against the live weights the state holds after steps 1
+ * and 2. Interrupted and resumed, the run writes the same model as one
+ * uninterrupted run, and that model holds the average, not the last weights. */
+TEST(init_and_ema) {
+  const char *base = SHIPPED; /* fp16: read as f32 by both the init and this test */
+  char a[512], b[512], p[700], q[700];
+  snprintf(a, sizeof a, "%s", test_tmpdir("ema_whole"));
+  snprintf(b, sizeof b, "%s", test_tmpdir("ema_parts"));
+  cd_pretrain_opts o;
+  /* a weight that trains in every step (the UNet's output convolution) */
+  const char *wn = "conv_out.weight";
+  char sw[64], se[64];
+  snprintf(sw, sizeof sw, "unet/%s", wn);
+  snprintf(se, sizeof se, "ema/unet/%s", wn);
+  int64_t n0 = 0, n1 = 0, n2 = 0, ne1 = 0, ne2 = 0, nm = 0;
+  snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", base);
+  float *w0 = read_tensor(p, wn, &n0);
+  CHECK(w0 != NULL);
+
+  small_opts(&o, b);
+  o.init = base;
+  o.vae_steps = 1000; /* ignored: the VAE phase is skipped */
+  o.ema = 0.9f;
+  o.f32 = 1;
+  o.stop_after = 1;
+  CHECK_OK(cd_pretrain_run(&o));
+  snprintf(p, sizeof p, "%s/%s", b, CD_PRETRAIN_STATE);
+  float *w1 = read_tensor(p, sw, &n1), *e1 = read_tensor(p, se, &ne1);
+  o.resume = 1;
+  CHECK_OK(cd_pretrain_run(&o));
+  float *w2 = read_tensor(p, sw, &n2), *e2 = read_tensor(p, se, &ne2);
+  CHECK(w1 && e1 && w2 && e2 && n1 == n0 && n2 == n0 && ne1 == n0 && ne2 == n0);
+  double d0 = 0.1, d1 = 2.0 / 11, err = 0, moved = 0;
+  for (int64_t k = 0; k < n0; k++) {
+    double x1 = d0 * w0[k] + (1 - d0) * w1[k], x2 = d1 * x1 + (1 - d1) * w2[k];
+    /* float32 rounding of two multiply-adds on values of this size */
+    double tol = 4 * 6e-8 * (fabs(w0[k]) + fabs(w1[k]) + fabs(w2[k])) + 1e-30;
+    if (fabs(e1[k] - x1) > tol || fabs(e2[k] - x2) > tol) err++;
+    moved += fabs(w2[k] - w0[k]);
+  }
+  CHECKF(err == 0, "%g elements of the EMA off the formula", err);
+  CHECK(moved > 0);
+  o.stop_after = 0;
+  CHECK_OK(cd_pretrain_run(&o));
+  o.resume = 0;
+  o.out = a;
+  CHECK_OK(cd_pretrain_run(&o));
+  static const char *const files[] = {"unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", CD_PRETRAIN_LOG};
+  for (int i = 0; i < 3; i++) {
+    snprintf(p, sizeof p, "%s/%s", a, files[i]);
+    snprintf(q, sizeof q, "%s/%s", b, files[i]);
+    CHECKF(file_eq(p, q), "%s differs after resuming", files[i]);
+  }
+  /* the VAE is the init's, unchanged (written in f32 here, shipped in f16) */
+  snprintf(p, sizeof p, "%s/vae/diffusion_pytorch_model.safetensors", a);
+  snprintf(q, sizeof q, "%s/vae/diffusion_pytorch_model.safetensors", base);
+  float *va = read_tensor(p, "decoder.conv_out.weight", &n1), *vb = read_tensor(q, "decoder.conv_out.weight", &n2);
+  CHECK(va && vb && n1 == n2 && !memcmp(va, vb, (size_t)n1 * sizeof(float)));
+  free(va), free(vb);
+  double l[8];
+  snprintf(p, sizeof p, "%s/%s", a, CD_PRETRAIN_LOG);
+  CHECK(read_losses(p, "vae", l, 8) == 0 && read_losses(p, "unet", l, 8) == 3);
+  /* the written model is the average (the state's ema/), not the last weights */
+  snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", a);
+  snprintf(q, sizeof q, "%s/%s", a, CD_PRETRAIN_STATE);
+  float *model = read_tensor(p, wn, &nm), *ema = read_tensor(q, se, &n1), *last = read_tensor(q, sw, &n2);
+  CHECK(model && ema && last && nm == n0 && n1 == n0 && n2 == n0);
+  int same_ema = 1, same_last = 1;
+  for (int64_t k = 0; model && ema && last && k < n0; k++) {
+    same_ema &= model[k] == ema[k];
+    same_last &= model[k] == last[k];
+  }
+  CHECK(same_ema && !same_last);
+  free(w0), free(w1), free(w2), free(e1), free(e2), free(model), free(ema), free(last);
+  /* bad --init / --ema */
+  small_opts(&o, test_tmpdir("bad_init"));
+  o.init = "/nonexistent/world";
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--init"));
+  small_opts(&o, test_tmpdir("bad_ema"));
+  o.ema = 1;
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--ema"));
+}
+
 int main(void) {
   cd_threads_init();
   RUN(reproduces_shipped_log);
   RUN(resume_bit_exact);
   RUN(bad_options);
   RUN(offset_noise);
+  RUN(init_and_ema);
   test_tmp_cleanup();
   return test_summary();
 }

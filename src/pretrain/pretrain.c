@@ -55,6 +55,12 @@ typedef struct {
   int opt_steps;     /* optimizer updates taken in this phase */
   FILE *log;
   int ran;           /* steps run by this process (stop_after) */
+  /* EMA of the phase-2 parameters (o->ema > 0): ema[i] averages ema_w[i] */
+  float **ema;
+  cd_weight **ema_w;
+  char **ema_name;   /* "ema/<component>/<weight name>" in the state file */
+  int nema;
+  long ema_n;        /* updates averaged so far */
 } run_t;
 
 /* ---- state file: weights, Adam moments, phase, step, scaling factor ---- */
@@ -72,7 +78,7 @@ static int save_state(run_t *r) {
   int nt = 0, np = 0;
   for (int c = 0; c < 3; c++) nt += cd_weights_count(ws[c]);
   for (int i = 0; i < r->nps; i++) np += r->ps[i].n;
-  nt += 2 * np;
+  nt += 2 * np + r->nema;
   cd_tensor_out *t = cd_calloc((size_t)nt, sizeof *t);
   char **names = cd_calloc((size_t)nt, sizeof *names);
   float **mv = cd_calloc((size_t)(2 * np + 1), sizeof *mv);
@@ -99,14 +105,21 @@ static int save_state(run_t *r) {
         snprintf(names[k], L, "adam_%c/%s", w ? 'v' : 'm', r->ps[s].name[i]);
         t[k] = (cd_tensor_out){.name = names[k], .dtype = CD_DT_F32, .ndim = 1, .shape = {n}, .data = mv[q]};
       }
-  char ph[8], st[32], sf[32], ad[32];
+  for (int i = 0; i < r->nema; i++, k++) {
+    const cd_weight *x = r->ema_w[i];
+    t[k] = (cd_tensor_out){.name = r->ema_name[i], .dtype = CD_DT_F32, .ndim = 1,
+                           .shape = {cd_numel(x->ndim, x->ne)}, .data = r->ema[i]};
+  }
+  char ph[8], st[32], sf[32], ad[32], en[32];
   snprintf(ph, sizeof ph, "%s", phase_name[r->phase]);
   snprintf(st, sizeof st, "%d", r->step);
   snprintf(sf, sizeof sf, "%.9g", r->m.vae.cfg.scaling_factor);
   snprintf(ad, sizeof ad, "%d", r->opt_steps);
-  const char *meta[] = {"format", "cdiff-pretrain-state", "phase", ph, "step", st, "scaling_factor", sf, "adam_step", ad};
-  if (!rc) rc = cd_safetensors_write(r->state, t, nt, meta, 5);
-  for (int i = 0; i < nt; i++) free(names[i]);
+  snprintf(en, sizeof en, "%ld", r->ema_n);
+  const char *meta[] = {"format", "cdiff-pretrain-state", "phase", ph, "step", st, "scaling_factor", sf,
+                        "adam_step", ad, "ema_updates", en};
+  if (!rc) rc = cd_safetensors_write(r->state, t, nt, meta, r->nema ? 6 : 5);
+  for (int i = 0; i < nt - r->nema; i++) free(names[i]);
   for (int i = 0; i < q; i++) free(mv[i]);
   free(mv);
   free(names);
@@ -198,6 +211,130 @@ static int update(run_t *r, double lr, double *gnorm) {
   return 0;
 }
 
+/* ---- EMA of the phase-2 parameters ---- */
+
+/* Starts the average over the parameters of ps[0]: from the state's
+ * "ema/<name>" tensors when resuming one that has them, else from the current
+ * values. */
+static int ema_setup(run_t *r, cd_tensor_file *resume_f) {
+  if (!(r->o->ema > 0) || r->ema) return 0;
+  const cd_paramset *p = &r->ps[0];
+  r->ema = cd_calloc((size_t)p->n, sizeof *r->ema);
+  r->ema_w = cd_calloc((size_t)p->n, sizeof *r->ema_w);
+  r->ema_name = cd_calloc((size_t)p->n, sizeof *r->ema_name);
+  r->nema = p->n;
+  const char *en = resume_f ? cd_tf_meta(resume_f, "ema_updates") : NULL;
+  r->ema_n = en ? atol(en) : 0;
+  for (int i = 0; i < p->n; i++) {
+    int64_t n = cd_numel(p->w[i]->ndim, p->w[i]->ne);
+    size_t L = strlen(p->name[i]) + 5;
+    r->ema_w[i] = p->w[i];
+    r->ema[i] = cd_malloc((size_t)n * sizeof(float));
+    r->ema_name[i] = cd_malloc(L);
+    snprintf(r->ema_name[i], L, "ema/%s", p->name[i]);
+    const cd_tensor_info *t = en ? cd_tf_find(resume_f, r->ema_name[i]) : NULL;
+    if (en && (!t || cd_tensor_numel(t) != n || cd_tf_read_f32(resume_f, t, r->ema[i])))
+      return cd_set_error("--resume %s: tensor '%s' missing or mis-shaped", r->state, r->ema_name[i]);
+    if (!en && cd_optim_read(p->o, i, CD_OPTIM_VALUE, r->ema[i])) return -1;
+  }
+  if (resume_f && !en) fprintf(stderr, "pretrain: the state has no EMA; the average starts at step %d\n", r->step);
+  return 0;
+}
+
+/* ema = d ema + (1 - d) w after an update, d warmed up as (1+n)/(10+n) */
+static int ema_update(run_t *r) {
+  if (!r->nema) return 0;
+  double d = (1.0 + r->ema_n) / (10.0 + r->ema_n);
+  if (d > r->o->ema) d = r->o->ema;
+  const float a = (float)d, b = (float)(1.0 - d);
+  float *w = NULL;
+  size_t cap = 0;
+  int rc = 0;
+  for (int i = 0; i < r->nema && !rc; i++) {
+    int64_t n = cd_numel(r->ema_w[i]->ndim, r->ema_w[i]->ne);
+    if ((size_t)n > cap) {
+      cap = (size_t)n;
+      w = cd_realloc(w, cap * sizeof(float));
+    }
+    rc = cd_optim_read(r->ps[0].o, i, CD_OPTIM_VALUE, w);
+    for (int64_t k = 0; k < n && !rc; k++) r->ema[i][k] = a * r->ema[i][k] + b * w[k];
+  }
+  free(w);
+  r->ema_n++;
+  return rc;
+}
+
+static void ema_free(run_t *r) {
+  for (int i = 0; i < r->nema; i++) {
+    free(r->ema[i]);
+    free(r->ema_name[i]);
+  }
+  free(r->ema);
+  free(r->ema_w);
+  free(r->ema_name);
+  r->ema = NULL;
+  r->ema_w = NULL;
+  r->ema_name = NULL;
+  r->nema = 0;
+}
+
+/* Writes the model into OUT: with EMA the averaged weights (swapped into the
+ * weights for the write, the training values put back after it). */
+static int write_model(run_t *r) {
+  if (!r->nema) return cd_wm_write(&r->m, r->o->out, !r->o->f32);
+  if (sync_all(r)) return -1;
+  float **keep = cd_calloc((size_t)r->nema, sizeof *keep);
+  for (int i = 0; i < r->nema; i++) {
+    size_t bytes = (size_t)cd_numel(r->ema_w[i]->ndim, r->ema_w[i]->ne) * sizeof(float);
+    float *x = cd_weight_f32(r->ema_w[i]);
+    keep[i] = cd_malloc(bytes);
+    memcpy(keep[i], x, bytes);
+    memcpy(x, r->ema[i], bytes);
+    cd_weight_changed(r->ema_w[i]);
+  }
+  int rc = cd_wm_write(&r->m, r->o->out, !r->o->f32);
+  for (int i = 0; i < r->nema; i++) {
+    size_t bytes = (size_t)cd_numel(r->ema_w[i]->ndim, r->ema_w[i]->ne) * sizeof(float);
+    memcpy(cd_weight_f32(r->ema_w[i]), keep[i], bytes);
+    cd_weight_changed(r->ema_w[i]);
+    free(keep[i]);
+  }
+  free(keep);
+  return rc;
+}
+
+/* ---- --init: continue from a world model written earlier ---- */
+
+static int init_from(run_t *r, const char *dir) {
+  cd_load_opts lo = {.weights_dtype = "f32"};
+  cd_sd_model *src = NULL;
+  if (cd_sd_load(dir, &lo, &src)) return cd_prefix_error("--init");
+  cd_weights *dst[3] = {r->m.clip.w, r->m.unet.w, r->m.vae.w}, *from[3] = {src->clip.w, src->unet.w, src->vae.w};
+  static const char *const comp[3] = {"text_encoder", "unet", "vae"};
+  int rc = 0;
+  for (int c = 0; c < 3 && !rc; c++) {
+    if (!from[c] || cd_weights_count(from[c]) != cd_weights_count(dst[c])) {
+      rc = cd_set_error("--init %s: its %s has %d weights, the world model %d (not a world model of these shapes)", dir,
+                        comp[c], from[c] ? cd_weights_count(from[c]) : 0, cd_weights_count(dst[c]));
+      break;
+    }
+    for (int i = 0; i < cd_weights_count(dst[c]) && !rc; i++) {
+      cd_weight *x = cd_weights_at(dst[c], i), *y = cd_weights_get(from[c], x->name);
+      int same = y && y->ndim == x->ndim;
+      for (int d = 0; same && d < x->ndim; d++) same = y->ne[d] == x->ne[d];
+      if (!same) {
+        rc = cd_set_error("--init %s: %s weight '%s' missing or mis-shaped", dir, comp[c], x->name);
+        break;
+      }
+      memcpy(cd_weight_f32(x), cd_weight_f32(y), (size_t)cd_numel(x->ndim, x->ne) * sizeof(float));
+      cd_weight_changed(x);
+    }
+  }
+  if (!rc) r->m.vae.cfg.scaling_factor = src->vae.cfg.scaling_factor;
+  cd_sd_free(src);
+  return rc;
+}
+
 /* Keeps the log lines before (phase, step) and reopens it for appending. */
 static int open_log(run_t *r) {
   char *txt = NULL;
@@ -244,7 +381,7 @@ static int after_step(run_t *r, int total) {
   int due = r->o->checkpoint_every > 0 && r->step % r->o->checkpoint_every == 0 && r->step < total;
   if (due && save_state(r)) return -1;
   /* in phase 2 every checkpoint is also a usable model */
-  if (due && r->phase == PH_UNET && cd_wm_write(&r->m, r->o->out, !r->o->f32)) return -1;
+  if (due && r->phase == PH_UNET && write_model(r)) return -1;
   if (r->o->stop_after && r->ran >= r->o->stop_after) {
     if (save_state(r)) return -1;
     return 1;
@@ -447,6 +584,7 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
   r->nps = 1;
   if (cd_paramset_add(&r->ps[0], m->clip.w, "text_encoder", NULL) || cd_paramset_add(&r->ps[0], m->unet.w, "unet", NULL)) goto done;
   if (resume_f && load_moments(r, resume_f)) goto done;
+  if (ema_setup(r, resume_f)) goto done;
   cd_sched_alphas_cumprod(&m->sched, ac);
   cd_progress_start(&pg, "pretrain unet+text", o->unet_steps);
   pg.quiet = o->quiet;
@@ -484,7 +622,7 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
     if (cd_graph_forward(g) || cd_graph_backward(g)) goto done;
     double l = cd_graph_get_scalar(g, loss), lr = cd_pretrain_lr(o->unet_lr, r->step, o->unet_steps), gn;
     if (!isfinite(l)) { cd_set_error("UNet loss is not finite at step %d", r->step + 1); goto done; }
-    if (update(r, lr, &gn)) goto done;
+    if (update(r, lr, &gn) || ema_update(r)) goto done;
     log_step(r, l, lr, gn, NULL);
     cd_progress_set_loss(&pg, l);
     cd_progress_update(&pg, r->step + 1);
@@ -519,6 +657,7 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   if (!(o->kl_weight >= 0)) return cd_set_error("--kl-weight must not be negative");
   if (!(o->uncond_prob >= 0 && o->uncond_prob <= 1)) return cd_set_error("--uncond-prob must be in [0, 1]");
   if (!(o->offset_noise >= 0 && o->offset_noise <= 1)) return cd_set_error("--offset-noise must be in [0, 1]");
+  if (!(o->ema >= 0 && o->ema < 1)) return cd_set_error("--ema must be in [0, 1)");
   if (o->scale_images < 1) return cd_set_error("scale_images must be at least 1");
   run_t r;
   memset(&r, 0, sizeof r);
@@ -545,6 +684,11 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   } else if (cd_file_exists(r.state)) {
     cd_set_error("%s already holds a pretraining state: pass --resume to continue it, or choose another --out", o->out);
     goto done;
+  } else if (o->init) {
+    if (init_from(&r, o->init)) goto done;
+    r.phase = PH_UNET; /* the init's VAE and scaling factor are kept */
+    r.step = 0;
+    fprintf(stderr, "pretrain: starting from %s (VAE kept, scaling factor %.6g)\n", o->init, r.m.vae.cfg.scaling_factor);
   }
   if (open_log(&r)) goto done;
   if (r.phase == PH_VAE) {
@@ -559,13 +703,14 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   }
   int s = unet_phase(&r, rf);
   if (s) { rc = s > 0 ? 0 : -1; goto done; }
-  if (save_state(&r) || cd_wm_write(&r.m, o->out, !o->f32)) goto done;
+  if (save_state(&r) || write_model(&r)) goto done;
   fprintf(stderr, "pretrain: model written to %s\n", o->out);
   rc = 0;
 done:
   cd_tensor_file_close(rf);
   if (r.log) fclose(r.log);
   free_params(&r);
+  ema_free(&r);
   cd_tokenizer_free(r.tok);
   cd_weights_free(r.m.clip.w);
   cd_weights_free(r.m.unet.w);

@@ -23,6 +23,15 @@
  * 10%. Every random draw of step s comes from an RNG seeded by (seed, phase, s),
  * so a run resumed from OUT/pretrain_state.safetensors continues bit for bit.
  *
+ * Continuing (--init DIR): all three components and the VAE's scaling factor
+ * start from a world model written earlier (a shipped model folder); the VAE
+ * phase is skipped and phase 2 runs with its own schedule and seed. EMA
+ * (--ema D): an exponential moving average of the phase-2 parameters,
+ *   ema = d_n ema + (1 - d_n) w   after every update, d_n = min(D, (1+n)/(10+n)),
+ * kept in the state file; the model written into OUT holds the averaged
+ * weights (sampling from an average of the last few thousand steps gives
+ * sharper, less noisy samples than the last step's weights).
+ *
  * OUT receives the model as a diffusers folder (at the end of each phase),
  * the state file (every checkpoint_every steps), and pretrain_log.jsonl with
  * one line per step: {"phase": "vae"|"unet", "step": s, "loss": x, "lr": y}.
@@ -47,6 +56,8 @@ typedef struct {
   int quiet;
   int stop_after;       /* tests: stop (as if interrupted) after this many steps of the run, 0 = off */
   int scale_images;     /* images whose latent spread sets scaling_factor (default 256) */
+  const char *init;     /* start from this world-model folder, skipping the VAE phase (NULL: from scratch) */
+  float ema;            /* EMA decay of the phase-2 parameters, 0 = off; the written model is the average */
 } cd_pretrain_opts;
 
 void cd_pretrain_opts_default(cd_pretrain_opts *o);
