@@ -2,7 +2,10 @@
  * hand-computed fragments and weights (A1111's parse_prompt_attention rules),
  * token weights and 75-token chunks on the CLIP vocabulary, the emphasis
  * rescale, and the encoder path of the pipeline on tiny-sd1. */
+#include <unistd.h>
+
 #include "diffusion/pipeline.h"
+#include "io/fsutil.h"
 #include "models/prompt.h"
 #include "test.h"
 
@@ -227,10 +230,54 @@ TEST(encode_weighted_and_long) {
   CHECKF(!why[0], "%s", why);
 }
 
+/* A prompt cut at 75 tokens is reported once, however often it is encoded
+ * (every sample of a batch, every validation pass), and each distinct one is. */
+TEST(long_prompt_warns_once) {
+  char mp[1024];
+  if (test_golden_path(mp, sizeof mp, "tiny-sd1")) SKIP("golden tiny-sd1 not found");
+  cd_load_opts lo = {0};
+  cd_sd_model *m = NULL;
+  CHECK_OK(cd_sd_load(mp, &lo, &m));
+  char cats[1024] = "", dogs[1024] = "";
+  for (int k = 0; k < 80; k++) strcat(cats, "cat "), strcat(dogs, "dog ");
+  const char *path = test_tmpdir("warn_once.txt");
+  fflush(stderr);
+  int saved = dup(2);
+  FILE *fp = fopen(path, "w");
+  int rc = -1;
+  if (fp && saved >= 0) {
+    dup2(fileno(fp), 2);
+    int ids[CD_TOK_MAX_LEN];
+    rc = 0;
+    for (int i = 0; i < 3; i++) rc |= cd_prompt_ids(m, cats, ids);
+    for (int i = 0; i < 2; i++) rc |= cd_prompt_ids(m, dogs, ids);
+    rc |= cd_prompt_ids(m, "a short prompt", ids);
+    fflush(stderr);
+    dup2(saved, 2);
+  }
+  if (saved >= 0) close(saved);
+  if (fp) fclose(fp);
+  cd_sd_free(m);
+  CHECK_OK(rc);
+  char *txt = NULL;
+  size_t n = 0;
+  CHECK_OK(cd_read_file(path, &txt, &n));
+  int warned = 0, cat = 0, dog = 0;
+  for (const char *p = txt; (p = strstr(p, "warning: prompt longer than 75 tokens")) != NULL; p++) {
+    warned++;
+    cat += !strncmp(strchr(p, '"') + 1, "cat", 3);
+    dog += !strncmp(strchr(p, '"') + 1, "dog", 3);
+  }
+  free(txt);
+  CHECKF(warned == 2 && cat == 1 && dog == 1, "%d truncation warnings (%d cat, %d dog), want one each", warned, cat, dog);
+}
+
 int main(void) {
   RUN(parser_weights);
   RUN(emphasis_rule);
   RUN(token_weights_and_chunks);
   RUN(encode_weighted_and_long);
+  RUN(long_prompt_warns_once);
+  test_tmp_cleanup();
   return test_summary();
 }

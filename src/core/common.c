@@ -145,6 +145,29 @@ void cd_warn(const char *fmt, ...) {
   fputc('\n', stderr);
 }
 
+void cd_warn_once(const char *fmt, ...) {
+  if (cd_silent) return;
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  static uint64_t seen[256]; /* FNV-1a of the messages warned, a ring */
+  static int nseen, next;
+  const uint64_t h = cd_fnv1a(msg, strlen(msg));
+  int fresh = 1;
+#pragma omp critical(cd_warn_once)
+  {
+    for (int i = 0; i < nseen && fresh; i++) fresh = seen[i] != h;
+    if (fresh) {
+      seen[next] = h;
+      next = (next + 1) % 256;
+      nseen = CD_MIN(nseen + 1, 256);
+    }
+  }
+  if (fresh) cd_warn("%s", msg);
+}
+
 /* IEEE half <-> float, handling subnormals, inf and NaN. */
 float cd_f16_to_f32(uint16_t h) {
   uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, f;

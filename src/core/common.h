@@ -56,6 +56,10 @@ extern int cd_verbose;
 extern int cd_silent;
 void cd_log(const char *fmt, ...) CD_PRINTF(1, 2);  /* stderr, only if cd_verbose */
 void cd_warn(const char *fmt, ...) CD_PRINTF(1, 2); /* stderr, always, "warning: " */
+/* cd_warn, but once per distinct message in the process: for a problem met
+ * again on every call (a long prompt encoded at every sample or step). The
+ * last 256 distinct messages are remembered. */
+void cd_warn_once(const char *fmt, ...) CD_PRINTF(1, 2);
 
 /* ---- half precision conversion ---- */
 float cd_f16_to_f32(uint16_t h);

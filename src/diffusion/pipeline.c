@@ -29,7 +29,7 @@ int cd_prompt_ids(cd_sd_model *m, const char *prompt, int ids[CD_TOK_MAX_LEN]) {
   if (prompt && cd_prompt_check_tokens(m, prompt)) return -1;
   int trunc = 0;
   if (cd_tokenize_padded(m->tok, prompt ? prompt : "", ids, &trunc)) return -1;
-  if (trunc) cd_warn("prompt longer than 75 tokens was truncated: \"%.60s...\"", prompt);
+  if (trunc) cd_warn_once("prompt longer than 75 tokens was truncated: \"%.60s...\"", prompt); /* once: callers repeat prompts */
   return 0;
 }
 

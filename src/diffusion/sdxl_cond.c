@@ -182,7 +182,7 @@ int cd_sdxl_encode_literal(cd_sd_model *m, const char *const *prompts, int n, fl
     const char *p = prompts[i] ? prompts[i] : "";
     if (cd_prompt_check_tokens(m, p) || cd_tokenize_padded(m->tok, p, t1, &tr) || cd_tokenize_padded(m->tok2, p, t2, NULL))
       goto done;
-    if (tr) cd_warn("prompt longer than 75 tokens was truncated: \"%.60s...\"", p);
+    if (tr) cd_warn_once("prompt longer than 75 tokens was truncated: \"%.60s...\"", p); /* once: callers repeat prompts */
     if (id_check(&m->clip, t1, p, "the text encoder") || id_check(&m->clip2, t2, p, "text_encoder_2")) goto done;
     for (int j = 0; j < L; j++) i1[i * L + j] = t1[j], i2[i * L + j] = t2[j];
   }
