@@ -27,6 +27,27 @@ __device__ static void stats(const float *x, int64_t cnt, double eps, double *sh
   *rstd = 1.0 / sqrt(v / (double)cnt + eps);
 }
 
+/* ---- backward through one normalised run of cnt values (a block's): adds
+ * rstd (d - mean(d) - xh mean(d xh)) to dx, with d = dy gamma. gamma (NULL: 1)
+ * is read at k / S: the group's channels of S values each (GROUP_NORM, gamma
+ * from the group's first channel) or the row's features (LAYER_NORM, S = 1). */
+__device__ static void bwd_x_run(const float *xp, const float *dp, const float *gamma, float *gp, int64_t cnt, int64_t S, float m,
+                                 float r, double *sh) {
+  double sd = 0, sdx = 0;
+  for (int64_t k = threadIdx.x; k < cnt; k += blockDim.x) {
+    const float d = dp[k] * (gamma ? gamma[k / S] : 1.0f), xh = (xp[k] - m) * r;
+    sd += d;
+    sdx += (double)d * xh;
+  }
+  sd = cu_block_sum(sd, sh);
+  sdx = cu_block_sum(sdx, sh);
+  const float md = (float)(sd / (double)cnt), mdx = (float)(sdx / (double)cnt);
+  for (int64_t k = threadIdx.x; k < cnt; k += blockDim.x) {
+    const float xh = (xp[k] - m) * r;
+    gp[k] += r * (dp[k] * (gamma ? gamma[k / S] : 1.0f) - md - xh * mdx);
+  }
+}
+
 /* ---- GROUP_NORM: x[N, C, *spatial]; aux = [mean (N*G) | rstd (N*G)] ---- */
 __global__ void k_gn_fwd(const float *x, const float *gamma, const float *beta, float *y, float *aux, int64_t NG, int64_t G,
                          int64_t Cg, int64_t S, double eps) {
@@ -53,22 +74,7 @@ __global__ void k_gn_bwd_x(const float *x, const float *gamma, const float *dy, 
                            int64_t Cg, int64_t S) {
   __shared__ double sh[32];
   const int64_t i = blockIdx.x, cnt = Cg * S, c0 = (i % G) * Cg;
-  const float *xp = x + i * cnt, *dp = dy + i * cnt;
-  float *gp = dx + i * cnt;
-  const float m = aux[i], r = aux[NG + i];
-  double sd = 0, sdx = 0;
-  for (int64_t k = threadIdx.x; k < cnt; k += blockDim.x) {
-    const float d = dp[k] * (gamma ? gamma[c0 + k / S] : 1.0f), xh = (xp[k] - m) * r;
-    sd += d;
-    sdx += (double)d * xh;
-  }
-  sd = cu_block_sum(sd, sh);
-  sdx = cu_block_sum(sdx, sh);
-  const float md = (float)(sd / (double)cnt), mdx = (float)(sdx / (double)cnt);
-  for (int64_t k = threadIdx.x; k < cnt; k += blockDim.x) {
-    const float xh = (xp[k] - m) * r;
-    gp[k] += r * (dp[k] * (gamma ? gamma[c0 + k / S] : 1.0f) - md - xh * mdx);
-  }
+  bwd_x_run(x + i * cnt, dy + i * cnt, gamma ? gamma + c0 : NULL, dx + i * cnt, cnt, S, aux[i], aux[NG + i], sh);
 }
 
 /* block c: channel c over every image */
@@ -140,24 +146,8 @@ __global__ void k_ln_fwd(const float *x, const float *gamma, const float *beta, 
 
 __global__ void k_ln_bwd_x(const float *x, const float *gamma, const float *dy, const float *aux, float *dx, int64_t rows, int64_t C) {
   __shared__ double sh[32];
-  for (int64_t i = blockIdx.x; i < rows; i += gridDim.x) {
-    const float *xp = x + i * C, *dp = dy + i * C;
-    float *gp = dx + i * C;
-    const float m = aux[i], r = aux[rows + i];
-    double sd = 0, sdx = 0;
-    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
-      const float d = dp[j] * (gamma ? gamma[j] : 1.0f), xh = (xp[j] - m) * r;
-      sd += d;
-      sdx += (double)d * xh;
-    }
-    sd = cu_block_sum(sd, sh);
-    sdx = cu_block_sum(sdx, sh);
-    const float md = (float)(sd / (double)C), mdx = (float)(sdx / (double)C);
-    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
-      const float xh = (xp[j] - m) * r;
-      gp[j] += r * (dp[j] * (gamma ? gamma[j] : 1.0f) - md - xh * mdx);
-    }
-  }
+  for (int64_t i = blockIdx.x; i < rows; i += gridDim.x)
+    bwd_x_run(x + i * C, dy + i * C, gamma, dx + i * C, C, 1, aux[i], aux[rows + i], sh);
 }
 
 /* blocks of 32 features x 8 row lanes: lane ty sums rows ty, ty + 8, ... of
