@@ -222,6 +222,21 @@ typedef struct {
 
 typedef double (*loss_fn)(void *ctx); /* sum(r * ref output) */
 
+/* Makes the named weights trainable and fills ck[0..n) with them; 0, or -1
+ * with test_msg naming the first one the builder never read. */
+static int train_weights(cd_weights *w, const char *const *names, int n, checked *ck) {
+  for (int i = 0; i < n; i++) {
+    cd_weight *cw = cd_weights_get(w, names[i]);
+    if (!cw || !cw->used || !cw->node) {
+      snprintf(test_msg, sizeof test_msg, "%s is not part of the graph", names[i]);
+      return -1;
+    }
+    cd_set_trainable(cw->node);
+    ck[i] = (checked){names[i], cw->data, W_mut(w, names[i]), cd_numel(cw->ndim, cw->ne), cw->node};
+  }
+  return 0;
+}
+
 /* analytic gradients (float32 graph) against central differences of the
  * float64 reference; relative L2 over up to 48 spread elements per tensor */
 static int grad_check(cd_graph *g, checked *c, int nc, loss_fn L, void *ctx, double tol) {
@@ -329,22 +344,12 @@ TEST(transformer_depth2_matches_float64) {
   static const char *const wn[2] = {"t.transformer_blocks.1.attn2.to_k.weight",
                                     "t.transformer_blocks.1.ff.net.0.proj.weight"};
   checked ck[4] = {{"x", xf, k.x, nx, x}, {"ctx", cf, k.ctx, nc, ctx}};
-  for (int i = 0; i < 2; i++) {
-    cd_weight *cw = cd_weights_get(k.w, wn[i]);
-    if (!cw->used || !cw->node) { /* the builder never read it */
-      cd_graph_free(g);
-      cache_clear();
-      cd_weights_free(k.w);
-      FAILF("%s is not part of the graph", wn[i]);
-    }
-    cd_set_trainable(cw->node);
-    ck[2 + i] = (checked){wn[i], cw->data, W_mut(k.w, wn[i]), cd_numel(cw->ndim, cw->ne), cw->node};
-  }
+  const int wok = !train_weights(k.w, wn, 2, ck + 2);
   cd_node *loss = cd_sum(g, cd_mul(g, y, rn));
   cd_plan_opts po = {.training = 1, .loss = loss};
-  int ok = !cd_graph_plan(g, &po) && !cd_graph_forward(g) && !cd_graph_get(g, y, yf) && !cd_graph_backward(g);
-  char err[256];
-  snprintf(err, sizeof err, "%s", ok ? "" : cd_last_error());
+  int ok = wok && !cd_graph_plan(g, &po) && !cd_graph_forward(g) && !cd_graph_get(g, y, yf) && !cd_graph_backward(g);
+  char err[1024];
+  snprintf(err, sizeof err, "%s", ok ? "" : wok ? cd_last_error() : test_msg);
   double fe = -1;
   int gok = 0;
   if (ok) {
@@ -438,23 +443,13 @@ TEST(text_time_embedding_matches_float64) {
   cd_graph_output(g, y);
   static const char *const wn[2] = {"add_embedding.linear_1.weight", "add_embedding.linear_2.weight"};
   checked ck[3] = {{"text_embeds", tf, k.te, k.B * k.P, te}};
-  for (int i = 0; i < 2; i++) {
-    cd_weight *cw = cd_weights_get(k.w, wn[i]);
-    if (!cw->used || !cw->node) { /* the builder never read it */
-      cd_graph_free(g);
-      cache_clear();
-      cd_weights_free(k.w);
-      FAILF("%s is not part of the graph", wn[i]);
-    }
-    cd_set_trainable(cw->node);
-    ck[1 + i] = (checked){wn[i], cw->data, W_mut(k.w, wn[i]), cd_numel(cw->ndim, cw->ne), cw->node};
-  }
+  const int wok = !train_weights(k.w, wn, 2, ck + 1);
   cd_node *loss = cd_sum(g, cd_mul(g, y, rn));
   cd_plan_opts po = {.training = 1, .loss = loss};
-  int ok = !cd_graph_plan(g, &po) && !cd_graph_set_input(g, ti, ids) && !cd_graph_forward(g) &&
+  int ok = wok && !cd_graph_plan(g, &po) && !cd_graph_set_input(g, ti, ids) && !cd_graph_forward(g) &&
            !cd_graph_get(g, y, yf) && !cd_graph_backward(g);
-  char err[256];
-  snprintf(err, sizeof err, "%s", ok ? "" : cd_last_error());
+  char err[1024];
+  snprintf(err, sizeof err, "%s", ok ? "" : wok ? cd_last_error() : test_msg);
   double fe = -1;
   int gok = 0;
   /* float32 rounds the sinusoid's argument t * f (t up to 1024) to a few ulps of
