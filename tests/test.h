@@ -88,6 +88,8 @@ int test_write_noise_images(const char *dir, int n, uint64_t seed);
 const char *test_path_in(const char *dir, const char *name);
 /* 1 when both files exist with the same bytes */
 int test_same_file(const char *a, const char *b);
+/* newlines in a file (a log.jsonl's records), -1 when it cannot be read */
+int test_count_lines(const char *path);
 /* returns from the test unless golden file rel is there (its path in buf) */
 #define NEED_GOLDEN(buf, rel) do { int g_ = test_golden_need(buf, sizeof buf, rel); \
     if (g_ > 0) { test_skipped_flag = 1; return; } if (g_ < 0) { test_failed_flag = 1; return; } } while (0)

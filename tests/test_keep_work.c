@@ -89,16 +89,6 @@ static int same_delta(const char *a, const char *b) {
   return 0;
 }
 
-static int count_lines(const char *path) {
-  char *t;
-  size_t n;
-  if (cd_read_file(path, &t, &n)) return -1;
-  int k = 0;
-  for (size_t i = 0; i < n; i++) k += t[i] == '\n';
-  free(t);
-  return k;
-}
-
 /* names in dir joined by ' ' in sorted order (ls), into buf */
 static const char *ls(const char *dir, char *buf, size_t cap) {
   char cmd[1200];
@@ -140,7 +130,7 @@ TEST(train_out_with_a_run_needs_resume_or_overwrite) {
   int rc = cd_train_run(&o);
   char err[1024];
   snprintf(err, sizeof err, "%s", cd_last_error());
-  int untouched = test_same_file(state, keep_state) && test_same_file(delta, keep_delta) && count_lines(test_path_in(x, "log.jsonl")) == 2;
+  int untouched = test_same_file(state, keep_state) && test_same_file(delta, keep_delta) && test_count_lines(test_path_in(x, "log.jsonl")) == 2;
   free(state);
   free(delta);
   CHECK(cp == 0);
@@ -156,13 +146,13 @@ TEST(train_out_with_a_run_needs_resume_or_overwrite) {
   opts(&o, x, 3);
   o.resume = "latest";
   CHECK_OK(cd_train_run(&o));
-  CHECKF(count_lines(test_path_in(x, "log.jsonl")) == 3, "log has %d lines after resuming to 3", count_lines(test_path_in(x, "log.jsonl")));
+  CHECKF(test_count_lines(test_path_in(x, "log.jsonl")) == 3, "log has %d lines after resuming to 3", test_count_lines(test_path_in(x, "log.jsonl")));
   /* --overwrite replaces it: one fresh step, the old checkpoints gone */
   opts(&o, x, 1);
   o.overwrite = 1;
   CHECK_OK(cd_train_run(&o));
   char names[2048];
-  CHECKF(count_lines(test_path_in(x, "log.jsonl")) == 1, "log has %d lines after --overwrite", count_lines(test_path_in(x, "log.jsonl")));
+  CHECKF(test_count_lines(test_path_in(x, "log.jsonl")) == 1, "log has %d lines after --overwrite", test_count_lines(test_path_in(x, "log.jsonl")));
   CHECKF(!cd_file_exists(test_path_in(x, "checkpoint-2")) && !cd_file_exists(test_path_in(x, "checkpoint-3")) && cd_file_exists(test_path_in(x, "checkpoint-1")),
          "after --overwrite: %s", ls(x, names, sizeof names));
   /* and the binary says so, exit 1, before loading anything */
@@ -235,7 +225,7 @@ TEST(checkpoints_are_atomic_pruned_and_resumed_newest_complete) {
   remove(foreign);
   CHECKF(!has_tmp_leftover(x), "temporary files remain in %s", x);
   if (!same_delta(test_path_in(x, CD_DELTA_FILE), test_path_in(ref, CD_DELTA_FILE))) return; /* resumed past a damaged checkpoint-4 */
-  CHECKF(count_lines(test_path_in(x, "log.jsonl")) == 5, "log has %d lines", count_lines(test_path_in(x, "log.jsonl")));
+  CHECKF(test_count_lines(test_path_in(x, "log.jsonl")) == 5, "log has %d lines", test_count_lines(test_path_in(x, "log.jsonl")));
   CHECKF(!strcmp(ls(x, names, sizeof names), "<new1>.safetensors cdiff_delta.safetensors checkpoint-4 checkpoint-5 latest log.jsonl "
                                              "pytorch_custom_diffusion_weights.safetensors "),
          "run folder: %s", names);
@@ -286,11 +276,11 @@ static int interrupt_run(const char *out, int sig, int *steps) {
   }
   if (p < 0) return -1;
   const char *log = test_path_in(out, "log.jsonl");
-  for (int i = 0; i < 6000 && count_lines(log) < 2; i++) usleep(10000); /* up to a minute */
+  for (int i = 0; i < 6000 && test_count_lines(log) < 2; i++) usleep(10000); /* up to a minute */
   kill(p, sig);
   int st;
   if (waitpid(p, &st, 0) != p) return -1;
-  *steps = count_lines(log);
+  *steps = test_count_lines(log);
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 

@@ -198,16 +198,6 @@ TEST(class_images_generate_and_resume) {
   cd_image_free(&im);
 }
 
-static int count_lines(const char *path) {
-  char *t;
-  size_t n;
-  if (cd_read_file(path, &t, &n)) return -1;
-  int k = 0;
-  for (size_t i = 0; i < n; i++) k += t[i] == '\n';
-  free(t);
-  return k;
-}
-
 TEST(resume_is_bit_exact) {
   NEED_FIXTURE();
   char a[600], b[600];
@@ -221,7 +211,7 @@ TEST(resume_is_bit_exact) {
   base_opts(&o, b); /* 2 steps, then resume to 4 */
   o.steps = 2;
   CHECK_OK(cd_train_run(&o));
-  CHECKF(count_lines(test_path_in(b, "log.jsonl")) == 2, "log after 2 steps has %d lines", count_lines(test_path_in(b, "log.jsonl")));
+  CHECKF(test_count_lines(test_path_in(b, "log.jsonl")) == 2, "log after 2 steps has %d lines", test_count_lines(test_path_in(b, "log.jsonl")));
   /* resumed into another folder: only steps 3 and 4 run there */
   char c[600];
   snprintf(c, sizeof c, "%s/run_c", tmp);
@@ -232,7 +222,7 @@ TEST(resume_is_bit_exact) {
   char *lc;
   size_t nc;
   CHECK_OK(cd_read_file(test_path_in(c, "log.jsonl"), &lc, &nc));
-  int c_ok = !strncmp(lc, "{\"step\": 3,", 11) && strstr(lc, "\n{\"step\": 4,") && count_lines(test_path_in(c, "log.jsonl")) == 2;
+  int c_ok = !strncmp(lc, "{\"step\": 3,", 11) && strstr(lc, "\n{\"step\": 4,") && test_count_lines(test_path_in(c, "log.jsonl")) == 2;
   free(lc);
   CHECKF(c_ok, "the run resumed into %s did not train exactly steps 3 and 4", c);
   /* resumed in place */

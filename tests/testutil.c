@@ -289,6 +289,16 @@ int test_write_noise_images(const char *dir, int n, uint64_t seed) {
   return 0;
 }
 
+int test_count_lines(const char *path) {
+  char *t;
+  size_t n;
+  if (cd_read_file(path, &t, &n)) return -1;
+  int k = 0;
+  for (size_t i = 0; i < n; i++) k += t[i] == '\n';
+  free(t);
+  return k;
+}
+
 const char *test_path_in(const char *dir, const char *name) {
   static char buf[8][1200];
   static int k;
