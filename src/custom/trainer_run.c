@@ -714,6 +714,16 @@ static int sdxl_time_ids(int res, int top, int left, float *out) {
   return cd_sdxl_time_ids(&mc, res, res, out);
 }
 
+/* The text of batch slot j: its ids (both tokenizers for SDXL) and SDXL's
+ * time ids with the crop given. Long prompts were warned about once, up front. */
+static int example_text(run_t *r, batch_buf *bb, int j, const char *text, int top, int left) {
+  if (cd_tokenize_padded(r->m->tok, text, bb->ids + j * CD_TOK_MAX_LEN, NULL)) return -1;
+  if (bb->ids2 && (cd_tokenize_padded(r->m->tok2, text, bb->ids2 + j * CD_TOK_MAX_LEN, NULL) ||
+                   sdxl_time_ids(r->o.res, top, left, bb->tids + 6 * j)))
+    return -1;
+  return 0;
+}
+
 /* This rank's examples of step s: instance examples lo..lo+nloc-1 of the
  * global batch in slots 0..nloc-1, then their class examples. */
 static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
@@ -734,11 +744,8 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
     const char *cap = c->inst.items[idx].caption ? c->inst.items[idx].caption : c->inst_prompt;
     char prompt[4096];
     snprintf(prompt, sizeof prompt, "%s%s", a.prefix ? a.prefix : "", cap);
-    if (cd_tokenize_padded(r->m->tok, prompt, bb->ids + j * CD_TOK_MAX_LEN, NULL)) return -1; /* long prompts warned once, up front */
     /* SDXL: the crop of a zoom-in (scale > res) is the micro-conditioning's crop */
-    if (bb->ids2 && (cd_tokenize_padded(r->m->tok2, prompt, bb->ids2 + j * CD_TOK_MAX_LEN, NULL) ||
-                     sdxl_time_ids(res, a.scale > res ? a.top : 0, a.scale > res ? a.left : 0, bb->tids + 6 * j)))
-      return -1;
+    if (example_text(r, bb, j, prompt, a.scale > res ? a.top : 0, a.scale > res ? a.left : 0)) return -1;
     draw_example_noise(r, &rng, bb, j);
   }
   if (o->prior)
@@ -753,10 +760,7 @@ static int make_batch(run_t *r, int s, batch_buf *bb, cd_batch *b) {
           cd_class_example(img, res, o->center_crop, o->hflip, &rng, bb->pixels + (nl + j) * px, bb->mask + (nl + j) * hw))
         return -1;
       const char *cap = c->cls.items[idx].caption ? c->cls.items[idx].caption : c->class_prompt ? c->class_prompt : "";
-      if (cd_tokenize_padded(r->m->tok, cap, bb->ids + (nl + j) * CD_TOK_MAX_LEN, NULL)) return -1;
-      if (bb->ids2 && (cd_tokenize_padded(r->m->tok2, cap, bb->ids2 + (nl + j) * CD_TOK_MAX_LEN, NULL) ||
-                       sdxl_time_ids(res, 0, 0, bb->tids + 6 * (nl + j))))
-        return -1;
+      if (example_text(r, bb, nl + j, cap, 0, 0)) return -1;
       draw_example_noise(r, &rng, bb, nl + j);
     }
   *b = (cd_batch){.pixels = bb->pixels, .mask = bb->mask, .ids = bb->ids, .noise = bb->noise, .latent_noise = bb->lnoise, .timesteps = bb->ts,
