@@ -164,6 +164,120 @@ TEST(backward_without_training_plan_fails) {
   chain_free(&c);
 }
 
+/* Residual MLP blocks, each one checkpoint segment, wide inside and narrow
+ * between: h += W2_k gelu(W1_k layer_norm(h; gamma_k)) for K blocks, then
+ * y = h + (h after block 1) (a value of one segment read after another's
+ * backward) and mse(y, target). Trainable: W1_0 (so gradients cross every
+ * block), gamma_3 (saved norm statistics must be recomputed) and W2_{K-1}. */
+enum { RB_K = 8, RB_B = 16, RB_D = 8, RB_H = 64 };
+typedef struct {
+  cd_graph *g;
+  cd_node *x, *target, *loss, *y, *train[3];
+  float w1[RB_K][RB_H * RB_D], w2[RB_K][RB_D * RB_H], gam[RB_K][RB_D];
+} resblocks;
+
+static void rb_build(resblocks *r, int marks) {
+  r->g = cd_graph_new();
+  r->x = cd_input(r->g, "x", 2, (int64_t[]){RB_B, RB_D});
+  r->target = cd_input(r->g, "target", 2, (int64_t[]){RB_B, RB_D});
+  cd_node *h = r->x, *skip = NULL;
+  for (int k = 0; k < RB_K; k++) {
+    test_fill_uniform(r->w1[k], RB_H * RB_D, -0.6f, 0.6f, 300 + k);
+    test_fill_uniform(r->w2[k], RB_D * RB_H, -0.2f, 0.2f, 400 + k);
+    test_fill_uniform(r->gam[k], RB_D, 0.5f, 1.5f, 500 + k);
+    if (marks) cd_graph_checkpoint_begin(r->g);
+    cd_node *w1 = cd_param(r->g, "w1", r->w1[k], 2, (int64_t[]){RB_H, RB_D});
+    cd_node *w2 = cd_param(r->g, "w2", r->w2[k], 2, (int64_t[]){RB_D, RB_H});
+    cd_node *gm = cd_param(r->g, "gamma", r->gam[k], 1, (int64_t[]){RB_D});
+    if (k == 0) cd_set_trainable(r->train[0] = w1);
+    if (k == 3) cd_set_trainable(r->train[1] = gm);
+    if (k == RB_K - 1) cd_set_trainable(r->train[2] = w2);
+    cd_node *a = cd_gelu(r->g, cd_linear(r->g, cd_layer_norm(r->g, h, gm, NULL, 1e-5f), w1, NULL));
+    h = cd_add(r->g, h, cd_linear(r->g, a, w2, NULL));
+    if (marks) cd_graph_checkpoint_end(r->g);
+    if (k == 1) skip = h;
+  }
+  r->y = cd_add(r->g, h, skip);
+  r->loss = cd_mse(r->g, r->y, r->target, NULL);
+  cd_graph_output(r->g, r->loss);
+}
+
+/* loss and the three gradients after one forward + backward */
+static int rb_run(resblocks *r, float *out) {
+  test_fill_uniform(r->x->data, r->x->n, -1, 1, 17);
+  test_fill_uniform(r->target->data, r->target->n, -1, 1, 18);
+  if (cd_graph_forward(r->g) || cd_graph_backward(r->g)) return -1;
+  out[0] = r->loss->data[0];
+  size_t k = 1;
+  for (int i = 0; i < 3; i++) {
+    if (cd_graph_get_grad(r->g, r->train[i], out + k)) return -1;
+    k += r->train[i]->n;
+  }
+  return 0;
+}
+
+/* Checkpointing recomputes values with the same kernels on the same inputs,
+ * so the loss and every gradient must equal the plain plan's bit for bit (run
+ * twice: the schedule re-zeroes correctly), also without buffer reuse. Memory:
+ * the plain plan keeps each block's [B, H] linear and gelu outputs (and [B, D]
+ * norm) for backward, K * 2 * B * H floats = 64 KiB; the checkpointed one keeps
+ * the K block inputs ([B, D], 4 KiB) and one block's intermediates, so it must
+ * use well under half. */
+TEST(checkpointing_same_gradients_less_memory) {
+  static resblocks plain, ck, ck_nr, unmarked;
+  rb_build(&plain, 1);
+  rb_build(&ck, 1);
+  rb_build(&ck_nr, 1);
+  rb_build(&unmarked, 0);
+  cd_plan_opts p0 = {.training = 1, .loss = plain.loss}, p1 = {.training = 1, .loss = ck.loss, .checkpoint = 1};
+  cd_plan_opts p2 = {.training = 1, .loss = ck_nr.loss, .checkpoint = 1, .no_reuse = 1};
+  cd_plan_opts p3 = {.training = 1, .loss = unmarked.loss, .checkpoint = 1};
+  CHECK_OK(cd_graph_plan(plain.g, &p0));
+  CHECK_OK(cd_graph_plan(ck.g, &p1));
+  CHECK_OK(cd_graph_plan(ck_nr.g, &p2));
+  CHECK_OK(cd_graph_plan(unmarked.g, &p3));
+  CHECK(cd_graph_recomputed(plain.g) == 0);
+  CHECK(cd_graph_recomputed(unmarked.g) == 0); /* no marks: nothing to recompute */
+  CHECK(cd_graph_arena_bytes(unmarked.g) == cd_graph_arena_bytes(plain.g)); /* marks alone change nothing */
+  /* every block's layer norm, linear, gelu, linear (the last block's output add is kept for the loss) */
+  CHECKF(cd_graph_recomputed(ck.g) >= 4 * RB_K, "recomputed %d", cd_graph_recomputed(ck.g));
+  CHECKF(2 * cd_graph_arena_bytes(ck.g) < cd_graph_arena_bytes(plain.g), "arena %zu checkpointed vs %zu",
+         cd_graph_arena_bytes(ck.g), cd_graph_arena_bytes(plain.g));
+  enum { NOUT = 1 + RB_H * RB_D + RB_D + RB_D * RB_H };
+  static float a[NOUT], b[NOUT], c[NOUT];
+  for (int rep = 0; rep < 2; rep++) {
+    CHECK_OK(rb_run(&plain, a));
+    CHECK_OK(rb_run(&ck, b));
+    CHECK_OK(rb_run(&ck_nr, c));
+    CHECK(a[0] > 0);
+    CHECK(!memcmp(a, b, sizeof a));
+    CHECK(!memcmp(a, c, sizeof a));
+  }
+  double gn = 0;
+  for (int i = 1; i < NOUT; i++) gn += fabs(a[i]);
+  CHECK(gn > 0);
+  cd_graph_free(plain.g);
+  cd_graph_free(ck.g);
+  cd_graph_free(ck_nr.g);
+  cd_graph_free(unmarked.g);
+}
+
+/* an inference plan ignores checkpointing: same arena, same values */
+TEST(checkpointing_ignored_without_training) {
+  static resblocks a, b;
+  rb_build(&a, 1);
+  rb_build(&b, 1);
+  cd_graph_output(a.g, a.y);
+  cd_graph_output(b.g, b.y);
+  cd_plan_opts pb = {.checkpoint = 1};
+  CHECK_OK(cd_graph_plan(a.g, NULL));
+  CHECK_OK(cd_graph_plan(b.g, &pb));
+  CHECK(cd_graph_arena_bytes(a.g) == cd_graph_arena_bytes(b.g));
+  CHECK(cd_graph_recomputed(b.g) == 0);
+  cd_graph_free(a.g);
+  cd_graph_free(b.g);
+}
+
 int main(void) {
   RUN(planner_reuses_buffers_inference);
   RUN(planned_equals_unplanned);
@@ -171,5 +285,7 @@ int main(void) {
   RUN(chain_gradient_matches_finite_differences);
   RUN(build_error_is_reported_not_fatal);
   RUN(backward_without_training_plan_fails);
+  RUN(checkpointing_same_gradients_less_memory);
+  RUN(checkpointing_ignored_without_training);
   return test_summary();
 }

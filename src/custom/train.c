@@ -149,10 +149,11 @@ int cd_trainer_init(cd_trainer *t, cd_sd_model *m, const cd_train_opts *o) {
   cd_graph_output(g, t->pred);
   cd_graph_output(g, t->noisy); /* inputs stay readable after backward (tests, logging) */
   cd_graph_output(g, t->target);
-  cd_plan_opts po = {.training = 1, .loss = t->loss};
+  cd_plan_opts po = {.training = 1, .loss = t->loss, .checkpoint = o->grad_ckpt};
   if (cd_graph_plan(g, &po)) return cd_prefix_error("training graph");
-  cd_log("training graph: %d nodes, arena %.1f MiB (unplanned %.1f MiB)\n", cd_graph_nnodes(g),
-         cd_graph_arena_bytes(g) / 1048576.0, cd_graph_naive_bytes(g) / 1048576.0);
+  cd_log("training graph: %d nodes, arena %.1f MiB (unplanned %.1f MiB)%s\n", cd_graph_nnodes(g),
+         cd_graph_arena_bytes(g) / 1048576.0, cd_graph_naive_bytes(g) / 1048576.0,
+         o->grad_ckpt ? ", gradient checkpointing" : "");
 
   /* parameters: the trainable UNet weights in diffusers order, then the new rows */
   int nw = cd_weights_count(m->unet.w);

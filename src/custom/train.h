@@ -41,6 +41,8 @@ typedef struct {
   int tok_id[16];     /* ids of the modifier tokens: the token table's last ntok rows, added by
                          cd_sd_add_tokens (models/token_table.h) from their initializers; SDXL:
                          the same ids and rows in text_encoder_2's table */
+  int grad_ckpt;      /* activation checkpointing: the UNet's blocks run their forward again in
+                         backward instead of keeping their activations (same gradients, less memory) */
 } cd_train_opts;
 
 void cd_train_opts_default(cd_train_opts *o);

@@ -64,9 +64,23 @@ int cd_train_mem_estimate(cd_sd_model *m, const cd_train_opts *o, int grad_accum
   return 0;
 }
 
+int cd_train_mem_fits(cd_sd_model *m, const cd_train_opts *o, int grad_accum, double *bytes, int *fits) {
+  cd_mem_limit l;
+  if (cd_train_mem_estimate(m, o, grad_accum, bytes) || cd_mem_limit_get(&l)) return -1;
+  double rss, vm;
+  cd_mem_usage(&rss, &vm);
+  const double have = l.env ? rss : (l.limit == l.as ? vm : rss); /* as cd_mem_check counts it */
+  *fits = !l.limit || have + *bytes <= l.limit;
+  return 0;
+}
+
 int cd_train_mem_check(cd_sd_model *m, const cd_train_opts *o, int grad_accum, int gen_class, const char *what) {
   double train;
   if (cd_train_mem_estimate(m, o, grad_accum, &train)) return -1;
+  return cd_train_mem_check_bytes(m, o, train, gen_class, what);
+}
+
+int cd_train_mem_check_bytes(cd_sd_model *m, const cd_train_opts *o, double train, int gen_class, const char *what) {
   char a[32], detail[200];
   snprintf(detail, sizeof detail, "training graph, gradients and Adam moments %s", cd_mem_fmt(train, a, sizeof a));
   if (cd_mem_check(what, train, detail)) return -1;

@@ -12,8 +12,13 @@
  * planned at o->res exactly (for tests) or estimated. */
 int cd_trainer_bytes(cd_sd_model *m, const cd_train_opts *o, int grad_accum, double *bytes);
 int cd_train_mem_estimate(cd_sd_model *m, const cd_train_opts *o, int grad_accum, double *bytes);
+/* The estimate, and whether it fits in what this process may still use (as
+ * cd_mem_check counts it), without refusing. */
+int cd_train_mem_fits(cd_sd_model *m, const cd_train_opts *o, int grad_accum, double *bytes, int *fits);
 /* Refuses (error naming `what` and the limit) a run whose training, or class
  * image generation at o->res when gen_class, would not fit. */
 int cd_train_mem_check(cd_sd_model *m, const cd_train_opts *o, int grad_accum, int gen_class, const char *what);
+/* the same with the training estimate already made (cd_train_mem_fits) */
+int cd_train_mem_check_bytes(cd_sd_model *m, const cd_train_opts *o, double train, int gen_class, const char *what);
 
 #endif

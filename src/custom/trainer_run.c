@@ -52,7 +52,7 @@ void cd_run_opts_default(cd_run_opts *o) {
   o->lr = 1e-5f;
   o->scale_lr = 1;
   o->prior_weight = 1.0f;
-  o->res = 512;
+  o->res = 0; /* the model's native size */
   o->clip_skip = 1;
   o->aug = 1;
   o->seed = 42;
@@ -173,7 +173,7 @@ int cd_run_opts_check(const cd_run_opts *o) {
   const char *const ptext[3] = {o->prompt, o->class_prompt, o->validation_prompt};
   for (int i = 0; i < 3; i++)
     if (ptext[i] && cd_text_check_utf8(pflag[i], ptext[i])) return -1;
-  if (o->res <= 0 || o->res % 64) return cd_set_error("--resolution must be a positive multiple of 64 (got %d)", o->res);
+  if (o->res < 0 || o->res % 64) return cd_set_error("--resolution must be a positive multiple of 64 (got %d)", o->res);
   if (o->batch < 1 || o->batch > 64) return cd_set_error("--batch must be in 1..64 (got %d)", o->batch);
   if (o->clip_skip < 1) return cd_set_error("--clip-skip must be >= 1 (got %d; 1 = the text encoder's default layer)", o->clip_skip);
   if (o->steps < 0) return cd_set_error("--steps must be positive (got %d)", o->steps);
@@ -334,6 +334,7 @@ static cJSON *make_args(const run_t *r) {
   cJSON_AddNumberToObject(a, "lr", r->lr);
   cJSON_AddNumberToObject(a, "prior_loss_weight", o->prior_weight);
   cJSON_AddNumberToObject(a, "resolution", o->res);
+  cJSON_AddBoolToObject(a, "gradient_checkpointing", o->grad_ckpt);
   cJSON_AddBoolToObject(a, "hflip", o->hflip);
   cJSON_AddBoolToObject(a, "augment", o->aug);
   char seed[32];
@@ -775,6 +776,11 @@ static int setup_model(run_t *r) {
   cd_load_opts lo = {.vocab = o->vocab, .weights_dtype = o->weights_dtype};
   if (cd_sd_load(o->model, &lo, &r->m)) return cd_prefix_error("--model");
   cd_sd_model *m = r->m;
+  if (!r->o.res) { /* the size the model was trained at, as cdiff sample's default */
+    const int ss = m->unet.cfg.sample_size;
+    r->o.res = ss > 0 && ss % 8 == 0 ? 8 * ss : 512;
+    cd_log("resolution: %d (the model's native size; --resolution to change)\n", r->o.res);
+  }
   for (int k = 0; k < cd_sd_ntext(m); k++) /* SDXL: one clip skip for both encoders, as diffusers' clip_skip */
     if (cd_clip_set_skip(cd_sd_text(m, k), o->clip_skip)) return -1;
   if (!m->tok) return cd_set_error("--model %s: no tokenizer vocabulary found: pass --vocab (a tokenizer/ folder or bpe_simple_vocab_16e6.txt.gz)", o->model);
@@ -983,6 +989,7 @@ static void fill_train_opts(const run_t *r, cd_train_opts *to_) {
   to.max_grad_norm = o->max_grad_norm;
   to.prior_weight = o->prior_weight;
   to.sample_latents = 1;
+  to.grad_ckpt = o->grad_ckpt;
   *to_ = to;
 }
 
@@ -1006,7 +1013,20 @@ static int check_memory(run_t *r) {
             "(SD 1.5: about 14 GB), besides the activations; Custom Diffusion (crossattn_kv) trains %.1f M of them (%s)",
             n / 1e6, cd_mem_fmt(16 * n, a, sizeof a), nkv / 1e6, cd_mem_fmt(16 * nkv, b, sizeof b));
   }
-  return cd_train_mem_check(r->m, &to, r->o.grad_accum, r->o.prior && !r->o.real_prior, what);
+  double need;
+  int fits;
+  if (cd_train_mem_fits(r->m, &to, r->o.grad_accum, &need, &fits)) return -1;
+  if (!fits && !to.grad_ckpt) { /* it may fit when the UNet's blocks recompute their activations */
+    const double plain = need;
+    to.grad_ckpt = 1;
+    if (cd_train_mem_estimate(r->m, &to, r->o.grad_accum, &need)) return -1;
+    char a[32], b[32];
+    cd_warn("training at --resolution %d needs about %s without gradient checkpointing, more than this machine allows: "
+            "turning on --gradient-checkpointing (about %s; each step runs the UNet's blocks forward a second time)",
+            r->o.res, cd_mem_fmt(plain, a, sizeof a), cd_mem_fmt(need, b, sizeof b));
+    r->o.grad_ckpt = 1;
+  }
+  return cd_train_mem_check_bytes(r->m, &to, need, r->o.prior && !r->o.real_prior, what);
 }
 
 static int setup_trainer(run_t *r) {

@@ -47,7 +47,10 @@ typedef struct {
   float lr;                   /* default 1e-5 */
   int scale_lr;               /* default 1: lr *= images per step */
   float prior_weight;         /* default 1 */
-  int res;                    /* default 512 */
+  int res;                    /* 0 (default): the model's native size, 8 x the UNet's sample_size
+                                 (512 SD 1.x, 768 SD 2.x-768, 1024 SDXL) */
+  int grad_ckpt;              /* activation checkpointing (--gradient-checkpointing; turned on
+                                 when the training step would not fit otherwise) */
   int hflip, aug;             /* default 0, 1 */
   uint64_t seed;              /* default 42 */
   /* diffusers' train_custom_diffusion.py flags (defaults as the script's, except lr_warmup_steps 0) */

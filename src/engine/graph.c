@@ -1,7 +1,8 @@
 /* graph.c - graph construction, shape inference, memory planning, execution.
  *
  * Timeline used by the planner: forward step i runs node i; backward step
- * 2N-1-i runs node i's backward. Inputs and outputs live over the whole
+ * 2N-1-i runs node i's backward (with activation checkpointing, a segment's
+ * recomputed forwards are inserted before its backward steps: g->sched). Inputs and outputs live over the whole
  * timeline: inputs are written once and read by many runs (a sampler sets the
  * text context once for all its steps). Every buffer (value, aux, gradient) gets an
  * interval [first, last] of steps on this timeline and the planner packs the
@@ -33,6 +34,10 @@ struct cd_graph {
   int planned, training, ctx_ready;
   cd_node *loss;
   int *zero_start; /* per backward step: index into zero_list */
+  int T;           /* steps of the timeline: N forward, then the backward schedule */
+  int *sched;      /* step s >= N: node id << 1 | 1 for its backward, | 0 for a recomputed forward */
+  int nrecompute;  /* recomputed forward kernels per backward (checkpointing) */
+  int cur_seg, nseg; /* checkpoint segment of the nodes being built (0: none), segments so far */
   cd_node **zero_list;
   int profile;        /* CDIFF_PROFILE set: time per op, printed by cd_graph_free */
   double prof_t[2][CD_OP_COUNT];
@@ -134,11 +139,16 @@ void cd_graph_free(cd_graph *g) {
   if (g->ctx_ready) g->be->ctx_free(&g->ctx);
   free(g->zero_start);
   free(g->zero_list);
+  free(g->sched);
   free(g->stores);
   free(g->params);
   cd_wstore_free(g->own);
   free(g);
 }
+
+void cd_graph_checkpoint_begin(cd_graph *g) { g->cur_seg = ++g->nseg; }
+void cd_graph_checkpoint_end(cd_graph *g) { g->cur_seg = 0; }
+int cd_graph_recomputed(const cd_graph *g) { return g->nrecompute; }
 
 void cd_node_set_name(cd_node *n, const char *fmt, ...) {
   va_list ap;
@@ -154,6 +164,7 @@ static cd_node *new_node(cd_graph *g, cd_op op, int ndim, const int64_t *ne) {
   for (int i = 0; i < ndim; i++) x->ne[i] = ne[i];
   x->n = cd_numel(ndim, ne);
   x->id = g->n;
+  x->seg = g->cur_seg;
   x->data_off = x->grad_off = x->aux_off = x->scratch_off[0] = x->scratch_off[1] = -1;
   if (g->n == g->cap) {
     g->cap = g->cap ? 2 * g->cap : 256;
@@ -500,11 +511,19 @@ cd_node *cd_sum(cd_graph *g, cd_node *x) {
 
 /* ---------------------------------------------------------------- planning */
 
+/* a buffer's lifetime: [start, end], and [start2, end2] when it is computed
+ * again in backward (checkpointing; start2 = -1 otherwise) */
 typedef struct {
-  int start, end;
+  int start, end, start2, end2;
   size_t size;
   int64_t *off;
 } interval;
+
+static int ranges_meet(int a0, int a1, int b0, int b1) { return a0 >= 0 && b0 >= 0 && a0 <= b1 && b0 <= a1; }
+static int lives_meet(const interval *a, const interval *b) {
+  return ranges_meet(a->start, a->end, b->start, b->end) || ranges_meet(a->start2, a->end2, b->start, b->end) ||
+         ranges_meet(a->start, a->end, b->start2, b->end2) || ranges_meet(a->start2, a->end2, b->start2, b->end2);
+}
 
 static int cmp_size_desc(const void *a, const void *b) {
   const interval *x = a, *y = b;
@@ -533,7 +552,7 @@ static size_t pack(interval *iv, int n, int no_reuse) {
     }
     int nb = 0;
     for (int j = 0; j < i; j++)
-      if (iv[j].start <= iv[i].end && iv[i].start <= iv[j].end)
+      if (lives_meet(&iv[j], &iv[i]))
         busy[nb++] = (span){(size_t)*iv[j].off, (size_t)*iv[j].off + iv[j].size};
     qsort(busy, nb, sizeof *busy, cmp_span);
     size_t pos = 0;
@@ -601,38 +620,80 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
     free(reach);
   }
 
-  /* 2. lifetimes */
-  int T = g->training ? 2 * N : N;
-  int *d_start = cd_malloc(N * sizeof(int)), *d_end = cd_malloc(N * sizeof(int));
+  /* 2. the timeline: forward step i runs node i; then the backward schedule,
+   * node N-1's backward first. With checkpointing, a segment's recomputed
+   * forwards run right before the backward of its last node. */
+  const int ckpt = g->training && opts->checkpoint;
+  char *keep = cd_calloc(N, 1), *rec = cd_calloc(N, 1);
+  for (int i = 0; i < N; i++)
+    if (g->nodes[i]->flags & (CD_FLAG_OUTPUT | CD_FLAG_INPUT)) keep[root_of(g->nodes[i])->id] = 1;
+  if (g->training) keep[root_of(g->loss)->id] = 1;
+  int *seg_first = cd_malloc(((size_t)g->nseg + 1) * sizeof(int));
+  for (int i = N - 1; i >= 0; i--) seg_first[g->nodes[i]->seg] = i; /* segments are contiguous (built in order) */
+  g->nrecompute = 0;
+  if (ckpt) /* what a segment's backward reads, and what computing that again reads, within the segment */
+    for (int i = N - 1; i >= 0; i--) {
+      cd_node *x = g->nodes[i];
+      if (!x->seg) continue;
+      const int bwd = (x->flags & CD_FLAG_BWD) != 0;
+      if (bwd && root_of(x)->seg == x->seg) rec[root_of(x)->id] = 1; /* its backward reads its value and aux */
+      /* kept values need no second run; leaves and views run nothing */
+      if (rec[i] && (keep[i] || !cd_op_has(x->op, CD_OPF_KERNEL) || cd_op_has(x->op, CD_OPF_ALIAS))) rec[i] = 0;
+      g->nrecompute += rec[i];
+      if (!rec[i] && !bwd) continue;
+      for (int s = 0; s < x->nsrc; s++)
+        if (x->src[s] && root_of(x->src[s])->seg == x->seg) rec[root_of(x->src[s])->id] = 1;
+    }
+  const int T = g->training ? 2 * N + g->nrecompute : N;
+  int *rstep = cd_malloc(N * sizeof(int)), *bstep = cd_malloc(N * sizeof(int));
+  free(g->sched);
+  g->sched = cd_malloc((size_t)T * sizeof(int));
+  g->T = T;
+  for (int i = 0; i < N; i++) g->sched[i] = i << 1, rstep[i] = bstep[i] = -1;
+  for (int i = N - 1, s = N; g->training && i >= 0; i--) {
+    cd_node *x = g->nodes[i];
+    if (ckpt && x->seg && (i == N - 1 || g->nodes[i + 1]->seg != x->seg))
+      for (int j = seg_first[x->seg]; j <= i; j++)
+        if (rec[j]) rstep[j] = s, g->sched[s++] = j << 1;
+    bstep[i] = s;
+    g->sched[s++] = i << 1 | 1;
+  }
+  free(seg_first);
+
+  /* lifetimes: a value (and its aux) lives from its forward step to its last
+   * read; a recomputed one a second time from its recompute step to its last
+   * read after it (every read by another segment or outside comes before) */
+  int *d_start = cd_malloc(N * sizeof(int)), *d_end = cd_malloc(N * sizeof(int)), *r_end = cd_malloc(N * sizeof(int));
   int *g_start = cd_malloc(N * sizeof(int)), *g_end = cd_malloc(N * sizeof(int));
   for (int i = 0; i < N; i++) {
     cd_node *x = g->nodes[i];
     d_start[i] = (x->flags & CD_FLAG_INPUT) ? 0 : i;
     d_end[i] = i;
+    r_end[i] = rstep[i];
     g_start[i] = T; /* empty until a consumer accumulates into it */
-    g_end[i] = 2 * N - 1 - i;
+    g_end[i] = bstep[i];
     x->last_use = i;
   }
+#define READ_AT(r, t) do { const int r_ = (r), t_ = (t); \
+    if (rec[r_] && t_ >= rstep[r_]) { if (t_ > r_end[r_]) r_end[r_] = t_; } else if (t_ > d_end[r_]) d_end[r_] = t_; } while (0)
   for (int i = 0; i < N; i++) {
     cd_node *x = g->nodes[i];
     for (int s = 0; s < x->nsrc; s++) {
       if (!x->src[s]) continue;
       cd_node *r = root_of(x->src[s]);
       int ri = r->id;
-      if (i > d_end[ri]) d_end[ri] = i;
+      READ_AT(ri, i);
       if (i > r->last_use) r->last_use = i;
-      if (x->flags & CD_FLAG_BWD) {
-        int bs = 2 * N - 1 - i; /* backward of x reads its sources and accumulates their grads */
-        if (bs > d_end[ri]) d_end[ri] = bs;
-        if ((r->flags & CD_FLAG_BWD) && bs < g_start[ri]) g_start[ri] = bs;
+      if (rec[i]) READ_AT(ri, rstep[i]);
+      if (x->flags & CD_FLAG_BWD) { /* backward of x reads its sources and accumulates their grads */
+        READ_AT(ri, bstep[i]);
+        if ((r->flags & CD_FLAG_BWD) && bstep[i] < g_start[ri]) g_start[ri] = bstep[i];
       }
     }
-    if (x->flags & CD_FLAG_BWD) { /* its own backward reads its value and aux */
-      cd_node *r = root_of(x);
-      if (2 * N - 1 - i > d_end[r->id]) d_end[r->id] = 2 * N - 1 - i;
-    }
+    if (x->flags & CD_FLAG_BWD) READ_AT(root_of(x)->id, bstep[i]); /* its own backward reads its value and aux */
     if (x->flags & (CD_FLAG_OUTPUT | CD_FLAG_INPUT)) d_end[root_of(x)->id] = T - 1;
   }
+#undef READ_AT
   if (g->training) {
     cd_node *lr = root_of(g->loss);
     d_end[lr->id] = T - 1;
@@ -659,13 +720,13 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
     if (cd_op_has(x->op, CD_OPF_ALIAS)) continue;
     if (x->flags & CD_FLAG_PARAM) { /* the value is the caller's; a trainable one's gradient is ours */
       if ((x->flags & CD_FLAG_TRAINABLE) && g->training)
-        iv[niv++] = (interval){g_start[i], g_end[i], align64(grad_bytes(x)), &x->grad_off};
+        iv[niv++] = (interval){g_start[i], g_end[i], -1, -1, align64(grad_bytes(x)), &x->grad_off};
       continue;
     }
-    iv[niv++] = (interval){d_start[i], d_end[i], align64(cd_nbytes(x)), &x->data_off};
-    if (x->naux) iv[niv++] = (interval){d_start[i], d_end[i], align64(x->naux * sizeof(float)), &x->aux_off};
+    iv[niv++] = (interval){d_start[i], d_end[i], rstep[i], r_end[i], align64(cd_nbytes(x)), &x->data_off};
+    if (x->naux) iv[niv++] = (interval){d_start[i], d_end[i], rstep[i], r_end[i], align64(x->naux * sizeof(float)), &x->aux_off};
     if ((x->flags & CD_FLAG_BWD) && g_start[i] <= g_end[i])
-      iv[niv++] = (interval){g_start[i], g_end[i], align64(grad_bytes(x)), &x->grad_off};
+      iv[niv++] = (interval){g_start[i], g_end[i], -1, -1, align64(grad_bytes(x)), &x->grad_off};
     const cd_scratch_fn sf = cd_op_has(x->op, CD_OPF_KERNEL) && cd_op_has(x->op, CD_OPF_SCRATCH) ? g->be->scratch[x->op] : NULL;
     for (int b = 0; sf && b < 2; b++) {
       if (b && !(x->flags & CD_FLAG_BWD)) break;
@@ -685,7 +746,7 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
   if (g->arena) g->be->free(g->arena);
   g->arena = g->be->alloc(total + scratch ? total + scratch : 64);
   if (!g->arena) {
-    free(d_start); free(d_end); free(g_start); free(g_end);
+    free(d_start); free(d_end); free(g_start); free(g_end); free(r_end); free(rstep); free(bstep); free(keep); free(rec);
     return cd_set_error("graph: backend %s could not allocate %.1f MiB", g->be->name, (total + scratch) / 1048576.0);
   }
   g->arena_bytes = total;
@@ -719,7 +780,7 @@ int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts) {
     if (x->grad_off >= 0) g->zero_list[g->zero_start[g_start[i]] + cnt[g_start[i]]++] = x;
   }
   free(cnt);
-  free(d_start); free(d_end); free(g_start); free(g_end);
+  free(d_start); free(d_end); free(g_start); free(g_end); free(r_end); free(rstep); free(bstep); free(keep); free(rec);
 
   for (int i = 0; i < N; i++) {
     cd_node *x = g->nodes[i];
@@ -762,8 +823,8 @@ int cd_graph_forward(cd_graph *g) {
 
 int cd_graph_backward(cd_graph *g) {
   if (!g->planned || !g->training) return cd_set_error("graph: backward needs a training plan");
-  int N = g->n;
-  for (int s = N; s < 2 * N; s++) {
+  const int N = g->n;
+  for (int s = N; s < g->T; s++) {
     for (int z = g->zero_start[s]; z < g->zero_start[s + 1]; z++) {
       cd_node *x = g->zero_list[z];
       g->be->zero(&g->ctx, x->grad, grad_bytes(x));
@@ -773,9 +834,10 @@ int cd_graph_backward(cd_graph *g) {
       cd_node *l = root_of(g->loss);
       if (l->grad) g->be->upload(&g->ctx, l->grad, &one, sizeof one);
     }
-    cd_node *x = g->nodes[2 * N - 1 - s];
-    if (!(x->flags & CD_FLAG_BWD) || !cd_op_has(x->op, CD_OPF_KERNEL)) continue;
-    run_kernel(g, 1, x);
+    const int bwd = g->sched[s] & 1;
+    cd_node *x = g->nodes[g->sched[s] >> 1];
+    if (!cd_op_has(x->op, CD_OPF_KERNEL) || (bwd && !(x->flags & CD_FLAG_BWD))) continue;
+    run_kernel(g, bwd, x); /* a backward, or a checkpointed segment's forward run again */
   }
   if (g->profile) g->be->timer_flush(&g->ctx);
   if (g->be->finish && g->be->finish(&g->ctx)) return cd_prefix_error("graph: backward");

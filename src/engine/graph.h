@@ -110,6 +110,7 @@ struct cd_node {
   int64_t scratch_off[2];              /* forward / backward kernel scratch, -1 if none */
   size_t scratch_bytes[2];
   int last_use;                        /* last forward step that reads the value */
+  int seg;                             /* activation-checkpoint segment (cd_graph_checkpoint_begin), 0: none */
   struct cd_wstore *wstore;            /* parameters: the store and entry the value comes from, */
   int widx;
   int64_t woff;                        /* from this element on, */
@@ -174,9 +175,27 @@ typedef struct {
   int training;        /* plan a backward pass from the scalar node `loss` */
   cd_node *loss;       /* required when training */
   int no_reuse;        /* debug: give every buffer its own space (unplanned execution) */
+  int checkpoint;      /* training: recompute the marked segments' forward in backward
+                          (activation checkpointing, see cd_graph_checkpoint_begin) */
 } cd_plan_opts;
 
 int cd_graph_plan(cd_graph *g, const cd_plan_opts *opts); /* 0 or -1 + cd_last_error */
+
+/* Activation (gradient) checkpointing. The nodes built between
+ * cd_graph_checkpoint_begin and the next cd_graph_checkpoint_end (or the next
+ * begin) form one segment. Under a training plan with opts.checkpoint, the
+ * values and saved state of a segment's nodes live only as long as the forward
+ * pass and nodes outside the segment read them; backward, on reaching the
+ * segment, first runs again the forward of those of its nodes that the
+ * segment's backward reads (and what they need), then the segment's backward.
+ * Kernels are deterministic, so gradients are bit for bit those of the plan
+ * without checkpointing; the arena keeps only what crosses segment boundaries
+ * plus one segment's intermediates. Model builders mark blocks (models/blocks.c);
+ * without opts.checkpoint the marks change nothing. */
+void cd_graph_checkpoint_begin(cd_graph *g);
+void cd_graph_checkpoint_end(cd_graph *g);
+/* forward kernels the planned backward runs again (0 without checkpointing) */
+int cd_graph_recomputed(const cd_graph *g);
 int cd_graph_forward(cd_graph *g);
 int cd_graph_backward(cd_graph *g); /* needs a training plan; fills param->grad */
 

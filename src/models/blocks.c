@@ -44,6 +44,7 @@ cd_node *cd_blk_resnet(const cd_blk *b, cd_node *x, cd_node *temb_act, int64_t c
   cd_graph *g = b->g;
   char q[256];
   int64_t B = x->ne[0];
+  cd_graph_checkpoint_begin(g); /* one checkpoint segment (graph.h): kept is its input */
   cd_node *h = cd_silu(g, cd_blk_group_norm(b, x, eps, p, "norm1"));
   h = cd_blk_conv(b, h, cout, 3, 1, 1, SUB(q, p, "conv1"));
   if (temb_act) /* the time embedding enters as a per-channel shift: [B, cout] -> [B, cout, 1, 1] */
@@ -52,7 +53,9 @@ cd_node *cd_blk_resnet(const cd_blk *b, cd_node *x, cd_node *temb_act, int64_t c
   h = cd_blk_conv(b, h, cout, 3, 1, 1, SUB(q, p, "conv2"));
   cd_node *skip = x;
   if (x->ne[1] != cout) skip = cd_blk_conv(b, x, cout, 1, 1, 0, SUB(q, p, "conv_shortcut"));
-  return cd_add(g, skip, h);
+  h = cd_add(g, skip, h);
+  cd_graph_checkpoint_end(g);
+  return h;
 }
 
 cd_node *cd_blk_attention(const cd_blk *b, cd_node *x, cd_node *ctx, int heads, int qkv_bias, const cd_blk_attn_train *train,
@@ -104,13 +107,16 @@ cd_node *cd_blk_transformer_block(const cd_blk *b, cd_node *x, cd_node *ctx, int
   cd_graph *g = b->g;
   int64_t C = x->ne[2];
   char q[256];
+  cd_graph_checkpoint_begin(g); /* one checkpoint segment (graph.h) */
   cd_node *h = cd_blk_layer_norm(b, x, p, "norm1");
   x = cd_add(g, x, cd_blk_attention(b, h, h, heads, 0, NULL, SUB(q, p, "attn1")));
   x = cd_add(g, x, cd_blk_attention(b, cd_blk_layer_norm(b, x, p, "norm2"), ctx, heads, 0, attn2_train, SUB(q, p, "attn2")));
   h = cd_blk_layer_norm(b, x, p, "norm3");
   h = cd_geglu(g, cd_blk_linear(b, h, 8 * C, SUB(q, p, "ff.net.0.proj"))); /* [B, N, 8C] -> [B, N, 4C] */
   h = cd_blk_linear(b, h, C, SUB(q, p, "ff.net.2"));
-  return cd_add(g, x, h);
+  h = cd_add(g, x, h);
+  cd_graph_checkpoint_end(g);
+  return h;
 }
 
 cd_node *cd_blk_transformer2d(const cd_blk *b, cd_node *x, cd_node *ctx, int heads, int depth, int linear_proj,
