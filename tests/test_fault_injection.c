@@ -7,7 +7,9 @@
  * names the file and the errno text; every checkpoint-K folder left is
  * complete and `latest` names one; then the run resumed without the fault
  * finishes with a delta bit-identical to the uninterrupted run's, and no
- * temporary file is left.
+ * temporary file is left. The same for the files of a delta (cdiff merge
+ * --overwrite over an earlier delta, failing at every write into its folder):
+ * they appear as a set (custom/delta.c).
  *
  * The binaries are those of this test's build (BUILD/cdiff,
  * BUILD/tests/libfailwrite.so), so each pass of `make check` checks its own
@@ -151,24 +153,39 @@ static int all_faults(long events, long stride, int kill_mode, const char *pre, 
   return -1;
 }
 
-TEST(full_disk_or_kill_at_every_checkpoint_write) {
-  NEED_GOLDEN(model, "tiny-sd1");
+/* ASan reports the preloaded library as out of order unless told */
+static const char *const pre = SANITIZED ? "ASAN_OPTIONS=verify_asan_link_order=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" : "";
+
+/* once: the tool, the preload library, root with two training images, the
+ * run folders ref (2 steps) and base (1 step); 0 ready, 1 skip, -1 fail
+ * (test_msg says why for both) */
+static int fixture(void) {
+  static int state = 2; /* not made yet */
+  if (state != 2) return state;
+  state = -1;
+  int g = test_golden_need(model, sizeof model, "tiny-sd1");
+  if (g) return state = g;
   snprintf(lib, sizeof lib, "%s", test_build_path("tests/libfailwrite.so"));
   snprintf(bin, sizeof bin, "%s", test_cdiff_bin());
-  CHECKF(access(bin, X_OK) == 0, "%s not built", bin);
-  CHECKF(access(lib, R_OK) == 0, "%s not built (make builds it from tests/failwrite.c)", lib);
+  if (access(bin, X_OK)) return snprintf(test_msg, sizeof test_msg, "%s not built", bin), -1;
+  if (access(lib, R_OK)) return snprintf(test_msg, sizeof test_msg, "%s not built (make builds it from tests/failwrite.c)", lib), -1;
   /* tmpfs when there is one: fsync there costs nothing, and this test fsyncs a lot */
   snprintf(root, sizeof root, "%s/cdiff_fault_XXXXXX", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-  CHECK(mkdtemp(root) != NULL);
-  char path[700], log[16384], cnt[700];
+  if (!mkdtemp(root)) return snprintf(test_msg, sizeof test_msg, "cannot make %s", root), root[0] = 0, -1;
+  char path[700], log[16384];
   snprintf(path, sizeof path, "%s/images", root);
-  CHECK_OK(test_write_noise_images(path, 2, 3));
-  /* ASan reports the preloaded library as out of order unless told */
-  const char *pre = SANITIZED ? "ASAN_OPTIONS=verify_asan_link_order=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" : "";
+  if (test_write_noise_images(path, 2, 3)) return snprintf(test_msg, sizeof test_msg, "%s", cd_last_error()), -1;
   int rc = train("", "ref", 2, "", log, sizeof log);
-  CHECKF(rc == 0, "uninterrupted run: exit %d:\n%s", rc, log);
+  if (rc) return snprintf(test_msg, sizeof test_msg, "uninterrupted run: exit %d:\n%.2000s", rc, log), -1;
   rc = train("", "base", 1, "", log, sizeof log);
-  CHECKF(rc == 0, "one-step run: exit %d:\n%s", rc, log);
+  if (rc) return snprintf(test_msg, sizeof test_msg, "one-step run: exit %d:\n%.2000s", rc, log), -1;
+  return state = 0;
+}
+
+TEST(full_disk_or_kill_at_every_checkpoint_write) {
+  GOLDEN_STATUS(fixture());
+  char log[16384], cnt[700];
+  int rc;
   /* how many checkpoint write events step 2 makes (and the preload changes nothing) */
   snprintf(cnt, sizeof cnt, "%s/count", root);
   CHECK(sh("cp -a '%s/base' '%s/counted'", root, root) == 0);
@@ -198,11 +215,95 @@ TEST(full_disk_or_kill_at_every_checkpoint_write) {
   }
   printf("  %ld write events per checkpoint: a full disk at %ld of them, a kill at %ld; each resumed bit-identically (%d workers, %.0f s)\n",
          events, (events + stride - 1) / stride, (events + kill_stride - 1) / kill_stride, nw, cd_time() - t0);
-done:
-  if (!getenv("CDIFF_KEEP_TMP")) test_rmtree(root);
+done:;
+}
+
+/* ---- the files of a delta appear as a set ---- */
+
+/* `cdiff merge` of base's delta into root/out (extra: --overwrite, ...) under env */
+static int merge(const char *env, const char *out, char *log, size_t cap) {
+  char cmd[8192];
+  snprintf(cmd, sizeof cmd, "%s CDIFF_QUIET=1 CDIFF_THREADS=1 %s merge --model '%s' --delta '%s/base:cat' --reg-count 20 --out '%s/%s' --overwrite 2>&1",
+           env, bin, model, root, root, out);
+  return test_run_cmd(cmd, log, cap);
+}
+
+/* which delta files[i] of root/dir is: 'O' the old one's (ref's), 'N' the
+ * new one's (root/mref's), '-' absent, '?' anything else */
+static void set_state(const char *dir, char st[3]) {
+  for (int i = 0; i < 3; i++) {
+    char p[1200], o[1200], n[1200];
+    snprintf(p, sizeof p, "%s/%s/%s", root, dir, delta_files[i]);
+    snprintf(o, sizeof o, "%s/ref/%s", root, delta_files[i]);
+    snprintf(n, sizeof n, "%s/mref/%s", root, delta_files[i]);
+    st[i] = !cd_file_exists(p) ? '-' : test_same_file(p, o) ? 'O' : test_same_file(p, n) ? 'N' : '?';
+  }
+}
+
+/* A merge --overwrite over an earlier delta (ref's), failing with a full disk
+ * or killed at every write event of its output folder: each entry point of
+ * the folder still reads one whole delta, old or new (the primary
+ * cdiff_delta.safetensors; diffusers' weights file with the token file beside
+ * it), and the primary is the new one only once all files are; the merge run
+ * again without the fault writes the new delta and leaves no temporary file. */
+TEST(delta_files_appear_as_a_set) {
+  GOLDEN_STATUS(fixture());
+  char log[16384], cnt[700], env[2048], st[4] = "";
+  int rc = merge("", "mref", log, sizeof log);
+  CHECKF(rc == 0, "merge: exit %d:\n%s", rc, log);
+  set_state("mref", st);
+  CHECKF(!strcmp(st, "NNN"), "the merge wrote %s", st);
+  for (int i = 0; i < 3; i++) { /* else a mixed folder could not be told from a whole one */
+    char o[1200], nw[1200];
+    snprintf(o, sizeof o, "%s/ref/%s", root, delta_files[i]);
+    snprintf(nw, sizeof nw, "%s/mref/%s", root, delta_files[i]);
+    CHECKF(!test_same_file(o, nw), "the old and the new delta have the same %s", delta_files[i]);
+  }
+  /* how many write events the merge makes in its output folder */
+  CHECK(sh("rm -rf '%s/dset'; mkdir '%s/dset'", root, root) == 0);
+  char cp[4096];
+  snprintf(cp, sizeof cp, "cp '%s/ref/%s' '%s/ref/%s' '%s/ref/%s' '%s/dset/'", root, delta_files[0], root, delta_files[1], root,
+           delta_files[2], root);
+  CHECK(test_run_cmd(cp, log, sizeof log) == 0);
+  snprintf(cnt, sizeof cnt, "%s/count_merge", root);
+  snprintf(env, sizeof env, "%s LD_PRELOAD='%s' FAILWRITE_PATHS='/dset/' FAILWRITE_COUNT='%s'", pre, lib, cnt);
+  rc = merge(env, "dset", log, sizeof log);
+  CHECKF(rc == 0, "counting merge: exit %d:\n%s", rc, log);
+  char *txt = NULL;
+  size_t n;
+  CHECK_OK(cd_read_file(cnt, &txt, &n));
+  const long events = atol(txt);
+  free(txt);
+  set_state("dset", st);
+  CHECKF(events >= 10 && !strcmp(st, "NNN"), "%ld write events; the merged folder is %s", events, st);
+  const long stride = SANITIZED ? 7 : 2, kill_stride = SANITIZED ? 17 : 5;
+  for (int kill_mode = 0; kill_mode < 2; kill_mode++)
+    for (long e = 1; e <= events; e += kill_mode ? kill_stride : stride) {
+      CHECK(sh("rm -rf '%s/dset'; mkdir '%s/dset'", root, root) == 0 && test_run_cmd(cp, log, sizeof log) == 0);
+      snprintf(env, sizeof env, "%s LD_PRELOAD='%s' FAILWRITE_PATHS='/dset/' FAILWRITE_AT=%ld FAILWRITE_MODE=%s", pre, lib, e,
+               kill_mode ? "kill" : "enospc");
+      rc = merge(env, "dset", log, sizeof log);
+      const char *how = kill_mode ? "kill" : "ENOSPC";
+      CHECKF(kill_mode ? rc == 137 || rc == -1 : rc == 1, "event %ld (%s): exit %d:\n%.2000s", e, how, rc, log);
+      set_state("dset", st);
+      /* the primary is whole (old or new); diffusers' file, when there, agrees with the token file beside it;
+       * a new primary means a new set */
+      const int ok = (st[0] == 'O' || st[0] == 'N') && (st[2] == 'O' || st[2] == 'N') && (st[1] == '-' || st[1] == st[2]) &&
+                     (st[0] == 'O' || (st[1] == 'N' && st[2] == 'N'));
+      CHECKF(ok, "event %ld (%s): the folder holds %c%c%c (cdiff, diffusers, token file: O old, N new)", e, how, st[0], st[1], st[2]);
+      char d[700];
+      snprintf(d, sizeof d, "%s/dset", root);
+      CHECKF(kill_mode || !has_tmp_leftover(d), "event %ld (ENOSPC): the failed merge left temporary files", e);
+      rc = merge("", "dset", log, sizeof log);
+      set_state("dset", st);
+      CHECKF(rc == 0 && !strcmp(st, "NNN"), "event %ld (%s): the merge again: exit %d, folder %s:\n%.2000s", e, how, rc, st, log);
+      CHECKF(!has_tmp_leftover(d), "event %ld (%s): temporary files remain after the merge again", e, how);
+    }
 }
 
 int main(void) {
   RUN(full_disk_or_kill_at_every_checkpoint_write);
+  RUN(delta_files_appear_as_a_set);
+  if (root[0] && !getenv("CDIFF_KEEP_TMP")) test_rmtree(root);
   return test_summary();
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/common.h"
 #include "custom/lowrank.h"
@@ -501,6 +502,81 @@ static char *json_of(const char (*v)[32], int n) {
   return s;
 }
 
+/* ---- saving: the files of a delta appear as a set ----
+ * Every file is first written in full under a temporary name beside its final
+ * one (NAME.tmp.PID, fsynced). Only when all are written are they renamed, the
+ * files an entry point reads before that entry point: the earlier delta's
+ * diffusers weights file is removed (its reader takes the token files beside
+ * it, which are about to change), token files and a full fine-tune's UNet are
+ * renamed, then the new diffusers weights file, and cdiff_delta.safetensors,
+ * the primary file (the whole delta in one file, what cd_delta_load picks
+ * first), last. A failure or a kill before the renames leaves the earlier
+ * delta as it was (a killed save's temporary files are removed by the next
+ * save); during them every entry point present reads one whole delta, and the
+ * primary file is the earlier delta's until the new one is complete. */
+#define DIFFUSERS_BIN "pytorch_custom_diffusion_weights.bin"
+enum { STAGE_PARTS, STAGE_DIFFUSERS, STAGE_PRIMARY, NSTAGES };
+#define MAX_STAGED (CD_DELTA_MAX_TOKENS + 3)
+
+typedef struct {
+  char tmp[MAX_STAGED][2100], final[MAX_STAGED][2048];
+  int stage[MAX_STAGED], n;
+} staged_files;
+
+/* the temporary path to write dir/name to, recorded for the renames */
+static const char *stage_file(staged_files *sf, const char *dir, const char *name, int stage) {
+  if (sf->n == MAX_STAGED) {
+    cd_set_error("%s: more than %d delta files", dir, MAX_STAGED);
+    return NULL;
+  }
+  const int i = sf->n++;
+  snprintf(sf->final[i], sizeof sf->final[i], "%s/%s", dir, name);
+  snprintf(sf->tmp[i], sizeof sf->tmp[i], "%s/%s.tmp.%ld", dir, name, (long)getpid());
+  sf->stage[i] = stage;
+  return sf->tmp[i];
+}
+
+static void staged_abort(const staged_files *sf) {
+  char keep[1024];
+  snprintf(keep, sizeof keep, "%s", cd_last_error()); /* the error that made us give up stays the one reported */
+  for (int i = 0; i < sf->n; i++) remove(sf->tmp[i]);
+  cd_set_error("%s", keep);
+}
+
+static int staged_commit(const staged_files *sf, const char *dir) {
+  int parts = 0;
+  for (int i = 0; i < sf->n; i++) parts |= sf->stage[i] == STAGE_PARTS;
+  static const char *const entries[] = {CD_DIFFUSERS_DELTA_FILE, DIFFUSERS_BIN}; /* readers of the token files */
+  for (size_t k = 0; parts && k < sizeof entries / sizeof entries[0]; k++) {
+    char *p = cd_path_join(dir, entries[k]);
+    int bad = remove(p) != 0 && errno != ENOENT;
+    if (bad) cd_set_error("cannot remove %s of the earlier delta: %s", p, strerror(errno));
+    free(p);
+    if (bad) {
+      staged_abort(sf);
+      return -1;
+    }
+  }
+  for (int st = 0; st < NSTAGES; st++)
+    for (int i = 0; i < sf->n; i++)
+      if (sf->stage[i] == st && rename(sf->tmp[i], sf->final[i]) != 0) {
+        cd_set_error("cannot rename %s to %s: %s", sf->tmp[i], sf->final[i], strerror(errno));
+        staged_abort(sf);
+        return -1;
+      }
+  return cd_fsync_dir(dir);
+}
+
+/* 1 for the base of a NAME.tmp.PID leftover of a delta save: a delta file's
+ * name, perhaps itself with a ".tmp.PID" (the safetensors writer's own
+ * temporary name for the staged file) */
+static int delta_file_name(const char *name) {
+  char base[512];
+  snprintf(base, sizeof base, "%s", name);
+  for (char *t; (t = strstr(base, ".tmp.")) != NULL && t[5] && strspn(t + 5, "0123456789") == strlen(t + 5);) *t = 0;
+  return cd_ends_with(base, ".safetensors") || cd_ends_with(base, ".bin") || cd_ends_with(base, ".ckpt");
+}
+
 static int save_cdiff(const char *path, const cd_delta *d) {
   int n = cd_weights_count(d->w);
   cd_tensor_out *t = cd_calloc(n + 2, sizeof *t);
@@ -539,7 +615,7 @@ static int save_cdiff(const char *path, const cd_delta *d) {
 
 static int is_full(const cd_delta *d) { return !strcmp(d->train, "full"); }
 
-static int save_diffusers_unet(const char *dir, const cd_delta *d) {
+static int save_diffusers_unet(const char *dir, const cd_delta *d, staged_files *sf) {
   int n = cd_weights_count(d->w);
   cd_tensor_out *t = cd_calloc(n ? n : 1, sizeof *t);
   for (int i = 0; i < n; i++) {
@@ -547,18 +623,17 @@ static int save_diffusers_unet(const char *dir, const cd_delta *d) {
     t[i] = (cd_tensor_out){.name = x->name, .dtype = CD_DT_F32, .ndim = x->ndim, .data = x->data};
     for (int j = 0; j < x->ndim; j++) t[i].shape[j] = x->ne[j];
   }
-  char *sub = cd_path_join(dir, "unet"), *path = cd_path_join(dir, DIFFUSERS_UNET_FILE);
-  const char *meta[] = {"format", "pt"};
-  int rc = cd_mkdir_p(sub) || cd_safetensors_write(path, t, n, meta, 1) ? -1 : 0;
+  char *sub = cd_path_join(dir, "unet");
+  const char *meta[] = {"format", "pt"}, *path = stage_file(sf, dir, DIFFUSERS_UNET_FILE, STAGE_PARTS);
+  int rc = !path || cd_mkdir_p(sub) || cd_safetensors_write(path, t, n, meta, 1) || cd_fsync_dir(sub) ? -1 : 0;
   free(sub);
-  free(path);
   free(t);
   return rc;
 }
 
-static int save_diffusers(const char *dir, const cd_delta *d) {
+static int save_diffusers(const char *dir, const cd_delta *d, staged_files *sf) {
   int n = cd_weights_count(d->w);
-  if (is_full(d) && save_diffusers_unet(dir, d)) return -1;
+  if (is_full(d) && save_diffusers_unet(dir, d, sf)) return -1;
   if (is_full(d) || !n) n = 0; /* no Custom Diffusion weights file: only the token files (Textual Inversion's format) */
   cd_tensor_out *t = cd_calloc(n ? n : 1, sizeof *t);
   char (*names)[256] = cd_calloc(n ? n : 1, 256);
@@ -577,11 +652,11 @@ static int save_diffusers(const char *dir, const cd_delta *d) {
     for (int j = 0; j < x->ndim; j++) t[k].shape[j] = x->ne[j];
     k++;
   }
-  char path[2048];
-  const char *meta[] = {"format", "pt"};
+  char name[64];
+  const char *meta[] = {"format", "pt"}, *path;
   if (!rc && k) {
-    snprintf(path, sizeof path, "%s/%s", dir, CD_DIFFUSERS_DELTA_FILE);
-    rc = cd_safetensors_write(path, t, k, meta, 1);
+    path = stage_file(sf, dir, CD_DIFFUSERS_DELTA_FILE, STAGE_DIFFUSERS);
+    rc = !path || cd_safetensors_write(path, t, k, meta, 1) ? -1 : 0;
   }
   for (int i = 0; i < d->ntok && !rc; i++) {
     cd_tensor_out e[2] = {{.name = d->tok[i], .dtype = CD_DT_F32, .ndim = 1, .shape = {d->d}, .data = d->embeds + (size_t)i * d->d}};
@@ -591,8 +666,9 @@ static int save_diffusers(const char *dir, const cd_delta *d) {
       e[1] = (cd_tensor_out){.name = "clip_g", .dtype = CD_DT_F32, .ndim = 2, .shape = {1, d->d2}, .data = d->embeds2 + (size_t)i * d->d2};
       ne = 2;
     }
-    snprintf(path, sizeof path, "%s/%s.safetensors", dir, d->tok[i]);
-    rc = cd_safetensors_write(path, e, ne, meta, 1);
+    snprintf(name, sizeof name, "%s.safetensors", d->tok[i]);
+    path = stage_file(sf, dir, name, STAGE_PARTS);
+    rc = !path || cd_safetensors_write(path, e, ne, meta, 1) ? -1 : 0;
   }
   free(t);
   free(names);
@@ -601,7 +677,6 @@ static int save_diffusers(const char *dir, const cd_delta *d) {
 
 int cd_delta_write_cdiff(const char *path, const cd_delta *d) { return save_cdiff(path, d); }
 
-#define DIFFUSERS_BIN "pytorch_custom_diffusion_weights.bin"
 static const char *const layout_files[] = {CD_DELTA_FILE, CD_DIFFUSERS_DELTA_FILE, DIFFUSERS_BIN, "delta.ckpt"};
 
 int cd_delta_dir_has_delta(const char *dir) {
@@ -672,12 +747,17 @@ static int remove_stale(const char *dir, const cd_delta *d) {
 int cd_delta_remove(const char *dir) { return cd_is_dir(dir) ? remove_stale(dir, NULL) : 0; }
 
 int cd_delta_save(const char *dir, const cd_delta *d) {
-  if (cd_mkdir_p(dir)) return -1;
-  char path[2048];
-  snprintf(path, sizeof path, "%s/%s", dir, CD_DELTA_FILE);
-  if (!d->lowrank && save_diffusers(dir, d)) return -1;
-  if (save_cdiff(path, d)) return -1;
-  return remove_stale(dir, d);
+  if (cd_mkdir_p(dir) || cd_remove_stale_tmp(dir, 1, delta_file_name) < 0) return -1;
+  staged_files *sf = cd_calloc(1, sizeof *sf);
+  const char *path;
+  int rc = (!d->lowrank && save_diffusers(dir, d, sf)) || !(path = stage_file(sf, dir, CD_DELTA_FILE, STAGE_PRIMARY)) ||
+                   save_cdiff(path, d)
+               ? -1
+               : 0;
+  if (rc) staged_abort(sf);
+  else rc = staged_commit(sf, dir);
+  free(sf);
+  return rc ? -1 : remove_stale(dir, d);
 }
 
 size_t cd_delta_bytes(const cd_delta *d) {

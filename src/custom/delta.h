@@ -68,9 +68,12 @@ int cd_delta_apply_path(cd_sd_model *m, const char *path);
  * on and m is another model: the delta still applies if the shapes fit, but
  * the result is not what was trained. Returns 1 when it warned. */
 int cd_delta_check_base(const cd_delta *d, const cd_sd_model *m, const char *what);
-/* Writes DIR/cdiff_delta.safetensors and, unless low-rank, diffusers' files (atomic each),
- * then removes what an earlier delta left in DIR that disagrees with this one
- * (the other layouts, token files of other tokens). */
+/* Writes DIR/cdiff_delta.safetensors and, unless low-rank, diffusers' files as
+ * a set: all of them in full under temporary names first, then renamed with
+ * the primary cdiff_delta.safetensors last (so an earlier delta in DIR stays
+ * whole for its readers until the new one is complete); then removes what the
+ * earlier delta left that disagrees with this one (the other layouts, token
+ * files of other tokens), and temporary files of killed saves. */
 int cd_delta_save(const char *dir, const cd_delta *d);
 /* Writes only cdiff's own file, at path (atomic). */
 int cd_delta_write_cdiff(const char *path, const cd_delta *d);
