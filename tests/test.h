@@ -84,6 +84,14 @@ int test_rmtree(const char *dir);
 /* n 64x64 RGB PNGs of uniform noise from seed (dir/img0.png ...), making dir;
  * stand-in training photos for the CLI tests. 0 ok, -1 on a write error. */
 int test_write_noise_images(const char *dir, int n, uint64_t seed);
+/* Bit-for-bit comparisons of two runs (the same computation twice, a resumed
+ * run against an uninterrupted one, a CLI run against the library) need the
+ * same bits every time, which threaded OpenBLAS does not promise: the text
+ * encoder's output once differed between two runs on a loaded machine with its
+ * Haswell kernel. Test programs that make such comparisons call this first in
+ * main(): CDIFF_THREADS=1 for this process (before its first graph) and for
+ * the cdiff tool it runs. */
+void test_pin_threads(void);
 /* "dir/name" in one of 8 rotating buffers (several may be used in one call) */
 const char *test_path_in(const char *dir, const char *name);
 /* 1 when both files exist with the same bytes */

@@ -931,6 +931,7 @@ TEST(info_reads_deltas_and_pngs) {
 }
 
 int main(void) {
+  test_pin_threads(); /* bit-for-bit comparisons of two runs (test.h) */
   snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_cli_XXXXXX");
   if (!mkdtemp(tmpdir)) return 1;
   RUN(sample_writes_png_with_metadata);

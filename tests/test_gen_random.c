@@ -213,6 +213,7 @@ TEST(sdxl_real_counts) {
 }
 
 int main(void) {
+  test_pin_threads(); /* bit-for-bit comparisons of two runs (test.h) */
   RUN(sd1_both_layouts);
   RUN(sd2_both_layouts);
   RUN(sdxl_both_layouts);

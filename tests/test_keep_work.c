@@ -413,6 +413,7 @@ TEST(sample_numbers_files_and_never_overwrites) {
 }
 
 int main(void) {
+  test_pin_threads(); /* bit-for-bit comparisons of two runs (test.h) */
   RUN(train_out_with_a_run_needs_resume_or_overwrite);
   RUN(checkpoints_are_atomic_pruned_and_resumed_newest_complete);
   RUN(stop_request_checkpoints_and_resume_is_bit_exact);

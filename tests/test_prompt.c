@@ -273,6 +273,7 @@ TEST(long_prompt_warns_once) {
 }
 
 int main(void) {
+  test_pin_threads(); /* bit-for-bit comparisons of two runs (test.h) */
   RUN(parser_weights);
   RUN(emphasis_rule);
   RUN(token_weights_and_chunks);

@@ -133,6 +133,7 @@ TEST(odd_sizes_small4_sd1) { odd_sizes(1); }
 TEST(odd_sizes_tiny_sd2) { odd_sizes(2); }
 
 int main(void) {
+  test_pin_threads(); /* bit-for-bit comparisons of two runs (test.h) */
   RUN(trajectories_tiny_sd1);
   RUN(trajectories_small4_sd1_single_file);
   RUN(trajectories_tiny_sd2_vpred);

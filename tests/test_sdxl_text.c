@@ -1053,6 +1053,7 @@ TEST(merge_features_concat) {
 }
 
 int main(void) {
+  test_pin_threads(); /* bit-for-bit comparisons of two runs (test.h) */
   RUN(pool_select_rules);
   RUN(two_encoder_concat_and_pooled_gradient);
   RUN(penultimate_marks_unread_weights);

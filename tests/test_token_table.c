@@ -181,6 +181,7 @@ TEST(text_encoder_reads_new_rows) {
 }
 
 int main(void) {
+  test_pin_threads(); /* bit-for-bit comparisons of two runs (test.h) */
   RUN(rows_from_initializers_f32);
   RUN(rows_from_initializers_f16_table);
   RUN(given_rows_and_no_tokenizer);

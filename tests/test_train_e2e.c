@@ -515,6 +515,7 @@ TEST(bad_input_cli) {
 }
 
 int main(void) {
+  test_pin_threads(); /* bit-for-bit comparisons of two runs (test.h) */
   RUN(class_images_generate_and_resume);
   RUN(multi_concept_every_token_trains);
   RUN(resume_is_bit_exact);

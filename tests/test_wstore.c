@@ -456,6 +456,7 @@ TEST(training_uploads_nothing_after_the_first_step) {
 }
 
 int main(void) {
+  test_pin_threads(); /* bit-for-bit comparisons of two runs (test.h) */
   RUN(uploads_only_changed_weights);
   RUN(cpu_store_is_the_host_values);
   RUN(grown_weight_moves);

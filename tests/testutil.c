@@ -289,6 +289,8 @@ int test_write_noise_images(const char *dir, int n, uint64_t seed) {
   return 0;
 }
 
+void test_pin_threads(void) { setenv("CDIFF_THREADS", "1", 1); }
+
 int test_count_lines(const char *path) {
   char *t;
   size_t n;
