@@ -313,6 +313,62 @@ TEST(sigint_and_sigterm_checkpoint_and_exit_130_143) {
   CHECK(!has_tmp_leftover(x) && !has_tmp_leftover(y));
 }
 
+/* Ctrl-C while the model loads (here: its UNet weights are a FIFO nobody
+ * writes, so the loader waits in open() for as long as needed): the run ends
+ * at once, as SIGINT ends a process (the shell reports 130), and leaves no
+ * file in --out: nothing but the run's checkpoints and final delta is
+ * written, each under a temporary name and renamed. */
+TEST(sigint_while_loading_stops_at_once_and_writes_nothing) {
+  NEED_FIXTURE();
+  NEED_BIN();
+  const char *mdir = test_tmpdir("fifo_model"), *out = test_tmpdir("fifo_out");
+  char cmd[4096], log[4096], fifo[1200];
+  snprintf(cmd, sizeof cmd, "cp -r '%s' '%s'", model, mdir);
+  CHECK(test_run_cmd(cmd, log, sizeof log) == 0);
+  snprintf(fifo, sizeof fifo, "%s/unet/diffusion_pytorch_model.safetensors", mdir);
+  CHECK(remove(fifo) == 0 && mkfifo(fifo, 0600) == 0);
+  char args[4096];
+  snprintf(args, sizeof args, "train --model '%s' --images '%s' --prompt 'photo of a <new1> cat' --no-prior --resolution 64 --steps 2 --out '%s'",
+           mdir, images, out);
+  snprintf(cmd, sizeof cmd, "exec %s %s >/dev/null 2>&1", bin, args);
+  pid_t p = fork();
+  if (p == 0) {
+    setenv("CDIFF_QUIET", "1", 1);
+    execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+    _exit(127);
+  }
+  CHECK(p > 0);
+  /* wait until it blocks on the FIFO (up to a minute; without /proc, 3 s) */
+  char wchan_path[64], wchan[64] = "";
+  snprintf(wchan_path, sizeof wchan_path, "/proc/%ld/wchan", (long)p);
+  for (int i = 0; i < 6000 && !strstr(wchan, "wait_for_partner"); i++) {
+    usleep(10000);
+    FILE *f = fopen(wchan_path, "r");
+    if (!f) { if (i >= 300) break; continue; }
+    size_t k = fread(wchan, 1, sizeof wchan - 1, f);
+    wchan[k] = 0;
+    fclose(f);
+  }
+  const double t0 = cd_time();
+  kill(p, SIGINT);
+  int st = 0, done = 0;
+  while (!(done = waitpid(p, &st, WNOHANG) == p) && cd_time() - t0 < 20) usleep(10000);
+  if (!done) { /* still waiting: not stopped by the Ctrl-C */
+    kill(p, SIGKILL);
+    waitpid(p, &st, 0);
+    FAILF("train did not stop within 20 s of SIGINT while loading (it was in %s)", wchan[0] ? wchan : "?");
+  }
+  const double dt = cd_time() - t0;
+  const int by130 = (WIFSIGNALED(st) && WTERMSIG(st) == SIGINT) || (WIFEXITED(st) && WEXITSTATUS(st) == 130);
+  CHECKF(by130, "after SIGINT while loading: %s %d (want SIGINT or exit 130)", WIFSIGNALED(st) ? "signal" : "exit",
+         WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+  snprintf(cmd, sizeof cmd, "find '%s' -type f 2>/dev/null", out);
+  log[0] = 0;
+  test_run_cmd(cmd, log, sizeof log);
+  CHECKF(!log[0], "files left in --out after SIGINT while loading:\n%s", log);
+  printf("  stopped %.2f s after SIGINT while loading (blocked in %s)\n", dt, wchan[0] ? wchan : "?");
+}
+
 /* ---- compress and merge outputs ---- */
 
 TEST(compress_and_merge_never_write_over_an_input) {
@@ -417,6 +473,7 @@ int main(void) {
   RUN(train_out_with_a_run_needs_resume_or_overwrite);
   RUN(checkpoints_are_atomic_pruned_and_resumed_newest_complete);
   RUN(stop_request_checkpoints_and_resume_is_bit_exact);
+  RUN(sigint_while_loading_stops_at_once_and_writes_nothing);
   RUN(sigint_and_sigterm_checkpoint_and_exit_130_143);
   RUN(compress_and_merge_never_write_over_an_input);
   RUN(sample_numbers_files_and_never_overwrites);
