@@ -265,6 +265,69 @@ TEST(init_and_ema) {
   CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--ema"));
 }
 
+/* --decoder-only: phase 1 trains the decoder of the --init model alone; the encoder,
+ * the scaling factor and the UNet stay the init's, also across an interruption
+ * in that phase (the state restores every component, not only the VAE). */
+TEST(decoder_only) {
+  char a[512], b[512], p[700], q[700];
+  snprintf(a, sizeof a, "%s", test_tmpdir("dec_whole"));
+  snprintf(b, sizeof b, "%s", test_tmpdir("dec_parts"));
+  cd_pretrain_opts o;
+  small_opts(&o, a);
+  o.init = SHIPPED;
+  o.decoder_only = 1;
+  o.vae_steps = 2;
+  o.unet_steps = 0;
+  o.f32 = 1;
+  CHECK_OK(cd_pretrain_run(&o));
+  small_opts(&o, b);
+  o.init = SHIPPED;
+  o.decoder_only = 1;
+  o.vae_steps = 2;
+  o.unet_steps = 0;
+  o.f32 = 1;
+  o.stop_after = 1;
+  CHECK_OK(cd_pretrain_run(&o));
+  o.resume = 1;
+  o.stop_after = 0;
+  CHECK_OK(cd_pretrain_run(&o));
+  static const char *const files[] = {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                                      "text_encoder/model.safetensors", "vae/config.json"};
+  for (int i = 0; i < 4; i++) {
+    snprintf(p, sizeof p, "%s/%s", a, files[i]);
+    snprintf(q, sizeof q, "%s/%s", b, files[i]);
+    CHECKF(file_eq(p, q), "%s differs after resuming", files[i]);
+  }
+  /* kept: encoder, UNet, text encoder; changed: decoder */
+  static const struct { const char *file, *name; int changed; } w[] = {
+      {"vae/diffusion_pytorch_model.safetensors", "encoder.conv_in.weight", 0},
+      {"vae/diffusion_pytorch_model.safetensors", "quant_conv.weight", 0},
+      {"vae/diffusion_pytorch_model.safetensors", "decoder.conv_out.weight", 1},
+      {"vae/diffusion_pytorch_model.safetensors", "post_quant_conv.weight", 1},
+      {"unet/diffusion_pytorch_model.safetensors", "conv_out.weight", 0},
+      {"text_encoder/model.safetensors", "text_model.final_layer_norm.weight", 0}};
+  for (int i = 0; i < 6; i++) {
+    int64_t n1 = 0, n2 = 0;
+    snprintf(p, sizeof p, "%s/%s", a, w[i].file);
+    snprintf(q, sizeof q, "%s/%s", SHIPPED, w[i].file);
+    float *x = read_tensor(p, w[i].name, &n1), *y = read_tensor(q, w[i].name, &n2);
+    CHECKF(x && y && n1 == n2, "%s: %s", w[i].file, w[i].name);
+    int same = x && y && n1 == n2 && !memcmp(x, y, (size_t)n1 * sizeof(float));
+    CHECKF(same == !w[i].changed, "%s %s", w[i].name, w[i].changed ? "did not train" : "changed");
+    free(x), free(y);
+  }
+  cd_sd_model *m, *s;
+  cd_load_opts lo = {0};
+  CHECK_OK(cd_sd_load(a, &lo, &m));
+  CHECK_OK(cd_sd_load(SHIPPED, &lo, &s));
+  CHECK(m->vae.cfg.scaling_factor == s->vae.cfg.scaling_factor);
+  cd_sd_free(m);
+  cd_sd_free(s);
+  small_opts(&o, test_tmpdir("dec_bad"));
+  o.decoder_only = 1;
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--init"));
+}
+
 int main(void) {
   cd_threads_init();
   RUN(reproduces_shipped_log);
@@ -272,6 +335,7 @@ int main(void) {
   RUN(bad_options);
   RUN(offset_noise);
   RUN(init_and_ema);
+  RUN(decoder_only);
   test_tmp_cleanup();
   return test_summary();
 }

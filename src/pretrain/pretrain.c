@@ -143,9 +143,9 @@ static int load_state(run_t *r, cd_tensor_file **fout) {
   r->m.vae.cfg.scaling_factor = (float)atof(sf);
   cd_weights *ws[3] = {r->m.clip.w, r->m.unet.w, r->m.vae.w};
   static const char *const comp[3] = {"text_encoder", "unet", "vae"};
-  /* phase 1 leaves the text encoder and UNet at their initial values (a function of the
-   * seed alone), so a state saved in phase 1 restores only the VAE */
-  for (int c = r->phase == PH_VAE ? 2 : 0; c < 3; c++)
+  /* every component (phase 1 of a run from scratch leaves the text encoder and UNet at
+   * their initial values; with --init they are the init's) */
+  for (int c = 0; c < 3; c++)
     for (int i = 0; i < cd_weights_count(ws[c]); i++) {
       cd_weight *x = cd_weights_at(ws[c], i);
       char nm[512];
@@ -413,13 +413,14 @@ static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
   const int64_t per = (int64_t)Z * h * h, px = 3 * R * R;
   int rc = -1;
   cd_paramset_clear_nodes(vae->w);
+  const int dec_only = o->decoder_only; /* the encoder frozen: the latent space the UNet knows stays */
   cd_graph *ge = cd_graph_new(), *gd = cd_graph_new();
   cd_node *img = cd_input(ge, "image", 4, (int64_t[]){B, 3, R, R});
   cd_node *mom = cd_vae_encode_build(ge, vae, img);
-  cd_node *gmom = cd_input(ge, "dloss_dmoments", 4, (int64_t[]){B, 2 * Z, h, h});
-  cd_node *le = cd_sum(ge, cd_mul(ge, mom, gmom));
+  cd_node *gmom = dec_only ? NULL : cd_input(ge, "dloss_dmoments", 4, (int64_t[]){B, 2 * Z, h, h});
+  cd_node *le = dec_only ? NULL : cd_sum(ge, cd_mul(ge, mom, gmom));
   cd_graph_output(ge, mom);
-  cd_graph_output(ge, gmom);
+  if (!dec_only) cd_graph_output(ge, gmom);
   float *zbuf = cd_calloc((size_t)B * per, sizeof(float)), *eps = cd_malloc((size_t)B * per * sizeof(float));
   float *pix = cd_malloc((size_t)B * px * sizeof(float)), *mh = cd_malloc((size_t)B * 2 * per * sizeof(float));
   float *gm = cd_malloc((size_t)B * 2 * per * sizeof(float)), *dz = cd_malloc((size_t)B * per * sizeof(float));
@@ -432,17 +433,23 @@ static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
   cd_paramset_mark_trainable(vae->w);
   cd_plan_opts pe = {.training = 1, .loss = le}, pd = {.training = 1, .loss = ld};
   cd_optim *zo = NULL; /* writes z's value (never steps) */
-  if (cd_graph_plan(ge, &pe) || cd_graph_plan(gd, &pd)) {
+  if (cd_graph_plan(ge, dec_only ? NULL : &pe) || cd_graph_plan(gd, &pd)) {
     cd_prefix_error("VAE training graph");
     goto done;
   }
   zo = cd_optim_new(gd);
-  cd_paramset_init(&r->ps[0], ge);
-  cd_paramset_init(&r->ps[1], gd);
-  r->nps = 2;
-  if (cd_optim_add(zo, z) || cd_paramset_add(&r->ps[0], vae->w, "vae", is_encoder) ||
-      cd_paramset_add(&r->ps[1], vae->w, "vae", is_decoder))
-    goto done;
+  if (dec_only) {
+    cd_paramset_init(&r->ps[0], gd);
+    r->nps = 1;
+    if (cd_optim_add(zo, z) || cd_paramset_add(&r->ps[0], vae->w, "vae", is_decoder)) goto done;
+  } else {
+    cd_paramset_init(&r->ps[0], ge);
+    cd_paramset_init(&r->ps[1], gd);
+    r->nps = 2;
+    if (cd_optim_add(zo, z) || cd_paramset_add(&r->ps[0], vae->w, "vae", is_encoder) ||
+        cd_paramset_add(&r->ps[1], vae->w, "vae", is_decoder))
+      goto done;
+  }
   if (resume_f && load_moments(r, resume_f)) goto done;
   const double c = o->kl_weight / (double)px; /* KL per image, relative to the per-pixel MSE */
   cd_progress pg;
@@ -473,7 +480,7 @@ static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
         gm[b * 2 * per + k] = d + (float)(c / B) * mh[b * 2 * per + k];
         gm[b * 2 * per + per + k] = in * (d * eps[b * per + k] * 0.5f * sd + (float)(c / B * 0.5) * (sd * sd - 1));
       }
-    if (cd_graph_set_input(ge, gmom, gm) || cd_graph_backward(ge)) goto done;
+    if (!dec_only && (cd_graph_set_input(ge, gmom, gm) || cd_graph_backward(ge))) goto done;
     double mse = cd_graph_get_scalar(gd, ld), loss = mse + c * kl / B, lr = cd_pretrain_lr(o->vae_lr, r->step, o->vae_steps), gn;
     if (!isfinite(loss)) { cd_set_error("VAE loss is not finite at step %d", r->step + 1); goto done; }
     if (update(r, lr, &gn)) goto done;
@@ -658,6 +665,8 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   if (!(o->uncond_prob >= 0 && o->uncond_prob <= 1)) return cd_set_error("--uncond-prob must be in [0, 1]");
   if (!(o->offset_noise >= 0 && o->offset_noise <= 1)) return cd_set_error("--offset-noise must be in [0, 1]");
   if (!(o->ema >= 0 && o->ema < 1)) return cd_set_error("--ema must be in [0, 1)");
+  if (o->decoder_only && !o->init && !o->resume)
+    return cd_set_error("--decoder-only fine-tunes the decoder of an --init model: pass --init DIR");
   if (o->scale_images < 1) return cd_set_error("scale_images must be at least 1");
   run_t r;
   memset(&r, 0, sizeof r);
@@ -686,9 +695,11 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
     goto done;
   } else if (o->init) {
     if (init_from(&r, o->init)) goto done;
-    r.phase = PH_UNET; /* the init's VAE and scaling factor are kept */
+    /* the init's VAE and scaling factor are kept; --decoder-only fine-tunes its decoder first */
+    r.phase = o->decoder_only ? PH_VAE : PH_UNET;
     r.step = 0;
-    fprintf(stderr, "pretrain: starting from %s (VAE kept, scaling factor %.6g)\n", o->init, r.m.vae.cfg.scaling_factor);
+    fprintf(stderr, "pretrain: starting from %s (%s, scaling factor %.6g)\n", o->init,
+            o->decoder_only ? "VAE decoder fine-tuned, encoder kept" : "VAE kept", r.m.vae.cfg.scaling_factor);
   }
   if (open_log(&r)) goto done;
   if (r.phase == PH_VAE) {
@@ -696,7 +707,7 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
     cd_tensor_file_close(rf);
     rf = NULL;
     if (s) { rc = s > 0 ? 0 : -1; goto done; }
-    if (set_scaling(&r)) goto done;
+    if (!o->decoder_only && set_scaling(&r)) goto done; /* decoder-only: the latents are unchanged */
     r.phase = PH_UNET;
     r.step = 0;
     if (save_state(&r) || cd_wm_write(&r.m, o->out, !o->f32)) goto done;

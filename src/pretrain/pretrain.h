@@ -25,7 +25,10 @@
  *
  * Continuing (--init DIR): all three components and the VAE's scaling factor
  * start from a world model written earlier (a shipped model folder); the VAE
- * phase is skipped and phase 2 runs with its own schedule and seed. EMA
+ * phase is skipped and phase 2 runs with its own schedule and seed; with
+ * --decoder-only phase 1 first fine-tunes the VAE's decoder alone, on
+ * posterior samples of the frozen encoder (as SD's ft-MSE VAE was made), so
+ * the latent space, its scaling factor and the UNet that knows it stay valid. EMA
  * (--ema D): an exponential moving average of the phase-2 parameters,
  *   ema = d_n ema + (1 - d_n) w   after every update, d_n = min(D, (1+n)/(10+n)),
  * kept in the state file; the model written into OUT holds the averaged
@@ -57,6 +60,7 @@ typedef struct {
   int stop_after;       /* tests: stop (as if interrupted) after this many steps of the run, 0 = off */
   int scale_images;     /* images whose latent spread sets scaling_factor (default 256) */
   const char *init;     /* start from this world-model folder, skipping the VAE phase (NULL: from scratch) */
+  int decoder_only;     /* with init: phase 1 trains only the VAE decoder (encoder, latents, scaling factor kept) */
   float ema;            /* EMA decay of the phase-2 parameters, 0 = off; the written model is the average */
 } cd_pretrain_opts;
 
