@@ -5,6 +5,7 @@
  *   build/tools/gen_sd_random --family sdxl --out /tmp/sdxl-random   (once: a random SDXL, 7 GB in f16)
  *   build/bench/bench_sdxl [MODEL] [--quick] [--res PX] [--weights-dtype f32|f16|bf16]
  *                          [--reps N] [--steps N] [--limit-gib G] [--force] [--no-train]
+ *                          [--no-checkpointing] [--plan-only]
  *
  * MODEL: default /tmp/sdxl-random (a diffusers folder or SGM single file); only
  * the UNet is loaded, in the checkpoint's own precision (16-bit weights for an
@@ -17,7 +18,12 @@
  *    rows of both text encoders would take them), masked MSE; --steps (default
  *    1) timed forward+backward passes after one warm-up. The text encoders' own
  *    backward, the VAE encoder and the AdamW update are not in it (bench_train
- *    measures the whole `cdiff train` step of the SD families).
+ *    measures the whole `cdiff train` step of the SD families). The training
+ *    graph is planned with activation checkpointing (the UNet's resnet and
+ *    transformer blocks run forward again in backward, as `cdiff train
+ *    --gradient-checkpointing`) unless --no-checkpointing; the plan without it
+ *    is reported either way.
+ * --plan-only: plan and report, run nothing.
  * A graph whose planned memory plus the weights exceeds --limit-gib (default 20:
  * the bench must not swap the machine it runs on) is planned and reported, not
  * run, unless --force.
@@ -41,7 +47,7 @@ typedef struct {
 } sdxl_graph;
 
 /* builds and plans the CFG evaluation (train = 0) or the training graph */
-static int build(cd_sd_model *m, int res, int train, sdxl_graph *s) {
+static int build(cd_sd_model *m, int res, int train, int ckpt, sdxl_graph *s) {
   const cd_unet_config *c = &m->unet.cfg;
   const int64_t B = 2, h = res / 8;
   memset(s, 0, sizeof *s);
@@ -77,6 +83,7 @@ static int build(cd_sd_model *m, int res, int train, sdxl_graph *s) {
     cd_graph_output(g, s->loss);
     po.training = 1;
     po.loss = s->loss;
+    po.checkpoint = ckpt;
   } else {
     cd_graph_output(g, s->out);
   }
@@ -142,7 +149,7 @@ int main(int argc, char **argv) {
   bench_model_args_default(&a);
   a.path = "/tmp/sdxl-random";
   a.res = 1024;
-  int reps = 2, steps = 1, force = 0, no_train = 0;
+  int reps = 2, steps = 1, force = 0, no_train = 0, ckpt = 1, plan_only = 0;
   double limit = 20;
   for (int i = 1; i < argc; i++) {
     int rc = 0;
@@ -151,8 +158,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--limit-gib") && i + 1 < argc) limit = atof(argv[++i]);
     else if (!strcmp(argv[i], "--force")) force = 1;
     else if (!strcmp(argv[i], "--no-train")) no_train = 1;
+    else if (!strcmp(argv[i], "--no-checkpointing")) ckpt = 0;
+    else if (!strcmp(argv[i], "--plan-only")) plan_only = 1;
     else if (!strcmp(argv[i], "--quick")) a.res = 512;
-    else if ((rc = bench_model_arg("bench_sdxl", "[--reps N] [--steps N] [--limit-gib G] [--force] [--no-train]", argc,
+    else if ((rc = bench_model_arg("bench_sdxl", "[--reps N] [--steps N] [--limit-gib G] [--force] [--no-train] [--no-checkpointing] [--plan-only]", argc,
                                    argv, &i, &a)))
       return rc == 1 ? 0 : 2;
   }
@@ -199,21 +208,28 @@ int main(int argc, char **argv) {
     sdxl_graph s;
     /* the plan grows affinely with the image area (docs/architecture.md): planned at two
      * small sizes first, so a graph that cannot fit is never allocated */
-    double ab[2], sc = 0;
+    double ab[2][2] = {{0, 0}, {0, 0}}, sc = 0;
     static const int small[2] = {128, 256};
-    for (int k = 0; k < 2 && !rc; k++) {
-      if (build(m, small[k], train, &s)) {
-        fprintf(stderr, "bench_sdxl: %s\n", cd_last_error());
-        rc = 1;
-      } else {
-        ab[k] = (double)cd_graph_arena_bytes(s.g);
-        sc = CD_MAX(sc, (double)cd_graph_scratch_bytes(s.g));
+    const int ck = train && ckpt;
+    for (int v = 0; v <= train && !rc; v++) /* training: the plan with checkpointing (v = 1) and without */
+      for (int k = 0; k < 2 && !rc; k++) {
+        if (build(m, small[k], train, v, &s)) {
+          fprintf(stderr, "bench_sdxl: %s\n", cd_last_error());
+          rc = 1;
+        } else {
+          ab[v][k] = (double)cd_graph_arena_bytes(s.g);
+          sc = CD_MAX(sc, (double)cd_graph_scratch_bytes(s.g));
+        }
+        free_graph(&s);
       }
-      free_graph(&s);
-    }
     if (rc) break;
     const double a1 = 128.0 * 128, a2 = 256.0 * 256, ar = (double)a.res * a.res;
-    double pre = ab[0] + (ab[1] - ab[0]) * (ar - a1) / (a2 - a1) + sc;
+    double pre = ab[ck][0] + (ab[ck][1] - ab[ck][0]) * (ar - a1) / (a2 - a1) + sc;
+    if (train)
+      printf("\ntraining graph at %dx%d extrapolated from %d and %d px: %.2f GiB without activation checkpointing, "
+             "%.2f GiB with it (+ %.2f GiB scratch)\n", a.res, a.res, small[0], small[1],
+             (ab[0][0] + (ab[0][1] - ab[0][0]) * (ar - a1) / (a2 - a1)) / GIB,
+             (ab[1][0] + (ab[1][1] - ab[1][0]) * (ar - a1) / (a2 - a1)) / GIB, sc / GIB);
     if ((train ? wbt : wb) + pre > limit * GIB && !force) {
       plan[train] = pre;
       printf("\n%s graph at %dx%d: about %.2f GiB planned (extrapolated from %d and %d px): with the weights over "
@@ -222,19 +238,22 @@ int main(int argc, char **argv) {
       continue;
     }
     t0 = cd_time();
-    if (build(m, a.res, train, &s)) {
+    if (build(m, a.res, train, ck, &s)) {
       fprintf(stderr, "bench_sdxl: %s\n", cd_last_error());
       free_graph(&s);
       rc = 1;
       break;
     }
     plan[train] = (double)(cd_graph_arena_bytes(s.g) + cd_graph_scratch_bytes(s.g));
-    printf("\n%s graph at %dx%d, batch 2%s: %d nodes, planned %.2f GiB (arena %.2f + scratch %.2f; unplanned %.2f), "
+    printf("\n%s graph at %dx%d, batch 2%s%s: %d nodes, planned %.2f GiB (arena %.2f + scratch %.2f; unplanned %.2f), "
            "in %.1fs\n", train ? "training" : "CFG evaluation", a.res, a.res, train ? " (1 instance + 1 class)" : "",
+           ck ? ", activation checkpointing" : "",
            cd_graph_nnodes(s.g), plan[train] / GIB, cd_graph_arena_bytes(s.g) / GIB, cd_graph_scratch_bytes(s.g) / GIB,
            cd_graph_naive_bytes(s.g) / GIB, cd_time() - t0);
     double est = (train ? wbt : wb) + plan[train];
-    if (est > limit * GIB && !force) {
+    if (plan_only) {
+      printf("  not run (--plan-only)\n");
+    } else if (est > limit * GIB && !force) {
       printf("  not run: weights + plan %.2f GiB exceed --limit-gib %.1f (use --quick, or --force)\n", est / GIB, limit);
     } else if (fill_inputs(&s, a.res) || time_runs(&s, train, train ? steps : reps, &res_s[train][0], &res_s[train][1])) {
       fprintf(stderr, "bench_sdxl: %s\n", cd_last_error());
