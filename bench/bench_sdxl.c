@@ -5,7 +5,7 @@
  *   build/tools/gen_sd_random --family sdxl --out /tmp/sdxl-random   (once: a random SDXL, 7 GB in f16)
  *   build/bench/bench_sdxl [MODEL] [--quick] [--res PX] [--weights-dtype f32|f16|bf16]
  *                          [--reps N] [--steps N] [--limit-gib G] [--force] [--no-train]
- *                          [--no-checkpointing] [--plan-only]
+ *                          [--no-checkpointing] [--plan-only] [--no-eval]
  *
  * MODEL: default /tmp/sdxl-random (a diffusers folder or SGM single file); only
  * the UNet is loaded, in the checkpoint's own precision (16-bit weights for an
@@ -23,7 +23,7 @@
  *    transformer blocks run forward again in backward, as `cdiff train
  *    --gradient-checkpointing`) unless --no-checkpointing; the plan without it
  *    is reported either way.
- * --plan-only: plan and report, run nothing.
+ * --plan-only: plan and report, run nothing. --no-eval: the training step only.
  * A graph whose planned memory plus the weights exceeds --limit-gib (default 20:
  * the bench must not swap the machine it runs on) is planned and reported, not
  * run, unless --force.
@@ -149,7 +149,7 @@ int main(int argc, char **argv) {
   bench_model_args_default(&a);
   a.path = "/tmp/sdxl-random";
   a.res = 1024;
-  int reps = 2, steps = 1, force = 0, no_train = 0, ckpt = 1, plan_only = 0;
+  int reps = 2, steps = 1, force = 0, no_train = 0, ckpt = 1, plan_only = 0, no_eval = 0;
   double limit = 20;
   for (int i = 1; i < argc; i++) {
     int rc = 0;
@@ -160,10 +160,15 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--no-train")) no_train = 1;
     else if (!strcmp(argv[i], "--no-checkpointing")) ckpt = 0;
     else if (!strcmp(argv[i], "--plan-only")) plan_only = 1;
+    else if (!strcmp(argv[i], "--no-eval")) no_eval = 1;
     else if (!strcmp(argv[i], "--quick")) a.res = 512;
-    else if ((rc = bench_model_arg("bench_sdxl", "[--reps N] [--steps N] [--limit-gib G] [--force] [--no-train] [--no-checkpointing] [--plan-only]", argc,
+    else if ((rc = bench_model_arg("bench_sdxl", "[--reps N] [--steps N] [--limit-gib G] [--force] [--no-train] [--no-checkpointing] [--plan-only] [--no-eval]", argc,
                                    argv, &i, &a)))
       return rc == 1 ? 0 : 2;
+  }
+  if (no_eval && no_train) {
+    fprintf(stderr, "bench_sdxl: --no-eval and --no-train leave nothing to run\n");
+    return 2;
   }
   if (a.res < 64 || a.res % 64 || reps < 1 || reps > 100 || steps < 1 || steps > 100 || !(limit > 0)) {
     fprintf(stderr, "bench_sdxl: --res must be a positive multiple of 64, --reps and --steps 1..100, --limit-gib > 0\n");
@@ -204,7 +209,7 @@ int main(int argc, char **argv) {
   double wbt = (double)cd_weights_bytes(m->unet.w);
   int rc = 0;
   double res_s[2][2] = {{-1, -1}, {-1, -1}}, plan[2] = {0, 0};
-  for (int train = 0; train <= !no_train && !rc; train++) {
+  for (int train = no_eval; train <= !no_train && !rc; train++) {
     sdxl_graph s;
     /* the plan grows affinely with the image area (docs/architecture.md): planned at two
      * small sizes first, so a graph that cannot fit is never allocated */
@@ -269,7 +274,7 @@ int main(int argc, char **argv) {
   printf("  UNet weights             %.2f GiB (%s; %.2f GiB with the trained K/V in f32)\n", wb / GIB, m->dtype[1],
          wbt / GIB);
   static const char *const what[2] = {"seconds per CFG eval    ", "seconds per train step  "};
-  for (int k = 0; k <= !no_train; k++) {
+  for (int k = no_eval; k <= !no_train; k++) {
     if (res_s[k][0] >= 0)
       printf("  %s best %.2f, median %.2f (planned %.2f GiB)\n", what[k], res_s[k][0], res_s[k][1], plan[k] / GIB);
     else

@@ -301,12 +301,17 @@ TEST(memory_estimate_matches_planner) {
     cd_train_opts_default(&o);
     o.res = 256;
     o.batch = 2;
-    double est, exact;
+    double est, exact, est_ck, exact_ck;
     int rc = cd_train_mem_estimate(m, &o, 1, &est) || cd_trainer_bytes(m, &o, 1, &exact);
+    o.grad_ckpt = 1; /* activation checkpointing: the largest block's intermediates instead of all of them; */
+    o.res = 512;     /* calibrated at 128 and 256 px, so checked beyond them */
+    rc = rc || cd_train_mem_estimate(m, &o, 1, &est_ck) || cd_trainer_bytes(m, &o, 1, &exact_ck);
     cd_sd_free(m);
     CHECKF(rc == 0, "%s", cd_last_error());
-    printf("  %s training 256 px: %.2f MiB (planned %.2f)\n", models[k], est / 1048576, exact / 1048576);
+    printf("  %s training 256 px: %.2f MiB (planned %.2f); checkpointed at 512 px %.2f MiB (planned %.2f)\n", models[k], est / 1048576,
+           exact / 1048576, est_ck / 1048576, exact_ck / 1048576);
     CHECKF(fabs(est / exact - 1) <= 0.05, "%s training: estimate %.0f vs %.0f bytes", models[k], est, exact);
+    CHECKF(fabs(est_ck / exact_ck - 1) <= 0.05, "%s training, checkpointed: estimate %.0f vs %.0f bytes", models[k], est_ck, exact_ck);
   }
 }
 
