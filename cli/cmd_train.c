@@ -29,6 +29,7 @@ int cmd_train(int argc, char **argv) {
       {"--images", CLI_STR, &o.images, "DIR", "instance images of the one concept", "--instance_data_dir"},
       {"--prompt", CLI_STR, &o.prompt, "TEXT", "instance prompt, containing the modifier token (e.g. \"photo of a <new1> dog\")", "-p --instance_prompt"},
       {"--class-prompt", CLI_STR, &o.class_prompt, "TEXT", "class prompt (e.g. \"dog\"), also used to generate class images", "--class_prompt"},
+      {"--class-prompts", CLI_STR, &o.class_prompts, "FILE", "class prompts, one per line: generated class image i uses line i (cycling) and keeps it as its caption (e.g. captions in the model's own grammar)"},
       {"--class-images", CLI_STR, &o.class_images, "DIR", "class images (missing ones are generated into it; default OUT/class_images/0)", "--class_data_dir"},
       {"--num-class-images", CLI_INT, &o.num_class_images, "N", "class images per concept (default 200)", "--num_class_images", CLI_MIN(1)},
       {"--class-steps", CLI_INT, &o.class_steps, "N", "DDIM steps (eta 1, guidance 6) of generated class images (default 50)", NULL, CLI_RANGE(1, 1000)},
@@ -81,7 +82,7 @@ int cmd_train(int argc, char **argv) {
   cd_lr_kind lr_kind;
   if (cd_run_opts_check(&o) || cd_lr_parse(o.lr_scheduler, &lr_kind)) return cli_error_msg(opts, &spec, cd_last_error());
   if (no_prior) {
-    static const char *const class_flags[] = {"--class-prompt", "--class-images", "--num-class-images", "--class-steps",
+    static const char *const class_flags[] = {"--class-prompt", "--class-prompts", "--class-images", "--num-class-images", "--class-steps",
                                               "--prior-loss-weight", "--center_crop"};
     for (size_t i = 0; i < sizeof class_flags / sizeof class_flags[0]; i++)
       cli_warn_unused(opts, class_flags[i], "with --no-prior (no class images are used)");

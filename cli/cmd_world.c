@@ -14,7 +14,7 @@
 
 int cmd_world(int argc, char **argv) {
   const char *out = NULL, *mode_s = "pretrain", *new_toy = NULL, *new_pattern = NULL, *new_toy2 = NULL;
-  int n = 8;
+  int n = 8, caption_files = 0;
   uint64_t seed = 1;
   cli_opt opts[] = {
       {"--out", CLI_STR, &out, "DIR", "output folder: 0000.png ... and captions.txt (required)"},
@@ -24,6 +24,7 @@ int cmd_world(int argc, char **argv) {
       {"--toy-word", CLI_STR, &new_toy, "W", "caption word of the held-out toy (default \"robot\", e.g. \"<new1>\")"},
       {"--toy2-word", CLI_STR, &new_toy2, "W", "caption word of the held-out second toy (default \"duck\", e.g. \"<new3>\")"},
       {"--pattern-word", CLI_STR, &new_pattern, "W", "caption word of the held-out pattern (default \"zigzag\", e.g. \"<new2>\")"},
+      {"--caption-files", CLI_FLAG, &caption_files, "", "also write each image's caption beside it (0000.txt ...): the per-image captions cdiff train --images reads"},
       {0}};
   static const cli_cmd cmd = {"world", "--out DIR [--mode pretrain|toy|pattern|toy2|any] [--n N] [--seed N]"};
   int pr = cli_parse(argc, argv, opts, &cmd, NULL);
@@ -59,6 +60,12 @@ int cmd_world(int argc, char **argv) {
     const char *kv[] = {"prompt", cap};
     rc = cd_image_save_png(path, &img, kv, 1);
     cd_image_free(&img);
+    if (!rc && caption_files) {
+      char line[260];
+      int len = snprintf(line, sizeof line, "%s\n", cap);
+      snprintf(path, sizeof path, "%s/%04d.txt", out, i);
+      rc = cd_write_file_atomic(path, line, (size_t)len);
+    }
     /* ground truth for the judge: kind colour bg pattern of each object */
     fprintf(cf, "%s\t%s\t%d\t%d\t%d", name, cap, s.bg_colour, s.pattern, s.nobj);
     for (int k = 0; k < s.nobj; k++) fprintf(cf, "\t%d\t%d", s.obj[k].kind, s.obj[k].colour);

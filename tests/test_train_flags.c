@@ -1,12 +1,14 @@
 /* test_train_flags.c - the diffusers training flags that are features here:
  * learning-rate schedules (against hand-computed values of diffusers'
  * formulas), gradient accumulation (K micro-batches = one batch K times as
- * large), --real_prior's images.txt/caption.txt lists, and the run-level
- * wiring (the scheduled lr in the log, the AdamW flags in the args). */
+ * large), --real_prior's images.txt/caption.txt lists, --class-prompts
+ * (class image i from line i, captioned), and the run-level wiring (the
+ * scheduled lr in the log, the AdamW flags in the args). */
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
 
+#include "custom/class_images.h"
 #include "custom/dataset.h"
 #include "custom/lr_schedule.h"
 #include "custom/train.h"
@@ -206,6 +208,103 @@ TEST(real_prior_lists) {
   CHECK(cd_list_file_images(test_tmpdir("nothing"), &l) == -1 && strstr(cd_last_error(), "images.txt"));
 }
 
+/* --class-prompts: generated class image i comes from line i (cycling,
+ * blank and '#' lines skipped, trimmed) with that line beside it as its
+ * caption, byte for byte the image a one-prompt generation makes with the
+ * same seed; the list is recorded in the delta's args; bad lists are refused
+ * naming the flag. On the shipped world model (part of the repository). */
+TEST(class_prompts_list) {
+  const char *model = "models/cdiff-world";
+  if (!cd_file_exists("models/cdiff-world/model_index.json")) FAILF("%s is missing (it is part of the repository)", model);
+  const char *inst = test_tmpdir("cp_inst"), *out = test_tmpdir("cp_out"), *list = test_tmpdir("cp_list.txt");
+  CHECK_OK(cd_mkdir_p(inst));
+  CHECK_OK(write_png(inst, "a.png", 7));
+  static const char *const p1 = "a big toy in red on a blue background", *p2 = "a small yellow toy on a green striped background";
+  FILE *f = fopen(list, "w");
+  CHECK(f);
+  fprintf(f, "# class prompts\n\n  %s \r\n\n%s\n", p1, p2);
+  CHECK(!fclose(f));
+  cd_run_opts o;
+  cd_run_opts_default(&o);
+  o.model = model;
+  o.images = inst;
+  o.prompt = "photo of a <new1> toy";
+  o.class_prompts = list;
+  o.num_class_images = 3;
+  o.class_steps = 2;
+  o.steps = 1;
+  o.res = 64;
+  o.seed = 5;
+  o.out = out;
+  o.quiet = 1;
+  int rc = cd_train_run(&o);
+  CHECKF(rc == 0, "%s", cd_last_error());
+  const char *want[3] = {p1, p2, p1};
+  for (int i = 0; i < 3; i++) {
+    char cp[1024], *txt;
+    size_t n;
+    snprintf(cp, sizeof cp, "%s/class_images/0/class_%05d.txt", out, i);
+    CHECK_OK(cd_read_file(cp, &txt, &n));
+    int ok = n == strlen(want[i]) + 1 && !memcmp(txt, want[i], n - 1) && txt[n - 1] == '\n';
+    free(txt);
+    CHECKF(ok, "%s is not \"%s\\n\"", cp, want[i]);
+  }
+  /* image 1 is the second prompt's image of seed 5 + 1 */
+  cd_load_opts lo = {0};
+  cd_sd_model *m = NULL;
+  CHECK_OK(cd_sd_load(model, &lo, &m));
+  cd_class_gen_opts g;
+  cd_class_gen_opts_default(&g);
+  g.prompt = p2;
+  g.dir = test_tmpdir("cp_one");
+  g.n = 2;
+  g.steps = 2;
+  g.res = 64;
+  g.seed = 5;
+  g.quiet = 1;
+  rc = cd_class_images_ensure(m, &g, NULL);
+  cd_sd_free(m);
+  CHECKF(rc == 0, "%s", cd_last_error());
+  char a[1024], b[1024];
+  snprintf(a, sizeof a, "%s/class_images/0/class_00001.png", out);
+  snprintf(b, sizeof b, "%s/class_00001.png", g.dir);
+  CHECK(test_same_file(a, b));
+  char c0[1024];
+  snprintf(c0, sizeof c0, "%s/class_00000.txt", g.dir);
+  CHECK(!cd_file_exists(c0)); /* one class prompt: no caption files */
+  /* the list is in the delta's args */
+  char dp[1024], *txt;
+  size_t n;
+  snprintf(dp, sizeof dp, "%s/cdiff_delta.safetensors", out);
+  CHECK_OK(cd_read_file(dp, &txt, &n));
+  static const char key[] = "\\\"class_prompts\\\":[\\\"a big toy in red";
+  int has = n > 8 && memmem(txt + 8, n - 8, key, strlen(key)) != NULL;
+  free(txt);
+  CHECK(has);
+  /* refused: with --concepts, with --real_prior, an empty list, a missing file */
+  cd_run_opts bad = o;
+  bad.images = bad.prompt = NULL;
+  bad.concepts = "c.json";
+  CHECK(cd_run_opts_check(&bad) == -1 && strstr(cd_last_error(), "--class-prompts"));
+  bad = o;
+  bad.real_prior = 1;
+  CHECK(cd_run_opts_check(&bad) == -1 && strstr(cd_last_error(), "--class-prompts"));
+  bad = o;
+  bad.class_prompts = NULL;
+  CHECK(cd_run_opts_check(&bad) == -1 && strstr(cd_last_error(), "--class-prompt"));
+  const char *empty = test_tmpdir("cp_empty.txt");
+  f = fopen(empty, "w");
+  CHECK(f);
+  fputs("# nothing\n\n   \n", f);
+  CHECK(!fclose(f));
+  bad = o;
+  bad.class_prompts = empty;
+  bad.out = test_tmpdir("cp_out2");
+  CHECK(cd_train_run(&bad) == -1 && strstr(cd_last_error(), "--class-prompts") && strstr(cd_last_error(), "no prompts"));
+  bad.class_prompts = test_tmpdir("cp_missing.txt");
+  CHECK(cd_train_run(&bad) == -1 && strstr(cd_last_error(), "--class-prompts"));
+}
+
 /* a 4-step run with a linear schedule and 2 warmup steps, accumulation,
  * real-prior class images and non-default AdamW settings: the log's lr
  * follows base * f(s), and the args record the flags */
@@ -295,6 +394,7 @@ int main(void) {
   RUN(lr_schedule_formulas);
   RUN(grad_accum_equals_big_batch);
   RUN(real_prior_lists);
+  RUN(class_prompts_list);
   RUN(run_with_diffusers_flags);
   test_tmp_cleanup();
   return test_summary();

@@ -23,11 +23,16 @@ void cd_class_gen_opts_default(cd_class_gen_opts *o) {
   o->seed = 0;
 }
 
-/* Image `seed` of the class prompt, as 8-bit RGB. */
-static int render_one(cd_sd_model *m, const cd_class_gen_opts *o, uint64_t seed, uint8_t *rgb) {
+/* the prompt of class image index i */
+static const char *prompt_of(const cd_class_gen_opts *o, int i) {
+  return o->nprompts > 0 ? o->prompts[i % o->nprompts] : o->prompt;
+}
+
+/* Image `seed` of prompt, as 8-bit RGB. */
+static int render_one(cd_sd_model *m, const cd_class_gen_opts *o, const char *prompt, uint64_t seed, uint8_t *rgb) {
   const int res = o->res;
   const int64_t h = res / 8, w = res / 8;
-  cd_gen_opts g = {.prompt = o->prompt, .negative = "", .cfg = o->cfg, .width = res, .height = res, .n = 1, .quiet = 1};
+  cd_gen_opts g = {.prompt = prompt, .negative = "", .cfg = o->cfg, .width = res, .height = res, .n = 1, .quiet = 1};
   g.s.kind = CD_SAMPLER_DDIM;
   g.s.steps = o->steps;
   g.s.eta = o->eta;
@@ -47,13 +52,14 @@ static int render_one(cd_sd_model *m, const cd_class_gen_opts *o, uint64_t seed,
 }
 
 /* path, written atomically, with the generation parameters as PNG text */
-static int save_one(cd_sd_model *m, const cd_class_gen_opts *o, const char *path, uint64_t seed, uint8_t *rgb) {
+static int save_one(cd_sd_model *m, const cd_class_gen_opts *o, const char *prompt, const char *path, uint64_t seed,
+                    uint8_t *rgb) {
   char sseed[32], ssteps[16], scfg[32], seta[32];
   snprintf(sseed, sizeof sseed, "%llu", (unsigned long long)seed);
   snprintf(ssteps, sizeof ssteps, "%d", o->steps);
   snprintf(scfg, sizeof scfg, "%g", o->cfg);
   snprintf(seta, sizeof seta, "%g", o->eta);
-  const char *kv[] = {"prompt", o->prompt, "negative_prompt", "", "seed", sseed, "sampler", "ddim", "steps", ssteps,
+  const char *kv[] = {"prompt", prompt, "negative_prompt", "", "seed", sseed, "sampler", "ddim", "steps", ssteps,
                       "cfg_scale", scfg, "eta", seta, "model_hash", m->hash, "software", "cdiff (class image)"};
   cd_image im = {.w = o->res, .h = o->res, .c = 3, .px = rgb};
   return cd_image_save_png(path, &im, kv, (int)(sizeof kv / sizeof kv[0]) / 2);
@@ -66,7 +72,10 @@ static int save_one(cd_sd_model *m, const cd_class_gen_opts *o, const char *path
  * returns the same status (the failures are agreed on). */
 int cd_class_images_ensure(cd_sd_model *m, const cd_class_gen_opts *o, int *generated) {
   if (generated) *generated = 0;
-  if (!o->prompt || !*o->prompt) return cd_set_error("class images for %s: no class prompt to generate them from", o->dir);
+  if ((!o->prompt || !*o->prompt) && o->nprompts < 1)
+    return cd_set_error("class images for %s: no class prompt to generate them from", o->dir);
+  for (int i = 0; i < o->nprompts; i++)
+    if (!o->prompts[i] || !*o->prompts[i]) return cd_set_error("class images for %s: class prompt %d is empty", o->dir, i + 1);
   if (o->n < 0 || o->steps < 1 || o->res <= 0 || o->res % 8)
     return cd_set_error("class images: bad options (n %d, steps %d, resolution %d)", o->n, o->steps, o->res);
   const int rank = cd_dist_rank(), size = cd_dist_size();
@@ -98,8 +107,12 @@ int cd_class_images_ensure(cd_sd_model *m, const cd_class_gen_opts *o, int *gene
     free(todo);
     return -1;
   }
-  cd_log("class images: %s has %d of %d, generating %d for \"%s\"%s\n", o->dir, o->n - need, o->n, need, o->prompt,
-         size > 1 ? " (shared by the ranks)" : "");
+  if (o->nprompts > 0)
+    cd_log("class images: %s has %d of %d, generating %d from %d class prompts (\"%s\", ...)%s\n", o->dir, o->n - need, o->n,
+           need, o->nprompts, o->prompts[0], size > 1 ? " (shared by the ranks)" : "");
+  else
+    cd_log("class images: %s has %d of %d, generating %d for \"%s\"%s\n", o->dir, o->n - need, o->n, need, o->prompt,
+           size > 1 ? " (shared by the ranks)" : "");
   cd_progress bar;
   cd_progress_start(&bar, "class images", need);
   if (o->quiet) bar.quiet = 1;
@@ -108,7 +121,7 @@ int cd_class_images_ensure(cd_sd_model *m, const cd_class_gen_opts *o, int *gene
   int made = 0;
   for (int base = 0; base < need && !rc; base += size) {
     const int j = base + rank;
-    int ok = j >= need || !render_one(m, o, o->seed + (uint64_t)todo[j], mine);
+    int ok = j >= need || !render_one(m, o, prompt_of(o, todo[j]), o->seed + (uint64_t)todo[j], mine);
     if (!ok) cd_prefix_error("generating class image %s/class_%05d.png", o->dir, todo[j]);
     if (cd_dist_agree(ok) || cd_dist_gather(mine, px, all)) {
       rc = -1;
@@ -116,8 +129,20 @@ int cd_class_images_ensure(cd_sd_model *m, const cd_class_gen_opts *o, int *gene
     }
     for (int q = 0; rank == 0 && q < size && base + q < need && !rc; q++) {
       char path[2048];
-      snprintf(path, sizeof path, "%s/class_%05d.png", o->dir, todo[base + q]);
-      if (save_one(m, o, path, o->seed + (uint64_t)todo[base + q], all + q * px)) rc = cd_prefix_error("writing class image %s", path);
+      const int idx = todo[base + q];
+      const char *p = prompt_of(o, idx);
+      /* the caption first: an image on disk always has its caption (a caption
+       * left without its image by an interruption is rewritten next time) */
+      if (o->nprompts > 0) {
+        char cap[2048];
+        snprintf(path, sizeof path, "%s/class_%05d.txt", o->dir, idx);
+        int len = snprintf(cap, sizeof cap, "%s\n", p);
+        if (len < 0 || len >= (int)sizeof cap) rc = cd_set_error("class prompt %d is longer than %d bytes", idx % o->nprompts + 1, (int)sizeof cap - 2);
+        else if (cd_write_file_atomic(path, cap, (size_t)len)) rc = cd_prefix_error("writing class caption %s", path);
+        if (rc) break;
+      }
+      snprintf(path, sizeof path, "%s/class_%05d.png", o->dir, idx);
+      if (save_one(m, o, p, path, o->seed + (uint64_t)idx, all + q * px)) rc = cd_prefix_error("writing class image %s", path);
       else made++;
     }
     if (cd_dist_agree(rc == 0)) rc = -1; /* rank 0's write failure stops every rank */

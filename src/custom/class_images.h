@@ -9,6 +9,10 @@
  * DIR/class_%05d.png (first free indices), each written atomically with the
  * prompt, seed and sampler in its PNG text metadata. Image i uses seed + i,
  * so an interrupted generation resumes with the same images it would have made.
+ * With a list of prompts (cdiff train --class-prompts), image i is generated
+ * from prompts[i mod nprompts] and that prompt is written beside it as
+ * DIR/class_%05d.txt, the image's caption for training (dataset.h): class
+ * images that vary colour and background as the instance captions do.
  * Under MPI (src/dist) the ranks of the current group share the missing
  * images and rank 0 writes them: the same bytes as one process; collective
  * (every rank calls it, and every rank gets the same result).
@@ -22,6 +26,8 @@
 
 typedef struct {
   const char *prompt; /* the class prompt (required) */
+  const char *const *prompts; /* optional: image i uses prompts[i % nprompts], captioned */
+  int nprompts;               /* 0: every image uses prompt, no caption files */
   const char *dir;    /* created if missing */
   int n;              /* images wanted in dir */
   int steps;          /* sampler steps (default 50) */

@@ -104,6 +104,8 @@ typedef struct {
   int agreed_sig;            /* the stop signal the ranks agreed on after the last step */
   double t_allreduce;        /* seconds spent in the gradient all-reduce (CDIFF_VERBOSE) */
   cd_delta *init_delta;      /* --delta: the delta this run starts from (sequential training), or NULL */
+  char **cls_prompts;        /* --class-prompts, owned */
+  int ncls_prompts;
 } run_t;
 
 /* ---- small helpers ---- */
@@ -165,8 +167,11 @@ int cd_run_opts_check(const cd_run_opts *o) {
     return cd_set_error("--concepts cannot be combined with --images/--prompt/--class-prompt/--class-images");
   if (!o->concepts && (!o->images || !o->prompt))
     return cd_set_error("give either --concepts FILE.json or --images DIR with --prompt TEXT");
-  if (!o->concepts && o->prior && !o->real_prior && !o->class_prompt)
-    return cd_set_error("--class-prompt is required with prior preservation (or pass --no-prior)");
+  if (o->class_prompts && o->concepts)
+    return cd_set_error("--class-prompts works with --images (one concept); with --concepts put captions beside the class images");
+  if (o->class_prompts && o->real_prior) return cd_set_error("--class-prompts generates class images; --real_prior uses real ones");
+  if (!o->concepts && o->prior && !o->real_prior && !o->class_prompt && !o->class_prompts)
+    return cd_set_error("--class-prompt (or --class-prompts FILE) is required with prior preservation (or pass --no-prior)");
   /* prompts go into PNG text and the delta's JSON, which are UTF-8; checked
    * here only (a --concepts file's prompts and captions: verify_data) */
   static const char *const pflag[3] = {"--prompt", "--class-prompt", "--validation-prompt"};
@@ -203,6 +208,44 @@ int cd_run_opts_check(const cd_run_opts *o) {
   return 0;
 }
 
+/* --class-prompts FILE: one prompt per line, trimmed; blank lines and lines
+ * starting with '#' are skipped. At least one. */
+static int read_class_prompts(run_t *r, const char *path) {
+  char *txt = NULL;
+  size_t n = 0;
+  if (cd_read_file(path, &txt, &n)) return cd_prefix_error("--class-prompts");
+  if (memchr(txt, 0, n)) {
+    free(txt);
+    return cd_set_error("--class-prompts %s: contains a NUL byte (not a text file?)", path);
+  }
+  int cap = 0, line = 0, rc = 0;
+  for (char *p = txt; p < txt + n && !rc;) {
+    char *e = memchr(p, '\n', (size_t)(txt + n - p));
+    if (!e) e = txt + n;
+    *e = 0;
+    line++;
+    char *a = p, *b = e;
+    while (a < b && (*a == ' ' || *a == '\t' || *a == '\r')) a++;
+    while (b > a && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\r')) b--;
+    *b = 0;
+    p = e + 1;
+    if (a == b || *a == '#') continue;
+    char what[2200];
+    snprintf(what, sizeof what, "--class-prompts %s, line %d", path, line);
+    if (b - a > 1000) rc = cd_set_error("%s: longer than 1000 bytes", what);
+    else if (cd_text_check_utf8(what, a)) rc = -1;
+    if (rc) break;
+    if (r->ncls_prompts == cap) {
+      cap = cap ? 2 * cap : 16;
+      r->cls_prompts = cd_realloc(r->cls_prompts, (size_t)cap * sizeof *r->cls_prompts);
+    }
+    r->cls_prompts[r->ncls_prompts++] = cd_strdup(a);
+  }
+  free(txt);
+  if (!rc && !r->ncls_prompts) rc = cd_set_error("--class-prompts %s: no prompts in it (one per line)", path);
+  return rc;
+}
+
 static int setup_concepts(run_t *r) {
   const cd_run_opts *o = &r->o;
   if (o->concepts) {
@@ -226,6 +269,11 @@ static int setup_concepts(run_t *r) {
     } else {
       c->inst_prompt = o->prompt;
       c->class_prompt = o->class_prompt;
+      if (o->class_prompts && o->prior) {
+        if (read_class_prompts(r, o->class_prompts)) return -1;
+        /* class images without a caption of their own (given by the user) take the first */
+        if (!c->class_prompt) c->class_prompt = r->cls_prompts[0];
+      }
       c->inst_dir = o->images;
       c->class_dir = o->class_images;
     }
@@ -319,6 +367,10 @@ static cJSON *make_args(const run_t *r) {
   cJSON_AddBoolToObject(a, "with_prior_preservation", o->prior);
   cJSON_AddNumberToObject(a, "num_class_images", o->num_class_images);
   cJSON_AddNumberToObject(a, "class_steps", o->class_steps);
+  if (r->ncls_prompts) { /* only when given, so that older checkpoints still resume */
+    cJSON *cp = cJSON_AddArrayToObject(a, "class_prompts");
+    for (int i = 0; i < r->ncls_prompts; i++) cJSON_AddItemToArray(cp, cJSON_CreateString(r->cls_prompts[i]));
+  }
   cJSON_AddStringToObject(a, "freeze_model", o->train);
   cJSON *t = cJSON_AddArrayToObject(a, "modifier_token"), *in = cJSON_AddArrayToObject(a, "initializer_token"),
         *ii = cJSON_AddArrayToObject(a, "initializer_ids");
@@ -389,6 +441,9 @@ static int same_run(const cJSON *stored, const cJSON *cur, const char *src) {
       return -1;
     }
   }
+  /* keys written only when set: a run without them cannot resume one made with them */
+  if (cJSON_GetObjectItemCaseSensitive(stored, "class_prompts") && !cJSON_GetObjectItemCaseSensitive(cur, "class_prompts"))
+    return cd_set_error("--resume %s: the checkpoint was made with --class-prompts (resume with the same settings)", src);
   return 0;
 }
 
@@ -905,6 +960,8 @@ static int setup_class_images(run_t *r) {
     cd_class_gen_opts g;
     cd_class_gen_opts_default(&g);
     g.prompt = c->class_prompt;
+    g.prompts = (const char *const *)r->cls_prompts;
+    g.nprompts = r->ncls_prompts;
     g.dir = dir;
     g.n = o->num_class_images;
     g.steps = o->class_steps;
@@ -1064,6 +1121,8 @@ static void run_free(run_t *r) {
     cd_item_list_free(&r->c[k].cls);
   }
   free(r->c);
+  for (int i = 0; i < r->ncls_prompts; i++) free(r->cls_prompts[i]);
+  free(r->cls_prompts);
   if (r->file_concepts) cd_concepts_free(r->file_concepts, r->nfile);
   cd_sd_free(r->m);
   cJSON_Delete(r->args);

@@ -39,6 +39,8 @@ typedef struct {
   int prior;                  /* prior preservation (default 1) */
   int num_class_images;       /* per concept (default 200) */
   int class_steps;            /* sampler steps of generated class images (default 50) */
+  const char *class_prompts;  /* file of class prompts, one per line (blank and '#' lines skipped): generated
+                               * class image i uses line i mod L and keeps it as its caption; NULL: class_prompt */
   const char *train;          /* "crossattn_kv" (default) | "crossattn" | "token" | "full" (train.h) */
   const char *modifier_tokens;/* "<new1>,<new2>" ('+' also separates); NULL: <new1>..<newN>, one per concept */
   const char *initializers;   /* comma-separated vocabulary tokens; NULL: ktn, pll, ucd */
