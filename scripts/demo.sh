@@ -7,6 +7,11 @@
 #   CDIFF_MODEL=PATH  another SD 1.x/2.x model (then also set RES, e.g. 512, and
 #                     PHOTOS to a folder of concept photos)
 #   STEPS=N           fine-tuning steps (default 150)
+#   RECIPE=grammar    in-grammar captions: each photo's own caption ("a small
+#                     orange <new1> toy on a black checkered background") and
+#                     class images from 32 pretraining captions of toys
+#                     (default plain: "photo of a <new1> toy" and "toy";
+#                     docs/results.md compares them)
 set -e
 cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*" >&2; }
@@ -16,6 +21,8 @@ make -j"$(nproc)" build/cdiff >/dev/null
 MODEL="${CDIFF_MODEL:-models/cdiff-world}"
 RES="${RES:-64}"
 STEPS="${STEPS:-150}"
+RECIPE="${RECIPE:-plain}"
+case "$RECIPE" in plain|grammar) ;; *) echo "demo: RECIPE=$RECIPE: expected plain or grammar" >&2; exit 2 ;; esac
 if [ ! -e "$MODEL" ]; then
   echo "demo: no model at $MODEL: set CDIFF_MODEL to a diffusers folder or .safetensors/.ckpt checkpoint" >&2
   exit 1
@@ -26,12 +33,21 @@ rm -rf "$D" && mkdir -p "$D/before" "$D/after"
 
 say "2/5 six photos of the new concept (a robot toy the model never saw)"
 if [ -n "${PHOTOS:-}" ]; then cp -r "$PHOTOS" "$D/photos"
+elif [ "$RECIPE" = grammar ]; then ./build/cdiff world --mode toy --n 6 --seed 1 --toy-word "<new1>" --caption-files --out "$D/photos"
 else ./build/cdiff world --mode toy --n 6 --seed 1 --toy-word "<new1>" --out "$D/photos"; fi
 rm -f "$D/photos/captions.txt"
+CLASS="--class-prompt toy"
+if [ "$RECIPE" = grammar ]; then # class prompts: captions of pretraining scenes with a toy
+  ./build/cdiff world --mode pretrain --n 600 --seed 99 --out "$D/scenes" >/dev/null
+  awk -F'\t' '$2 ~ /(^| )toy( |$)/ { print $2 }' "$D/scenes/captions.txt" | head -n 32 > "$D/class_prompts.txt"
+  CLASS="--class-prompts $D/class_prompts.txt"
+fi
 ./build/cdiff grid --cols 6 --out "$D/photos.png" "$D"/photos/*.png
 
-say "3/5 Custom Diffusion: K/V of the cross-attention layers + the <new1> token, prior preservation with 'toy'"
-./build/cdiff train --model "$MODEL" --images "$D/photos" --prompt "photo of a <new1> toy" --class-prompt toy \
+if [ "$RECIPE" = grammar ]; then PRIOR="captions of toy scenes"; else PRIOR="'toy'"; fi
+say "3/5 Custom Diffusion: K/V of the cross-attention layers + the <new1> token, prior preservation with $PRIOR"
+# shellcheck disable=SC2086
+./build/cdiff train --model "$MODEL" --images "$D/photos" --prompt "photo of a <new1> toy" $CLASS \
   --num-class-images 32 --class-steps 20 --resolution "$RES" --steps "$STEPS" --lr 1e-3 --no-scale-lr \
   --checkpoint-every "$STEPS" --seed 1 --out "$D/delta"
 

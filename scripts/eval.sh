@@ -17,6 +17,14 @@
 #   STEPS=K      fine-tuning steps per concept (default 150; joint training K x concepts)
 #   N=K          images per prompt (default 4)
 #   OUT=DIR      output folder (default out/eval)
+#   RECIPE=R     captions of the fine-tuning (scripts/recipes.sh compares them):
+#                plain (default): one instance prompt "photo of a <newK> toy",
+#                  class images generated from "toy" / "pattern";
+#                grammar: per-image instance captions in the world grammar
+#                  (cdiff world --caption-files) and class images generated
+#                  from 32 pretraining captions of the class (--class-prompts);
+#                real: plain instance prompt, class images = 32 rendered
+#                  pretraining scenes of the class with their captions (--real_prior)
 # Writes OUT/results.tsv, OUT/results.md (the table) and OUT/<row>.png, and
 # prints an estimate of the remaining time after the first training and the
 # first evaluation. Every command it runs is echoed, so the table's exact
@@ -27,7 +35,7 @@ QUICK=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "eval.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -37,6 +45,8 @@ J="${JUDGE:-models/world-judge.safetensors}"
 STEPS="${STEPS:-150}"
 N="${N:-4}"
 E="${OUT:-out/eval}"
+RECIPE="${RECIPE:-plain}"
+case "$RECIPE" in plain|grammar|real) ;; *) echo "eval.sh: RECIPE=$RECIPE: expected plain, grammar or real" >&2; exit 2 ;; esac
 C=./build/cdiff
 for f in "$M" "$J"; do
   [ -e "$f" ] || { echo "eval.sh: $f is missing (MODEL=, JUDGE=; the judge: cdiff judge --train, docs/world.md)" >&2; exit 1; }
@@ -55,26 +65,51 @@ CLS="--num-class-images 32 --class-steps 20"
 COMMON="--model $M --resolution 64 --no-scale-lr --seed 1 --checkpoint-every 0"
 export CDIFF_QUIET=1
 
-# data: 6 instance images per concept (fixed seed), 200 pretraining captions for the merge
-run $C world --mode toy --n 6 --seed 1 --out "$E/data/toy" >/dev/null
-run $C world --mode pattern --n 6 --seed 1 --out "$E/data/pattern" >/dev/null
-run $C world --mode toy2 --n 6 --seed 1 --out "$E/data/duck" >/dev/null
+# data: 6 instance images per concept (fixed seed; with RECIPE=grammar each
+# with its caption beside it), 200 pretraining captions for the merge (the
+# first 200 of 600 renders: the class captions of RECIPE=grammar|real come from them)
+CAPS=""; [ "$RECIPE" = grammar ] && CAPS=--caption-files
+WORDS='--toy-word <new1> --pattern-word <new2> --toy2-word <new3>'
+# shellcheck disable=SC2086
+run $C world --mode toy --n 6 --seed 1 $WORDS $CAPS --out "$E/data/toy" >/dev/null
+# shellcheck disable=SC2086
+run $C world --mode pattern --n 6 --seed 1 $WORDS $CAPS --out "$E/data/pattern" >/dev/null
+# shellcheck disable=SC2086
+run $C world --mode toy2 --n 6 --seed 1 $WORDS $CAPS --out "$E/data/duck" >/dev/null
 rm -f "$E"/data/*/captions.txt
-run $C world --mode pretrain --n 200 --seed 99 --out "$E/data/reg" >/dev/null
-cut -f2 "$E/data/reg/captions.txt" > "$E/data/reg_captions.txt"
+run $C world --mode pretrain --n 600 --seed 99 --out "$E/data/reg" >/dev/null
+head -n 200 "$E/data/reg/captions.txt" | cut -f2 > "$E/data/reg_captions.txt"
+# class captions of the pretraining scenes: toys (either toy) and patterned scenes
+for k in toy pattern; do
+  case $k in toy) pick='$2 ~ /(^| )toy( |$)/' ;; pattern) pick='$2 ~ / pattern$/' ;; esac
+  awk -F'\t' "$pick" "$E/data/reg/captions.txt" | head -n 32 > "$E/data/sel_$k.tsv"
+  cut -f2 "$E/data/sel_$k.tsv" > "$E/data/class_prompts_$k.txt"
+  mkdir -p "$E/data/real_$k"
+  cut -f1 "$E/data/sel_$k.tsv" | sed "s|^|$(cd "$E/data/reg" && pwd)/|" > "$E/data/real_$k/images.txt"
+  cut -f2 "$E/data/sel_$k.tsv" > "$E/data/real_$k/caption.txt"
+done
 
 # concept name -> prompt, class, token, initializer
 prompt_of() { case $1 in toy) echo "photo of a <new1> toy" ;; pattern) echo "photo of a <new2> pattern" ;; duck) echo "photo of a <new3> toy" ;; esac; }
 class_of() { case $1 in pattern) echo pattern ;; *) echo toy ;; esac; }
 tok_of() { case $1 in toy) echo "<new1>" ;; pattern) echo "<new2>" ;; duck) echo "<new3>" ;; esac; }
 init_of() { case $1 in toy) echo ktn ;; pattern) echo pll ;; duck) echo ucd ;; esac; }
+cls_dir() { if [ "$RECIPE" = real ]; then echo "$E/data/real_$1"; else echo "$E/class_$1"; fi; }
+cls_flags() { # class -> the class-image flags of RECIPE
+  case $RECIPE in
+    plain) echo "--class-prompt $1 --class-images $E/class_$1" ;;
+    grammar) echo "--class-prompts $E/data/class_prompts_$1.txt --class-images $E/class_$1" ;;
+    real) echo "--real_prior --class-images $E/data/real_$1" ;;
+  esac
+}
 lr_of() { case $1 in crossattn_kv) echo $LR_KV ;; crossattn) echo $LR_CA ;; token) echo $LR_TOKEN ;; full) echo $LR_FULL ;; esac; }
 
 train1() { # out concept mode [extra flags]
   o=$1; c=$2; how=$3; shift 3
+  # shellcheck disable=SC2046
   run $C train $COMMON $CLS --steps "$STEPS" --lr "$(lr_of "$how")" --train "$how" --images "$E/data/$c" \
-    --prompt "$(prompt_of "$c")" --class-prompt "$(class_of "$c")" --modifier-token "$(tok_of "$c")" \
-    --initializer-token "$(init_of "$c")" --class-images "$E/class_$(class_of "$c")" --out "$E/$o" "$@"
+    --prompt "$(prompt_of "$c")" $(cls_flags "$(class_of "$c")") --modifier-token "$(tok_of "$c")" \
+    --initializer-token "$(init_of "$c")" --out "$E/$o" "$@"
 }
 EV="$C eval --model $M --judge $J --n $N --out $E"
 ev() { # label prompts [deltas...]
@@ -103,11 +138,15 @@ for c in toy pattern duck; do
 done
 
 # two concepts: joint, merged, sequential
+# (the class folders in variables: dash garbles command substitutions inside here-documents)
+CT=$(cls_dir toy); CP=$(cls_dir pattern)
 cat > "$E/concepts2.json" <<EOF
-[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/data/toy", "class_data_dir": "$E/class_toy"},
- {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/data/pattern", "class_data_dir": "$E/class_pattern"}]
+[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/data/toy", "class_data_dir": "$CT"},
+ {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/data/pattern", "class_data_dir": "$CP"}]
 EOF
-run $C train $COMMON $CLS --steps $((2 * STEPS)) --lr $LR_KV --concepts "$E/concepts2.json" --out "$E/joint2"
+REAL=""; [ "$RECIPE" = real ] && REAL=--real_prior
+# shellcheck disable=SC2086
+run $C train $COMMON $CLS $REAL --steps $((2 * STEPS)) --lr $LR_KV --concepts "$E/concepts2.json" --out "$E/joint2"
 run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
   --reg-prompts "$E/data/reg_captions.txt" --out "$E/merged2"
 train1 sequential2 pattern crossattn_kv --delta "$E/toy_crossattn_kv"
@@ -118,11 +157,12 @@ ev both_sequential both "$E/sequential2"
 
 # three concepts
 cat > "$E/concepts3.json" <<EOF
-[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/data/toy", "class_data_dir": "$E/class_toy"},
- {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/data/pattern", "class_data_dir": "$E/class_pattern"},
- {"instance_prompt": "photo of a <new3> toy", "class_prompt": "toy", "instance_data_dir": "$E/data/duck", "class_data_dir": "$E/class_toy"}]
+[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/data/toy", "class_data_dir": "$CT"},
+ {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/data/pattern", "class_data_dir": "$CP"},
+ {"instance_prompt": "photo of a <new3> toy", "class_prompt": "toy", "instance_data_dir": "$E/data/duck", "class_data_dir": "$CT"}]
 EOF
-run $C train $COMMON $CLS --steps $((3 * STEPS)) --lr $LR_KV --concepts "$E/concepts3.json" --out "$E/joint3"
+# shellcheck disable=SC2086
+run $C train $COMMON $CLS $REAL --steps $((3 * STEPS)) --lr $LR_KV --concepts "$E/concepts3.json" --out "$E/joint3"
 run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
   --delta "$E/duck_crossattn_kv:toy" --reg-prompts "$E/data/reg_captions.txt" --out "$E/merged3"
 ev three_base three

@@ -48,6 +48,7 @@ for f in "$M" "$J"; do
 done
 make -j2 build/cdiff >/dev/null
 rm -rf "$E" && mkdir -p "$E"
+ABS=$(cd "$E" && pwd) # images.txt of --real_prior lists absolute paths
 run() { echo "+ $*" >&2; "$@"; }
 export CDIFF_QUIET=1
 
@@ -66,7 +67,7 @@ for c in $CONCEPTS; do
   awk -F'\t' "$pick" "$E/reg/captions.txt" | head -n $NCLS > "$E/$c/sel.tsv"
   cut -f2 "$E/$c/sel.tsv" > "$E/$c/class_prompts.txt"
   mkdir -p "$E/$c/real"
-  cut -f1 "$E/$c/sel.tsv" | sed "s|^|$PWD/$E/reg/|" > "$E/$c/real/images.txt"
+  cut -f1 "$E/$c/sel.tsv" | sed "s|^|$ABS/reg/|" > "$E/$c/real/images.txt"
   cut -f2 "$E/$c/sel.tsv" > "$E/$c/real/caption.txt"
   grep -v '^#' "eval/prompts_$c.txt" > "$E/$c/prompts.txt"
   EV="$C eval --model $M --judge $J --n $N --out $E/$c"
