@@ -171,7 +171,7 @@ int cd_run_opts_check(const cd_run_opts *o) {
     return cd_set_error("--class-prompts works with --images (one concept); with --concepts put captions beside the class images");
   if (o->class_prompts && o->real_prior) return cd_set_error("--class-prompts generates class images; --real_prior uses real ones");
   if (!o->concepts && o->prior && !o->real_prior && !o->class_prompt && !o->class_prompts)
-    return cd_set_error("--class-prompt (or --class-prompts FILE) is required with prior preservation (or pass --no-prior)");
+    return cd_set_error("--class-prompt is required with prior preservation (or --class-prompts FILE; or pass --no-prior)");
   /* prompts go into PNG text and the delta's JSON, which are UTF-8; checked
    * here only (a --concepts file's prompts and captions: verify_data) */
   static const char *const pflag[3] = {"--prompt", "--class-prompt", "--validation-prompt"};
