@@ -12,6 +12,9 @@
 #                     class images from 32 pretraining captions of toys
 #                     (default plain: "photo of a <new1> toy" and "toy";
 #                     docs/results.md compares them)
+#   RECIPE=realcap    each photo's own caption, and 32 rendered pretraining
+#                     scenes with a toy, with their captions, as class images
+#                     (--real_prior)
 set -e
 cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*" >&2; }
@@ -22,7 +25,7 @@ MODEL="${CDIFF_MODEL:-models/cdiff-world}"
 RES="${RES:-64}"
 STEPS="${STEPS:-150}"
 RECIPE="${RECIPE:-plain}"
-case "$RECIPE" in plain|grammar) ;; *) echo "demo: RECIPE=$RECIPE: expected plain or grammar" >&2; exit 2 ;; esac
+case "$RECIPE" in plain|grammar|realcap) ;; *) echo "demo: RECIPE=$RECIPE: expected plain, grammar or realcap" >&2; exit 2 ;; esac
 if [ ! -e "$MODEL" ]; then
   echo "demo: no model at $MODEL: set CDIFF_MODEL to a diffusers folder or .safetensors/.ckpt checkpoint" >&2
   exit 1
@@ -33,18 +36,25 @@ rm -rf "$D" && mkdir -p "$D/before" "$D/after"
 
 say "2/5 six photos of the new concept (a robot toy the model never saw)"
 if [ -n "${PHOTOS:-}" ]; then cp -r "$PHOTOS" "$D/photos"
-elif [ "$RECIPE" = grammar ]; then ./build/cdiff world --mode toy --n 6 --seed 1 --toy-word "<new1>" --caption-files --out "$D/photos"
+elif [ "$RECIPE" != plain ]; then ./build/cdiff world --mode toy --n 6 --seed 1 --toy-word "<new1>" --caption-files --out "$D/photos"
 else ./build/cdiff world --mode toy --n 6 --seed 1 --toy-word "<new1>" --out "$D/photos"; fi
 rm -f "$D/photos/captions.txt"
 CLASS="--class-prompt toy"
-if [ "$RECIPE" = grammar ]; then # class prompts: captions of pretraining scenes with a toy
+if [ "$RECIPE" != plain ]; then # pretraining scenes with a toy: their captions (and images)
   ./build/cdiff world --mode pretrain --n 600 --seed 99 --out "$D/scenes" >/dev/null
-  awk -F'\t' '$2 ~ /(^| )toy( |$)/ { print $2 }' "$D/scenes/captions.txt" | head -n 32 > "$D/class_prompts.txt"
+  awk -F'\t' '$2 ~ /(^| )toy( |$)/' "$D/scenes/captions.txt" | head -n 32 > "$D/scenes/toy.tsv"
+  cut -f2 "$D/scenes/toy.tsv" > "$D/class_prompts.txt"
   CLASS="--class-prompts $D/class_prompts.txt"
+  if [ "$RECIPE" = realcap ]; then
+    SC=$(cd "$D/scenes" && pwd)
+    cut -f1 "$D/scenes/toy.tsv" | sed "s|^|$SC/|" > "$D/scenes/images.txt"
+    cp "$D/class_prompts.txt" "$D/scenes/caption.txt"
+    CLASS="--real_prior --class-images $D/scenes"
+  fi
 fi
 ./build/cdiff grid --cols 6 --out "$D/photos.png" "$D"/photos/*.png
 
-if [ "$RECIPE" = grammar ]; then PRIOR="captions of toy scenes"; else PRIOR="'toy'"; fi
+case $RECIPE in grammar) PRIOR="captions of toy scenes" ;; realcap) PRIOR="rendered toy scenes" ;; *) PRIOR="'toy'" ;; esac
 say "3/5 Custom Diffusion: K/V of the cross-attention layers + the <new1> token, prior preservation with $PRIOR"
 # shellcheck disable=SC2086
 ./build/cdiff train --model "$MODEL" --images "$D/photos" --prompt "photo of a <new1> toy" $CLASS \

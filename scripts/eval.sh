@@ -24,7 +24,9 @@
 #                  (cdiff world --caption-files) and class images generated
 #                  from 32 pretraining captions of the class (--class-prompts);
 #                real: plain instance prompt, class images = 32 rendered
-#                  pretraining scenes of the class with their captions (--real_prior)
+#                  pretraining scenes of the class with their captions (--real_prior);
+#                realcap: per-image instance captions (as grammar) + the class
+#                  images of real
 # Writes OUT/results.tsv, OUT/results.md (the table) and OUT/<row>.png, and
 # prints an estimate of the remaining time after the first training and the
 # first evaluation. Every command it runs is echoed, so the table's exact
@@ -35,7 +37,7 @@ QUICK=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "eval.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -46,7 +48,7 @@ STEPS="${STEPS:-150}"
 N="${N:-4}"
 E="${OUT:-out/eval}"
 RECIPE="${RECIPE:-plain}"
-case "$RECIPE" in plain|grammar|real) ;; *) echo "eval.sh: RECIPE=$RECIPE: expected plain, grammar or real" >&2; exit 2 ;; esac
+case "$RECIPE" in plain|grammar|real|realcap) ;; *) echo "eval.sh: RECIPE=$RECIPE: expected plain, grammar, real or realcap" >&2; exit 2 ;; esac
 C=./build/cdiff
 for f in "$M" "$J"; do
   [ -e "$f" ] || { echo "eval.sh: $f is missing (MODEL=, JUDGE=; the judge: cdiff judge --train, docs/world.md)" >&2; exit 1; }
@@ -65,10 +67,10 @@ CLS="--num-class-images 32 --class-steps 20"
 COMMON="--model $M --resolution 64 --no-scale-lr --seed 1 --checkpoint-every 0"
 export CDIFF_QUIET=1
 
-# data: 6 instance images per concept (fixed seed; with RECIPE=grammar each
+# data: 6 instance images per concept (fixed seed; with RECIPE=grammar|realcap each
 # with its caption beside it), 200 pretraining captions for the merge (the
 # first 200 of 600 renders: the class captions of RECIPE=grammar|real come from them)
-CAPS=""; [ "$RECIPE" = grammar ] && CAPS=--caption-files
+CAPS=""; case $RECIPE in grammar|realcap) CAPS=--caption-files ;; esac
 WORDS='--toy-word <new1> --pattern-word <new2> --toy2-word <new3>'
 # shellcheck disable=SC2086
 run $C world --mode toy --n 6 --seed 1 $WORDS $CAPS --out "$E/data/toy" >/dev/null
@@ -94,12 +96,12 @@ prompt_of() { case $1 in toy) echo "photo of a <new1> toy" ;; pattern) echo "pho
 class_of() { case $1 in pattern) echo pattern ;; *) echo toy ;; esac; }
 tok_of() { case $1 in toy) echo "<new1>" ;; pattern) echo "<new2>" ;; duck) echo "<new3>" ;; esac; }
 init_of() { case $1 in toy) echo ktn ;; pattern) echo pll ;; duck) echo ucd ;; esac; }
-cls_dir() { if [ "$RECIPE" = real ]; then echo "$E/data/real_$1"; else echo "$E/class_$1"; fi; }
+cls_dir() { case $RECIPE in real|realcap) echo "$E/data/real_$1" ;; *) echo "$E/class_$1" ;; esac; }
 cls_flags() { # class -> the class-image flags of RECIPE
   case $RECIPE in
     plain) echo "--class-prompt $1 --class-images $E/class_$1" ;;
     grammar) echo "--class-prompts $E/data/class_prompts_$1.txt --class-images $E/class_$1" ;;
-    real) echo "--real_prior --class-images $E/data/real_$1" ;;
+    real|realcap) echo "--real_prior --class-images $E/data/real_$1" ;;
   esac
 }
 lr_of() { case $1 in crossattn_kv) echo $LR_KV ;; crossattn) echo $LR_CA ;; token) echo $LR_TOKEN ;; full) echo $LR_FULL ;; esac; }
@@ -144,7 +146,7 @@ cat > "$E/concepts2.json" <<EOF
 [{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/data/toy", "class_data_dir": "$CT"},
  {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/data/pattern", "class_data_dir": "$CP"}]
 EOF
-REAL=""; [ "$RECIPE" = real ] && REAL=--real_prior
+REAL=""; case $RECIPE in real|realcap) REAL=--real_prior ;; esac
 # shellcheck disable=SC2086
 run $C train $COMMON $CLS $REAL --steps $((2 * STEPS)) --lr $LR_KV --concepts "$E/concepts2.json" --out "$E/joint2"
 run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
