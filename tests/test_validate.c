@@ -304,7 +304,7 @@ TEST(memory_estimate_matches_planner) {
     double est, exact, est_ck, exact_ck;
     int rc = cd_train_mem_estimate(m, &o, 1, &est) || cd_trainer_bytes(m, &o, 1, &exact);
     o.grad_ckpt = 1; /* activation checkpointing: the largest block's intermediates instead of all of them; */
-    o.res = 512;     /* calibrated at 128 and 256 px, so checked beyond them */
+    o.res = 512;     /* beyond the calibration sizes */
     rc = rc || cd_train_mem_estimate(m, &o, 1, &est_ck) || cd_trainer_bytes(m, &o, 1, &exact_ck);
     cd_sd_free(m);
     CHECKF(rc == 0, "%s", cd_last_error());

@@ -47,11 +47,6 @@ int cd_train_mem_estimate(cd_sd_model *m, const cd_train_opts *o, int grad_accum
   const int nl = m->unet.cfg.nlevels > 0 ? m->unet.cfg.nlevels : 1;
   int r1 = 8 * (2 << (nl - 1));
   r1 = (r1 + 63) / 64 * 64;
-  /* with activation checkpointing the arena holds the largest block's
-   * intermediates, and which block that is can change at the smallest sizes
-   * (the SDXL trainer planned at 64 and 128 px extrapolated to 1024 px came out
-   * 11% low): calibrate at twice the size */
-  if (o->grad_ckpt) r1 *= 2;
   const int r2 = 2 * r1;
   cd_train_opts c = *o;
   c.batch = 1;
