@@ -133,6 +133,7 @@ TEST(small4_sd1_crossattn) { same_gradients("small4-sd1", CD_TRAIN_CROSSATTN); }
 TEST(tiny_sdxl_kv) { same_gradients("sdxl", CD_TRAIN_KV); }
 
 int main(void) {
+  test_pin_threads(); /* gradients with and without checkpointing are compared bit for bit (test.h) */
   RUN(tiny_sd1_kv);
   RUN(tiny_sd1_full);
   RUN(tiny_sd2_kv);

@@ -268,24 +268,23 @@ TEST(init_and_ema) {
 /* --decoder-only: phase 1 trains the decoder of the --init model alone; the encoder,
  * the scaling factor and the UNet stay the init's, also across an interruption
  * in that phase (the state restores every component, not only the VAE). */
+static void decoder_opts(cd_pretrain_opts *o, const char *out) {
+  small_opts(o, out);
+  o->init = SHIPPED;
+  o->decoder_only = 1;
+  o->vae_steps = 2;
+  o->unet_steps = 0;
+  o->f32 = 1;
+}
+
 TEST(decoder_only) {
   char a[512], b[512], p[700], q[700];
   snprintf(a, sizeof a, "%s", test_tmpdir("dec_whole"));
   snprintf(b, sizeof b, "%s", test_tmpdir("dec_parts"));
   cd_pretrain_opts o;
-  small_opts(&o, a);
-  o.init = SHIPPED;
-  o.decoder_only = 1;
-  o.vae_steps = 2;
-  o.unet_steps = 0;
-  o.f32 = 1;
+  decoder_opts(&o, a);
   CHECK_OK(cd_pretrain_run(&o));
-  small_opts(&o, b);
-  o.init = SHIPPED;
-  o.decoder_only = 1;
-  o.vae_steps = 2;
-  o.unet_steps = 0;
-  o.f32 = 1;
+  decoder_opts(&o, b);
   o.stop_after = 1;
   CHECK_OK(cd_pretrain_run(&o));
   o.resume = 1;
@@ -329,6 +328,7 @@ TEST(decoder_only) {
 }
 
 int main(void) {
+  test_pin_threads(); /* resumed and whole runs are compared bit for bit (test.h) */
   cd_threads_init();
   RUN(reproduces_shipped_log);
   RUN(resume_bit_exact);
