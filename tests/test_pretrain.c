@@ -169,13 +169,7 @@ TEST(offset_noise) {
 static float *read_tensor(const char *path, const char *name, int64_t *n) {
   cd_tensor_file *f;
   if (cd_safetensors_open(path, &f)) return NULL;
-  const cd_tensor_info *t = cd_tf_find(f, name);
-  float *v = t ? malloc((size_t)cd_tensor_numel(t) * sizeof(float)) : NULL;
-  if (v && cd_tf_read_f32(f, t, v)) {
-    free(v);
-    v = NULL;
-  }
-  if (v) *n = cd_tensor_numel(t);
+  float *v = test_read_f32(f, name, n);
   cd_tensor_file_close(f);
   return v;
 }
