@@ -5,6 +5,7 @@
 #include "io/fsutil.h"
 #include "io/tensor_file.h"
 #include "models/sd_model.h"
+#include "models/unet.h"
 #include "pretrain/pretrain.h"
 #include "test.h"
 
@@ -321,6 +322,81 @@ TEST(decoder_only) {
   CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--init"));
 }
 
+/* one UNet evaluation of model dir on fixed inputs into y (2*4*8*8 floats); 0 ok */
+static int unet_eval(const char *dir, float *y) {
+  cd_sd_model *m = NULL;
+  cd_load_opts lo = {.weights_dtype = "f32"};
+  if (cd_sd_load(dir, &lo, &m)) return -1;
+  cd_graph *g = cd_graph_new();
+  cd_node *x = cd_input(g, "x", 4, (int64_t[]){2, 4, 8, 8}), *t = cd_input(g, "t", 1, (int64_t[]){2});
+  cd_node *c = cd_input(g, "c", 3, (int64_t[]){2, 77, m->unet.cfg.context_dim});
+  cd_node *out = cd_unet_build(g, &m->unet, NULL, x, t, c);
+  cd_graph_output(g, out);
+  int rc = cd_graph_plan(g, NULL);
+  if (!rc) {
+    test_fill_uniform(x->data, x->n, -1.5f, 1.5f, 11);
+    test_fill_uniform(c->data, c->n, -1, 1, 12);
+    t->data[0] = 250, t->data[1] = 800;
+    rc = cd_graph_forward(g);
+  }
+  if (!rc) rc = cd_graph_get(g, out, y);
+  cd_graph_free(g);
+  cd_sd_free(m);
+  return rc;
+}
+
+/* --unet-layers 2 with an --init of 1 layer per block inserts blocks that
+ * start as the identity: before any step the grown UNet computes what the
+ * shipped one computes. Exactly: every new block adds a residual branch whose
+ * last layer is zero (x + 0 = x), and a new up ResNet's shortcut multiplies
+ * by 1 and 0. Then it trains (its new blocks move), and a grown model cannot
+ * shrink back. */
+TEST(grow_identity) {
+  char a[512], p[700];
+  snprintf(a, sizeof a, "%s", test_tmpdir("grown"));
+  cd_pretrain_opts o;
+  small_opts(&o, a);
+  o.init = SHIPPED;
+  o.unet_layers = 2;
+  o.unet_steps = 0;
+  o.f32 = 1;
+  CHECK_OK(cd_pretrain_run(&o));
+  enum { N = 2 * 4 * 8 * 8 };
+  float y0[N], y1[N];
+  CHECK_OK(unet_eval(SHIPPED, y0));
+  CHECK_OK(unet_eval(a, y1));
+  double worst = 0, mag = 0;
+  for (int i = 0; i < N; i++) worst = fmax(worst, fabs((double)y1[i] - y0[i])), mag = fmax(mag, fabs(y0[i]));
+  CHECKF(worst == 0 && mag > 0.1, "grown UNet differs from its init by %g (output magnitude %g)", worst, mag);
+  /* the grown UNet has the new blocks, and they train */
+  snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", a);
+  int64_t n0 = 0, n1 = 0;
+  float *z = read_tensor(p, "down_blocks.0.resnets.1.conv2.weight", &n0);
+  CHECK(z && n0 == 48 * 48 * 9);
+  for (int64_t k = 0; z && k < n0; k++) CHECK(z[k] == 0);
+  snprintf(a, sizeof a, "%s", test_tmpdir("grown_trained"));
+  small_opts(&o, a);
+  o.init = SHIPPED;
+  o.unet_layers = 2;
+  o.unet_steps = 2;
+  o.f32 = 1;
+  CHECK_OK(cd_pretrain_run(&o));
+  snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", a);
+  float *z1 = read_tensor(p, "down_blocks.0.resnets.1.conv2.weight", &n1);
+  double moved = 0;
+  for (int64_t k = 0; z1 && k < n1; k++) moved += fabs(z1[k]);
+  CHECK(z1 && n1 == n0 && moved > 0);
+  free(z), free(z1);
+  /* fewer layers than the init: refused, naming the flag */
+  small_opts(&o, test_tmpdir("shrink"));
+  o.init = a;
+  o.unet_layers = 1;
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--unet-layers"));
+  small_opts(&o, test_tmpdir("bad_layers"));
+  o.unet_layers = 9;
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--unet-layers"));
+}
+
 int main(void) {
   test_pin_threads(); /* resumed and whole runs are compared bit for bit (test.h) */
   cd_threads_init();
@@ -330,6 +406,7 @@ int main(void) {
   RUN(offset_noise);
   RUN(init_and_ema);
   RUN(decoder_only);
+  RUN(grow_identity);
   test_tmp_cleanup();
   return test_summary();
 }

@@ -305,25 +305,72 @@ static int write_model(run_t *r) {
 
 /* ---- --init: continue from a world model written earlier ---- */
 
+/* A UNet of an --init model with fewer layers per block (slpb) than this run's
+ * (lpb) grows by blocks that start as the identity, so the grown model computes
+ * what the init computed and training goes on from there (Chen et al. 2016,
+ * Net2DeeperNet). Down block i keeps its resnets/attentions 0..slpb-1 and gets
+ * new ones after them; their skips are copies of the last old skip. Up block i
+ * (lpb + 1 of each) pops those copies first: its block 0 is the old block 0,
+ * blocks 1..lpb-slpb are new and drop their copied skip, the rest are the old
+ * blocks 1..slpb. A new block's residual branch ends in a zero layer (conv2,
+ * proj_out: cd_wm_init), and a new up ResNet's 1x1 shortcut passes the hidden
+ * state and drops the skip (grow_shortcut). Sets src to the init's name of
+ * weight `name`; 0 when the weight is new. */
+static int grown_source(const char *name, int slpb, int lpb, char *src, size_t cap) {
+  int i = 0, j = 0, n = 0, down = !strncmp(name, "down_blocks.", 12);
+  char kind[16];
+  if ((down || !strncmp(name, "up_blocks.", 10)) &&
+      sscanf(name + (down ? 12 : 10), "%d.%15[a-z].%d.%n", &i, kind, &j, &n) == 3 && n > 0 &&
+      (!strcmp(kind, "resnets") || !strcmp(kind, "attentions"))) {
+    int gap = lpb - slpb;
+    if (down ? j >= slpb : j >= 1 && j <= gap) return 0;
+    if (!down && j > gap) j -= gap;
+    snprintf(src, cap, "%s%d.%s.%d.%s", down ? "down_blocks." : "up_blocks.", i, kind, j, name + (down ? 12 : 10) + n);
+    return 1;
+  }
+  snprintf(src, cap, "%s", name);
+  return 1;
+}
+
+/* w: [C, 2C, 1, 1], the shortcut of a new up ResNet over cat(h, skip): h through, skip dropped */
+static void grow_shortcut(cd_weight *w) {
+  int64_t C = w->ne[0], in = w->ne[1];
+  float *x = cd_weight_f32(w);
+  for (int64_t o = 0; o < C; o++)
+    for (int64_t c = 0; c < in; c++) x[o * in + c] = c == o ? 1.0f : 0.0f;
+  cd_weight_changed(w);
+}
+
 static int init_from(run_t *r, const char *dir) {
   cd_load_opts lo = {.weights_dtype = "f32"};
   cd_sd_model *src = NULL;
   if (cd_sd_load(dir, &lo, &src)) return cd_prefix_error("--init");
   cd_weights *dst[3] = {r->m.clip.w, r->m.unet.w, r->m.vae.w}, *from[3] = {src->clip.w, src->unet.w, src->vae.w};
   static const char *const comp[3] = {"text_encoder", "unet", "vae"};
+  int slpb = src->unet.cfg.layers_per_block, lpb = r->m.unet.cfg.layers_per_block;
   int rc = 0;
+  if (slpb > lpb)
+    rc = cd_set_error("--init %s: its UNet has %d layers per block, more than the %d of this run (--unet-layers)", dir,
+                      slpb, lpb);
   for (int c = 0; c < 3 && !rc; c++) {
-    if (!from[c] || cd_weights_count(from[c]) != cd_weights_count(dst[c])) {
+    int grow = c == 1 && slpb < lpb;
+    if (!from[c] || (!grow && cd_weights_count(from[c]) != cd_weights_count(dst[c]))) {
       rc = cd_set_error("--init %s: its %s has %d weights, the world model %d (not a world model of these shapes)", dir,
                         comp[c], from[c] ? cd_weights_count(from[c]) : 0, cd_weights_count(dst[c]));
       break;
     }
     for (int i = 0; i < cd_weights_count(dst[c]) && !rc; i++) {
-      cd_weight *x = cd_weights_at(dst[c], i), *y = cd_weights_get(from[c], x->name);
+      cd_weight *x = cd_weights_at(dst[c], i);
+      char sname[192];
+      if (!(grow ? grown_source(x->name, slpb, lpb, sname, sizeof sname) : (snprintf(sname, sizeof sname, "%s", x->name), 1))) {
+        if (strstr(x->name, ".conv_shortcut.weight")) grow_shortcut(x); /* the rest keep cd_wm_init's values */
+        continue;
+      }
+      cd_weight *y = cd_weights_get(from[c], sname);
       int same = y && y->ndim == x->ndim;
       for (int d = 0; same && d < x->ndim; d++) same = y->ne[d] == x->ne[d];
       if (!same) {
-        rc = cd_set_error("--init %s: %s weight '%s' missing or mis-shaped", dir, comp[c], x->name);
+        rc = cd_set_error("--init %s: %s weight '%s' missing or mis-shaped", dir, comp[c], sname);
         break;
       }
       memcpy(cd_weight_f32(x), cd_weight_f32(y), (size_t)cd_numel(x->ndim, x->ne) * sizeof(float));
@@ -331,6 +378,8 @@ static int init_from(run_t *r, const char *dir) {
     }
   }
   if (!rc) r->m.vae.cfg.scaling_factor = src->vae.cfg.scaling_factor;
+  if (!rc && slpb < lpb)
+    fprintf(stderr, "pretrain: UNet grown from %d to %d layers per block by identity blocks\n", slpb, lpb);
   cd_sd_free(src);
   return rc;
 }
@@ -668,6 +717,7 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   if (o->decoder_only && !o->init && !o->resume)
     return cd_set_error("--decoder-only fine-tunes the decoder of an --init model: pass --init DIR");
   if (o->scale_images < 1) return cd_set_error("scale_images must be at least 1");
+  if (o->unet_layers < 0 || o->unet_layers > 4) return cd_set_error("--unet-layers must be 1 to 4 (0: the default)");
   run_t r;
   memset(&r, 0, sizeof r);
   r.o = o;
@@ -682,6 +732,7 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   if (cd_tokenizer_configure_from_dir(r.tok, tokdir)) goto done;
   cd_wm_config cfg;
   cd_wm_config_default(&cfg, V);
+  if (o->unet_layers) cfg.unet.layers_per_block = o->unet_layers;
   if (cd_wm_init(&cfg, o->seed, &r.m)) goto done;
   if (o->resume) {
     if (!cd_file_exists(r.state)) {
