@@ -503,7 +503,7 @@ static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
   const double c = o->kl_weight / (double)px; /* KL per image, relative to the per-pixel MSE */
   cd_progress pg;
   cd_progress_start(&pg, "pretrain vae", o->vae_steps);
-  pg.quiet = o->quiet;
+  pg.quiet = o->quiet || !o->vae_steps;
   cd_progress_update(&pg, r->step);
   while (r->step < o->vae_steps) {
     cd_rng rng;
@@ -643,7 +643,7 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
   if (ema_setup(r, resume_f)) goto done;
   cd_sched_alphas_cumprod(&m->sched, ac);
   cd_progress_start(&pg, "pretrain unet+text", o->unet_steps);
-  pg.quiet = o->quiet;
+  pg.quiet = o->quiet || !o->unet_steps; /* --unet-steps 0 (grow, write): no empty bar */
   cd_progress_update(&pg, r->step);
   while (r->step < o->unet_steps) {
     cd_rng rng;
