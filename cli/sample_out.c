@@ -84,11 +84,17 @@ int sample_out_init(sample_out *so, const char *out, int n, int overwrite, const
   sample_out_slug(prompt, so->slug, 49);
   if (so->is_dir) { /* made now, and probed */
     if (cd_check_writable_dir("--out", out)) return -1;
+    /* an image of a run killed while writing it (Ctrl-C) is left as NAME.png.tmp.PID */
+    if (cd_remove_stale_tmp(out, 0, has_image_ext) < 0) return -1;
     so->next = highest_counter(out) + 1;
     return 0;
   }
   /* a file: its folder must exist and accept files, and the file must be new */
   if (cd_check_writable_file("--out", out)) return cd_prefix_error("(end --out with '/' to write into a new folder)");
+  const char *slash = strrchr(out, '/');
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - out) + 1 : 1, slash ? out : ".");
+  if (cd_remove_stale_tmp(dir, 0, has_image_ext) < 0) return -1;
   return sample_out_check(so, n);
 }
 

@@ -447,6 +447,26 @@ TEST(sample_numbers_files_and_never_overwrites) {
   rc = run_bin(args, out, sizeof out);
   CHECKF(rc == 0, "exit %d: %s", rc, out);
   CHECKF(!strcmp(ls(dir, names, sizeof names), "00000-42-a-cat-on-a-mat.png 00001-7-a-dog.png "), "folder: %s", names);
+  /* the image a killed run was writing (NAME.png.tmp.PID) is swept by the next run into the
+   * folder; a live writer's (this test's PID) and other files' temporaries stay */
+  pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  CHECK(dead > 0 && waitpid(dead, NULL, 0) == dead);
+  char t1[1400], t2[1400], t3[1400];
+  snprintf(t1, sizeof t1, "%s/00002-1-x.png.tmp.%ld", dir, (long)dead);
+  snprintf(t2, sizeof t2, "%s/00003-1-x.png.tmp.%ld", dir, (long)getpid());
+  snprintf(t3, sizeof t3, "%s/notes.txt.tmp.%ld", dir, (long)dead);
+  const char *tmps[3] = {t1, t2, t3};
+  for (int i = 0; i < 3; i++) {
+    FILE *f = fopen(tmps[i], "wb");
+    CHECK(f && fclose(f) == 0);
+  }
+  snprintf(args, sizeof args, "sample --model '%s' %s --seed 9 --prompt 'a dog' --out '%s'", model, common, dir);
+  rc = run_bin(args, out, sizeof out);
+  CHECKF(rc == 0 && !cd_file_exists(t1) && cd_file_exists(t2) && cd_file_exists(t3), "exit %d: %s", rc, out);
+  remove(t2), remove(t3);
+  /* numbered after the live writer's 00003 */
+  CHECKF(!strcmp(ls(dir, names, sizeof names), "00000-42-a-cat-on-a-mat.png 00001-7-a-dog.png 00004-9-a-dog.png "), "folder: %s", names);
   /* --n 2 into a new path without an image extension: a folder */
   snprintf(args, sizeof args, "sample --model '%s' %s --n 2 --prompt 'x' --out '%s'", model, common, multi);
   rc = run_bin(args, out, sizeof out);
