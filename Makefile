@@ -29,6 +29,12 @@ ifeq ($(CUDA),1)
 BUILD   := $(BUILD:build%=build%-cuda)
 endif
 CBUILD  ?= $(BUILD)
+# MPI=1: only src/dist and tests/test_dist.c test CD_WITH_MPI; with CBUILD=build
+# (or build-san) every other object is the plain build's (`make check`)
+ifeq ($(MPI),1)
+MPI_SRC := $(wildcard src/dist/*.c) tests/test_dist.c
+endif
+objdir   = $(if $(filter $(1),$(MPI_SRC)),$(BUILD),$(CBUILD))
 CUDA_HOME ?= /usr/local/cuda
 NVCC    ?= $(CUDA_HOME)/bin/nvcc
 # sm_90 machine code for the H100/H200, and PTX so that newer GPUs can run it
@@ -42,7 +48,7 @@ SANFLAGS := -fsanitize=address,undefined
 LDFLAGS := -fopenmp $(if $(filter 1,$(SAN)),$(SANFLAGS))
 
 LIB_SRC   := $(shell find src -name '*.c' -not -path 'src/engine/cuda/*' | sort)
-LIB_OBJ   := $(LIB_SRC:%.c=$(CBUILD)/%.o)
+LIB_OBJ   := $(foreach f,$(LIB_SRC),$(call objdir,$(f))/$(f:.c=.o))
 ifeq ($(CUDA),1)
 CU_SRC    := $(sort $(wildcard src/engine/cuda/*.cu))
 LIB_OBJ   += $(CU_SRC:%.cu=$(BUILD)/%.o)
@@ -62,9 +68,10 @@ FAULT_LIB := $(BUILD)/tests/libfailwrite.so
 # `cdiff --version` names the commit it was built from: $(BUILD)/git_commit.h is
 # rewritten only when HEAD moves, so only cli/main.o rebuilds then.
 GIT_COMMIT := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
-$(shell mkdir -p $(CBUILD) && echo '#define CD_GIT_COMMIT "$(GIT_COMMIT)"' > $(CBUILD)/git_commit.h.new && \
-  { cmp -s $(CBUILD)/git_commit.h.new $(CBUILD)/git_commit.h || mv $(CBUILD)/git_commit.h.new $(CBUILD)/git_commit.h; }; \
-  rm -f $(CBUILD)/git_commit.h.new)
+# (its own temporary name per make: `make check` runs several at once on one CBUILD)
+$(shell mkdir -p $(CBUILD) && echo '#define CD_GIT_COMMIT "$(GIT_COMMIT)"' > $(CBUILD)/git_commit.h.new$$$$ && \
+  { cmp -s $(CBUILD)/git_commit.h.new$$$$ $(CBUILD)/git_commit.h || mv $(CBUILD)/git_commit.h.new$$$$ $(CBUILD)/git_commit.h; }; \
+  rm -f $(CBUILD)/git_commit.h.new$$$$)
 $(CBUILD)/cli/main.o: CFLAGS += -I$(CBUILD)
 
 .PHONY: all test check bench clean demo cuda-compile
@@ -73,6 +80,18 @@ all: $(BUILD)/libcdiff.a $(BUILD)/cdiff $(TEST_BIN) $(BENCH_BIN) $(TOOL_BIN) $(F
 $(CBUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+ifneq ($(MPI_SRC),)
+$(BUILD)/src/dist/%.o: src/dist/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+$(BUILD)/tests/test_dist.o: tests/test_dist.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+$(BUILD)/tests/test_dist: $(BUILD)/tests/test_dist.o $(TEST_UTIL) $(BUILD)/libcdiff.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(TEST_UTIL) $(WHOLE) $(LDLIBS)
+endif
 
 $(BUILD)/src/engine/cuda/%.o: src/engine/cuda/%.cu
 	@mkdir -p $(dir $@)
@@ -103,8 +122,12 @@ $(BUILD)/tools/%: $(CBUILD)/tools/%.o $(BUILD)/libcdiff.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(WHOLE) $(LDLIBS)
 
+# tests/run.sh runs TEST_JOBS test binaries at a time (the cores, at most 4:
+# a sanitized test takes up to ~0.7 GB) and prints each one's lines whole, in
+# the order given
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -gt 4 ] && n=4; echo $$n)
 test: $(BUILD)/cdiff $(TEST_BIN) $(TOOL_BIN) $(FAULT_LIB)
-	@sh tests/run.sh $(TEST_BIN)
+	@CDIFF_TEST_JOBS=$(TEST_JOBS) sh tests/run.sh $(TEST_BIN)
 
 # check = the test suite twice: optimised, and under ASan/UBSan (one summary
 # line). Each test runs the tools of its own build, so the tests that spawn
@@ -113,7 +136,6 @@ test: $(BUILD)/cdiff $(TEST_BIN) $(TOOL_BIN) $(FAULT_LIB)
 # (optimised and sanitized) and runs the distributed tests (tests/test_dist.c,
 # which start that build's cdiff under mpirun).
 MPI_CHECK := $(shell command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/null 2>&1 && echo 1)
-MPI_TESTS := $(if $(MPI_CHECK),build-mpi/tests/test_dist build-mpi-san/tests/test_dist)
 # where NCCL's header is installed (a CUDA toolkit), src/dist/nccl.c is compiled
 # with NCCL on (never run: CI has no GPU), so that it cannot rot
 NCCL_CHECK := $(wildcard $(or $(CUDA_HOME),/usr/local/cuda)/include/nccl.h)
@@ -121,15 +143,33 @@ NCCL_CHECK := $(wildcard $(or $(CUDA_HOME),/usr/local/cuda)/include/nccl.h)
 nccl-compile:
 	@mkdir -p build-mpi
 	mpicc $(CFLAGS) -DCD_WITH_MPI -DCD_WITH_NCCL -I$(dir $(NCCL_CHECK)) -c src/dist/nccl.c -o build-mpi/nccl-check.o
-check:
+# The builds of `make -j2 check` run side by side where they can: the plain and
+# the sanitized one at once, then the CUDA and MPI ones, which link the plain
+# (or sanitized) build's objects and compile only their own files.
+CHECK_BUILDS := check-build check-build-san check-build-cuda $(if $(MPI_CHECK),check-build-mpi check-build-mpi-san) \
+  $(if $(and $(MPI_CHECK),$(NCCL_CHECK)),check-build-nccl)
+.PHONY: $(CHECK_BUILDS)
+check-build:
 	@$(MAKE) --no-print-directory -s all >/dev/null
-	@$(MAKE) --no-print-directory -s cuda-compile
+check-build-san:
 	@$(MAKE) --no-print-directory -s SAN=1 build-san/cdiff build-san/tests/libfailwrite.so $(TEST_SRC:tests/%.c=build-san/tests/%) \
 	  $(TOOL_SRC:tools/%.c=build-san/tools/%) >/dev/null
-	@$(if $(MPI_CHECK),$(MAKE) --no-print-directory -s MPI=1 build-mpi/cdiff build-mpi/tests/test_dist >/dev/null,true)
-	@$(if $(MPI_CHECK),$(MAKE) --no-print-directory -s MPI=1 SAN=1 build-mpi-san/cdiff build-mpi-san/tests/test_dist >/dev/null,true)
-	@$(if $(and $(MPI_CHECK),$(NCCL_CHECK)),$(MAKE) --no-print-directory -s nccl-compile,true)
-	@sh tests/run.sh $(TEST_BIN) $(TEST_SRC:tests/%.c=build-san/tests/%) $(MPI_TESTS) $(if $(wildcard $(NVCC)),build-cuda/tests/test_cuda)
+check-build-cuda: check-build
+	@$(MAKE) --no-print-directory -s cuda-compile
+check-build-mpi: check-build
+	@$(MAKE) --no-print-directory -s MPI=1 CBUILD=build build-mpi/cdiff build-mpi/tests/test_dist >/dev/null
+check-build-mpi-san: check-build-san
+	@$(MAKE) --no-print-directory -s MPI=1 SAN=1 CBUILD=build-san build-mpi-san/cdiff build-mpi-san/tests/test_dist >/dev/null
+check-build-nccl: check-build-mpi
+	@$(MAKE) --no-print-directory -s nccl-compile
+# The tests, longest first so that TEST_JOBS binaries at a time end together:
+# the sanitized distributed test (the longest), the sanitized pass, the
+# optimised pass, the optimised distributed test, and test_cuda (its skips
+# say why: no GPU here).
+CHECK_TESTS := $(if $(MPI_CHECK),build-mpi-san/tests/test_dist) $(TEST_SRC:tests/%.c=build-san/tests/%) $(TEST_BIN) \
+  $(if $(MPI_CHECK),build-mpi/tests/test_dist) $(if $(wildcard $(NVCC)),build-cuda/tests/test_cuda)
+check: $(CHECK_BUILDS)
+	@CDIFF_TEST_JOBS=$(TEST_JOBS) sh tests/run.sh $(CHECK_TESTS)
 
 # Where nvcc exists, compile (never run: CI has no GPU) the CUDA backend and
 # link the CUDA build's cdiff and test_cuda against the plain build's objects,
