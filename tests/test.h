@@ -33,6 +33,16 @@ extern char test_msg[1024];
     if (!(e_ <= (tol))) FAILF("%s:%d: rel err %.3g > %.3g (%s vs %s)", __FILE__, __LINE__, e_, (double)(tol), #a, #ref); } while (0)
 #define SKIP(...) do { snprintf(test_msg, sizeof test_msg, __VA_ARGS__); test_skipped_flag = 1; return; } while (0)
 
+/* 1 in the ASan/UBSan build (make SAN=1, the second pass of make check). There
+ * a few long tests run a reduced size (fewer steps, images, fault events) that
+ * still takes every code path of the full one: memory errors and UB show on
+ * small inputs too, and the optimised pass checks the full numbers. */
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_SANITIZED 1
+#else
+#define TEST_SANITIZED 0
+#endif
+
 /* ---- float32 error model: where every tolerance comes from ----
  * u = 2^-24 is float32's unit roundoff. A sum or dot product of K terms,
  * in any order (Higham, Accuracy and Stability of Numerical Algorithms, 3.1):

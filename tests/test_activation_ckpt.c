@@ -139,5 +139,6 @@ int main(void) {
   RUN(tiny_sd2_kv);
   RUN(small4_sd1_crossattn);
   RUN(tiny_sdxl_kv);
+  test_tmp_cleanup(); /* the tiny SDXL it generated (27 MB) */
   return test_summary();
 }

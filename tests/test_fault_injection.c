@@ -27,12 +27,6 @@
 #include "io/tensor_file.h"
 #include "test.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1
-#else
-#define SANITIZED 0
-#endif
-
 static char root[512], model[1024], bin[PATH_MAX], lib[PATH_MAX];
 
 /* runs `cdiff train` into root/out with env prefix; 0..255 exit status, -1 not run */
@@ -154,7 +148,7 @@ static int all_faults(long events, long stride, int kill_mode, const char *pre, 
 }
 
 /* ASan reports the preloaded library as out of order unless told */
-static const char *const pre = SANITIZED ? "ASAN_OPTIONS=verify_asan_link_order=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" : "";
+static const char *const pre = TEST_SANITIZED ? "ASAN_OPTIONS=verify_asan_link_order=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" : "";
 
 /* once: the tool, the preload library, root with two training images, the
  * run folders ref (2 steps) and base (1 step); 0 ready, 1 skip, -1 fail
@@ -205,7 +199,7 @@ TEST(full_disk_or_kill_at_every_checkpoint_write) {
     snprintf(b, sizeof b, "%s/ref/%s", root, delta_files[i]);
     CHECKF(test_same_file(a, b), "the resumed run's %s differs from the uninterrupted run's", delta_files[i]);
   }
-  const long stride = SANITIZED ? 5 : 1, kill_stride = SANITIZED ? 23 : 7;
+  const long stride = TEST_SANITIZED ? 5 : 1, kill_stride = TEST_SANITIZED ? 23 : 7;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   int nw = cpus < 2 ? 1 : cpus > 8 ? 8 : (int)cpus;
   double t0 = cd_time();
@@ -276,7 +270,7 @@ TEST(delta_files_appear_as_a_set) {
   free(txt);
   set_state("dset", st);
   CHECKF(events >= 10 && !strcmp(st, "NNN"), "%ld write events; the merged folder is %s", events, st);
-  const long stride = SANITIZED ? 7 : 2, kill_stride = SANITIZED ? 17 : 5;
+  const long stride = TEST_SANITIZED ? 7 : 2, kill_stride = TEST_SANITIZED ? 17 : 5;
   for (int kill_mode = 0; kill_mode < 2; kill_mode++)
     for (long e = 1; e <= events; e += kill_mode ? kill_stride : stride) {
       CHECK(sh("rm -rf '%s/dset'; mkdir '%s/dset'", root, root) == 0 && test_run_cmd(cp, log, sizeof log) == 0);

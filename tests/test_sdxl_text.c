@@ -538,18 +538,29 @@ static int copy_tokenizers(const char *dir, const char *g1, const char *g2) {
 }
 
 /* tools/gen_sd_random's tiny SDXL as DIR/xl (folder) and DIR/xl.safetensors (SGM), with
- * tokenizers beside both: 0, or GOLDEN_STATUS's 1 / -1 with test_msg set */
+ * tokenizers beside both: 0, or GOLDEN_STATUS's 1 / -1 with test_msg set. Generated
+ * once per process (seconds under ASan, and six tests use it) and copied into
+ * each test's DIR, so that no test sees another's files. */
 static int make_tiny(const char *dir) {
-  char g1[1024], g2[1024], cmd[2048], fold[1200];
+  static char src[1200]; /* the generated copy, once made */
+  char g1[1024], g2[1024], cmd[4096], fold[1300], out[1024];
   int st = test_golden_need(g1, sizeof g1, "tiny-sd1");
   if (!st) st = test_golden_need(g2, sizeof g2, "tiny-sd2");
   if (st) return st;
-  const char *gen = test_build_path("tools/gen_sd_random");
-  snprintf(fold, sizeof fold, "%s/xl", dir);
-  snprintf(cmd, sizeof cmd, "'%s' --tiny --family sdxl --seed 5 --out '%s' --single-file '%s/xl.safetensors' >/dev/null 2>&1",
-           gen, fold, dir);
-  if (cd_mkdir_p(dir) || system(cmd) != 0 || copy_tokenizers(fold, g1, g2) || copy_tokenizers(dir, g1, g2)) {
-    snprintf(test_msg, sizeof test_msg, "making the tiny SDXL with %s failed (%s)", gen, cd_last_error());
+  if (!src[0]) {
+    const char *gen = test_build_path("tools/gen_sd_random"), *gdir = test_tmpdir("xltiny");
+    snprintf(fold, sizeof fold, "%s/xl", gdir);
+    snprintf(cmd, sizeof cmd, "'%s' --tiny --family sdxl --seed 5 --out '%s' --single-file '%s/xl.safetensors' >/dev/null 2>&1",
+             gen, fold, gdir);
+    if (cd_mkdir_p(gdir) || system(cmd) != 0 || copy_tokenizers(fold, g1, g2) || copy_tokenizers(gdir, g1, g2)) {
+      snprintf(test_msg, sizeof test_msg, "making the tiny SDXL with %s failed (%s)", gen, cd_last_error());
+      return -1;
+    }
+    snprintf(src, sizeof src, "%s", gdir);
+  }
+  snprintf(cmd, sizeof cmd, "cp -R '%s/.' '%s/' 2>&1", src, dir);
+  if (cd_mkdir_p(dir) || test_run_cmd(cmd, out, sizeof out) != 0) {
+    snprintf(test_msg, sizeof test_msg, "copying the tiny SDXL %s into %s failed: %s", src, dir, out);
     return -1;
   }
   return 0;
@@ -1066,5 +1077,6 @@ int main(void) {
   RUN(tokens_go_to_both_encoders);
   RUN(delta_both_rows_roundtrip);
   RUN(merge_features_concat);
+  test_tmp_cleanup(); /* its models and outputs: ~0.5 GB a run */
   return test_summary();
 }
