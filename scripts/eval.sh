@@ -6,7 +6,9 @@
 #   crossattn_kv and crossattn; full UNet fine-tuning (DreamBooth-like);
 #   two concepts (<new1> + <new2>): joint training, cdiff merge of the two
 #   crossattn_kv deltas, sequential training (<new2> from the <new1> delta);
-#   three concepts: joint training and the merge of three deltas.
+#   three concepts: joint training, the merge of three deltas, and the merge
+#   with a ridge (the lift tried); the pattern prompts on every multi-concept
+#   model (how the one concept learned alone survives them).
 # Each row: 20 prompts (eval/prompts_*.txt) x N images with fixed seeds, read
 # by the judge (cdiff eval): image-alignment and text-alignment, a grid PNG.
 #
@@ -122,7 +124,7 @@ ev() { # label prompts [deltas...]
   run $EV --prompts "eval/prompts_$p.txt" --label "$l" $d
 }
 
-ROWS=22; TRAINS=18
+ROWS=28; TRAINS=18
 t=$(now); train1 toy_crossattn_kv toy crossattn_kv; T_TRAIN=$(( $(now) - t ))
 t=$(now); ev toy_base toy; T_EV=$(( $(now) - t ))
 # the first training also generated the toy class images: the later ones are faster
@@ -170,6 +172,18 @@ run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_
 ev three_base three
 ev three_joint three "$E/joint3"
 ev three_merged three "$E/merged3"
+# the lift tried for three concepts: the two toys share the class word "toy", so their
+# constraint rows nearly coincide and the exact solve is ill-conditioned (rcond ~5e-6,
+# toy + pattern ~2e-3): its weights blow up. A ridge regularises the solve.
+run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
+  --delta "$E/duck_crossattn_kv:toy" --reg-prompts "$E/data/reg_captions.txt" --ridge 0.01 --out "$E/merged3_ridge"
+ev three_merged-ridge three "$E/merged3_ridge"
+# how the concept that is learned alone (the pattern) survives in the multi-concept models
+ev pattern_in-joint2 pattern "$E/joint2"
+ev pattern_in-merged2 pattern "$E/merged2"
+ev pattern_in-joint3 pattern "$E/joint3"
+ev pattern_in-merged3 pattern "$E/merged3"
+ev pattern_in-merged3-ridge pattern "$E/merged3_ridge"
 
 # the table: one row per (prompt set, method)
 {
