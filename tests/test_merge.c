@@ -495,6 +495,56 @@ TEST(singular_and_ridge) {
   CHECKF(finite && res > 1e-6 && res < 0.5, "ridge result: finite %d, residual %.3g", finite, res);
 }
 
+/* merges d (categories cats) on a fresh tiny-sd1 with ridge; the stderr it wrote into err; 0 ok */
+static int merge_stderr(cd_delta *const *d, const char *const *cats, int n, double ridge, char *err, size_t cap) {
+  cd_sd_model *m = load_tiny("tiny-sd1");
+  int nreg = 0;
+  char **reg = reg_lines(CD_MERGE_REG_COUNT, &nreg);
+  cd_merge_opts o = {.reg = (const char *const *)reg, .nreg = nreg, .ridge = ridge};
+  cd_delta *mg = NULL;
+  FILE *tf = tmpfile();
+  int rc = -1;
+  if (m && reg && tf) {
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fileno(tf), 2);
+    rc = cd_merge_deltas(m, (cd_delta **)d, (const char **)cats, n, &o, &mg, NULL);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    rewind(tf);
+    size_t k = fread(err, 1, cap - 1, tf);
+    err[k] = 0;
+  }
+  if (tf) fclose(tf);
+  cd_delta_free(mg);
+  cd_merge_free_lines(reg, nreg);
+  cd_sd_free(m);
+  return rc;
+}
+
+/* Two concepts of one category whose token embeddings nearly coincide give
+ * nearly equal constraint rows with different targets: the exact solve meets
+ * them with huge weights (the world model's three-concept merge, two "toy"
+ * concepts, drew noise). The merge warns and names --ridge; with the ridge
+ * it does not. */
+TEST(near_dependent_warns) {
+  cd_sd_model *m = load_tiny("tiny-sd1");
+  if (!m) TINY_MISSING();
+  cd_delta *d[2] = {synth_delta(m, 7, "<new1>", 0.2), synth_delta(m, 8, "<new1>", 0.2)};
+  cd_sd_free(m);
+  cd_rng r;
+  cd_rng_seed(&r, 3);
+  for (int k = 0; k < d[0]->d; k++) d[1]->embeds[k] = d[0]->embeds[k] + (float)(1e-4 * cd_rng_normal(&r));
+  const char *cats[2] = {"cat", "cat"};
+  char e0[4096], e1[4096];
+  int rc0 = merge_stderr(d, cats, 2, 0, e0, sizeof e0), rc1 = merge_stderr(d, cats, 2, 0.01, e1, sizeof e1);
+  for (int i = 0; i < 2; i++) cd_delta_free(d[i]);
+  CHECKF(rc0 == 0 && rc1 == 0, "merge failed: %s", cd_last_error());
+  CHECKF(strstr(e0, "ill-conditioned") && strstr(e0, "--ridge"), "no warning; stderr: %s", e0);
+  CHECKF(!strstr(e1, "ill-conditioned"), "warned with --ridge: %s", e1);
+}
+
 /* ---- (5) a tiny-sd2 delta on tiny-sd1 ---- */
 TEST(mismatched_base) {
   cd_sd_model *m1 = load_tiny("tiny-sd1"), *m2 = load_tiny("tiny-sd2");
@@ -578,6 +628,7 @@ int main(void) {
   RUN(two_trained_concepts_ctx64);
   RUN(renumbering);
   RUN(singular_and_ridge);
+  RUN(near_dependent_warns);
   RUN(mismatched_base);
   RUN(cli);
   test_tmp_cleanup();

@@ -234,7 +234,8 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
   double *Creg = NULL, **Ci = cd_calloc(n, sizeof(double *)), **Wi = cd_calloc(n, sizeof(double *));
   int *mi = cd_calloc(n, sizeof(int)), nreg_rows = 0, rc = -1, nnames = 0, nlayers = 0, navg = 0;
   cd_merge_layer *layers = NULL;
-  double maxres = 0, maxres_st = 0;
+  double maxres = 0, maxres_st = 0, minrc = INFINITY;
+  char minrc_name[192] = "";
   if (ntok && cd_delta_apply(m, res)) goto done; /* tokens only: res has no weights yet */
 
   /* 3. features: C_reg from the captions, C_i from each concept's prompts */
@@ -313,6 +314,7 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
         fprintf(log, "  %-64s m=%-3d rel residual %.2e (float32 %.2e) rcond %.2e\n", name, L->m, L->rep.rel_residual,
                 L->rel_residual_stored, L->rep.rcond);
       maxres = CD_MAX(maxres, L->rep.rel_residual);
+      if (L->rep.rcond < minrc) minrc = L->rep.rcond, snprintf(minrc_name, sizeof minrc_name, "%s", name);
       maxres_st = CD_MAX(maxres_st, L->rel_residual_stored);
       nlayers++;
     }
@@ -322,6 +324,13 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
   if (log)
     fprintf(log, "merged %d K/V matrices (max rel residual %.2e, float32 %.2e)%s\n", nlayers, maxres, maxres_st,
             navg ? ", other weights averaged" : "");
+
+  /* Met exactly, nearly dependent constraints (concepts sharing a category word, on a narrow
+   * context) take huge weights: the world model's three-concept merge drew noise at 5e-6. */
+  if (o->ridge == 0 && minrc < CD_MERGE_WARN_RCOND)
+    cd_warn("merge: the constraint system of %s is ill-conditioned (rcond %.1e): concepts whose prompts nearly "
+            "coincide (a shared category word?) are met exactly with large weights; --ridge 0.01 trades exactness "
+            "for stability (docs/merge.md)", minrc_name, minrc);
 
   /* 5. the merged delta's metadata */
   res->family = m->family;

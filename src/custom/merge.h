@@ -27,6 +27,7 @@
 #include "models/sd_model.h"
 
 #define CD_MERGE_REG_COUNT 200   /* regularisation captions used by default (as the original) */
+#define CD_MERGE_WARN_RCOND 1e-4 /* below it (without --ridge) the merge warns: see docs/merge.md */
 #define CD_MERGE_DEDUP_TOL 1e-6  /* relative distance under which two constraint rows are one */
 #define CD_MERGE_REG_FILE "reg_captions.txt"
 
