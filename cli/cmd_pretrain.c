@@ -28,7 +28,7 @@ int cmd_pretrain(int argc, char **argv) {
       {"--init", CLI_STR, &o.init, "DIR", "start from this world model (e.g. models/cdiff-world): VAE kept, UNet + text encoder phase only"},
       {"--decoder-only", CLI_FLAG, &o.decoder_only, "", "with --init: first fine-tune the VAE decoder alone for --vae-steps (encoder and latent space kept)"},
       {"--ema", CLI_FLOAT, &o.ema, "D", "keep an EMA of the UNet + text encoder weights with decay D (e.g. 0.999) and write it as the model (default 0: off)"},
-      {"--unet-layers", CLI_INT, &o.unet_layers, "N", "UNet resnets per level (default 1; with --init, a shallower model grows by blocks that start as the identity; pass it again with --resume)"},
+      {"--unet-layers", CLI_INT, &o.unet_layers, "N", "UNet resnets per level (default: that of --init or of the resumed state, else 1); more than --init has grows it by blocks that start as the identity"},
       {"--fp32", CLI_FLAG, &o.f32, "", "write the model in fp32 (default fp16)"},
       {"--stop-after", CLI_INT, &o.stop_after, "N", "stop (as if interrupted, state saved) after N steps of this run"},
       {0}};

@@ -387,6 +387,14 @@ TEST(grow_identity) {
   for (int64_t k = 0; z1 && k < n1; k++) moved += fabs(z1[k]);
   CHECK(z1 && n1 == n0 && moved > 0);
   free(z), free(z1);
+  /* without the flag, --init and --resume keep the depth they find */
+  small_opts(&o, test_tmpdir("keep_depth"));
+  o.init = a;
+  o.stop_after = 1;
+  CHECK_OK(cd_pretrain_run(&o));
+  o.resume = 1;
+  o.stop_after = 0;
+  CHECKF(cd_pretrain_run(&o) == 0, "resuming a grown state: %s", cd_last_error());
   /* fewer layers than the init: refused, naming the flag */
   small_opts(&o, test_tmpdir("shrink"));
   o.init = a;

@@ -305,6 +305,24 @@ static int write_model(run_t *r) {
 
 /* ---- --init: continue from a world model written earlier ---- */
 
+/* Layers per block of the UNet in a safetensors file (a model's, or a state's with prefix
+ * "unet/"): how many down_blocks.0.resnets.K it holds; 0 when unreadable (the caller's
+ * later load reports that). */
+static int unet_layers_in(const char *path, const char *prefix) {
+  cd_tensor_file *f;
+  if (!cd_file_exists(path) || cd_safetensors_open(path, &f)) {
+    cd_clear_error();
+    return 0;
+  }
+  int k = 0;
+  for (char n[128]; k < 8; k++) {
+    snprintf(n, sizeof n, "%sdown_blocks.0.resnets.%d.conv1.weight", prefix, k);
+    if (!cd_tf_find(f, n)) break;
+  }
+  cd_tensor_file_close(f);
+  return k;
+}
+
 /* A UNet of an --init model with fewer layers per block (slpb) than this run's
  * (lpb) grows by blocks that start as the identity, so the grown model computes
  * what the init computed and training goes on from there (Chen et al. 2016,
@@ -732,7 +750,15 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   if (cd_tokenizer_configure_from_dir(r.tok, tokdir)) goto done;
   cd_wm_config cfg;
   cd_wm_config_default(&cfg, V);
-  if (o->unet_layers) cfg.unet.layers_per_block = o->unet_layers;
+  /* without --unet-layers a run keeps the depth of what it continues */
+  int layers = o->unet_layers;
+  if (!layers && o->resume) layers = unet_layers_in(r.state, "unet/");
+  else if (!layers && o->init) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", o->init);
+    layers = unet_layers_in(p, "");
+  }
+  if (layers > 0) cfg.unet.layers_per_block = layers;
   if (cd_wm_init(&cfg, o->seed, &r.m)) goto done;
   if (o->resume) {
     if (!cd_file_exists(r.state)) {
