@@ -345,16 +345,16 @@ static int unet_eval(const char *dir, float *y) {
   return rc;
 }
 
-/* the shipped model grown to 2 layers per block, trained `steps` steps, written in f32 to out */
+/* the shipped model (2 layers per block) grown to 3, trained `steps` steps, written in f32 to out */
 static void grow_opts(cd_pretrain_opts *o, const char *out, int steps) {
   small_opts(o, out);
   o->init = SHIPPED;
-  o->unet_layers = 2;
+  o->unet_layers = 3;
   o->unet_steps = steps;
   o->f32 = 1;
 }
 
-/* --unet-layers 2 with an --init of 1 layer per block inserts blocks that
+/* --unet-layers 3 with an --init of 2 layers per block inserts blocks that
  * start as the identity: before any step the grown UNet computes what the
  * shipped one computes. Exactly: every new block adds a residual branch whose
  * last layer is zero (x + 0 = x), and a new up ResNet's shortcut multiplies
@@ -376,7 +376,7 @@ TEST(grow_identity) {
   /* the grown UNet has the new blocks, and they train */
   snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", a);
   int64_t n0 = 0, n1 = 0;
-  float *z = read_tensor(p, "down_blocks.0.resnets.1.conv2.weight", &n0);
+  float *z = read_tensor(p, "down_blocks.0.resnets.2.conv2.weight", &n0);
   CHECK(z && n0 == 48 * 48 * 9);
   int64_t nonzero = 0;
   for (int64_t k = 0; z && k < n0; k++) nonzero += z[k] != 0;
@@ -385,7 +385,7 @@ TEST(grow_identity) {
   grow_opts(&o, a, 2);
   CHECK_OK(cd_pretrain_run(&o));
   snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", a);
-  float *z1 = read_tensor(p, "down_blocks.0.resnets.1.conv2.weight", &n1);
+  float *z1 = read_tensor(p, "down_blocks.0.resnets.2.conv2.weight", &n1);
   double moved = 0;
   for (int64_t k = 0; z1 && k < n1; k++) moved += fabs(z1[k]);
   CHECK(z1 && n1 == n0 && moved > 0);
