@@ -91,9 +91,8 @@ int sample_out_init(sample_out *so, const char *out, int n, int overwrite, const
   }
   /* a file: its folder must exist and accept files, and the file must be new */
   if (cd_check_writable_file("--out", out)) return cd_prefix_error("(end --out with '/' to write into a new folder)");
-  const char *slash = strrchr(out, '/');
   char dir[4096];
-  snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - out) + 1 : 1, slash ? out : ".");
+  cd_parent_dir(out, dir, sizeof dir);
   if (cd_remove_stale_tmp(dir, 0, has_image_ext) < 0) return -1;
   return sample_out_check(so, n);
 }

@@ -24,6 +24,8 @@ int cd_is_dir(const char *path);      /* 1 if path is a directory, else 0 */
 int cd_is_file(const char *path);     /* 1 if path is a regular file, else 0 */
 /* "dir/name" (no slash added after an empty dir or one ending in '/'); free() it. */
 char *cd_path_join(const char *dir, const char *name);
+/* The folder holding path into out: "." without a slash, "/" for a path at the root. */
+void cd_parent_dir(const char *path, char *out, size_t cap);
 /* 1 if a and b both exist and resolve to the same real path (symlinks, "..",
  * "./" and trailing slashes do not hide it), else 0. */
 int cd_same_path(const char *a, const char *b);

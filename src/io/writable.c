@@ -31,11 +31,8 @@ int cd_check_writable_dir(const char *flag, const char *dir) {
 int cd_check_writable_file(const char *flag, const char *path) {
   if (!path || !*path) return cd_set_error("%s: empty path", flag);
   if (cd_is_dir(path)) return cd_set_error("%s %s: is a folder, expected a file name", flag, path);
-  const char *slash = strrchr(path, '/');
   char dir[4096];
-  if (!slash) snprintf(dir, sizeof dir, ".");
-  else if (slash == path) snprintf(dir, sizeof dir, "/");
-  else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  cd_parent_dir(path, dir, sizeof dir);
   if (!cd_is_dir(dir)) return cd_set_error("%s %s: folder %s does not exist", flag, path, dir);
   return probe(flag, dir);
 }
