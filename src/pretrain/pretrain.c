@@ -305,10 +305,10 @@ static int write_model(run_t *r) {
 
 /* ---- --init: continue from a world model written earlier ---- */
 
-/* Layers per block of the UNet in a safetensors file (a model's, or a state's with prefix
- * "unet/"): how many down_blocks.0.resnets.K it holds; 0 when unreadable (the caller's
- * later load reports that). */
-static int unet_layers_in(const char *path, const char *prefix) {
+/* Layers per block of the UNet a pretraining state holds: how many
+ * unet/down_blocks.0.resnets.K it has; 0 when unreadable (load_state reports
+ * that). */
+static int state_unet_layers(const char *path) {
   cd_tensor_file *f;
   if (!cd_file_exists(path) || cd_safetensors_open(path, &f)) {
     cd_clear_error();
@@ -316,7 +316,7 @@ static int unet_layers_in(const char *path, const char *prefix) {
   }
   int k = 0;
   for (char n[128]; k < 8; k++) {
-    snprintf(n, sizeof n, "%sdown_blocks.0.resnets.%d.conv1.weight", prefix, k);
+    snprintf(n, sizeof n, "unet/down_blocks.0.resnets.%d.conv1.weight", k);
     if (!cd_tf_find(f, n)) break;
   }
   cd_tensor_file_close(f);
@@ -359,10 +359,8 @@ static void grow_shortcut(cd_weight *w) {
   cd_weight_changed(w);
 }
 
-static int init_from(run_t *r, const char *dir) {
-  cd_load_opts lo = {.weights_dtype = "f32"};
-  cd_sd_model *src = NULL;
-  if (cd_sd_load(dir, &lo, &src)) return cd_prefix_error("--init");
+/* Copies (or grows) src, the --init model loaded from dir, into r's model. */
+static int init_from(run_t *r, const char *dir, const cd_sd_model *src) {
   cd_weights *dst[3] = {r->m.clip.w, r->m.unet.w, r->m.vae.w}, *from[3] = {src->clip.w, src->unet.w, src->vae.w};
   static const char *const comp[3] = {"text_encoder", "unet", "vae"};
   int slpb = src->unet.cfg.layers_per_block, lpb = r->m.unet.cfg.layers_per_block;
@@ -398,7 +396,6 @@ static int init_from(run_t *r, const char *dir) {
   if (!rc) r->m.vae.cfg.scaling_factor = src->vae.cfg.scaling_factor;
   if (!rc && slpb < lpb)
     fprintf(stderr, "pretrain: UNet grown from %d to %d layers per block by identity blocks\n", slpb, lpb);
-  cd_sd_free(src);
   return rc;
 }
 
@@ -743,6 +740,7 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   snprintf(r.logp, sizeof r.logp, "%s/%s", o->out, CD_PRETRAIN_LOG);
   int rc = -1;
   cd_tensor_file *rf = NULL;
+  cd_sd_model *init = NULL; /* the --init model, loaded once */
   char tokdir[4096];
   snprintf(tokdir, sizeof tokdir, "%s/tokenizer", o->out);
   int V;
@@ -750,14 +748,17 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   if (cd_tokenizer_configure_from_dir(r.tok, tokdir)) goto done;
   cd_wm_config cfg;
   cd_wm_config_default(&cfg, V);
+  if (o->init && !o->resume && !cd_file_exists(r.state)) {
+    cd_load_opts lo = {.weights_dtype = "f32"};
+    if (cd_sd_load(o->init, &lo, &init)) {
+      cd_prefix_error("--init");
+      goto done;
+    }
+  }
   /* without --unet-layers a run keeps the depth of what it continues */
   int layers = o->unet_layers;
-  if (!layers && o->resume) layers = unet_layers_in(r.state, "unet/");
-  else if (!layers && o->init) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", o->init);
-    layers = unet_layers_in(p, "");
-  }
+  if (!layers && o->resume) layers = state_unet_layers(r.state);
+  else if (!layers && init) layers = init->unet.cfg.layers_per_block;
   if (layers > 0) cfg.unet.layers_per_block = layers;
   if (cd_wm_init(&cfg, o->seed, &r.m)) goto done;
   if (o->resume) {
@@ -771,7 +772,9 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
     cd_set_error("%s already holds a pretraining state: pass --resume to continue it, or choose another --out", o->out);
     goto done;
   } else if (o->init) {
-    if (init_from(&r, o->init)) goto done;
+    if (init_from(&r, o->init, init)) goto done;
+    cd_sd_free(init); /* its weights are copied: not held through training */
+    init = NULL;
     /* the init's VAE and scaling factor are kept; --decoder-only fine-tunes its decoder first */
     r.phase = o->decoder_only ? PH_VAE : PH_UNET;
     r.step = 0;
@@ -795,6 +798,7 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   fprintf(stderr, "pretrain: model written to %s\n", o->out);
   rc = 0;
 done:
+  cd_sd_free(init);
   cd_tensor_file_close(rf);
   if (r.log) fclose(r.log);
   free_params(&r);

@@ -62,7 +62,7 @@ typedef struct {
   const char *init;     /* start from this world-model folder, skipping the VAE phase (NULL: from scratch) */
   int decoder_only;     /* with init: phase 1 trains only the VAE decoder (encoder, latents, scaling factor kept) */
   float ema;            /* EMA decay of the phase-2 parameters, 0 = off; the written model is the average */
-  int unet_layers;      /* UNet layers_per_block (0: the world model's 1); with init, a shallower init grows by identity blocks */
+  int unet_layers;      /* UNet layers_per_block (0: the init's or the resumed state's, else 1); more than init's grows it by identity blocks */
 } cd_pretrain_opts;
 
 void cd_pretrain_opts_default(cd_pretrain_opts *o);
