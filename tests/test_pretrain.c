@@ -322,6 +322,75 @@ TEST(decoder_only) {
   CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--init"));
 }
 
+/* --vae-tune with sprites: the whole VAE trains (encoder too) on a mix of
+ * world scenes and generic sprites, the scaling factor and the UNet stay, an
+ * interrupted run resumes to the same files; the sprites change what it
+ * trains on (another loss from step 1), and the two VAE modes exclude each
+ * other. */
+static void tune_opts(cd_pretrain_opts *o, const char *out, float sprites) {
+  decoder_opts(o, out);
+  o->decoder_only = 0;
+  o->vae_tune = 1;
+  o->vae_sprites = sprites;
+}
+
+TEST(vae_tune) {
+  char a[512], b[512], c[512], p[700], q[700];
+  snprintf(a, sizeof a, "%s", test_tmpdir("tune_whole"));
+  snprintf(b, sizeof b, "%s", test_tmpdir("tune_parts"));
+  snprintf(c, sizeof c, "%s", test_tmpdir("tune_nospr"));
+  cd_pretrain_opts o;
+  tune_opts(&o, a, 0.5f);
+  CHECK_OK(cd_pretrain_run(&o));
+  tune_opts(&o, b, 0.5f);
+  o.stop_after = 1;
+  CHECK_OK(cd_pretrain_run(&o));
+  o.resume = 1;
+  o.stop_after = 0;
+  CHECK_OK(cd_pretrain_run(&o));
+  snprintf(p, sizeof p, "%s/vae/diffusion_pytorch_model.safetensors", a);
+  snprintf(q, sizeof q, "%s/vae/diffusion_pytorch_model.safetensors", b);
+  CHECK(file_eq(p, q));
+  static const struct { const char *file, *name; int changed; } w[] = {
+      {"vae/diffusion_pytorch_model.safetensors", "encoder.conv_in.weight", 1},
+      {"vae/diffusion_pytorch_model.safetensors", "quant_conv.weight", 1},
+      {"vae/diffusion_pytorch_model.safetensors", "decoder.conv_out.weight", 1},
+      {"unet/diffusion_pytorch_model.safetensors", "conv_out.weight", 0},
+      {"text_encoder/model.safetensors", "text_model.final_layer_norm.weight", 0}};
+  for (int i = 0; i < 5; i++) {
+    int64_t n1 = 0, n2 = 0;
+    snprintf(p, sizeof p, "%s/%s", a, w[i].file);
+    snprintf(q, sizeof q, "%s/%s", SHIPPED, w[i].file);
+    float *x = read_tensor(p, w[i].name, &n1), *y = read_tensor(q, w[i].name, &n2);
+    CHECKF(x && y && n1 == n2, "%s: %s", w[i].file, w[i].name);
+    int same = x && y && n1 == n2 && !memcmp(x, y, (size_t)n1 * sizeof(float));
+    CHECKF(same == !w[i].changed, "%s %s", w[i].name, w[i].changed ? "did not train" : "changed");
+    free(x), free(y);
+  }
+  cd_sd_model *m, *sh;
+  cd_load_opts lo = {0};
+  CHECK_OK(cd_sd_load(a, &lo, &m));
+  CHECK_OK(cd_sd_load(SHIPPED, &lo, &sh));
+  CHECK(m->vae.cfg.scaling_factor == sh->vae.cfg.scaling_factor);
+  cd_sd_free(m);
+  cd_sd_free(sh);
+  tune_opts(&o, c, 0);
+  CHECK_OK(cd_pretrain_run(&o));
+  double l1[2], l0[2];
+  snprintf(p, sizeof p, "%s/%s", a, CD_PRETRAIN_LOG);
+  snprintf(q, sizeof q, "%s/%s", c, CD_PRETRAIN_LOG);
+  CHECK(read_losses(p, "vae", l1, 2) == 2 && read_losses(q, "vae", l0, 2) == 2);
+  CHECKF(l1[0] != l0[0], "sprites did not change the first batch (loss %.9g both)", l1[0]);
+  tune_opts(&o, test_tmpdir("tune_bad"), 0.5f);
+  o.decoder_only = 1;
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--decoder-only"));
+  tune_opts(&o, test_tmpdir("tune_bad2"), 1.5f);
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--vae-sprites"));
+  tune_opts(&o, test_tmpdir("tune_bad3"), 0.5f);
+  o.init = NULL;
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--init"));
+}
+
 /* one UNet evaluation of model dir on fixed inputs into y (2*4*8*8 floats); 0 ok */
 static int unet_eval(const char *dir, float *y) {
   cd_sd_model *m = NULL;
@@ -417,6 +486,7 @@ int main(void) {
   RUN(offset_noise);
   RUN(init_and_ema);
   RUN(decoder_only);
+  RUN(vae_tune);
   RUN(grow_identity);
   test_tmp_cleanup();
   return test_summary();

@@ -74,6 +74,62 @@ TEST(held_out) {
   CHECK(any[CD_WORLD_ROBOT] > 50 && any[CD_WORLD_DUCK] > 50 && zig > 50);
 }
 
+/* Sprites (the autoencoder's generic objects): the pretraining scenes with
+ * sprites for objects, deterministic, never a held-out kind or pattern, every
+ * sprite of 2-6 body parts and 0-3 details inside its box, mirror-symmetric
+ * ones drawn symmetric, and a sprite scene differs from the kind it replaces. */
+TEST(sprites) {
+  static float a[PX], b[PX];
+  cd_rng r;
+  int nspr = 0, mirrored = 0, two_colour = 0;
+  cd_rng_seed(&r, 21);
+  for (int i = 0; i < 400; i++) {
+    cd_world_scene s, t;
+    cd_rng r2 = r;
+    cd_world_sample(&r, CD_WORLD_SPRITES, &s);
+    cd_world_sample(&r2, CD_WORLD_PRETRAIN, &t); /* the same draws, up to the sprites */
+    CHECK(s.nobj == t.nobj && s.bg_colour == t.bg_colour && s.pattern == t.pattern && s.pattern != CD_WORLD_ZIGZAG);
+    CHECK(s.sprites == (s.nobj > 0));
+    char cap[256];
+    CHECK(cd_world_caption(&s, NULL, NULL, cap, sizeof cap) > 0);
+    CHECKF(!strstr(cap, "robot") && !strstr(cap, "duck") && !strstr(cap, "zigzag"), "%s", cap);
+    for (int k = 0; k < s.nobj; k++) {
+      const cd_world_sprite *sp = &s.sprite[k];
+      int body = 0, det = 0;
+      for (int j = 0; j < sp->nparts; j++) {
+        const cd_world_sprite_part *p = &sp->part[j];
+        body += p->type != 2, det += p->type == 2;
+        CHECK(fabsf(p->u) + p->a <= 1.0001f && fabsf(p->v) + p->b <= 1.0001f && p->a > 0 && p->b > 0);
+        two_colour += p->alt;
+      }
+      CHECKF(body >= 2 && body <= 6 && det <= 3, "%d body parts, %d details", body, det);
+      CHECK(sp->colour2 != s.obj[k].colour && sp->colour2 != s.bg_colour);
+      nspr++;
+      mirrored += sp->mirror;
+    }
+    if (s.nobj == 1 && s.sprite[0].mirror && s.pattern == CD_WORLD_PLAIN) { /* centred copy: symmetric pixels */
+      s.obj[0].cx = 32, s.obj[0].cy = 32;
+      cd_world_render(&s, a);
+      int asym = 0;
+      for (int c = 0; c < 3; c++)
+        for (int y = 0; y < CD_WORLD_RES; y++)
+          for (int x = 0; x < CD_WORLD_RES; x++)
+            asym += fabsf(a[(c * CD_WORLD_RES + y) * CD_WORLD_RES + x] - a[(c * CD_WORLD_RES + y) * CD_WORLD_RES + 63 - x]) > 1e-5f;
+      CHECKF(asym == 0, "mirrored sprite: %d asymmetric pixels", asym);
+    }
+    if (s.nobj) {
+      cd_world_render(&s, a);
+      cd_world_render(&t, b);
+      CHECK(memcmp(a, b, sizeof a)); /* a sprite is not the kind it replaces */
+    }
+  }
+  CHECK(nspr > 300 && mirrored > nspr / 4 && mirrored < 3 * nspr / 4 && two_colour > 50);
+  /* the other modes are as before: no sprites */
+  cd_world_scene s;
+  cd_world_sample(&r, CD_WORLD_PRETRAIN, &s);
+  CHECK(!s.sprites);
+}
+
 static int in_words(const char *w) {
   for (const char *const *p = cd_world_words(); *p; p++)
     if (!strcmp(*p, w)) return 1;
@@ -100,6 +156,9 @@ TEST(captions) {
     CHECK(strstr(cap, cd_world_colour_name(s.bg_colour)));
   }
   cd_world_scene s;
+  cd_world_sample(&r, CD_WORLD_SPRITES, &s); /* sprites are captioned in grammar words too ("toy") */
+  CHECK(cd_world_caption(&s, NULL, NULL, cap, sizeof cap) > 0);
+  for (char *w = strtok(cap, " "); w; w = strtok(NULL, " ")) CHECKF(in_words(w), "'%s' is not a grammar word", w);
   cd_world_sample(&r, CD_WORLD_PRETRAIN, &s);
   CHECK(cd_world_caption(&s, NULL, NULL, cap, 4) == -1); /* too small a buffer is reported */
 }
@@ -200,6 +259,7 @@ TEST(parse_prompts) {
 int main(void) {
   RUN(deterministic);
   RUN(held_out);
+  RUN(sprites);
   RUN(captions);
   RUN(render_colours);
   RUN(vocabulary);

@@ -453,12 +453,15 @@ static int after_step(run_t *r, int total) {
   return 0;
 }
 
-/* B images (and captions when caps != NULL) of the pretraining world from rng */
-static void render_batch(cd_rng *rng, int B, float *px, char (*caps)[256]) {
+/* B images (and captions when caps != NULL) of the pretraining world from rng;
+ * a fraction `sprites` of them with generic sprites (the rng stream is the
+ * same as before sprites existed when it is 0) */
+static void render_batch(cd_rng *rng, int B, float *px, char (*caps)[256], float sprites) {
   const int64_t per = 3 * CD_WORLD_RES * CD_WORLD_RES;
   for (int b = 0; b < B; b++) {
     cd_world_scene s;
-    cd_world_sample(rng, CD_WORLD_PRETRAIN, &s);
+    int spr = sprites > 0 && cd_rng_uniform(rng) < sprites;
+    cd_world_sample(rng, spr ? CD_WORLD_SPRITES : CD_WORLD_PRETRAIN, &s);
     cd_world_render(&s, px + b * per);
     if (caps) cd_world_caption(&s, NULL, NULL, caps[b], 256);
   }
@@ -523,7 +526,7 @@ static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
   while (r->step < o->vae_steps) {
     cd_rng rng;
     cd_rng_seed(&rng, step_seed(o->seed, PH_VAE, r->step));
-    render_batch(&rng, B, pix, NULL);
+    render_batch(&rng, B, pix, NULL, o->vae_sprites);
     cd_rng_fill_normal(&rng, eps, (size_t)B * per);
     if (cd_graph_set_input(ge, img, pix) || cd_graph_forward(ge) || cd_graph_get(ge, mom, mh)) goto done;
     double kl = 0;
@@ -591,7 +594,7 @@ static int set_scaling(run_t *r) {
   double s1 = 0, s2 = 0;
   int rc = 0;
   for (int i = 0; i < r->o->scale_images && !rc; i++) {
-    render_batch(&rng, 1, pix, NULL);
+    render_batch(&rng, 1, pix, NULL, 0);
     cd_rng_fill_normal(&rng, eps, (size_t)per);
     rc = cd_graph_set_input(g, img, pix) || cd_graph_forward(g) || cd_graph_get(g, mom, mh) ? -1 : 0;
     cd_vae_latent_sample(mh, eps, 1.0f, per, zz);
@@ -663,7 +666,7 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
   while (r->step < o->unet_steps) {
     cd_rng rng;
     cd_rng_seed(&rng, step_seed(o->seed, PH_UNET, r->step));
-    render_batch(&rng, B, pix, caps);
+    render_batch(&rng, B, pix, caps, 0);
     cd_rng_fill_normal(&rng, eps, (size_t)B * per);
     cd_rng_fill_normal(&rng, noise, (size_t)B * per);
     for (int b = 0; b < B; b++) {
@@ -729,8 +732,12 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   if (!(o->uncond_prob >= 0 && o->uncond_prob <= 1)) return cd_set_error("--uncond-prob must be in [0, 1]");
   if (!(o->offset_noise >= 0 && o->offset_noise <= 1)) return cd_set_error("--offset-noise must be in [0, 1]");
   if (!(o->ema >= 0 && o->ema < 1)) return cd_set_error("--ema must be in [0, 1)");
+  if (!(o->vae_sprites >= 0 && o->vae_sprites <= 1)) return cd_set_error("--vae-sprites must be in [0, 1]");
   if (o->decoder_only && !o->init && !o->resume)
     return cd_set_error("--decoder-only fine-tunes the decoder of an --init model: pass --init DIR");
+  if (o->vae_tune && !o->init && !o->resume)
+    return cd_set_error("--vae-tune fine-tunes the VAE of an --init model: pass --init DIR");
+  if (o->vae_tune && o->decoder_only) return cd_set_error("--vae-tune and --decoder-only exclude each other");
   if (o->scale_images < 1) return cd_set_error("scale_images must be at least 1");
   if (o->unet_layers < 0 || o->unet_layers > 4) return cd_set_error("--unet-layers must be 1 to 4 (0: the default)");
   run_t r;
@@ -775,11 +782,15 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
     if (init_from(&r, o->init, init)) goto done;
     cd_sd_free(init); /* its weights are copied: not held through training */
     init = NULL;
-    /* the init's VAE and scaling factor are kept; --decoder-only fine-tunes its decoder first */
-    r.phase = o->decoder_only ? PH_VAE : PH_UNET;
+    /* the init's VAE and scaling factor are kept; --decoder-only fine-tunes its
+     * decoder first, --vae-tune all of it (the UNet then follows its latents) */
+    r.phase = o->decoder_only || o->vae_tune ? PH_VAE : PH_UNET;
     r.step = 0;
     fprintf(stderr, "pretrain: starting from %s (%s, scaling factor %.6g)\n", o->init,
-            o->decoder_only ? "VAE decoder fine-tuned, encoder kept" : "VAE kept", r.m.vae.cfg.scaling_factor);
+            o->decoder_only ? "VAE decoder fine-tuned, encoder kept"
+            : o->vae_tune   ? "whole VAE fine-tuned"
+                            : "VAE kept",
+            r.m.vae.cfg.scaling_factor);
   }
   if (open_log(&r)) goto done;
   if (r.phase == PH_VAE) {
@@ -787,7 +798,8 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
     cd_tensor_file_close(rf);
     rf = NULL;
     if (s) { rc = s > 0 ? 0 : -1; goto done; }
-    if (!o->decoder_only && set_scaling(&r)) goto done; /* decoder-only: the latents are unchanged */
+    /* decoder-only: the latents are unchanged; vae-tune: the UNet knows their old scale */
+    if (!o->decoder_only && !o->vae_tune && set_scaling(&r)) goto done;
     r.phase = PH_UNET;
     r.step = 0;
     if (save_state(&r) || cd_wm_write(&r.m, o->out, !o->f32)) goto done;

@@ -62,6 +62,8 @@ typedef struct {
   const char *init;     /* start from this world-model folder, skipping the VAE phase (NULL: from scratch) */
   int decoder_only;     /* with init: phase 1 trains only the VAE decoder (encoder, latents, scaling factor kept) */
   float ema;            /* EMA decay of the phase-2 parameters, 0 = off; the written model is the average */
+  int vae_tune;         /* with init: phase 1 fine-tunes the whole VAE (encoder too), keeping the init's scaling factor */
+  float vae_sprites;    /* fraction of autoencoder images with generic sprites for objects (default 0) */
   int unet_layers;      /* UNet layers_per_block (0: the init's or the resumed state's, else 1); more than init's grows it by identity blocks */
 } cd_pretrain_opts;
 

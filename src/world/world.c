@@ -65,7 +65,37 @@ static void place(cd_rng *r, cd_world_obj *o, float xlo, float xhi, int two) {
   o->cy = frand(r, o->r + 1, CD_WORLD_RES - o->r - 1);
 }
 
+/* 2-6 body parts (rectangles, discs; some in a second colour when the sprite
+ * has one), 0-3 detail dots on top, half of them mirror-symmetric: the
+ * vocabulary of the world's drawn objects, in layouts no kind has. */
+static void make_sprite(cd_rng *r, cd_world_sprite *sp, int colour, int bg) {
+  memset(sp, 0, sizeof *sp);
+  sp->mirror = cd_rng_uniform(r) < 0.5;
+  sp->colour2 = colour_except(r, colour, bg);
+  int two = cd_rng_uniform(r) < 0.4, nb = 2 + irand(r, 5), nd = irand(r, 4);
+  for (int i = 0; i < nb + nd; i++) {
+    cd_world_sprite_part *p = &sp->part[sp->nparts++];
+    if (i < nb) {
+      p->type = cd_rng_uniform(r) < 0.65 ? 0 : 1;
+      p->alt = two && cd_rng_uniform(r) < 0.4;
+      p->a = p->type == 0 ? frand(r, 0.08f, 0.6f) : frand(r, 0.12f, 0.5f);
+      p->b = p->type == 0 ? frand(r, 0.08f, 0.6f) : p->a;
+    } else {
+      p->type = 2;
+      p->a = p->b = frand(r, 0.06f, 0.14f);
+    }
+    p->u = frand(r, -(1.0f - p->a), 1.0f - p->a);
+    p->v = frand(r, -(1.0f - p->b), 1.0f - p->b);
+  }
+}
+
 void cd_world_sample(cd_rng *r, cd_world_mode mode, cd_world_scene *s) {
+  if (mode == CD_WORLD_SPRITES) {
+    cd_world_sample(r, CD_WORLD_PRETRAIN, s);
+    s->sprites = s->nobj > 0;
+    for (int i = 0; i < s->nobj; i++) make_sprite(r, &s->sprite[i], s->obj[i].colour, s->bg_colour);
+    return;
+  }
   memset(s, 0, sizeof *s);
   s->photo = cd_rng_uniform(r) < 0.3;
   s->in_form = cd_rng_uniform(r) < 0.2;
@@ -156,6 +186,20 @@ static int shape_at(int kind, float u, float v) {
   return 0;
 }
 
+/* shape_at for a sprite: 0 outside, 1 body, 2 detail, 3 body in its second colour */
+static int sprite_at(const cd_world_sprite *sp, float u, float v) {
+  int k = 0;
+  for (int i = 0; i < sp->nparts; i++) {
+    const cd_world_sprite_part *p = &sp->part[i];
+    for (int m = 0; m <= sp->mirror; m++) {
+      float x = m ? -u : u, hit = p->type == 0 ? in_rect(x, v, p->u - p->a, p->u + p->a, p->v - p->b, p->v + p->b)
+                                               : in_disc(x, v, p->u, p->v, p->a);
+      if (hit) k = p->type == 2 ? 2 : p->alt ? 3 : 1;
+    }
+  }
+  return k;
+}
+
 /* 1 where the pattern's ink is at pixel position (x, y) */
 static int pattern_at(const cd_world_scene *s, float x, float y) {
   float p = s->period, a = s->vertical ? x : y, b = s->vertical ? y : x;
@@ -202,8 +246,10 @@ void cd_world_render(const cd_world_scene *s, float *rgb) {
           const float *col = s->pattern != CD_WORLD_PLAIN && pattern_at(s, px, py) ? ink : colour_rgb[s->bg_colour];
           for (int i = 0; i < s->nobj; i++) {
             const cd_world_obj *o = &s->obj[i];
-            int k = shape_at(o->kind, (px - o->cx) / o->r, (py - o->cy) / o->r);
+            float u = (px - o->cx) / o->r, v = (py - o->cy) / o->r;
+            int k = s->sprites ? sprite_at(&s->sprite[i], u, v) : shape_at(o->kind, u, v);
             if (k == 1) col = colour_rgb[o->colour];
+            else if (k == 3) col = colour_rgb[s->sprite[i].colour2];
             else if (k == 2) col = detail[i];
           }
           for (int c = 0; c < 3; c++) acc[c] += col[c];
@@ -229,7 +275,8 @@ static void put(sbuf *b, const char *s) {
 }
 
 static void put_kind(sbuf *b, const cd_world_scene *s, int kind, const cd_world_names *nm) {
-  if (kind == CD_WORLD_ROBOT && nm->toy) { put(b, nm->toy); put(b, " toy"); }
+  if (s->sprites) put(b, "toy"); /* a sprite has no kind */
+  else if (kind == CD_WORLD_ROBOT && nm->toy) { put(b, nm->toy); put(b, " toy"); }
   else if (kind == CD_WORLD_DUCK && nm->toy2) { put(b, nm->toy2); put(b, " toy"); }
   else if ((kind == CD_WORLD_BEAR || kind == CD_WORLD_CAR) && s->toy_generic) put(b, "toy");
   else put(b, kind_names[kind]);

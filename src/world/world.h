@@ -55,6 +55,24 @@ typedef struct {
   float cx, cy, r; /* centre and half-size in pixels */
 } cd_world_obj;
 
+/* A generic sprite: an object of no kind, built from random parts, that only
+ * the autoencoder sees (CD_WORLD_SPRITES). The VAE is the one generic
+ * component of a latent diffusion model (SD's was trained on images of
+ * everything): an autoencoder that knows only the pretraining kinds blurs any
+ * new shape into a blob before the UNet ever sees it. Sprites teach it to
+ * keep arbitrary part layouts without ever drawing a held-out concept. */
+#define CD_WORLD_SPRITE_PARTS 10
+typedef struct {
+  int type;               /* 0 rectangle, 1 disc, 2 detail disc */
+  int alt;                /* body part in the sprite's colour2 */
+  float u, v, a, b;       /* centre, half-sizes (rectangle) or radius a (discs), in [-1, 1] object coordinates */
+} cd_world_sprite_part;
+typedef struct {
+  int nparts, mirror;     /* mirror: every part is drawn mirrored in u too */
+  int colour2;            /* second body colour (parts with alt set) */
+  cd_world_sprite_part part[CD_WORLD_SPRITE_PARTS];
+} cd_world_sprite;
+
 typedef struct {
   int nobj;              /* 0: a pattern filling the frame */
   cd_world_obj obj[2];   /* obj[1] is right of obj[0] */
@@ -65,6 +83,8 @@ typedef struct {
   int photo;             /* caption starts with "photo of " */
   int bg_as_pattern;     /* caption says "on a green striped pattern" instead of "... background" */
   int toy_generic;       /* caption says "toy" instead of "bear toy" / "car toy" */
+  int sprites;           /* objects are sprite[i], not kinds (CD_WORLD_SPRITES) */
+  cd_world_sprite sprite[2];
 } cd_world_scene;
 
 /* What to draw. */
@@ -73,7 +93,9 @@ typedef enum {
   CD_WORLD_NEW_TOY,  /* one robot toy (its own orange), varied pose, scale and background */
   CD_WORLD_NEW_PATTERN, /* the zigzag pattern filling the frame, in its own colours */
   CD_WORLD_NEW_TOY2, /* one duck toy (its own yellow), varied pose, scale and background */
-  CD_WORLD_ANY       /* everything, held-out concepts included (the judge's training data) */
+  CD_WORLD_ANY,      /* everything, held-out concepts included (the judge's training data) */
+  CD_WORLD_SPRITES   /* the pretraining scenes with generic sprites for objects (autoencoder data only;
+                      * captioned "toy") */
 } cd_world_mode;
 
 const char *cd_world_kind_name(int kind);      /* "circle", ..., "bear toy", "robot toy", "duck toy" */
