@@ -4,11 +4,13 @@
 #include <stdlib.h>
 
 #include "args.h"
+#include "cli_device.h"
 #include "commands.h"
 #include "core/common.h"
 #include "pretrain/pretrain.h"
 
 int cmd_pretrain(int argc, char **argv) {
+  const char *device = NULL;
   cd_pretrain_opts o;
   cd_pretrain_opts_default(&o);
     cli_opt opts[] = {
@@ -31,12 +33,14 @@ int cmd_pretrain(int argc, char **argv) {
       {"--vae-tune", CLI_FLAG, &o.vae_tune, "", "with --init: first fine-tune the whole VAE (encoder too) for --vae-steps, keeping its scaling factor; the UNet phase then follows the new latents"},
       {"--ema", CLI_FLOAT, &o.ema, "D", "keep an EMA of the UNet + text encoder weights with decay D (e.g. 0.999) and write it as the model (default 0: off)"},
       {"--unet-layers", CLI_INT, &o.unet_layers, "N", "UNet resnets per level (default: that of --init or of the resumed state, else 1); more than --init has grows it by blocks that start as the identity"},
+      CLI_DEVICE_OPT(&device),
       {"--fp32", CLI_FLAG, &o.f32, "", "write the model in fp32 (default fp16)"},
       {"--stop-after", CLI_INT, &o.stop_after, "N", "stop (as if interrupted, state saved) after N steps of this run"},
       {0}};
   static const cli_cmd cmd = {"pretrain", "--out DIR [--seed N] [--vae-steps N] [--unet-steps N] [--resume] [flags]"};
   int pr = cli_parse(argc, argv, opts, &cmd, NULL);
   if (pr != CLI_GO) return pr;
+  if ((pr = cli_device(opts, &cmd, device)) != CLI_GO) return pr;
   o.quiet = getenv("CDIFF_QUIET") != NULL;
   if (cd_pretrain_run(&o)) {
     fprintf(stderr, "cdiff pretrain: %s\n", cd_last_error());

@@ -2,6 +2,7 @@
  * reproduce the shipped log; an interrupted and resumed run is bit for bit
  * the uninterrupted one and writes a model the loader reads; bad options
  * are refused naming the flag. */
+#include "engine/backend.h"
 #include "io/fsutil.h"
 #include "io/tensor_file.h"
 #include "models/sd_model.h"
@@ -391,6 +392,51 @@ TEST(vae_tune) {
   CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--init"));
 }
 
+/* `cdiff pretrain --device`: every graph of a run on a backend that keeps its
+ * own copies of the weights (host_memory 0; here the CPU's kernels on copies,
+ * the way the CUDA backend holds them in GPU memory). A run that read or
+ * wrote the host arrays where the device holds the values (the optimizer's
+ * weights, the EMA, the model written, the state) would write other files
+ * than the CPU run; with both phases, EMA, offset noise and a resume in
+ * between, they are the same bytes. */
+static cd_backend devcopy;
+
+TEST(device_copies) {
+  devcopy = *cd_backend_cpu();
+  devcopy.name = "device-copies";
+  devcopy.host_memory = 0;
+  char a[512], b[512], p[700], q[700];
+  snprintf(a, sizeof a, "%s", test_tmpdir("dev_cpu"));
+  snprintf(b, sizeof b, "%s", test_tmpdir("dev_copies"));
+  cd_pretrain_opts o;
+  small_opts(&o, a);
+  o.ema = 0.9f;
+  CHECK_OK(cd_pretrain_run(&o));
+  cd_backend_set_default(&devcopy);
+  small_opts(&o, b);
+  o.ema = 0.9f;
+  o.stop_after = 4; /* into the UNet phase */
+  int rc1 = cd_pretrain_run(&o);
+  o.resume = 1;
+  o.stop_after = 0;
+  int rc2 = cd_pretrain_run(&o);
+  cd_backend_set_default(NULL);
+  CHECK_OK(rc1);
+  CHECK_OK(rc2);
+  static const char *const files[] = {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                                      "text_encoder/model.safetensors", "vae/config.json", CD_PRETRAIN_STATE};
+  for (int i = 0; i < 5; i++) {
+    snprintf(p, sizeof p, "%s/%s", a, files[i]);
+    snprintf(q, sizeof q, "%s/%s", b, files[i]);
+    CHECKF(file_eq(p, q), "%s differs between the CPU and the device-copies run", files[i]);
+  }
+  double l1[3], l2[3];
+  snprintf(p, sizeof p, "%s/%s", a, CD_PRETRAIN_LOG);
+  snprintf(q, sizeof q, "%s/%s", b, CD_PRETRAIN_LOG);
+  CHECK(read_losses(p, "unet", l1, 3) == 3 && read_losses(q, "unet", l2, 3) == 3);
+  for (int i = 0; i < 3; i++) CHECKF(l1[i] == l2[i], "UNet step %d: loss %.9g vs %.9g", i + 1, l1[i], l2[i]);
+}
+
 /* one UNet evaluation of model dir on fixed inputs into y (2*4*8*8 floats); 0 ok */
 static int unet_eval(const char *dir, float *y) {
   cd_sd_model *m = NULL;
@@ -487,6 +533,7 @@ int main(void) {
   RUN(init_and_ema);
   RUN(decoder_only);
   RUN(vae_tune);
+  RUN(device_copies);
   RUN(grow_identity);
   test_tmp_cleanup();
   return test_summary();

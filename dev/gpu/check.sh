@@ -9,13 +9,15 @@
 #   3. bench: a random SD 1.5 checkpoint (gen_sd_random, made there), one CFG
 #      UNet evaluation at 512 px (batch 2) in bf16 and fp32 math, and a Custom
 #      Diffusion training step at batch 8 (4 instance + 4 class) and 1+1;
+#   3b. the world model's pretraining on the GPU: its first VAE steps against
+#      the shipped log, and UNet steps per second;
 #   4. a short table last (the reply's output_tail shows the end).
-# Logs go to $OUT (they come back with the reply; six files, the tool returns at most 8). Each stage has its own
+# Logs go to $OUT (they come back with the reply; seven files, the tool returns at most 8). Each stage has its own
 # timeout, so a hang in one still leaves the table.
 #
 # Here (no GPU needed), once:     sh dev/gpu/prepare.sh
 # Then the device tool's run:     command "bash dev/gpu/check.sh", carry ["dev/gpu/carry"], timeout_s 540
-# Stages can be skipped: CHECK_SKIP="bench" (or "parity", "train") in the command.
+# Stages can be skipped: CHECK_SKIP="bench" (or "parity", "pretrain", "train") in the command.
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/cdiff-check-out}
@@ -83,6 +85,28 @@ if ! skip parity; then
   row "test_cuda, async   $(grep -c '^PASS' "$OUT/test_cuda_async.log") passed, $(grep -c '^FAIL' "$OUT/test_cuda_async.log") failed"
 fi
 
+# ---- 3b. the world model's pretraining on the GPU (issue 10's next model needs it) ----
+# the documented first command's first 3 VAE steps against the shipped log (tests/test_pretrain.c's
+# 1e-3 relative bound), then 200 UNet steps of 32 continuing the shipped model: steps per second
+if ! skip pretrain && ! late 90; then
+  say "pretrain --device cuda: 3 VAE steps vs the shipped log, 200 UNet steps timed"
+  rm -rf /tmp/wm-a /tmp/wm-b
+  timeout "$(tmo 60)" build-cuda/cdiff pretrain --device cuda --out /tmp/wm-a --seed 1 --vae-steps 3000 --stop-after 3 \
+    > "$OUT/pretrain.log" 2>&1
+  cmp=$(awk -F'"loss": ' 'FNR == 1 { f++ } f == 1 && FNR <= 3 { split($2, a, ","); want[FNR] = a[1] }
+        f == 2 && FNR <= 3 { split($2, a, ","); d = a[1] - want[FNR]; if (d < 0) d = -d; r = d / (want[FNR] < 0 ? -want[FNR] : want[FNR]);
+        if (r > m) m = r } END { printf "max rel diff %.2e (%s)", m, m <= 1e-3 ? "ok" : "DIFFERS" }' \
+        models/cdiff-world/pretrain_log.jsonl /tmp/wm-a/pretrain_log.jsonl 2>/dev/null)
+  row "pretrain VAE 1-3   ${cmp:-FAILED: $(tail -1 "$OUT/pretrain.log")}"
+  t=$(date +%s.%N)
+  if timeout "$(tmo 90)" build-cuda/cdiff pretrain --device cuda --out /tmp/wm-b --init models/cdiff-world --unet-steps 200 \
+      --checkpoint-every 0 --seed 9 >> "$OUT/pretrain.log" 2>&1; then
+    row "pretrain UNet b=32 $(echo "$t $(date +%s.%N)" | awk '{ printf "%.1f steps/s (200 steps, with load and write; CPU 1 thread: 1.74)", 200 / ($2 - $1) }')"
+  else
+    row "pretrain UNet b=32 FAILED: $(tail -1 "$OUT/pretrain.log")"
+  fi
+fi
+
 # ---- 4. benches on a random SD 1.5 ----
 if ! skip bench; then
   say "gen_sd_random: random SD 1.5 (fp16) in /tmp/sd15-random"
@@ -117,4 +141,4 @@ echo
 echo "==== cdiff CUDA check, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(git rev-parse --short HEAD 2>/dev/null) ===="
 printf '%s\n' "${ROWS[@]}"
 grep -E '^FAIL' "$OUT/test_cuda.log" 2>/dev/null | head -8
-echo "total $(($(date +%s) - T0)) s; logs in \$OUT (at most 8 files come back): check.log build.log test_cuda.log test_cuda_async.log bench.log profile.log"
+echo "total $(($(date +%s) - T0)) s; logs in \$OUT (at most 8 files come back): check.log build.log test_cuda.log test_cuda_async.log pretrain.log bench.log profile.log"

@@ -155,6 +155,7 @@ static int load_state(run_t *r, cd_tensor_file **fout) {
         cd_tensor_file_close(f);
         return cd_set_error("--resume %s: tensor '%s' missing or mis-shaped (different model shapes?)", r->state, nm);
       }
+      cd_weight_changed(x); /* a device holding a copy uploads the loaded value */
     }
   *fout = f;
   return 0;
