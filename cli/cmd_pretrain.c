@@ -9,8 +9,20 @@
 #include "core/common.h"
 #include "pretrain/pretrain.h"
 
+/* "a,b,c" into n positive ints; 0 ok */
+static int parse_ints(const char *s, int *out, int n) {
+  for (int i = 0; i < n; i++) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (end == s || v <= 0 || v > 1 << 16 || (i < n - 1 ? *end != ',' : *end != 0)) return -1;
+    out[i] = (int)v;
+    s = end + 1;
+  }
+  return 0;
+}
+
 int cmd_pretrain(int argc, char **argv) {
-  const char *device = NULL;
+  const char *device = NULL, *vae_ch = NULL, *unet_ch = NULL;
   cd_pretrain_opts o;
   cd_pretrain_opts_default(&o);
     cli_opt opts[] = {
@@ -32,6 +44,8 @@ int cmd_pretrain(int argc, char **argv) {
       {"--decoder-only", CLI_FLAG, &o.decoder_only, "", "with --init: first fine-tune the VAE decoder alone for --vae-steps (encoder and latent space kept)"},
       {"--vae-tune", CLI_FLAG, &o.vae_tune, "", "with --init: first fine-tune the whole VAE (encoder too) for --vae-steps, keeping its scaling factor; the UNet phase then follows the new latents"},
       {"--ema", CLI_FLOAT, &o.ema, "D", "keep an EMA of the UNet + text encoder weights with decay D (e.g. 0.999) and write it as the model (default 0: off)"},
+      {"--vae-channels", CLI_STR, &vae_ch, "A,B,C,D", "VAE block_out_channels, multiples of 8 (default: those of --init or of the resumed state, else 16,32,32,64)"},
+      {"--unet-channels", CLI_STR, &unet_ch, "A,B", "UNet block_out_channels, multiples of 16 (default: those of --init or of the resumed state, else 48,96)"},
       {"--unet-layers", CLI_INT, &o.unet_layers, "N", "UNet resnets per level (default: that of --init or of the resumed state, else 1); more than --init has grows it by blocks that start as the identity"},
       CLI_DEVICE_OPT(&device),
       {"--fp32", CLI_FLAG, &o.f32, "", "write the model in fp32 (default fp16)"},
@@ -40,6 +54,10 @@ int cmd_pretrain(int argc, char **argv) {
   static const cli_cmd cmd = {"pretrain", "--out DIR [--seed N] [--vae-steps N] [--unet-steps N] [--resume] [flags]"};
   int pr = cli_parse(argc, argv, opts, &cmd, NULL);
   if (pr != CLI_GO) return pr;
+  if (vae_ch && parse_ints(vae_ch, o.vae_channels, 4))
+    return cli_error(opts, &cmd, "--vae-channels", "%s: expected four positive integers, A,B,C,D", vae_ch);
+  if (unet_ch && parse_ints(unet_ch, o.unet_channels, 2))
+    return cli_error(opts, &cmd, "--unet-channels", "%s: expected two positive integers, A,B", unet_ch);
   if ((pr = cli_device(opts, &cmd, device)) != CLI_GO) return pr;
   o.quiet = getenv("CDIFF_QUIET") != NULL;
   if (cd_pretrain_run(&o)) {

@@ -437,6 +437,52 @@ TEST(device_copies) {
   for (int i = 0; i < 3; i++) CHECKF(l1[i] == l2[i], "UNet step %d: loss %.9g vs %.9g", i + 1, l1[i], l2[i]);
 }
 
+/* --vae-channels / --unet-channels: a model of other widths trains, is
+ * written with them and loads; a resume without the flags keeps the state's
+ * widths (same files as an uninterrupted run); a width that differs from the
+ * state's or the init's is refused (width does not grow). */
+TEST(channels) {
+  char a[512], b[512], p[700], q[700];
+  snprintf(a, sizeof a, "%s", test_tmpdir("wide_whole"));
+  snprintf(b, sizeof b, "%s", test_tmpdir("wide_parts"));
+  static const int vc[4] = {8, 16, 24, 32}, uc[2] = {32, 64};
+  cd_pretrain_opts o;
+  small_opts(&o, a);
+  memcpy(o.vae_channels, vc, sizeof vc);
+  memcpy(o.unet_channels, uc, sizeof uc);
+  CHECK_OK(cd_pretrain_run(&o));
+  small_opts(&o, b);
+  memcpy(o.vae_channels, vc, sizeof vc);
+  memcpy(o.unet_channels, uc, sizeof uc);
+  o.stop_after = 4;
+  CHECK_OK(cd_pretrain_run(&o));
+  small_opts(&o, b); /* no width flags: the state's */
+  o.resume = 1;
+  CHECK_OK(cd_pretrain_run(&o));
+  snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", a);
+  snprintf(q, sizeof q, "%s/unet/diffusion_pytorch_model.safetensors", b);
+  CHECK(file_eq(p, q));
+  cd_sd_model *m = NULL;
+  cd_load_opts lo = {0};
+  CHECK_OK(cd_sd_load(a, &lo, &m));
+  if (m) {
+    for (int i = 0; i < 4; i++) CHECKF(m->vae.cfg.block_out[i] == vc[i], "VAE level %d: %d channels", i, m->vae.cfg.block_out[i]);
+    for (int i = 0; i < 2; i++) CHECKF(m->unet.cfg.block_out[i] == uc[i], "UNet level %d: %d channels", i, m->unet.cfg.block_out[i]);
+    cd_sd_free(m);
+  }
+  small_opts(&o, b); /* the state's widths differ from the flag's */
+  o.resume = 1;
+  o.unet_channels[0] = 48, o.unet_channels[1] = 96;
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--unet-channels"));
+  small_opts(&o, test_tmpdir("wide_init")); /* the shipped model is 16,32,32,64 */
+  o.init = SHIPPED;
+  memcpy(o.vae_channels, vc, sizeof vc);
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--vae-channels"));
+  small_opts(&o, test_tmpdir("wide_bad"));
+  o.vae_channels[0] = 12, o.vae_channels[1] = o.vae_channels[2] = o.vae_channels[3] = 16;
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "multiple of 8"));
+}
+
 /* one UNet evaluation of model dir on fixed inputs into y (2*4*8*8 floats); 0 ok */
 static int unet_eval(const char *dir, float *y) {
   cd_sd_model *m = NULL;
@@ -534,6 +580,7 @@ int main(void) {
   RUN(decoder_only);
   RUN(vae_tune);
   RUN(device_copies);
+  RUN(channels);
   RUN(grow_identity);
   test_tmp_cleanup();
   return test_summary();

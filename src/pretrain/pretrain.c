@@ -309,6 +309,42 @@ static int write_model(run_t *r) {
 /* Layers per block of the UNet a pretraining state holds: how many
  * unet/down_blocks.0.resnets.K it has; 0 when unreadable (load_state reports
  * that). */
+/* block_out_channels of a saved state's VAE (4 levels) and UNet (2 levels),
+ * read from the first ResNet of each down block; 0 when there is no state */
+static int state_channels(const char *path, int vae[4], int unet[2]) {
+  cd_tensor_file *f;
+  if (!cd_file_exists(path) || cd_safetensors_open(path, &f)) {
+    cd_clear_error();
+    return 0;
+  }
+  int ok = 1;
+  for (int i = 0; i < 6 && ok; i++) {
+    char n[128];
+    if (i < 4) snprintf(n, sizeof n, "vae/encoder.down_blocks.%d.resnets.0.conv1.weight", i);
+    else snprintf(n, sizeof n, "unet/down_blocks.%d.resnets.0.conv1.weight", i - 4);
+    const cd_tensor_info *t = cd_tf_find(f, n);
+    if (!t || t->ndim != 4) ok = 0;
+    else if (i < 4) vae[i] = (int)t->shape[0];
+    else unet[i - 4] = (int)t->shape[0];
+  }
+  cd_tensor_file_close(f);
+  return ok;
+}
+
+/* the run's channels: the flag's when given (it must agree with what the run
+ * continues: width does not grow), else those of the state or init */
+static int pick_channels(const char *what, const int *flag, const int *cont, int n, int *out) {
+  int given = 0, same = 1;
+  for (int i = 0; i < n; i++) given |= flag[i] != 0, same &= !cont[0] || flag[i] == cont[i];
+  if (given && cont[0] && !same)
+    return cd_set_error("--%s-channels differs from the model this run continues (%d,...): a model's width cannot change",
+                        what, cont[0]);
+  for (int i = 0; i < n; i++)
+    if (given) out[i] = flag[i];
+    else if (cont[0]) out[i] = cont[i];
+  return 0;
+}
+
 static int state_unet_layers(const char *path) {
   cd_tensor_file *f;
   if (!cd_file_exists(path) || cd_safetensors_open(path, &f)) {
@@ -741,6 +777,13 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   if (o->vae_tune && o->decoder_only) return cd_set_error("--vae-tune and --decoder-only exclude each other");
   if (o->scale_images < 1) return cd_set_error("scale_images must be at least 1");
   if (o->unet_layers < 0 || o->unet_layers > 4) return cd_set_error("--unet-layers must be 1 to 4 (0: the default)");
+  /* GroupNorm: 8 groups in the VAE, 16 in the UNet (whose 4 heads then divide it too) */
+  for (int i = 0; i < 4; i++)
+    if (o->vae_channels[i] && (o->vae_channels[i] < 8 || o->vae_channels[i] > 1024 || o->vae_channels[i] % 8))
+      return cd_set_error("--vae-channels: %d is not a multiple of 8 in 8..1024", o->vae_channels[i]);
+  for (int i = 0; i < 2; i++)
+    if (o->unet_channels[i] && (o->unet_channels[i] < 16 || o->unet_channels[i] > 2048 || o->unet_channels[i] % 16))
+      return cd_set_error("--unet-channels: %d is not a multiple of 16 in 16..2048", o->unet_channels[i]);
   run_t r;
   memset(&r, 0, sizeof r);
   r.o = o;
@@ -768,6 +811,15 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   if (!layers && o->resume) layers = state_unet_layers(r.state);
   else if (!layers && init) layers = init->unet.cfg.layers_per_block;
   if (layers > 0) cfg.unet.layers_per_block = layers;
+  int cv[4] = {0}, cu[2] = {0};
+  if (o->resume) state_channels(r.state, cv, cu);
+  else if (init) {
+    for (int i = 0; i < 4; i++) cv[i] = init->vae.cfg.nlevels == 4 ? init->vae.cfg.block_out[i] : 0;
+    for (int i = 0; i < 2; i++) cu[i] = init->unet.cfg.nlevels == 2 ? init->unet.cfg.block_out[i] : 0;
+  }
+  if (pick_channels("vae", o->vae_channels, cv, 4, cfg.vae.block_out) ||
+      pick_channels("unet", o->unet_channels, cu, 2, cfg.unet.block_out))
+    goto done;
   if (cd_wm_init(&cfg, o->seed, &r.m)) goto done;
   if (o->resume) {
     if (!cd_file_exists(r.state)) {
