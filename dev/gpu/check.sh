@@ -37,23 +37,9 @@ row() { ROWS+=("$1"); }
 
 say "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
 say "nvcc: $(nvcc --version 2>/dev/null | tail -1) | gcc: $(gcc --version | head -1) | cores: $(nproc)"
-export PATH=$PATH:/usr/local/cuda/bin
-export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")")}
-
-# ---- 1. the C dependencies carried from the build machine ----
-SYS=/tmp/cdiff-sys
-if [ -f dev/gpu/carry/sys.tar.xz ]; then
-  rm -rf $SYS && mkdir -p $SYS && tar -C $SYS --strip-components=1 -xJf dev/gpu/carry/sys.tar.xz
-  for f in $SYS/lib/*.so.*; do b=${f%%.so.*}; ln -sf "$(basename "$f")" "$b.so"; done
-  ln -sf libpng16.so.16 $SYS/lib/libpng.so # -lpng
-  export CPATH=$SYS/include${CPATH:+:$CPATH}
-  export LIBRARY_PATH=$SYS/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
-  export LD_LIBRARY_PATH=$SYS/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  say "C dependencies from dev/gpu/carry/sys.tar.xz"
-else
-  say "no dev/gpu/carry/sys.tar.xz: using the machine's own C libraries (run dev/gpu/prepare.sh first if the build fails)"
-fi
-export CDIFF_NO_REEXEC=1 OMP_WAIT_POLICY=passive OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
+# ---- 1. CUDA and the C dependencies carried from the build machine ----
+. dev/gpu/sys_env.sh
+say "$SYS_NOTE"
 
 # ---- 2. build ----
 say "build: make CUDA=1"
