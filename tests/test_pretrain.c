@@ -273,6 +273,35 @@ static void decoder_opts(cd_pretrain_opts *o, const char *out) {
   o->f32 = 1;
 }
 
+/* which weights of a run's model in dir differ from the shipped model's
+ * (changed) and which are the same bytes; and the VAE scaling factor is the
+ * shipped one (runs that keep the latent scale) */
+typedef struct {
+  const char *file, *name;
+  int changed;
+} wcheck;
+
+static void check_vs_shipped(const char *dir, const wcheck *w, int n) {
+  char p[700], q[700];
+  for (int i = 0; i < n; i++) {
+    int64_t n1 = 0, n2 = 0;
+    snprintf(p, sizeof p, "%s/%s", dir, w[i].file);
+    snprintf(q, sizeof q, "%s/%s", SHIPPED, w[i].file);
+    float *x = read_tensor(p, w[i].name, &n1), *y = read_tensor(q, w[i].name, &n2);
+    CHECKF(x && y && n1 == n2, "%s: %s", w[i].file, w[i].name);
+    int same = x && y && n1 == n2 && !memcmp(x, y, (size_t)n1 * sizeof(float));
+    CHECKF(same == !w[i].changed, "%s %s", w[i].name, w[i].changed ? "did not train" : "changed");
+    free(x), free(y);
+  }
+  cd_sd_model *m, *s;
+  cd_load_opts lo = {0};
+  CHECK_OK(cd_sd_load(dir, &lo, &m));
+  CHECK_OK(cd_sd_load(SHIPPED, &lo, &s));
+  CHECK(m->vae.cfg.scaling_factor == s->vae.cfg.scaling_factor);
+  cd_sd_free(m);
+  cd_sd_free(s);
+}
+
 TEST(decoder_only) {
   char a[512], b[512], p[700], q[700];
   snprintf(a, sizeof a, "%s", test_tmpdir("dec_whole"));
@@ -294,30 +323,14 @@ TEST(decoder_only) {
     CHECKF(file_eq(p, q), "%s differs after resuming", files[i]);
   }
   /* kept: encoder, UNet, text encoder; changed: decoder */
-  static const struct { const char *file, *name; int changed; } w[] = {
+  static const wcheck w[] = {
       {"vae/diffusion_pytorch_model.safetensors", "encoder.conv_in.weight", 0},
       {"vae/diffusion_pytorch_model.safetensors", "quant_conv.weight", 0},
       {"vae/diffusion_pytorch_model.safetensors", "decoder.conv_out.weight", 1},
       {"vae/diffusion_pytorch_model.safetensors", "post_quant_conv.weight", 1},
       {"unet/diffusion_pytorch_model.safetensors", "conv_out.weight", 0},
       {"text_encoder/model.safetensors", "text_model.final_layer_norm.weight", 0}};
-  for (int i = 0; i < 6; i++) {
-    int64_t n1 = 0, n2 = 0;
-    snprintf(p, sizeof p, "%s/%s", a, w[i].file);
-    snprintf(q, sizeof q, "%s/%s", SHIPPED, w[i].file);
-    float *x = read_tensor(p, w[i].name, &n1), *y = read_tensor(q, w[i].name, &n2);
-    CHECKF(x && y && n1 == n2, "%s: %s", w[i].file, w[i].name);
-    int same = x && y && n1 == n2 && !memcmp(x, y, (size_t)n1 * sizeof(float));
-    CHECKF(same == !w[i].changed, "%s %s", w[i].name, w[i].changed ? "did not train" : "changed");
-    free(x), free(y);
-  }
-  cd_sd_model *m, *s;
-  cd_load_opts lo = {0};
-  CHECK_OK(cd_sd_load(a, &lo, &m));
-  CHECK_OK(cd_sd_load(SHIPPED, &lo, &s));
-  CHECK(m->vae.cfg.scaling_factor == s->vae.cfg.scaling_factor);
-  cd_sd_free(m);
-  cd_sd_free(s);
+  check_vs_shipped(a, w, 6);
   small_opts(&o, test_tmpdir("dec_bad"));
   o.decoder_only = 1;
   CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--init"));
@@ -352,29 +365,13 @@ TEST(vae_tune) {
   snprintf(p, sizeof p, "%s/vae/diffusion_pytorch_model.safetensors", a);
   snprintf(q, sizeof q, "%s/vae/diffusion_pytorch_model.safetensors", b);
   CHECK(file_eq(p, q));
-  static const struct { const char *file, *name; int changed; } w[] = {
+  static const wcheck w[] = {
       {"vae/diffusion_pytorch_model.safetensors", "encoder.conv_in.weight", 1},
       {"vae/diffusion_pytorch_model.safetensors", "quant_conv.weight", 1},
       {"vae/diffusion_pytorch_model.safetensors", "decoder.conv_out.weight", 1},
       {"unet/diffusion_pytorch_model.safetensors", "conv_out.weight", 0},
       {"text_encoder/model.safetensors", "text_model.final_layer_norm.weight", 0}};
-  for (int i = 0; i < 5; i++) {
-    int64_t n1 = 0, n2 = 0;
-    snprintf(p, sizeof p, "%s/%s", a, w[i].file);
-    snprintf(q, sizeof q, "%s/%s", SHIPPED, w[i].file);
-    float *x = read_tensor(p, w[i].name, &n1), *y = read_tensor(q, w[i].name, &n2);
-    CHECKF(x && y && n1 == n2, "%s: %s", w[i].file, w[i].name);
-    int same = x && y && n1 == n2 && !memcmp(x, y, (size_t)n1 * sizeof(float));
-    CHECKF(same == !w[i].changed, "%s %s", w[i].name, w[i].changed ? "did not train" : "changed");
-    free(x), free(y);
-  }
-  cd_sd_model *m, *sh;
-  cd_load_opts lo = {0};
-  CHECK_OK(cd_sd_load(a, &lo, &m));
-  CHECK_OK(cd_sd_load(SHIPPED, &lo, &sh));
-  CHECK(m->vae.cfg.scaling_factor == sh->vae.cfg.scaling_factor);
-  cd_sd_free(m);
-  cd_sd_free(sh);
+  check_vs_shipped(a, w, 5);
   tune_opts(&o, c, 0);
   CHECK_OK(cd_pretrain_run(&o));
   double l1[2], l0[2];
