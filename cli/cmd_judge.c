@@ -11,28 +11,30 @@
 #include "models/sd_model.h"
 #include "world/judge.h"
 
-static void print_acc(const char *out, const char *what, const cd_judge_accuracy *a) {
-  printf("judge %s: on 1000 %s, kinds %.1f%%, object colours %.1f%%, background %.1f%%, pattern %.1f%% exactly right; "
+static void print_acc(const char *out, int n, const char *what, const cd_judge_accuracy *a) {
+  printf("judge %s: on %d %s, kinds %.1f%%, object colours %.1f%%, background %.1f%%, pattern %.1f%% exactly right; "
          "%.1f%% of the objects' kinds seen; robot toy seen in %.1f%% of the images with one, %.1f%% of those without; "
          "duck toy %.1f%% and %.1f%%\n",
-         out, what, 100 * a->kinds, 100 * a->colours, 100 * a->bg, 100 * a->pattern, 100 * a->kind_recall, 100 * a->robot_hit,
+         out, n, what, 100 * a->kinds, 100 * a->colours, 100 * a->bg, 100 * a->pattern, 100 * a->kind_recall, 100 * a->robot_hit,
          100 * a->robot_false, 100 * a->duck_hit, 100 * a->duck_false);
 }
 
 int cmd_judge(int argc, char **argv) {
   const char *judge = "models/world-judge.safetensors", *out = NULL, *vae_model = NULL, *init = NULL;
-  int train = 0, steps = 1500, batch = 32, vae_images = -1;
+  int train = 0, test = 0, ntest = 1000, steps = 1500, batch = 32, vae_images = -1;
   float lr = 2e-3f;
   uint64_t seed = 1;
   cli_opt opts[] = {
       {"--train", CLI_FLAG, &train, "", "train a judge (new, or from --init) into --out"},
+      {"--test", CLI_FLAG, &test, "", "measure --judge on fresh renders (--seed), and on them through --vae MODEL's autoencoder: how well an autoencoder keeps what the judge reads"},
+      {"--test-images", CLI_INT, &ntest, "N", "--test: renders to read (default 1000)", NULL, CLI_RANGE(1, 100000)},
       {"--out", CLI_STR, &out, "FILE", "where --train writes the judge (.safetensors)"},
       {"--steps", CLI_INT, &steps, "N", "training steps (default 1500)"},
       {"--batch", CLI_INT, &batch, "N", "images per step (default 32)"},
       {"--lr", CLI_FLOAT, &lr, "X", "peak learning rate (default 2e-3)"},
       {"--seed", CLI_U64, &seed, "N", "seed of the weights and the images (default 1)"},
       {"--init", CLI_STR, &init, "FILE", "--train: start from this judge instead of new weights"},
-      {"--vae", CLI_STR, &vae_model, "MODEL", "--train: pass some training images through this model's autoencoder, and report the accuracy on such images too"},
+      {"--vae", CLI_STR, &vae_model, "MODEL", "--train: pass some training images through this model's autoencoder, and report the accuracy on such images too; --test: measure through it"},
       {"--vae-images", CLI_INT, &vae_images, "N", "--train --vae: images per step passed through the autoencoder (default half the batch)"},
       {"--judge", CLI_STR, &judge, "FILE", "the judge that reads images (default models/world-judge.safetensors)"},
       {0}};
@@ -40,9 +42,29 @@ int cmd_judge(int argc, char **argv) {
   const char **pos = cd_calloc((size_t)argc + 1, sizeof *pos);
   char **rest = cd_calloc((size_t)argc + 1, sizeof *rest);
   int np = 0, rc = 2, nr = cli_split_words(argc, argv, opts, rest, pos, &np);
-  static const cli_cmd cmd = {"judge", "--train --out FILE [--steps N] | [--judge FILE] IMAGE..."};
+  static const cli_cmd cmd = {"judge", "--train --out FILE [--steps N] | --test [--vae MODEL] | [--judge FILE] IMAGE..."};
   int pr = cli_parse(nr, rest, opts, &cmd, NULL);
   if (pr != CLI_GO) { rc = pr; goto done; }
+  if (train && test) { fprintf(stderr, "cdiff judge: --train and --test exclude each other\n"); goto done; }
+  if (test) {
+    cd_judge *j = NULL;
+    cd_sd_model *m = NULL;
+    cd_load_opts lo = {.no_unet = 1, .no_text = 1};
+    cd_judge_accuracy acc, av;
+    rc = 1;
+    if (cd_judge_load(judge, &j)) { fprintf(stderr, "cdiff judge: %s\n", cd_last_error()); goto done; }
+    if (vae_model && cd_sd_load(vae_model, &lo, &m)) fprintf(stderr, "cdiff judge: --vae %s\n", cd_last_error());
+    else if (cd_judge_test(j, ntest, seed + 1000003, &acc) || (m && cd_judge_test_vae(j, ntest, seed + 2000003, &m->vae, &av)))
+      fprintf(stderr, "cdiff judge: %s\n", cd_last_error());
+    else {
+      print_acc(judge, ntest, "fresh images", &acc);
+      if (m) print_acc(judge, ntest, "fresh images through the autoencoder", &av);
+      rc = 0;
+    }
+    cd_sd_free(m);
+    cd_judge_free(j);
+    goto done;
+  }
   if (train) {
     if (!out) { fprintf(stderr, "cdiff judge: --train needs --out FILE\n"); goto done; }
     if (steps < 1 || batch < 1 || !(lr > 0)) { fprintf(stderr, "cdiff judge: --steps, --batch and --lr must be positive\n"); goto done; }
@@ -66,8 +88,8 @@ int cmd_judge(int argc, char **argv) {
       cd_sd_free(m);
       goto done;
     }
-    print_acc(out, "fresh images", &acc);
-    if (m) print_acc(out, "fresh images through the autoencoder", &av);
+    print_acc(out, 1000, "fresh images", &acc);
+    if (m) print_acc(out, 1000, "fresh images through the autoencoder", &av);
     cd_sd_free(m);
     cd_judge_free(j);
     rc = 0;

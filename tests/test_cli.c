@@ -933,6 +933,25 @@ TEST(info_reads_deltas_and_pngs) {
   CHECKF(rc == 1 && strstr(out, "info.png"), "exit %d: %s", rc, out);
 }
 
+/* cdiff judge --test: the shipped judge reads clean renders almost perfectly
+ * (docs/world.md: 98.5% of kinds) and renders through the shipped autoencoder
+ * less well, both lines printed; --train with --test and a missing judge are
+ * errors that say so */
+TEST(judge_test_mode) {
+  NEED_CLI();
+  char out[8192];
+  int rc = cdiff(out, sizeof out, "judge --test --test-images 40 --judge models/world-judge.safetensors --vae models/cdiff-world");
+  CHECKF(rc == 0, "exit %d: %s", rc, out);
+  const char *a = strstr(out, "on 40 fresh images, kinds "), *b = strstr(out, "on 40 fresh images through the autoencoder, kinds ");
+  CHECKF(a && b, "%s", out);
+  double ka = atof(a + strlen("on 40 fresh images, kinds ")), kb = atof(b + strlen("on 40 fresh images through the autoencoder, kinds "));
+  CHECKF(ka >= 85 && kb < ka + 1e-9, "kinds %.1f%% on renders, %.1f%% through the autoencoder", ka, kb);
+  rc = cdiff(out, sizeof out, "judge --test --train --out x.safetensors");
+  CHECKF(rc != 0 && strstr(out, "exclude"), "exit %d: %s", rc, out);
+  rc = cdiff(out, sizeof out, "judge --test --judge /nonexistent/judge.safetensors");
+  CHECKF(rc == 1 && strstr(out, "/nonexistent/"), "exit %d: %s", rc, out);
+}
+
 int main(void) {
   test_pin_threads(); /* bit-for-bit comparisons of two runs (test.h) */
   snprintf(tmpdir, sizeof tmpdir, "/tmp/cdiff_cli_XXXXXX");
@@ -958,6 +977,7 @@ int main(void) {
   RUN(png_parameters_and_used_flags_only);
   RUN(jpeg_output);
   RUN(info_reads_deltas_and_pngs);
+  RUN(judge_test_mode);
   if (test_rmtree(tmpdir)) return 1;
   return test_summary();
 }
