@@ -19,6 +19,16 @@ static void print_acc(const char *out, int n, const char *what, const cd_judge_a
          100 * a->robot_false, 100 * a->duck_hit, 100 * a->duck_false);
 }
 
+/* judge j's accuracy on n fresh renders, and through m's autoencoder when m,
+ * printed under name; 0 ok */
+static int report(cd_judge *j, cd_sd_model *m, int n, uint64_t seed, const char *name) {
+  cd_judge_accuracy acc, av;
+  if (cd_judge_test(j, n, seed + 1000003, &acc) || (m && cd_judge_test_vae(j, n, seed + 2000003, &m->vae, &av))) return -1;
+  print_acc(name, n, "fresh images", &acc);
+  if (m) print_acc(name, n, "fresh images through the autoencoder", &av);
+  return 0;
+}
+
 int cmd_judge(int argc, char **argv) {
   const char *judge = "models/world-judge.safetensors", *out = NULL, *vae_model = NULL, *init = NULL;
   int train = 0, test = 0, ntest = 1000, steps = 1500, batch = 32, vae_images = -1;
@@ -50,17 +60,11 @@ int cmd_judge(int argc, char **argv) {
     cd_judge *j = NULL;
     cd_sd_model *m = NULL;
     cd_load_opts lo = {.no_unet = 1, .no_text = 1};
-    cd_judge_accuracy acc, av;
     rc = 1;
     if (cd_judge_load(judge, &j)) { fprintf(stderr, "cdiff judge: %s\n", cd_last_error()); goto done; }
     if (vae_model && cd_sd_load(vae_model, &lo, &m)) fprintf(stderr, "cdiff judge: --vae %s\n", cd_last_error());
-    else if (cd_judge_test(j, ntest, seed + 1000003, &acc) || (m && cd_judge_test_vae(j, ntest, seed + 2000003, &m->vae, &av)))
-      fprintf(stderr, "cdiff judge: %s\n", cd_last_error());
-    else {
-      print_acc(judge, ntest, "fresh images", &acc);
-      if (m) print_acc(judge, ntest, "fresh images through the autoencoder", &av);
-      rc = 0;
-    }
+    else if (report(j, m, ntest, seed, judge)) fprintf(stderr, "cdiff judge: %s\n", cd_last_error());
+    else rc = 0;
     cd_sd_free(m);
     cd_judge_free(j);
     goto done;
@@ -71,7 +75,6 @@ int cmd_judge(int argc, char **argv) {
     cd_judge *j = NULL;
     cd_sd_model *m = NULL;
     cd_load_opts lo = {.no_unet = 1, .no_text = 1};
-    cd_judge_accuracy acc, av;
     rc = 1;
     if (init ? cd_judge_load(init, &j) : cd_judge_new(seed, &j)) { fprintf(stderr, "cdiff judge: %s\n", cd_last_error()); goto done; }
     if (vae_model && cd_sd_load(vae_model, &lo, &m)) {
@@ -81,18 +84,11 @@ int cmd_judge(int argc, char **argv) {
     }
     cd_judge_train_opts to = {.steps = steps, .batch = batch, .lr = lr, .seed = seed, .quiet = getenv("CDIFF_QUIET") != NULL,
                               .vae = m ? &m->vae : NULL, .vae_images = vae_images >= 0 ? vae_images : batch / 2};
-    if (cd_judge_train_ex(j, &to) || cd_judge_test(j, 1000, seed + 1000003, &acc) ||
-        (m && cd_judge_test_vae(j, 1000, seed + 2000003, &m->vae, &av)) || cd_judge_save(j, out)) {
+    if (cd_judge_train_ex(j, &to) || cd_judge_save(j, out) || report(j, m, 1000, seed, out))
       fprintf(stderr, "cdiff judge: %s\n", cd_last_error());
-      cd_judge_free(j);
-      cd_sd_free(m);
-      goto done;
-    }
-    print_acc(out, 1000, "fresh images", &acc);
-    if (m) print_acc(out, 1000, "fresh images through the autoencoder", &av);
+    else rc = 0;
     cd_sd_free(m);
     cd_judge_free(j);
-    rc = 0;
     goto done;
   }
   if (!np) { fprintf(stderr, "cdiff judge: give images to read, or --train --out FILE\n"); goto done; }

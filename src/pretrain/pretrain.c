@@ -306,58 +306,45 @@ static int write_model(run_t *r) {
 
 /* ---- --init: continue from a world model written earlier ---- */
 
-/* Layers per block of the UNet a pretraining state holds: how many
- * unet/down_blocks.0.resnets.K it has; 0 when unreadable (load_state reports
- * that). */
-/* block_out_channels of a saved state's VAE (4 levels) and UNet (2 levels),
- * read from the first ResNet of each down block; 0 when there is no state */
-static int state_channels(const char *path, int vae[4], int unet[2]) {
+/* The shapes a pretraining state holds, read in one opening of it: the UNet's
+ * layers per block (how many unet/down_blocks.0.resnets.K it has) and the
+ * block_out_channels of its VAE (4 levels) and UNet (2 levels), from the first
+ * ResNet of each down block. All 0 when there is no readable state
+ * (load_state reports that). */
+static void state_shapes(const char *path, int *layers, int vae[4], int unet[2]) {
   cd_tensor_file *f;
   if (!cd_file_exists(path) || cd_safetensors_open(path, &f)) {
     cd_clear_error();
-    return 0;
+    return;
   }
-  int ok = 1;
-  for (int i = 0; i < 6 && ok; i++) {
-    char n[128];
+  char n[128];
+  for (*layers = 0; *layers < 8; ++*layers) {
+    snprintf(n, sizeof n, "unet/down_blocks.0.resnets.%d.conv1.weight", *layers);
+    if (!cd_tf_find(f, n)) break;
+  }
+  for (int i = 0; i < 6; i++) {
     if (i < 4) snprintf(n, sizeof n, "vae/encoder.down_blocks.%d.resnets.0.conv1.weight", i);
     else snprintf(n, sizeof n, "unet/down_blocks.%d.resnets.0.conv1.weight", i - 4);
     const cd_tensor_info *t = cd_tf_find(f, n);
-    if (!t || t->ndim != 4) ok = 0;
-    else if (i < 4) vae[i] = (int)t->shape[0];
-    else unet[i - 4] = (int)t->shape[0];
+    int ch = t && t->ndim == 4 ? (int)t->shape[0] : 0;
+    if (i < 4) vae[i] = ch;
+    else unet[i - 4] = ch;
   }
   cd_tensor_file_close(f);
-  return ok;
 }
 
 /* the run's channels: the flag's when given (it must agree with what the run
  * continues: width does not grow), else those of the state or init */
 static int pick_channels(const char *what, const int *flag, const int *cont, int n, int *out) {
-  int given = 0, same = 1;
-  for (int i = 0; i < n; i++) given |= flag[i] != 0, same &= !cont[0] || flag[i] == cont[i];
-  if (given && cont[0] && !same)
+  int given = 0, known = 1, same = 1; /* known: cont holds every level (a damaged state: load_state says so) */
+  for (int i = 0; i < n; i++) given |= flag[i] != 0, known &= cont[i] > 0, same &= flag[i] == cont[i];
+  if (given && known && !same)
     return cd_set_error("--%s-channels differs from the model this run continues (%d,...): a model's width cannot change",
                         what, cont[0]);
   for (int i = 0; i < n; i++)
     if (given) out[i] = flag[i];
-    else if (cont[0]) out[i] = cont[i];
+    else if (known) out[i] = cont[i];
   return 0;
-}
-
-static int state_unet_layers(const char *path) {
-  cd_tensor_file *f;
-  if (!cd_file_exists(path) || cd_safetensors_open(path, &f)) {
-    cd_clear_error();
-    return 0;
-  }
-  int k = 0;
-  for (char n[128]; k < 8; k++) {
-    snprintf(n, sizeof n, "unet/down_blocks.0.resnets.%d.conv1.weight", k);
-    if (!cd_tf_find(f, n)) break;
-  }
-  cd_tensor_file_close(f);
-  return k;
 }
 
 /* A UNet of an --init model with fewer layers per block (slpb) than this run's
@@ -806,17 +793,16 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
       goto done;
     }
   }
-  /* without --unet-layers a run keeps the depth of what it continues */
-  int layers = o->unet_layers;
-  if (!layers && o->resume) layers = state_unet_layers(r.state);
-  else if (!layers && init) layers = init->unet.cfg.layers_per_block;
-  if (layers > 0) cfg.unet.layers_per_block = layers;
-  int cv[4] = {0}, cu[2] = {0};
-  if (o->resume) state_channels(r.state, cv, cu);
+  /* without --unet-layers or the width flags a run keeps the shapes of what it continues */
+  int layers = 0, cv[4] = {0}, cu[2] = {0};
+  if (o->resume) state_shapes(r.state, &layers, cv, cu);
   else if (init) {
+    layers = init->unet.cfg.layers_per_block;
     for (int i = 0; i < 4; i++) cv[i] = init->vae.cfg.nlevels == 4 ? init->vae.cfg.block_out[i] : 0;
     for (int i = 0; i < 2; i++) cu[i] = init->unet.cfg.nlevels == 2 ? init->unet.cfg.block_out[i] : 0;
   }
+  if (o->unet_layers) layers = o->unet_layers;
+  if (layers > 0) cfg.unet.layers_per_block = layers;
   if (pick_channels("vae", o->vae_channels, cv, 4, cfg.vae.block_out) ||
       pick_channels("unet", o->unet_channels, cu, 2, cfg.unet.block_out))
     goto done;

@@ -192,8 +192,8 @@ static int sprite_at(const cd_world_sprite *sp, float u, float v) {
   for (int i = 0; i < sp->nparts; i++) {
     const cd_world_sprite_part *p = &sp->part[i];
     for (int m = 0; m <= sp->mirror; m++) {
-      float x = m ? -u : u, hit = p->type == 0 ? in_rect(x, v, p->u - p->a, p->u + p->a, p->v - p->b, p->v + p->b)
-                                               : in_disc(x, v, p->u, p->v, p->a);
+      float x = m ? -u : u;
+      int hit = p->type == 0 ? in_rect(x, v, p->u - p->a, p->u + p->a, p->v - p->b, p->v + p->b) : in_disc(x, v, p->u, p->v, p->a);
       if (hit) k = p->type == 2 ? 2 : p->alt ? 3 : 1;
     }
   }
