@@ -38,6 +38,7 @@ int cmd_pretrain(int argc, char **argv) {
       {"--kl-weight", CLI_FLOAT, &o.kl_weight, "X", "weight of the KL term per image (default 1e-4)"},
       {"--uncond-prob", CLI_FLOAT, &o.uncond_prob, "P", "probability of an empty caption (default 0.1)"},
       {"--offset-noise", CLI_FLOAT, &o.offset_noise, "X", "std of a per-channel constant added to the UNet phase's noise (default 0)"},
+      {"--object-weight", CLI_FLOAT, &o.object_weight, "X", "UNet loss weight 1 + X on the latent cells an object touches, so shapes are not drowned by backgrounds (default 0)"},
       {"--checkpoint-every", CLI_INT, &o.checkpoint_every, "N", "write OUT/pretrain_state.safetensors every N steps (default 100)"},
       {"--resume", CLI_FLAG, &o.resume, "", "continue from OUT/pretrain_state.safetensors"},
       {"--init", CLI_STR, &o.init, "DIR", "start from this world model (e.g. models/cdiff-world): VAE kept, UNet + text encoder phase only"},

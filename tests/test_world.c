@@ -181,6 +181,31 @@ TEST(render_colours) {
   }
 }
 
+/* the latent cells an object touches: a square of half-size 10 at (20, 20)
+ * covers pixels 10..30, i.e. 8x8 cells 1..3 in each direction; the rest of
+ * the grid, and a scene without objects, is 0 */
+TEST(object_cells) {
+  cd_world_scene s;
+  memset(&s, 0, sizeof s);
+  s.nobj = 1;
+  s.obj[0] = (cd_world_obj){.kind = CD_WORLD_SQUARE, .colour = 0, .big = 1, .cx = 20, .cy = 20, .r = 10};
+  s.bg_colour = 4;
+  const int n = CD_WORLD_RES / 8;
+  float c[CD_WORLD_RES / 8 * CD_WORLD_RES / 8];
+  cd_world_object_cells(&s, 8, c);
+  int on = 0;
+  for (int y = 0; y < n; y++)
+    for (int x = 0; x < n; x++) {
+      int in = x >= 1 && x <= 3 && y >= 1 && y <= 3;
+      CHECK(c[y * n + x] == (in ? 1.0f : 0.0f));
+      on += c[y * n + x] != 0;
+    }
+  CHECK(on == 9);
+  s.nobj = 0;
+  cd_world_object_cells(&s, 8, c);
+  for (int k = 0; k < n * n; k++) CHECK(c[k] == 0);
+}
+
 TEST(vocabulary) {
   const char *dir = test_tmpdir("tok");
   CHECK_OK(cd_mkdir_p(dir));
@@ -262,6 +287,7 @@ int main(void) {
   RUN(sprites);
   RUN(captions);
   RUN(render_colours);
+  RUN(object_cells);
   RUN(vocabulary);
   RUN(parse_prompts);
   test_tmp_cleanup();

@@ -480,7 +480,7 @@ static int after_step(run_t *r, int total) {
 /* B images (and captions when caps != NULL) of the pretraining world from rng;
  * a fraction `sprites` of them with generic sprites (the rng stream is the
  * same as before sprites existed when it is 0) */
-static void render_batch(cd_rng *rng, int B, float *px, char (*caps)[256], float sprites) {
+static void render_batch(cd_rng *rng, int B, float *px, char (*caps)[256], float sprites, float *cells) {
   const int64_t per = 3 * CD_WORLD_RES * CD_WORLD_RES;
   for (int b = 0; b < B; b++) {
     cd_world_scene s;
@@ -488,6 +488,7 @@ static void render_batch(cd_rng *rng, int B, float *px, char (*caps)[256], float
     cd_world_sample(rng, spr ? CD_WORLD_SPRITES : CD_WORLD_PRETRAIN, &s);
     cd_world_render(&s, px + b * per);
     if (caps) cd_world_caption(&s, NULL, NULL, caps[b], 256);
+    if (cells) cd_world_object_cells(&s, 8, cells + b * (CD_WORLD_RES / 8) * (CD_WORLD_RES / 8));
   }
 }
 
@@ -550,7 +551,7 @@ static int vae_phase(run_t *r, cd_tensor_file *resume_f) {
   while (r->step < o->vae_steps) {
     cd_rng rng;
     cd_rng_seed(&rng, step_seed(o->seed, PH_VAE, r->step));
-    render_batch(&rng, B, pix, NULL, o->vae_sprites);
+    render_batch(&rng, B, pix, NULL, o->vae_sprites, NULL);
     cd_rng_fill_normal(&rng, eps, (size_t)B * per);
     if (cd_graph_set_input(ge, img, pix) || cd_graph_forward(ge) || cd_graph_get(ge, mom, mh)) goto done;
     double kl = 0;
@@ -618,7 +619,7 @@ static int set_scaling(run_t *r) {
   double s1 = 0, s2 = 0;
   int rc = 0;
   for (int i = 0; i < r->o->scale_images && !rc; i++) {
-    render_batch(&rng, 1, pix, NULL, 0);
+    render_batch(&rng, 1, pix, NULL, 0, NULL);
     cd_rng_fill_normal(&rng, eps, (size_t)per);
     rc = cd_graph_set_input(g, img, pix) || cd_graph_forward(g) || cd_graph_get(g, mom, mh) ? -1 : 0;
     cd_vae_latent_sample(mh, eps, 1.0f, per, zz);
@@ -660,7 +661,10 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
   /* inference mode: every weight trains here, marked below */
   cd_node *pred = cd_unet_build(g, &m->unet, NULL, noisy, tt, ctx);
   cd_node *target = cd_input(g, "target", 4, (int64_t[]){B, Z, h, h});
-  cd_node *loss = cd_mse(g, pred, target, NULL);
+  /* --object-weight: the masked MSE is a per-image weighted mean over cells
+   * summed over the Z channels (loss.c), hence the 1/Z; X = 0 keeps plain MSE */
+  cd_node *wmask = o->object_weight > 0 ? cd_input(g, "object_weight", 4, (int64_t[]){B, 1, h, h}) : NULL;
+  cd_node *loss = wmask ? cd_scale(g, cd_mse(g, pred, target, wmask), 1.0f / Z) : cd_mse(g, pred, target, NULL);
   cd_graph_output(g, loss);
   cd_paramset_mark_trainable(m->clip.w);
   cd_paramset_mark_trainable(m->unet.w);
@@ -672,6 +676,7 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
   char(*caps)[256] = cd_malloc((size_t)B * sizeof *caps);
   int *tv = cd_malloc((size_t)B * sizeof(int));
   int32_t *idv = cd_malloc((size_t)B * T * sizeof(int32_t));
+  float *wv = wmask ? cd_malloc((size_t)B * h * h * sizeof(float)) : NULL;
   cd_progress pg;
   memset(&pg, 0, sizeof pg);
   if (cd_graph_plan(ge, NULL) || cd_graph_plan(g, &po)) {
@@ -690,7 +695,11 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
   while (r->step < o->unet_steps) {
     cd_rng rng;
     cd_rng_seed(&rng, step_seed(o->seed, PH_UNET, r->step));
-    render_batch(&rng, B, pix, caps, 0);
+    render_batch(&rng, B, pix, caps, 0, wv);
+    if (wv) {
+      for (int64_t k = 0; k < (int64_t)B * h * h; k++) wv[k] = 1.0f + o->object_weight * wv[k];
+      if (cd_graph_set_input(g, wmask, wv)) goto done;
+    }
     cd_rng_fill_normal(&rng, eps, (size_t)B * per);
     cd_rng_fill_normal(&rng, noise, (size_t)B * per);
     for (int b = 0; b < B; b++) {
@@ -742,6 +751,7 @@ done:
   free(caps);
   free(tv);
   free(idv);
+  free(wv);
   cd_graph_free(ge);
   cd_graph_free(g);
   return rc;
@@ -755,6 +765,7 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   if (!(o->kl_weight >= 0)) return cd_set_error("--kl-weight must not be negative");
   if (!(o->uncond_prob >= 0 && o->uncond_prob <= 1)) return cd_set_error("--uncond-prob must be in [0, 1]");
   if (!(o->offset_noise >= 0 && o->offset_noise <= 1)) return cd_set_error("--offset-noise must be in [0, 1]");
+  if (!(o->object_weight >= 0 && o->object_weight <= 100)) return cd_set_error("--object-weight must be in [0, 100]");
   if (!(o->ema >= 0 && o->ema < 1)) return cd_set_error("--ema must be in [0, 1)");
   if (!(o->vae_sprites >= 0 && o->vae_sprites <= 1)) return cd_set_error("--vae-sprites must be in [0, 1]");
   if (o->decoder_only && !o->init && !o->resume)

@@ -53,6 +53,7 @@ typedef struct {
   float kl_weight;      /* default 1e-4 */
   float uncond_prob;    /* default 0.1 */
   float offset_noise;   /* std of a per-image, per-channel constant added to the noise (default 0) */
+  float object_weight;  /* UNet loss weight 1 + X on latent cells an object touches (default 0: plain MSE) */
   int checkpoint_every; /* default 100; 0: only at phase ends */
   int resume;           /* continue from OUT/pretrain_state.safetensors */
   int f32;              /* write the model in fp32 (default fp16) */

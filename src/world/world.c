@@ -231,6 +231,29 @@ static void ink_of(int colour, float out[3]) {
     out[c] = colour == 7 ? 110.0f : colour_rgb[colour][c] * 0.5f; /* darker shade; lighter on black */
 }
 
+/* the topmost object part at pixel position (px, py): 0 none, else shape_at's
+ * code, with *which the object's index */
+static int object_at(const cd_world_scene *s, float px, float py, int *which) {
+  int k = 0;
+  for (int i = 0; i < s->nobj; i++) {
+    const cd_world_obj *o = &s->obj[i];
+    float u = (px - o->cx) / o->r, v = (py - o->cy) / o->r;
+    int ki = s->sprites ? sprite_at(&s->sprite[i], u, v) : shape_at(o->kind, u, v);
+    if (ki) { k = ki; *which = i; }
+  }
+  return k;
+}
+
+void cd_world_object_cells(const cd_world_scene *s, int cell, float *out) {
+  const int R = CD_WORLD_RES, n = R / cell;
+  for (int j = 0; j < n * n; j++) out[j] = 0;
+  for (int y = 0; y < R; y++)
+    for (int x = 0; x < R; x++) {
+      int which;
+      if (object_at(s, x + 0.5f, y + 0.5f, &which)) out[(y / cell) * n + x / cell] = 1;
+    }
+}
+
 void cd_world_render(const cd_world_scene *s, float *rgb) {
   const int R = CD_WORLD_RES;
   float ink[3], detail[2][3];
@@ -244,14 +267,10 @@ void cd_world_render(const cd_world_scene *s, float *rgb) {
         for (int sx = 0; sx < 2; sx++) {
           float px = x + 0.25f + 0.5f * sx, py = y + 0.25f + 0.5f * sy;
           const float *col = s->pattern != CD_WORLD_PLAIN && pattern_at(s, px, py) ? ink : colour_rgb[s->bg_colour];
-          for (int i = 0; i < s->nobj; i++) {
-            const cd_world_obj *o = &s->obj[i];
-            float u = (px - o->cx) / o->r, v = (py - o->cy) / o->r;
-            int k = s->sprites ? sprite_at(&s->sprite[i], u, v) : shape_at(o->kind, u, v);
-            if (k == 1) col = colour_rgb[o->colour];
-            else if (k == 3) col = colour_rgb[s->sprite[i].colour2];
-            else if (k == 2) col = detail[i];
-          }
+          int i = 0, k = object_at(s, px, py, &i);
+          if (k == 1) col = colour_rgb[s->obj[i].colour];
+          else if (k == 3) col = colour_rgb[s->sprite[i].colour2];
+          else if (k == 2) col = detail[i];
           for (int c = 0; c < 3; c++) acc[c] += col[c];
         }
       for (int c = 0; c < 3; c++) rgb[(c * R + y) * R + x] = acc[c] / (4.0f * 127.5f) - 1.0f;
