@@ -124,7 +124,7 @@ ev() { # label prompts [deltas...]
   run $EV --prompts "eval/prompts_$p.txt" --label "$l" $d
 }
 
-ROWS=28; TRAINS=18
+ROWS=29; TRAINS=18
 t=$(now); train1 toy_crossattn_kv toy crossattn_kv; T_TRAIN=$(( $(now) - t ))
 t=$(now); ev toy_base toy; T_EV=$(( $(now) - t ))
 # the first training also generated the toy class images: the later ones are faster
@@ -137,6 +137,8 @@ for c in toy pattern duck; do
   done
 done
 for c in pattern duck; do ev "${c}_base" $c; done
+# the base model's shapes: each pretraining kind named alone (text-alignment = kind drawn)
+ev kinds_base kinds
 for c in toy pattern duck; do
   for how in token crossattn_kv crossattn full; do ev "${c}_$how" $c "$E/${c}_$how"; done
 done

@@ -263,6 +263,24 @@ TEST(parse_prompts) {
   cd_world_names nm = {.toy = "<new1>", .pattern = "<new2>", .toy2 = "<new3>"};
   cd_world_parse_prompt_names("a <new1> toy next to a <new3> toy on a green <new2> pattern", &nm, &e);
   CHECK(e.nobj == 2 && e.kind[0] == CD_WORLD_ROBOT && e.kind[1] == CD_WORLD_DUCK && e.bg == 3 && e.pattern == CD_WORLD_ZIGZAG);
+  /* eval/prompts_kinds.txt: each line names one pretraining kind and nothing else, so its
+   * text-alignment is the fraction of images that show the kind */
+  char *txt;
+  size_t len;
+  CHECK_OK(cd_read_file("eval/prompts_kinds.txt", &txt, &len));
+  int lines = 0, seen[CD_WORLD_NKINDS] = {0};
+  for (char *p = txt, *nl; p && *p; p = nl ? nl + 1 : NULL) {
+    nl = strchr(p, '\n');
+    if (nl) *nl = 0;
+    if (*p == '#' || !*p) continue;
+    cd_world_parse_prompt(p, NULL, NULL, &e);
+    CHECKF(e.nobj == 1 && e.kind[0] >= 0 && e.kind[0] < CD_WORLD_PRETRAIN_KINDS && e.colour[0] == -1 && e.bg == -1 && e.pattern == -1, "%s", p);
+    if (e.nobj == 1 && e.kind[0] >= 0 && e.kind[0] < CD_WORLD_NKINDS) seen[e.kind[0]]++;
+    lines++;
+  }
+  free(txt);
+  CHECK(lines == 3 * CD_WORLD_PRETRAIN_KINDS);
+  for (int k = 0; k < CD_WORLD_PRETRAIN_KINDS; k++) CHECK(seen[k] == 3);
   cd_rng r;
   cd_rng_seed(&r, 3);
   char cap[256];

@@ -32,7 +32,7 @@ say "pretrain --device cuda for at most ${left}s"
 timeout "$left" build-cuda/cdiff pretrain --device cuda --out $D --seed 5 \
   --vae-channels 32,64,64,128 --vae-sprites 0.5 --vae-batch 32 --vae-steps "${WORLD_VAE_STEPS:-3000}" --vae-lr 1e-3 \
   --unet-channels 64,128 --unet-layers 2 --unet-steps "${WORLD_UNET_STEPS:-20000}" --lr 5e-4 \
-  --ema 0.999 --offset-noise 0.3 --checkpoint-every 500 > "$OUT/pretrain.log" 2>&1
+  --ema 0.999 --offset-noise 0.3 --object-weight 4 --checkpoint-every 500 > "$OUT/pretrain.log" 2>&1
 say "pretrain exit $? ($(grep -c '"unet"' $D/pretrain_log.jsonl 2>/dev/null || echo 0) UNet steps logged)"
 if [ -f $D/model_index.json ]; then
   tar -C /tmp -cf "$OUT/world5.tar" --exclude=pretrain_state.safetensors world5
