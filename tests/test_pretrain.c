@@ -2,6 +2,8 @@
  * reproduce the shipped log; an interrupted and resumed run is bit for bit
  * the uninterrupted one and writes a model the loader reads; bad options
  * are refused naming the flag. */
+#include <stddef.h>
+
 #include "engine/backend.h"
 #include "engine/graph.h"
 #include "io/fsutil.h"
@@ -151,25 +153,32 @@ TEST(bad_options) {
   CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--object-weight"));
 }
 
-/* offset noise changes the UNet phase's noise (so its losses), nothing of the VAE phase */
-TEST(offset_noise) {
-  char a[512], b[512];
+/* two small runs that differ only in the float option at `field` (va, then vb):
+ * the VAE phase's losses are the same, the UNet phase's first loss is not */
+static void unet_only_differs(const char *tag, size_t field, float va_, float vb_) {
+  char a[512], b[512], ta[64], tb[64];
   double va[3], vb[3], ua[3], ub[3];
-  snprintf(a, sizeof a, "%s", test_tmpdir("off0"));
-  snprintf(b, sizeof b, "%s", test_tmpdir("off3"));
+  snprintf(ta, sizeof ta, "%s_a", tag);
+  snprintf(tb, sizeof tb, "%s_b", tag);
+  snprintf(a, sizeof a, "%s", test_tmpdir(ta));
+  snprintf(b, sizeof b, "%s", test_tmpdir(tb));
   cd_pretrain_opts o;
   small_opts(&o, a);
-  o.offset_noise = 0;
+  *(float *)((char *)&o + field) = va_;
   CHECK_OK(cd_pretrain_run(&o));
   small_opts(&o, b);
+  *(float *)((char *)&o + field) = vb_;
   CHECK_OK(cd_pretrain_run(&o));
   snprintf(a + strlen(a), sizeof a - strlen(a), "/%s", CD_PRETRAIN_LOG);
   snprintf(b + strlen(b), sizeof b - strlen(b), "/%s", CD_PRETRAIN_LOG);
   CHECK(read_losses(a, "vae", va, 3) == 3 && read_losses(b, "vae", vb, 3) == 3);
   CHECK(read_losses(a, "unet", ua, 3) == 3 && read_losses(b, "unet", ub, 3) == 3);
-  for (int i = 0; i < 3; i++) CHECK(va[i] == vb[i]);
+  for (int i = 0; i < 3; i++) CHECK(va[i] == vb[i] && isfinite(ub[i]) && ub[i] > 0);
   CHECK(ua[0] != ub[0]);
 }
+
+/* offset noise changes the UNet phase's noise (so its losses), nothing of the VAE phase */
+TEST(offset_noise) { unet_only_differs("off", offsetof(cd_pretrain_opts, offset_noise), 0, 0.3f); }
 
 /* --object-weight X: the UNet loss is, per image, the mean of (pred - noise)^2
  * over channels and latent cells with weight 1 + X on the cells an object
@@ -215,22 +224,7 @@ TEST(object_weight) {
   CHECK(fabs(want - plain) > 1e-3 * plain); /* the weights matter */
   cd_graph_free(g);
 
-  char a[512], b[512];
-  double va[3], vb[3], ua[3], ub[3];
-  snprintf(a, sizeof a, "%s", test_tmpdir("obj0"));
-  snprintf(b, sizeof b, "%s", test_tmpdir("obj4"));
-  cd_pretrain_opts o;
-  small_opts(&o, a);
-  CHECK_OK(cd_pretrain_run(&o));
-  small_opts(&o, b);
-  o.object_weight = 4;
-  CHECK_OK(cd_pretrain_run(&o));
-  snprintf(a + strlen(a), sizeof a - strlen(a), "/%s", CD_PRETRAIN_LOG);
-  snprintf(b + strlen(b), sizeof b - strlen(b), "/%s", CD_PRETRAIN_LOG);
-  CHECK(read_losses(a, "vae", va, 3) == 3 && read_losses(b, "vae", vb, 3) == 3);
-  CHECK(read_losses(a, "unet", ua, 3) == 3 && read_losses(b, "unet", ub, 3) == 3);
-  for (int i = 0; i < 3; i++) CHECK(va[i] == vb[i] && isfinite(ub[i]) && ub[i] > 0);
-  CHECK(ua[0] != ub[0]);
+  unet_only_differs("obj", offsetof(cd_pretrain_opts, object_weight), 0, 4);
 }
 
 /* values of tensor `name` of a safetensors file into a new array (NULL when absent) */
