@@ -8,7 +8,9 @@
 #   crossattn_kv deltas, sequential training (<new2> from the <new1> delta);
 #   three concepts: joint training, the merge of three deltas, and the merge
 #   with a ridge (the lift tried); the pattern prompts on every multi-concept
-#   model (how the one concept learned alone survives them).
+#   model (how the one concept learned alone survives them); and the base
+#   model's shapes (eval/prompts_kinds.txt: each pretraining kind named alone,
+#   24 prompts, text-alignment = the kind drawn).
 # Each row: 20 prompts (eval/prompts_*.txt) x N images with fixed seeds, read
 # by the judge (cdiff eval): image-alignment and text-alignment, a grid PNG.
 #
@@ -39,7 +41,7 @@ QUICK=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "eval.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
   esac
 done
