@@ -4,8 +4,10 @@
  * naming held-out concepts (<new1> toy, <new2> pattern, <new3> toy) that show
  * all of them; text-alignment, the fraction of the prompts' other attributes
  * the images show.
- * One row per run is appended to OUT/results.tsv; OUT/LABEL.png is the grid
- * (one row of --n images per prompt). */
+ * One row per run is appended to OUT/results.tsv (label, image-alignment,
+ * text-alignment, images, attributes, kinds fraction, kinds: the named shapes
+ * and toys among the attributes, -1 where none is asked); OUT/LABEL.png is the
+ * grid (one row of --n images per prompt). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,10 +143,11 @@ int cmd_eval(int argc, char **argv) {
   snprintf(path, sizeof path, "%s/results.tsv", out);
   FILE *f = fopen(path, "a");
   if (!f) { cd_set_error("%s: cannot append", path); goto fail; }
-  fprintf(f, "%s\t%.3f\t%.3f\t%d\t%d\n", label, ia, ta, (int)s.img_total, (int)s.txt_total);
+  double ka = s.kind_total ? s.kind_hit / s.kind_total : -1;
+  fprintf(f, "%s\t%.3f\t%.3f\t%d\t%d\t%.3f\t%d\n", label, ia, ta, (int)s.img_total, (int)s.txt_total, ka, (int)s.kind_total);
   if (fclose(f)) { cd_set_error("%s: write failed", path); goto fail; }
-  printf("%-28s image-alignment %5.1f%% (%d images)  text-alignment %5.1f%% (%d attributes)\n", label, 100 * ia, (int)s.img_total,
-         100 * ta, (int)s.txt_total);
+  printf("%-28s image-alignment %5.1f%% (%d images)  text-alignment %5.1f%% (%d attributes; kinds %5.1f%% of %d)\n", label, 100 * ia,
+         (int)s.img_total, 100 * ta, (int)s.txt_total, 100 * ka, (int)s.kind_total);
   rc = 0;
 fail:
   if (rc) fprintf(stderr, "cdiff eval: %s\n", cd_last_error());

@@ -53,6 +53,19 @@ TEST(scores_concepts_and_attributes) {
   v = verdict(3, CD_WORLD_CAR, red, blue, CD_WORLD_STRIPED);
   cd_eval_score_image(&e, &v, &s);
   CHECKF(s.img_total == 0 && s.txt_hit == 5 && s.txt_total == 5, "%g/%g %g/%g", s.img_hit, s.img_total, s.txt_hit, s.txt_total);
+  /* of those five, two are kinds (the star, "a toy" of any kind) */
+  CHECKF(s.kind_hit == 2 && s.kind_total == 2, "%g/%g", s.kind_hit, s.kind_total);
+  /* a ring and no toy: colours and background right, both kinds missed */
+  v = verdict(CD_WORLD_RING, -1, red, blue, CD_WORLD_STRIPED);
+  cd_eval_score_image(&e, &v, &s);
+  CHECKF(s.txt_hit == 8 && s.txt_total == 10 && s.kind_hit == 2 && s.kind_total == 4, "%g/%g %g/%g", s.txt_hit, s.txt_total, s.kind_hit,
+         s.kind_total);
+  /* a concept is image-alignment, never a kind */
+  memset(&s, 0, sizeof s);
+  cd_world_parse_prompt_names("a big <new1> toy in blue on a white background", &nm, &e);
+  v = verdict(CD_WORLD_ROBOT, -1, blue, white, CD_WORLD_PLAIN);
+  cd_eval_score_image(&e, &v, &s);
+  CHECK(s.kind_total == 0 && s.txt_total == 2);
 }
 
 TEST(binomial_tail_and_margin) {

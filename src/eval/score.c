@@ -10,11 +10,13 @@ void cd_eval_score_image(const cd_world_expect *e, const cd_judge_verdict *v, cd
       concepts++;
       shown += v->kind[e->kind[k]] != 0;
     } else if (e->kind[k] >= 0) {
-      s->txt_total++;
-      s->txt_hit += v->kind[e->kind[k]] != 0;
+      int hit = v->kind[e->kind[k]] != 0;
+      s->txt_total++, s->kind_total++;
+      s->txt_hit += hit, s->kind_hit += hit;
     } else if (e->is_toy[k]) { /* "toy" of no named kind: any toy */
-      s->txt_total++;
-      s->txt_hit += v->kind[CD_WORLD_BEAR] || v->kind[CD_WORLD_CAR] || v->kind[CD_WORLD_ROBOT] || v->kind[CD_WORLD_DUCK];
+      int hit = v->kind[CD_WORLD_BEAR] || v->kind[CD_WORLD_CAR] || v->kind[CD_WORLD_ROBOT] || v->kind[CD_WORLD_DUCK];
+      s->txt_total++, s->kind_total++;
+      s->txt_hit += hit, s->kind_hit += hit;
     }
     if (e->colour[k] >= 0) {
       s->txt_total++;

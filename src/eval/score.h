@@ -17,6 +17,7 @@
 typedef struct {
   double img_hit, img_total; /* images that name a concept / that show all it names */
   double txt_hit, txt_total; /* other attributes asked for / shown */
+  double kind_hit, kind_total; /* of those, the named pretraining kinds (and "toy"): can the model draw a shape on request */
 } cd_eval_score;
 
 /* adds one image's verdict against its prompt's expectation */
