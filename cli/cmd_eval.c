@@ -57,7 +57,7 @@ static int known_tokens_only(const cd_sd_model *m, const char *prompt, char *out
 
 int cmd_eval(int argc, char **argv) {
   const char *model = NULL, *judge_path = "models/world-judge.safetensors", *prompts_path = NULL, *out = NULL;
-  const char *label = "run", *new_toy = "<new1>", *new_pattern = "<new2>", *new_toy2 = "<new3>";
+  const char *label = "run", *new_toy = "<new1>", *new_pattern = "<new2>", *new_toy2 = "<new3>", *toy_kind = "robot";
   cli_multi deltas = {0};
   int n = 4, steps = 25;
   float cfg = 5.0f;
@@ -75,6 +75,7 @@ int cmd_eval(int argc, char **argv) {
       {"--toy-word", CLI_STR, &new_toy, "T", "token standing for the held-out toy (default <new1>)"},
       {"--pattern-word", CLI_STR, &new_pattern, "T", "token standing for the held-out pattern (default <new2>)"},
       {"--toy2-word", CLI_STR, &new_toy2, "T", "token standing for the held-out duck toy (default <new3>)"},
+      {"--toy-kind", CLI_STR, &toy_kind, "K", "what the toy token must show: robot (default), or bear / car for the control run (a token taught a kind the base model draws)"},
       {"--out", CLI_STR, &out, "DIR", "output folder (required)"},
       {0}};
   static const cli_cmd cmd = {"eval", "--model PATH [--delta DIR]... --prompts FILE --out DIR [--label NAME] [flags]"};
@@ -82,6 +83,11 @@ int cmd_eval(int argc, char **argv) {
   if (pr != CLI_GO) return pr;
   if (!model || !prompts_path || !out) { fprintf(stderr, "cdiff eval: --model, --prompts and --out are required\n"); return 2; }
   if (n < 1 || n > 64 || steps < 1) { fprintf(stderr, "cdiff eval: --n must be 1..64 and --steps positive\n"); return 2; }
+  const int toy_kind_i = cd_world_kind_index(toy_kind);
+  if (toy_kind_i != CD_WORLD_ROBOT && toy_kind_i != CD_WORLD_BEAR && toy_kind_i != CD_WORLD_CAR) {
+    fprintf(stderr, "cdiff eval: --toy-kind %s: expected robot, bear or car\n", toy_kind);
+    return 2;
+  }
   char *txt;
   size_t len;
   if (cd_read_file(prompts_path, &txt, &len)) { fprintf(stderr, "cdiff eval: %s\n", cd_last_error()); return 1; }
@@ -124,7 +130,7 @@ int cmd_eval(int argc, char **argv) {
     cd_judge_verdict v[64];
     if (cd_judge_classify(j, img, n, v)) goto fail;
     cd_world_expect e;
-    const cd_world_names nm = {.toy = new_toy, .pattern = new_pattern, .toy2 = new_toy2};
+    const cd_world_names nm = {.toy = new_toy, .pattern = new_pattern, .toy2 = new_toy2, .toy_kind = toy_kind_i};
     cd_world_parse_prompt_names(lines[p], &nm, &e);
     for (int k = 0; k < n; k++) {
       cd_eval_score_image(&e, &v[k], &s);

@@ -68,6 +68,26 @@ TEST(scores_concepts_and_attributes) {
   CHECK(s.kind_total == 0 && s.txt_total == 2);
 }
 
+/* the control run: the toy token judged as a kind the base model draws */
+TEST(toy_token_as_a_pretraining_kind) {
+  const cd_world_names nm = {.toy = "<new1>", .pattern = "<new2>", .toy2 = "<new3>", .toy_kind = CD_WORLD_BEAR};
+  const int blue = cd_world_colour_index("blue"), white = cd_world_colour_index("white");
+  cd_world_expect e;
+  cd_world_parse_prompt_names("a big <new1> toy in blue on a white background", &nm, &e);
+  CHECK(e.nobj == 1 && e.kind[0] == CD_WORLD_BEAR && e.is_concept[0] && e.colour[0] == blue && e.bg == white);
+  cd_eval_score s = {0};
+  cd_judge_verdict v = verdict(CD_WORLD_BEAR, -1, blue, white, CD_WORLD_PLAIN);
+  cd_eval_score_image(&e, &v, &s);
+  v = verdict(CD_WORLD_ROBOT, -1, blue, white, CD_WORLD_PLAIN); /* the robot is now a miss */
+  cd_eval_score_image(&e, &v, &s);
+  CHECKF(s.img_hit == 1 && s.img_total == 2 && s.txt_hit == 4 && s.txt_total == 4 && s.kind_total == 0, "%g/%g %g/%g %g",
+         s.img_hit, s.img_total, s.txt_hit, s.txt_total, s.kind_total);
+  /* "bear" written out stays an attribute (text-alignment), not the concept */
+  cd_world_parse_prompt_names("a small <new1> toy next to a big bear toy on a white background", &nm, &e);
+  CHECK(e.nobj == 2 && e.is_concept[0] && !e.is_concept[1] && e.kind[1] == CD_WORLD_BEAR);
+  CHECK(cd_world_kind_index("bear") == CD_WORLD_BEAR && cd_world_kind_index("robot") == CD_WORLD_ROBOT && cd_world_kind_index("toy") == -1);
+}
+
 TEST(binomial_tail_and_margin) {
   /* exact small cases: P(X >= 3) for Bin(4, 1/2) = 5/16; Bin(10, 0.3) >= 0 is 1 */
   CHECK(fabs(cd_binom_tail(4, 3, 0.5) - 5.0 / 16) < 1e-12);
@@ -86,6 +106,7 @@ TEST(binomial_tail_and_margin) {
 
 int main(void) {
   RUN(scores_concepts_and_attributes);
+  RUN(toy_token_as_a_pretraining_kind);
   RUN(binomial_tail_and_margin);
   return test_summary();
 }

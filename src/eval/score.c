@@ -6,7 +6,7 @@
 void cd_eval_score_image(const cd_world_expect *e, const cd_judge_verdict *v, cd_eval_score *s) {
   int concepts = 0, shown = 0;
   for (int k = 0; k < e->nobj; k++) {
-    if (e->kind[k] == CD_WORLD_ROBOT || e->kind[k] == CD_WORLD_DUCK) { /* held-out toys: image-alignment */
+    if (e->is_concept[k]) { /* held-out toys (or the kind a toy word stands for): image-alignment */
       concepts++;
       shown += v->kind[e->kind[k]] != 0;
     } else if (e->kind[k] >= 0) {

@@ -6,7 +6,7 @@
 
 #include "world/world.h"
 
-static int kind_of(const char *w) {
+int cd_world_kind_index(const char *w) {
   static const char *const shapes[] = {"circle", "square", "triangle", "star", "ring", "cross"};
   for (int i = 0; i < 6; i++)
     if (!strcmp(w, shapes[i])) return i;
@@ -39,8 +39,8 @@ void cd_world_parse_prompt_names(const char *prompt, const cd_world_names *nm, c
   for (char *t = strtok(buf, " ,."); t && n < 96; t = strtok(NULL, " ,.")) w[n++] = t;
   int in_bg = 0, pending = -1; /* pending: a colour said before its object */
   for (int i = 0; i < n; i++) {
-    int c = cd_world_colour_index(w[i]), k = kind_of(w[i]), p = pattern_of(w[i]);
-    if (new_toy && !strcmp(w[i], new_toy)) k = CD_WORLD_ROBOT;
+    int c = cd_world_colour_index(w[i]), k = cd_world_kind_index(w[i]), p = pattern_of(w[i]);
+    if (new_toy && !strcmp(w[i], new_toy)) k = nm->toy_kind > 0 ? nm->toy_kind : CD_WORLD_ROBOT;
     if (new_toy2 && !strcmp(w[i], new_toy2)) k = CD_WORLD_DUCK;
     if (new_pattern && !strcmp(w[i], new_pattern)) p = CD_WORLD_ZIGZAG;
     if (!strcmp(w[i], "on")) { in_bg = 1; continue; }
@@ -60,13 +60,15 @@ void cd_world_parse_prompt_names(const char *prompt, const cd_world_names *nm, c
     int toy = !strcmp(w[i], "toy");
     if (k >= 0 || toy) {
       if (toy && i > 0 && e->nobj > 0 && e->is_toy[e->nobj - 1] == 0 && e->kind[e->nobj - 1] >= 0 &&
-          (kind_of(w[i - 1]) >= 0 || (new_toy && !strcmp(w[i - 1], new_toy)) || (new_toy2 && !strcmp(w[i - 1], new_toy2)))) {
+          (cd_world_kind_index(w[i - 1]) >= 0 || (new_toy && !strcmp(w[i - 1], new_toy)) || (new_toy2 && !strcmp(w[i - 1], new_toy2)))) {
         e->is_toy[e->nobj - 1] = 1; /* "bear toy", "<new1> toy": one object */
         continue;
       }
       if (e->nobj >= 2) continue;
       e->kind[e->nobj] = k;
       e->is_toy[e->nobj] = toy;
+      e->is_concept[e->nobj] = k == CD_WORLD_ROBOT || k == CD_WORLD_DUCK || (new_toy && !strcmp(w[i], new_toy)) ||
+                               (new_toy2 && !strcmp(w[i], new_toy2));
       e->colour[e->nobj] = pending;
       pending = -1;
       e->nobj++;

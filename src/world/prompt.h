@@ -17,6 +17,7 @@ typedef struct {
   int nobj;
   int kind[2];    /* CD_WORLD_* kind, or -1 */
   int is_toy[2];  /* the word "toy" named it */
+  int is_concept[2]; /* a held-out toy (robot, duck) or a toy word: image-alignment, not text */
   int colour[2];  /* -1: not said */
   int bg, pattern; /* -1: not said */
 } cd_world_expect;

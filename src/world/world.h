@@ -103,6 +103,7 @@ const char *cd_world_colour_name(int colour);  /* "red", ... */
 const char *cd_world_pattern_name(int pattern);/* "plain", "striped", ..., "zigzag" */
 /* index of a colour / kind word, -1 if none */
 int cd_world_colour_index(const char *word);
+int cd_world_kind_index(const char *word); /* "circle" ... "duck" (the word before "toy" for toys) */
 
 /* Draws a random scene of the given mode. */
 void cd_world_sample(cd_rng *r, cd_world_mode mode, cd_world_scene *s);
@@ -120,6 +121,9 @@ typedef struct {
   const char *toy;     /* the robot toy, e.g. "<new1>" */
   const char *pattern; /* the zigzag pattern, e.g. "<new2>" */
   const char *toy2;    /* the duck toy, e.g. "<new3>" */
+  int toy_kind;        /* prompts only (prompt.h): the kind the toy word stands for when > 0
+                        * (a pretraining kind: the control that a kind the base model draws
+                        * can be taught to a new token); 0: the robot */
 } cd_world_names;
 /* cd_world_caption with all three held-out words */
 int cd_world_caption_names(const cd_world_scene *s, const cd_world_names *nm, char *out, size_t cap);
