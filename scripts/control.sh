@@ -1,0 +1,126 @@
+#!/bin/sh
+# The control for the toys (docs/results.md, "The control"): can fine-tuning
+# teach a new token a shape at all? The same token <new1>, the same recipe
+# (prompt "photo of a <new1> toy", prior preservation with 32 class images of
+# "toy", 6 instance images), two concepts:
+#   bear    6 pretraining renders of a single orange bear toy: a kind the base
+#           model draws on request, so the token only has to be bound to it
+#   robot   the held-out robot toy (cdiff world --mode toy): a shape the base
+#           model never drew
+# Every row is scored by cdiff eval on eval/prompts_toy.txt (20 prompts x N),
+# image-alignment being how often the judge sees the bear (--toy-kind bear)
+# or the robot in "<new1> toy" generations.
+#
+#   sh scripts/control.sh
+#   MODEL=DIR JUDGE=FILE   model (models/cdiff-world) and judge (models/world-judge.safetensors)
+#   N=4                    images per prompt
+#   CONCEPTS="bear robot"  ROWS="kv150 kv1000 kv2000 kv1000hi ca1000 token1000 full1000"
+#   TWO=1                  also the two-concept rows: each toy with the held-out pattern
+#                          (<new2>), joint (crossattn_kv, 4000 steps) and merged (the
+#                          kv2000 deltas), on eval/prompts_both.txt (both-*)
+#   OUT=out/control        output folder: results.md (the table), results.tsv, grids
+# Rows: mode, learning rate, steps
+#   kv150      crossattn_kv 1e-3 150 (scripts/eval.sh's setting)
+#   kv1000     crossattn_kv 1e-3 1000
+#   kv2000     crossattn_kv 1e-3 2000
+#   kv1000hi   crossattn_kv 5e-3 1000
+#   ca1000     crossattn    1e-3 1000
+#   token1000  token        5e-3 1000
+#   full1000   full         1e-4 1000
+# About 45 minutes on 2 cores (25 with TWO=0).
+set -e
+cd "$(dirname "$0")/.."
+case "${1:-}" in -h|--help) sed -n '2,30p' "$0"; exit 0 ;; "") ;; *) echo "control.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
+M="${MODEL:-models/cdiff-world}"
+J="${JUDGE:-models/world-judge.safetensors}"
+N="${N:-4}"
+CONCEPTS="${CONCEPTS:-bear robot}"
+ROWS="${ROWS:-kv150 kv1000 kv2000 kv1000hi ca1000 token1000 full1000}"
+TWO="${TWO:-1}"
+E="${OUT:-out/control}"
+C=./build/cdiff
+for f in "$M" "$J"; do
+  [ -e "$f" ] || { echo "control.sh: $f is missing (MODEL=, JUDGE=)" >&2; exit 1; }
+done
+make -j2 build/cdiff >/dev/null
+rm -rf "$E" && mkdir -p "$E"
+run() { echo "+ $*" >&2; "$@"; }
+export CDIFF_QUIET=1
+
+# instance images: the robot as scripts/eval.sh renders it; the bear: the first
+# 6 single orange bear toys among 4,000 pretraining renders
+run $C world --mode toy --n 6 --seed 1 --out "$E/robot" >/dev/null
+run $C world --mode pretrain --n 4000 --seed 7 --out "$E/reg" >/dev/null
+awk -F'\t' '$2 ~ /orange bear toy on/ && $2 !~ /next to/' "$E/reg/captions.txt" | head -n 6 > "$E/bear.tsv"
+[ "$(wc -l < "$E/bear.tsv")" -eq 6 ] || { echo "control.sh: fewer than 6 orange bears among the renders" >&2; exit 1; }
+mkdir -p "$E/bear"
+for f in $(cut -f1 "$E/bear.tsv"); do cp "$E/reg/$f" "$E/bear/"; done
+rm -rf "$E/reg" "$E/robot/captions.txt"
+grep -v '^#' eval/prompts_toy.txt > "$E/prompts.txt"
+
+for c in $CONCEPTS; do
+  case $c in bear|robot) ;; *) echo "control.sh: unknown concept $c (bear, robot)" >&2; exit 2 ;; esac
+  EV="$C eval --model $M --judge $J --n $N --out $E --toy-kind $c --prompts $E/prompts.txt"
+  run $EV --label "${c}_base" >/dev/null
+  for r in $ROWS; do
+    case $r in
+      kv150) how=crossattn_kv; lr=1e-3; steps=150 ;;
+      kv1000) how=crossattn_kv; lr=1e-3; steps=1000 ;;
+      kv2000) how=crossattn_kv; lr=1e-3; steps=2000 ;;
+      kv1000hi) how=crossattn_kv; lr=5e-3; steps=1000 ;;
+      ca1000) how=crossattn; lr=1e-3; steps=1000 ;;
+      token1000) how=token; lr=5e-3; steps=1000 ;;
+      full1000) how=full; lr=1e-4; steps=1000 ;;
+      *) echo "control.sh: unknown row $r" >&2; exit 2 ;;
+    esac
+    d="$E/${c}_$r"
+    run $C train --model "$M" --images "$E/$c" --prompt "photo of a <new1> toy" --class-prompt toy --class-images "$E/class_toy" \
+      --num-class-images 32 --class-steps 20 --modifier-token "<new1>" --initializer-token ktn --resolution 64 \
+      --steps $steps --lr $lr --no-scale-lr --train $how --checkpoint-every 0 --seed 1 --out "$d" 2>"$d.log" || { cat "$d.log" >&2; exit 1; }
+    run $EV --delta "$d" --label "${c}_$r" >/dev/null
+  done
+done
+
+# two concepts: each toy with the held-out pattern (<new2>), jointly trained
+# (2 x 2000 steps) and merged (the kv2000 deltas), on eval/prompts_both.txt
+if [ "$TWO" = 1 ]; then
+  run $C world --mode pattern --n 6 --seed 1 --out "$E/pattern" >/dev/null
+  rm -f "$E/pattern/captions.txt"
+  run $C train --model "$M" --images "$E/pattern" --prompt "photo of a <new2> pattern" --class-prompt pattern \
+    --class-images "$E/class_pattern" --num-class-images 32 --class-steps 20 --modifier-token "<new2>" --initializer-token pll \
+    --resolution 64 --steps 2000 --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed 1 --out "$E/pattern_kv2000" 2>"$E/pattern_kv2000.log" ||
+    { cat "$E/pattern_kv2000.log" >&2; exit 1; }
+  run $C world --mode pretrain --n 200 --seed 99 --out "$E/reg" >/dev/null
+  cut -f2 "$E/reg/captions.txt" > "$E/reg_captions.txt"
+  rm -rf "$E/reg"
+  grep -v '^#' eval/prompts_both.txt > "$E/prompts_both.txt"
+  for c in $CONCEPTS; do
+    cat > "$E/concepts_$c.json" <<EOF
+[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/$c", "class_data_dir": "$E/class_toy"},
+ {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/pattern", "class_data_dir": "$E/class_pattern"}]
+EOF
+    run $C train --model "$M" --concepts "$E/concepts_$c.json" --num-class-images 32 --class-steps 20 --resolution 64 \
+      --steps 4000 --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed 1 --out "$E/${c}_joint" 2>"$E/${c}_joint.log" ||
+      { cat "$E/${c}_joint.log" >&2; exit 1; }
+    [ -e "$E/${c}_kv2000" ] || { echo "control.sh: the two-concept rows need the kv2000 row (ROWS)" >&2; exit 2; }
+    run $C merge --model "$M" --delta "$E/${c}_kv2000:toy" --delta "$E/pattern_kv2000:pattern" \
+      --reg-prompts "$E/reg_captions.txt" --out "$E/${c}_merged" >/dev/null
+    EV2="$C eval --model $M --judge $J --n $N --out $E --toy-kind $c --prompts $E/prompts_both.txt"
+    run $EV2 --label "${c}_both-base" >/dev/null
+    run $EV2 --delta "$E/${c}_joint" --label "${c}_both-joint" >/dev/null
+    run $EV2 --delta "$E/${c}_merged" --label "${c}_both-merged" >/dev/null
+  done
+fi
+
+# the table: one row per setting, the two concepts side by side
+{
+  echo "| setting | bear: image-alignment | bear: text-alignment | robot: image-alignment | robot: text-alignment |"
+  echo "| --- | --- | --- | --- | --- |"
+  awk -F'\t' '{ n = index($1, "_"); c = substr($1, 1, n - 1); r = substr($1, n + 1)
+                if (!(r in seen)) { seen[r] = 1; order[k++] = r }
+                ia[c, r] = sprintf("%.1f%%", 100 * $2); ta[c, r] = sprintf("%.1f%%", 100 * $3) }
+       END { for (i = 0; i < k; i++) { r = order[i]
+               printf "| %s | %s | %s | %s | %s |\n", r, ((("bear", r) in ia) ? ia["bear", r] : "-"), ((("bear", r) in ta) ? ta["bear", r] : "-"),
+                      ((("robot", r) in ia) ? ia["robot", r] : "-"), ((("robot", r) in ta) ? ta["robot", r] : "-") } }' "$E/results.tsv"
+} > "$E/results.md"
+cat "$E/results.md"
