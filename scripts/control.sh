@@ -17,7 +17,9 @@
 #   CONCEPTS="bear robot"  ROWS="kv150 kv1000 kv2000 kv1000hi ca1000 token1000 full1000"
 #   TWO=1                  also the two-concept rows: each toy with the held-out pattern
 #                          (<new2>), joint (crossattn_kv, 4000 steps) and merged (the
-#                          kv2000 deltas), on eval/prompts_both.txt (both-*)
+#                          kv2000 deltas; and the toy's with the pattern's of 300
+#                          steps), on eval/prompts_both.txt (both-*); the pattern
+#                          alone after 300 and 2000 steps (pattern_* rows of results.tsv)
 #   OUT=out/control        output folder: results.md (the table), results.tsv, grids
 # Rows: mode, learning rate, steps
 #   kv150      crossattn_kv 1e-3 150 (scripts/eval.sh's setting)
@@ -27,10 +29,10 @@
 #   ca1000     crossattn    1e-3 1000
 #   token1000  token        5e-3 1000
 #   full1000   full         1e-4 1000
-# About 45 minutes on 2 cores (25 with TWO=0).
+# About 50 minutes on 2 cores (25 with TWO=0).
 set -e
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,30p' "$0"; exit 0 ;; "") ;; *) echo "control.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,32p' "$0"; exit 0 ;; "") ;; *) echo "control.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
 M="${MODEL:-models/cdiff-world}"
 J="${JUDGE:-models/world-judge.safetensors}"
 N="${N:-4}"
@@ -90,6 +92,16 @@ if [ "$TWO" = 1 ]; then
     --class-images "$E/class_pattern" --num-class-images 32 --class-steps 20 --modifier-token "<new2>" --initializer-token pll \
     --resolution 64 --steps 2000 --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed 1 --out "$E/pattern_kv2000" 2>"$E/pattern_kv2000.log" ||
     { cat "$E/pattern_kv2000.log" >&2; exit 1; }
+  # and 300 steps: the pattern needs far fewer than a toy (2000 overfit it)
+  run $C train --model "$M" --images "$E/pattern" --prompt "photo of a <new2> pattern" --class-prompt pattern \
+    --class-images "$E/class_pattern" --num-class-images 32 --class-steps 20 --modifier-token "<new2>" --initializer-token pll \
+    --resolution 64 --steps 300 --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed 1 --out "$E/pattern_kv300" 2>"$E/pattern_kv300.log" ||
+    { cat "$E/pattern_kv300.log" >&2; exit 1; }
+  grep -v '^#' eval/prompts_pattern.txt > "$E/prompts_pattern.txt"
+  for r in kv300 kv2000; do
+    run $C eval --model "$M" --judge "$J" --n "$N" --out "$E" --prompts "$E/prompts_pattern.txt" --delta "$E/pattern_$r" \
+      --label "pattern_$r" >/dev/null
+  done
   run $C world --mode pretrain --n 200 --seed 99 --out "$E/reg" >/dev/null
   cut -f2 "$E/reg/captions.txt" > "$E/reg_captions.txt"
   rm -rf "$E/reg"
@@ -105,10 +117,13 @@ EOF
     [ -e "$E/${c}_kv2000" ] || { echo "control.sh: the two-concept rows need the kv2000 row (ROWS)" >&2; exit 2; }
     run $C merge --model "$M" --delta "$E/${c}_kv2000:toy" --delta "$E/pattern_kv2000:pattern" \
       --reg-prompts "$E/reg_captions.txt" --out "$E/${c}_merged" >/dev/null
+    run $C merge --model "$M" --delta "$E/${c}_kv2000:toy" --delta "$E/pattern_kv300:pattern" \
+      --reg-prompts "$E/reg_captions.txt" --out "$E/${c}_merged300" >/dev/null
     EV2="$C eval --model $M --judge $J --n $N --out $E --toy-kind $c --prompts $E/prompts_both.txt"
     run $EV2 --label "${c}_both-base" >/dev/null
     run $EV2 --delta "$E/${c}_joint" --label "${c}_both-joint" >/dev/null
     run $EV2 --delta "$E/${c}_merged" --label "${c}_both-merged" >/dev/null
+    run $EV2 --delta "$E/${c}_merged300" --label "${c}_both-merged300" >/dev/null
   done
 fi
 
@@ -116,11 +131,12 @@ fi
 {
   echo "| setting | bear: image-alignment | bear: text-alignment | robot: image-alignment | robot: text-alignment |"
   echo "| --- | --- | --- | --- | --- |"
-  awk -F'\t' '{ n = index($1, "_"); c = substr($1, 1, n - 1); r = substr($1, n + 1)
+  awk -F'\t' '{ n = index($1, "_"); c = substr($1, 1, n - 1); r = substr($1, n + 1); if (c == "pattern") next
                 if (!(r in seen)) { seen[r] = 1; order[k++] = r }
                 ia[c, r] = sprintf("%.1f%%", 100 * $2); ta[c, r] = sprintf("%.1f%%", 100 * $3) }
        END { for (i = 0; i < k; i++) { r = order[i]
                printf "| %s | %s | %s | %s | %s |\n", r, ((("bear", r) in ia) ? ia["bear", r] : "-"), ((("bear", r) in ta) ? ta["bear", r] : "-"),
                       ((("robot", r) in ia) ? ia["robot", r] : "-"), ((("robot", r) in ta) ? ta["robot", r] : "-") } }' "$E/results.tsv"
+  awk -F'\t' '$1 ~ /^pattern_/ { printf "\nthe pattern alone, %s: image-alignment %.1f%%, text-alignment %.1f%%\n", $1, 100 * $2, 100 * $3 }' "$E/results.tsv"
 } > "$E/results.md"
 cat "$E/results.md"

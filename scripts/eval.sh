@@ -19,9 +19,10 @@
 #   --quick      N=1 image per prompt, 60 steps: the whole pipeline in minutes
 #   MODEL=DIR    the model (default models/cdiff-world)
 #   JUDGE=FILE   the judge (default models/world-judge.safetensors)
-#   STEPS=K      fine-tuning steps per concept (default 2000; joint training K x concepts;
-#                scripts/control.sh: 150 steps bind <new1> to a kind the model draws
-#                in 31% of generations, 2000 in 81%)
+#   STEPS=K      fine-tuning steps per concept (default 150; joint training K x concepts;
+#                scripts/control.sh: a toy needs ~2000 (<new1> bound to a bear: 31% of
+#                generations at 150 steps, 81% at 2000), the pattern ~300 (2000 steps
+#                overfit it: image-alignment 97.5%, text-alignment 35%))
 #   N=K          images per prompt (default 4)
 #   OUT=DIR      output folder (default out/eval)
 #   RECIPE=R     captions of the fine-tuning (scripts/recipes.sh compares them):
@@ -44,14 +45,14 @@ QUICK=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
     *) echo "eval.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
   esac
 done
 if [ $QUICK = 1 ]; then STEPS="${STEPS:-60}"; N="${N:-1}"; fi
 M="${MODEL:-models/cdiff-world}"
 J="${JUDGE:-models/world-judge.safetensors}"
-STEPS="${STEPS:-2000}"
+STEPS="${STEPS:-150}"
 N="${N:-4}"
 E="${OUT:-out/eval}"
 RECIPE="${RECIPE:-plain}"
