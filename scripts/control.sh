@@ -16,10 +16,11 @@
 #   N=4                    images per prompt
 #   CONCEPTS="bear robot"  ROWS="kv150 kv1000 kv2000 kv1000hi ca1000 token1000 full1000"
 #   TWO=1                  also the two-concept rows: each toy with the held-out pattern
-#                          (<new2>), joint (crossattn_kv, 4000 steps) and merged (the
-#                          kv2000 deltas; and the toy's with the pattern's of 300
-#                          steps), on eval/prompts_both.txt (both-*); the pattern
-#                          alone after 300 and 2000 steps (pattern_* rows of results.tsv)
+#                          (<new2>) trained bare or with per-image captions ("a green
+#                          <new2> pattern"), joint (crossattn_kv) and merged (the toy's
+#                          2000-step delta with each pattern delta), on
+#                          eval/prompts_both.txt (both-*); the pattern alone
+#                          (pattern_* rows of results.tsv)
 #   OUT=out/control        output folder: results.md (the table), results.tsv, grids
 # Rows: mode, learning rate, steps
 #   kv150      crossattn_kv 1e-3 150 (scripts/eval.sh's setting)
@@ -29,10 +30,10 @@
 #   ca1000     crossattn    1e-3 1000
 #   token1000  token        5e-3 1000
 #   full1000   full         1e-4 1000
-# About 50 minutes on 2 cores (25 with TWO=0).
+# About an hour on 2 cores (25 minutes with TWO=0).
 set -e
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,32p' "$0"; exit 0 ;; "") ;; *) echo "control.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,33p' "$0"; exit 0 ;; "") ;; *) echo "control.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
 M="${MODEL:-models/cdiff-world}"
 J="${JUDGE:-models/world-judge.safetensors}"
 N="${N:-4}"
@@ -86,19 +87,21 @@ done
 # two concepts: each toy with the held-out pattern (<new2>), jointly trained
 # (2 x 2000 steps) and merged (the kv2000 deltas), on eval/prompts_both.txt
 if [ "$TWO" = 1 ]; then
+  # the pattern's images, bare (instance prompt "photo of a <new2> pattern") and with
+  # per-image captions in the grammar's slot for a pattern ("a green <new2> pattern")
   run $C world --mode pattern --n 6 --seed 1 --out "$E/pattern" >/dev/null
-  rm -f "$E/pattern/captions.txt"
-  run $C train --model "$M" --images "$E/pattern" --prompt "photo of a <new2> pattern" --class-prompt pattern \
-    --class-images "$E/class_pattern" --num-class-images 32 --class-steps 20 --modifier-token "<new2>" --initializer-token pll \
-    --resolution 64 --steps 2000 --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed 1 --out "$E/pattern_kv2000" 2>"$E/pattern_kv2000.log" ||
-    { cat "$E/pattern_kv2000.log" >&2; exit 1; }
-  # and 300 steps: the pattern needs far fewer than a toy (2000 overfit it)
-  run $C train --model "$M" --images "$E/pattern" --prompt "photo of a <new2> pattern" --class-prompt pattern \
-    --class-images "$E/class_pattern" --num-class-images 32 --class-steps 20 --modifier-token "<new2>" --initializer-token pll \
-    --resolution 64 --steps 300 --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed 1 --out "$E/pattern_kv300" 2>"$E/pattern_kv300.log" ||
-    { cat "$E/pattern_kv300.log" >&2; exit 1; }
+  run $C world --mode pattern --n 6 --seed 1 --pattern-word "<new2>" --caption-files --out "$E/pattern_icap" >/dev/null
+  rm -f "$E/pattern/captions.txt" "$E/pattern_icap/captions.txt"
+  trainp() { # name images steps
+    run $C train --model "$M" --images "$E/$2" --prompt "photo of a <new2> pattern" --class-prompt pattern \
+      --class-images "$E/class_pattern" --num-class-images 32 --class-steps 20 --modifier-token "<new2>" --initializer-token pll \
+      --resolution 64 --steps "$3" --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed 1 --out "$E/pattern_$1" 2>"$E/pattern_$1.log" ||
+      { cat "$E/pattern_$1.log" >&2; exit 1; }
+  }
+  # a pattern needs far fewer steps than a toy (2000 overfit it)
+  trainp kv300 pattern 300; trainp kv2000 pattern 2000; trainp icap300 pattern_icap 300; trainp icap1000 pattern_icap 1000
   grep -v '^#' eval/prompts_pattern.txt > "$E/prompts_pattern.txt"
-  for r in kv300 kv2000; do
+  for r in kv300 kv2000 icap300 icap1000; do
     run $C eval --model "$M" --judge "$J" --n "$N" --out "$E" --prompts "$E/prompts_pattern.txt" --delta "$E/pattern_$r" \
       --label "pattern_$r" >/dev/null
   done
@@ -107,23 +110,27 @@ if [ "$TWO" = 1 ]; then
   rm -rf "$E/reg"
   grep -v '^#' eval/prompts_both.txt > "$E/prompts_both.txt"
   for c in $CONCEPTS; do
-    cat > "$E/concepts_$c.json" <<EOF
-[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/$c", "class_data_dir": "$E/class_toy"},
- {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/pattern", "class_data_dir": "$E/class_pattern"}]
-EOF
-    run $C train --model "$M" --concepts "$E/concepts_$c.json" --num-class-images 32 --class-steps 20 --resolution 64 \
-      --steps 4000 --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed 1 --out "$E/${c}_joint" 2>"$E/${c}_joint.log" ||
-      { cat "$E/${c}_joint.log" >&2; exit 1; }
     [ -e "$E/${c}_kv2000" ] || { echo "control.sh: the two-concept rows need the kv2000 row (ROWS)" >&2; exit 2; }
-    run $C merge --model "$M" --delta "$E/${c}_kv2000:toy" --delta "$E/pattern_kv2000:pattern" \
-      --reg-prompts "$E/reg_captions.txt" --out "$E/${c}_merged" >/dev/null
-    run $C merge --model "$M" --delta "$E/${c}_kv2000:toy" --delta "$E/pattern_kv300:pattern" \
-      --reg-prompts "$E/reg_captions.txt" --out "$E/${c}_merged300" >/dev/null
     EV2="$C eval --model $M --judge $J --n $N --out $E --toy-kind $c --prompts $E/prompts_both.txt"
     run $EV2 --label "${c}_both-base" >/dev/null
-    run $EV2 --delta "$E/${c}_joint" --label "${c}_both-joint" >/dev/null
-    run $EV2 --delta "$E/${c}_merged" --label "${c}_both-merged" >/dev/null
-    run $EV2 --delta "$E/${c}_merged300" --label "${c}_both-merged300" >/dev/null
+    # joint training: bare pattern captions 4000 steps, per-image ones 2000
+    for p in pattern:4000 pattern_icap:2000; do
+      d=${p%%:*}; s=${p#*:}
+      cat > "$E/concepts_${c}_$d.json" <<EOF
+[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/$c", "class_data_dir": "$E/class_toy"},
+ {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/$d", "class_data_dir": "$E/class_pattern"}]
+EOF
+      run $C train --model "$M" --concepts "$E/concepts_${c}_$d.json" --num-class-images 32 --class-steps 20 --resolution 64 \
+        --steps "$s" --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed 1 --out "$E/${c}_joint-$d" 2>"$E/${c}_joint-$d.log" ||
+        { cat "$E/${c}_joint-$d.log" >&2; exit 1; }
+      run $EV2 --delta "$E/${c}_joint-$d" --label "${c}_both-joint-$d" >/dev/null
+    done
+    # cdiff merge of the toy's 2000-step delta with each pattern delta
+    for r in kv300 kv2000 icap300 icap1000; do
+      run $C merge --model "$M" --delta "$E/${c}_kv2000:toy" --delta "$E/pattern_$r:pattern" \
+        --reg-prompts "$E/reg_captions.txt" --out "$E/${c}_merged-$r" >/dev/null
+      run $EV2 --delta "$E/${c}_merged-$r" --label "${c}_both-merged-$r" >/dev/null
+    done
   done
 fi
 
