@@ -152,8 +152,11 @@ int cmd_eval(int argc, char **argv) {
   double ka = s.kind_total ? s.kind_hit / s.kind_total : -1;
   fprintf(f, "%s\t%.3f\t%.3f\t%d\t%d\t%.3f\t%d\n", label, ia, ta, (int)s.img_total, (int)s.txt_total, ka, (int)s.kind_total);
   if (fclose(f)) { cd_set_error("%s: write failed", path); goto fail; }
-  printf("%-28s image-alignment %5.1f%% (%d images)  text-alignment %5.1f%% (%d attributes; kinds %5.1f%% of %d)\n", label, 100 * ia,
-         (int)s.img_total, 100 * ta, (int)s.txt_total, 100 * ka, (int)s.kind_total);
+  char ias[16] = "  n/a", kas[16] = "  n/a"; /* no prompt named a concept / a kind */
+  if (ia >= 0) snprintf(ias, sizeof ias, "%5.1f%%", 100 * ia);
+  if (ka >= 0) snprintf(kas, sizeof kas, "%5.1f%%", 100 * ka);
+  printf("%-28s image-alignment %s (%d images)  text-alignment %5.1f%% (%d attributes; kinds %s of %d)\n", label, ias,
+         (int)s.img_total, 100 * ta, (int)s.txt_total, kas, (int)s.kind_total);
   rc = 0;
 fail:
   if (rc) fprintf(stderr, "cdiff eval: %s\n", cd_last_error());
