@@ -6,17 +6,6 @@
 
 #include "world/world.h"
 
-int cd_world_kind_index(const char *w) {
-  static const char *const shapes[] = {"circle", "square", "triangle", "star", "ring", "cross"};
-  for (int i = 0; i < 6; i++)
-    if (!strcmp(w, shapes[i])) return i;
-  if (!strcmp(w, "bear")) return CD_WORLD_BEAR;
-  if (!strcmp(w, "car")) return CD_WORLD_CAR;
-  if (!strcmp(w, "robot")) return CD_WORLD_ROBOT;
-  if (!strcmp(w, "duck")) return CD_WORLD_DUCK;
-  return -1;
-}
-
 static int pattern_of(const char *w) {
   for (int p = 1; p < CD_WORLD_NPATTERNS; p++)
     if (!strcmp(w, cd_world_pattern_name(p))) return p;

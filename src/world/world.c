@@ -27,6 +27,14 @@ int cd_world_colour_index(const char *w) {
   return -1;
 }
 
+/* a shape's name, or a toy's word before " toy" ("bear" for "bear toy") */
+int cd_world_kind_index(const char *w) {
+  const size_t n = strlen(w);
+  for (int i = 0; i < CD_WORLD_NKINDS; i++)
+    if (!strcmp(w, kind_names[i]) || (n && !strncmp(w, kind_names[i], n) && !strcmp(kind_names[i] + n, " toy"))) return i;
+  return -1;
+}
+
 const char *const *cd_world_words(void) {
   static const char *const words[] = {
       "photo", "of", "a", "small", "big", "next", "to", "on", "in", "background", "pattern", "toy",
