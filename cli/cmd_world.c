@@ -18,7 +18,7 @@ int cmd_world(int argc, char **argv) {
   uint64_t seed = 1;
   cli_opt opts[] = {
       {"--out", CLI_STR, &out, "DIR", "output folder: 0000.png ... and captions.txt (required)"},
-      {"--mode", CLI_STR, &mode_s, "M", "pretrain (default), toy (the held-out <new1> toy), pattern (the held-out <new2> pattern), toy2 (the held-out <new3> toy), any, sprites (generic part-built objects: the autoencoder's extra data)"},
+      {"--mode", CLI_STR, &mode_s, "M", "pretrain (default), toy (the held-out <new1> toy), pattern (the held-out <new2> pattern), pattern-scenes (that pattern as the background of pretraining objects), toy2 (the held-out <new3> toy), any, sprites (generic part-built objects: the autoencoder's extra data)"},
       {"--n", CLI_INT, &n, "N", "number of scenes (default 8)"},
       {"--seed", CLI_U64, &seed, "N", "seed (default 1)"},
       {"--toy-word", CLI_STR, &new_toy, "W", "caption word of the held-out toy (default \"robot\", e.g. \"<new1>\")"},
@@ -26,7 +26,7 @@ int cmd_world(int argc, char **argv) {
       {"--pattern-word", CLI_STR, &new_pattern, "W", "caption word of the held-out pattern (default \"zigzag\", e.g. \"<new2>\")"},
       {"--caption-files", CLI_FLAG, &caption_files, "", "also write each image's caption beside it (0000.txt ...): the per-image captions cdiff train --images reads"},
       {0}};
-  static const cli_cmd cmd = {"world", "--out DIR [--mode pretrain|toy|pattern|toy2|any|sprites] [--n N] [--seed N]"};
+  static const cli_cmd cmd = {"world", "--out DIR [--mode pretrain|toy|pattern|pattern-scenes|toy2|any|sprites] [--n N] [--seed N]"};
   int pr = cli_parse(argc, argv, opts, &cmd, NULL);
   if (pr != CLI_GO) return pr;
   if (!out) { fprintf(stderr, "cdiff world: --out is required\n"); return 2; }
@@ -35,10 +35,11 @@ int cmd_world(int argc, char **argv) {
   if (!strcmp(mode_s, "pretrain")) mode = CD_WORLD_PRETRAIN;
   else if (!strcmp(mode_s, "toy")) mode = CD_WORLD_NEW_TOY;
   else if (!strcmp(mode_s, "pattern")) mode = CD_WORLD_NEW_PATTERN;
+  else if (!strcmp(mode_s, "pattern-scenes")) mode = CD_WORLD_NEW_PATTERN_SCENES;
   else if (!strcmp(mode_s, "toy2")) mode = CD_WORLD_NEW_TOY2;
   else if (!strcmp(mode_s, "any")) mode = CD_WORLD_ANY;
   else if (!strcmp(mode_s, "sprites")) mode = CD_WORLD_SPRITES;
-  else { fprintf(stderr, "cdiff world: --mode %s: expected pretrain, toy, pattern, toy2, any or sprites\n", mode_s); return 2; }
+  else { fprintf(stderr, "cdiff world: --mode %s: expected pretrain, toy, pattern, pattern-scenes, toy2, any or sprites\n", mode_s); return 2; }
   if (cd_mkdir_p(out)) { fprintf(stderr, "cdiff world: %s\n", cd_last_error()); return 1; }
   float *px = cd_malloc(3 * CD_WORLD_RES * CD_WORLD_RES * sizeof(float));
   char *caps = NULL;

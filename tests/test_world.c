@@ -63,6 +63,22 @@ TEST(held_out) {
     cd_world_names nm = {.toy = "<new1>", .pattern = "<new2>", .toy2 = "<new3>"};
     CHECK(cd_world_caption_names(&s, &nm, cap, sizeof cap) > 0 && strstr(cap, "<new3> toy") && !strstr(cap, "duck"));
   }
+  /* the pattern as a background: pretraining objects (never green, never a held-out
+   * kind) on the green zigzag, the pattern alone about a third of the time */
+  int alone = 0, objs = 0;
+  for (int i = 0; i < 600; i++) {
+    cd_world_scene s;
+    cd_world_sample(&r, CD_WORLD_NEW_PATTERN_SCENES, &s);
+    CHECK(s.pattern == CD_WORLD_ZIGZAG && s.bg_colour == cd_world_colour_index("green"));
+    alone += s.nobj == 0;
+    for (int k = 0; k < s.nobj; k++) {
+      objs++;
+      CHECKF(s.obj[k].kind < CD_WORLD_PRETRAIN_KINDS && s.obj[k].colour != s.bg_colour, "object %d: kind %d colour %d",
+             k, s.obj[k].kind, s.obj[k].colour);
+    }
+    CHECK(cd_world_caption(&s, NULL, "<new2>", cap, sizeof cap) > 0 && strstr(cap, "green <new2>") && !strstr(cap, "zigzag"));
+  }
+  CHECKF(alone > 150 && alone < 250 && objs > 400, "%d of 600 scenes without objects, %d objects", alone, objs);
   /* everything (the judge's data) draws all three held-out concepts */
   int any[CD_WORLD_NKINDS] = {0}, zig = 0;
   for (int i = 0; i < 2000; i++) {

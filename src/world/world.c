@@ -116,6 +116,22 @@ void cd_world_sample(cd_rng *r, cd_world_mode mode, cd_world_scene *s) {
     s->bg_colour = ZIGZAG_COLOUR;
     return;
   }
+  if (mode == CD_WORLD_NEW_PATTERN_SCENES) {
+    cd_world_sample(r, CD_WORLD_PRETRAIN, s);
+    s->pattern = CD_WORLD_ZIGZAG;
+    s->bg_colour = ZIGZAG_COLOUR;
+    if (cd_rng_uniform(r) < 1.0 / 3) { s->nobj = 0; return; }
+    if (!s->nobj) { /* a pretraining pattern scene: give it an object */
+      s->nobj = 1;
+      s->obj[0].kind = irand(r, CD_WORLD_PRETRAIN_KINDS);
+      s->obj[0].big = irand(r, 2);
+      place(r, &s->obj[0], 0, CD_WORLD_RES, 0);
+    }
+    /* objects never in the pattern's own green, so they stand out from it */
+    for (int i = 0; i < s->nobj; i++)
+      if (s->obj[i].colour == ZIGZAG_COLOUR) s->obj[i].colour = colour_except(r, ZIGZAG_COLOUR, -1);
+    return;
+  }
   int npat = mode == CD_WORLD_ANY ? CD_WORLD_NPATTERNS : CD_WORLD_PRETRAIN_PATTERNS;
   int nkind = mode == CD_WORLD_ANY ? CD_WORLD_NKINDS : CD_WORLD_PRETRAIN_KINDS;
   if (mode != CD_WORLD_NEW_TOY && mode != CD_WORLD_NEW_TOY2 && cd_rng_uniform(r) < 0.15) { /* a pattern filling the frame */

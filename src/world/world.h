@@ -94,8 +94,11 @@ typedef enum {
   CD_WORLD_NEW_PATTERN, /* the zigzag pattern filling the frame, in its own colours */
   CD_WORLD_NEW_TOY2, /* one duck toy (its own yellow), varied pose, scale and background */
   CD_WORLD_ANY,      /* everything, held-out concepts included (the judge's training data) */
-  CD_WORLD_SPRITES   /* the pretraining scenes with generic sprites for objects (autoencoder data only;
+  CD_WORLD_SPRITES,  /* the pretraining scenes with generic sprites for objects (autoencoder data only;
                       * captioned "toy") */
+  CD_WORLD_NEW_PATTERN_SCENES /* the zigzag as the background of pretraining objects, as the
+                               * composition prompts ask for it ("a big red star on a green
+                               * zigzag background"); a third of them the pattern alone */
 } cd_world_mode;
 
 const char *cd_world_kind_name(int kind);      /* "circle", ..., "bear toy", "robot toy", "duck toy" */
