@@ -6,8 +6,10 @@
  * the images show.
  * One row per run is appended to OUT/results.tsv (label, image-alignment,
  * text-alignment, images, attributes, kinds fraction, kinds: the named shapes
- * and toys among the attributes, -1 where none is asked); OUT/LABEL.png is the
- * grid (one row of --n images per prompt). */
+ * and toys among the attributes, -1 where none is asked; then each held-out
+ * concept apart: the named concept toys shown and their number, the named
+ * <new2> patterns shown and their number); OUT/LABEL.png is the grid (one row
+ * of --n images per prompt). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,13 +152,18 @@ int cmd_eval(int argc, char **argv) {
   FILE *f = fopen(path, "a");
   if (!f) { cd_set_error("%s: cannot append", path); goto fail; }
   double ka = s.kind_total ? s.kind_hit / s.kind_total : -1;
-  fprintf(f, "%s\t%.3f\t%.3f\t%d\t%d\t%.3f\t%d\n", label, ia, ta, (int)s.img_total, (int)s.txt_total, ka, (int)s.kind_total);
+  double oa = s.toy_total ? s.toy_hit / s.toy_total : -1, pa = s.pat_total ? s.pat_hit / s.pat_total : -1;
+  fprintf(f, "%s\t%.3f\t%.3f\t%d\t%d\t%.3f\t%d\t%.3f\t%d\t%.3f\t%d\n", label, ia, ta, (int)s.img_total, (int)s.txt_total,
+          ka, (int)s.kind_total, oa, (int)s.toy_total, pa, (int)s.pat_total);
   if (fclose(f)) { cd_set_error("%s: write failed", path); goto fail; }
   char ias[16] = "  n/a", kas[16] = "  n/a"; /* no prompt named a concept / a kind */
   if (ia >= 0) snprintf(ias, sizeof ias, "%5.1f%%", 100 * ia);
   if (ka >= 0) snprintf(kas, sizeof kas, "%5.1f%%", 100 * ka);
   printf("%-28s image-alignment %s (%d images)  text-alignment %5.1f%% (%d attributes; kinds %s of %d)\n", label, ias,
          (int)s.img_total, 100 * ta, (int)s.txt_total, kas, (int)s.kind_total);
+  if (s.toy_total && s.pat_total) /* a composition: which concept goes missing */
+    printf("%-28s   the toy alone %5.1f%% of %d, the pattern alone %5.1f%% of %d\n", "", 100 * oa, (int)s.toy_total, 100 * pa,
+           (int)s.pat_total);
   rc = 0;
 fail:
   if (rc) fprintf(stderr, "cdiff eval: %s\n", cd_last_error());

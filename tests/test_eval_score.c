@@ -38,6 +38,13 @@ TEST(scores_concepts_and_attributes) {
   v = verdict(CD_WORLD_ROBOT, -1, -1, cd_world_colour_index("green"), CD_WORLD_ZIGZAG);
   cd_eval_score_image(&e, &v, &s);
   CHECKF(s.img_hit == 1 && s.img_total == 2 && s.txt_hit == 2 && s.txt_total == 2, "%g/%g %g/%g", s.img_hit, s.img_total, s.txt_hit, s.txt_total);
+  /* each concept apart: the toy in both images, the pattern in one; then an image with the
+   * pattern and no toy */
+  CHECK(s.toy_hit == 2 && s.toy_total == 2 && s.pat_hit == 1 && s.pat_total == 2);
+  v = verdict(CD_WORLD_BEAR, -1, -1, cd_world_colour_index("green"), CD_WORLD_ZIGZAG);
+  cd_eval_score_image(&e, &v, &s);
+  CHECKF(s.img_hit == 1 && s.img_total == 3 && s.toy_hit == 2 && s.toy_total == 3 && s.pat_hit == 2 && s.pat_total == 3,
+         "%g/%g toy %g/%g pattern %g/%g", s.img_hit, s.img_total, s.toy_hit, s.toy_total, s.pat_hit, s.pat_total);
   /* three concepts: the duck as <new3> */
   memset(&s, 0, sizeof s);
   cd_world_parse_prompt_names("a small <new1> toy next to a small <new3> toy on a green <new2> background", &nm, &e);
@@ -46,13 +53,14 @@ TEST(scores_concepts_and_attributes) {
   cd_eval_score_image(&e, &v, &s);
   v = verdict(CD_WORLD_ROBOT, -1, -1, cd_world_colour_index("green"), CD_WORLD_ZIGZAG);
   cd_eval_score_image(&e, &v, &s);
-  CHECK(s.img_hit == 1 && s.img_total == 2);
+  CHECK(s.img_hit == 1 && s.img_total == 2 && s.toy_hit == 3 && s.toy_total == 4 && s.pat_hit == 2 && s.pat_total == 2);
   /* no concept named: text-alignment only */
   memset(&s, 0, sizeof s);
   cd_world_parse_prompt_names("a small red star next to a big toy on a blue striped background", &nm, &e);
   v = verdict(3, CD_WORLD_CAR, red, blue, CD_WORLD_STRIPED);
   cd_eval_score_image(&e, &v, &s);
-  CHECKF(s.img_total == 0 && s.txt_hit == 5 && s.txt_total == 5, "%g/%g %g/%g", s.img_hit, s.img_total, s.txt_hit, s.txt_total);
+  CHECKF(s.img_total == 0 && s.txt_hit == 5 && s.txt_total == 5 && s.toy_total == 0 && s.pat_total == 0, "%g/%g %g/%g", s.img_hit,
+         s.img_total, s.txt_hit, s.txt_total);
   /* of those five, two are kinds (the star, "a toy" of any kind) */
   CHECKF(s.kind_hit == 2 && s.kind_total == 2, "%g/%g", s.kind_hit, s.kind_total);
   /* a ring and no toy: colours and background right, both kinds missed */

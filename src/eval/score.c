@@ -7,8 +7,10 @@ void cd_eval_score_image(const cd_world_expect *e, const cd_judge_verdict *v, cd
   int concepts = 0, shown = 0;
   for (int k = 0; k < e->nobj; k++) {
     if (e->is_concept[k]) { /* held-out toys (or the kind a toy word stands for): image-alignment */
+      int hit = v->kind[e->kind[k]] != 0;
       concepts++;
-      shown += v->kind[e->kind[k]] != 0;
+      shown += hit;
+      s->toy_total++, s->toy_hit += hit;
     } else if (e->kind[k] >= 0) {
       int hit = v->kind[e->kind[k]] != 0;
       s->txt_total++, s->kind_total++;
@@ -24,8 +26,10 @@ void cd_eval_score_image(const cd_world_expect *e, const cd_judge_verdict *v, cd
     }
   }
   if (e->pattern == CD_WORLD_ZIGZAG) {
+    int hit = v->pattern == CD_WORLD_ZIGZAG;
     concepts++;
-    shown += v->pattern == CD_WORLD_ZIGZAG;
+    shown += hit;
+    s->pat_total++, s->pat_hit += hit;
   } else if (e->pattern >= 0) {
     s->txt_total++;
     s->txt_hit += v->pattern == e->pattern;

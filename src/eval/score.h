@@ -18,6 +18,10 @@ typedef struct {
   double img_hit, img_total; /* images that name a concept / that show all it names */
   double txt_hit, txt_total; /* other attributes asked for / shown */
   double kind_hit, kind_total; /* of those, the named pretraining kinds (and "toy"): can the model draw a shape on request */
+  /* each named concept apart, whatever else the image shows: which of two concepts a
+   * composition loses */
+  double toy_hit, toy_total; /* named concept objects (<new1>, <new3>) / shown */
+  double pat_hit, pat_total; /* named <new2> patterns / shown */
 } cd_eval_score;
 
 /* adds one image's verdict against its prompt's expectation */
