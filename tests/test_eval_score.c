@@ -96,6 +96,30 @@ TEST(toy_token_as_a_pretraining_kind) {
   CHECK(cd_world_kind_index("bear") == CD_WORLD_BEAR && cd_world_kind_index("robot") == CD_WORLD_ROBOT && cd_world_kind_index("toy") == -1);
 }
 
+/* the ceiling of a composition: known words standing for both concepts ("bear", "striped"),
+ * judged as the concepts would be (both in one image for image-alignment) */
+TEST(known_words_as_both_concepts) {
+  const cd_world_names nm = {.toy = "bear", .pattern = "striped", .toy_kind = CD_WORLD_BEAR, .pattern_kind = CD_WORLD_STRIPED};
+  const int green = cd_world_colour_index("green");
+  cd_world_expect e;
+  cd_world_parse_prompt_names("a big bear toy on a green striped background", &nm, &e);
+  CHECK(e.nobj == 1 && e.kind[0] == CD_WORLD_BEAR && e.is_concept[0] && e.pattern == CD_WORLD_STRIPED && e.pattern_is_concept &&
+        e.bg == green);
+  cd_eval_score s = {0};
+  cd_judge_verdict v = verdict(CD_WORLD_BEAR, -1, -1, green, CD_WORLD_STRIPED);
+  cd_eval_score_image(&e, &v, &s);
+  v = verdict(CD_WORLD_BEAR, -1, -1, green, CD_WORLD_DOTTED);
+  cd_eval_score_image(&e, &v, &s);
+  CHECKF(s.img_hit == 1 && s.img_total == 2 && s.pat_hit == 1 && s.pat_total == 2 && s.toy_hit == 2 && s.txt_total == 2,
+         "%g/%g pattern %g/%g toy %g text %g", s.img_hit, s.img_total, s.pat_hit, s.pat_total, s.toy_hit, s.txt_total);
+  /* with the default names, "striped" is an attribute and "zigzag" the held-out pattern */
+  const cd_world_names plain = {.toy = "<new1>", .pattern = "<new2>"};
+  cd_world_parse_prompt_names("a big bear toy on a green striped background", &plain, &e);
+  CHECK(!e.pattern_is_concept && !e.is_concept[0]);
+  cd_world_parse_prompt_names("a big bear toy on a green zigzag background", &plain, &e);
+  CHECK(e.pattern_is_concept && e.pattern == CD_WORLD_ZIGZAG);
+}
+
 TEST(binomial_tail_and_margin) {
   /* exact small cases: P(X >= 3) for Bin(4, 1/2) = 5/16; Bin(10, 0.3) >= 0 is 1 */
   CHECK(fabs(cd_binom_tail(4, 3, 0.5) - 5.0 / 16) < 1e-12);
@@ -115,6 +139,7 @@ TEST(binomial_tail_and_margin) {
 int main(void) {
   RUN(scores_concepts_and_attributes);
   RUN(toy_token_as_a_pretraining_kind);
+  RUN(known_words_as_both_concepts);
   RUN(binomial_tail_and_margin);
   return test_summary();
 }

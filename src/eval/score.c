@@ -25,8 +25,8 @@ void cd_eval_score_image(const cd_world_expect *e, const cd_judge_verdict *v, cd
       s->txt_hit += v->colour[e->colour[k]] != 0;
     }
   }
-  if (e->pattern == CD_WORLD_ZIGZAG) {
-    int hit = v->pattern == CD_WORLD_ZIGZAG;
+  if (e->pattern_is_concept) {
+    int hit = v->pattern == e->pattern;
     concepts++;
     shown += hit;
     s->pat_total++, s->pat_hit += hit;

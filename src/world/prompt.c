@@ -28,15 +28,16 @@ void cd_world_parse_prompt_names(const char *prompt, const cd_world_names *nm, c
   for (char *t = strtok(buf, " ,."); t && n < 96; t = strtok(NULL, " ,.")) w[n++] = t;
   int in_bg = 0, pending = -1; /* pending: a colour said before its object */
   for (int i = 0; i < n; i++) {
-    int c = cd_world_colour_index(w[i]), k = cd_world_kind_index(w[i]), p = pattern_of(w[i]);
+    int c = cd_world_colour_index(w[i]), k = cd_world_kind_index(w[i]), p = pattern_of(w[i]), newp = 0;
     if (new_toy && !strcmp(w[i], new_toy)) k = nm->toy_kind > 0 ? nm->toy_kind : CD_WORLD_ROBOT;
     if (new_toy2 && !strcmp(w[i], new_toy2)) k = CD_WORLD_DUCK;
-    if (new_pattern && !strcmp(w[i], new_pattern)) p = CD_WORLD_ZIGZAG;
+    if (new_pattern && !strcmp(w[i], new_pattern)) p = nm->pattern_kind > 0 ? nm->pattern_kind : CD_WORLD_ZIGZAG, newp = 1;
+    if (p == CD_WORLD_ZIGZAG) newp = 1; /* "zigzag" written out is the held-out pattern too */
     if (!strcmp(w[i], "on")) { in_bg = 1; continue; }
     if (in_bg || (e->nobj == 0 && p >= 0) || (e->nobj == 0 && !strcmp(w[i], "pattern"))) {
       /* background (or a pattern filling the frame): colour, pattern */
       if (c >= 0) e->bg = c;
-      if (p >= 0) e->pattern = p;
+      if (p >= 0) e->pattern = p, e->pattern_is_concept = newp;
       if (!strcmp(w[i], "pattern") && e->nobj == 0 && pending >= 0) { e->bg = pending; pending = -1; }
       if (p >= 0 && e->nobj == 0 && pending >= 0) { e->bg = pending; pending = -1; }
       continue;

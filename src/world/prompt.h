@@ -20,6 +20,7 @@ typedef struct {
   int is_concept[2]; /* a held-out toy (robot, duck) or a toy word: image-alignment, not text */
   int colour[2];  /* -1: not said */
   int bg, pattern; /* -1: not said */
+  int pattern_is_concept; /* the pattern was named by the held-out pattern's word: image-alignment */
 } cd_world_expect;
 
 void cd_world_parse_prompt(const char *prompt, const char *new_toy, const char *new_pattern, cd_world_expect *e);

@@ -127,6 +127,9 @@ typedef struct {
   int toy_kind;        /* prompts only (prompt.h): the kind the toy word stands for when > 0
                         * (a pretraining kind: the control that a kind the base model draws
                         * can be taught to a new token); 0: the robot */
+  int pattern_kind;    /* prompts only: the pattern the pattern word stands for when > 0 (a
+                        * pretraining pattern: what the base model composes with known words,
+                        * the ceiling of a composition); 0: the zigzag */
 } cd_world_names;
 /* cd_world_caption with all three held-out words */
 int cd_world_caption_names(const cd_world_scene *s, const cd_world_names *nm, char *out, size_t cap);
