@@ -34,21 +34,13 @@
 set -e
 cd "$(dirname "$0")/.."
 case "${1:-}" in -h|--help) sed -n '2,33p' "$0"; exit 0 ;; "") ;; *) echo "control.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
-M="${MODEL:-models/cdiff-world}"
-J="${JUDGE:-models/world-judge.safetensors}"
 N="${N:-4}"
 CONCEPTS="${CONCEPTS:-bear robot}"
 ROWS="${ROWS:-kv150 kv1000 kv2000 kv1000hi ca1000 token1000 full1000}"
 TWO="${TWO:-1}"
 E="${OUT:-out/control}"
-C=./build/cdiff
-for f in "$M" "$J"; do
-  [ -e "$f" ] || { echo "control.sh: $f is missing (MODEL=, JUDGE=)" >&2; exit 1; }
-done
-make -j2 build/cdiff >/dev/null
-rm -rf "$E" && mkdir -p "$E"
-run() { echo "+ $*" >&2; "$@"; }
-export CDIFF_QUIET=1
+NAME=control.sh
+. scripts/common.sh
 
 # instance images: the robot as scripts/eval.sh renders it; the bear: the first
 # 6 single orange bear toys among 4,000 pretraining renders

@@ -50,20 +50,13 @@ for a in "$@"; do
   esac
 done
 if [ $QUICK = 1 ]; then STEPS="${STEPS:-60}"; N="${N:-1}"; fi
-M="${MODEL:-models/cdiff-world}"
-J="${JUDGE:-models/world-judge.safetensors}"
 STEPS="${STEPS:-150}"
 N="${N:-4}"
 E="${OUT:-out/eval}"
 RECIPE="${RECIPE:-plain}"
 case "$RECIPE" in plain|grammar|real|realcap) ;; *) echo "eval.sh: RECIPE=$RECIPE: expected plain, grammar, real or realcap" >&2; exit 2 ;; esac
-C=./build/cdiff
-for f in "$M" "$J"; do
-  [ -e "$f" ] || { echo "eval.sh: $f is missing (MODEL=, JUDGE=; the judge: cdiff judge --train, docs/world.md)" >&2; exit 1; }
-done
-make -j2 build/cdiff >/dev/null
-rm -rf "$E" && mkdir -p "$E"
-run() { echo "+ $*" >&2; "$@"; }
+NAME=eval.sh
+. scripts/common.sh
 T0=$(date +%s)
 now() { date +%s; }
 
@@ -73,7 +66,6 @@ now() { date +%s; }
 LR_KV=1e-3; LR_CA=1e-3; LR_TOKEN=5e-3; LR_FULL=1e-4
 CLS="--num-class-images 32 --class-steps 20"
 COMMON="--model $M --resolution 64 --no-scale-lr --seed 1 --checkpoint-every 0"
-export CDIFF_QUIET=1
 
 # data: 6 instance images per concept (fixed seed; with RECIPE=grammar|realcap each
 # with its caption beside it), 200 pretraining captions for the merge (the

@@ -31,8 +31,6 @@
 set -e
 cd "$(dirname "$0")/.."
 case "${1:-}" in -h|--help) sed -n '2,33p' "$0"; exit 0 ;; "") ;; *) echo "recipes.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
-M="${MODEL:-models/cdiff-world}"
-J="${JUDGE:-models/world-judge.safetensors}"
 MODE="${MODE:-crossattn}"
 STEPS="${STEPS:-150}"
 LR="${LR:-1e-3}"
@@ -42,15 +40,9 @@ RECIPES="${RECIPES:-plain icap clist grammar real realcap}"
 CONCEPTS="${CONCEPTS:-toy pattern}"
 E="${OUT:-out/recipes}"
 NCLS=16
-C=./build/cdiff
-for f in "$M" "$J"; do
-  [ -e "$f" ] || { echo "recipes.sh: $f is missing (MODEL=, JUDGE=)" >&2; exit 1; }
-done
-make -j2 build/cdiff >/dev/null
-rm -rf "$E" && mkdir -p "$E"
+NAME=recipes.sh
+. scripts/common.sh
 ABS=$(cd "$E" && pwd) # images.txt of --real_prior lists absolute paths
-run() { echo "+ $*" >&2; "$@"; }
-export CDIFF_QUIET=1
 
 # the class's pretraining scenes: 600 renders of the pretraining distribution
 run $C world --mode pretrain --n 600 --seed 99 --out "$E/reg" >/dev/null
