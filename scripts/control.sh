@@ -43,14 +43,11 @@ NAME=control.sh
 . scripts/common.sh
 
 # instance images: the robot as scripts/eval.sh renders it; the bear: the first
-# 6 single orange bear toys among 4,000 pretraining renders
+# 6 single orange bear toys among 4,000 pretraining renders (common.sh), trained
+# on the bare instance prompt, so without their per-image captions
 run $C world --mode toy --n 6 --seed 1 --out "$E/robot" >/dev/null
-run $C world --mode pretrain --n 4000 --seed 7 --out "$E/reg" >/dev/null
-awk -F'\t' '$2 ~ /orange bear toy on/ && $2 !~ /next to/' "$E/reg/captions.txt" | head -n 6 > "$E/bear.tsv"
-[ "$(wc -l < "$E/bear.tsv")" -eq 6 ] || { echo "control.sh: fewer than 6 orange bears among the renders" >&2; exit 1; }
-mkdir -p "$E/bear"
-for f in $(cut -f1 "$E/bear.tsv"); do cp "$E/reg/$f" "$E/bear/"; done
-rm -rf "$E/reg" "$E/robot/captions.txt"
+bear_images "$E/bear"
+rm -f "$E"/bear/*.txt "$E/robot/captions.txt"
 grep -v '^#' eval/prompts_toy.txt > "$E/prompts.txt"
 
 for c in $CONCEPTS; do

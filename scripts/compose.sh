@@ -1,0 +1,114 @@
+#!/bin/sh
+# Compositions on the world model (docs/results.md, "Compositions"): can two
+# learned concepts be drawn together, and which one goes missing? Concepts:
+#   <new1>  the orange bear of scripts/control.sh (6 pretraining renders of a
+#           kind the base model draws; the held-out robot is not learned, so a
+#           composition with it would measure nothing)
+#   <new2>  the held-out zigzag pattern, from 6 images either
+#             bare    cdiff world --mode pattern: the pattern filling the frame,
+#                     instance prompt "photo of a <new2> pattern"
+#             scenes  cdiff world --mode pattern-scenes --caption-files: the
+#                     pattern behind pretraining objects, each image with its
+#                     caption ("a small red star on a green <new2> background"),
+#                     as the composition prompts ask for it
+# Every row is scored by cdiff eval on eval/prompts_both.txt (20 prompts x N,
+# --toy-kind bear); its "toy" and "pattern" columns are each concept's rate
+# apart (results.tsv columns 8-11). Rows:
+#   ceiling-striped, ceiling-dotted  the base model on the same prompts with
+#                  known words ("bear toy", "striped"): what it composes of what
+#                  it already knows
+#   merged-bare    cdiff merge: the bear (2000 steps, bare prompt) with the bare
+#                  pattern (300 steps; control.sh's rows)
+#   merged-scenes  cdiff merge: the bear (2000 steps, per-image captions) with the
+#                  pattern scenes (1000 steps)
+#   joint-bare     joint training of the bear and the bare pattern (4000 steps)
+#   joint-scenes   joint training of the bear and the pattern scenes (4000 steps)
+# and, for the first seed, each pattern alone on eval/prompts_pattern.txt.
+# All crossattn_kv, lr 1e-3, 32 class images, one row per training seed.
+#
+#   sh scripts/compose.sh
+#   MODEL=DIR JUDGE=FILE   model (models/cdiff-world) and judge (models/world-judge.safetensors)
+#   N=4                    images per prompt
+#   SEEDS="1 2 3"          training seeds
+#   OUT=out/compose        output folder: results.md (the table), results.tsv, grids
+# About 12 minutes a seed on 2 cores.
+set -e
+cd "$(dirname "$0")/.."
+case "${1:-}" in -h|--help) sed -n '2,34p' "$0"; exit 0 ;; "") ;; *) echo "compose.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
+N="${N:-4}"
+SEEDS="${SEEDS:-1 2 3}"
+E="${OUT:-out/compose}"
+NAME=compose.sh
+. scripts/common.sh
+
+# data: the bear with its captions beside (bear_icap) and without (bear); the
+# pattern bare and in scenes; 200 pretraining captions for the merge
+bear_images "$E/bear_icap"
+mkdir -p "$E/bear" && cp "$E"/bear_icap/*.png "$E/bear/"
+run $C world --mode pattern --n 6 --seed 1 --out "$E/pattern" >/dev/null
+run $C world --mode pattern-scenes --n 6 --seed 1 --pattern-word "<new2>" --caption-files --out "$E/pscene" >/dev/null
+rm -f "$E/pattern/captions.txt" "$E/pscene/captions.txt"
+run $C world --mode pretrain --n 200 --seed 99 --out "$E/reg" >/dev/null
+cut -f2 "$E/reg/captions.txt" > "$E/reg_captions.txt"
+rm -rf "$E/reg"
+grep -v '^#' eval/prompts_both.txt > "$E/prompts_both.txt"
+grep -v '^#' eval/prompts_pattern.txt > "$E/prompts_pattern.txt"
+EV="$C eval --model $M --judge $J --n $N --out $E --toy-kind bear"
+
+# the ceiling: known words in the composition prompts, on the base model
+for p in striped dotted; do
+  sed "s/<new1> toy/bear toy/; s/<new2>/$p/" "$E/prompts_both.txt" > "$E/prompts_ceiling_$p.txt"
+  run $EV --prompts "$E/prompts_ceiling_$p.txt" --toy-word bear --pattern-word $p --pattern-kind $p --label "ceiling-$p" >/dev/null
+done
+run $EV --prompts "$E/prompts_both.txt" --label base >/dev/null
+
+# train NAME IMAGES PROMPT CLASS TOKEN INIT STEPS SEED: one concept, crossattn_kv
+train() {
+  run $C train --model "$M" --images "$E/$2" --prompt "$3" --class-prompt "$4" --class-images "$E/class_$4" \
+    --num-class-images 32 --class-steps 20 --modifier-token "$5" --initializer-token "$6" --resolution 64 \
+    --steps "$7" --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed "$8" --out "$E/$1" 2>"$E/$1.log" ||
+    { cat "$E/$1.log" >&2; exit 1; }
+}
+for s in $SEEDS; do
+  train "bear-s$s" bear "photo of a <new1> toy" toy "<new1>" ktn 2000 "$s"
+  train "bear_icap-s$s" bear_icap "photo of a <new1> toy" toy "<new1>" ktn 2000 "$s"
+  train "pattern-s$s" pattern "photo of a <new2> pattern" pattern "<new2>" pll 300 "$s"
+  train "pscene-s$s" pscene "photo of a <new2> pattern" pattern "<new2>" pll 1000 "$s"
+  if [ "$s" = "$(echo $SEEDS | cut -d' ' -f1)" ]; then
+    for p in pattern pscene; do
+      run $EV --prompts "$E/prompts_pattern.txt" --delta "$E/$p-s$s" --label "alone-$p-s$s" >/dev/null
+    done
+  fi
+  run $C merge --model "$M" --delta "$E/bear-s$s:toy" --delta "$E/pattern-s$s:pattern" --reg-prompts "$E/reg_captions.txt" \
+    --out "$E/merged-bare-s$s" >/dev/null
+  run $C merge --model "$M" --delta "$E/bear_icap-s$s:toy" --delta "$E/pscene-s$s:pattern" --reg-prompts "$E/reg_captions.txt" \
+    --out "$E/merged-scenes-s$s" >/dev/null
+  for p in pattern:bare pscene:scenes; do
+    cat > "$E/concepts-${p#*:}.json" <<EOF
+[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/bear", "class_data_dir": "$E/class_toy"},
+ {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/${p%%:*}", "class_data_dir": "$E/class_pattern"}]
+EOF
+    d="joint-${p#*:}-s$s"
+    run $C train --model "$M" --concepts "$E/concepts-${p#*:}.json" --num-class-images 32 --class-steps 20 --resolution 64 \
+      --steps 4000 --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed "$s" --out "$E/$d" 2>"$E/$d.log" ||
+      { cat "$E/$d.log" >&2; exit 1; }
+  done
+  for r in merged-bare merged-scenes joint-bare joint-scenes; do
+    run $EV --prompts "$E/prompts_both.txt" --delta "$E/$r-s$s" --label "$r-s$s" >/dev/null
+  done
+done
+
+# the table: both concepts, each apart, text-alignment; rows of the same setting
+# over seeds, then their mean
+{
+  echo "| row | both concepts | the toy | the pattern | text-alignment |"
+  echo "| --- | --- | --- | --- | --- |"
+  awk -F'\t' 'function f(v) { return v < 0 ? "-" : sprintf("%.1f%%", 100 * v) }
+       { printf "| %s | %s | %s | %s | %s |\n", $1, f($2), f($8), f($10), f($3)
+         r = $1; sub(/-s[0-9]+$/, "", r)
+         if ($1 ~ /-s[0-9]+$/ && $1 !~ /^alone/) { if (!(r in n)) order[k++] = r; n[r]++; a[r] += $2; t[r] += $8; p[r] += $10; x[r] += $3 } }
+       END { for (i = 0; i < k; i++) { r = order[i]; if (n[r] > 1) printf "| %s, mean of %d seeds | %s | %s | %s | %s |\n", r, n[r],
+               f(a[r] / n[r]), f(t[r] / n[r]), f(p[r] / n[r]), f(x[r] / n[r]) } }' "$E/results.tsv"
+} > "$E/results.md"
+cat "$E/results.md"
+echo "compose.sh: table in $E/results.md; grids in $E/<row>.png" >&2
