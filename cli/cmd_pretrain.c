@@ -40,7 +40,7 @@ int cmd_pretrain(int argc, char **argv) {
       {"--offset-noise", CLI_FLOAT, &o.offset_noise, "X", "std of a per-channel constant added to the UNet phase's noise (default 0)"},
       {"--object-weight", CLI_FLOAT, &o.object_weight, "X", "UNet loss weight 1 + X on the latent cells an object touches, so shapes are not drowned by backgrounds (default 0)"},
       {"--checkpoint-every", CLI_INT, &o.checkpoint_every, "N", "write OUT/pretrain_state.safetensors every N steps (default 100)"},
-      {"--resume", CLI_FLAG, &o.resume, "", "continue from OUT/pretrain_state.safetensors"},
+      {"--resume", CLI_FLAG, &o.resume, "", "continue from OUT/pretrain_state.safetensors (with the losses it was started with)"},
       {"--init", CLI_STR, &o.init, "DIR", "start from this world model (e.g. models/cdiff-world): VAE kept, UNet + text encoder phase only"},
       {"--decoder-only", CLI_FLAG, &o.decoder_only, "", "with --init: first fine-tune the VAE decoder alone for --vae-steps (encoder and latent space kept)"},
       {"--vae-tune", CLI_FLAG, &o.vae_tune, "", "with --init: first fine-tune the whole VAE (encoder too) for --vae-steps, keeping its scaling factor; the UNet phase then follows the new latents"},

@@ -104,6 +104,13 @@ TEST(resume_bit_exact) {
   o.stop_after = 2; /* in the VAE phase */
   CHECK_OK(cd_pretrain_run(&o));
   o.resume = 1;
+  /* a resume that changes a loss is refused, naming the flag; the state is untouched */
+  o.object_weight = 2;
+  CHECKF(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--object-weight 2 differs from the run's 0"), "%s", cd_last_error());
+  o.object_weight = 0;
+  o.kl_weight *= 2;
+  CHECKF(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--kl-weight"), "%s", cd_last_error());
+  o.kl_weight /= 2;
   o.stop_after = 2; /* VAE step 3, then UNet step 1 */
   CHECK_OK(cd_pretrain_run(&o));
   o.stop_after = 0;

@@ -2,6 +2,7 @@
 #include "pretrain/pretrain.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,23 @@ typedef struct {
 
 /* ---- state file: weights, Adam moments, phase, step, scaling factor ---- */
 
+/* The options that define the losses, kept in the state: a resumed run that
+ * changed one would log losses of another objective under the same run, and
+ * the documented command would no longer reproduce the model. States written
+ * before these were kept carry none and are not checked. */
+static const struct {
+  const char *key, *flag;
+  size_t off;
+} loss_opts[] = {{"kl_weight", "--kl-weight", offsetof(cd_pretrain_opts, kl_weight)},
+                 {"uncond_prob", "--uncond-prob", offsetof(cd_pretrain_opts, uncond_prob)},
+                 {"offset_noise", "--offset-noise", offsetof(cd_pretrain_opts, offset_noise)},
+                 {"object_weight", "--object-weight", offsetof(cd_pretrain_opts, object_weight)}};
+enum { NLOSS_OPTS = sizeof loss_opts / sizeof loss_opts[0] };
+
+static void loss_opt_str(const cd_pretrain_opts *o, int i, char out[32]) {
+  snprintf(out, 32, "%.9g", *(const float *)((const char *)o + loss_opts[i].off));
+}
+
 static int sync_all(run_t *r) {
   for (int i = 0; i < r->nps; i++)
     if (cd_paramset_sync(&r->ps[i])) return -1;
@@ -116,9 +134,16 @@ static int save_state(run_t *r) {
   snprintf(sf, sizeof sf, "%.9g", r->m.vae.cfg.scaling_factor);
   snprintf(ad, sizeof ad, "%d", r->opt_steps);
   snprintf(en, sizeof en, "%ld", r->ema_n);
-  const char *meta[] = {"format", "cdiff-pretrain-state", "phase", ph, "step", st, "scaling_factor", sf,
-                        "adam_step", ad, "ema_updates", en};
-  if (!rc) rc = cd_safetensors_write(r->state, t, nt, meta, r->nema ? 6 : 5);
+  char lv[NLOSS_OPTS][32];
+  const char *meta[2 * (6 + NLOSS_OPTS)] = {"format", "cdiff-pretrain-state", "phase", ph, "step", st, "scaling_factor", sf,
+                                            "adam_step", ad};
+  int nm = 5;
+  for (int i = 0; i < NLOSS_OPTS; i++) {
+    loss_opt_str(r->o, i, lv[i]);
+    meta[2 * nm] = loss_opts[i].key, meta[2 * nm + 1] = lv[i], nm++;
+  }
+  if (r->nema) meta[2 * nm] = "ema_updates", meta[2 * nm + 1] = en, nm++;
+  if (!rc) rc = cd_safetensors_write(r->state, t, nt, meta, nm);
   for (int i = 0; i < nt - r->nema; i++) free(names[i]);
   for (int i = 0; i < q; i++) free(mv[i]);
   free(mv);
@@ -137,6 +162,17 @@ static int load_state(run_t *r, cd_tensor_file **fout) {
   if (!fmt || strcmp(fmt, "cdiff-pretrain-state") || !ph || !st || !sf) {
     cd_tensor_file_close(f);
     return cd_set_error("--resume: %s is not a cdiff pretrain state (metadata format/phase/step missing)", r->state);
+  }
+  for (int i = 0; i < NLOSS_OPTS; i++) {
+    const char *was = cd_tf_meta(f, loss_opts[i].key);
+    char now[32];
+    loss_opt_str(r->o, i, now);
+    if (was && strcmp(was, now)) {
+      cd_set_error("--resume %s: %s %s differs from the run's %s (a resumed run keeps its losses; to change them, "
+                   "start a new --out with --init)", r->state, loss_opts[i].flag, now, was);
+      cd_tensor_file_close(f); /* after the message: was lives in f */
+      return -1;
+    }
   }
   r->phase = !strcmp(ph, "unet") ? PH_UNET : PH_VAE;
   r->step = atoi(st);
