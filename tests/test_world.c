@@ -220,6 +220,30 @@ TEST(object_cells) {
   s.nobj = 0;
   cd_world_object_cells(&s, 8, c);
   for (int k = 0; k < n * n; k++) CHECK(c[k] == 0);
+  /* the cells agree with the render: a cell is on exactly when one of its pixels
+   * differs from the same scene drawn without its objects (the render supersamples,
+   * so a sliver of an object that misses every pixel centre still counts) */
+  cd_rng r;
+  cd_rng_seed(&r, 5);
+  static float with[3 * CD_WORLD_RES * CD_WORLD_RES], without[3 * CD_WORLD_RES * CD_WORLD_RES];
+  int bad = 0;
+  for (int i = 0; i < 400; i++) {
+    cd_world_sample(&r, CD_WORLD_PRETRAIN, &s);
+    cd_world_render(&s, with);
+    cd_world_object_cells(&s, 8, c);
+    cd_world_scene bare = s;
+    bare.nobj = 0;
+    cd_world_render(&bare, without);
+    float seen[CD_WORLD_RES / 8 * CD_WORLD_RES / 8] = {0};
+    for (int ch = 0; ch < 3; ch++)
+      for (int y = 0; y < CD_WORLD_RES; y++)
+        for (int x = 0; x < CD_WORLD_RES; x++) {
+          int k = (ch * CD_WORLD_RES + y) * CD_WORLD_RES + x;
+          if (with[k] != without[k]) seen[(y / 8) * n + x / 8] = 1;
+        }
+    for (int k = 0; k < n * n; k++) bad += c[k] != seen[k];
+  }
+  CHECKF(bad == 0, "%d cells disagree with the render", bad);
 }
 
 TEST(vocabulary) {

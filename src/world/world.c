@@ -268,13 +268,17 @@ static int object_at(const cd_world_scene *s, float px, float py, int *which) {
   return k;
 }
 
+/* the 2x2 supersamples of pixel (x, y) that cd_world_render averages */
+static float subsample(int x, int s) { return x + 0.25f + 0.5f * s; }
+
 void cd_world_object_cells(const cd_world_scene *s, int cell, float *out) {
   const int R = CD_WORLD_RES, n = R / cell;
   for (int j = 0; j < n * n; j++) out[j] = 0;
   for (int y = 0; y < R; y++)
     for (int x = 0; x < R; x++) {
-      int which;
-      if (object_at(s, x + 0.5f, y + 0.5f, &which)) out[(y / cell) * n + x / cell] = 1;
+      int which, hit = 0; /* any subsample: a pixel the render tints */
+      for (int k = 0; k < 4 && !hit; k++) hit = object_at(s, subsample(x, k & 1), subsample(y, k >> 1), &which) != 0;
+      if (hit) out[(y / cell) * n + x / cell] = 1;
     }
 }
 
@@ -289,7 +293,7 @@ void cd_world_render(const cd_world_scene *s, float *rgb) {
       float acc[3] = {0, 0, 0};
       for (int sy = 0; sy < 2; sy++)
         for (int sx = 0; sx < 2; sx++) {
-          float px = x + 0.25f + 0.5f * sx, py = y + 0.25f + 0.5f * sy;
+          float px = subsample(x, sx), py = subsample(y, sy);
           const float *col = s->pattern != CD_WORLD_PLAIN && pattern_at(s, px, py) ? ink : colour_rgb[s->bg_colour];
           int i = 0, k = object_at(s, px, py, &i);
           if (k == 1) col = colour_rgb[s->obj[i].colour];

@@ -113,7 +113,8 @@ void cd_world_sample(cd_rng *r, cd_world_mode mode, cd_world_scene *s);
 /* rgb: [3, 64, 64] floats in [-1, 1] (the models' layout), 2x2 supersampled. */
 void cd_world_render(const cd_world_scene *s, float *rgb);
 /* out[(R / cell)^2]: 1 for each cell x cell block of pixels that an object
- * touches, else 0 (cell 8: the latent grid; pretrain's --object-weight) */
+ * touches in the render (any of its 2x2 subsamples), else 0 (cell 8: the latent
+ * grid; pretrain's --object-weight) */
 void cd_world_object_cells(const cd_world_scene *s, int cell, float *out);
 /* The caption; new_toy / new_pattern: the words used for the held-out concepts
  * (e.g. "<new1> toy"); NULL means their real names. Returns the length, or -1
