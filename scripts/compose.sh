@@ -20,9 +20,12 @@
 #   merged-bare    cdiff merge: the bear (2000 steps, bare prompt) with the bare
 #                  pattern (300 steps; control.sh's rows)
 #   merged-scenes  cdiff merge: the bear (2000 steps, per-image captions) with the
-#                  pattern scenes (1000 steps)
+#                  pattern scenes (1000 steps), the pattern's category "pattern"
+#   merged-scenes-bg  the same deltas merged with the category "green background"
+#                  (the words the composition prompts put around <new2>)
 #   joint-bare     joint training of the bear and the bare pattern (4000 steps)
 #   joint-scenes   joint training of the bear and the pattern scenes (4000 steps)
+#   joint-scenes-b2  the same with --batch 2 (each step both concepts)
 # and, for the first seed, each pattern alone on eval/prompts_pattern.txt.
 # All crossattn_kv, lr 1e-3, 32 class images, one row per training seed.
 #
@@ -31,10 +34,10 @@
 #   N=4                    images per prompt
 #   SEEDS="1 2 3"          training seeds
 #   OUT=out/compose        output folder: results.md (the table), results.tsv, grids
-# About 12 minutes a seed on 2 cores.
+# About 20 minutes a seed on 2 cores.
 set -e
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,34p' "$0"; exit 0 ;; "") ;; *) echo "compose.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,37p' "$0"; exit 0 ;; "") ;; *) echo "compose.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
 N="${N:-4}"
 SEEDS="${SEEDS:-1 2 3}"
 E="${OUT:-out/compose}"
@@ -83,17 +86,21 @@ for s in $SEEDS; do
     --out "$E/merged-bare-s$s" >/dev/null
   run $C merge --model "$M" --delta "$E/bear_icap-s$s:toy" --delta "$E/pscene-s$s:pattern" --reg-prompts "$E/reg_captions.txt" \
     --out "$E/merged-scenes-s$s" >/dev/null
-  for p in pattern:bare pscene:scenes; do
-    cat > "$E/concepts-${p#*:}.json" <<EOF
+  run $C merge --model "$M" --delta "$E/bear_icap-s$s:toy" --delta "$E/pscene-s$s:green background" \
+    --reg-prompts "$E/reg_captions.txt" --out "$E/merged-scenes-bg-s$s" >/dev/null
+  # joint: images:row:batch
+  for p in pattern:bare:1 pscene:scenes:1 pscene:scenes-b2:2; do
+    img=${p%%:*}; r=${p#*:}; b=${r#*:}; r=${r%%:*}
+    cat > "$E/concepts-$img.json" <<EOF
 [{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/bear", "class_data_dir": "$E/class_toy"},
- {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/${p%%:*}", "class_data_dir": "$E/class_pattern"}]
+ {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/$img", "class_data_dir": "$E/class_pattern"}]
 EOF
-    d="joint-${p#*:}-s$s"
-    run $C train --model "$M" --concepts "$E/concepts-${p#*:}.json" --num-class-images 32 --class-steps 20 --resolution 64 \
-      --steps 4000 --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed "$s" --out "$E/$d" 2>"$E/$d.log" ||
+    d="joint-$r-s$s"
+    run $C train --model "$M" --concepts "$E/concepts-$img.json" --num-class-images 32 --class-steps 20 --resolution 64 \
+      --steps 4000 --batch "$b" --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed "$s" --out "$E/$d" 2>"$E/$d.log" ||
       { cat "$E/$d.log" >&2; exit 1; }
   done
-  for r in merged-bare merged-scenes joint-bare joint-scenes; do
+  for r in merged-bare merged-scenes merged-scenes-bg joint-bare joint-scenes joint-scenes-b2; do
     run $EV --prompts "$E/prompts_both.txt" --delta "$E/$r-s$s" --label "$r-s$s" >/dev/null
   done
 done
