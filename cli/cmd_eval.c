@@ -91,9 +91,7 @@ int cmd_eval(int argc, char **argv) {
     fprintf(stderr, "cdiff eval: --toy-kind %s: expected robot, bear or car\n", toy_kind);
     return 2;
   }
-  int pattern_kind_i = -1;
-  for (int q = 1; q < CD_WORLD_NPATTERNS; q++)
-    if (!strcmp(pattern_kind, cd_world_pattern_name(q))) pattern_kind_i = q;
+  const int pattern_kind_i = cd_world_pattern_index(pattern_kind);
   if (pattern_kind_i < 0) {
     fprintf(stderr, "cdiff eval: --pattern-kind %s: expected zigzag, striped, checkered or dotted\n", pattern_kind);
     return 2;

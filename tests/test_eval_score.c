@@ -118,6 +118,8 @@ TEST(known_words_as_both_concepts) {
   CHECK(!e.pattern_is_concept && !e.is_concept[0]);
   cd_world_parse_prompt_names("a big bear toy on a green zigzag background", &plain, &e);
   CHECK(e.pattern_is_concept && e.pattern == CD_WORLD_ZIGZAG);
+  CHECK(cd_world_pattern_index("striped") == CD_WORLD_STRIPED && cd_world_pattern_index("zigzag") == CD_WORLD_ZIGZAG &&
+        cd_world_pattern_index("plain") == -1 && cd_world_pattern_index("pattern") == -1);
 }
 
 TEST(binomial_tail_and_margin) {

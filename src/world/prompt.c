@@ -6,12 +6,6 @@
 
 #include "world/world.h"
 
-static int pattern_of(const char *w) {
-  for (int p = 1; p < CD_WORLD_NPATTERNS; p++)
-    if (!strcmp(w, cd_world_pattern_name(p))) return p;
-  return -1;
-}
-
 void cd_world_parse_prompt(const char *prompt, const char *new_toy, const char *new_pattern, cd_world_expect *e) {
   cd_world_names nm = {.toy = new_toy, .pattern = new_pattern};
   cd_world_parse_prompt_names(prompt, &nm, e);
@@ -28,7 +22,7 @@ void cd_world_parse_prompt_names(const char *prompt, const cd_world_names *nm, c
   for (char *t = strtok(buf, " ,."); t && n < 96; t = strtok(NULL, " ,.")) w[n++] = t;
   int in_bg = 0, pending = -1; /* pending: a colour said before its object */
   for (int i = 0; i < n; i++) {
-    int c = cd_world_colour_index(w[i]), k = cd_world_kind_index(w[i]), p = pattern_of(w[i]), newp = 0;
+    int c = cd_world_colour_index(w[i]), k = cd_world_kind_index(w[i]), p = cd_world_pattern_index(w[i]), newp = 0;
     if (new_toy && !strcmp(w[i], new_toy)) k = nm->toy_kind > 0 ? nm->toy_kind : CD_WORLD_ROBOT;
     if (new_toy2 && !strcmp(w[i], new_toy2)) k = CD_WORLD_DUCK;
     if (new_pattern && !strcmp(w[i], new_pattern)) p = nm->pattern_kind > 0 ? nm->pattern_kind : CD_WORLD_ZIGZAG, newp = 1;

@@ -27,6 +27,13 @@ int cd_world_colour_index(const char *w) {
   return -1;
 }
 
+/* a pattern's name; never "plain", which no caption says */
+int cd_world_pattern_index(const char *w) {
+  for (int p = 1; p < CD_WORLD_NPATTERNS; p++)
+    if (!strcmp(w, pattern_names[p])) return p;
+  return -1;
+}
+
 /* a shape's name, or a toy's word before " toy" ("bear" for "bear toy") */
 int cd_world_kind_index(const char *w) {
   const size_t n = strlen(w);

@@ -107,6 +107,7 @@ const char *cd_world_pattern_name(int pattern);/* "plain", "striped", ..., "zigz
 /* index of a colour / kind word, -1 if none */
 int cd_world_colour_index(const char *word);
 int cd_world_kind_index(const char *word); /* "circle" ... "duck" (the word before "toy" for toys) */
+int cd_world_pattern_index(const char *word); /* "striped" ... "zigzag" ("plain" is none) */
 
 /* Draws a random scene of the given mode. */
 void cd_world_sample(cd_rng *r, cd_world_mode mode, cd_world_scene *s);
