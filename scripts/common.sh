@@ -1,20 +1,34 @@
-# common.sh - the preamble of the experiment scripts (eval.sh, control.sh,
-# recipes.sh, compose.sh), sourced after each has read its arguments and set
-# NAME (its name, for messages) and E (its output folder, emptied here).
-# Sets M (MODEL=, default models/cdiff-world), J (JUDGE=, default
-# models/world-judge.safetensors) and C (the cdiff binary, built here), and
-# defines run, which echoes a command to stderr before running it: the
-# scripts' output holds the exact commands behind their tables.
-M="${MODEL:-models/cdiff-world}"
-J="${JUDGE:-models/world-judge.safetensors}"
-C=./build/cdiff
-for f in "$M" "$J"; do
-  [ -e "$f" ] || { echo "$NAME: $f is missing (MODEL=, JUDGE=; the judge: cdiff judge --train, docs/world.md)" >&2; exit 1; }
-done
-make -j2 build/cdiff >/dev/null
-rm -rf "$E" && mkdir -p "$E"
+# common.sh - what the experiment scripts (eval.sh, control.sh, recipes.sh,
+# compose.sh) share, sourced from the repository root once NAME (the script's
+# file name in scripts/) is set. Defines functions only:
+#   usage       the script's header comment (line 2 to the first line that is
+#               not a comment): its --help, never out of step with the header
+#   no_args "$@"  for the scripts that take no arguments: --help, or an error
+#   setup       once E (the output folder, emptied here) is set: M (MODEL=,
+#               default models/cdiff-world), J (JUDGE=, default
+#               models/world-judge.safetensors), C (the cdiff binary, built here)
+#   run         echoes a command to stderr, then runs it: the scripts' output
+#               holds the exact commands behind their tables
+usage() { awk 'NR > 1 { if (!/^#/) exit; print }' "scripts/$NAME"; }
+no_args() {
+  case "${1:-}" in
+    -h|--help) usage; exit 0 ;;
+    "") ;;
+    *) echo "$NAME: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+}
+setup() {
+  M="${MODEL:-models/cdiff-world}"
+  J="${JUDGE:-models/world-judge.safetensors}"
+  C=./build/cdiff
+  for f in "$M" "$J"; do
+    [ -e "$f" ] || { echo "$NAME: $f is missing (MODEL=, JUDGE=; the judge: cdiff judge --train, docs/world.md)" >&2; exit 1; }
+  done
+  make -j2 build/cdiff >/dev/null
+  rm -rf "$E" && mkdir -p "$E"
+  export CDIFF_QUIET=1
+}
 run() { echo "+ $*" >&2; "$@"; }
-export CDIFF_QUIET=1
 
 # bear_images DIR: the control concept of control.sh and compose.sh, the first 6
 # single orange bear toys among 4,000 pretraining renders (a kind the base model

@@ -37,12 +37,13 @@
 # About 20 minutes a seed on 2 cores.
 set -e
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,37p' "$0"; exit 0 ;; "") ;; *) echo "compose.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
+NAME=compose.sh
+. scripts/common.sh
+no_args "$@"
 N="${N:-4}"
 SEEDS="${SEEDS:-1 2 3}"
 E="${OUT:-out/compose}"
-NAME=compose.sh
-. scripts/common.sh
+setup
 
 # data: the bear with its captions beside (bear_icap) and without (bear); the
 # pattern bare and in scenes; 200 pretraining captions for the merge

@@ -33,14 +33,15 @@
 # About an hour on 2 cores (25 minutes with TWO=0).
 set -e
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,33p' "$0"; exit 0 ;; "") ;; *) echo "control.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
+NAME=control.sh
+. scripts/common.sh
+no_args "$@"
 N="${N:-4}"
 CONCEPTS="${CONCEPTS:-bear robot}"
 ROWS="${ROWS:-kv150 kv1000 kv2000 kv1000hi ca1000 token1000 full1000}"
 TWO="${TWO:-1}"
 E="${OUT:-out/control}"
-NAME=control.sh
-. scripts/common.sh
+setup
 
 # instance images: the robot as scripts/eval.sh renders it; the bear: the first
 # 6 single orange bear toys among 4,000 pretraining renders (common.sh), trained

@@ -41,11 +41,13 @@
 # commands are in its output.
 set -e
 cd "$(dirname "$0")/.."
+NAME=eval.sh
+. scripts/common.sh
 QUICK=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) echo "eval.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,8 +57,7 @@ N="${N:-4}"
 E="${OUT:-out/eval}"
 RECIPE="${RECIPE:-plain}"
 case "$RECIPE" in plain|grammar|real|realcap) ;; *) echo "eval.sh: RECIPE=$RECIPE: expected plain, grammar, real or realcap" >&2; exit 2 ;; esac
-NAME=eval.sh
-. scripts/common.sh
+setup
 T0=$(date +%s)
 now() { date +%s; }
 

@@ -30,7 +30,9 @@
 # About 40 s of one core per row on a quiet machine (a 64 px model).
 set -e
 cd "$(dirname "$0")/.."
-case "${1:-}" in -h|--help) sed -n '2,33p' "$0"; exit 0 ;; "") ;; *) echo "recipes.sh: unknown argument $1 (see --help)" >&2; exit 2 ;; esac
+NAME=recipes.sh
+. scripts/common.sh
+no_args "$@"
 MODE="${MODE:-crossattn}"
 STEPS="${STEPS:-150}"
 LR="${LR:-1e-3}"
@@ -40,8 +42,7 @@ RECIPES="${RECIPES:-plain icap clist grammar real realcap}"
 CONCEPTS="${CONCEPTS:-toy pattern}"
 E="${OUT:-out/recipes}"
 NCLS=16
-NAME=recipes.sh
-. scripts/common.sh
+setup
 ABS=$(cd "$E" && pwd) # images.txt of --real_prior lists absolute paths
 
 # the class's pretraining scenes: 600 renders of the pretraining distribution
