@@ -66,6 +66,14 @@ for p in striped dotted; do
 done
 run $EV --prompts "$E/prompts_both.txt" --label base >/dev/null
 
+# the concept lists of joint training: the bear with each pattern image set
+for img in pattern pscene; do
+  cat > "$E/concepts-$img.json" <<EOF
+[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/bear", "class_data_dir": "$E/class_toy"},
+ {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/$img", "class_data_dir": "$E/class_pattern"}]
+EOF
+done
+
 # train NAME IMAGES PROMPT CLASS TOKEN INIT STEPS SEED: one concept, crossattn_kv
 train() {
   run $C train --model "$M" --images "$E/$2" --prompt "$3" --class-prompt "$4" --class-images "$E/class_$4" \
@@ -92,10 +100,6 @@ for s in $SEEDS; do
   # joint: images:row:batch
   for p in pattern:bare:1 pscene:scenes:1 pscene:scenes-b2:2; do
     img=${p%%:*}; r=${p#*:}; b=${r#*:}; r=${r%%:*}
-    cat > "$E/concepts-$img.json" <<EOF
-[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/bear", "class_data_dir": "$E/class_toy"},
- {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/$img", "class_data_dir": "$E/class_pattern"}]
-EOF
     d="joint-$r-s$s"
     run $C train --model "$M" --concepts "$E/concepts-$img.json" --num-class-images 32 --class-steps 20 --resolution 64 \
       --steps 4000 --batch "$b" --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed "$s" --out "$E/$d" 2>"$E/$d.log" ||
