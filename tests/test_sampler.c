@@ -392,13 +392,25 @@ TEST(schedule_tables_sane) {
         cd_schedule_free(&s);
         CHECKF(!bad, "%s spacing %d steps %d: bad table (n %d)", cd_sampler_name(ks[ki]), sp, steps[si], n);
       }
-  /* 1000 "leading" steps with offset 1 reach t = 1000: diffusers fails there too */
+  /* 1000 "leading" steps with offset 1 would reach t = 1000 (diffusers fails there with an
+   * IndexError): the offset is lowered to 0, so ddpm/ddim run the full chain 999..0, as
+   * linspace does; 999 steps keep the offset (999..1), and DPM++ 2M's n+1 points likewise */
   cd_schedule s;
+  int ok = 1;
+  for (int sp = 0; sp < 2; sp++) {
+    c.spacing = sp ? CD_SPACING_LINSPACE : CD_SPACING_DEFAULT;
+    CHECK_OK(cd_schedule_make(&c, CD_SAMPLER_DDPM, 1000, 0, &s));
+    ok &= s.n == 1000 && s.timesteps[0] == 999 && s.timesteps[999] == 0;
+    cd_schedule_free(&s);
+  }
+  CHECK(ok);
   c.spacing = CD_SPACING_DEFAULT;
-  CHECK(cd_schedule_make(&c, CD_SAMPLER_DDIM, 1000, 0, &s) == -1);
-  c.spacing = CD_SPACING_LINSPACE;
-  CHECK_OK(cd_schedule_make(&c, CD_SAMPLER_DDIM, 1000, 0, &s));
-  int ok = s.n == 1000 && s.timesteps[0] == 999 && s.timesteps[999] == 0;
+  CHECK_OK(cd_schedule_make(&c, CD_SAMPLER_DDIM, 999, 0, &s));
+  ok = s.n == 999 && s.timesteps[0] == 999 && s.timesteps[998] == 1;
+  cd_schedule_free(&s);
+  CHECK(ok);
+  CHECK_OK(cd_schedule_make(&c, CD_SAMPLER_DPMPP_2M, 999, 0, &s));
+  ok = s.timesteps[0] == 999;
   cd_schedule_free(&s);
   CHECK(ok);
   /* diffusers values for the SD default: 50 DDIM steps = 981, 961, ..., 1 */

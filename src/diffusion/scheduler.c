@@ -280,6 +280,14 @@ static double np_linspace(double start, double stop, int num, int i) {
 
 /* np.arange(T, 0, -T/n).round() - 1 : the "trailing" timesteps, descending.
  * numpy fills start + i*delta with delta = (start + step) - start. */
+/* "leading" spacing adds steps_offset (1 in SD's config) to every timestep; with as many
+ * steps as training timesteps (ddpm --steps 1000) the first one would be T, past the table,
+ * and diffusers fails with an IndexError. The offset is lowered just enough that the first
+ * timestep is T - 1, so the full chain runs 999, 998, ..., 0 as a user expects. */
+static int leading_offset(int offset, int top, int T) {
+  return top + offset > T - 1 ? (T - 1 - top > 0 ? T - 1 - top : 0) : offset;
+}
+
 static int np_trailing(int T, int n, double *out) {
   double step = -(double)T / n;
   double delta = ((double)T + step) - (double)T;
@@ -402,13 +410,15 @@ int cd_schedule_make(const cd_sched_config *c, cd_sampler_kind k, int steps, int
       for (int i = 0; i < steps; i++) t[i] = rint(np_linspace(0, T - 1, steps + 1, steps - i));
     } else if (sp == CD_SPACING_LEADING) {
       int ratio = T / (steps + 1);
-      for (int i = 0; i < steps; i++) t[i] = (double)(steps - i) * ratio + c->steps_offset;
+      int off = leading_offset(c->steps_offset, steps * ratio, T);
+      for (int i = 0; i < steps; i++) t[i] = (double)(steps - i) * ratio + off;
     } else {
       len = np_trailing(T, steps, t);
     }
   } else if (sp == CD_SPACING_LEADING) {
     int ratio = T / steps;
-    for (int i = 0; i < steps; i++) t[i] = (double)(steps - 1 - i) * ratio + c->steps_offset;
+    int off = leading_offset(c->steps_offset, (steps - 1) * ratio, T);
+    for (int i = 0; i < steps; i++) t[i] = (double)(steps - 1 - i) * ratio + off;
   } else if (sp == CD_SPACING_LINSPACE) {
     for (int i = 0; i < steps; i++) {
       double v = np_linspace(0, T - 1, steps, steps - 1 - i);
