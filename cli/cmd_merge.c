@@ -62,7 +62,7 @@ static const cli_cmd merge_spec = {"merge", "--model PATH --delta DIR:category [
 
 int cmd_merge(int argc, char **argv) {
   const char *model = NULL, *out = NULL, *reg_file = NULL, *vocab = NULL;
-  int reg_count = CD_MERGE_REG_COUNT, overwrite = 0;
+  int reg_count = CD_MERGE_REG_COUNT, overwrite = 0, pad_rows = 0;
   float ridge = 0;
   cli_multi deltas = {0};
   const char *device = NULL;
@@ -72,6 +72,7 @@ int cmd_merge(int argc, char **argv) {
       {"--reg-prompts", CLI_STR, &reg_file, "FILE", "regularisation captions, one a line (default data/reg_captions.txt)"},
       {"--reg-count", CLI_INT, &reg_count, "N", "use the first N captions (default 200)", NULL, CLI_MIN(1)},
       {"--ridge", CLI_FLOAT, &ridge, "X", "regularise the constraint system by X*mean(diag) (default 0: exact)", NULL, CLI_MIN(0)},
+      {"--pad-rows", CLI_INT, &pad_rows, "N", "also constrain the first N padding rows after the end token (default 0, as the paper; docs/merge.md)", NULL, CLI_RANGE(0, 75)},
       {"--vocab", CLI_STR, &vocab, "PATH", "CLIP vocabulary for single-file checkpoints"},
       {"--out", CLI_STR, &out, "DIR", "output delta folder (required; never one of the inputs)", "-o --output", CLI_REQUIRED},
       CLI_DEVICE_OPT(&device),
@@ -127,7 +128,7 @@ int cmd_merge(int argc, char **argv) {
       fprintf(stderr, "cdiff merge: --delta %s: %s\n", dirs[i], cd_last_error());
       goto done;
     }
-  cd_merge_opts mo = {.reg = (const char *const *)reg, .nreg = nreg, .ridge = ridge, .log = stdout};
+  cd_merge_opts mo = {.reg = (const char *const *)reg, .nreg = nreg, .ridge = ridge, .pad_rows = pad_rows, .log = stdout};
   fprintf(stdout, "merging %d concept(s) on %s, regularisation: %d captions from %s%s\n", deltas.n, model, nreg, regp,
           ridge > 0 ? " (ridge)" : "");
   if (cd_merge_deltas(m, loaded, cats, deltas.n, &mo, &res, &info)) {

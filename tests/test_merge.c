@@ -212,6 +212,18 @@ TEST(features_rows) {
     e2 = fmax(e2, fabs(F[3 * 16 + k] - full[4 * 16 + k]));
     fmax_row = fmax(fmax_row, fabs(full[4 * 16 + k]));
   }
+  /* with pad 3 each prompt gains its first 3 padding rows, equal to the encoder's rows after
+   * EOS ("photo of a cat": EOS at 5, padding 6..8); 100 is cut to the 75 - k rows there are */
+  double *P = NULL, *Q = NULL, e3 = 1;
+  int prow = 0, pper[3] = {0}, qrow = 0;
+  int rc5 = cd_merge_features_pad(m, p, 3, 3, &P, &prow, pper);
+  int rc6 = rc5 ? -1 : cd_merge_features_pad(m, p + 1, 1, 100, &Q, &qrow, NULL);
+  if (!rc5 && !rc3) {
+    e3 = 0;
+    for (int k = 0; k < 5 * 16; k++) e3 = fmax(e3, fabs(P[6 * 16 + k] - full[4 * 16 + k]));
+  }
+  int padok = !rc5 && !rc6 && pper[0] == 6 && pper[1] == 5 && pper[2] == 8 && prow == 19 && qrow == 2 + 71;
+  free(P); free(Q);
   char pr[2][512];
   int rc4 = cd_merge_concept_prompts("<new1>", "cat", pr);
   int ok4 = !rc4 && !strcmp(pr[0], "<new1> cat") && !strcmp(pr[1], "photo of a <new1> cat");
@@ -239,12 +251,15 @@ TEST(features_rows) {
   CHECKF(e < tol && e2 < tol * fmax_row, "batched vs single rel err %.3g, vs encoder rows %.3g (max |row| %.3g, tol %.3g)", e, e2,
          fmax_row, tol);
   CHECK(ok4);
+  CHECKF(padok, "padding rows per prompt %d %d %d (total %d; pad 100: %d), expected 6 5 8 (19; 73): %s", pper[0],
+         pper[1], pper[2], prow, qrow, cd_last_error());
+  CHECKF(e3 < tol * fmax_row, "padding rows differ from the encoder's rows by %.3g (tol %.3g)", e3, tol * fmax_row);
 }
 
 /* ---- (2) two concepts on tiny-sd1: merged outputs on each concept's prompts
  * equal its own delta's; on the captions the merge is the constrained optimum.
  * d1/d2 are consumed. ---- */
-static void two_concepts_case(cd_sd_model *m, cd_sd_model *m2, cd_delta *d1, cd_delta *d2, int require_close) {
+static void two_concepts_case(cd_sd_model *m, cd_sd_model *m2, cd_delta *d1, cd_delta *d2, int require_close, int pad) {
   int nreg = 0;
   char **reg = reg_lines(CD_MERGE_REG_COUNT, &nreg);
   cd_delta *mg = NULL;
@@ -254,15 +269,16 @@ static void two_concepts_case(cd_sd_model *m, cd_sd_model *m2, cd_delta *d1, cd_
   int rc = -1, rca = -1, rcf = -1, nf[2] = {0}, nr = 0;
   double *F[2] = {0}, *R = NULL;
   if (reg && d1 && d2) {
-    cd_merge_opts o = {.reg = (const char *const *)reg, .nreg = nreg, .ridge = 0};
+    cd_merge_opts o = {.reg = (const char *const *)reg, .nreg = nreg, .ridge = 0, .pad_rows = pad};
     rc = cd_merge_deltas(m, ds, cats, 2, &o, &mg, &info);
   }
   /* the merged model: a fresh tiny-sd1 with the merged delta applied */
   if (!rc) rca = cd_delta_apply(m2, mg);
   if (!rca) {
     const char *p1[2] = {"<new1> cat", "photo of a <new1> cat"}, *p2[2] = {"<new2> dog", "photo of a <new2> dog"};
-    rcf = cd_merge_features(m2, p1, 2, &F[0], &nf[0], NULL) || cd_merge_features(m2, p2, 2, &F[1], &nf[1], NULL) ||
-          cd_merge_features(m2, (const char *const *)reg, nreg, &R, &nr, NULL);
+    rcf = cd_merge_features_pad(m2, p1, 2, pad, &F[0], &nf[0], NULL) ||
+          cd_merge_features_pad(m2, p2, 2, pad, &F[1], &nf[1], NULL) ||
+          cd_merge_features_pad(m2, (const char *const *)reg, nreg, pad, &R, &nr, NULL);
   }
   double worst[2] = {0, 0}, reg_num[4] = {0}, reg_den = 0, min_inc = INFINITY;
   int nkv = 0;
@@ -315,7 +331,7 @@ static void two_concepts_case(cd_sd_model *m, cd_sd_model *m2, cd_delta *d1, cd_
   printf("  captions, rel change from base: merged %.3e, naive sum %.3e, delta 1 %.3e, delta 2 %.3e\n", rn, rs,
          sqrt(reg_num[2] / reg_den), sqrt(reg_num[3] / reg_den));
   CHECKF(nkv == nlayers && nkv > 0, "%d K/V weights in the merged model, %d merged", nkv, nlayers);
-  CHECKF(mtot == 12, "constraint rows %d, expected 2 x (3 + 3)", mtot);
+  CHECKF(mtot == 12 + 4 * pad, "constraint rows %d, expected 2 x (3 + 3) + 4 x %d padding rows", mtot, pad);
   CHECKF(res < 1e-12, "float64 residual %.3g", res);
   CHECKF(worst[0] <= fmax(1e-6, 10 * res_st) && worst[1] <= fmax(1e-6, 10 * res_st),
          "merged outputs on the concept prompts differ from the deltas' by %.3g / %.3g (reported %.3g)", worst[0],
@@ -334,7 +350,7 @@ static void two_concepts_case(cd_sd_model *m, cd_sd_model *m2, cd_delta *d1, cd_
 TEST(two_concepts) {
   cd_sd_model *m = load_tiny("tiny-sd1"), *m2 = load_tiny("tiny-sd1");
   if (!m || !m2) { cd_sd_free(m); cd_sd_free(m2); TINY_MISSING(); }
-  two_concepts_case(m, m2, synth_saved(m, 11, "<new1>", 0.3, "c1"), synth_saved(m, 22, "<new2>", 0.3, "c2"), 0);
+  two_concepts_case(m, m2, synth_saved(m, 11, "<new1>", 0.3, "c1"), synth_saved(m, 22, "<new2>", 0.3, "c2"), 0, 0);
 }
 
 /* the same with deltas that cdiff train produced for two concepts trained apart */
@@ -387,7 +403,7 @@ static void two_trained_case(const char *model, const char *vocab, const char *p
     cd_delta_free(d1); cd_delta_free(d2); cd_sd_free(m); cd_sd_free(m2);
     FAILF("training the concepts failed: %s", cd_last_error());
   }
-  two_concepts_case(m, m2, d1, d2, require_close);
+  two_concepts_case(m, m2, d1, d2, require_close, 0);
 }
 
 TEST(two_trained_concepts) {
@@ -417,6 +433,28 @@ TEST(two_trained_concepts_ctx64) {
     FAILF("load %s: %s", model, cd_last_error());
   }
   two_trained_case(model, vocab, "g", m, m2, 1);
+}
+
+/* --pad-rows: the merged layer also answers as each concept's own on the first
+ * padding rows of its prompts (the rows the UNet attends to after the end
+ * token), and is still the constrained minimiser on the captions (whose
+ * features then hold their padding rows too). Context 64: 12 + 8 rows fit. */
+TEST(pad_rows_ctx64) {
+  char vocab[1024], model[600], cmd[1400];
+  NEED_GOLDEN(vocab, "bpe_simple_vocab_16e6.txt.gz");
+  const char *gen = test_build_path("tools/gen_sd_random");
+  if (access(gen, X_OK)) FAILF("%s was not built", gen);
+  snprintf(model, sizeof model, "%s/model", test_tmpdir("p64"));
+  /* float32: synth_delta reads the base weights' f32 values */
+  snprintf(cmd, sizeof cmd, "'%s' --tiny --dtype f32 --seed 6 --out %s >/dev/null 2>&1", gen, model);
+  if (system(cmd)) FAILF("gen_sd_random failed");
+  cd_load_opts lo = {.no_vae = 1, .vocab = vocab};
+  cd_sd_model *m = NULL, *m2 = NULL;
+  if (cd_sd_load(model, &lo, &m) || cd_sd_load(model, &lo, &m2)) {
+    cd_sd_free(m);
+    FAILF("load %s: %s", model, cd_last_error());
+  }
+  two_concepts_case(m, m2, synth_saved(m, 11, "<new1>", 0.3, "p1"), synth_saved(m, 22, "<new2>", 0.3, "p2"), 0, 2);
 }
 
 /* ---- (3) renumbering: both deltas use <new1> ---- */
@@ -626,6 +664,7 @@ int main(void) {
   RUN(two_concepts);
   RUN(two_trained_concepts);
   RUN(two_trained_concepts_ctx64);
+  RUN(pad_rows_ctx64);
   RUN(renumbering);
   RUN(singular_and_ridge);
   RUN(near_dependent_warns);

@@ -20,8 +20,14 @@
 /* ---- features ---- */
 
 int cd_merge_features(cd_sd_model *m, const char *const *prompts, int n, double **F, int *rows, int *per_prompt) {
+  return cd_merge_features_pad(m, prompts, n, 0, F, rows, per_prompt);
+}
+
+int cd_merge_features_pad(cd_sd_model *m, const char *const *prompts, int n, int pad, double **F, int *rows,
+                          int *per_prompt) {
   *F = NULL;
   *rows = 0;
+  if (pad < 0) return cd_set_error("merge: negative padding row count %d", pad);
   if (!m->tok) return cd_set_error("no tokenizer vocabulary for %s: pass --vocab", m->path);
   if (n <= 0) return cd_set_error("merge: no prompts to encode");
   const int D = cd_sd_context_dim(m); /* SDXL: both encoders' penultimate states side by side */
@@ -36,6 +42,7 @@ int cd_merge_features(cd_sd_model *m, const char *const *prompts, int n, double 
     int skip = k >= 3 && photo >= 0 && ids[0] == photo && ids[1] == of && ids[2] == a ? 3 : 0;
     first[i] = 1 + skip;  /* row 0 is SOS */
     count[i] = k + 1 - skip; /* content rows after the skipped ones, plus EOS at k + 1 */
+    count[i] += CD_MIN(pad, CD_TOK_MAX_LEN - 2 - k); /* padding rows k + 2 .. 76 */
     total += count[i];
   }
   double *out = cd_malloc(sizeof(double) * (size_t)total * D);
@@ -151,13 +158,15 @@ static double stored_residual(const float *Wf, const double *const *W, int n, in
   return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-static char *merge_args_json(const cd_delta *out, const char *const *categories, int n, int nreg, double ridge) {
+static char *merge_args_json(const cd_delta *out, const char *const *categories, int n, int nreg, double ridge,
+                             int pad_rows) {
   cJSON *j = cJSON_CreateObject(), *c = cJSON_CreateArray();
   cJSON_AddStringToObject(j, "merge", "closed-form");
   for (int i = 0; i < n; i++) cJSON_AddItemToArray(c, cJSON_CreateString(categories[i]));
   cJSON_AddItemToObject(j, "categories", c);
   cJSON_AddNumberToObject(j, "reg_count", nreg);
   cJSON_AddNumberToObject(j, "ridge", ridge);
+  cJSON_AddNumberToObject(j, "pad_rows", pad_rows);
   cJSON_AddNumberToObject(j, "tokens", out->ntok);
   char *s = cJSON_PrintUnformatted(j);
   cJSON_Delete(j);
@@ -239,13 +248,13 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
   if (ntok && cd_delta_apply(m, res)) goto done; /* tokens only: res has no weights yet */
 
   /* 3. features: C_reg from the captions, C_i from each concept's prompts */
-  if (cd_merge_features(m, o->reg, o->nreg, &Creg, &nreg_rows, NULL)) goto done;
+  if (cd_merge_features_pad(m, o->reg, o->nreg, o->pad_rows, &Creg, &nreg_rows, NULL)) goto done;
   int m_total = 0;
   for (int i = 0; i < n; i++) {
     char pr[2][512];
     if (cd_merge_concept_prompts(first_tok[i] >= 0 ? res->tok[first_tok[i]] : NULL, categories[i], pr)) goto done;
     const char *pp[2] = {pr[0], pr[1]};
-    if (cd_merge_features(m, pp, 2, &Ci[i], &mi[i], NULL)) goto done;
+    if (cd_merge_features_pad(m, pp, 2, o->pad_rows, &Ci[i], &mi[i], NULL)) goto done;
     if (log) fprintf(log, "concept %d: \"%s\", \"%s\": %d constraint rows\n", i + 1, pr[0], pr[1], mi[i]);
     m_total += mi[i];
   }
@@ -338,7 +347,7 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
   snprintf(res->base_hash, sizeof res->base_hash, "%s", m->hash);
   snprintf(res->train, sizeof res->train, "%s", navg ? "crossattn" : "crossattn_kv");
   snprintf(res->layout, sizeof res->layout, "cdiff");
-  res->args = merge_args_json(res, categories, n, o->nreg, o->ridge);
+  res->args = merge_args_json(res, categories, n, o->nreg, o->ridge, o->pad_rows);
   if (info) {
     info->layers = layers;
     layers = NULL;

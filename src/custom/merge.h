@@ -39,6 +39,13 @@
  * prompt's row count. Prompts are encoded in small batches. */
 int cd_merge_features(cd_sd_model *m, const char *const *prompts, int n, double **F, int *rows, int *per_prompt);
 
+/* The same with pad more rows per prompt: the first pad padding rows after the
+ * end token (fewer where the 77 positions end). The UNet attends to every one
+ * of the 77 rows, and a causal text encoder's padding rows see the whole
+ * prompt, the new token included: docs/merge.md ("Padding rows"). */
+int cd_merge_features_pad(cd_sd_model *m, const char *const *prompts, int n, int pad, double **F, int *rows,
+                          int *per_prompt);
+
 /* The two constraint prompts of a concept; tok NULL or "" gives
  * "{category}" and "photo of a {category}". -1 if they do not fit cap. */
 int cd_merge_concept_prompts(const char *tok, const char *category, char out[2][512]);
@@ -59,6 +66,7 @@ typedef struct {
   const char *const *reg; /* regularisation captions (required, nreg >= 1) */
   int nreg;
   double ridge;           /* 0: exact solve; see merge_solve.h for its meaning */
+  int pad_rows;           /* padding rows after the end token kept in every prompt's features (0: the paper's) */
   FILE *log;              /* token table and per-matrix report; NULL: silent */
 } cd_merge_opts;
 
