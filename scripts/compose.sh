@@ -23,6 +23,11 @@
 #                  pattern scenes (1000 steps), the pattern's category "pattern"
 #   merged-scenes-bg  the same deltas merged with the category "green background"
 #                  (the words the composition prompts put around <new2>)
+#   merged-scenes-pad  the same deltas merged with --pad-rows 4: the first 4
+#                  padding rows after the end token constrained too (docs/merge.md)
+#   pattern-merged-scenes, pattern-merged-scenes-pad  those two merged models on
+#                  the pattern's own prompts (eval/prompts_pattern.txt): how much
+#                  of the pattern each merge keeps
 #   joint-bare     joint training of the bear and the bare pattern (4000 steps)
 #   joint-scenes   joint training of the bear and the pattern scenes (4000 steps)
 #   joint-scenes-b2  the same with --batch 2 (each step both concepts)
@@ -97,6 +102,8 @@ for s in $SEEDS; do
     --out "$E/merged-scenes-s$s" >/dev/null
   run $C merge --model "$M" --delta "$E/bear_icap-s$s:toy" --delta "$E/pscene-s$s:green background" \
     --reg-prompts "$E/reg_captions.txt" --out "$E/merged-scenes-bg-s$s" >/dev/null
+  run $C merge --model "$M" --delta "$E/bear_icap-s$s:toy" --delta "$E/pscene-s$s:pattern" --reg-prompts "$E/reg_captions.txt" \
+    --pad-rows 4 --out "$E/merged-scenes-pad-s$s" >/dev/null
   # joint: images:row:batch
   for p in pattern:bare:1 pscene:scenes:1 pscene:scenes-b2:2; do
     img=${p%%:*}; r=${p#*:}; b=${r#*:}; r=${r%%:*}
@@ -105,8 +112,11 @@ for s in $SEEDS; do
       --steps 4000 --batch "$b" --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed "$s" --out "$E/$d" 2>"$E/$d.log" ||
       { cat "$E/$d.log" >&2; exit 1; }
   done
-  for r in merged-bare merged-scenes merged-scenes-bg joint-bare joint-scenes joint-scenes-b2; do
+  for r in merged-bare merged-scenes merged-scenes-bg merged-scenes-pad joint-bare joint-scenes joint-scenes-b2; do
     run $EV --prompts "$E/prompts_both.txt" --delta "$E/$r-s$s" --label "$r-s$s" >/dev/null
+  done
+  for r in merged-scenes merged-scenes-pad; do
+    run $EV --prompts "$E/prompts_pattern.txt" --delta "$E/$r-s$s" --label "pattern-$r-s$s" >/dev/null
   done
 done
 

@@ -5,7 +5,8 @@
 #   toy): the base model; token only (Textual-Inversion-like); Custom Diffusion
 #   crossattn_kv and crossattn; full UNet fine-tuning (DreamBooth-like);
 #   two concepts (<new1> + <new2>): joint training, cdiff merge of the two
-#   crossattn_kv deltas, sequential training (<new2> from the <new1> delta);
+#   crossattn_kv deltas (as the paper, and with --pad-rows 4), sequential
+#   training (<new2> from the <new1> delta);
 #   three concepts: joint training, the merge of three deltas, and the merge
 #   with a ridge (the lift tried); the pattern prompts on every multi-concept
 #   model (how the one concept learned alone survives them); and the base
@@ -19,10 +20,18 @@
 #   --quick      N=1 image per prompt, 60 steps: the whole pipeline in minutes
 #   MODEL=DIR    the model (default models/cdiff-world)
 #   JUDGE=FILE   the judge (default models/world-judge.safetensors)
-#   STEPS=K      fine-tuning steps per concept (default 150; joint training K x concepts;
-#                scripts/control.sh: a toy needs ~2000 (<new1> bound to a bear: 31% of
-#                generations at 150 steps, 81% at 2000), the pattern ~300 (2000 steps
-#                overfit it: image-alignment 97.5%, text-alignment 35%))
+#   STEPS=K      fine-tuning steps of every concept (default: per concept, below;
+#                joint training alternates the concepts step by step, so it runs
+#                the concept count x the larger of the two below)
+#   TOY_STEPS=K  steps of each toy (default 2000: scripts/control.sh, <new1> bound
+#                to a bear: 31% of generations at 150 steps, 81% at 2000)
+#   PATTERN_STEPS=K  steps of the pattern (default 1000 with PATTERN=scenes, 300
+#                with PATTERN=bare: 2000 bare steps overfit it, text-alignment 35%)
+#   PATTERN=P    the pattern's instance images: scenes (default; cdiff world --mode
+#                pattern-scenes: the zigzag behind pretraining objects, each image
+#                with its caption, "a small blue star on a green <new2> background",
+#                the layout composition prompts ask for; scripts/compose.sh) or bare
+#                (the zigzag filling the frame, as before the ninth session)
 #   N=K          images per prompt (default 4)
 #   OUT=DIR      output folder (default out/eval)
 #   RECIPE=R     captions of the fine-tuning (scripts/recipes.sh compares them):
@@ -52,7 +61,11 @@ for a in "$@"; do
   esac
 done
 if [ $QUICK = 1 ]; then STEPS="${STEPS:-60}"; N="${N:-1}"; fi
-STEPS="${STEPS:-150}"
+PATTERN="${PATTERN:-scenes}"
+case "$PATTERN" in scenes) PS=1000 ;; bare) PS=300 ;; *) echo "eval.sh: PATTERN=$PATTERN: expected scenes or bare" >&2; exit 2 ;; esac
+TOY_STEPS="${STEPS:-${TOY_STEPS:-2000}}"
+PATTERN_STEPS="${STEPS:-${PATTERN_STEPS:-$PS}}"
+MAX_STEPS=$((TOY_STEPS > PATTERN_STEPS ? TOY_STEPS : PATTERN_STEPS))
 N="${N:-4}"
 E="${OUT:-out/eval}"
 RECIPE="${RECIPE:-plain}"
@@ -76,7 +89,12 @@ WORDS='--toy-word <new1> --pattern-word <new2> --toy2-word <new3>'
 # shellcheck disable=SC2086
 run $C world --mode toy --n 6 --seed 1 $WORDS $CAPS --out "$E/data/toy" >/dev/null
 # shellcheck disable=SC2086
-run $C world --mode pattern --n 6 --seed 1 $WORDS $CAPS --out "$E/data/pattern" >/dev/null
+if [ "$PATTERN" = scenes ]; then
+  run $C world --mode pattern-scenes --n 6 --seed 1 $WORDS --caption-files --out "$E/data/pattern" >/dev/null
+else
+  # shellcheck disable=SC2086
+  run $C world --mode pattern --n 6 --seed 1 $WORDS $CAPS --out "$E/data/pattern" >/dev/null
+fi
 # shellcheck disable=SC2086
 run $C world --mode toy2 --n 6 --seed 1 $WORDS $CAPS --out "$E/data/duck" >/dev/null
 rm -f "$E"/data/*/captions.txt
@@ -105,12 +123,13 @@ cls_flags() { # class -> the class-image flags of RECIPE
     real|realcap) echo "--real_prior --class-images $E/data/real_$1" ;;
   esac
 }
+steps_of() { case $1 in pattern) echo "$PATTERN_STEPS" ;; *) echo "$TOY_STEPS" ;; esac; }
 lr_of() { case $1 in crossattn_kv) echo $LR_KV ;; crossattn) echo $LR_CA ;; token) echo $LR_TOKEN ;; full) echo $LR_FULL ;; esac; }
 
 train1() { # out concept mode [extra flags]
   o=$1; c=$2; how=$3; shift 3
   # shellcheck disable=SC2046
-  run $C train $COMMON $CLS --steps "$STEPS" --lr "$(lr_of "$how")" --train "$how" --images "$E/data/$c" \
+  run $C train $COMMON $CLS --steps "$(steps_of "$c")" --lr "$(lr_of "$how")" --train "$how" --images "$E/data/$c" \
     --prompt "$(prompt_of "$c")" $(cls_flags "$(class_of "$c")") --modifier-token "$(tok_of "$c")" \
     --initializer-token "$(init_of "$c")" --out "$E/$o" "$@"
 }
@@ -123,7 +142,7 @@ ev() { # label prompts [deltas...]
   run $EV --prompts "eval/prompts_$p.txt" --label "$l" $d
 }
 
-ROWS=30; TRAINS=18
+ROWS=32; TRAINS=18
 t=$(now); train1 toy_crossattn_kv toy crossattn_kv; T_TRAIN=$(( $(now) - t ))
 t=$(now); ev toy_base toy; T_EV=$(( $(now) - t ))
 # the first training also generated the toy class images: the later ones are faster
@@ -152,13 +171,17 @@ cat > "$E/concepts2.json" <<EOF
 EOF
 REAL=""; case $RECIPE in real|realcap) REAL=--real_prior ;; esac
 # shellcheck disable=SC2086
-run $C train $COMMON $CLS $REAL --steps $((2 * STEPS)) --lr $LR_KV --concepts "$E/concepts2.json" --out "$E/joint2"
+run $C train $COMMON $CLS $REAL --steps $((2 * MAX_STEPS)) --lr $LR_KV --concepts "$E/concepts2.json" --out "$E/joint2"
 run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
   --reg-prompts "$E/data/reg_captions.txt" --out "$E/merged2"
+# the merge with the first 4 padding rows constrained too (docs/merge.md, --pad-rows)
+run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
+  --reg-prompts "$E/data/reg_captions.txt" --pad-rows 4 --out "$E/merged2_pad"
 train1 sequential2 pattern crossattn_kv --delta "$E/toy_crossattn_kv"
 ev both_base both
 ev both_joint both "$E/joint2"
 ev both_merged both "$E/merged2"
+ev both_merged-pad both "$E/merged2_pad"
 ev both_sequential both "$E/sequential2"
 
 # three concepts
@@ -168,7 +191,7 @@ cat > "$E/concepts3.json" <<EOF
  {"instance_prompt": "photo of a <new3> toy", "class_prompt": "toy", "instance_data_dir": "$E/data/duck", "class_data_dir": "$CT"}]
 EOF
 # shellcheck disable=SC2086
-run $C train $COMMON $CLS $REAL --steps $((3 * STEPS)) --lr $LR_KV --concepts "$E/concepts3.json" --out "$E/joint3"
+run $C train $COMMON $CLS $REAL --steps $((3 * MAX_STEPS)) --lr $LR_KV --concepts "$E/concepts3.json" --out "$E/joint3"
 run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
   --delta "$E/duck_crossattn_kv:toy" --reg-prompts "$E/data/reg_captions.txt" --out "$E/merged3"
 ev three_base three
@@ -183,6 +206,7 @@ ev three_merged-ridge three "$E/merged3_ridge"
 # how the concept that is learned alone (the pattern) survives in the multi-concept models
 ev pattern_in-joint2 pattern "$E/joint2"
 ev pattern_in-merged2 pattern "$E/merged2"
+ev pattern_in-merged2-pad pattern "$E/merged2_pad"
 ev pattern_in-joint3 pattern "$E/joint3"
 ev pattern_in-merged3 pattern "$E/merged3"
 ev pattern_in-merged3-ridge pattern "$E/merged3_ridge"
