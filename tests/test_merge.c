@@ -416,44 +416,49 @@ TEST(two_trained_concepts) {
 }
 
 /* A model with room for the constraints: gen_sd_random --tiny has context and
- * text width 64 (the golden tiny models have 16). Two concepts trained apart,
- * merged: concept prompts exact, captions closer to the base than the naive sum. */
-TEST(two_trained_concepts_ctx64) {
-  char vocab[1024], model[600], cmd[1400];
-  NEED_GOLDEN(vocab, "bpe_simple_vocab_16e6.txt.gz");
+ * text width 64 (the golden tiny models have 16), loaded twice into *m, *m2
+ * (model: its folder). 1 skip (no vocabulary), -1 fail, with test_msg set. */
+static int load_ctx64(const char *sub, const char *gen_flags, char *vocab, size_t vcap, char *model, size_t mcap,
+                      cd_sd_model **m, cd_sd_model **m2) {
+  char cmd[1400];
+  *m = *m2 = NULL;
+  int g = test_golden_need(vocab, vcap, "bpe_simple_vocab_16e6.txt.gz");
+  if (g) return g;
   const char *gen = test_build_path("tools/gen_sd_random");
-  if (access(gen, X_OK)) FAILF("%s was not built", gen);
-  snprintf(model, sizeof model, "%s/model", test_tmpdir("g64"));
-  snprintf(cmd, sizeof cmd, "'%s' --tiny --seed 5 --out %s >/dev/null 2>&1", gen, model);
-  if (system(cmd)) FAILF("gen_sd_random failed");
-  cd_load_opts lo = {.no_vae = 1, .vocab = vocab};
-  cd_sd_model *m = NULL, *m2 = NULL;
-  if (cd_sd_load(model, &lo, &m) || cd_sd_load(model, &lo, &m2)) {
-    cd_sd_free(m);
-    FAILF("load %s: %s", model, cd_last_error());
+  snprintf(model, mcap, "%s/model", test_tmpdir(sub));
+  snprintf(cmd, sizeof cmd, "'%s' --tiny %s --out %s >/dev/null 2>&1", gen, gen_flags, model);
+  if (access(gen, X_OK) || system(cmd)) {
+    snprintf(test_msg, sizeof test_msg, "%s was not built or failed", gen);
+    return -1;
   }
+  cd_load_opts lo = {.no_vae = 1, .vocab = vocab};
+  if (cd_sd_load(model, &lo, m) || cd_sd_load(model, &lo, m2)) {
+    snprintf(test_msg, sizeof test_msg, "load %s: %s", model, cd_last_error());
+    cd_sd_free(*m);
+    *m = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+/* Two concepts trained apart on the context-64 model, merged: concept prompts
+ * exact, captions closer to the base than the naive sum. */
+TEST(two_trained_concepts_ctx64) {
+  char vocab[1024], model[600];
+  cd_sd_model *m, *m2;
+  GOLDEN_STATUS(load_ctx64("g64", "--seed 5", vocab, sizeof vocab, model, sizeof model, &m, &m2));
   two_trained_case(model, vocab, "g", m, m2, 1);
 }
 
 /* --pad-rows: the merged layer also answers as each concept's own on the first
  * padding rows of its prompts (the rows the UNet attends to after the end
  * token), and is still the constrained minimiser on the captions (whose
- * features then hold their padding rows too). Context 64: 12 + 8 rows fit. */
+ * features then hold their padding rows too). Context 64: 12 + 8 rows fit.
+ * Float32 weights: synth_delta reads the base weights' f32 values. */
 TEST(pad_rows_ctx64) {
-  char vocab[1024], model[600], cmd[1400];
-  NEED_GOLDEN(vocab, "bpe_simple_vocab_16e6.txt.gz");
-  const char *gen = test_build_path("tools/gen_sd_random");
-  if (access(gen, X_OK)) FAILF("%s was not built", gen);
-  snprintf(model, sizeof model, "%s/model", test_tmpdir("p64"));
-  /* float32: synth_delta reads the base weights' f32 values */
-  snprintf(cmd, sizeof cmd, "'%s' --tiny --dtype f32 --seed 6 --out %s >/dev/null 2>&1", gen, model);
-  if (system(cmd)) FAILF("gen_sd_random failed");
-  cd_load_opts lo = {.no_vae = 1, .vocab = vocab};
-  cd_sd_model *m = NULL, *m2 = NULL;
-  if (cd_sd_load(model, &lo, &m) || cd_sd_load(model, &lo, &m2)) {
-    cd_sd_free(m);
-    FAILF("load %s: %s", model, cd_last_error());
-  }
+  char vocab[1024], model[600];
+  cd_sd_model *m, *m2;
+  GOLDEN_STATUS(load_ctx64("p64", "--dtype f32 --seed 6", vocab, sizeof vocab, model, sizeof model, &m, &m2));
   two_concepts_case(m, m2, synth_saved(m, 11, "<new1>", 0.3, "p1"), synth_saved(m, 22, "<new2>", 0.3, "p2"), 0, 2);
 }
 
