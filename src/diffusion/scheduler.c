@@ -278,8 +278,6 @@ static double np_linspace(double start, double stop, int num, int i) {
   return (double)i * ((stop - start) / (num - 1)) + start;
 }
 
-/* np.arange(T, 0, -T/n).round() - 1 : the "trailing" timesteps, descending.
- * numpy fills start + i*delta with delta = (start + step) - start. */
 /* "leading" spacing adds steps_offset (1 in SD's config) to every timestep; with as many
  * steps as training timesteps (ddpm --steps 1000) the first one would be T, past the table,
  * and diffusers fails with an IndexError. The offset is lowered just enough that the first
@@ -288,6 +286,8 @@ static int leading_offset(int offset, int top, int T) {
   return top + offset > T - 1 ? (T - 1 - top > 0 ? T - 1 - top : 0) : offset;
 }
 
+/* np.arange(T, 0, -T/n).round() - 1 : the "trailing" timesteps, descending.
+ * numpy fills start + i*delta with delta = (start + step) - start. */
 static int np_trailing(int T, int n, double *out) {
   double step = -(double)T / n;
   double delta = ((double)T + step) - (double)T;
