@@ -339,7 +339,9 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
   if (o->ridge == 0 && minrc < CD_MERGE_WARN_RCOND)
     cd_warn("merge: the constraint system of %s is ill-conditioned (rcond %.1e): concepts whose prompts nearly "
             "coincide (a shared category word?) are met exactly with large weights; --ridge 0.01 trades exactness "
-            "for stability (docs/merge.md)", minrc_name, minrc);
+            "for stability%s (docs/merge.md)", minrc_name, minrc,
+            o->pad_rows > 0 ? "; with --pad-rows the padding rows of a concept's two prompts nearly coincide too, "
+                              "and on the world model the exact solve did better than a ridge" : "");
 
   /* 5. the merged delta's metadata */
   res->family = m->family;
