@@ -283,7 +283,7 @@ static double np_linspace(double start, double stop, int num, int i) {
  * and diffusers fails with an IndexError. The offset is lowered just enough that the first
  * timestep is T - 1, so the full chain runs 999, 998, ..., 0 as a user expects. */
 static int leading_offset(int offset, int top, int T) {
-  return top + offset > T - 1 ? (T - 1 - top > 0 ? T - 1 - top : 0) : offset;
+  return CD_MIN(offset, CD_MAX(T - 1 - top, 0)); /* offset >= 0: the config parser checks it */
 }
 
 /* np.arange(T, 0, -T/n).round() - 1 : the "trailing" timesteps, descending.
