@@ -86,6 +86,11 @@ train() {
     --steps "$7" --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed "$8" --out "$E/$1" 2>"$E/$1.log" ||
     { cat "$E/$1.log" >&2; exit 1; }
 }
+merge() { # row toy pattern category [flags]: seed s's toy and pattern deltas merged into row-s
+  o=$1; t=$2; p=$3; cat=$4; shift 4
+  run $C merge --model "$M" --delta "$E/$t-s$s:toy" --delta "$E/$p-s$s:$cat" --reg-prompts "$E/reg_captions.txt" \
+    --out "$E/$o-s$s" "$@" >/dev/null
+}
 for s in $SEEDS; do
   train "bear-s$s" bear "photo of a <new1> toy" toy "<new1>" ktn 2000 "$s"
   train "bear_icap-s$s" bear_icap "photo of a <new1> toy" toy "<new1>" ktn 2000 "$s"
@@ -96,14 +101,10 @@ for s in $SEEDS; do
       run $EV --prompts "$E/prompts_pattern.txt" --delta "$E/$p-s$s" --label "alone-$p-s$s" >/dev/null
     done
   fi
-  run $C merge --model "$M" --delta "$E/bear-s$s:toy" --delta "$E/pattern-s$s:pattern" --reg-prompts "$E/reg_captions.txt" \
-    --out "$E/merged-bare-s$s" >/dev/null
-  run $C merge --model "$M" --delta "$E/bear_icap-s$s:toy" --delta "$E/pscene-s$s:pattern" --reg-prompts "$E/reg_captions.txt" \
-    --out "$E/merged-scenes-s$s" >/dev/null
-  run $C merge --model "$M" --delta "$E/bear_icap-s$s:toy" --delta "$E/pscene-s$s:green background" \
-    --reg-prompts "$E/reg_captions.txt" --out "$E/merged-scenes-bg-s$s" >/dev/null
-  run $C merge --model "$M" --delta "$E/bear_icap-s$s:toy" --delta "$E/pscene-s$s:pattern" --reg-prompts "$E/reg_captions.txt" \
-    --pad-rows 4 --out "$E/merged-scenes-pad-s$s" >/dev/null
+  merge merged-bare bear pattern pattern
+  merge merged-scenes bear_icap pscene pattern
+  merge merged-scenes-bg bear_icap pscene "green background"
+  merge merged-scenes-pad bear_icap pscene pattern --pad-rows 4
   # joint: images:row:batch
   for p in pattern:bare:1 pscene:scenes:1 pscene:scenes-b2:2; do
     img=${p%%:*}; r=${p#*:}; b=${r#*:}; r=${r%%:*}

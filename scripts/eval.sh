@@ -172,11 +172,17 @@ EOF
 REAL=""; case $RECIPE in real|realcap) REAL=--real_prior ;; esac
 # shellcheck disable=SC2086
 run $C train $COMMON $CLS $REAL --steps $((2 * MAX_STEPS)) --lr $LR_KV --concepts "$E/concepts2.json" --out "$E/joint2"
-run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
-  --reg-prompts "$E/data/reg_captions.txt" --out "$E/merged2"
+mergekv() { # out concept... [-- merge flags]: the concepts' crossattn_kv deltas merged into OUT/out
+  o=$1; shift
+  d=""
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do d="$d --delta $E/${1}_crossattn_kv:$(class_of "$1")"; shift; done
+  [ $# -gt 0 ] && shift
+  # shellcheck disable=SC2086
+  run $C merge --model "$M" $d --reg-prompts "$E/data/reg_captions.txt" --out "$E/$o" "$@"
+}
+mergekv merged2 toy pattern
 # the merge with the first 4 padding rows constrained too (docs/merge.md, --pad-rows)
-run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
-  --reg-prompts "$E/data/reg_captions.txt" --pad-rows 4 --out "$E/merged2_pad"
+mergekv merged2_pad toy pattern -- --pad-rows 4
 train1 sequential2 pattern crossattn_kv --delta "$E/toy_crossattn_kv"
 ev both_base both
 ev both_joint both "$E/joint2"
@@ -192,16 +198,14 @@ cat > "$E/concepts3.json" <<EOF
 EOF
 # shellcheck disable=SC2086
 run $C train $COMMON $CLS $REAL --steps $((3 * MAX_STEPS)) --lr $LR_KV --concepts "$E/concepts3.json" --out "$E/joint3"
-run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
-  --delta "$E/duck_crossattn_kv:toy" --reg-prompts "$E/data/reg_captions.txt" --out "$E/merged3"
+mergekv merged3 toy pattern duck
 ev three_base three
 ev three_joint three "$E/joint3"
 ev three_merged three "$E/merged3"
 # the lift tried for three concepts: the two toys share the class word "toy", so their
 # constraint rows nearly coincide and the exact solve is ill-conditioned (rcond ~5e-6,
 # toy + pattern ~2e-3): its weights blow up. A ridge regularises the solve.
-run $C merge --model "$M" --delta "$E/toy_crossattn_kv:toy" --delta "$E/pattern_crossattn_kv:pattern" \
-  --delta "$E/duck_crossattn_kv:toy" --reg-prompts "$E/data/reg_captions.txt" --ridge 0.01 --out "$E/merged3_ridge"
+mergekv merged3_ridge toy pattern duck -- --ridge 0.01
 ev three_merged-ridge three "$E/merged3_ridge"
 # how the concept that is learned alone (the pattern) survives in the multi-concept models
 ev pattern_in-joint2 pattern "$E/joint2"
