@@ -161,7 +161,7 @@ int cmd_sample(int argc, char **argv) {
   const char *device = NULL;
   cli_opt opts[] = {
       {"--model", CLI_STR, &model, "PATH", "diffusers folder or single-file .safetensors/.ckpt (required)", "-m", CLI_REQUIRED},
-      {"--prompt", CLI_STR, &prompt, "TEXT", "the prompt (required)", "-p", CLI_REQUIRED},
+      {"--prompt", CLI_STR, &prompt, "TEXT", "the prompt (required; (word:1.2) weights, BREAK, sub-prompts joined by AND)", "-p", CLI_REQUIRED},
       {"--negative", CLI_STR, &negative, "TEXT", "negative prompt (default empty)", "-n --negative-prompt"},
       {"--sampler", CLI_STR, &sampler, "NAME",
        "ddim|ddpm|pndm|euler|euler_a|dpmpp_2m|heun|dpm2|dpmpp_2s_a|dpmpp_sde|lcm (default ddim; SDXL: euler, its scheduler; aliases plms, dpm++2m, dpm++2s_a, dpm++sde)",
@@ -219,6 +219,10 @@ int cmd_sample(int argc, char **argv) {
       return cli_error(opts, &spec, i ? "--negative" : "--prompt", "%s", cd_last_error());
     cd_prompt_frags_free(pf, npf);
   }
+  cd_prompt_sub *subs;
+  int nsub;
+  if (cd_prompt_split_and(prompt, &subs, &nsub)) return cli_error(opts, &spec, "--prompt", "%s", cd_last_error());
+  cd_prompt_subs_free(subs, nsub);
   go.s.seed = seed;
 
   /* the validation pass, before the model is loaded: where the images go is

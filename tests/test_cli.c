@@ -729,6 +729,13 @@ TEST(weighted_long_prompt) {
   snprintf(args, sizeof args, "sample --model %s --prompt '(cat:1.2.3)' --steps 2 --width 32 --height 32 --out %s", m, png);
   rc = cdiff(out, sizeof out, args);
   CHECKF(rc == 2 && strstr(out, "1.2.3") && strstr(out, "--prompt"), "bad weight: exit %d: %s", rc, out);
+  /* sub-prompts joined by AND: run, and an empty one is a usage error naming --prompt */
+  snprintf(args, sizeof args, "sample --model %s --prompt 'photo of a cat :0.7 AND (red:1.2) dog :0.3' --steps 2 --width 32 --height 32 --overwrite --out %s", m, png);
+  rc = cdiff(out, sizeof out, args);
+  CHECKF(rc == 0, "AND: exit %d: %s", rc, out);
+  snprintf(args, sizeof args, "sample --model %s --prompt 'photo of a cat AND' --steps 2 --width 32 --height 32 --out %s", m, png);
+  rc = cdiff(out, sizeof out, args);
+  CHECKF(rc == 2 && strstr(out, "sub-prompt 2 of 2") && strstr(out, "--prompt"), "empty sub-prompt: exit %d: %s", rc, out);
 }
 
 /* strict UTF-8: shortest forms only, no surrogates, nothing above U+10FFFF */

@@ -272,6 +272,97 @@ TEST(long_prompt_warns_once) {
   CHECKF(warned == 2 && cat == 1 && dog == 1, "%d truncation warnings (%d cat, %d dog), want one each", warned, cat, dog);
 }
 
+
+/* splits p at AND and compares with want[0..n) (text and weight) */
+static int split_is(const char *p, const frag *want, int n, char *why, size_t cap) {
+  cd_prompt_sub *s;
+  int k;
+  if (cd_prompt_split_and(p, &s, &k)) { snprintf(why, cap, "\"%s\": %s", p, cd_last_error()); return 0; }
+  int ok = k == n;
+  for (int i = 0; ok && i < n; i++) {
+    ok = !strcmp(s[i].text, want[i].text) && fabs(s[i].weight - want[i].w) < 1e-6;
+    if (!ok) snprintf(why, cap, "\"%s\": sub-prompt %d is \"%s\" x %g, expected \"%s\" x %g", p, i, s[i].text, s[i].weight, want[i].text, want[i].w);
+  }
+  if (k != n) snprintf(why, cap, "\"%s\": %d sub-prompts, expected %d", p, k, n);
+  cd_prompt_subs_free(s, k);
+  return ok;
+}
+
+#define SPLIT_IS(p, ...) do { const frag w_[] = {__VA_ARGS__}; char why_[512] = ""; \
+    CHECKF(split_is(p, w_, (int)(sizeof w_ / sizeof *w_), why_, sizeof why_), "%s", why_); } while (0)
+
+/* A1111's AND: sub-prompts at the word AND, each with an optional trailing
+ * ":weight"; a prompt without AND is kept whole, its ":w" included. */
+TEST(split_and) {
+  SPLIT_IS("a photo of a cat", {"a photo of a cat", 1});
+  SPLIT_IS("", {"", 1});
+  SPLIT_IS(" a cat :0.5 ", {" a cat :0.5 ", 1}); /* no AND: taken literally */
+  SPLIT_IS("a cat AND a dog", {"a cat", 1}, {"a dog", 1});
+  SPLIT_IS("a cat :0.7 AND a dog : -0.25", {"a cat", 0.7}, {"a dog", -0.25});
+  SPLIT_IS("a cat:.5 AND a dog:2.", {"a cat", 0.5}, {"a dog", 2});
+  SPLIT_IS("a (red:1.2) cat AND dog", {"a (red:1.2) cat", 1}, {"dog", 1});
+  SPLIT_IS("ANDROID and BRAND AND x", {"ANDROID and BRAND", 1}, {"x", 1}); /* only the word, only upper case */
+  SPLIT_IS("cat,AND,dog", {"cat,", 1}, {",dog", 1});
+  SPLIT_IS("a:1.2.3 AND b", {"a:1.2.3", 1}, {"b", 1}); /* not a number: kept as text */
+  SPLIT_IS("a AND b AND c :3", {"a", 1}, {"b", 1}, {"c", 3});
+  cd_prompt_sub *s = NULL;
+  int k = 0;
+  CHECK(cd_prompt_split_and("a cat AND", &s, &k) != 0);
+  CHECKF(strstr(cd_last_error(), "sub-prompt 2 of 2") != NULL, "error: %s", cd_last_error());
+  CHECK(cd_prompt_split_and("AND a cat", &s, &k) != 0);
+  CHECK(cd_prompt_split_and("a AND :0.5", &s, &k) != 0);
+  char many[256] = "x";
+  for (int i = 0; i < CD_PROMPT_MAX_SUBS; i++) strcat(many, " AND x");
+  CHECK(cd_prompt_split_and(many, &s, &k) != 0);
+  CHECKF(strstr(cd_last_error(), "more than") != NULL, "error: %s", cd_last_error());
+}
+
+/* The guidance sum on hand numbers: u + cfg * sum_j w_j (c_j - u). */
+TEST(guidance_combine) {
+  const float o[6] = {1, -2, /* uncond */ 3, 0, /* cond 1 */ -1, 4 /* cond 2 */};
+  const float w[2] = {0.5f, 2.0f};
+  float out[2];
+  cd_guidance_combine(o, 2, w, 3.0f, 2, out);
+  /* 1 + 3 (0.5 * 2 + 2 * -2) = -8;  -2 + 3 (0.5 * 2 + 2 * 6) = 37 */
+  CHECKF(out[0] == -8.0f && out[1] == 37.0f, "got %g %g", out[0], out[1]);
+  const float one = 1.0f;
+  cd_guidance_combine(o, 1, &one, 7.5f, 2, out);
+  CHECKF(out[0] == 1.0f + 7.5f * 2.0f && out[1] == -2.0f + 7.5f * 2.0f, "k = 1: got %g %g", out[0], out[1]);
+}
+
+/* The sampler with AND on the shipped world model: a prompt split into two
+ * halves of itself (weights 0.5 + 0.5) gives the plain prompt's latents (up
+ * to the GEMM's blocking over a larger batch); two different sub-prompts give
+ * others; AND at guidance 1 still runs the uncond pass. */
+TEST(sample_and) {
+  cd_load_opts lo = {0};
+  cd_sd_model *m = NULL;
+  CHECK_OK(cd_sd_load("models/cdiff-world", &lo, &m));
+  const char *p = "a red star on a blue background";
+  char half[256];
+  snprintf(half, sizeof half, "%s :0.5 AND %s :0.5", p, p);
+  const char *prompts[4] = {p, half, "a red star AND a blue background", "a red star AND a blue background"};
+  const float cfgs[4] = {5, 5, 5, 1};
+  const int64_t per = 4 * 8 * 8;
+  float *lat[4];
+  char why[256] = "";
+  for (int i = 0; i < 4; i++) {
+    lat[i] = cd_malloc(2 * per * sizeof(float));
+    cd_gen_opts o = {.prompt = prompts[i], .negative = "", .cfg = cfgs[i], .width = 64, .height = 64, .n = 2, .quiet = 1};
+    o.s.kind = CD_SAMPLER_DDIM;
+    o.s.steps = 4;
+    o.s.seed = 7;
+    if (!why[0] && cd_generate_latents(m, &o, lat[i])) snprintf(why, sizeof why, "\"%s\": %s", prompts[i], cd_last_error());
+  }
+  if (!why[0] && test_rel_err(lat[1], lat[0], 2 * per) > 1e-4)
+    snprintf(why, sizeof why, "two halves of the prompt differ from it by %.3g", test_rel_err(lat[1], lat[0], 2 * per));
+  if (!why[0] && test_rel_err(lat[2], lat[0], 2 * per) < 1e-2) snprintf(why, sizeof why, "\"A AND B\" gives the plain prompt's latents");
+  if (!why[0] && test_rel_err(lat[3], lat[2], 2 * per) < 1e-2) snprintf(why, sizeof why, "AND ignores the guidance scale");
+  for (int i = 0; i < 4; i++) free(lat[i]);
+  cd_sd_free(m);
+  CHECKF(!why[0], "%s", why);
+}
+
 int main(void) {
   test_pin_threads(); /* bit-for-bit comparisons of two runs (test.h) */
   RUN(parser_weights);
@@ -279,6 +370,9 @@ int main(void) {
   RUN(token_weights_and_chunks);
   RUN(encode_weighted_and_long);
   RUN(long_prompt_warns_once);
+  RUN(split_and);
+  RUN(guidance_combine);
+  RUN(sample_and);
   test_tmp_cleanup();
   return test_summary();
 }

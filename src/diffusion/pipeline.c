@@ -147,26 +147,35 @@ typedef struct {
   cd_node *x, *t, *out;
   cd_node *text_embeds, *time_ids; /* SDXL's added conditioning, or NULL */
   float *tbuf, *obuf; /* host copies of t and of the UNet output */
-  int n, guided;   /* images; 1 if the batch holds uncond then cond */
+  int n, guided;   /* images; 1 if the batch holds uncond then the conds */
+  int k;           /* sub-prompts (AND): the batch is [uncond | cond 1 | ... | cond k], n each */
+  const float *w;  /* their weights */
   int64_t per;     /* elements per image latent */
   float cfg;
   cd_progress bar;
   int quiet;
 } denoiser;
 
-/* The sampler's model function: one UNet batch [uncond x n | cond x n]. */
+void cd_guidance_combine(const float *o, int k, const float *w, float cfg, int64_t half, float *out) {
+  const float *u = o;
+  for (int64_t i = 0; i < half; i++) {
+    float acc = u[i];
+    for (int j = 0; j < k; j++) acc += cfg * w[j] * (o[(int64_t)(j + 1) * half + i] - u[i]);
+    out[i] = acc;
+  }
+}
+
+/* The sampler's model function: one UNet batch [uncond x n | cond x n | ...]. */
 static int denoise(void *ctx, const float *x_in, float t, float *out, int64_t nel) {
   denoiser *d = ctx;
   int64_t half = (int64_t)d->n * d->per;
-  if (cd_graph_write(d->g, d->x, 0, half, x_in) || (d->guided && cd_graph_write(d->g, d->x, half, half, x_in))) return -1;
+  int rows = d->guided ? 1 + d->k : 1;
+  for (int r = 0; r < rows; r++)
+    if (cd_graph_write(d->g, d->x, r * half, half, x_in)) return -1;
   for (int64_t i = 0; i < d->t->n; i++) d->tbuf[i] = t;
   if (cd_graph_set_input(d->g, d->t, d->tbuf) || cd_graph_forward(d->g) || cd_graph_get(d->g, d->out, d->obuf)) return -1;
-  const float *o = d->obuf;
-  if (!d->guided) {
-    memcpy(out, o, half * sizeof(float));
-  } else {
-    for (int64_t i = 0; i < half; i++) out[i] = o[i] + d->cfg * (o[half + i] - o[i]);
-  }
+  if (!d->guided) memcpy(out, d->obuf, half * sizeof(float));
+  else cd_guidance_combine(d->obuf, d->k, d->w, d->cfg, half, out);
   for (int64_t i = 0; i < half; i++)
     if (!isfinite(out[i])) return cd_set_error("the UNet produced a non-finite value at t=%g", t);
   (void)nel;
@@ -222,8 +231,14 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   if (o->width <= 0 || o->height <= 0 || o->width % down || o->height % down)
     return cd_set_error("--width/--height must be positive multiples of %d (got %dx%d)", down, o->width, o->height);
   int64_t h = o->height / down, w = o->width / down, per = 4 * h * w;
-  int guided = o->cfg > 1.0f;
-  int B = guided ? 2 * n : n;
+  cd_prompt_sub *subs = NULL;
+  int k = 0;
+  if (cd_prompt_split_and(o->prompt, &subs, &k)) return -1;
+  float wsub[CD_PROMPT_MAX_SUBS];
+  for (int j = 0; j < k; j++) wsub[j] = subs[j].weight;
+  /* sub-prompts are combined through the uncond pass, whatever the scale */
+  int guided = o->cfg > 1.0f || k > 1;
+  int B = guided ? (1 + k) * n : n;
   int64_t ctxd = uc->context_dim;
   const int xl = m->family == CD_FAMILY_SDXL;
   float *ctx = NULL, *pooled = NULL, tid[6];
@@ -231,7 +246,7 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   const char **pr = cd_malloc(B * sizeof(char *));
   for (int i = 0; i < n; i++) {
     if (guided) pr[i] = o->negative ? o->negative : "";
-    pr[guided ? n + i : i] = o->prompt ? o->prompt : "";
+    for (int j = 0; j < k; j++) pr[(guided ? 1 + j : 0) * n + i] = subs[j].text;
   }
   int rc;
   if (xl) {
@@ -245,6 +260,7 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
     rc = cd_encode_prompts_weighted(m, pr, B, &ctx, &T);
   }
   free(pr);
+  cd_prompt_subs_free(subs, k);
   if (rc) {
     free(ctx);
     free(pooled);
@@ -256,7 +272,7 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
     return cd_set_error("%s: text conditioning width %d, UNet cross-attention %ld", m->path, cd_sd_context_dim(m),
                         (long)ctxd);
   }
-  denoiser d = {.n = n, .guided = guided, .per = per, .cfg = o->cfg, .quiet = o->quiet};
+  denoiser d = {.n = n, .guided = guided, .k = k, .w = wsub, .per = per, .cfg = o->cfg, .quiet = o->quiet};
   d.g = cd_graph_new();
   d.x = cd_input(d.g, "x", 4, (int64_t[]){B, 4, h, w});
   d.t = cd_input(d.g, "t", 1, (int64_t[]){B});

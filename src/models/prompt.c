@@ -2,6 +2,7 @@
  * the alternatives of A1111's re_attention in their order at each position. */
 #include "models/prompt.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -241,4 +242,83 @@ void cd_prompt_emphasis(float *z, const float *w, int T, int d) {
   if (after == 0) return; /* the rescale is undefined; keep the weighted values */
   double k = before / after;
   for (size_t i = 0; i < (size_t)T * d; i++) z[i] = (float)(z[i] * k);
+}
+
+void cd_prompt_subs_free(cd_prompt_sub *s, int n) {
+  if (!s) return;
+  for (int i = 0; i < n; i++) free(s[i].text);
+  free(s);
+}
+
+/* s[0..len) ends in "\s*:\s*[-+]?(\d+\.?|\d*\.\d+)\s*": 1, *cut where the ':' run
+ * begins and *w the number (A1111's re_weight) */
+static int trailing_weight(const char *s, size_t len, size_t *cut, double *w) {
+  size_t e = len;
+  while (e > 0 && is_space(s[e - 1])) e--;
+  size_t b = e, dots = 0, digits = 0;
+  while (b > 0 && ((s[b - 1] >= '0' && s[b - 1] <= '9') || s[b - 1] == '.')) {
+    if (s[b - 1] == '.') dots++;
+    else digits++;
+    b--;
+  }
+  if (!digits || dots > 1) return 0;
+  size_t num = b;
+  if (b > 0 && (s[b - 1] == '+' || s[b - 1] == '-')) num = --b;
+  while (b > 0 && is_space(s[b - 1])) b--;
+  if (b == 0 || s[b - 1] != ':') return 0;
+  b--;
+  char buf[64];
+  size_t nl = e - num < sizeof buf - 1 ? e - num : sizeof buf - 1;
+  memcpy(buf, s + num, nl);
+  buf[nl] = 0;
+  *w = strtod(buf, NULL);
+  while (b > 0 && is_space(s[b - 1])) b--;
+  *cut = b;
+  return 1;
+}
+
+int cd_prompt_split_and(const char *prompt, cd_prompt_sub **out, int *n) {
+  const char *s = prompt ? prompt : "";
+  size_t len = strlen(s);
+  size_t starts[CD_PROMPT_MAX_SUBS], ends[CD_PROMPT_MAX_SUBS];
+  int k = 0;
+  size_t start = 0;
+  for (size_t i = 0; i + 3 <= len; i++) {
+    if (memcmp(s + i, "AND", 3)) continue;
+    if ((i > 0 && is_word((unsigned char)s[i - 1])) || (i + 3 < len && is_word((unsigned char)s[i + 3]))) continue;
+    if (k == CD_PROMPT_MAX_SUBS - 1) return cd_set_error("prompt \"%s\": more than %d sub-prompts joined by AND", s, CD_PROMPT_MAX_SUBS);
+    starts[k] = start;
+    ends[k++] = i;
+    start = i + 3;
+    i += 2;
+  }
+  starts[k] = start;
+  ends[k++] = len;
+  cd_prompt_sub *v = cd_calloc((size_t)k, sizeof *v);
+  for (int j = 0; j < k; j++) {
+    const char *a = s + starts[j];
+    size_t l = ends[j] - starts[j];
+    double w = 1.0;
+    if (k > 1) { /* a prompt without AND is taken whole */
+      while (l > 0 && is_space(*a)) a++, l--;
+      while (l > 0 && is_space(a[l - 1])) l--;
+      size_t cut;
+      if (trailing_weight(a, l, &cut, &w)) l = cut;
+      if (l == 0) {
+        cd_prompt_subs_free(v, k);
+        return cd_set_error("prompt \"%s\": sub-prompt %d of %d (joined by AND) is empty", s, j + 1, k);
+      }
+      if (!(fabs(w) <= 1e6)) {
+        cd_prompt_subs_free(v, k);
+        return cd_set_error("prompt \"%s\": sub-prompt %d has weight %g", s, j + 1, w);
+      }
+    }
+    v[j].text = cd_malloc(l + 1);
+    memcpy(v[j].text, a, l);
+    v[j].text[l] = 0;
+    v[j].weight = (float)w;
+  }
+  *out = v;
+  *n = k;
+  return 0;
 }
