@@ -43,7 +43,9 @@ static cd_delta *synth_delta(const cd_sd_model *m, uint64_t seed, const char *to
     if (!is_kv(b->name)) continue;
     int64_t n = cd_numel(b->ndim, b->ne);
     float *w = cd_malloc(sizeof(float) * n);
-    for (int64_t k = 0; k < n; k++) w[k] = b->data[k] + (float)(scale * cd_rng_normal(&r) / sqrt((double)b->ne[1]));
+    /* row by row as f32 whatever the stored type (a fp16 model keeps data NULL) */
+    for (int64_t row = 0; row < b->ne[0]; row++) cd_weight_row_f32(b, row, w + row * b->ne[1]);
+    for (int64_t k = 0; k < n; k++) w[k] += (float)(scale * cd_rng_normal(&r) / sqrt((double)b->ne[1]));
     cd_weights_put(d->w, b->name, b->ndim, b->ne, w);
   }
   d->d = m->clip.cfg.width;
@@ -454,11 +456,12 @@ TEST(two_trained_concepts_ctx64) {
  * padding rows of its prompts (the rows the UNet attends to after the end
  * token), and is still the constrained minimiser on the captions (whose
  * features then hold their padding rows too). Context 64: 12 + 8 rows fit.
- * Float32 weights: synth_delta reads the base weights' f32 values. */
+ * The generated model keeps fp16 weights, as checkpoints do: synth_delta
+ * reads them row by row as f32. */
 TEST(pad_rows_ctx64) {
   char vocab[1024], model[600];
   cd_sd_model *m, *m2;
-  GOLDEN_STATUS(load_ctx64("p64", "--dtype f32 --seed 6", vocab, sizeof vocab, model, sizeof model, &m, &m2));
+  GOLDEN_STATUS(load_ctx64("p64", "--seed 6", vocab, sizeof vocab, model, sizeof model, &m, &m2));
   two_concepts_case(m, m2, synth_saved(m, 11, "<new1>", 0.3, "p1"), synth_saved(m, 22, "<new2>", 0.3, "p2"), 0, 2);
 }
 
