@@ -17,6 +17,11 @@
 #   ceiling-striped, ceiling-dotted  the base model on the same prompts with
 #                  known words ("bear toy", "striped"): what it composes of what
 #                  it already knows
+#   ceiling-orange-striped, ceiling-orange-dotted  the same with the bear's
+#                  colour named where the prompt names none ("a big orange bear
+#                  toy"), as the learned <new1> implies it
+#   bear-dotted    the learned bear (bear_icap) with the known word "dotted" for
+#                  <new2>: one learned concept in the composition prompts
 #   merged-bare    cdiff merge: the bear (2000 steps, bare prompt) with the bare
 #                  pattern (300 steps; control.sh's rows)
 #   merged-scenes  cdiff merge: the bear (2000 steps, per-image captions) with the
@@ -64,11 +69,18 @@ grep -v '^#' eval/prompts_both.txt > "$E/prompts_both.txt"
 grep -v '^#' eval/prompts_pattern.txt > "$E/prompts_pattern.txt"
 EV="$C eval --model $M --judge $J --n $N --out $E --toy-kind bear"
 
-# the ceiling: known words in the composition prompts, on the base model
+# the ceiling: known words in the composition prompts, on the base model; plain
+# "bear toy", and "orange bear toy" where the prompt names no colour (the
+# learned <new1> is orange: without a colour the model draws no bear)
 for p in striped dotted; do
   sed "s/<new1> toy/bear toy/; s/<new2>/$p/" "$E/prompts_both.txt" > "$E/prompts_ceiling_$p.txt"
-  run $EV --prompts "$E/prompts_ceiling_$p.txt" --toy-word bear --pattern-word $p --pattern-kind $p --label "ceiling-$p" >/dev/null
+  sed "s/ <new1> toy in \([a-z]*\)/ bear toy in \1/; s/ <new1> toy/ orange bear toy/; s/<new2>/$p/" "$E/prompts_both.txt" \
+    > "$E/prompts_ceiling_orange-$p.txt"
+  for q in "" orange-; do
+    run $EV --prompts "$E/prompts_ceiling_$q$p.txt" --toy-word bear --pattern-word $p --pattern-kind $p --label "ceiling-$q$p" >/dev/null
+  done
 done
+sed "s/<new2>/dotted/" "$E/prompts_both.txt" > "$E/prompts_known_dotted.txt"
 run $EV --prompts "$E/prompts_both.txt" --label base >/dev/null
 
 # the concept lists of joint training: the bear with each pattern image set
@@ -119,6 +131,9 @@ for s in $SEEDS; do
   for r in merged-scenes merged-scenes-pad; do
     run $EV --prompts "$E/prompts_pattern.txt" --delta "$E/$r-s$s" --label "pattern-$r-s$s" >/dev/null
   done
+  # the learned bear with a pattern the model knows: the ceiling of a composition with one learned concept
+  run $EV --prompts "$E/prompts_known_dotted.txt" --delta "$E/bear_icap-s$s" --pattern-word dotted --pattern-kind dotted \
+    --label "bear-dotted-s$s" >/dev/null
 done
 
 # the table: both concepts, each apart, text-alignment; rows of the same setting
