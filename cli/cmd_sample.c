@@ -220,7 +220,7 @@ int cmd_sample(int argc, char **argv) {
     cd_prompt_frags_free(pf, npf);
   }
   cd_prompt_sub *subs;
-  int nsub;
+  int nsub; /* sub-prompts joined by AND: each one more UNet pass per image */
   if (cd_prompt_split_and(prompt, &subs, &nsub)) return cli_error(opts, &spec, "--prompt", "%s", cd_last_error());
   cd_prompt_subs_free(subs, nsub);
   go.s.seed = seed;
@@ -308,7 +308,7 @@ int cmd_sample(int argc, char **argv) {
   if (width > 0 && height > 0) { /* refuse what cannot fit before allocating it (an OOM abort otherwise) */
     char what[128];
     snprintf(what, sizeof what, "--width %d --height %d (%d image%s)", width, height, go.n, go.n > 1 ? "s" : "");
-    if (cd_sample_mem_check(m, go.n, cfg > 1.0f, width, height, tile, init_image != NULL, what)) goto fail;
+    if (cd_sample_mem_check(m, go.n, nsub > 1 ? 1 + nsub : cfg > 1.0f ? 2 : 1, width, height, tile, init_image != NULL, what)) goto fail;
   }
   lat = cd_malloc((size_t)go.n * 4 * h * w * sizeof(float));
   if (cd_generate_latents(m, &go, lat)) goto fail;

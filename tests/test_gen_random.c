@@ -108,7 +108,7 @@ TEST(sdxl_both_layouts) {
   int same = 0, cfg = 0, det = 0, finite = 0, reads_ids = 0, mem = 0;
   if (ok) {
     cd_mem_plan mp; /* the sampling memory estimate plans the UNet with its added inputs */
-    mem = !cd_sample_mem_plan(a, 1, 1, 128, 128, 0, 0, &mp) && mp.unet > 0;
+    mem = !cd_sample_mem_plan(a, 1, 2, 128, 128, 0, 0, &mp) && mp.unet > 0;
     same = !strcmp(a->hash, b->hash) && a->family == CD_FAMILY_SDXL && b->family == CD_FAMILY_SDXL && a->clip.w &&
            a->clip2.w && b->clip2.w && cd_weights_numel(a->clip2.w) == cd_weights_numel(b->clip2.w) &&
            cd_weights_numel(a->unet.w) == cd_weights_numel(b->unet.w) && cd_weights_numel(a->vae.w) == cd_weights_numel(b->vae.w);

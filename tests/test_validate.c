@@ -273,7 +273,7 @@ TEST(memory_estimate_matches_planner) {
       const int W = sizes[i][0], H = sizes[i][1];
       cd_mem_plan p;
       double unet, dec, enc;
-      int rc = cd_sample_mem_plan(m, 1, 1, W, H, 0, 1, &p) || cd_unet_arena_bytes(m, 2, H / 8, W / 8, &unet) ||
+      int rc = cd_sample_mem_plan(m, 1, 2, W, H, 0, 1, &p) || cd_unet_arena_bytes(m, 2, H / 8, W / 8, &unet) ||
                cd_vae_arena_bytes(m, 1, H / 8, W / 8, &dec) || cd_vae_arena_bytes(m, 0, H / 8, W / 8, &enc);
       if (rc) { cd_sd_free(m); FAILF("%s: %s", models[k], cd_last_error()); }
       double eu = fabs(p.unet / unet - 1), ed = fabs(p.vae / dec - 1), ee = fabs(p.encoder / enc - 1);
@@ -287,7 +287,7 @@ TEST(memory_estimate_matches_planner) {
     /* three images: the UNet and buffers scale with the batch */
     cd_mem_plan p3;
     double u3;
-    if (cd_sample_mem_plan(m, 3, 1, 384, 640, 0, 0, &p3) || cd_unet_arena_bytes(m, 6, 640 / 8, 384 / 8, &u3)) {
+    if (cd_sample_mem_plan(m, 3, 2, 384, 640, 0, 0, &p3) || cd_unet_arena_bytes(m, 6, 640 / 8, 384 / 8, &u3)) {
       cd_sd_free(m);
       FAILF("%s: %s", models[k], cd_last_error());
     }
@@ -295,6 +295,15 @@ TEST(memory_estimate_matches_planner) {
     if (!(fabs(p3.unet / u3 - 1) <= 0.05)) {
       cd_sd_free(m);
       FAILF("%s, 3 images: UNet estimate %.0f vs %.0f bytes", models[k], p3.unet, u3);
+    }
+    /* two images of a prompt with two sub-prompts (AND): uncond + 2 conds, the same UNet batch of 6 */
+    if (cd_sample_mem_plan(m, 2, 3, 384, 640, 0, 0, &p3)) {
+      cd_sd_free(m);
+      FAILF("%s: %s", models[k], cd_last_error());
+    }
+    if (!(fabs(p3.unet / u3 - 1) <= 0.05)) {
+      cd_sd_free(m);
+      FAILF("%s, 2 images x 3 passes: UNet estimate %.0f vs %.0f bytes", models[k], p3.unet, u3);
     }
     /* training: the trainer at 256 px, batch 2, against its estimate from batch 1 at 64 and 128 px */
     cd_train_opts o;

@@ -87,5 +87,5 @@ int cd_train_mem_check_bytes(cd_sd_model *m, const cd_train_opts *o, double trai
   if (!gen_class) return 0;
   char w2[300];
   snprintf(w2, sizeof w2, "generating class images at %s", what);
-  return cd_sample_mem_check(m, 1, 1, o->res, o->res, 0, 0, w2);
+  return cd_sample_mem_check(m, 1, 2, o->res, o->res, 0, 0, w2);
 }

@@ -39,15 +39,15 @@ int cd_vae_arena_bytes(cd_sd_model *m, int dec, int64_t h, int64_t w, double *by
   return rc ? cd_prefix_error("memory estimate (VAE)") : 0;
 }
 
-int cd_sample_mem_plan(cd_sd_model *m, int n, int guided, int width, int height, int tile, int img2img, cd_mem_plan *p) {
+int cd_sample_mem_plan(cd_sd_model *m, int n, int passes, int width, int height, int tile, int img2img, cd_mem_plan *p) {
   *p = (cd_mem_plan){0};
-  if (n < 1 || width < 1 || height < 1) return cd_set_error("memory estimate: invalid request");
+  if (n < 1 || passes < 1 || width < 1 || height < 1) return cd_set_error("memory estimate: invalid request");
   const int nl = m->unet.cfg.nlevels > 0 ? m->unet.cfg.nlevels : 1;
   /* two latent sizes the UNet accepts (2 and 4 size steps): at the very smallest
    * sizes the constant buffers still shape the packing */
   const int64_t s1 = (int64_t)2 << (nl - 1), s2 = 2 * s1;
   const double h = height / 8.0, w = width / 8.0, area = h * w, a1 = (double)(s1 * s1), a2 = (double)(s2 * s2);
-  const int B = guided ? 2 * n : n;
+  const int B = passes * n;
   /* planned for one image (every UNet buffer is per example) and scaled by n:
    * calibrating a large batch would itself reserve much address space */
   double u1, u2, v1, v2;
@@ -71,9 +71,9 @@ int cd_sample_mem_plan(cd_sd_model *m, int n, int guided, int width, int height,
   return 0;
 }
 
-int cd_sample_mem_check(cd_sd_model *m, int n, int guided, int width, int height, int tile, int img2img, const char *what) {
+int cd_sample_mem_check(cd_sd_model *m, int n, int passes, int width, int height, int tile, int img2img, const char *what) {
   cd_mem_plan p;
-  if (cd_sample_mem_plan(m, n, guided, width, height, tile, img2img, &p)) return -1;
+  if (cd_sample_mem_plan(m, n, passes, width, height, tile, img2img, &p)) return -1;
   char a[32], b[32], c[32], d[32], detail[256];
   snprintf(detail, sizeof detail, "UNet %s, VAE decoder %s, images and latents %s, sampler %s", cd_mem_fmt(p.unet, a, sizeof a),
            cd_mem_fmt(p.vae, b, sizeof b), cd_mem_fmt(p.buffers, c, sizeof c), cd_mem_fmt(p.sampler, d, sizeof d));

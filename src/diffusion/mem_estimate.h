@@ -23,16 +23,17 @@ typedef struct {
   double total;   /* peak: buffers + max(unet + sampler + encoder, vae) */
 } cd_mem_plan;
 
-/* n images of width x height pixels, guided (uncond + cond batch) or not,
+/* n images of width x height pixels, each `passes` UNet rows a step (1
+ * unguided, 2 guided: uncond + cond, 1 + k with k sub-prompts joined by AND),
  * decoded whole (tile 0) or in tiles of `tile` latent pixels; img2img adds
  * the encoder. Model weights are not included (they are loaded already). */
-int cd_sample_mem_plan(cd_sd_model *m, int n, int guided, int width, int height, int tile, int img2img, cd_mem_plan *p);
+int cd_sample_mem_plan(cd_sd_model *m, int n, int passes, int width, int height, int tile, int img2img, cd_mem_plan *p);
 /* The planned arena of the UNet at batch B and latent h x w (exact, for tests). */
 int cd_unet_arena_bytes(cd_sd_model *m, int B, int64_t h, int64_t w, double *bytes);
 /* The planned arena of the VAE decoder (dec 1) or encoder (dec 0) for one
  * image of latent h x w (exact, for tests). */
 int cd_vae_arena_bytes(cd_sd_model *m, int dec, int64_t h, int64_t w, double *bytes);
 /* Plans and checks with cd_mem_check; "what" names the request in the error. */
-int cd_sample_mem_check(cd_sd_model *m, int n, int guided, int width, int height, int tile, int img2img, const char *what);
+int cd_sample_mem_check(cd_sd_model *m, int n, int passes, int width, int height, int tile, int img2img, const char *what);
 
 #endif
