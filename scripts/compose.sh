@@ -36,6 +36,10 @@
 #   joint-bare     joint training of the bear and the bare pattern (4000 steps)
 #   joint-scenes   joint training of the bear and the pattern scenes (4000 steps)
 #   joint-scenes-b2  the same with --batch 2 (each step both concepts)
+#   merged-slow-pad, joint-slow  the slow recipe: lr 3e-4 instead of 1e-3, the
+#                  bear (with its captions) 9000 steps, the pattern scenes 3000;
+#                  merged with --pad-rows 4, or jointly trained 18000 steps
+#   bear-slow-dotted  the slow bear with the known word "dotted"
 # and, for the first seed, each pattern alone on eval/prompts_pattern.txt.
 # All crossattn_kv, lr 1e-3, 32 class images, one row per training seed.
 #
@@ -44,7 +48,7 @@
 #   N=4                    images per prompt
 #   SEEDS="1 2 3"          training seeds
 #   OUT=out/compose        output folder: results.md (the table), results.tsv, grids
-# About 20 minutes a seed on 2 cores.
+# About 30 minutes a seed on 2 cores.
 set -e
 cd "$(dirname "$0")/.."
 NAME=compose.sh
@@ -84,18 +88,21 @@ sed "s/<new2>/dotted/" "$E/prompts_both.txt" > "$E/prompts_known_dotted.txt"
 run $EV --prompts "$E/prompts_both.txt" --label base >/dev/null
 
 # the concept lists of joint training: the bear with each pattern image set
-for img in pattern pscene; do
+# (icap: the bear with its per-image captions and the pattern scenes)
+for img in pattern pscene icap; do
+  bear=bear; pat=$img
+  [ "$img" = icap ] && { bear=bear_icap; pat=pscene; }
   cat > "$E/concepts-$img.json" <<EOF
-[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/bear", "class_data_dir": "$E/class_toy"},
- {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/$img", "class_data_dir": "$E/class_pattern"}]
+[{"instance_prompt": "photo of a <new1> toy", "class_prompt": "toy", "instance_data_dir": "$E/$bear", "class_data_dir": "$E/class_toy"},
+ {"instance_prompt": "photo of a <new2> pattern", "class_prompt": "pattern", "instance_data_dir": "$E/$pat", "class_data_dir": "$E/class_pattern"}]
 EOF
 done
 
-# train NAME IMAGES PROMPT CLASS TOKEN INIT STEPS SEED: one concept, crossattn_kv
+# train NAME IMAGES PROMPT CLASS TOKEN INIT STEPS SEED [LR]: one concept, crossattn_kv (lr 1e-3)
 train() {
   run $C train --model "$M" --images "$E/$2" --prompt "$3" --class-prompt "$4" --class-images "$E/class_$4" \
     --num-class-images 32 --class-steps 20 --modifier-token "$5" --initializer-token "$6" --resolution 64 \
-    --steps "$7" --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed "$8" --out "$E/$1" 2>"$E/$1.log" ||
+    --steps "$7" --lr "${9:-1e-3}" --no-scale-lr --checkpoint-every 0 --seed "$8" --out "$E/$1" 2>"$E/$1.log" ||
     { cat "$E/$1.log" >&2; exit 1; }
 }
 merge() { # row toy pattern category [flags]: seed s's toy and pattern deltas merged into row-s
@@ -108,6 +115,9 @@ for s in $SEEDS; do
   train "bear_icap-s$s" bear_icap "photo of a <new1> toy" toy "<new1>" ktn 2000 "$s"
   train "pattern-s$s" pattern "photo of a <new2> pattern" pattern "<new2>" pll 300 "$s"
   train "pscene-s$s" pscene "photo of a <new2> pattern" pattern "<new2>" pll 1000 "$s"
+  # the slow recipe: lr 3e-4 and three times the steps (9000 the bear, 3000 the pattern)
+  train "bear_slow-s$s" bear_icap "photo of a <new1> toy" toy "<new1>" ktn 9000 "$s" 3e-4
+  train "pscene_slow-s$s" pscene "photo of a <new2> pattern" pattern "<new2>" pll 3000 "$s" 3e-4
   if [ "$s" = "$(echo $SEEDS | cut -d' ' -f1)" ]; then
     for p in pattern pscene; do
       run $EV --prompts "$E/prompts_pattern.txt" --delta "$E/$p-s$s" --label "alone-$p-s$s" >/dev/null
@@ -117,23 +127,28 @@ for s in $SEEDS; do
   merge merged-scenes bear_icap pscene pattern
   merge merged-scenes-bg bear_icap pscene "green background"
   merge merged-scenes-pad bear_icap pscene pattern --pad-rows 4
-  # joint: images:row:batch
-  for p in pattern:bare:1 pscene:scenes:1 pscene:scenes-b2:2; do
-    img=${p%%:*}; r=${p#*:}; b=${r#*:}; r=${r%%:*}
-    d="joint-$r-s$s"
-    run $C train --model "$M" --concepts "$E/concepts-$img.json" --num-class-images 32 --class-steps 20 --resolution 64 \
-      --steps 4000 --batch "$b" --lr 1e-3 --no-scale-lr --checkpoint-every 0 --seed "$s" --out "$E/$d" 2>"$E/$d.log" ||
+  merge merged-slow-pad bear_slow pscene_slow pattern --pad-rows 4
+  # joint: images:row:batch:steps:lr (slow: the bear's 9000 and the pattern's 3000 steps of
+  # lr 3e-4 become 9000 turns each, as the turns alternate)
+  for p in pattern:bare:1:4000:1e-3 pscene:scenes:1:4000:1e-3 pscene:scenes-b2:2:4000:1e-3 icap:slow:1:18000:3e-4; do
+    # shellcheck disable=SC2046
+    set -- $(echo "$p" | tr : ' ')
+    d="joint-$2-s$s"
+    run $C train --model "$M" --concepts "$E/concepts-$1.json" --num-class-images 32 --class-steps 20 --resolution 64 \
+      --steps "$4" --batch "$3" --lr "$5" --no-scale-lr --checkpoint-every 0 --seed "$s" --out "$E/$d" 2>"$E/$d.log" ||
       { cat "$E/$d.log" >&2; exit 1; }
   done
-  for r in merged-bare merged-scenes merged-scenes-bg merged-scenes-pad joint-bare joint-scenes joint-scenes-b2; do
+  for r in merged-bare merged-scenes merged-scenes-bg merged-scenes-pad merged-slow-pad joint-bare joint-scenes joint-scenes-b2 joint-slow; do
     run $EV --prompts "$E/prompts_both.txt" --delta "$E/$r-s$s" --label "$r-s$s" >/dev/null
   done
   for r in merged-scenes merged-scenes-pad; do
     run $EV --prompts "$E/prompts_pattern.txt" --delta "$E/$r-s$s" --label "pattern-$r-s$s" >/dev/null
   done
   # the learned bear with a pattern the model knows: the ceiling of a composition with one learned concept
-  run $EV --prompts "$E/prompts_known_dotted.txt" --delta "$E/bear_icap-s$s" --pattern-word dotted --pattern-kind dotted \
-    --label "bear-dotted-s$s" >/dev/null
+  for b in bear_icap:bear-dotted bear_slow:bear-slow-dotted; do
+    run $EV --prompts "$E/prompts_known_dotted.txt" --delta "$E/${b%%:*}-s$s" --pattern-word dotted --pattern-kind dotted \
+      --label "${b#*:}-s$s" >/dev/null
+  done
 done
 
 # the table: both concepts, each apart, text-alignment; rows of the same setting
