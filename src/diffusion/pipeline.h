@@ -43,7 +43,8 @@ void cd_seed_noise(uint64_t seed, int i, float *x, int64_t n);
  * [uncond | cond 1 | ... | cond k]: out [half] = u + cfg * sum_j w[j] * (c_j - u)
  * (k = 1, w = 1: the usual u + cfg * (c - u)). */
 void cd_guidance_combine(const float *o, int k, const float *w, float cfg, int64_t half, float *out);
-/* Runs the sampler (the prompt may join sub-prompts with AND: models/prompt.h); latents [n, 4, H/8, W/8] receives the final latents. */
+/* Runs the sampler (the prompt may join sub-prompts with AND: models/prompt.h);
+ * latents [n, 4, H/8, W/8] receives the final latents. */
 int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents);
 /* VAE decode of latents [n,4,h,w] (multiplied by 1/scaling_factor first) into
  * images [n,3,8h,8w] in about [-1,1]. tile > 0: decode in overlapping latent
