@@ -308,7 +308,7 @@ int cmd_sample(int argc, char **argv) {
   if (width > 0 && height > 0) { /* refuse what cannot fit before allocating it (an OOM abort otherwise) */
     char what[128];
     snprintf(what, sizeof what, "--width %d --height %d (%d image%s)", width, height, go.n, go.n > 1 ? "s" : "");
-    if (cd_sample_mem_check(m, go.n, nsub > 1 ? 1 + nsub : cfg > 1.0f ? 2 : 1, width, height, tile, init_image != NULL, what)) goto fail;
+    if (cd_sample_mem_check(m, go.n, cd_guidance_passes(nsub, cfg), width, height, tile, init_image != NULL, what)) goto fail;
   }
   lat = cd_malloc((size_t)go.n * 4 * h * w * sizeof(float));
   if (cd_generate_latents(m, &go, lat)) goto fail;

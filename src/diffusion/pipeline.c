@@ -156,6 +156,8 @@ typedef struct {
   int quiet;
 } denoiser;
 
+int cd_guidance_passes(int k, float cfg) { return cfg > 1.0f || k > 1 ? 1 + k : 1; }
+
 void cd_guidance_combine(const float *o, int k, const float *w, float cfg, int64_t half, float *out) {
   const float *u = o;
   for (int64_t i = 0; i < half; i++) {
@@ -236,9 +238,8 @@ int cd_generate_latents(cd_sd_model *m, const cd_gen_opts *o, float *latents) {
   if (cd_prompt_split_and(o->prompt, &subs, &k)) return -1;
   float wsub[CD_PROMPT_MAX_SUBS];
   for (int j = 0; j < k; j++) wsub[j] = subs[j].weight;
-  /* sub-prompts are combined through the uncond pass, whatever the scale */
-  int guided = o->cfg > 1.0f || k > 1;
-  int B = guided ? (1 + k) * n : n;
+  const int passes = cd_guidance_passes(k, o->cfg), guided = passes > 1;
+  int B = passes * n;
   int64_t ctxd = uc->context_dim;
   const int xl = m->family == CD_FAMILY_SDXL;
   float *ctx = NULL, *pooled = NULL, tid[6];

@@ -39,6 +39,10 @@ int cd_encode_prompts(cd_sd_model *m, const char *const *prompts, int n, float *
 int cd_encode_prompts_weighted(cd_sd_model *m, const char *const *prompts, int n, float **out, int *T);
 /* Seeded noise for image i of a batch: N(0,1) from seed + i. */
 void cd_seed_noise(uint64_t seed, int i, float *x, int64_t n);
+/* UNet passes per image for a prompt of k sub-prompts at guidance scale cfg:
+ * 1 + k when guided (cfg > 1, or k > 1: sub-prompts combine through the
+ * uncond pass), else 1. The sampler's batch and the memory preflight both. */
+int cd_guidance_passes(int k, float cfg);
 /* Classifier-free guidance over the UNet outputs o [(1 + k) x half] laid out
  * [uncond | cond 1 | ... | cond k]: out [half] = u + cfg * sum_j w[j] * (c_j - u)
  * (k = 1, w = 1: the usual u + cfg * (c - u)). */
