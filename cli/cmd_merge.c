@@ -68,7 +68,7 @@ int cmd_merge(int argc, char **argv) {
   const char *device = NULL;
   cli_opt opts[] = {
       {"--model", CLI_STR, &model, "PATH", "the base model all deltas were trained on (required)", "-m", CLI_REQUIRED},
-      {"--delta", CLI_MULTI, &deltas, "DIR:CAT", "a concept's delta and its category, e.g. out/cat:cat (repeatable, >= 1)", NULL, CLI_REQUIRED},
+      {"--delta", CLI_MULTI, &deltas, "DIR:CAT", "a concept's delta and its category, e.g. out/cat:cat; a jointly trained delta takes one per token, out/joint:toy,pattern (repeatable, >= 1)", NULL, CLI_REQUIRED},
       {"--reg-prompts", CLI_STR, &reg_file, "FILE", "regularisation captions, one a line (default data/reg_captions.txt)"},
       {"--reg-count", CLI_INT, &reg_count, "N", "use the first N captions (default 200)", NULL, CLI_MIN(1)},
       {"--ridge", CLI_FLOAT, &ridge, "X", "regularise the constraint system by X*mean(diag) (default 0: exact)", NULL, CLI_MIN(0)},

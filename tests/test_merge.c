@@ -591,6 +591,81 @@ TEST(near_dependent_warns) {
   CHECKF(!strstr(e1, "ill-conditioned"), "warned with --ridge: %s", e1);
 }
 
+/* ---- (4b) one delta of two jointly trained concepts: a category per token ---- */
+
+/* the worst relative error of mg's K/V against d's on prompts p[0..1] of model m2 (mg applied) */
+static double prompt_err(cd_sd_model *m2, const cd_delta *d, const char *p0, const char *p1) {
+  const char *p[2] = {p0, p1};
+  double *F = NULL, worst = 0;
+  int nf = 0;
+  if (cd_merge_features_pad(m2, p, 2, 0, &F, &nf, NULL)) return INFINITY;
+  for (int i = 0; i < cd_weights_count(m2->unet_orig); i++) {
+    cd_weight *b = cd_weights_at(m2->unet_orig, i), *x = is_kv(b->name) ? cd_weights_get(d->w, b->name) : NULL;
+    if (!x) continue;
+    double num = 0, den = 0;
+    proj_err(F, nf, cd_weights_get(m2->unet.w, b->name)->data, x->data, (int)b->ne[0], (int)b->ne[1], &num, &den);
+    worst = fmax(worst, sqrt(num / den));
+  }
+  free(F);
+  return worst;
+}
+
+/* Merged alone with "cat,dog", a two-token delta keeps its outputs on both
+ * tokens' prompts (12 constraint rows); with one category only the first
+ * token's (6 rows, and a warning); a count that is not the token count is an
+ * error naming it. */
+TEST(joint_delta_categories) {
+  cd_sd_model *m = load_tiny("tiny-sd1");
+  if (!m) TINY_MISSING();
+  cd_delta *d = synth_delta(m, 31, "<new1>", 0.3);
+  d->embeds = realloc(d->embeds, sizeof(float) * 2 * d->d);
+  cd_rng r;
+  cd_rng_seed(&r, 32);
+  for (int k = 0; k < d->d; k++) d->embeds[d->d + k] = (float)(cd_rng_normal(&r) / sqrt((double)d->d));
+  d->ntok = 2;
+  snprintf(d->tok[1], sizeof d->tok[1], "<new2>");
+  snprintf(d->init[1], sizeof d->init[1], "ktn");
+  int nreg = 0;
+  char **reg = reg_lines(CD_MERGE_REG_COUNT, &nreg);
+  double err[2][2] = {{INFINITY, INFINITY}, {INFINITY, INFINITY}};
+  int mtot[2] = {0, 0}, rc[2] = {-1, -1};
+  const char *cats[2] = {"cat, dog", "cat"};
+  for (int c = 0; c < 2 && reg; c++) {
+    cd_sd_model *mm = c ? load_tiny("tiny-sd1") : m, *m2 = load_tiny("tiny-sd1");
+    cd_delta *mg = NULL;
+    cd_merge_info info = {0};
+    cd_merge_opts o = {.reg = (const char *const *)reg, .nreg = nreg};
+    rc[c] = mm && m2 ? cd_merge_deltas(mm, &d, &cats[c], 1, &o, &mg, &info) : -1;
+    if (!rc[c] && !cd_delta_apply(m2, mg)) {
+      err[c][0] = prompt_err(m2, d, "<new1> cat", "photo of a <new1> cat");
+      err[c][1] = prompt_err(m2, d, "<new2> dog", "photo of a <new2> dog");
+    }
+    mtot[c] = info.m_total;
+    cd_merge_info_free(&info);
+    cd_delta_free(mg);
+    cd_sd_free(m2);
+    if (c) cd_sd_free(mm);
+  }
+  cd_sd_free(m);
+  char e3[4096] = "", e1[4096] = "";
+  const char *three = "cat,dog,bird", *empty = "cat,";
+  int rc3 = merge_stderr(&d, &three, 1, 0, e3, sizeof e3);
+  snprintf(e3, sizeof e3, "%s", cd_last_error());
+  int rce = merge_stderr(&d, &empty, 1, 0, e1, sizeof e1);
+  snprintf(e1, sizeof e1, "%s", cd_last_error());
+  cd_merge_free_lines(reg, nreg);
+  cd_delta_free(d);
+  printf("  \"cat,dog\": %d rows, errors %.2e / %.2e; \"cat\": %d rows, errors %.2e / %.2e\n", mtot[0], err[0][0],
+         err[0][1], mtot[1], err[1][0], err[1][1]);
+  CHECKF(rc[0] == 0 && rc[1] == 0, "merge: %s", cd_last_error());
+  CHECKF(mtot[0] == 12 && mtot[1] == 6, "constraint rows %d and %d, expected 12 and 6", mtot[0], mtot[1]);
+  CHECKF(err[0][0] < 1e-5 && err[0][1] < 1e-5, "per-token categories: outputs off by %.3g / %.3g", err[0][0], err[0][1]);
+  /* one category: the first token is kept, the second is not constrained at all */
+  CHECKF(err[1][0] < 1e-5 && err[1][1] > 1e-3, "one category: outputs off by %.3g / %.3g", err[1][0], err[1][1]);
+  CHECKF(rc3 != 0 && strstr(e3, "3 categories") && strstr(e3, "2 modifier token"), "unclear error: %s", e3);
+  CHECKF(rce != 0 && strstr(e1, "empty category"), "unclear error: %s", e1);
+}
+
 /* ---- (5) a tiny-sd2 delta on tiny-sd1 ---- */
 TEST(mismatched_base) {
   cd_sd_model *m1 = load_tiny("tiny-sd1"), *m2 = load_tiny("tiny-sd2");
@@ -676,6 +751,7 @@ int main(void) {
   RUN(renumbering);
   RUN(singular_and_ridge);
   RUN(near_dependent_warns);
+  RUN(joint_delta_categories);
   RUN(mismatched_base);
   RUN(cli);
   test_tmp_cleanup();

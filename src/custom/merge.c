@@ -75,6 +75,29 @@ fail:
   return -1;
 }
 
+/* A --delta's categories: "toy" or, one per modifier token, "toy,pattern".
+ * The count, or -1 when one is empty (after trimming spaces). */
+static int count_categories(const char *s) {
+  int n = 1, len = 0;
+  for (const char *p = s;; p++) {
+    if (*p == ',' || !*p) {
+      if (!len) return -1;
+      if (!*p) return n;
+      n++, len = 0;
+    } else if (*p != ' ') len++;
+  }
+}
+
+/* the k-th category of s (as counted above), spaces around it trimmed */
+static void nth_category(const char *s, int k, char *out, size_t cap) {
+  for (; k > 0; s++)
+    if (*s == ',') k--;
+  while (*s == ' ') s++;
+  size_t n = strcspn(s, ",");
+  while (n && s[n - 1] == ' ') n--;
+  snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), s);
+}
+
 int cd_merge_concept_prompts(const char *tok, const char *category, char out[2][512]) {
   char s[512];
   int k = tok && tok[0] ? snprintf(s, sizeof s, "%s %s", tok, category) : snprintf(s, sizeof s, "%s", category);
@@ -212,9 +235,14 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
     if (deltas[i]->base_hash[0] && m->hash[0] && strcmp(deltas[i]->base_hash, m->hash))
       cd_warn("merge: concept %d (%s) was trained on a model with hash %s, %s has %s", i + 1, categories[i],
               deltas[i]->base_hash, m->path, m->hash);
-    if (deltas[i]->ntok > 1)
-      cd_warn("merge: concept %d (%s) has %d tokens: its constraint prompts use the first one only", i + 1,
-              categories[i], deltas[i]->ntok);
+    const int ncat = count_categories(categories[i]);
+    if (ncat < 0) return cd_set_error("merge: concept %d: empty category in \"%s\"", i + 1, categories[i]);
+    if (ncat > 1 && ncat != deltas[i]->ntok)
+      return cd_set_error("merge: concept %d: %d categories \"%s\" for a delta with %d modifier token(s): give one "
+                          "per token, in the delta's token order", i + 1, ncat, categories[i], deltas[i]->ntok);
+    if (ncat == 1 && deltas[i]->ntok > 1)
+      cd_warn("merge: concept %d (%s) has %d tokens: its constraint prompts use the first one only (give one "
+              "category per token, comma-separated, to constrain each)", i + 1, categories[i], deltas[i]->ntok);
     ntok += deltas[i]->ntok;
   }
   if (ntok > CD_DELTA_MAX_TOKENS) return cd_set_error("merge: %d modifier tokens in all (at most %d)", ntok, CD_DELTA_MAX_TOKENS);
@@ -251,11 +279,26 @@ int cd_merge_deltas(cd_sd_model *m, cd_delta *const *deltas, const char *const *
   if (cd_merge_features_pad(m, o->reg, o->nreg, o->pad_rows, &Creg, &nreg_rows, NULL)) goto done;
   int m_total = 0;
   for (int i = 0; i < n; i++) {
-    char pr[2][512];
-    if (cd_merge_concept_prompts(first_tok[i] >= 0 ? res->tok[first_tok[i]] : NULL, categories[i], pr)) goto done;
-    const char *pp[2] = {pr[0], pr[1]};
-    if (cd_merge_features_pad(m, pp, 2, o->pad_rows, &Ci[i], &mi[i], NULL)) goto done;
-    if (log) fprintf(log, "concept %d: \"%s\", \"%s\": %d constraint rows\n", i + 1, pr[0], pr[1], mi[i]);
+    /* two prompts per category; with several categories, token k's with category k */
+    const int ncat = count_categories(categories[i]);
+    char(*pr)[512] = cd_malloc(sizeof(char[512]) * 2 * (size_t)ncat);
+    const char **pp = cd_malloc(sizeof(char *) * 2 * (size_t)ncat);
+    int bad = 0;
+    for (int k = 0; k < ncat && !bad; k++) {
+      char cat[512];
+      nth_category(categories[i], k, cat, sizeof cat);
+      bad = cd_merge_concept_prompts(first_tok[i] >= 0 ? res->tok[first_tok[i] + k] : NULL, cat, pr + 2 * k);
+      pp[2 * k] = pr[2 * k], pp[2 * k + 1] = pr[2 * k + 1];
+    }
+    if (!bad) bad = cd_merge_features_pad(m, pp, 2 * ncat, o->pad_rows, &Ci[i], &mi[i], NULL);
+    if (!bad && log) {
+      fprintf(log, "concept %d:", i + 1);
+      for (int k = 0; k < 2 * ncat; k++) fprintf(log, "%s \"%s\"", k ? "," : "", pp[k]);
+      fprintf(log, ": %d constraint rows\n", mi[i]);
+    }
+    free(pr);
+    free(pp);
+    if (bad) goto done;
     m_total += mi[i];
   }
   if (log)

@@ -8,7 +8,9 @@
  * (no SOS, no padding); a prompt whose first three tokens are "photo", "of",
  * "a" drops those rows too. Concept i's constraint prompts are
  * "<new_i> {category}" and "photo of a <new_i> {category}" ("painting in the
- * style of <new_i> {category}" when the category contains "art").
+ * style of <new_i> {category}" when the category contains "art"). A delta of
+ * several tokens takes "cat1,cat2,...", one category per token in its order
+ * (each token's two prompts); with one category only its first token's.
  *
  * For each attn2 to_k / to_v weight, with W0 the base and W_i concept i's:
  *   C = [C_1; …; C_n] (duplicate rows removed), V = [C_1 W_1ᵀ; …; C_n W_nᵀ]
