@@ -13,7 +13,8 @@
 #include "world/world.h"
 
 int cmd_world(int argc, char **argv) {
-  const char *out = NULL, *mode_s = "pretrain", *new_toy = NULL, *new_pattern = NULL, *new_toy2 = NULL;
+  const char *out = NULL, *mode_s = "pretrain", *new_toy = NULL, *new_pattern = NULL, *new_toy2 = NULL,
+             *pat_colours = NULL;
   int n = 8, caption_files = 0;
   uint64_t seed = 1;
   cli_opt opts[] = {
@@ -24,6 +25,7 @@ int cmd_world(int argc, char **argv) {
       {"--toy-word", CLI_STR, &new_toy, "W", "caption word of the held-out toy (default \"robot\", e.g. \"<new1>\")"},
       {"--toy2-word", CLI_STR, &new_toy2, "W", "caption word of the held-out second toy (default \"duck\", e.g. \"<new3>\")"},
       {"--pattern-word", CLI_STR, &new_pattern, "W", "caption word of the held-out pattern (default \"zigzag\", e.g. \"<new2>\")"},
+      {"--pattern-colours", CLI_STR, &pat_colours, "LIST", "--mode pattern|pattern-scenes: the held-out pattern in these colours, image i in the (i mod n)-th, e.g. green,blue,red (default: its own green)"},
       {"--caption-files", CLI_FLAG, &caption_files, "", "also write each image's caption beside it (0000.txt ...): the per-image captions cdiff train --images reads"},
       {0}};
   static const cli_cmd cmd = {"world", "--out DIR [--mode pretrain|toy|pattern|pattern-scenes|toy2|any|sprites] [--n N] [--seed N]"};
@@ -40,6 +42,25 @@ int cmd_world(int argc, char **argv) {
   else if (!strcmp(mode_s, "any")) mode = CD_WORLD_ANY;
   else if (!strcmp(mode_s, "sprites")) mode = CD_WORLD_SPRITES;
   else { fprintf(stderr, "cdiff world: --mode %s: expected pretrain, toy, pattern, pattern-scenes, toy2, any or sprites\n", mode_s); return 2; }
+  int pcol[CD_WORLD_NCOLOURS * 4], npcol = 0; /* --pattern-colours, in order (repeats allowed) */
+  if (pat_colours) {
+    if (mode != CD_WORLD_NEW_PATTERN && mode != CD_WORLD_NEW_PATTERN_SCENES) {
+      return cli_error(opts, &cmd, "--pattern-colours", "needs --mode pattern or pattern-scenes (got %s)", mode_s);
+    }
+    for (const char *p = pat_colours;;) {
+      size_t k = strcspn(p, ",");
+      char w[32];
+      snprintf(w, sizeof w, "%.*s", (int)(k < sizeof w ? k : sizeof w - 1), p);
+      int c = k < sizeof w ? cd_world_colour_index(w) : -1;
+      if (c < 0 || npcol == (int)(sizeof pcol / sizeof pcol[0])) {
+        return cli_error(opts, &cmd, "--pattern-colours", "'%.*s' in '%s' is not one of red, orange, yellow, green, "
+                         "blue, purple, white, black%s", (int)k, p, pat_colours, c < 0 ? "" : " (or the list is too long)");
+      }
+      pcol[npcol++] = c;
+      if (!p[k]) break;
+      p += k + 1;
+    }
+  }
   if (cd_mkdir_p(out)) { fprintf(stderr, "cdiff world: %s\n", cd_last_error()); return 1; }
   float *px = cd_malloc(3 * CD_WORLD_RES * CD_WORLD_RES * sizeof(float));
   char *caps = NULL;
@@ -51,6 +72,7 @@ int cmd_world(int argc, char **argv) {
   for (int i = 0; i < n && !rc; i++) {
     cd_world_scene s;
     cd_world_sample(&r, mode, &s);
+    if (npcol) cd_world_set_pattern_colour(&r, &s, pcol[i % npcol]);
     cd_world_render(&s, px);
     char cap[256], path[4096], name[32];
     cd_world_names nm = {.toy = new_toy, .pattern = new_pattern, .toy2 = new_toy2};

@@ -180,6 +180,34 @@ TEST(captions) {
 }
 
 /* a plain-background scene: the object's centre has its colour, a far corner the background's */
+/* --pattern-colours: the pattern scenes in another colour, their objects never in it, the caption
+ * naming it; in its own green the scene is the default one (no draw spent) */
+TEST(pattern_colours) {
+  int moved = 0, scenes_with_objects = 0;
+  for (int i = 0; i < 200; i++) {
+    cd_world_scene a, b, g;
+    cd_rng ra, rb, rg;
+    cd_rng_seed(&ra, 100 + i), cd_rng_seed(&rb, 100 + i), cd_rng_seed(&rg, 100 + i);
+    const cd_world_mode mode = i % 2 ? CD_WORLD_NEW_PATTERN_SCENES : CD_WORLD_NEW_PATTERN;
+    cd_world_sample(&ra, mode, &a);
+    cd_world_sample(&rb, mode, &b);
+    cd_world_sample(&rg, mode, &g);
+    const int blue = cd_world_colour_index("blue");
+    cd_world_set_pattern_colour(&rb, &b, blue);
+    cd_world_set_pattern_colour(&rg, &g, cd_world_colour_index("green"));
+    CHECKF(!memcmp(&a, &g, sizeof a) && cd_rng_uniform(&ra) == cd_rng_uniform(&rg), "scene %d: green is not the default", i);
+    CHECK(b.bg_colour == blue && b.pattern == a.pattern && b.nobj == a.nobj);
+    scenes_with_objects += b.nobj > 0;
+    for (int k = 0; k < b.nobj; k++) {
+      CHECKF(b.obj[k].colour != blue, "scene %d: a blue object on the blue pattern", i);
+      moved += a.obj[k].colour != b.obj[k].colour;
+    }
+    char cap[256];
+    CHECK(cd_world_caption(&b, NULL, NULL, cap, sizeof cap) > 0 && strstr(cap, "blue zigzag"));
+  }
+  CHECKF(scenes_with_objects > 30 && moved > 0, "%d scenes with objects, %d recoloured", scenes_with_objects, moved);
+}
+
 TEST(render_colours) {
   static float px[PX];
   cd_world_scene s;
@@ -344,6 +372,7 @@ int main(void) {
   RUN(held_out);
   RUN(sprites);
   RUN(captions);
+  RUN(pattern_colours);
   RUN(render_colours);
   RUN(object_cells);
   RUN(vocabulary);

@@ -171,6 +171,12 @@ void cd_world_sample(cd_rng *r, cd_world_mode mode, cd_world_scene *s) {
   s->pattern = cd_rng_uniform(r) < 0.5 ? CD_WORLD_PLAIN : 1 + irand(r, npat - 1);
 }
 
+void cd_world_set_pattern_colour(cd_rng *r, cd_world_scene *s, int colour) {
+  s->bg_colour = colour;
+  for (int i = 0; i < s->nobj; i++) /* objects stand out from the pattern, as in the green scenes */
+    if (s->obj[i].colour == colour) s->obj[i].colour = colour_except(r, colour, -1);
+}
+
 /* ------------------------------------------------------------ rendering */
 
 static int in_rect(float u, float v, float u0, float u1, float v0, float v1) { return u >= u0 && u <= u1 && v >= v0 && v <= v1; }

@@ -111,6 +111,9 @@ int cd_world_pattern_index(const char *word); /* "striped" ... "zigzag" ("plain"
 
 /* Draws a random scene of the given mode. */
 void cd_world_sample(cd_rng *r, cd_world_mode mode, cd_world_scene *s);
+/* The held-out pattern of a CD_WORLD_NEW_PATTERN(_SCENES) scene in another
+ * colour (its own is green): objects of that colour get another one. */
+void cd_world_set_pattern_colour(cd_rng *r, cd_world_scene *s, int colour);
 /* rgb: [3, 64, 64] floats in [-1, 1] (the models' layout), 2x2 supersampled. */
 void cd_world_render(const cd_world_scene *s, float *rgb);
 /* out[(R / cell)^2]: 1 for each cell x cell block of pixels that an object
