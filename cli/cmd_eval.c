@@ -9,7 +9,8 @@
  * and toys among the attributes, -1 where none is asked; then each held-out
  * concept apart: the named concept toys shown and their number, the named
  * <new2> patterns shown and their number); OUT/LABEL.png is the grid (one row
- * of --n images per prompt). */
+ * of --n images per prompt); OUT/LABEL.tsv what the judge read in each image
+ * (prompt number, image, seed, prompt, verdict as cdiff judge prints it). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +111,9 @@ int cmd_eval(int argc, char **argv) {
   int rc = 1;
   float *lat = cd_malloc((size_t)n * 4 * (R / 8) * (R / 8) * sizeof(float)), *img = cd_malloc((size_t)n * 3 * R * R * sizeof(float));
   cd_image grid = {0};
+  char *per = NULL; /* OUT/LABEL.tsv: the judge's reading of each image, written at the end */
+  size_t nper = 0;
+  FILE *pf = NULL;
   if (cd_sd_load(model, &lo, &m) || cd_judge_load(judge_path, &j) || cd_mkdir_p(out)) goto fail;
   for (int i = 0; i < deltas.n; i++)
     if (cd_delta_apply_path(m, deltas.v[i])) goto fail;
@@ -119,6 +123,7 @@ int cmd_eval(int argc, char **argv) {
   grid.px = cd_malloc((size_t)grid.w * grid.h * 3);
   cd_eval_score s = {0};
   int warned_cut = 0;
+  if (!(pf = open_memstream(&per, &nper))) { cd_set_error("out of memory"); goto fail; }
   for (int p = 0; p < np; p++) {
     cd_gen_opts g;
     memset(&g, 0, sizeof g);
@@ -143,6 +148,9 @@ int cmd_eval(int argc, char **argv) {
     cd_world_parse_prompt_names(lines[p], &nm, &e);
     for (int k = 0; k < n; k++) {
       cd_eval_score_image(&e, &v[k], &s);
+      char vs[512];
+      cd_judge_verdict_format(&v[k], vs, sizeof vs);
+      fprintf(pf, "%d\t%d\t%llu\t%s\t%s\n", p + 1, k + 1, (unsigned long long)(g.s.seed + (uint64_t)k), lines[p], vs);
       cd_image im;
       cd_chw_to_image(img + (int64_t)k * 3 * R * R, 3, R, R, &im);
       for (int y = 0; y < R; y++) memcpy(grid.px + ((size_t)(p * R + y) * grid.w + k * R) * 3, im.px + (size_t)y * R * 3, R * 3);
@@ -154,6 +162,10 @@ int cmd_eval(int argc, char **argv) {
   char path[4096];
   snprintf(path, sizeof path, "%s/%s.png", out, label);
   if (cd_image_save_png(path, &grid, NULL, 0)) goto fail;
+  if (fclose(pf)) { pf = NULL; cd_set_error("out of memory"); goto fail; }
+  pf = NULL;
+  snprintf(path, sizeof path, "%s/%s.tsv", out, label);
+  if (cd_write_file_atomic(path, per, nper)) goto fail;
   double ia = s.img_total ? s.img_hit / s.img_total : -1, ta = s.txt_total ? s.txt_hit / s.txt_total : -1;
   snprintf(path, sizeof path, "%s/results.tsv", out);
   FILE *f = fopen(path, "a");
@@ -174,6 +186,8 @@ int cmd_eval(int argc, char **argv) {
   rc = 0;
 fail:
   if (rc) fprintf(stderr, "cdiff eval: %s\n", cd_last_error());
+  if (pf) fclose(pf);
+  free(per);
   cd_image_free(&grid);
   free(lat);
   free(img);

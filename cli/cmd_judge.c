@@ -109,13 +109,9 @@ int cmd_judge(int argc, char **argv) {
     cd_image_free(&im);
     cd_judge_verdict v;
     if (cd_judge_classify(j, px, 1, &v)) { fprintf(stderr, "cdiff judge: %s\n", cd_last_error()); cd_judge_free(j); goto done; }
-    printf("%s:", pos[i]);
-    for (int k = 0; k < CD_WORLD_NKINDS; k++)
-      if (v.kind[k]) printf(" %s", cd_world_kind_name(k));
-    printf(" | colours");
-    for (int k = 0; k < CD_WORLD_NCOLOURS; k++)
-      if (v.colour[k]) printf(" %s", cd_world_colour_name(k));
-    printf(" | background %s %s\n", cd_world_colour_name(v.bg), cd_world_pattern_name(v.pattern));
+    char line[512];
+    cd_judge_verdict_format(&v, line, sizeof line);
+    printf("%s: %s\n", pos[i], line);
   }
   cd_judge_free(j);
   rc = 0;

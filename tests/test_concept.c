@@ -142,6 +142,24 @@ TEST(pattern_is_learned) {
   CHECK_OK(read_row(ev, "after", &after, &na));
   /* every image shows the concept's prompt: all of them count */
   CHECKF(nb == nprompts * nseeds && na == nb, "rows of %d and %d images, expected %d", nb, na, nprompts * nseeds);
+  /* OUT/after.tsv: one line per image, the judge's reading; the zigzag backgrounds it lists are the
+   * image-alignment of these prompts (each asks for the pattern, nothing else held out) */
+  char tp[1024], *tsv;
+  size_t tn;
+  snprintf(tp, sizeof tp, "%s/after.tsv", ev);
+  CHECK_OK(cd_read_file(tp, &tsv, &tn));
+  int lines = 0, zig = 0;
+  for (char *p = tsv; p && *p;) {
+    char *nl = strchr(p, '\n');
+    if (nl) *nl = 0;
+    lines++;
+    size_t L = strlen(p);
+    zig += L > 7 && !strcmp(p + L - 7, " zigzag") && strstr(p, "| background ");
+    p = nl ? nl + 1 : NULL;
+  }
+  free(tsv);
+  CHECKF(lines == na && zig == (int)(after * na + 0.5), "%s: %d lines, %d zigzag backgrounds; expected %d and %.0f", tp,
+         lines, zig, na, after * na);
   printf("# %s: image-alignment of <new2>, training seed %ld: before %.3f, after %.3f (%d images each), difference %.3f, margin %.2f%s\n",
          model, seed, before, after, na, after - before, MARGIN, SANITIZED ? " (sanitized: not asserted)" : "");
   if (!SANITIZED) CHECKF(after - before >= MARGIN, "image-alignment %.3f before, %.3f after: the difference %.3f is below %.2f",

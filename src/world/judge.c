@@ -424,3 +424,14 @@ int cd_judge_test_vae(cd_judge *j, int n, uint64_t seed, cd_vae *vae, cd_judge_a
   free(v);
   return rc;
 }
+
+int cd_judge_verdict_format(const cd_judge_verdict *v, char *out, size_t cap) {
+  char kinds[256] = "", cols[128] = "";
+  size_t a = 0, b = 0;
+  for (int k = 0; k < CD_WORLD_NKINDS; k++)
+    if (v->kind[k]) a += (size_t)snprintf(kinds + a, sizeof kinds - a, "%s%s", a ? " " : "", cd_world_kind_name(k));
+  for (int k = 0; k < CD_WORLD_NCOLOURS; k++)
+    if (v->colour[k]) b += (size_t)snprintf(cols + b, sizeof cols - b, " %s", cd_world_colour_name(k));
+  return snprintf(out, cap, "%s%s| colours%s | background %s %s", kinds, a ? " " : "", cols, cd_world_colour_name(v->bg),
+                  cd_world_pattern_name(v->pattern));
+}

@@ -77,5 +77,8 @@ int cd_judge_test(cd_judge *j, int n, uint64_t seed, cd_judge_accuracy *acc);
 int cd_judge_test_vae(cd_judge *j, int n, uint64_t seed, cd_vae *vae, cd_judge_accuracy *acc);
 /* n images [n, 3, 64, 64] -> n verdicts */
 int cd_judge_classify(cd_judge *j, const float *rgb, int n, cd_judge_verdict *v);
+/* A verdict in words, "star bear toy | colours red blue | background green
+ * zigzag" (cdiff judge's line, cdiff eval's per-image file); snprintf's return. */
+int cd_judge_verdict_format(const cd_judge_verdict *v, char *out, size_t cap);
 
 #endif
