@@ -39,6 +39,9 @@
 #   merged-slow-pad, joint-slow  the slow recipe: lr 3e-4 instead of 1e-3, the
 #                  bear (with its captions) 9000 steps, the pattern scenes 3000;
 #                  merged with --pad-rows 4, or jointly trained 18000 steps
+#   joint-slow-proj  the joint-slow delta merged alone with a category per
+#                  token (toy,pattern) and --pad-rows 4: the merge's closed-form
+#                  projection applied to a jointly trained delta
 #   bear-slow-dotted  the slow bear with the known word "dotted"
 # and, for the first seed, each pattern alone on eval/prompts_pattern.txt.
 # All crossattn_kv, lr 1e-3, 32 class images, one row per training seed.
@@ -138,7 +141,10 @@ for s in $SEEDS; do
       --steps "$4" --batch "$3" --lr "$5" --no-scale-lr --checkpoint-every 0 --seed "$s" --out "$E/$d" 2>"$E/$d.log" ||
       { cat "$E/$d.log" >&2; exit 1; }
   done
-  for r in merged-bare merged-scenes merged-scenes-bg merged-scenes-pad merged-slow-pad joint-bare joint-scenes joint-scenes-b2 joint-slow; do
+  run $C merge --model "$M" --delta "$E/joint-slow-s$s:toy,pattern" --reg-prompts "$E/reg_captions.txt" --pad-rows 4 \
+    --out "$E/joint-slow-proj-s$s" >/dev/null
+  for r in merged-bare merged-scenes merged-scenes-bg merged-scenes-pad merged-slow-pad joint-bare joint-scenes joint-scenes-b2 joint-slow \
+    joint-slow-proj; do
     run $EV --prompts "$E/prompts_both.txt" --delta "$E/$r-s$s" --label "$r-s$s" >/dev/null
   done
   for r in merged-scenes merged-scenes-pad; do
