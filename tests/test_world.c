@@ -179,7 +179,6 @@ TEST(captions) {
   CHECK(cd_world_caption(&s, NULL, NULL, cap, 4) == -1); /* too small a buffer is reported */
 }
 
-/* a plain-background scene: the object's centre has its colour, a far corner the background's */
 /* --pattern-colours: the pattern scenes in another colour, their objects never in it, the caption
  * naming it; in its own green the scene is the default one (no draw spent) */
 TEST(pattern_colours) {
@@ -208,6 +207,7 @@ TEST(pattern_colours) {
   CHECKF(scenes_with_objects > 30 && moved > 0, "%d scenes with objects, %d recoloured", scenes_with_objects, moved);
 }
 
+/* a plain-background scene: the object's centre has its colour, a far corner the background's */
 TEST(render_colours) {
   static float px[PX];
   cd_world_scene s;

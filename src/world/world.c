@@ -135,8 +135,7 @@ void cd_world_sample(cd_rng *r, cd_world_mode mode, cd_world_scene *s) {
       place(r, &s->obj[0], 0, CD_WORLD_RES, 0);
     }
     /* objects never in the pattern's own green, so they stand out from it */
-    for (int i = 0; i < s->nobj; i++)
-      if (s->obj[i].colour == ZIGZAG_COLOUR) s->obj[i].colour = colour_except(r, ZIGZAG_COLOUR, -1);
+    cd_world_set_pattern_colour(r, s, ZIGZAG_COLOUR);
     return;
   }
   int npat = mode == CD_WORLD_ANY ? CD_WORLD_NPATTERNS : CD_WORLD_PRETRAIN_PATTERNS;
