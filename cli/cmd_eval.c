@@ -60,7 +60,8 @@ static int known_tokens_only(const cd_sd_model *m, const char *prompt, char *out
 
 int cmd_eval(int argc, char **argv) {
   const char *model = NULL, *judge_path = "models/world-judge.safetensors", *prompts_path = NULL, *out = NULL;
-  const char *label = "run", *new_toy = "<new1>", *new_pattern = "<new2>", *new_toy2 = "<new3>", *toy_kind = "robot", *pattern_kind = "zigzag";
+  const char *label = "run", *new_toy = "<new1>", *new_pattern = "<new2>", *new_toy2 = "<new3>", *toy_kind = "robot", *toy2_kind = "duck",
+             *pattern_kind = "zigzag";
   cli_multi deltas = {0};
   int n = 4, steps = 25;
   float cfg = 5.0f;
@@ -79,6 +80,7 @@ int cmd_eval(int argc, char **argv) {
       {"--pattern-word", CLI_STR, &new_pattern, "T", "token standing for the held-out pattern (default <new2>)"},
       {"--toy2-word", CLI_STR, &new_toy2, "T", "token standing for the held-out duck toy (default <new3>)"},
       {"--toy-kind", CLI_STR, &toy_kind, "K", "what the toy token must show: robot (default), or bear / car for the control run (a token taught a kind the base model draws)"},
+      {"--toy2-kind", CLI_STR, &toy2_kind, "K", "what the second toy token must show: duck (default), or bear / car (a third concept the base model draws, as --toy-kind)"},
       {"--pattern-kind", CLI_STR, &pattern_kind, "P", "what the pattern word must show: zigzag (default), or striped / checkered / dotted: with --toy-word bear --pattern-word striped, the base model's own compositions of known words (the ceiling of a composition)"},
       {"--out", CLI_STR, &out, "DIR", "output folder (required)"},
       {0}};
@@ -90,6 +92,11 @@ int cmd_eval(int argc, char **argv) {
   const int toy_kind_i = cd_world_kind_index(toy_kind);
   if (toy_kind_i != CD_WORLD_ROBOT && toy_kind_i != CD_WORLD_BEAR && toy_kind_i != CD_WORLD_CAR) {
     fprintf(stderr, "cdiff eval: --toy-kind %s: expected robot, bear or car\n", toy_kind);
+    return 2;
+  }
+  const int toy2_kind_i = cd_world_kind_index(toy2_kind);
+  if (toy2_kind_i != CD_WORLD_DUCK && toy2_kind_i != CD_WORLD_BEAR && toy2_kind_i != CD_WORLD_CAR) {
+    fprintf(stderr, "cdiff eval: --toy2-kind %s: expected duck, bear or car\n", toy2_kind);
     return 2;
   }
   const int pattern_kind_i = cd_world_pattern_index(pattern_kind);
@@ -144,7 +151,7 @@ int cmd_eval(int argc, char **argv) {
     if (cd_judge_classify(j, img, n, v)) goto fail;
     cd_world_expect e;
     const cd_world_names nm = {.toy = new_toy, .pattern = new_pattern, .toy2 = new_toy2, .toy_kind = toy_kind_i,
-                              .pattern_kind = pattern_kind_i};
+                              .toy2_kind = toy2_kind_i, .pattern_kind = pattern_kind_i};
     cd_world_parse_prompt_names(lines[p], &nm, &e);
     for (int k = 0; k < n; k++) {
       cd_eval_score_image(&e, &v[k], &s);

@@ -96,6 +96,32 @@ TEST(toy_token_as_a_pretraining_kind) {
   CHECK(cd_world_kind_index("bear") == CD_WORLD_BEAR && cd_world_kind_index("robot") == CD_WORLD_ROBOT && cd_world_kind_index("toy") == -1);
 }
 
+/* three learned concepts: the second toy token taught a kind the base model draws
+ * (--toy2-kind car), all three needed in one image for image-alignment */
+TEST(second_toy_token_as_a_pretraining_kind) {
+  const cd_world_names nm = {.toy = "<new1>", .pattern = "<new2>", .toy2 = "<new3>", .toy_kind = CD_WORLD_BEAR,
+                             .toy2_kind = CD_WORLD_CAR};
+  const int green = cd_world_colour_index("green");
+  cd_world_expect e;
+  cd_world_parse_prompt_names("a small <new1> toy next to a big <new3> toy on a green <new2> background", &nm, &e);
+  CHECK(e.nobj == 2 && e.kind[0] == CD_WORLD_BEAR && e.kind[1] == CD_WORLD_CAR && e.is_concept[0] && e.is_concept[1] &&
+        e.pattern == CD_WORLD_ZIGZAG && e.pattern_is_concept && e.bg == green);
+  cd_eval_score s = {0};
+  cd_judge_verdict v = verdict(CD_WORLD_BEAR, CD_WORLD_CAR, -1, green, CD_WORLD_ZIGZAG);
+  cd_eval_score_image(&e, &v, &s);
+  v = verdict(CD_WORLD_BEAR, CD_WORLD_DUCK, -1, green, CD_WORLD_ZIGZAG); /* the duck is now a miss */
+  cd_eval_score_image(&e, &v, &s);
+  v = verdict(CD_WORLD_CAR, -1, -1, green, CD_WORLD_ZIGZAG); /* the bear missing */
+  cd_eval_score_image(&e, &v, &s);
+  CHECKF(s.img_hit == 1 && s.img_total == 3 && s.toy_hit == 4 && s.toy_total == 6 && s.pat_hit == 3 && s.txt_hit == 3 &&
+         s.txt_total == 3, "%g/%g toy %g/%g pattern %g text %g/%g", s.img_hit, s.img_total, s.toy_hit, s.toy_total, s.pat_hit,
+         s.txt_hit, s.txt_total);
+  /* 0 keeps the duck */
+  const cd_world_names duck = {.toy = "<new1>", .pattern = "<new2>", .toy2 = "<new3>"};
+  cd_world_parse_prompt_names("a small <new3> toy on a green background", &duck, &e);
+  CHECK(e.nobj == 1 && e.kind[0] == CD_WORLD_DUCK && e.is_concept[0]);
+}
+
 /* the ceiling of a composition: known words standing for both concepts ("bear", "striped"),
  * judged as the concepts would be (both in one image for image-alignment) */
 TEST(known_words_as_both_concepts) {
@@ -141,6 +167,7 @@ TEST(binomial_tail_and_margin) {
 int main(void) {
   RUN(scores_concepts_and_attributes);
   RUN(toy_token_as_a_pretraining_kind);
+  RUN(second_toy_token_as_a_pretraining_kind);
   RUN(known_words_as_both_concepts);
   RUN(binomial_tail_and_margin);
   return test_summary();

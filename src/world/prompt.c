@@ -24,7 +24,7 @@ void cd_world_parse_prompt_names(const char *prompt, const cd_world_names *nm, c
   for (int i = 0; i < n; i++) {
     int c = cd_world_colour_index(w[i]), k = cd_world_kind_index(w[i]), p = cd_world_pattern_index(w[i]), newp = 0;
     if (new_toy && !strcmp(w[i], new_toy)) k = nm->toy_kind > 0 ? nm->toy_kind : CD_WORLD_ROBOT;
-    if (new_toy2 && !strcmp(w[i], new_toy2)) k = CD_WORLD_DUCK;
+    if (new_toy2 && !strcmp(w[i], new_toy2)) k = nm->toy2_kind > 0 ? nm->toy2_kind : CD_WORLD_DUCK;
     if (new_pattern && !strcmp(w[i], new_pattern)) p = nm->pattern_kind > 0 ? nm->pattern_kind : CD_WORLD_ZIGZAG, newp = 1;
     if (p == CD_WORLD_ZIGZAG) newp = 1; /* "zigzag" written out is the held-out pattern too */
     if (!strcmp(w[i], "on")) { in_bg = 1; continue; }

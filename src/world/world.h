@@ -132,6 +132,8 @@ typedef struct {
   int toy_kind;        /* prompts only (prompt.h): the kind the toy word stands for when > 0
                         * (a pretraining kind: the control that a kind the base model draws
                         * can be taught to a new token); 0: the robot */
+  int toy2_kind;       /* prompts only: the kind the second toy word stands for when > 0 (a
+                        * pretraining kind: a third concept the base model draws); 0: the duck */
   int pattern_kind;    /* prompts only: the pattern the pattern word stands for when > 0 (a
                         * pretraining pattern: what the base model composes with known words,
                         * the ceiling of a composition); 0: the zigzag */
