@@ -101,13 +101,6 @@ for img in pattern pscene icap; do
 EOF
 done
 
-# train NAME IMAGES PROMPT CLASS TOKEN INIT STEPS SEED [LR]: one concept, crossattn_kv (lr 1e-3)
-train() {
-  run $C train --model "$M" --images "$E/$2" --prompt "$3" --class-prompt "$4" --class-images "$E/class_$4" \
-    --num-class-images 32 --class-steps 20 --modifier-token "$5" --initializer-token "$6" --resolution 64 \
-    --steps "$7" --lr "${9:-1e-3}" --no-scale-lr --checkpoint-every 0 --seed "$8" --out "$E/$1" 2>"$E/$1.log" ||
-    { cat "$E/$1.log" >&2; exit 1; }
-}
 merge() { # row toy pattern category [flags]: seed s's toy and pattern deltas merged into row-s
   o=$1; t=$2; p=$3; cat=$4; shift 4
   run $C merge --model "$M" --delta "$E/$t-s$s:toy" --delta "$E/$p-s$s:$cat" --reg-prompts "$E/reg_captions.txt" \
@@ -159,15 +152,6 @@ done
 
 # the table: both concepts, each apart, text-alignment; rows of the same setting
 # over seeds, then their mean
-{
-  echo "| row | both concepts | the toy | the pattern | text-alignment |"
-  echo "| --- | --- | --- | --- | --- |"
-  awk -F'\t' 'function f(v) { return v < 0 ? "-" : sprintf("%.1f%%", 100 * v) }
-       { printf "| %s | %s | %s | %s | %s |\n", $1, f($2), f($8), f($10), f($3)
-         r = $1; sub(/-s[0-9]+$/, "", r)
-         if ($1 ~ /-s[0-9]+$/ && $1 !~ /^alone/) { if (!(r in n)) order[k++] = r; n[r]++; a[r] += $2; t[r] += $8; p[r] += $10; x[r] += $3 } }
-       END { for (i = 0; i < k; i++) { r = order[i]; if (n[r] > 1) printf "| %s, mean of %d seeds | %s | %s | %s | %s |\n", r, n[r],
-               f(a[r] / n[r]), f(t[r] / n[r]), f(p[r] / n[r]), f(x[r] / n[r]) } }' "$E/results.tsv"
-} > "$E/results.md"
+seed_table "both concepts" "the toy" "^alone" > "$E/results.md"
 cat "$E/results.md"
 echo "compose.sh: table in $E/results.md; grids in $E/<row>.png" >&2
