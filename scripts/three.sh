@@ -89,7 +89,7 @@ for s in $SEEDS; do
   train "bear-s$s" bear_icap "photo of a <new1> toy" toy "<new1>" ktn 9000 "$s" 3e-4
   train "pattern-s$s" pscene "photo of a <new2> pattern" pattern "<new2>" pll 3000 "$s" 3e-4
   train "car-s$s" car_icap "photo of a <new3> toy" toy "<new3>" ktn 9000 "$s" 3e-4
-  if [ "$s" = "$(echo $SEEDS | cut -d' ' -f1)" ]; then
+  if [ "$s" = "$(echo "$SEEDS" | awk '{ print $1 }')" ]; then
     run $EV --prompts eval/prompts_duck.txt --delta "$E/car-s$s" --label "car-own-s$s" >/dev/null
   fi
   merge3 merged-pad --pad-rows 4
@@ -112,5 +112,17 @@ done
 # the table: all three concepts, the toys (both slots) and the pattern apart, text-alignment;
 # rows of the same setting over seeds, then their mean
 seed_table "all three" "the toys" "^car-own" > "$E/results.md"
+# from the per-image verdicts (OUT/LABEL.tsv): how often two objects are drawn at all, and how
+# often they are the bear and the car
+{
+  echo
+  echo "| row | two objects | the bear and the car |"
+  echo "| --- | --- | --- |"
+  cut -f1 "$E/results.tsv" | grep -v '^car-own' | while read -r r; do
+    awk -F'\t' -v r="$r" '{ k = $5; sub(/ [|].*/, "", k); gsub(/ toy/, "", k)
+                             two += split(k, w, " ") == 2; bc += k ~ /bear/ && k ~ /car/ }
+         END { printf "| %s | %.1f%% | %.1f%% |\n", r, 100 * two / NR, 100 * bc / NR }' "$E/$r.tsv"
+  done
+} >> "$E/results.md"
 cat "$E/results.md"
 echo "three.sh: table in $E/results.md; grids in $E/<row>.png" >&2
