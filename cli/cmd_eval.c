@@ -78,7 +78,7 @@ int cmd_eval(int argc, char **argv) {
       {"--label", CLI_STR, &label, "NAME", "row name in OUT/results.tsv and grid file name (default run)"},
       {"--toy-word", CLI_STR, &new_toy, "T", "token standing for the held-out toy (default <new1>)"},
       {"--pattern-word", CLI_STR, &new_pattern, "T", "token standing for the held-out pattern (default <new2>)"},
-      {"--toy2-word", CLI_STR, &new_toy2, "T", "token standing for the held-out duck toy (default <new3>)"},
+      {"--toy2-word", CLI_STR, &new_toy2, "T", "token standing for the second toy (default <new3>): the held-out duck, or what --toy2-kind names"},
       {"--toy-kind", CLI_STR, &toy_kind, "K", "what the toy token must show: robot (default), or bear / car for the control run (a token taught a kind the base model draws)"},
       {"--toy2-kind", CLI_STR, &toy2_kind, "K", "what the second toy token must show: duck (default), or bear / car (a third concept the base model draws, as --toy-kind)"},
       {"--pattern-kind", CLI_STR, &pattern_kind, "P", "what the pattern word must show: zigzag (default), or striped / checkered / dotted: with --toy-word bear --pattern-word striped, the base model's own compositions of known words (the ceiling of a composition)"},
@@ -90,15 +90,11 @@ int cmd_eval(int argc, char **argv) {
   if (!model || !prompts_path || !out) { fprintf(stderr, "cdiff eval: --model, --prompts and --out are required\n"); return 2; }
   if (n < 1 || n > 64 || steps < 1) { fprintf(stderr, "cdiff eval: --n must be 1..64 and --steps positive\n"); return 2; }
   const int toy_kind_i = cd_world_kind_index(toy_kind);
-  if (toy_kind_i != CD_WORLD_ROBOT && toy_kind_i != CD_WORLD_BEAR && toy_kind_i != CD_WORLD_CAR) {
-    fprintf(stderr, "cdiff eval: --toy-kind %s: expected robot, bear or car\n", toy_kind);
-    return 2;
-  }
+  if (toy_kind_i != CD_WORLD_ROBOT && toy_kind_i != CD_WORLD_BEAR && toy_kind_i != CD_WORLD_CAR)
+    return cli_error(opts, &cmd, "--toy-kind", "%s: expected robot, bear or car", toy_kind);
   const int toy2_kind_i = cd_world_kind_index(toy2_kind);
-  if (toy2_kind_i != CD_WORLD_DUCK && toy2_kind_i != CD_WORLD_BEAR && toy2_kind_i != CD_WORLD_CAR) {
-    fprintf(stderr, "cdiff eval: --toy2-kind %s: expected duck, bear or car\n", toy2_kind);
-    return 2;
-  }
+  if (toy2_kind_i != CD_WORLD_DUCK && toy2_kind_i != CD_WORLD_BEAR && toy2_kind_i != CD_WORLD_CAR)
+    return cli_error(opts, &cmd, "--toy2-kind", "%s: expected duck, bear or car", toy2_kind);
   const int pattern_kind_i = cd_world_pattern_index(pattern_kind);
   if (pattern_kind_i < 0) {
     fprintf(stderr, "cdiff eval: --pattern-kind %s: expected zigzag, striped, checkered or dotted\n", pattern_kind);
