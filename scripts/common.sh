@@ -9,7 +9,8 @@
 #               models/world-judge.safetensors), C (the cdiff binary, built here)
 #   run         echoes a command to stderr, then runs it: the scripts' output
 #               holds the exact commands behind their tables
-#   train       one concept's crossattn_kv fine-tuning into $E (compose.sh, three.sh)
+#   train       one concept's crossattn_kv fine-tuning into $E (compose.sh, recolour.sh, three.sh)
+#   train_joint joint training of several concepts into $E (compose.sh, three.sh)
 #   bear_images, car_images  the control concepts' instance images (toy_images)
 #   seed_table  a table of cdiff eval's rows with the mean over training seeds
 usage() { awk 'NR > 1 { if (!/^#/) exit; print }' "scripts/$NAME"; }
@@ -39,6 +40,14 @@ train() {
     --num-class-images 32 --class-steps 20 --modifier-token "$5" --initializer-token "$6" --resolution 64 \
     --steps "$7" --lr "${9:-1e-3}" --no-scale-lr --checkpoint-every 0 --seed "$8" --out "$E/$1" 2>"$E/$1.log" ||
     { cat "$E/$1.log" >&2; exit 1; }
+}
+# train_joint NAME CONCEPTS STEPS SEED LR [flags]: joint training of the concepts listed in
+# $E/CONCEPTS (crossattn_kv, 32 generated class images each), into $E/NAME
+train_joint() {
+  o=$1; cf=$2; st=$3; sd=$4; lr=$5; shift 5
+  run $C train --model "$M" --concepts "$E/$cf" --num-class-images 32 --class-steps 20 --resolution 64 \
+    --steps "$st" --lr "$lr" --no-scale-lr --checkpoint-every 0 --seed "$sd" --out "$E/$o" "$@" 2>"$E/$o.log" ||
+    { cat "$E/$o.log" >&2; exit 1; }
 }
 
 # seed_table ALL TOYS SKIP: the markdown table of $E/results.tsv (cdiff eval's rows): the

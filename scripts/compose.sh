@@ -130,9 +130,7 @@ for s in $SEEDS; do
     # shellcheck disable=SC2046
     set -- $(echo "$p" | tr : ' ')
     d="joint-$2-s$s"
-    run $C train --model "$M" --concepts "$E/concepts-$1.json" --num-class-images 32 --class-steps 20 --resolution 64 \
-      --steps "$4" --batch "$3" --lr "$5" --no-scale-lr --checkpoint-every 0 --seed "$s" --out "$E/$d" 2>"$E/$d.log" ||
-      { cat "$E/$d.log" >&2; exit 1; }
+    train_joint "$d" "concepts-$1.json" "$4" "$s" "$5" --batch "$3"
   done
   run $C merge --model "$M" --delta "$E/joint-slow-s$s:toy,pattern" --reg-prompts "$E/reg_captions.txt" --pad-rows 4 \
     --out "$E/joint-slow-proj-s$s" >/dev/null

@@ -41,10 +41,7 @@ run $C world $P --pattern-colours green,blue,red --out "$E/three" >/dev/null
 rm -f "$E/green/captions.txt" "$E/three/captions.txt"
 for s in $SEEDS; do
   for d in green three; do
-    run $C train --model "$M" --images "$E/$d" --prompt "photo of a <new2> pattern" --class-prompt pattern \
-      --class-images "$E/class_pattern" --num-class-images 32 --class-steps 20 --modifier-token "<new2>" \
-      --initializer-token pll --resolution 64 --steps 3000 --lr 3e-4 --no-scale-lr --checkpoint-every 0 --seed "$s" \
-      --out "$E/$d-s$s" 2>"$E/$d-s$s.log" || { cat "$E/$d-s$s.log" >&2; exit 1; }
+    train "$d-s$s" "$d" "photo of a <new2> pattern" pattern "<new2>" pll 3000 "$s" 3e-4
     for p in pattern pattern_recolour_seen pattern_recolour_unseen; do
       run $C eval --model "$M" --judge "$J" --n "$N" --prompts "eval/prompts_$p.txt" --delta "$E/$d-s$s" \
         --label "$d-${p#pattern_}-s$s" --out "$E" >/dev/null

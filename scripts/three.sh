@@ -98,9 +98,7 @@ for s in $SEEDS; do
   merge3 merged-ridge --ridge 0.01
   for c in toy:joint two:joint-two; do
     j="${c#*:}-s$s"
-    run $C train --model "$M" --concepts "$E/concepts-${c%%:*}.json" --num-class-images 32 --class-steps 20 --resolution 64 \
-      --steps 27000 --lr 3e-4 --no-scale-lr --checkpoint-every 0 --seed "$s" --out "$E/$j" 2>"$E/$j.log" ||
-      { cat "$E/$j.log" >&2; exit 1; }
+    train_joint "$j" "concepts-${c%%:*}.json" 27000 "$s" 3e-4
     run $C merge --model "$M" --delta "$E/$j:toy,pattern,toy" --reg-prompts "$E/reg_captions.txt" --pad-rows 4 \
       --out "$E/${c#*:}-proj-s$s" >/dev/null 2>"$E/$j.merge.log" || { cat "$E/$j.merge.log" >&2; exit 1; }
   done
