@@ -96,10 +96,8 @@ int cmd_eval(int argc, char **argv) {
   if (toy2_kind_i != CD_WORLD_DUCK && toy2_kind_i != CD_WORLD_BEAR && toy2_kind_i != CD_WORLD_CAR)
     return cli_error(opts, &cmd, "--toy2-kind", "%s: expected duck, bear or car", toy2_kind);
   const int pattern_kind_i = cd_world_pattern_index(pattern_kind);
-  if (pattern_kind_i < 0) {
-    fprintf(stderr, "cdiff eval: --pattern-kind %s: expected zigzag, striped, checkered or dotted\n", pattern_kind);
-    return 2;
-  }
+  if (pattern_kind_i < 0)
+    return cli_error(opts, &cmd, "--pattern-kind", "%s: expected zigzag, striped, checkered or dotted", pattern_kind);
   char *txt;
   size_t len;
   if (cd_read_file(prompts_path, &txt, &len)) { fprintf(stderr, "cdiff eval: %s\n", cd_last_error()); return 1; }

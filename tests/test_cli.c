@@ -480,6 +480,7 @@ TEST(usage_errors_print_the_flag_line) {
       {"world --out x --pattern-colours green", "--pattern-colours", "needs --mode pattern or pattern-scenes (got pretrain)"},
       {"eval --model M --prompts P --out x --toy2-kind robot", "--toy2-kind", "robot: expected duck, bear or car"},
       {"eval --model M --prompts P --out x --toy-kind duck", "--toy-kind", "duck: expected robot, bear or car"},
+      {"eval --model M --prompts P --out x --pattern-kind wavy", "--pattern-kind", "wavy: expected zigzag, striped, checkered or dotted"},
       {"sample -m M -p cat -o x.png --steps=5x", "--steps", "expects an integer, got '5x'"},
       {"sample -m M -p cat -o x.png --steps ' 5'", "--steps", "expects an integer"},
       {"sample -m M -p cat -o x.png --n 0", "--n", "--n must be in 1..64 (got 0)"},
