@@ -35,6 +35,7 @@ int cmd_pretrain(int argc, char **argv) {
       {"--vae-lr", CLI_FLOAT, &o.vae_lr, "X", "autoencoder peak learning rate (default 1e-3)"},
       {"--lr", CLI_FLOAT, &o.unet_lr, "X", "UNet + text encoder peak learning rate (default 1e-3)"},
       {"--vae-sprites", CLI_FLOAT, &o.vae_sprites, "P", "fraction of autoencoder images whose objects are generic sprites (cdiff world --mode sprites; default 0)"},
+      {"--unet-sprites", CLI_FLOAT, &o.unet_sprites, "P", "fraction of UNet images whose objects are generic sprites captioned \"toy\", so that \"toy\" is a broad class as in real data (default 0)"},
       {"--kl-weight", CLI_FLOAT, &o.kl_weight, "X", "weight of the KL term per image (default 1e-4)"},
       {"--uncond-prob", CLI_FLOAT, &o.uncond_prob, "P", "probability of an empty caption (default 0.1)"},
       {"--offset-noise", CLI_FLOAT, &o.offset_noise, "X", "std of a per-channel constant added to the UNet phase's noise (default 0)"},

@@ -108,6 +108,9 @@ TEST(resume_bit_exact) {
   o.object_weight = 2;
   CHECKF(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--object-weight 2 differs from the run's 0"), "%s", cd_last_error());
   o.object_weight = 0;
+  o.unet_sprites = 0.5f; /* the UNet's data is part of its objective too */
+  CHECKF(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--unet-sprites 0.5 differs from the run's 0"), "%s", cd_last_error());
+  o.unet_sprites = 0;
   o.kl_weight *= 2;
   CHECKF(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--kl-weight"), "%s", cd_last_error());
   o.kl_weight /= 2;
@@ -158,6 +161,9 @@ TEST(bad_options) {
   small_opts(&o, test_tmpdir("bad4"));
   o.object_weight = -1;
   CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--object-weight"));
+  small_opts(&o, test_tmpdir("bad5"));
+  o.unet_sprites = -0.1f;
+  CHECK(cd_pretrain_run(&o) == -1 && strstr(cd_last_error(), "--unet-sprites"));
 }
 
 /* two small runs that differ only in the float option at `field` (va, then vb):
@@ -186,6 +192,11 @@ static void unet_only_differs(const char *tag, size_t field, float va_, float vb
 
 /* offset noise changes the UNet phase's noise (so its losses), nothing of the VAE phase */
 TEST(offset_noise) { unet_only_differs("off", offsetof(cd_pretrain_opts, offset_noise), 0, 0.3f); }
+
+/* --unet-sprites: generic sprites (captioned "toy") among the UNet's images
+ * change its batches, not the VAE phase's; 0 keeps the draws of before (the
+ * shipped log, reproduces_shipped_log) */
+TEST(unet_sprites) { unet_only_differs("spr", offsetof(cd_pretrain_opts, unet_sprites), 0, 1.0f); }
 
 /* --object-weight X: the UNet loss is, per image, the mean of (pred - noise)^2
  * over channels and latent cells with weight 1 + X on the cells an object
@@ -641,6 +652,7 @@ int main(void) {
   RUN(bad_options);
   RUN(offset_noise);
   RUN(object_weight);
+  RUN(unet_sprites);
   RUN(init_and_ema);
   RUN(decoder_only);
   RUN(vae_tune);

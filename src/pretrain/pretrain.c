@@ -76,7 +76,8 @@ static const struct {
 } loss_opts[] = {{"kl_weight", "--kl-weight", offsetof(cd_pretrain_opts, kl_weight)},
                  {"uncond_prob", "--uncond-prob", offsetof(cd_pretrain_opts, uncond_prob)},
                  {"offset_noise", "--offset-noise", offsetof(cd_pretrain_opts, offset_noise)},
-                 {"object_weight", "--object-weight", offsetof(cd_pretrain_opts, object_weight)}};
+                 {"object_weight", "--object-weight", offsetof(cd_pretrain_opts, object_weight)},
+                 {"unet_sprites", "--unet-sprites", offsetof(cd_pretrain_opts, unet_sprites)}};
 enum { NLOSS_OPTS = sizeof loss_opts / sizeof loss_opts[0] };
 
 static void loss_opt_str(const cd_pretrain_opts *o, int i, char out[32]) {
@@ -731,7 +732,7 @@ static int unet_phase(run_t *r, cd_tensor_file *resume_f) {
   while (r->step < o->unet_steps) {
     cd_rng rng;
     cd_rng_seed(&rng, step_seed(o->seed, PH_UNET, r->step));
-    render_batch(&rng, B, pix, caps, 0, wv);
+    render_batch(&rng, B, pix, caps, o->unet_sprites, wv);
     if (wv) {
       for (int64_t k = 0; k < (int64_t)B * h * h; k++) wv[k] = 1.0f + o->object_weight * wv[k];
       if (cd_graph_set_input(g, wmask, wv)) goto done;
@@ -804,6 +805,7 @@ int cd_pretrain_run(const cd_pretrain_opts *o) {
   if (!(o->object_weight >= 0 && o->object_weight <= 100)) return cd_set_error("--object-weight must be in [0, 100]");
   if (!(o->ema >= 0 && o->ema < 1)) return cd_set_error("--ema must be in [0, 1)");
   if (!(o->vae_sprites >= 0 && o->vae_sprites <= 1)) return cd_set_error("--vae-sprites must be in [0, 1]");
+  if (!(o->unet_sprites >= 0 && o->unet_sprites <= 1)) return cd_set_error("--unet-sprites must be in [0, 1]");
   if (o->decoder_only && !o->init && !o->resume)
     return cd_set_error("--decoder-only fine-tunes the decoder of an --init model: pass --init DIR");
   if (o->vae_tune && !o->init && !o->resume)

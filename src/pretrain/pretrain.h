@@ -65,6 +65,7 @@ typedef struct {
   float ema;            /* EMA decay of the phase-2 parameters, 0 = off; the written model is the average */
   int vae_tune;         /* with init: phase 1 fine-tunes the whole VAE (encoder too), keeping the init's scaling factor */
   float vae_sprites;    /* fraction of autoencoder images with generic sprites for objects (default 0) */
+  float unet_sprites;   /* fraction of UNet images with generic sprites for objects, captioned "toy" (default 0) */
   int vae_channels[4];  /* VAE block_out_channels (0s: the init's or the resumed state's, else 16,32,32,64) */
   int unet_channels[2]; /* UNet block_out_channels (0s: the init's or the resumed state's, else 48,96) */
   int unet_layers;      /* UNet layers_per_block (0: the init's or the resumed state's, else 1); more than init's grows it by identity blocks */
