@@ -67,12 +67,12 @@ int cmd_eval(int argc, char **argv) {
   float cfg = 5.0f;
   uint64_t seed = 1000;
   cli_opt opts[] = {
-      {"--model", CLI_STR, &model, "PATH", "the model (required)"},
+      {"--model", CLI_STR, &model, "PATH", "the model (required)", NULL, CLI_REQUIRED},
       {"--delta", CLI_MULTI, &deltas, "DIR", "delta(s) to apply (repeatable)"},
       {"--judge", CLI_STR, &judge_path, "FILE", "the world judge (default models/world-judge.safetensors)"},
-      {"--prompts", CLI_STR, &prompts_path, "FILE", "one world-grammar prompt per line (required)"},
-      {"--n", CLI_INT, &n, "N", "images per prompt (default 4)"},
-      {"--steps", CLI_INT, &steps, "N", "DDIM steps (default 25)"},
+      {"--prompts", CLI_STR, &prompts_path, "FILE", "one world-grammar prompt per line (required)", NULL, CLI_REQUIRED},
+      {"--n", CLI_INT, &n, "N", "images per prompt (default 4)", NULL, CLI_RANGE(1, 64)},
+      {"--steps", CLI_INT, &steps, "N", "DDIM steps (default 25)", NULL, CLI_RANGE(1, 1000)},
       {"--cfg", CLI_FLOAT, &cfg, "X", "guidance scale (default 5)"},
       {"--seed", CLI_U64, &seed, "N", "seed of prompt i's image k: seed + 100 i + k (default 1000)"},
       {"--label", CLI_STR, &label, "NAME", "row name in OUT/results.tsv and grid file name (default run)"},
@@ -82,13 +82,11 @@ int cmd_eval(int argc, char **argv) {
       {"--toy-kind", CLI_STR, &toy_kind, "K", "what the toy token must show: robot (default), or bear / car for the control run (a token taught a kind the base model draws)"},
       {"--toy2-kind", CLI_STR, &toy2_kind, "K", "what the second toy token must show: duck (default), or bear / car (a third concept the base model draws, as --toy-kind)"},
       {"--pattern-kind", CLI_STR, &pattern_kind, "P", "what the pattern word must show: zigzag (default), or striped / checkered / dotted: with --toy-word bear --pattern-word striped, the base model's own compositions of known words (the ceiling of a composition)"},
-      {"--out", CLI_STR, &out, "DIR", "output folder (required)"},
+      {"--out", CLI_STR, &out, "DIR", "output folder (required)", NULL, CLI_REQUIRED},
       {0}};
   static const cli_cmd cmd = {"eval", "--model PATH [--delta DIR]... --prompts FILE --out DIR [--label NAME] [flags]"};
   int pr = cli_parse(argc, argv, opts, &cmd, NULL);
   if (pr != CLI_GO) return pr;
-  if (!model || !prompts_path || !out) { fprintf(stderr, "cdiff eval: --model, --prompts and --out are required\n"); return 2; }
-  if (n < 1 || n > 64 || steps < 1) { fprintf(stderr, "cdiff eval: --n must be 1..64 and --steps positive\n"); return 2; }
   const int toy_kind_i = cd_world_kind_index(toy_kind);
   if (toy_kind_i != CD_WORLD_ROBOT && toy_kind_i != CD_WORLD_BEAR && toy_kind_i != CD_WORLD_CAR)
     return cli_error(opts, &cmd, "--toy-kind", "%s: expected robot, bear or car", toy_kind);

@@ -15,7 +15,7 @@ int cmd_grid(int argc, char **argv) {
   const char *out = NULL;
   int cols = 0;
   cli_opt opts[] = {
-      {"--out", CLI_STR, &out, "FILE.png", "the grid (required)"},
+      {"--out", CLI_STR, &out, "FILE.png", "the grid (required)", NULL, CLI_REQUIRED},
       {"--cols", CLI_INT, &cols, "N", "images per row (default: all in one row)"},
       {0}};
   /* the images are the bare words */
@@ -26,7 +26,7 @@ int cmd_grid(int argc, char **argv) {
   static const cli_cmd cmd = {"grid", "--out FILE.png [--cols N] IMAGE..."};
   int pr = cli_parse(nr, rest, opts, &cmd, NULL);
   if (pr != CLI_GO) { rc = pr; goto done; }
-  if (!out || np == 0) { fprintf(stderr, "cdiff grid: --out and at least one image are required\n"); goto done; }
+  if (np == 0) { rc = cli_error(opts, &cmd, NULL, "at least one image is required"); goto done; }
   if (cols <= 0 || cols > np) cols = np;
   int rows = (np + cols - 1) / cols;
   cd_image first = {0}, g = {0};

@@ -39,9 +39,9 @@ int cmd_judge(int argc, char **argv) {
       {"--test", CLI_FLAG, &test, "", "measure --judge on fresh renders (--seed), and on them through --vae MODEL's autoencoder: how well an autoencoder keeps what the judge reads"},
       {"--test-images", CLI_INT, &ntest, "N", "--test: renders to read (default 1000)", NULL, CLI_RANGE(1, 100000)},
       {"--out", CLI_STR, &out, "FILE", "where --train writes the judge (.safetensors)"},
-      {"--steps", CLI_INT, &steps, "N", "training steps (default 1500)"},
-      {"--batch", CLI_INT, &batch, "N", "images per step (default 32)"},
-      {"--lr", CLI_FLOAT, &lr, "X", "peak learning rate (default 2e-3)"},
+      {"--steps", CLI_INT, &steps, "N", "training steps (default 1500)", NULL, CLI_MIN(1)},
+      {"--batch", CLI_INT, &batch, "N", "images per step (default 32)", NULL, CLI_MIN(1)},
+      {"--lr", CLI_FLOAT, &lr, "X", "peak learning rate (default 2e-3)", NULL, CLI_ABOVE(0)},
       {"--seed", CLI_U64, &seed, "N", "seed of the weights and the images (default 1)"},
       {"--init", CLI_STR, &init, "FILE", "--train: start from this judge instead of new weights"},
       {"--vae", CLI_STR, &vae_model, "MODEL", "--train: pass some training images through this model's autoencoder, and report the accuracy on such images too; --test: measure through it"},
@@ -55,7 +55,7 @@ int cmd_judge(int argc, char **argv) {
   static const cli_cmd cmd = {"judge", "--train --out FILE [--steps N] | --test [--vae MODEL] | [--judge FILE] IMAGE..."};
   int pr = cli_parse(nr, rest, opts, &cmd, NULL);
   if (pr != CLI_GO) { rc = pr; goto done; }
-  if (train && test) { fprintf(stderr, "cdiff judge: --train and --test exclude each other\n"); goto done; }
+  if (train && test) { rc = cli_error(opts, &cmd, "--test", "and --train exclude each other"); goto done; }
   if (test) {
     cd_judge *j = NULL;
     cd_sd_model *m = NULL;
@@ -70,8 +70,7 @@ int cmd_judge(int argc, char **argv) {
     goto done;
   }
   if (train) {
-    if (!out) { fprintf(stderr, "cdiff judge: --train needs --out FILE\n"); goto done; }
-    if (steps < 1 || batch < 1 || !(lr > 0)) { fprintf(stderr, "cdiff judge: --steps, --batch and --lr must be positive\n"); goto done; }
+    if (!out) { rc = cli_error(opts, &cmd, "--out", "is required with --train"); goto done; }
     cd_judge *j = NULL;
     cd_sd_model *m = NULL;
     cd_load_opts lo = {.no_unet = 1, .no_text = 1};

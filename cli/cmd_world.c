@@ -18,9 +18,9 @@ int cmd_world(int argc, char **argv) {
   int n = 8, caption_files = 0;
   uint64_t seed = 1;
   cli_opt opts[] = {
-      {"--out", CLI_STR, &out, "DIR", "output folder: 0000.png ... and captions.txt (required)"},
+      {"--out", CLI_STR, &out, "DIR", "output folder: 0000.png ... and captions.txt (required)", NULL, CLI_REQUIRED},
       {"--mode", CLI_STR, &mode_s, "M", "pretrain (default), toy (the held-out <new1> toy), pattern (the held-out <new2> pattern), pattern-scenes (that pattern as the background of pretraining objects), toy2 (the held-out <new3> toy), any, sprites (generic part-built objects: the autoencoder's extra data)"},
-      {"--n", CLI_INT, &n, "N", "number of scenes (default 8)"},
+      {"--n", CLI_INT, &n, "N", "number of scenes (default 8)", NULL, CLI_RANGE(1, 100000)},
       {"--seed", CLI_U64, &seed, "N", "seed (default 1)"},
       {"--toy-word", CLI_STR, &new_toy, "W", "caption word of the held-out toy (default \"robot\", e.g. \"<new1>\")"},
       {"--toy2-word", CLI_STR, &new_toy2, "W", "caption word of the held-out second toy (default \"duck\", e.g. \"<new3>\")"},
@@ -31,8 +31,6 @@ int cmd_world(int argc, char **argv) {
   static const cli_cmd cmd = {"world", "--out DIR [--mode pretrain|toy|pattern|pattern-scenes|toy2|any|sprites] [--n N] [--seed N]"};
   int pr = cli_parse(argc, argv, opts, &cmd, NULL);
   if (pr != CLI_GO) return pr;
-  if (!out) { fprintf(stderr, "cdiff world: --out is required\n"); return 2; }
-  if (n < 1 || n > 100000) { fprintf(stderr, "cdiff world: --n %d: expected 1..100000\n", n); return 2; }
   cd_world_mode mode;
   if (!strcmp(mode_s, "pretrain")) mode = CD_WORLD_PRETRAIN;
   else if (!strcmp(mode_s, "toy")) mode = CD_WORLD_NEW_TOY;
