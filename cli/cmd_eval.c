@@ -79,23 +79,17 @@ int cmd_eval(int argc, char **argv) {
       {"--toy-word", CLI_STR, &new_toy, "T", "token standing for the held-out toy (default <new1>)"},
       {"--pattern-word", CLI_STR, &new_pattern, "T", "token standing for the held-out pattern (default <new2>)"},
       {"--toy2-word", CLI_STR, &new_toy2, "T", "token standing for the second toy (default <new3>): the held-out duck, or what --toy2-kind names"},
-      {"--toy-kind", CLI_STR, &toy_kind, "K", "what the toy token must show: robot (default), or bear / car for the control run (a token taught a kind the base model draws)"},
-      {"--toy2-kind", CLI_STR, &toy2_kind, "K", "what the second toy token must show: duck (default), or bear / car (a third concept the base model draws, as --toy-kind)"},
-      {"--pattern-kind", CLI_STR, &pattern_kind, "P", "what the pattern word must show: zigzag (default), or striped / checkered / dotted: with --toy-word bear --pattern-word striped, the base model's own compositions of known words (the ceiling of a composition)"},
+      {"--toy-kind", CLI_STR, &toy_kind, "K", "what the toy token must show: robot (default), or bear / car for the control run (a token taught a kind the base model draws)", NULL, CLI_CHOICES("robot|bear|car")},
+      {"--toy2-kind", CLI_STR, &toy2_kind, "K", "what the second toy token must show: duck (default), or bear / car (a third concept the base model draws, as --toy-kind)", NULL, CLI_CHOICES("duck|bear|car")},
+      {"--pattern-kind", CLI_STR, &pattern_kind, "P", "what the pattern word must show: zigzag (default), or striped / checkered / dotted: with --toy-word bear --pattern-word striped, the base model's own compositions of known words (the ceiling of a composition)", NULL, CLI_CHOICES("zigzag|striped|checkered|dotted")},
       {"--out", CLI_STR, &out, "DIR", "output folder (required)", NULL, CLI_REQUIRED},
       {0}};
   static const cli_cmd cmd = {"eval", "--model PATH [--delta DIR]... --prompts FILE --out DIR [--label NAME] [flags]"};
   int pr = cli_parse(argc, argv, opts, &cmd, NULL);
   if (pr != CLI_GO) return pr;
-  const int toy_kind_i = cd_world_kind_index(toy_kind);
-  if (toy_kind_i != CD_WORLD_ROBOT && toy_kind_i != CD_WORLD_BEAR && toy_kind_i != CD_WORLD_CAR)
-    return cli_error(opts, &cmd, "--toy-kind", "%s: expected robot, bear or car", toy_kind);
-  const int toy2_kind_i = cd_world_kind_index(toy2_kind);
-  if (toy2_kind_i != CD_WORLD_DUCK && toy2_kind_i != CD_WORLD_BEAR && toy2_kind_i != CD_WORLD_CAR)
-    return cli_error(opts, &cmd, "--toy2-kind", "%s: expected duck, bear or car", toy2_kind);
+  /* the parser admits only the choices, each a world kind or pattern name */
+  const int toy_kind_i = cd_world_kind_index(toy_kind), toy2_kind_i = cd_world_kind_index(toy2_kind);
   const int pattern_kind_i = cd_world_pattern_index(pattern_kind);
-  if (pattern_kind_i < 0)
-    return cli_error(opts, &cmd, "--pattern-kind", "%s: expected zigzag, striped, checkered or dotted", pattern_kind);
   char *txt;
   size_t len;
   if (cd_read_file(prompts_path, &txt, &len)) { fprintf(stderr, "cdiff eval: %s\n", cd_last_error()); return 1; }
