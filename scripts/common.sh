@@ -9,6 +9,7 @@
 #               models/world-judge.safetensors), C (the cdiff binary, built here)
 #   run         echoes a command to stderr, then runs it: the scripts' output
 #               holds the exact commands behind their tables
+#   train_run   cdiff train with the shared settings into $E (three.sh's class images)
 #   train       one concept's crossattn_kv fine-tuning into $E (compose.sh, recolour.sh, three.sh)
 #   train_joint joint training of several concepts into $E (compose.sh, three.sh)
 #   bear_images, car_images  the control concepts' instance images (toy_images)
@@ -33,21 +34,25 @@ setup() {
   export CDIFF_QUIET=1
 }
 run() { echo "+ $*" >&2; "$@"; }
+# train_run NAME [flags]: cdiff train on $M with the settings every script shares (32
+# generated class images of 20 steps, 64 px, the lr not scaled, no checkpoints), into
+# $E/NAME, its log in $E/NAME.log (printed when it fails)
+train_run() {
+  o=$1; shift
+  run $C train --model "$M" --num-class-images 32 --class-steps 20 --resolution 64 --no-scale-lr \
+    --checkpoint-every 0 --out "$E/$o" "$@" 2>"$E/$o.log" || { cat "$E/$o.log" >&2; exit 1; }
+}
 # train NAME IMAGES PROMPT CLASS TOKEN INIT STEPS SEED [LR]: one concept, crossattn_kv
-# (lr 1e-3), images $E/IMAGES, 32 generated class images in $E/class_CLASS, into $E/NAME
+# (lr 1e-3), images $E/IMAGES, class images in $E/class_CLASS, into $E/NAME
 train() {
-  run $C train --model "$M" --images "$E/$2" --prompt "$3" --class-prompt "$4" --class-images "$E/class_$4" \
-    --num-class-images 32 --class-steps 20 --modifier-token "$5" --initializer-token "$6" --resolution 64 \
-    --steps "$7" --lr "${9:-1e-3}" --no-scale-lr --checkpoint-every 0 --seed "$8" --out "$E/$1" 2>"$E/$1.log" ||
-    { cat "$E/$1.log" >&2; exit 1; }
+  train_run "$1" --images "$E/$2" --prompt "$3" --class-prompt "$4" --class-images "$E/class_$4" \
+    --modifier-token "$5" --initializer-token "$6" --steps "$7" --lr "${9:-1e-3}" --seed "$8"
 }
 # train_joint NAME CONCEPTS STEPS SEED LR [flags]: joint training of the concepts listed in
-# $E/CONCEPTS (crossattn_kv, 32 generated class images each), into $E/NAME
+# $E/CONCEPTS (crossattn_kv), into $E/NAME
 train_joint() {
   o=$1; cf=$2; st=$3; sd=$4; lr=$5; shift 5
-  run $C train --model "$M" --concepts "$E/$cf" --num-class-images 32 --class-steps 20 --resolution 64 \
-    --steps "$st" --lr "$lr" --no-scale-lr --checkpoint-every 0 --seed "$sd" --out "$E/$o" "$@" 2>"$E/$o.log" ||
-    { cat "$E/$o.log" >&2; exit 1; }
+  train_run "$o" --concepts "$E/$cf" --steps "$st" --lr "$lr" --seed "$sd" "$@"
 }
 
 # seed_table ALL TOYS SKIP: the markdown table of $E/results.tsv (cdiff eval's rows): the

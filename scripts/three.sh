@@ -76,9 +76,8 @@ for c in toy two; do
 EOF
 done
 # the two-toy class images, with their captions beside them: a one-step run only generates them
-run $C train --model "$M" --images "$E/bear_icap" --prompt "photo of a <new1> toy" --class-prompts "$E/two_toys.txt" \
-  --class-images "$E/class_two" --num-class-images 32 --class-steps 20 --modifier-token "<new1>" --initializer-token ktn \
-  --resolution 64 --steps 1 --seed 1 --out "$E/class_two.run" 2>"$E/class_two.log" || { cat "$E/class_two.log" >&2; exit 1; }
+train_run class_two.run --images "$E/bear_icap" --prompt "photo of a <new1> toy" --class-prompts "$E/two_toys.txt" \
+  --class-images "$E/class_two" --modifier-token "<new1>" --initializer-token ktn --steps 1 --seed 1
 
 merge3() { # row [flags]: seed s's three deltas merged into row-s
   o=$1; shift
